@@ -1,0 +1,40 @@
+# Every target creates or updates the environment itself: on a fresh machine with
+# Python 3.11 and pip, `make demo` and `make test` are all a newcomer types.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+PYTEST_ARGS ?=
+
+.PHONY: env demo test lint bench soak docs clean
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+env: $(UV)
+	$(UV) sync --frozen --all-extras --quiet
+
+demo: env
+	$(VENV)/bin/python -m vance_provider.demo
+
+test: env
+	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+lint: env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: env
+	$(VENV)/bin/python -m bench.run
+
+soak: env
+	VANCE_SOAK=1 $(VENV)/bin/python -m pytest tests/reliability -m "not airflow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(TOOLS) demo-output .pytest_cache .ruff_cache

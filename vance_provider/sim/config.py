@@ -1,0 +1,83 @@
+"""Knobs of the VanceAI simulator: accounts, timing, limits and injected faults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEMO_WEB_TOKEN = "demo0123456789abcdef0123456789ab"
+DEMO_OPEN_KEY = "sk_live_demo0123456789abcdef0123456789"
+
+
+@dataclass
+class Account:
+    """One vendor account. It owns credits and may hold several tokens/keys."""
+
+    name: str = "demo"
+    credits: float = 1000.0
+    web_tokens: list[str] = field(default_factory=lambda: [DEMO_WEB_TOKEN])
+    open_keys: list[str] = field(default_factory=lambda: [DEMO_OPEN_KEY])
+    revoked_keys: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Faults:
+    """Probabilities (0..1) of each injected fault, drawn from one seeded RNG.
+
+    ``error``: a 500/503 (Open API) or an HTTP 200 + code 10010 / HTTP 503 (web API).
+    ``drop``: the connection is closed after the headers, before the body is complete.
+    ``slow``: the response is delayed by ``slow_seconds`` (past a short client timeout).
+    ``truncate``: a result download is cut short (half the bytes).
+    ``fail_job``: the job fails on the service side (``processing_failed`` / ``fatal``).
+    ``rate_limit``: a 429 with ``Retry-After`` although the real budget is not spent.
+    """
+
+    error: float = 0.0
+    drop: float = 0.0
+    slow: float = 0.0
+    truncate: float = 0.0
+    fail_job: float = 0.0
+    rate_limit: float = 0.0
+    slow_seconds: float = 3.0
+    seed: int = 0
+
+    @classmethod
+    def uniform(cls, rate: float, seed: int = 0, slow_seconds: float = 3.0) -> Faults:
+        """Spread a total fault ``rate`` evenly over every kind."""
+        each = rate / 6
+        return cls(each, each, each, each, each, each, slow_seconds=slow_seconds, seed=seed)
+
+
+@dataclass
+class SimConfig:
+    """Every knob of the simulator. The defaults suit tests: fast, generous, fault-free."""
+
+    accounts: list[Account] = field(default_factory=lambda: [Account()])
+    # Timing. A job waits ``queue_delay`` then takes ``time_per_job`` plus
+    # ``time_per_megapixel`` per input megapixel (``time_per_video_second`` for video).
+    queue_delay: float = 0.05
+    time_per_job: float = 0.1
+    time_per_megapixel: float = 0.0
+    time_per_video_second: float = 0.2
+    result_sync_window: float = 0.0  # Open API /result answers 202 for this long after success
+    web_sync_wait: float = 0.0  # web transform answers "finish" if done within this
+    # Limits
+    rate_limit: int = 0  # requests per ``rate_window`` per key; 0 = unlimited
+    rate_window: float = 1.0
+    web_rate_limit: bool = False  # apply the rate limit to the web API too
+    max_concurrent_images: int = 16  # per account, in flight (queued + processing)
+    max_concurrent_videos: int = 4
+    upload_ttl: float = 24 * 3600.0
+    idempotency_ttl: float = 24 * 3600.0
+    signed_url_ttl: float = 3600.0
+    web_max_bytes: int = 10 * 1024 * 1024
+    web_max_megapixels: float = 34.0
+    open_max_image_bytes: int = 200 * 1024 * 1024
+    open_max_upload_bytes: int = 5261334937
+    # Safety switches that tests flip on
+    allow_loopback_urls: bool = False  # image_url/source_url may point at 127.0.0.1
+    allow_http_webhooks: bool = False  # web API webhooks may be http:// (loopback only)
+    webhook_retry_delay: float = 0.2
+    web_missing_token_code: int = 30001  # one edition says 30001, the other 10001
+    faults: Faults = field(default_factory=Faults)
+    tick: float = 0.02  # how often the scheduler advances jobs
+    admin_routes: bool = False  # /_sim/* introspection over HTTP (off by default)
