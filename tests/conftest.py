@@ -1,0 +1,79 @@
+"""Shared fixtures: a running simulator on loopback and real image/video files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from vance_provider.sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN, SimConfig, SimulatorServer
+from vance_provider.sim.processing import make_test_video
+
+WEB_TOKEN = DEMO_WEB_TOKEN
+OPEN_KEY = DEMO_OPEN_KEY
+
+
+def image_bytes(width: int = 64, height: int = 48, fmt: str = "JPEG", mode: str = "RGB") -> bytes:
+    """A small real image with some structure (so filters visibly change it)."""
+    img = Image.new(mode, (width, height), "white" if mode != "L" else 255)
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill="red" if mode != "L" else 80)
+    draw.line((0, 0, width, height), fill="blue" if mode != "L" else 0, width=2)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_image(tmp_path: Path) -> Callable[..., Path]:
+    def make(name: str = "in.jpg", width: int = 64, height: int = 48, mode: str = "RGB") -> Path:
+        fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[name.rsplit(".", 1)[-1].lower()]
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(image_bytes(width, height, fmt, mode))
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def test_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_test_video(tmp_path_factory.mktemp("video") / "clip.mp4", 64, 48, seconds=1.0, fps=10)
+
+
+def fast_config(**overrides: object) -> SimConfig:
+    """Simulator settings for tests: short delays, no faults."""
+    base: dict[str, object] = {"queue_delay": 0.02, "time_per_job": 0.05, "time_per_video_second": 0.05,
+                               "tick": 0.01}
+    base.update(overrides)
+    return SimConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def sim_config() -> SimConfig:
+    """Override this fixture (or use ``sim_factory``) to change knobs."""
+    return fast_config()
+
+
+@pytest.fixture
+def sim(sim_config: SimConfig) -> Iterator[SimulatorServer]:
+    with SimulatorServer(sim_config) as server:
+        yield server
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Callable[..., SimulatorServer]]:
+    """Start extra simulators with their own knobs: ``sim_factory(rate_limit=5)``."""
+    started: list[SimulatorServer] = []
+
+    def factory(**overrides: object) -> SimulatorServer:
+        server = SimulatorServer(fast_config(**overrides)).start()
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
