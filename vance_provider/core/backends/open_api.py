@@ -1,0 +1,160 @@
+"""VanceAI Open API v1: bearer ``sk_live_`` keys, ``/jobs``, two-phase video upload, ``/credits``.
+
+The key goes only in the ``Authorization`` header of API calls, never to the
+signed result URL or the presigned upload URL (both on another host).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from ..errors import (
+    APIError,
+    AuthenticationError,
+    ConcurrencyLimitedError,
+    ConflictError,
+    InsufficientCreditsError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitedError,
+    ResultNotReadyError,
+    ServerError,
+    UploadExpiredError,
+    VanceError,
+)
+from ..models import Balance, Job, JobStatus
+from ..storage import iter_file
+from ..tools import ToolCall
+from .base import Backend, ext_from_response
+
+BY_CODE: dict[str, type[APIError]] = {
+    "invalid_api_key": AuthenticationError, "unauthorized": AuthenticationError,
+    "geo_restricted": AuthenticationError, "insufficient_credits": InsufficientCreditsError,
+    "invalid_parameter": InvalidRequestError, "unsupported_tool": InvalidRequestError,
+    "file_too_large": InvalidRequestError, "unsupported_format": InvalidRequestError,
+    "job_not_found": NotFoundError, "upload_not_found": NotFoundError, "not_cancelable": ConflictError,
+    "idempotency_conflict": ConflictError, "upload_already_consumed": ConflictError,
+    "upload_expired": UploadExpiredError, "result_not_ready": ResultNotReadyError,
+    "rate_limited": RateLimitedError, "concurrency_limit_exceeded": ConcurrencyLimitedError,
+    "service_unavailable": ServerError, "internal_error": ServerError,
+}
+HINTS = {
+    AuthenticationError: "check the sk_live_ key of the connection; revoked keys stay invalid",
+    InsufficientCreditsError: "top up credits or lower the batch",
+    ConcurrencyLimitedError: "lower max_concurrency or wait for jobs in flight",
+}
+
+
+class OpenApiBackend(Backend):
+    api = "open"
+    default_base_url = "https://cloud-vanceai.vanceai.com/api/v1"
+
+    @property
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token.reveal()}"}
+
+    def map_error(self, name: str, response: httpx.Response) -> VanceError | None:
+        status = response.status_code
+        if status in (200, 201, 302) or (status == 202 and name != "result" and name != "create_job"):
+            return None
+        err: dict[str, Any] = {}
+        try:
+            body = response.json()
+            err = body.get("error") or {} if isinstance(body, dict) else {}
+        except ValueError:
+            pass
+        code = str(err.get("code") or "")
+        if status == 202 and code != "result_not_ready":
+            return None  # 202 Accepted on job creation
+        cls = BY_CODE.get(code) or (ServerError if status >= 500 else RateLimitedError if status == 429
+                                    else AuthenticationError if status == 401 else APIError)
+        message = self.clean(err.get("message") or f"HTTP {status}")
+        return cls(f"Open API {name}: {message} ({code or status})", code=code or status, status_code=status,
+                   retry_after=self.retry_after(response), hint=HINTS.get(cls))
+
+    async def _json(self, name: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        url = f"{self.base_url}{path}"
+        response = await self.call(name, lambda: self.http.request(method, url, headers=self._auth, **kwargs))
+        return response.json()
+
+    def _job(self, data: dict[str, Any]) -> Job:
+        result = data.get("result") or {}
+        error = data.get("error") or {}
+        return Job(id=data["job_id"], api="open", tool=str(data.get("tool") or ""),
+                   status=JobStatus(data.get("status", "queued")), raw_status=str(data.get("status")),
+                   media=data.get("media") or "image", phase=data.get("phase"), progress=data.get("progress"),
+                   error_code=error.get("code"), error_message=error.get("message"),
+                   width=result.get("width"), height=result.get("height"), size=result.get("size"),
+                   duration=result.get("duration"), codec=result.get("codec"),
+                   credits_estimated=data.get("credits_estimated"), credits_charged=data.get("credits_charged"),
+                   raw={k: v for k, v in data.items() if k != "result_url"})
+
+    async def submit(self, source: str, size: int, call: ToolCall, idempotency_key: str | None) -> Job:
+        headers = {**self._auth, **({"Idempotency-Key": idempotency_key} if idempotency_key else {})}
+        url = f"{self.base_url}/jobs"
+        if call.media == "video":
+            upload_id = await self._upload_video(source, size)
+            body = {"upload_id": upload_id, "tool": call.open_tool, "config": call.open_config or {}}
+            response = await self.call("create_job", lambda: self.http.post(url, json=body, headers=headers))
+            return self._job(response.json())
+        name = source.rsplit("/", 1)[-1]
+        form = {"tool": call.open_tool or "", "config": json.dumps(call.open_config or {}),
+                "output_format": call.output_format or "jpg"}
+
+        async def send() -> httpx.Response:
+            async with self.open_source(source) as fh:
+                return await self.http.post(url, data=form, files={"image": (name, fh)}, headers=headers)
+
+        return self._job((await self.call("create_job", send)).json())
+
+    async def _upload_video(self, source: str, size: int) -> str:
+        """POST /uploads, then one raw PUT of the bytes to ``put_url`` (no auth header)."""
+        name = source.rsplit("/", 1)[-1]
+        ticket = await self._json("create_upload", "POST", "/uploads", json={"file_name": name, "file_size": size})
+        if size > int(ticket.get("max_bytes") or size):
+            raise InvalidRequestError(f"{name}: {size} bytes is over the upload limit of {ticket['max_bytes']}")
+        put_url = ticket["put_url"]
+        await self.call("put_upload", lambda: self.http.put(
+            put_url, content=iter_file(source, self.storage_options),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"}))
+        return str(ticket["upload_id"])
+
+    async def get_job(self, job_id: str) -> Job:
+        return self._job(await self._json("get_job", "GET", f"/jobs/{job_id}"))
+
+    async def result_location(self, job_id: str) -> str:
+        """The freshly signed result URL (302); 202 ``result_not_ready`` is retried."""
+        url = f"{self.base_url}/jobs/{job_id}/result"
+        response = await self.call("result", lambda: self.http.get(url, headers=self._auth))
+        location = response.headers.get("location")
+        if response.status_code != 302 or not location:
+            raise ServerError(f"Open API result: expected a redirect, got HTTP {response.status_code}")
+        return location
+
+    async def download(self, job: Job, dest: str) -> str:
+        for attempt in range(2):
+            location = await self.result_location(job.id)
+            try:
+                # Follow the redirect ourselves, WITHOUT the Authorization header (another host).
+                return await self.stream_to(
+                    "result_file", lambda: self.http.stream("GET", location), dest, job.size,
+                    lambda r: ext_from_response(r, "mp4" if job.media == "video" else "jpg"))
+            except APIError as exc:
+                if exc.status_code != 403 or attempt:
+                    raise  # 403: the signed URL expired meanwhile; ask for a fresh one once
+        raise AssertionError("unreachable")
+
+    async def cancel(self, job_id: str) -> Job:
+        await self._json("cancel", "POST", f"/jobs/{job_id}/cancel")
+        return await self.get_job(job_id)
+
+    async def delete(self, job_id: str) -> None:
+        await self._json("delete", "DELETE", f"/jobs/{job_id}")
+
+    async def balance(self) -> Balance:
+        data = await self._json("credits", "GET", "/credits")
+        return Balance(available=float(data["balance"]), used=float(data.get("used", 0)),
+                       frozen=float(data.get("frozen", 0)))

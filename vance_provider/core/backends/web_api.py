@@ -1,0 +1,146 @@
+"""VanceAI web API v1: form-encoded ``api_token``; upload -> transform -> progress -> download.
+
+Every call is a POST with the token in the form body, so it never appears in a
+URL. Errors arrive as HTTP 200 with a non-200 ``code`` in the JSON body.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from ..errors import (
+    APIError,
+    AuthenticationError,
+    InsufficientCreditsError,
+    InvalidRequestError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    VanceError,
+)
+from ..models import WEB_STATUS, Balance, Job, JobStatus, UsageRecord
+from ..tools import ToolCall
+from .base import Backend, ext_from_response
+
+WEB_ERRORS: dict[int, tuple[type[APIError], str]] = {
+    10001: (InvalidRequestError, "illegal parameter"),
+    10010: (ServerError, "internal error, retry later"),
+    10011: (NotFoundError, "the file or result does not exist"),
+    10012: (InvalidRequestError, "resolution or file size exceeds the limits"),
+    10013: (InvalidRequestError, "the jconfig could not be parsed"),
+    10014: (ServerError, "the job failed and exited for an unexpected reason"),
+    30001: (AuthenticationError, "invalid API token"),
+    30004: (InsufficientCreditsError, "insufficient credits"),
+}
+
+
+def _num(value: Any) -> float:
+    return float(value) if value not in (None, "") else 0.0
+
+
+class WebApiBackend(Backend):
+    api = "web"
+    default_base_url = "https://api-service.vanceai.com/web_api/v1"
+
+    def _form(self, **fields: Any) -> dict[str, Any]:
+        return {"api_token": self.token.reveal(), **{k: v for k, v in fields.items() if v is not None}}
+
+    def map_error(self, name: str, response: httpx.Response) -> VanceError | None:
+        if response.status_code == 429:
+            return RateLimitedError(f"web API {name}: rate limited", code=429, status_code=429,
+                                    retry_after=self.retry_after(response))
+        if response.status_code >= 500:
+            return ServerError(f"web API {name}: HTTP {response.status_code}", code=response.status_code,
+                               status_code=response.status_code)
+        if response.status_code >= 400:
+            return APIError(f"web API {name}: HTTP {response.status_code}", code=response.status_code,
+                            status_code=response.status_code)
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            return ServerError(f"web API {name}: the answer is not JSON", status_code=response.status_code)
+        code = int(body.get("code", 200)) if isinstance(body, dict) else 200
+        if code == 200:
+            return None
+        msg = body.get("msg")
+        if isinstance(msg, dict):  # field -> messages
+            text = "; ".join(f"{k}: {' '.join(map(str, v if isinstance(v, list) else [v]))}" for k, v in msg.items())
+        else:
+            text = str(msg or "")
+        cls, meaning = WEB_ERRORS.get(code, (APIError, "unexpected error"))
+        if code in (10001, 30001) and isinstance(msg, dict) and "api_token" in msg:
+            cls, meaning = AuthenticationError, "the API token is missing"
+        hint = {AuthenticationError: "check the API token of the connection",
+                InsufficientCreditsError: "top up credits or lower the batch",
+                }.get(cls)
+        return cls(f"web API {name}: {meaning} (code {code}: {self.clean(text)})", code=code,
+                   status_code=response.status_code, hint=hint)
+
+    async def _post(self, name: str, path: str, **fields: Any) -> dict[str, Any]:
+        url = f"{self.base_url}/{path}"
+        response = await self.call(name, lambda: self.http.post(url, data=self._form(**fields)))
+        return response.json().get("data") or {}
+
+    async def submit(self, source: str, size: int, call: ToolCall, idempotency_key: str | None) -> Job:
+        """Upload then transform. The web API has no idempotency keys, but it charges only
+        on download, so a transform repeated after a lost answer costs nothing."""
+        name = source.rsplit("/", 1)[-1]
+        url = f"{self.base_url}/upload"
+
+        async def send_upload() -> httpx.Response:
+            async with self.open_source(source) as fh:  # httpx streams it in 64 KiB chunks
+                return await self.http.post(url, data=self._form(job="ai"), files={"file": (name, fh)})
+
+        uploaded = (await self.call("upload", send_upload)).json()["data"]
+        data = await self._post("transform", "transform", uid=uploaded["uid"], jconfig=json.dumps(call.jconfig))
+        return self._job(data["trans_id"], data, call.tool)
+
+    def _job(self, trans_id: str, data: dict[str, Any], tool: str = "") -> Job:
+        raw = str(data.get("status", "waiting"))
+        status = WEB_STATUS.get(raw, JobStatus.PROCESSING)
+        size = data.get("filesize")
+        return Job(id=trans_id, api="web", tool=tool, status=status, raw_status=raw,
+                   error_code=10014 if status is JobStatus.FAILED else None,
+                   error_message=str(data.get("content") or "the job failed (fatal)") if status is JobStatus.FAILED
+                   else None,
+                   size=int(size) if size not in (None, "") else None, raw=data)
+
+    async def get_job(self, job_id: str) -> Job:
+        return self._job(job_id, await self._post("progress", "progress", trans_id=job_id))
+
+    async def download(self, job: Job, dest: str) -> str:
+        url = f"{self.base_url}/download"
+        return await self.stream_to(
+            "download", lambda: self.http.stream("POST", url, data=self._form(trans_id=job.id)), dest,
+            job.size, ext_from_response)
+
+    async def cancel(self, job_id: str) -> Job:
+        raise InvalidRequestError("the web API v1 cannot cancel a job; it is not charged unless downloaded")
+
+    async def delete(self, job_id: str) -> None:
+        raise InvalidRequestError("the web API v1 cannot delete a job")
+
+    async def balance(self) -> Balance:
+        data = await self._post("point", "point")
+        total, used = _num(data.get("max_num")), _num(data.get("used_num"))
+        return Balance(available=round(total - used, 3), used=used, total=total)
+
+    async def usage(self, limit: int = 100) -> list[UsageRecord]:
+        """Every page of ``points/record`` (newest first, as the service gives them)."""
+        records: list[UsageRecord] = []
+        page = 1
+        while True:
+            data = await self._post("points/record", "points/record", page=page, limit=limit)
+            for row in data.get("datas") or []:
+                records.append(UsageRecord(timestamp=str(row.get("created_at")), tool=str(row.get("job")),
+                                           kind=str(row.get("point_type")), credits=_num(row.get("point")),
+                                           balance=_num(row.get("balance")), source=row.get("info"),
+                                           job_id=None, api="web"))
+            if page >= int(data.get("last_page") or 1):
+                return records
+            page += 1

@@ -1,0 +1,311 @@
+"""``AsyncVanceClient`` and its blocking twin ``VanceClient``: one surface over both APIs.
+
+Every network call is written once, in an async backend. The sync client runs
+the same coroutines on a private event-loop thread, so hooks, the CLI and
+notebooks (which may already run a loop) get the same behaviour as triggers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+
+from .backends import Backend, OpenApiBackend, WebApiBackend
+from .errors import ConfigurationError, JobFailedError, WaitTimeoutError
+from .inputs import check_input
+from .models import ApiName, Balance, Job, JobStatus, UsageRecord
+from .retry import RetryPolicy
+from .secrets import Secret
+from .storage import list_sources
+from .tools import ToolCall, resolve
+
+T = TypeVar("T")
+ApiChoice = Literal["auto", "web", "open"]
+
+
+def detect_api(token: str, api: str = "auto") -> ApiName:
+    """``sk_live_`` keys belong to the Open API v1; anything else to the web API v1."""
+    if api in ("web", "open"):
+        return api  # type: ignore[return-value]
+    if api != "auto":
+        raise ConfigurationError(f"api must be 'web', 'open' or 'auto', got {api!r}")
+    return "open" if token.startswith("sk_live_") else "web"
+
+
+def normalize_base_url(base_url: str | None, api: ApiName) -> str | None:
+    """Accept a full API URL, a host URL (the API path is added) or a bare host."""
+    if not base_url:
+        return None
+    url = base_url.strip()
+    if "://" not in url:
+        url = "https://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"base_url {base_url!r} is not an http(s) URL",
+                                 hint="e.g. https://api-service.vanceai.com or http://127.0.0.1:8765")
+    try:
+        parts.port  # noqa: B018 - validates the port
+    except ValueError:
+        raise ConfigurationError(f"base_url {base_url!r} has an invalid port") from None
+    path = parts.path.rstrip("/")
+    if not path:
+        path = "/web_api/v1" if api == "web" else "/api/v1"
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+class AsyncVanceClient:
+    """Async client for VanceAI (both APIs).
+
+    >>> async with AsyncVanceClient(token, base_url=sim.base_url) as client:
+    ...     job = await client.submit("photo.jpg", "upscale", {"scale": 4})
+    ...     job = await client.wait(job.id)
+    ...     await client.download(job, "out/photo_x4.jpg")
+    """
+
+    def __init__(self, token: str, *, api: ApiChoice = "auto", base_url: str | None = None,
+                 timeout: float = 30.0, retry: RetryPolicy | None = None, max_connections: int = 64,
+                 transport: httpx.AsyncBaseTransport | None = None, caller: str = "python",
+                 storage_options: dict[str, Any] | None = None) -> None:
+        if not token:
+            raise ConfigurationError("no API token given", hint="set VANCE_API_TOKEN or the connection's password")
+        self.api: ApiName = detect_api(token, api)
+        self._token = Secret(token)
+        self.storage_options = storage_options
+        cls: type[Backend] = OpenApiBackend if self.api == "open" else WebApiBackend
+        self.backend = cls(self._token, base_url=normalize_base_url(base_url, self.api),
+                           timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+                           retry=retry or RetryPolicy(), max_connections=max_connections, transport=transport,
+                           caller=caller, storage_options=storage_options)
+        self.charges: dict[str, UsageRecord] = {}  # Open API: what each finished job cost
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api={self.api!r}, base_url={self.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self.backend.base_url
+
+    @property
+    def request_counts(self) -> dict[str, int]:
+        return dict(self.backend.calls)
+
+    async def __aenter__(self) -> AsyncVanceClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+    # --- tools --------------------------------------------------------------------------------
+    def tool_call(self, tool: str, config: dict[str, Any] | None = None, *, output_format: str | None = None,
+                  jconfig: dict[str, Any] | str | None = None) -> ToolCall:
+        """Validate a tool and its config for this client's API (raises before any upload)."""
+        return resolve(tool, config, api=self.api, output_format=output_format, jconfig=jconfig)
+
+    # --- jobs ---------------------------------------------------------------------------------
+    async def submit(self, source: str, tool: str | ToolCall, config: dict[str, Any] | None = None, *,
+                     output_format: str | None = None, jconfig: dict[str, Any] | str | None = None,
+                     idempotency_key: str | None = None) -> Job:
+        """Check the input locally, upload it and start one job."""
+        call = tool if isinstance(tool, ToolCall) else self.tool_call(tool, config, output_format=output_format,
+                                                                       jconfig=jconfig)
+        [src] = await asyncio.to_thread(list_sources, source, None, self.storage_options)
+        await asyncio.to_thread(check_input, src.url, src.size, call.media, self.api, self.storage_options)
+        key = idempotency_key or default_idempotency_key(src.url, src.fingerprint, call)
+        return await self.backend.submit(src.url, src.size, call, key)
+
+    async def get_job(self, job_id: str) -> Job:
+        job = await self.backend.get_job(job_id)
+        self._note_charge(job)
+        return job
+
+    def _note_charge(self, job: Job) -> None:
+        if job.api == "open" and job.status is JobStatus.SUCCEEDED and job.id not in self.charges:
+            self.charges[job.id] = UsageRecord(
+                timestamp=str(job.raw.get("finished_at") or ""), tool=job.tool, kind="charge",
+                credits=float(job.credits_charged or 0), balance=None, source=None, job_id=job.id, api="open")
+
+    async def wait(self, job_id: str, *, poll_interval: float = 2.0, timeout: float | None = None,
+                   raise_on_failure: bool = True) -> Job:
+        """Poll until the job is terminal; raise :class:`JobFailedError` when it failed."""
+        [job] = await self.wait_all([job_id], poll_interval=poll_interval, timeout=timeout)
+        if raise_on_failure and job.status is not JobStatus.SUCCEEDED:
+            raise JobFailedError(job.id, job.error_code, job.error_message or job.raw_status)
+        return job
+
+    async def wait_all(self, job_ids: list[str], *, poll_interval: float = 2.0, timeout: float | None = None,
+                       max_interval: float = 15.0,
+                       on_update: Callable[[Job], Awaitable[None] | None] | None = None) -> list[Job]:
+        """Poll many jobs until all are terminal, backing off gently for slow ones."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done: dict[str, Job] = {}
+        interval = poll_interval
+        pending = list(job_ids)
+        while pending:
+            jobs = await asyncio.gather(*(self.get_job(j) for j in pending))
+            for job in jobs:
+                if on_update is not None:
+                    result = on_update(job)
+                    if asyncio.iscoroutine(result):
+                        await result
+                if job.status.terminal:
+                    done[job.id] = job
+            pending = [j for j in pending if j not in done]
+            if not pending:
+                break
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise WaitTimeoutError(f"{len(pending)} job(s) not finished before the deadline: "
+                                       f"{', '.join(pending[:5])}")
+            await asyncio.sleep(interval)
+            interval = min(max_interval, interval * 1.5)
+        return [done[j] for j in job_ids]
+
+    async def download(self, job: Job | str, dest: str) -> str:
+        """Stream the result to ``dest`` (any fsspec URL) atomically; returns the final URL.
+
+        When ``dest`` has no media extension, the result's type picks one.
+        """
+        if isinstance(job, str):
+            job = await self.get_job(job)
+        if job.status is not JobStatus.SUCCEEDED:
+            raise JobFailedError(job.id, job.error_code, f"no result: the job is {job.status.value}")
+        return await self.backend.download(job, dest)
+
+    async def cancel(self, job_id: str) -> Job:
+        return await self.backend.cancel(job_id)
+
+    async def delete(self, job_id: str) -> None:
+        await self.backend.delete(job_id)
+
+    async def enhance(self, source: str, dest: str, tool: str, config: dict[str, Any] | None = None, *,
+                      output_format: str | None = None, poll_interval: float = 1.0,
+                      timeout: float | None = None) -> tuple[Job, str]:
+        """Submit, wait and download one file: the quickest way from a notebook."""
+        job = await self.submit(source, tool, config, output_format=output_format)
+        job = await self.wait(job.id, poll_interval=poll_interval, timeout=timeout)
+        return job, await self.download(job, dest)
+
+    # --- credits ------------------------------------------------------------------------------
+    async def balance(self) -> Balance:
+        """The credit balance (costs no credits)."""
+        return await self.backend.balance()
+
+    async def usage(self) -> list[UsageRecord]:
+        """Web API: the full paginated history. Open API (no history endpoint): the charges
+        this client has seen on finished jobs."""
+        if isinstance(self.backend, WebApiBackend):
+            return await self.backend.usage()
+        return list(self.charges.values())
+
+
+def default_idempotency_key(url: str, fingerprint: str, call: ToolCall, generation: int = 0) -> str:
+    """Stable for one logical submission (same input, content, tool, config), across retries and reruns."""
+    raw = f"{url}|{fingerprint}|{call.fingerprint()}|{generation}"
+    return "vp-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+class _LoopThread:
+    """A private event loop on a daemon thread; blocking calls run coroutines on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="vance-client-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+        self.loop.close()
+
+
+class VanceClient:
+    """The blocking twin of :class:`AsyncVanceClient`: the same methods, without ``await``."""
+
+    def __init__(self, token: str, **kwargs: Any) -> None:
+        self._loop = _LoopThread()
+        self._async = self._loop.run(_build(token, kwargs))
+
+    def __repr__(self) -> str:
+        return f"VanceClient(api={self.api!r}, base_url={self.base_url!r})"
+
+    @property
+    def api(self) -> ApiName:
+        return self._async.api
+
+    @property
+    def base_url(self) -> str:
+        return self._async.base_url
+
+    @property
+    def aio(self) -> AsyncVanceClient:
+        return self._async
+
+    @property
+    def request_counts(self) -> dict[str, int]:
+        return self._async.request_counts
+
+    def tool_call(self, *args: Any, **kwargs: Any) -> ToolCall:
+        return self._async.tool_call(*args, **kwargs)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run any coroutine of the async client on this client's loop."""
+        return self._loop.run(coro)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Job:
+        return self.run(self._async.submit(*args, **kwargs))
+
+    def get_job(self, job_id: str) -> Job:
+        return self.run(self._async.get_job(job_id))
+
+    def wait(self, job_id: str, **kwargs: Any) -> Job:
+        return self.run(self._async.wait(job_id, **kwargs))
+
+    def wait_all(self, job_ids: list[str], **kwargs: Any) -> list[Job]:
+        return self.run(self._async.wait_all(job_ids, **kwargs))
+
+    def download(self, job: Job | str, dest: str) -> str:
+        return self.run(self._async.download(job, dest))
+
+    def cancel(self, job_id: str) -> Job:
+        return self.run(self._async.cancel(job_id))
+
+    def delete(self, job_id: str) -> None:
+        self.run(self._async.delete(job_id))
+
+    def enhance(self, *args: Any, **kwargs: Any) -> tuple[Job, str]:
+        return self.run(self._async.enhance(*args, **kwargs))
+
+    def balance(self) -> Balance:
+        return self.run(self._async.balance())
+
+    def usage(self) -> list[UsageRecord]:
+        return self.run(self._async.usage())
+
+    def close(self) -> None:
+        try:
+            self.run(self._async.aclose())
+        finally:
+            self._loop.stop()
+
+    def __enter__(self) -> VanceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def _build(token: str, kwargs: dict[str, Any]) -> AsyncVanceClient:
+    return AsyncVanceClient(token, **kwargs)

@@ -1,0 +1,70 @@
+"""Keep tokens out of reprs and logs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+_known: set[str] = set()
+_lock = threading.Lock()
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str``; ``reveal()`` when sending it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        if value:
+            with _lock:
+                _known.add(value)
+        _install_filter()
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def redact(text: str) -> str:
+    """Replace every known token in ``text`` with ``***``."""
+    with _lock:
+        secrets = sorted(_known, key=len, reverse=True)
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs tokens from records of the HTTP libraries (their debug logs print URLs and headers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+_installed = False
+
+
+def _install_filter() -> None:
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    f = RedactingFilter()
+    for name in ("httpx", "httpcore", "httpcore.http11", "httpcore.connection", "vance_provider"):
+        logging.getLogger(name).addFilter(f)
