@@ -203,6 +203,17 @@ class Open:
         assert resp.status_code == 200, resp.text
         return resp.content
 
+    def create_upload(self, file_name: str = "clip.mp4", **extra: Any) -> httpx.Response:
+        return self.client.post("/api/v1/uploads", json={"file_name": file_name, **extra}, headers=self.headers)
+
+    def upload_video(self, data: bytes, file_name: str = "clip.mp4") -> str:
+        """Both phases: ``POST /uploads`` then one ``PUT`` of the raw bytes without auth; the upload_id."""
+        resp = self.create_upload(file_name, file_size=len(data), content_type="video/mp4")
+        assert resp.status_code == 201, resp.text
+        put = httpx.put(resp.json()["put_url"], content=data, headers={"Content-Type": "video/mp4"})
+        assert put.status_code == 200, put.text
+        return resp.json()["upload_id"]
+
     def credits(self) -> dict[str, Any]:
         resp = self.client.get("/api/v1/credits", headers=self.headers)
         assert resp.status_code == 200, resp.text

@@ -53,9 +53,9 @@ def charges(server: SimulatorServer, trans_id: str) -> list[float]:
 
 # --- upload -------------------------------------------------------------------------
 @pytest.mark.parametrize(("fmt", "name"), [("JPEG", "cat.jpg"), ("PNG", "cat.png")])
-def test_upload_accepts_jpg_and_png(web: Web, sim: SimulatorServer, fmt: str, name: str) -> None:
+def test_upload_accepts_jpg_and_png(shared_web: Web, shared_sim: SimulatorServer, fmt: str, name: str) -> None:
     data = image_bytes(120, 90, fmt)
-    resp = web.upload(data, name)
+    resp = shared_web.upload(data, name)
     assert resp.status_code == 200
     body = resp.json()
     assert body["code"] == 200
@@ -64,7 +64,7 @@ def test_upload_accepts_jpg_and_png(web: Web, sim: SimulatorServer, fmt: str, na
     assert d["name"].strip("'") == name
     assert (d["w"], d["h"]) == (120, 90)
     assert d["filesize"] == len(data)
-    assert sim.state.web_uploads[d["uid"]].path.read_bytes() == data
+    assert shared_sim.state.web_uploads[d["uid"]].path.read_bytes() == data
 
 
 @pytest.mark.parametrize(
@@ -72,23 +72,24 @@ def test_upload_accepts_jpg_and_png(web: Web, sim: SimulatorServer, fmt: str, na
     [encoded("GIF"), encoded("WEBP"), encoded("BMP"), b"%PDF-1.4 definitely not an image", b"\x00" * 64],
     ids=["gif", "webp", "bmp", "pdf", "zeros"],
 )
-def test_upload_rejects_other_formats_with_10001(web: Web, sim: SimulatorServer, data: bytes) -> None:
-    web_error(web.upload(data, "thing.jpg"), 10001)
-    assert sim.state.web_uploads == {}
+def test_upload_rejects_other_formats_with_10001(shared_web: Web, shared_sim: SimulatorServer, data: bytes) -> None:
+    before = len(shared_sim.state.web_uploads)
+    web_error(shared_web.upload(data, "thing.jpg"), 10001)
+    assert len(shared_sim.state.web_uploads) == before
 
 
-def test_upload_rejects_truncated_jpeg(web: Web) -> None:
+def test_upload_rejects_truncated_jpeg(shared_web: Web) -> None:
     data = image_bytes(200, 150)
-    web_error(web.upload(data[: len(data) // 2], "cut.jpg"), 10001)
+    web_error(shared_web.upload(data[: len(data) // 2], "cut.jpg"), 10001)
 
 
-def test_upload_over_10_mb_is_rejected_with_10012(web: Web) -> None:
+def test_upload_over_10_mb_is_rejected_with_10012(shared_web: Web) -> None:
     noise = Image.frombytes("RGB", (1900, 1900), os.urandom(1900 * 1900 * 3))
     buf = io.BytesIO()
     noise.save(buf, format="PNG", compress_level=0)
     data = buf.getvalue()
     assert 10 * 1024 * 1024 < len(data) < 12 * 1024 * 1024
-    web_error(web.upload(data, "noise.png"), 10012)
+    web_error(shared_web.upload(data, "noise.png"), 10012)
 
 
 def test_upload_size_limit_is_a_byte_limit(sim_factory: Callable[..., SimulatorServer], connect: Connect) -> None:
@@ -108,16 +109,16 @@ def test_upload_over_the_megapixel_limit_is_rejected_with_10012(
 
 
 @pytest.mark.parametrize("file_field", [None, "just a string"], ids=["absent", "not-a-file"])
-def test_upload_without_file_gives_field_message(web: Web, file_field: str | None) -> None:
-    msg = web_error(web.post("upload", file=file_field), 10001)
+def test_upload_without_file_gives_field_message(shared_web: Web, file_field: str | None) -> None:
+    msg = web_error(shared_web.post("upload", file=file_field), 10001)
     assert isinstance(msg, dict) and list(msg) == ["file"]
     assert isinstance(msg["file"], list) and all(isinstance(m, str) for m in msg["file"])
 
 
 # --- authentication ------------------------------------------------------------------
 @pytest.mark.parametrize("path", ENDPOINTS)
-def test_missing_token_is_30001_with_field_message(client: httpx.Client, path: str) -> None:
-    resp = client.post(f"/web_api/v1/{path}", data={"trans_id": "x", "uid": "y"})
+def test_missing_token_is_30001_with_field_message(shared_client: httpx.Client, path: str) -> None:
+    resp = shared_client.post(f"/web_api/v1/{path}", data={"trans_id": "x", "uid": "y"})
     msg = web_error(resp, 30001)
     assert msg == {"api_token": ["The api token field is required."]}
 
@@ -131,8 +132,8 @@ def test_missing_token_code_follows_the_other_edition_when_configured(
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
-def test_invalid_token_is_30001(client: httpx.Client, path: str) -> None:
-    resp = client.post(f"/web_api/v1/{path}", data={"api_token": "0" * 32, "trans_id": "x"})
+def test_invalid_token_is_30001(shared_client: httpx.Client, path: str) -> None:
+    resp = shared_client.post(f"/web_api/v1/{path}", data={"api_token": "0" * 32, "trans_id": "x"})
     web_error(resp, 30001)
 
 
@@ -159,10 +160,10 @@ def test_other_accounts_uploads_and_jobs_are_invisible(
 
 # --- transform: validation ---------------------------------------------------------------
 @pytest.mark.parametrize("missing", ["uid", "jconfig"])
-def test_transform_missing_field_gives_field_message(web: Web, missing: str) -> None:
-    fields = {"uid": web.uid(), "jconfig": enlarge(2)}
+def test_transform_missing_field_gives_field_message(shared_web: Web, missing: str) -> None:
+    fields = {"uid": shared_web.uid(), "jconfig": enlarge(2)}
     del fields[missing]
-    msg = web_error(web.post("transform", **fields), 10001)
+    msg = web_error(shared_web.post("transform", **fields), 10001)
     assert isinstance(msg, dict) and list(msg) == [missing]
     assert all(isinstance(m, str) for m in msg[missing])
 
@@ -170,13 +171,14 @@ def test_transform_missing_field_gives_field_message(web: Web, missing: str) -> 
 @pytest.mark.parametrize(
     "jconfig", ["{not json", "[]", '"enlarge3"', '{"name": "enlarge3"}', '{"name": "x", "config": []}']
 )
-def test_transform_unparseable_jconfig_is_10013(web: Web, sim: SimulatorServer, jconfig: str) -> None:
-    web_error(web.transform(web.uid(), jconfig), 10013)
-    assert sim.state.jobs == {}
+def test_transform_unparseable_jconfig_is_10013(shared_web: Web, shared_sim: SimulatorServer, jconfig: str) -> None:
+    uid, before = shared_web.uid(), len(shared_sim.state.jobs)
+    web_error(shared_web.transform(uid, jconfig), 10013)
+    assert len(shared_sim.state.jobs) == before
 
 
-def test_transform_unknown_uid_is_10011(web: Web) -> None:
-    web_error(web.transform("f" * 32, enlarge(2)), 10011)
+def test_transform_unknown_uid_is_10011(shared_web: Web) -> None:
+    web_error(shared_web.transform("f" * 32, enlarge(2)), 10011)
 
 
 @pytest.mark.parametrize(
@@ -194,8 +196,8 @@ def test_transform_unknown_uid_is_10011(web: Web) -> None:
         ("EnlargeStandard_4x_Stable", True, False),
     ],
 )
-def test_enlarge3_scale_rules(web: Web, model: str, scale: object, accepted: bool) -> None:
-    resp = web.transform(web.uid(), enlarge(scale, model))
+def test_enlarge3_scale_rules(shared_web: Web, model: str, scale: object, accepted: bool) -> None:
+    resp = shared_web.transform(shared_web.uid(), enlarge(scale, model))
     if accepted:
         assert resp.json()["code"] == 200
         assert resp.json()["data"]["status"] in WEB_STATUSES
@@ -208,22 +210,22 @@ def test_enlarge3_scale_rules(web: Web, model: str, scale: object, accepted: boo
     [ENLARGE_2X, step("enlarge", {"scale": "2x"}), step("matting", {"model_name": "MattingStable"})],
     ids=["enlarge3", "enlarge", "matting"],
 )
-def test_enlarge_and_matting_must_be_the_last_step(web: Web, first: dict[str, object]) -> None:
-    uid = web.uid()
-    web_error(web.transform(uid, workflow(first, DENOISE)), 10001)
-    assert web.transform(uid, workflow(DENOISE, first)).json()["code"] == 200
+def test_enlarge_and_matting_must_be_the_last_step(shared_web: Web, first: dict[str, object]) -> None:
+    uid = shared_web.uid()
+    web_error(shared_web.transform(uid, workflow(first, DENOISE)), 10001)
+    assert shared_web.transform(uid, workflow(DENOISE, first)).json()["code"] == 200
 
 
 @pytest.mark.parametrize("jconfig", [enlarge(2), workflow(ENLARGE_2X)], ids=["single-step", "workflow"])
-def test_both_jconfig_shapes_are_accepted(web: Web, jconfig: str) -> None:
-    _, data = web.run(jconfig, image_bytes(64, 48))
+def test_both_jconfig_shapes_are_accepted(shared_web: Web, jconfig: str) -> None:
+    _, data = shared_web.run(jconfig, image_bytes(64, 48))
     assert decode(data).size == (128, 96)
 
 
-def test_workflow_applies_every_step_in_order(web: Web) -> None:
+def test_workflow_applies_every_step_in_order(shared_web: Web) -> None:
     src = image_bytes(64, 48)
-    _, enlarged = web.run(workflow(ENLARGE_2X), src)
-    _, denoised_enlarged = web.run(workflow(DENOISE, ENLARGE_2X), src)
+    _, enlarged = shared_web.run(workflow(ENLARGE_2X), src)
+    _, denoised_enlarged = shared_web.run(workflow(DENOISE, ENLARGE_2X), src)
     a, b = decode(enlarged), decode(denoised_enlarged)
     assert a.size == b.size == (128, 96)
     assert a.tobytes() != b.tobytes()  # the denoise step ran before the enlargement
@@ -231,18 +233,18 @@ def test_workflow_applies_every_step_in_order(web: Web) -> None:
 
 # --- out_params --------------------------------------------------------------------------
 @pytest.mark.parametrize(("fmt", "pil", "ctype"), [("png", "PNG", "image/png"), ("jpg", "JPEG", "image/jpeg")])
-def test_out_params_format(web: Web, fmt: str, pil: str, ctype: str) -> None:
-    trans_id = web.start(enlarge(2, out={"format": fmt}))
-    web.wait(trans_id)
-    resp = web.download(trans_id)
+def test_out_params_format(shared_web: Web, fmt: str, pil: str, ctype: str) -> None:
+    trans_id = shared_web.start(enlarge(2, out={"format": fmt}))
+    shared_web.wait(trans_id)
+    resp = shared_web.download(trans_id)
     assert resp.headers["content-type"] == ctype
     assert decode(resp.content).format == pil
 
 
-def test_out_params_compress_quality(web: Web) -> None:
+def test_out_params_compress_quality(shared_web: Web) -> None:
     src = image_bytes(64, 48)
-    _, low = web.run(enlarge(2, out={"compress": {"quality": 5}}), src)
-    _, high = web.run(enlarge(2, out={"compress": {"quality": 95}}), src)
+    _, low = shared_web.run(enlarge(2, out={"compress": {"quality": 5}}), src)
+    _, high = shared_web.run(enlarge(2, out={"compress": {"quality": 95}}), src)
     lo, hi = decode(low), decode(high)
     assert lo.format == hi.format == "JPEG"
     assert len(low) < len(high)
@@ -250,27 +252,27 @@ def test_out_params_compress_quality(web: Web) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["jpg", "png"])
-def test_out_params_dpi(web: Web, fmt: str) -> None:
-    _, data = web.run(enlarge(2, out={"format": fmt, "dpi": 300}))
+def test_out_params_dpi(shared_web: Web, fmt: str) -> None:
+    _, data = shared_web.run(enlarge(2, out={"format": fmt, "dpi": 300}))
     dpi = decode(data).info["dpi"]
     assert dpi == pytest.approx((300, 300), abs=0.01)
 
 
-def test_matting_returns_png_with_alpha(web: Web) -> None:
-    trans_id = web.start(single("matting", {"model_name": "MattingStable"}))
-    web.wait(trans_id)
-    resp = web.download(trans_id)
+def test_matting_returns_png_with_alpha(shared_web: Web) -> None:
+    trans_id = shared_web.start(single("matting", {"model_name": "MattingStable"}))
+    shared_web.wait(trans_id)
+    resp = shared_web.download(trans_id)
     img = decode(resp.content)
     assert img.format == "PNG" and resp.headers["content-type"] == "image/png"
     assert img.mode == "RGBA"
     assert img.getchannel("A").getextrema() == (0, 255)  # a real cut-out: some pixels gone, some kept
 
 
-def test_matting_with_bg_color_is_opaque(web: Web) -> None:
+def test_matting_with_bg_color_is_opaque(shared_web: Web) -> None:
     src = image_bytes(64, 48)
-    _, cutout = web.run(single("matting", {"model_name": "MattingStable"}), src)
+    _, cutout = shared_web.run(single("matting", {"model_name": "MattingStable"}), src)
     bg = {"bg_composed": {"bg_color": {"r": 0, "g": 255, "b": 255}}}
-    _, composed = web.run(single("matting", {"model_name": "MattingStable"}, bg), src)
+    _, composed = shared_web.run(single("matting", {"model_name": "MattingStable"}, bg), src)
     cut, comp = decode(cutout), decode(composed)
     assert "A" not in comp.getbands() or comp.getchannel("A").getextrema() == (255, 255)
     comp = comp.convert("RGB")
@@ -323,32 +325,32 @@ def test_without_sync_wait_transform_does_not_block(
     web_error(web.download(body["data"]["trans_id"]), 10011)  # not finished yet
 
 
-def test_progress_reports_string_filesize_when_finished(web: Web) -> None:
-    trans_id = web.start(enlarge(2))
-    data = web.wait(trans_id)
+def test_progress_reports_string_filesize_when_finished(shared_web: Web) -> None:
+    trans_id = shared_web.start(enlarge(2))
+    data = shared_web.wait(trans_id)
     assert data["status"] == "finish"
     assert isinstance(data["filesize"], str) and data["filesize"].isdigit()
-    assert int(data["filesize"]) == len(web.download(trans_id).content)
+    assert int(data["filesize"]) == len(shared_web.download(trans_id).content)
 
 
-def test_progress_of_unknown_trans_id_is_an_error(web: Web) -> None:
-    web_error(web.post("progress", trans_id="0" * 32), 10001)
-    msg = web_error(web.post("progress"), 10001)
+def test_progress_of_unknown_trans_id_is_an_error(shared_web: Web) -> None:
+    web_error(shared_web.post("progress", trans_id="0" * 32), 10001)
+    msg = web_error(shared_web.post("progress"), 10001)
     assert list(msg) == ["trans_id"]
 
 
 @pytest.mark.parametrize(("scale", "model"), [(2, "2x"), (4, "4x"), (6, "4x"), (8, "4x")])
-def test_download_returns_the_enlarged_image(web: Web, scale: int, model: str) -> None:
-    trans_id = web.start(enlarge(scale, f"EnlargeStandard_{model}_Stable"), image_bytes(64, 48))
-    web.wait(trans_id)
-    resp = web.download(trans_id)
+def test_download_returns_the_enlarged_image(shared_web: Web, scale: int, model: str) -> None:
+    trans_id = shared_web.start(enlarge(scale, f"EnlargeStandard_{model}_Stable"), image_bytes(64, 48))
+    shared_web.wait(trans_id)
+    resp = shared_web.download(trans_id)
     assert resp.status_code == 200 and resp.headers["content-type"] == "image/jpeg"
     assert int(resp.headers["content-length"]) == len(resp.content)
     assert decode(resp.content).size == (64 * scale, 48 * scale)
 
 
-def test_download_of_unknown_trans_id_is_10011(web: Web) -> None:
-    web_error(web.download("0" * 32), 10011)
+def test_download_of_unknown_trans_id_is_10011(shared_web: Web) -> None:
+    web_error(shared_web.download("0" * 32), 10011)
 
 
 # --- credits ------------------------------------------------------------------------------
@@ -457,25 +459,26 @@ def test_get_with_query_parameters_is_accepted(web: Web, client: httpx.Client, p
             assert body["data"]["used_num"] == "1.000"
 
 
-def test_upload_and_transform_are_post_only(client: httpx.Client) -> None:
+def test_upload_and_transform_are_post_only(shared_client: httpx.Client) -> None:
     for path in ("upload", "transform"):
-        assert client.get(f"/web_api/v1/{path}", params={"api_token": WEB_TOKEN}).status_code == 405
+        assert shared_client.get(f"/web_api/v1/{path}", params={"api_token": WEB_TOKEN}).status_code == 405
 
 
 # --- webhooks ---------------------------------------------------------------------------------
-def test_https_webhook_is_accepted_and_answers_webhook(web: Web) -> None:
+def test_https_webhook_is_accepted_and_answers_webhook(shared_web: Web) -> None:
     # Loopback on a closed port: the simulator's delivery attempts go nowhere.
-    resp = web.transform(web.uid(), enlarge(2), webhook="https://127.0.0.1:1/hook")
+    resp = shared_web.transform(shared_web.uid(), enlarge(2), webhook="https://127.0.0.1:1/hook")
     body = resp.json()
     assert body["code"] == 200 and body["data"]["status"] == "webhook"
-    assert web.wait(body["data"]["trans_id"])["status"] == "finish"
+    assert shared_web.wait(body["data"]["trans_id"])["status"] == "finish"
 
 
 @pytest.mark.parametrize("hook", ["http://127.0.0.1:9/hook", "ftp://127.0.0.1/hook", "not a url"])
-def test_non_https_webhook_is_refused_by_default(web: Web, sim: SimulatorServer, hook: str) -> None:
-    msg = web_error(web.transform(web.uid(), enlarge(2), webhook=hook), 10001)
+def test_non_https_webhook_is_refused_by_default(shared_web: Web, shared_sim: SimulatorServer, hook: str) -> None:
+    uid, before = shared_web.uid(), len(shared_sim.state.jobs)
+    msg = web_error(shared_web.transform(uid, enlarge(2), webhook=hook), 10001)
     assert list(msg) == ["webhook"]
-    assert sim.state.jobs == {}
+    assert len(shared_sim.state.jobs) == before
 
 
 def test_http_webhook_switch_allows_loopback_only(

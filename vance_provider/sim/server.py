@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 from types import TracebackType
 
 import uvicorn
+from starlette.requests import ClientDisconnect
 
 from .app import create_app
 from .config import SimConfig
 from .state import SimState
+
+
+class _QuietInjectedFaults(logging.Filter):
+    """Injected drops and truncations are on purpose: keep their tracebacks out of the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, (ConnectionAbortedError, ClientDisconnect))
+
+
+logging.getLogger("uvicorn.error").addFilter(_QuietInjectedFaults())
 
 
 class SimulatorServer:

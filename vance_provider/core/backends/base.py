@@ -16,6 +16,7 @@ from ... import __version__
 from ..errors import (
     APIError,
     ResultNotReadyError,
+    ServerError,
     TransportError,
     TruncatedDownloadError,
     VanceError,
@@ -127,12 +128,12 @@ class Backend:
                 self.calls[name] += 1
                 try:
                     async with request() as response:
-                        error = self.map_error(name, response) if response.status_code != 200 or \
-                            response.headers.get("content-type", "").startswith("application/json") else None
-                        if error is not None:
-                            await response.aread()
-                            error = self.map_error(name, response) or error
-                            raise error
+                        if response.status_code != 200 or \
+                                response.headers.get("content-type", "").startswith("application/json"):
+                            await response.aread()  # an error body, small
+                            raise self.map_error(name, response) or ServerError(
+                                f"{self.api} API {name}: unexpected HTTP {response.status_code} for a download",
+                                status_code=response.status_code)
                         final = dest if _has_media_ext(dest) else f"{dest}.{ext_for(response)}"
                         writer = AtomicWriter(final, self.storage_options)
                         await asyncio.to_thread(writer.open)
