@@ -294,6 +294,18 @@ class VanceClient:
     def usage(self) -> list[UsageRecord]:
         return self.run(self._async.usage())
 
+    def run_batch(self, spec: Any, on_progress: Any = None) -> Any:
+        """Run or resume a batch (see :mod:`vance_provider.core.batch`); returns a ``BatchResult``."""
+        from .batch import run_batch
+
+        return self.run(run_batch(self._async, spec, on_progress))
+
+    def usage_report(self, manifests: Any = (), storage_options: dict[str, Any] | None = None) -> Any:
+        """The usage report as a pandas DataFrame (see :func:`vance_provider.core.credits.usage_report`)."""
+        from .credits import usage_report
+
+        return self.run(usage_report(self._async, manifests, storage_options))
+
     def close(self) -> None:
         try:
             self.run(self._async.aclose())
