@@ -57,6 +57,7 @@ class BatchSpec:
     force: bool = False
     timeout: float | None = None
     storage_options: dict[str, Any] | None = None
+    allow_empty: bool = False  # an empty source is an error unless this is set
 
 
 @dataclass
@@ -204,6 +205,9 @@ class BatchRunner:
     async def prepare(self) -> list[ManifestItem]:
         so = self.spec.storage_options
         sources = await asyncio.to_thread(list_sources, self.spec.source, None, so)
+        if not sources and not self.spec.allow_empty:
+            raise InvalidInputError("no input files found (JPG, PNG, WEBP or video)", source=str(self.spec.source),
+                                    hint="check the prefix or glob, or pass allow_empty=True")
         await asyncio.to_thread(check_writable, self.spec.destination, so)
         await asyncio.to_thread(self.manifest.load)
         chash = call_hash(self.call)

@@ -17,7 +17,10 @@ from fsspec.core import url_to_fs
 from .errors import InvalidInputError, TruncatedDownloadError, UnreadableInputError
 
 CHUNK = 1 << 20  # bounded buffer for streaming (1 MiB)
-MEDIA_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+# Listed from folders and globs; unsupported kinds (gif, bmp, ...) are listed too, so the
+# batch reports them as failed with a reason instead of leaving them silently behind.
+MEDIA_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v",
+                    ".gif", ".bmp", ".tif", ".tiff", ".heic"}
 
 
 @dataclass(frozen=True)
@@ -65,12 +68,13 @@ def list_sources(source: str | Iterable[str], extensions: set[str] | None = None
                 raise UnreadableInputError("the source does not exist", source=url,
                                            hint="check the URL and the storage credentials")
             base = path.rsplit("/", 1)[0]
-            matches = {path: fs.info(path)}
+            matches = {path: {**fs.info(path), "explicit": True}}
         for p, info in sorted(matches.items()):
             if info.get("type") == "directory":
                 continue
             name = PurePosixPath(p).name
-            if name.startswith((".", "_")) or PurePosixPath(p).suffix.lower() not in exts:
+            listed = name.startswith((".", "_")) or PurePosixPath(p).suffix.lower() not in exts
+            if listed and not info.get("explicit"):
                 continue  # hidden files, manifests, partial downloads, other types
             rel = p[len(base):].lstrip("/") if p.startswith(base) else name
             u = full_url(fs, p)
