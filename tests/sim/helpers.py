@@ -25,7 +25,9 @@ WEB_STATUSES = {"waiting", "process", "busy", "finish", "fatal", "webhook"}
 OPEN_TERMINAL = {"succeeded", "failed", "canceled"}
 
 
-def poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0, interval: float = 0.02) -> T:
+def poll(
+    fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 10.0, interval: float = 0.02
+) -> T:
     """Call ``fetch`` until ``done(value)`` holds; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -48,7 +50,9 @@ def decode(data: bytes) -> Image.Image:
 
 
 # --- web API v1 -----------------------------------------------------------------------
-def step(module: str, params: dict[str, Any] | None = None, out: dict[str, Any] | None = None) -> dict[str, Any]:
+def step(
+    module: str, params: dict[str, Any] | None = None, out: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One jconfig step (the inner ``config`` object)."""
     cfg: dict[str, Any] = {"module": module, "module_params": params or {}}
     if out is not None:
@@ -74,7 +78,9 @@ SHARPEN = step("sharpen3", {"model_name": "SharpenGeneralStable", "autoparams": 
 def enlarge(scale: Any, model: str | None = None, out: dict[str, Any] | None = None) -> str:
     if model is None:
         model = "EnlargeStandard_2x_Stable" if scale == 2 else "EnlargeStandard_4x_Stable"
-    return single("enlarge3", {"model_name": model, "scale": scale, "suppress_noise": 40, "remove_blur": 60}, out)
+    return single(
+        "enlarge3", {"model_name": model, "scale": scale, "suppress_noise": 40, "remove_blur": 60}, out
+    )
 
 
 class Web:
@@ -162,16 +168,24 @@ class Open:
     def headers(self) -> dict[str, str]:
         return bearer(self.key)
 
-    def submit(self, tool: str = "upscale", config: dict[str, Any] | None = None, data: bytes | None = None,
-               field_name: str = "image", output_format: str | None = None,
-               headers: dict[str, str] | None = None) -> httpx.Response:
+    def submit(
+        self,
+        tool: str = "upscale",
+        config: dict[str, Any] | None = None,
+        data: bytes | None = None,
+        field_name: str = "image",
+        output_format: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
         form: dict[str, str] = {"tool": tool}
         if config is not None:
             form["config"] = json.dumps(config)
         if output_format:
             form["output_format"] = output_format
         files = {field_name: ("photo.jpg", image_bytes() if data is None else data, "image/jpeg")}
-        return self.client.post("/api/v1/jobs", data=form, files=files, headers={**self.headers, **(headers or {})})
+        return self.client.post(
+            "/api/v1/jobs", data=form, files=files, headers={**self.headers, **(headers or {})}
+        )
 
     def submit_json(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.Response:
         return self.client.post("/api/v1/jobs", json=body, headers={**self.headers, **(headers or {})})
@@ -204,7 +218,9 @@ class Open:
         return resp.content
 
     def create_upload(self, file_name: str = "clip.mp4", **extra: Any) -> httpx.Response:
-        return self.client.post("/api/v1/uploads", json={"file_name": file_name, **extra}, headers=self.headers)
+        return self.client.post(
+            "/api/v1/uploads", json={"file_name": file_name, **extra}, headers=self.headers
+        )
 
     def upload_video(self, data: bytes, file_name: str = "clip.mp4") -> str:
         """Both phases: ``POST /uploads`` then one ``PUT`` of the raw bytes without auth; the upload_id."""
@@ -236,8 +252,12 @@ class LocalServer:
 
 
 @contextmanager
-def local_server(statuses: list[int] | None = None, default_status: int = 200, body: bytes = b"ok",
-                 content_type: str = "text/plain") -> Iterator[LocalServer]:
+def local_server(
+    statuses: list[int] | None = None,
+    default_status: int = 200,
+    body: bytes = b"ok",
+    content_type: str = "text/plain",
+) -> Iterator[LocalServer]:
     """Serve on 127.0.0.1: answer each request with the next of ``statuses`` (then ``default_status``)."""
     script = list(statuses or [])
     lock = threading.Lock()
@@ -256,7 +276,7 @@ def local_server(statuses: list[int] | None = None, default_status: int = 200, b
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = _answer  # noqa: N815
+        do_GET = do_POST = _answer
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -60,9 +60,15 @@ def probe(data: bytes, tmp_path: Path) -> tuple[int, int, float, int]:
 # --- authentication --------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/api/v1/credits"), ("POST", "/api/v1/jobs"), ("GET", "/api/v1/jobs/job_x"),
-     ("GET", "/api/v1/jobs/job_x/result"), ("POST", "/api/v1/jobs/job_x/cancel"),
-     ("DELETE", "/api/v1/jobs/job_x"), ("POST", "/api/v1/uploads")],
+    [
+        ("GET", "/api/v1/credits"),
+        ("POST", "/api/v1/jobs"),
+        ("GET", "/api/v1/jobs/job_x"),
+        ("GET", "/api/v1/jobs/job_x/result"),
+        ("POST", "/api/v1/jobs/job_x/cancel"),
+        ("DELETE", "/api/v1/jobs/job_x"),
+        ("POST", "/api/v1/uploads"),
+    ],
 )
 def test_missing_key_is_401_invalid_api_key(shared_client: httpx.Client, method: str, path: str) -> None:
     err = open_error(shared_client.request(method, path), 401, "invalid_api_key")
@@ -70,17 +76,24 @@ def test_missing_key_is_401_invalid_api_key(shared_client: httpx.Client, method:
 
 
 @pytest.mark.parametrize(
-    "key", ["sk_live_wrong0000000000000000000000000", OPEN_KEY + "x", WEB_TOKEN], ids=["unknown", "longer", "web"]
+    "key",
+    ["sk_live_wrong0000000000000000000000000", OPEN_KEY + "x", WEB_TOKEN],
+    ids=["unknown", "longer", "web"],
 )
 def test_invalid_key_is_401(shared_client: httpx.Client, key: str) -> None:
     resp = shared_client.get("/api/v1/credits", headers=bearer(key))
     assert resp.status_code == 401
-    assert resp.json()["error"]["code"] in {"invalid_api_key", "unauthorized"}  # both documented for a bad key
+    assert resp.json()["error"]["code"] in {
+        "invalid_api_key",
+        "unauthorized",
+    }  # both documented for a bad key
     assert resp.json()["error"]["type"] == "auth"
 
 
 @pytest.mark.parametrize(
-    "header", [f"Basic {OPEN_KEY}", f"Token {OPEN_KEY}", OPEN_KEY, "Bearer"], ids=["basic", "token", "bare", "empty"]
+    "header",
+    [f"Basic {OPEN_KEY}", f"Token {OPEN_KEY}", OPEN_KEY, "Bearer"],
+    ids=["basic", "token", "bare", "empty"],
 )
 def test_non_bearer_header_is_401(shared_client: httpx.Client, header: str) -> None:
     resp = shared_client.get("/api/v1/credits", headers={"Authorization": header})
@@ -122,7 +135,9 @@ def test_json_create_with_image_url_fetches_the_image(
 ) -> None:
     api = api_for(sim_factory(allow_loopback_urls=True), connect)
     with local_server(body=image_bytes(64, 48), content_type="image/jpeg") as origin:
-        resp = api.submit_json({field_name: f"{origin.url}/photo.jpg", "tool": "upscale", "config": {"scale": 2}})
+        resp = api.submit_json(
+            {field_name: f"{origin.url}/photo.jpg", "tool": "upscale", "config": {"scale": 2}}
+        )
         assert resp.status_code == 202, resp.text
         assert resp.json()["status"] == "queued" and resp.json()["credits_charged"] == 0
         body = api.wait(resp.json()["job_id"])
@@ -147,15 +162,20 @@ def test_image_url_on_loopback_is_ssrf_blocked(sim: SimulatorServer, api: Open, 
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://127.0.0.1/photo.jpg", "file:///etc/passwd", "gopher://127.0.0.1:70/x", "http://", "photo.jpg"]
+    "url",
+    ["ftp://127.0.0.1/photo.jpg", "file:///etc/passwd", "gopher://127.0.0.1:70/x", "http://", "photo.jpg"],
 )
-def test_non_http_url_is_400_invalid_parameter(shared_api: Open, shared_sim: SimulatorServer, url: str) -> None:
+def test_non_http_url_is_400_invalid_parameter(
+    shared_api: Open, shared_sim: SimulatorServer, url: str
+) -> None:
     before = len(shared_sim.state.jobs)
     open_error(shared_api.submit_json({"image_url": url, "tool": "upscale"}), 400, "invalid_parameter")
     assert len(shared_sim.state.jobs) == before
 
 
-@pytest.mark.parametrize("tool", ["video_translate", "video_colorize", "subtitle", "colorize", "enlarge3", ""])
+@pytest.mark.parametrize(
+    "tool", ["video_translate", "video_colorize", "subtitle", "colorize", "enlarge3", ""]
+)
 def test_unknown_or_unavailable_tool_is_400(shared_api: Open, tool: str) -> None:
     resp = shared_api.submit(tool)
     code = "invalid_parameter" if tool == "" else "unsupported_tool"  # an empty tool is a missing parameter
@@ -180,7 +200,28 @@ def test_invalid_config_is_400_invalid_parameter(shared_api: Open, tool: str, co
 
 
 @pytest.mark.parametrize(
-    ("tool", "config"), [("upscale", {"scale": 2}), ("upscale", {"scale": 8}), ("custom", {"prompt": "brighter"})]
+    ("tool", "config", "status"),
+    [
+        ("video_upscale", {"scale": 8}, 400),
+        ("video_upscale", {"scale": 4}, 404),
+        ("video_upscale", {"fps": 500}, 400),
+        ("video_hdr", {"quality": "ultra"}, 400),
+        ("video_hdr", {"codec": "vp9"}, 400),
+        ("video_face_enhance", {"codec": "h265", "quality": "low"}, 404),
+    ],
+)
+def test_video_config_is_validated_before_the_upload(
+    shared_api: Open, tool: str, config: dict[str, Any], status: int
+) -> None:
+    resp = shared_api.submit_json(
+        {"upload_id": "upl_000000000000000000000000", "tool": tool, "config": config}
+    )
+    open_error(resp, status, "invalid_parameter" if status == 400 else "upload_not_found")
+
+
+@pytest.mark.parametrize(
+    ("tool", "config"),
+    [("upscale", {"scale": 2}), ("upscale", {"scale": 8}), ("custom", {"prompt": "brighter"})],
 )
 def test_valid_config_is_accepted(shared_api: Open, tool: str, config: dict[str, Any]) -> None:
     resp = shared_api.submit(tool, config)
@@ -192,8 +233,12 @@ def test_valid_config_is_accepted(shared_api: Open, tool: str, config: dict[str,
     "body",
     [
         {"tool": "upscale"},
-        {"tool": "upscale", "image_url": "https://127.0.0.1/a.jpg", "source_url": "https://127.0.0.1/b.jpg",
-         "upload_id": "upl_1"},
+        {
+            "tool": "upscale",
+            "image_url": "https://127.0.0.1/a.jpg",
+            "source_url": "https://127.0.0.1/b.jpg",
+            "upload_id": "upl_1",
+        },
         {"tool": "upscale", "upload_id": "upl_1"},
         {"tool": "upscale", "image_url": "https://127.0.0.1/a.jpg", "output_format": "gif"},
         {"tool": "upscale", "image_url": "https://127.0.0.1/a.jpg", "config": "scale=2"},
@@ -279,8 +324,12 @@ def test_remove_bg_result_is_png_with_alpha(shared_api: Open) -> None:
 
 @pytest.mark.parametrize(
     ("fmt", "pil", "ctype"),
-    [(None, "JPEG", "image/jpeg"), ("jpg", "JPEG", "image/jpeg"), ("png", "PNG", "image/png"),
-     ("webp", "WEBP", "image/webp")],
+    [
+        (None, "JPEG", "image/jpeg"),
+        ("jpg", "JPEG", "image/jpeg"),
+        ("png", "PNG", "image/png"),
+        ("webp", "WEBP", "image/webp"),
+    ],
 )
 def test_output_format_is_honoured(shared_api: Open, fmt: str | None, pil: str, ctype: str) -> None:
     job_id = shared_api.create("denoise", output_format=fmt)
@@ -317,7 +366,9 @@ def test_signed_url_expires_and_result_re_signs(sim: SimulatorServer, api: Open)
     assert httpx.get(fresh).status_code == 200
 
 
-def test_result_not_ready_before_finish_and_during_sync_window(sim_factory: Factory, connect: Connect) -> None:
+def test_result_not_ready_before_finish_and_during_sync_window(
+    sim_factory: Factory, connect: Connect
+) -> None:
     server = sim_factory(queue_delay=0.3, result_sync_window=5)
     api = api_for(server, connect)
     job_id = api.create()
@@ -354,7 +405,9 @@ def test_cancel_processing_job_refunds_the_reservation(sim_factory: Factory, con
     job_id = api.create()
     api.wait_status(job_id, "processing")
     assert api.credits() == {"balance": 999.0, "used": 0.0, "frozen": 1.0}
-    assert api.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=api.headers).json()["status"] == "canceled"
+    assert (
+        api.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=api.headers).json()["status"] == "canceled"
+    )
     assert ledger(server, job_id) == [("reserve", 1.0), ("refund", 1.0)]
     assert api.credits() == {"balance": 1000.0, "used": 0.0, "frozen": 0.0}
     open_error(api.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=api.headers), 409, "not_cancelable")
@@ -365,7 +418,9 @@ def test_cancel_finished_or_unknown_job(shared_api: Open) -> None:
     shared_api.wait(job_id)
     resp = shared_api.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=shared_api.headers)
     open_error(resp, 409, "not_cancelable")
-    unknown = shared_api.client.post("/api/v1/jobs/job_000000000000000000000000/cancel", headers=shared_api.headers)
+    unknown = shared_api.client.post(
+        "/api/v1/jobs/job_000000000000000000000000/cancel", headers=shared_api.headers
+    )
     open_error(unknown, 404, "job_not_found")
 
 
@@ -380,7 +435,11 @@ def test_delete_in_progress_job_cancels_first(sim_factory: Factory, connect: Con
     assert ledger(server, job_id) == [("reserve", 1.0), ("refund", 1.0)]
     assert api.credits() == {"balance": 1000.0, "used": 0.0, "frozen": 0.0}
     for method, path in [("GET", ""), ("GET", "/result"), ("POST", "/cancel")]:
-        open_error(api.client.request(method, f"/api/v1/jobs/{job_id}{path}", headers=api.headers), 404, "job_not_found")
+        open_error(
+            api.client.request(method, f"/api/v1/jobs/{job_id}{path}", headers=api.headers),
+            404,
+            "job_not_found",
+        )
     again = api.client.delete(f"/api/v1/jobs/{job_id}", headers=api.headers)
     assert again.status_code == 200 and again.json() == {"job_id": job_id, "deleted": True}
 
@@ -435,8 +494,9 @@ def test_put_takes_no_authorization_header(sim: SimulatorServer, api: Open, test
     with_auth = httpx.put(body["put_url"], content=data, headers=bearer())
     assert with_auth.status_code == 400
     assert not sim.state.uploads[body["upload_id"]].put_done
-    forged = httpx.put(re.sub(r"X-Amz-Signature=[0-9a-f]+", "X-Amz-Signature=" + "0" * 64, body["put_url"]),
-                       content=data)
+    forged = httpx.put(
+        re.sub(r"X-Amz-Signature=[0-9a-f]+", "X-Amz-Signature=" + "0" * 64, body["put_url"]), content=data
+    )
     assert forged.status_code == 403
     plain = httpx.put(body["put_url"], content=data, headers={"Content-Type": "video/mp4"})
     assert plain.status_code == 200 and plain.headers["etag"]
@@ -448,7 +508,11 @@ def test_video_upscale_from_upload(sim: SimulatorServer, api: Open, test_video: 
     upload_id = api.upload_video(test_video.read_bytes())
     resp = api.submit_json({"upload_id": upload_id, "tool": "video_upscale", "config": {"scale": 2}})
     assert resp.status_code == 202
-    assert (resp.json()["media"], resp.json()["status"], resp.json()["credits_charged"]) == ("video", "queued", 0)
+    assert (resp.json()["media"], resp.json()["status"], resp.json()["credits_charged"]) == (
+        "video",
+        "queued",
+        0,
+    )
     body = api.wait(resp.json()["job_id"], timeout=20)
     assert body["status"] == "succeeded", body
     result = body["result"]
@@ -473,11 +537,16 @@ def test_upload_id_is_single_use(api: Open, test_video: Path) -> None:
     open_error(second, 409, "upload_already_consumed")
 
 
-def test_unknown_or_foreign_upload_id_is_404(sim_factory: Factory, connect: Connect, test_video: Path) -> None:
+def test_unknown_or_foreign_upload_id_is_404(
+    sim_factory: Factory, connect: Connect, test_video: Path
+) -> None:
     server = sim_factory(**two_accounts())
     mine, theirs = api_for(server, connect), api_for(server, connect, OTHER_KEY)
-    open_error(mine.submit_json({"upload_id": "upl_000000000000000000000000", "tool": "video_upscale"}), 404,
-               "upload_not_found")
+    open_error(
+        mine.submit_json({"upload_id": "upl_000000000000000000000000", "tool": "video_upscale"}),
+        404,
+        "upload_not_found",
+    )
     upload_id = mine.upload_video(test_video.read_bytes())
     open_error(theirs.submit_json({"upload_id": upload_id, "tool": "video_upscale"}), 404, "upload_not_found")
     assert mine.submit_json({"upload_id": upload_id, "tool": "video_upscale"}).status_code == 202
@@ -487,7 +556,9 @@ def test_expired_upload_is_410(sim: SimulatorServer, api: Open, test_video: Path
     body = api.create_upload("clip.mp4").json()
     assert httpx.put(body["put_url"], content=test_video.read_bytes()).status_code == 200
     sim.state.clock.advance(sim.config.upload_ttl + 1)
-    open_error(api.submit_json({"upload_id": body["upload_id"], "tool": "video_upscale"}), 410, "upload_expired")
+    open_error(
+        api.submit_json({"upload_id": body["upload_id"], "tool": "video_upscale"}), 410, "upload_expired"
+    )
     late = api.create_upload("late.mp4").json()
     sim.state.clock.advance(sim.config.upload_ttl + 1)
     assert httpx.put(late["put_url"], content=test_video.read_bytes()).status_code == 403
@@ -525,7 +596,7 @@ def test_credits_shape(api: Open) -> None:
 
 
 def test_credits_reserved_at_start_and_confirmed_on_success(sim_factory: Factory, connect: Connect) -> None:
-    server = sim_factory(queue_delay=0.3, time_per_job=0.5)
+    server = sim_factory(queue_delay=0.5, time_per_job=0.5)
     api = api_for(server, connect)
     job_id = api.create()
     assert ledger(server) == [] and api.credits() == {"balance": 1000.0, "used": 0.0, "frozen": 0.0}
@@ -585,7 +656,9 @@ def test_idempotent_replay_returns_the_same_job(sim: SimulatorServer, api: Open)
     assert second.json()["job_id"] == first.json()["job_id"]
     assert len(sim.state.jobs) == 1
     assert len([r for r in sim.state.requests if r.created_job]) == 1
-    assert [r.idempotency_key for r in sim.state.requests if r.path == "/api/v1/jobs"] == ["8f3b1c2a-unique"] * 2
+    assert [r.idempotency_key for r in sim.state.requests if r.path == "/api/v1/jobs"] == [
+        "8f3b1c2a-unique"
+    ] * 2
     api.wait(first.json()["job_id"])
     assert [kind for kind, _ in ledger(sim)] == ["reserve", "confirm"]
     assert sim.state.double_charges() == []
@@ -605,13 +678,14 @@ def test_idempotency_key_with_other_tool_or_config_is_409(
 
 # --- rate and concurrency limits --------------------------------------------------------------------
 def test_rate_limit_per_key(sim_factory: Factory, connect: Connect) -> None:
-    server = sim_factory(rate_limit=3, rate_window=60,
-                         accounts=[Account(open_keys=[OPEN_KEY, OTHER_KEY])])
+    server = sim_factory(rate_limit=3, rate_window=60, accounts=[Account(open_keys=[OPEN_KEY, OTHER_KEY])])
     api = api_for(server, connect)
     job_id = api.create()
     remaining = []
-    for resp in (api.client.get(f"/api/v1/jobs/{job_id}", headers=api.headers),
-                 api.client.get("/api/v1/credits", headers=api.headers)):
+    for resp in (
+        api.client.get(f"/api/v1/jobs/{job_id}", headers=api.headers),
+        api.client.get("/api/v1/credits", headers=api.headers),
+    ):
         assert resp.status_code == 200
         assert resp.headers["x-ratelimit-limit"] == "3"
         assert int(resp.headers["x-ratelimit-reset"]) > time.time()
@@ -622,14 +696,20 @@ def test_rate_limit_per_key(sim_factory: Factory, connect: Connect) -> None:
     assert limited.headers["x-ratelimit-limit"] == "3" and limited.headers["x-ratelimit-remaining"] == "0"
     assert 1 <= int(limited.headers["retry-after"]) <= 61
     assert int(limited.headers["x-ratelimit-reset"]) >= int(time.time())
-    assert api_for(server, connect, OTHER_KEY).client.get("/api/v1/credits", headers=bearer(OTHER_KEY)).status_code == 200
+    assert (
+        api_for(server, connect, OTHER_KEY)
+        .client.get("/api/v1/credits", headers=bearer(OTHER_KEY))
+        .status_code
+        == 200
+    )
     server.state.clock.advance(61)
     assert api.client.get("/api/v1/credits", headers=api.headers).status_code == 200
 
 
 def test_concurrency_limit_per_account(sim_factory: Factory, connect: Connect) -> None:
-    server = sim_factory(max_concurrent_images=2, queue_delay=5,
-                         accounts=[Account(open_keys=[OPEN_KEY, OTHER_KEY])])
+    server = sim_factory(
+        max_concurrent_images=2, queue_delay=5, accounts=[Account(open_keys=[OPEN_KEY, OTHER_KEY])]
+    )
     api, second_key = api_for(server, connect), api_for(server, connect, OTHER_KEY)
     first = api.create()
     api.create()
@@ -661,3 +741,95 @@ def test_request_log_keeps_keys_out_of_urls(sim: SimulatorServer, api: Open) -> 
     assert api_calls and all(r.authorization and r.account == "demo" for r in api_calls)
     assert storage and not any(r.authorization for r in storage)
     assert all("sign=" in r.url for r in storage)  # the log keeps full URLs, query included
+
+
+# --- more of the documented video and URL behaviour --------------------------------------------
+def test_put_over_max_bytes_is_413(sim_factory: Factory, connect: Connect) -> None:
+    api = api_for(sim_factory(open_max_upload_bytes=1000), connect)
+    body = api.create_upload("clip.mp4").json()
+    assert body["max_bytes"] == 1000
+    assert httpx.put(body["put_url"], content=b"\x00" * 2000).status_code == 413
+    open_error(api.create_upload("clip.mp4", file_size=1001), 413, "file_too_large")
+
+
+def test_video_phases_upload_sync_process(sim_factory: Factory, connect: Connect, test_video: Path) -> None:
+    api = api_for(sim_factory(time_per_job=0.0, time_per_video_second=1.5), connect)
+    upload_id = api.upload_video(test_video.read_bytes())
+    job_id = api.submit_json({"upload_id": upload_id, "tool": "video_hdr"}).json()["job_id"]
+    bodies = []
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        bodies.append(api.get(job_id))
+        if bodies[-1]["status"] in {"succeeded", "failed"}:
+            break
+        time.sleep(0.02)
+    assert bodies[-1]["status"] == "succeeded", bodies[-1]
+    processing = [b for b in bodies if b["status"] == "processing"]
+    phases = [
+        b["phase"] for i, b in enumerate(processing) if i == 0 or processing[i - 1]["phase"] != b["phase"]
+    ]
+    assert phases == ["uploading", "syncing", "processing"]
+    assert all(b["progress"] == 0 for b in processing if b["phase"] != "processing")
+    assert max(b["progress"] for b in processing) > 0
+    assert bodies[-1]["progress"] == 100
+
+
+def test_video_estimate_is_a_hint_and_the_charge_is_measured(
+    sim: SimulatorServer, api: Open, test_video: Path
+) -> None:
+    upload_id = api.upload_video(test_video.read_bytes())
+    config = {"scale": 2, "source_width": 1920, "source_height": 1080, "duration": 60}
+    resp = api.submit_json({"upload_id": upload_id, "tool": "video_upscale", "config": config})
+    assert resp.status_code == 202
+    estimate = resp.json()["credits_estimated"]
+    assert estimate > 1.0
+    body = api.wait(resp.json()["job_id"], timeout=20)
+    assert body["status"] == "succeeded"
+    assert (body["result"]["width"], body["result"]["height"]) == (128, 96)  # not the claimed 1920x1080
+    [(_, amount)] = [e for e in ledger(sim, body["job_id"]) if e[0] == "confirm"]
+    assert amount < estimate  # billed on the measured 1 s clip, not the claimed 60 s
+
+
+def test_video_preflight_uses_the_estimate(sim_factory: Factory, connect: Connect, test_video: Path) -> None:
+    server = sim_factory(accounts=[Account(credits=5)])
+    api = api_for(server, connect)
+    upload_id = api.upload_video(test_video.read_bytes())
+    config = {"scale": 2, "source_width": 64, "source_height": 48, "duration": 600}
+    resp = api.submit_json({"upload_id": upload_id, "tool": "video_upscale", "config": config})
+    open_error(resp, 402, "insufficient_credits")
+    assert server.state.jobs == {}
+    # The refused request did not use up the upload.
+    assert api.submit_json({"upload_id": upload_id, "tool": "video_upscale"}).status_code == 202
+
+
+def test_source_url_video(sim_factory: Factory, connect: Connect, test_video: Path, tmp_path: Path) -> None:
+    api = api_for(sim_factory(allow_loopback_urls=True), connect)
+    with local_server(body=test_video.read_bytes(), content_type="video/mp4") as origin:
+        resp = api.submit_json({"source_url": f"{origin.url}/clip.mp4", "tool": "video_upscale"})
+        assert resp.status_code == 202 and resp.json()["media"] == "video"
+        body = api.wait(resp.json()["job_id"], timeout=20)
+    assert body["status"] == "succeeded", body
+    width, height, _, _ = probe(api.download(body["job_id"]), tmp_path)
+    assert (width, height) == (body["result"]["width"], body["result"]["height"]) == (128, 96)
+
+
+@pytest.mark.parametrize(
+    ("payload", "ctype", "code"),
+    [
+        (image_bytes(200, 150), "image/jpeg", "file_too_large"),
+        (b"<html>nope</html>", "text/html", "unsupported_format"),
+    ],
+    ids=["too-large", "not-an-image"],
+)
+def test_fetched_source_failures(
+    sim_factory: Factory, connect: Connect, payload: bytes, ctype: str, code: str
+) -> None:
+    server = sim_factory(allow_loopback_urls=True, open_max_image_bytes=1000)
+    api = api_for(server, connect)
+    with local_server(body=payload, content_type=ctype) as origin:
+        resp = api.submit_json({"image_url": f"{origin.url}/photo.jpg", "tool": "upscale"})
+        assert resp.status_code == 202
+        body = api.wait(resp.json()["job_id"])
+    assert body["status"] == "failed"
+    assert body["error"]["code"] == code and body["error"]["type"] == "validation"
+    assert ledger(server) == []

@@ -53,7 +53,9 @@ def charges(server: SimulatorServer, trans_id: str) -> list[float]:
 
 # --- upload -------------------------------------------------------------------------
 @pytest.mark.parametrize(("fmt", "name"), [("JPEG", "cat.jpg"), ("PNG", "cat.png")])
-def test_upload_accepts_jpg_and_png(shared_web: Web, shared_sim: SimulatorServer, fmt: str, name: str) -> None:
+def test_upload_accepts_jpg_and_png(
+    shared_web: Web, shared_sim: SimulatorServer, fmt: str, name: str
+) -> None:
     data = image_bytes(120, 90, fmt)
     resp = shared_web.upload(data, name)
     assert resp.status_code == 200
@@ -72,7 +74,9 @@ def test_upload_accepts_jpg_and_png(shared_web: Web, shared_sim: SimulatorServer
     [encoded("GIF"), encoded("WEBP"), encoded("BMP"), b"%PDF-1.4 definitely not an image", b"\x00" * 64],
     ids=["gif", "webp", "bmp", "pdf", "zeros"],
 )
-def test_upload_rejects_other_formats_with_10001(shared_web: Web, shared_sim: SimulatorServer, data: bytes) -> None:
+def test_upload_rejects_other_formats_with_10001(
+    shared_web: Web, shared_sim: SimulatorServer, data: bytes
+) -> None:
     before = len(shared_sim.state.web_uploads)
     web_error(shared_web.upload(data, "thing.jpg"), 10001)
     assert len(shared_sim.state.web_uploads) == before
@@ -92,7 +96,9 @@ def test_upload_over_10_mb_is_rejected_with_10012(shared_web: Web) -> None:
     web_error(shared_web.upload(data, "noise.png"), 10012)
 
 
-def test_upload_size_limit_is_a_byte_limit(sim_factory: Callable[..., SimulatorServer], connect: Connect) -> None:
+def test_upload_size_limit_is_a_byte_limit(
+    sim_factory: Callable[..., SimulatorServer], connect: Connect
+) -> None:
     web = web_for(sim_factory(web_max_bytes=2000), connect)
     small, large = image_bytes(16, 16), image_bytes(200, 150)
     assert len(small) <= 2000 < len(large)
@@ -171,7 +177,9 @@ def test_transform_missing_field_gives_field_message(shared_web: Web, missing: s
 @pytest.mark.parametrize(
     "jconfig", ["{not json", "[]", '"enlarge3"', '{"name": "enlarge3"}', '{"name": "x", "config": []}']
 )
-def test_transform_unparseable_jconfig_is_10013(shared_web: Web, shared_sim: SimulatorServer, jconfig: str) -> None:
+def test_transform_unparseable_jconfig_is_10013(
+    shared_web: Web, shared_sim: SimulatorServer, jconfig: str
+) -> None:
     uid, before = shared_web.uid(), len(shared_sim.state.jobs)
     web_error(shared_web.transform(uid, jconfig), 10013)
     assert len(shared_sim.state.jobs) == before
@@ -206,6 +214,36 @@ def test_enlarge3_scale_rules(shared_web: Web, model: str, scale: object, accept
 
 
 @pytest.mark.parametrize(
+    ("module", "scale", "factor"),
+    [("chainner", "2x", 2), ("chainner", "4x", 4), ("real_esrgan", "1x", 1), ("real_esrgan", "2x", 2)],
+)
+def test_string_scales_of_the_anime_upscalers(shared_web: Web, module: str, scale: str, factor: int) -> None:
+    _, data = shared_web.run(single(module, {"scale": scale}), image_bytes(64, 48))
+    assert decode(data).size == (64 * factor, 48 * factor)
+
+
+@pytest.mark.parametrize(
+    ("module", "params"),
+    [
+        ("chainner", {"scale": 2}),
+        ("chainner", {"scale": "6x"}),
+        ("real_esrgan", {"scale": "3x"}),
+        ("denoise", {"remove_noise": 101}),
+        ("denoise", {"sharpen": "75"}),
+        ("sharpen3", {"remove_blur": 1.5}),
+        ("img2sr", {"strength": 0.5}),
+        ("deoldify2", {"render_factor": 5}),
+        ("img2anime", {"style_strength": 13}),
+        ("no_such_module", {}),
+    ],
+)
+def test_out_of_range_module_params_are_10001(
+    shared_web: Web, module: str, params: dict[str, object]
+) -> None:
+    web_error(shared_web.transform(shared_web.uid(), single(module, params)), 10001)
+
+
+@pytest.mark.parametrize(
     "first",
     [ENLARGE_2X, step("enlarge", {"scale": "2x"}), step("matting", {"model_name": "MattingStable"})],
     ids=["enlarge3", "enlarge", "matting"],
@@ -232,7 +270,9 @@ def test_workflow_applies_every_step_in_order(shared_web: Web) -> None:
 
 
 # --- out_params --------------------------------------------------------------------------
-@pytest.mark.parametrize(("fmt", "pil", "ctype"), [("png", "PNG", "image/png"), ("jpg", "JPEG", "image/jpeg")])
+@pytest.mark.parametrize(
+    ("fmt", "pil", "ctype"), [("png", "PNG", "image/png"), ("jpg", "JPEG", "image/jpeg")]
+)
 def test_out_params_format(shared_web: Web, fmt: str, pil: str, ctype: str) -> None:
     trans_id = shared_web.start(enlarge(2, out={"format": fmt}))
     shared_web.wait(trans_id)
@@ -308,7 +348,9 @@ def test_statuses_include_busy_when_slots_are_full(
     assert all(web.progress(t)["status"] == "finish" for t in ids)
 
 
-def test_web_sync_wait_answers_finish_at_once(sim_factory: Callable[..., SimulatorServer], connect: Connect) -> None:
+def test_web_sync_wait_answers_finish_at_once(
+    sim_factory: Callable[..., SimulatorServer], connect: Connect
+) -> None:
     web = web_for(sim_factory(web_sync_wait=5), connect)
     body = web.transform(web.uid(), enlarge(2)).json()
     assert body["code"] == 200 and body["data"]["status"] == "finish"
@@ -437,7 +479,12 @@ def test_points_record_pagination_newest_first(web: Web) -> None:
     assert [r["balance"] for r in rows[:2]] == ["998.000", "999.000"]
 
     default = web.post("points/record").json()["data"]
-    assert (default["current_page"], default["per_page"], default["last_page"], default["total"]) == (1, 20, 1, 5)
+    assert (default["current_page"], default["per_page"], default["last_page"], default["total"]) == (
+        1,
+        20,
+        1,
+        5,
+    )
     assert default["datas"] == rows
     assert web.post("points/record", page=4, limit=2).json()["data"]["datas"] == []
 
@@ -474,7 +521,9 @@ def test_https_webhook_is_accepted_and_answers_webhook(shared_web: Web) -> None:
 
 
 @pytest.mark.parametrize("hook", ["http://127.0.0.1:9/hook", "ftp://127.0.0.1/hook", "not a url"])
-def test_non_https_webhook_is_refused_by_default(shared_web: Web, shared_sim: SimulatorServer, hook: str) -> None:
+def test_non_https_webhook_is_refused_by_default(
+    shared_web: Web, shared_sim: SimulatorServer, hook: str
+) -> None:
     uid, before = shared_web.uid(), len(shared_sim.state.jobs)
     msg = web_error(shared_web.transform(uid, enlarge(2), webhook=hook), 10001)
     assert list(msg) == ["webhook"]
@@ -544,7 +593,9 @@ def test_failed_job_is_fatal_and_cannot_be_downloaded(
 
 
 # --- the request log and the token ------------------------------------------------------------
-def test_token_sent_by_post_never_appears_in_a_logged_url(web: Web, sim: SimulatorServer, client: httpx.Client) -> None:
+def test_token_sent_by_post_never_appears_in_a_logged_url(
+    web: Web, sim: SimulatorServer, client: httpx.Client
+) -> None:
     trans_id, _ = web.run(enlarge(2))
     web.post("point")
     web.post("points/record", page=1)

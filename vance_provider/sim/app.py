@@ -46,6 +46,12 @@ class SimMiddleware:
         async def logging_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 rec.status = message["status"]
+                limits = scope.get("sim_ratelimit")  # every answer to a keyed call carries the window
+                if limits and message["status"] != 429:
+                    names = {k.lower() for k, _ in message.get("headers", [])}
+                    extra = [(k.lower().encode(), v.encode()) for k, v in limits.items()
+                             if k.lower().encode() not in names]
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
         if fault == "slow":
@@ -53,7 +59,7 @@ class SimMiddleware:
         elif fault == "error":
             if is_web and sim.rng.random() < 0.5:
                 resp: Response = JSONResponse({"code": 10010, "msg": "Internal error"})
-            elif sim.rng.random() < 0.5:
+            elif is_web or sim.rng.random() < 0.5:  # the web API: HTTP 200 + 10010 or a 503, never a 500
                 resp = open_api.error(503, "service_unavailable", "A downstream dependency is temporarily unavailable.")
             else:
                 resp = open_api.error(500, "internal_error", "Unexpected server error.")

@@ -228,7 +228,11 @@ async def create_job(request: Request) -> Response:
               idempotency_key=idem_key)
     if media == "image":
         job.cost = image_cost(tool, config)
-    if acc.balance + 1e-9 < job.cost:
+    if media == "video" and any(k in config for k in ("source_width", "source_height", "duration")):
+        job.config["_estimate"] = video_cost(tool, config, int(config.get("source_width", 0)),
+                                             int(config.get("source_height", 0)), float(config.get("duration", 0)))
+    # Pre-flight: the estimate (a video's, when the client gave its dimensions) against the balance.
+    if acc.balance + 1e-9 < max(job.cost, job.config.get("_estimate", 0)):
         return error(402, "insufficient_credits")
 
     if isinstance(file, UploadFile):
@@ -245,9 +249,6 @@ async def create_job(request: Request) -> Response:
             return error(400, "invalid_parameter", "image_url/source_url must be an http(s) URL.")
         job.source_pending = True
         job.source_name = Path(parts.path).name or "source"
-    if media == "video" and any(k in config for k in ("source_width", "source_height", "duration")):
-        job.config["_estimate"] = video_cost(tool, config, int(config.get("source_width", 0)),
-                                             int(config.get("source_height", 0)), float(config.get("duration", 0)))
     with sim.lock:
         if idem_key:  # re-check under the lock: two racing replays create one job
             prior = sim.idempotency.get((acc.spec.name, idem_key))
