@@ -1,0 +1,605 @@
+"""Asset factories: an enhanced dataset, and the account's credit usage.
+
+An enhanced dataset is a folder (or bucket prefix) of images or videos run through one VanceAI
+tool into another folder. The core batch engine does the work and keeps a manifest beside the
+outputs, so a re-materialization processes only new or changed inputs and never pays twice,
+and a failed run, re-executed, resumes where it stopped::
+
+    import dagster as dg
+    from dagster_vance import (VanceAIResource, build_credit_usage_asset, build_credit_usage_schedule,
+                               build_enhanced_dataset_asset)
+
+    photos = build_enhanced_dataset_asset("photos_x4", source="s3://in/photos/", destination="s3://out/x4/",
+                                          tool="upscale", config={"scale": 4}, credit_budget=500)
+    usage = build_credit_usage_asset(datasets=[photos])
+    defs = dg.Definitions(
+        assets=[photos, usage],
+        schedules=[build_credit_usage_schedule(usage)],
+        resources={"vanceai": VanceAIResource(api_token=dg.EnvVar("VANCE_API_TOKEN"))},
+    )
+
+Every dataset asset runs in the Dagster concurrency pool ``vanceai`` (``pool=``), which bounds
+how many of them talk to the account at once across runs. Set its limit with
+``dagster instance concurrency set vanceai 2``, or for unconfigured pools in ``dagster.yaml``::
+
+    concurrency:
+      pools:
+        default_limit: 2
+"""
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from vance_provider.core import BatchResult, BatchSpec, Progress, ToolCall, resolve, totals
+from vance_provider.core.errors import (
+    AuthenticationError,
+    BudgetExceededError,
+    ConfigurationError,
+    InsufficientCreditsError,
+    InvalidInputError,
+    VanceError,
+)
+from vance_provider.core.manifest import ItemState, Manifest
+from vance_provider.core.secrets import redact
+from vance_provider.core.storage import join, list_sources, safe_name
+
+from .checks import (
+    accounted_check,
+    budget_check,
+    items_from_manifests,
+    outputs_check,
+    preview_table,
+    verify_outputs,
+)
+from .resources import ManifestRef, VanceAIResource
+from .translator import (
+    CHECK_ACCOUNTED,
+    CHECK_BUDGET,
+    CHECK_OUTPUTS,
+    VanceDatasetProps,
+    VanceTranslator,
+    location_metadata,
+    strip_query,
+)
+
+FailurePolicy = Literal["fail", "continue", "fail_fast"]
+DEFAULT_POOL = "vanceai"
+
+# The factory's products and what they were built from (for the sensor and usage factories).
+_DATASETS: dict[int, tuple[dg.AssetsDefinition, VanceDatasetProps]] = {}
+
+
+class VanceRunConfig(dg.Config):
+    """Per-run options of an enhanced dataset (the launchpad shows them)."""
+
+    force: bool = Field(default=False, description="Process every input again, even those done (pays again).")
+    credit_budget: float | None = Field(
+        default=None, description="This run's credit budget, instead of the asset's."
+    )
+
+
+def dataset_props(asset: dg.AssetsDefinition) -> VanceDatasetProps:
+    """What :func:`build_enhanced_dataset_asset` built ``asset`` from."""
+    found = _DATASETS.get(id(asset))
+    if found is None:
+        matches = [p for a, p in _DATASETS.values() if a.keys == asset.keys]
+        if not matches:
+            raise dg.DagsterInvariantViolationError(
+                f"{asset.key.to_user_string()} was not built by build_enhanced_dataset_asset"
+            )
+        return matches[-1]
+    return found[1]
+
+
+def _check_tool(tool: str, config: Mapping[str, Any] | None, jconfig: Any, output_format: str | None) -> None:
+    """Fail at load time for a tool or config that no API accepts (no token is needed for this)."""
+    errors = []
+    for api in ("web", "open"):
+        try:
+            resolve(
+                tool,
+                dict(config or {}),
+                api=api,
+                output_format=output_format,
+                jconfig=jconfig if api == "web" else None,
+            )
+            return
+        except VanceError as exc:
+            errors.append(f"{api} API: {exc}")
+    raise dg.DagsterInvalidDefinitionError(
+        f"VanceAI tool {tool!r} with this config is invalid: " + "; ".join(errors)
+    )
+
+
+def build_enhanced_dataset_asset(
+    name: str,
+    source: str | Sequence[str],
+    destination: str,
+    tool: str,
+    config: Mapping[str, Any] | None = None,
+    output_format: str | None = None,
+    max_concurrency: int = 8,
+    credit_budget: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    partitions: Literal["per_file"] | dg.DynamicPartitionsDefinition | None = None,
+    group_name: str | None = "vanceai",
+    pool: str | None = DEFAULT_POOL,
+    translator: VanceTranslator | None = None,
+    *,
+    jconfig: Mapping[str, Any] | str | None = None,
+    on_failure: FailurePolicy = "fail",
+    on_insufficient_credits: Literal["fail", "partial"] = "fail",
+    poll_interval: float = 2.0,
+    timeout: float | None = None,
+    description: str | None = None,
+    resource_key: str = "vanceai",
+    retry_policy: dg.RetryPolicy | None = None,
+    preview_rows: int = 5,
+    allow_empty: bool = True,
+) -> dg.AssetsDefinition:
+    """An asset whose materialization is ``source`` enhanced by a VanceAI ``tool`` into ``destination``.
+
+    Args:
+        name: the asset's name (the translator may prefix or replace the key).
+        source: a folder or bucket prefix, a glob, or a list of file URLs (any fsspec URL).
+        destination: a folder or bucket prefix; outputs keep the inputs' relative names, and the
+            manifest ``_vance_manifest.json`` is kept beside them.
+        tool: a friendly tool (``upscale``, ``denoise``, ``video_upscale``, ...) or a vendor tool or
+            module; images or video follow from the tool. ``config`` is its options.
+        output_format: ``jpg``, ``png`` or ``webp`` (images).
+        max_concurrency: jobs in flight in one run (also bounded by the resource's).
+        credit_budget: credits one run may spend; over it the run fails before paying anything
+            (``on_insufficient_credits="fail"``) or stops submitting (``"partial"``).
+        storage_options: fsspec options of the source and destination (e.g. S3 endpoint, keys);
+            never written to metadata.
+        partitions: ``"per_file"`` (or your own ``DynamicPartitionsDefinition``) for one partition
+            per input file; pair it with :func:`dagster_vance.build_new_files_sensor`. ``source`` must
+            then be a folder or prefix.
+        group_name: the asset group.
+        pool: the Dagster concurrency pool (default ``vanceai``; ``None`` for none). Limit it with
+            ``dagster instance concurrency set vanceai 2``.
+        translator: a :class:`VanceTranslator` to shape the asset spec and checks.
+        on_failure: ``"fail"`` (the run fails after the batch when any item failed; re-execute to
+            retry only those), ``"fail_fast"`` (stop submitting at the first failure) or
+            ``"continue"`` (materialize anyway; the failures are listed in metadata and checks).
+        poll_interval: seconds between status polls at first (the engine adapts it).
+        resource_key: the key of the :class:`VanceAIResource`.
+        retry_policy: a Dagster retry policy; a retried step resumes from the manifest.
+        allow_empty: an empty source materializes an empty dataset (``False``: the run fails).
+
+    Returns:
+        An ``AssetsDefinition`` with the checks ``outputs_valid``, ``inputs_accounted_for`` and, with
+        a budget, ``credits_within_budget``. Select only the checks to re-run them from the manifest.
+    """
+    if on_failure not in ("fail", "continue", "fail_fast"):
+        raise dg.DagsterInvalidDefinitionError(
+            f"on_failure must be fail, continue or fail_fast, got {on_failure!r}"
+        )
+    _check_tool(tool, config, jconfig, output_format)
+    partitions_def: dg.DynamicPartitionsDefinition | None
+    if partitions == "per_file":
+        partitions_def = dg.DynamicPartitionsDefinition(name=f"{name}_files")
+    elif partitions is None or isinstance(partitions, dg.DynamicPartitionsDefinition):
+        partitions_def = partitions
+    else:
+        raise dg.DagsterInvalidDefinitionError(
+            "partitions must be 'per_file', a DynamicPartitionsDefinition or None"
+        )
+    if partitions_def is not None and (not isinstance(source, str) or any(c in source for c in "*?[")):
+        raise dg.DagsterInvalidDefinitionError(
+            "per-file partitions need source to be one folder or bucket prefix"
+        )
+
+    props = VanceDatasetProps(
+        name=name,
+        source=source if isinstance(source, str) else tuple(source),
+        destination=destination,
+        tool=tool,
+        config=dict(config) if config else None,
+        jconfig=jconfig,
+        output_format=output_format,
+        max_concurrency=max_concurrency,
+        credit_budget=credit_budget,
+        partitioned=partitions_def is not None,
+        group_name=group_name,
+        description=description,
+        storage_options=storage_options,
+    )
+    translator = translator or VanceTranslator()
+    spec = translator.get_asset_spec(props)
+    if partitions_def is not None:
+        spec = spec.replace_attributes(partitions_def=partitions_def)
+    key = spec.key
+    check_specs = list(translator.get_check_specs(props, key))
+
+    @dg.multi_asset(
+        name=key.to_python_identifier(),
+        specs=[spec],
+        check_specs=check_specs,
+        can_subset=True,
+        required_resource_keys={resource_key},
+        pool=pool,
+        retry_policy=retry_policy,
+        op_tags={"vanceai/tool": tool},
+    )
+    def _enhanced_dataset(context: dg.AssetExecutionContext, config: VanceRunConfig) -> Iterator[Any]:
+        resource: VanceAIResource = getattr(context.resources, resource_key)
+        yield from _materialize(
+            context,
+            config,
+            resource,
+            props,
+            key,
+            on_failure=on_failure,
+            on_insufficient_credits=on_insufficient_credits,
+            poll_interval=poll_interval,
+            timeout=timeout,
+            preview_rows=preview_rows,
+            allow_empty=allow_empty,
+        )
+
+    _DATASETS[id(_enhanced_dataset)] = (_enhanced_dataset, props)
+    return _enhanced_dataset
+
+
+# --- the materialization ----------------------------------------------------------------------
+def _target(props: VanceDatasetProps, partition_key: str | None) -> tuple[str | list[str], str, str | None]:
+    """(source, destination, manifest URL) of a run: the whole dataset, or one partition's file."""
+    if partition_key is None:
+        src = props.source if isinstance(props.source, str) else list(props.source)
+        return src, props.destination, None
+    assert isinstance(props.source, str)
+    parent = str(PurePosixPath(safe_name(partition_key)).parent)
+    dest = props.destination if parent in ("", ".") else join(props.destination, parent)
+    return join(props.source, partition_key), dest, props.partition_manifest_url(partition_key)
+
+
+def _manifest_states(url: str, storage_options: dict[str, Any] | None) -> dict[str, tuple[str, str | None]]:
+    """Each input's (state, job id) before a run, to tell what the run itself processed."""
+    try:
+        manifest = Manifest(url, storage_options).load()
+    except (VanceError, OSError, ValueError):
+        return {}
+    return {i.source: (i.state.value, i.job_id) for i in manifest.items.values()}
+
+
+class _ProgressLog:
+    """Progress to ``context.log``: about every tenth item, at most every few seconds, and the last."""
+
+    def __init__(self, context: dg.AssetExecutionContext, every_s: float = 5.0) -> None:
+        self.context, self.every_s = context, every_s
+        self.last_at = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, p: Progress) -> None:
+        with self._lock:
+            finished = p.done + p.failed + p.skipped
+            step = max(1, p.total // 10)
+            now = time.monotonic()
+            if finished == p.total or finished % step == 0 or now - self.last_at >= self.every_s:
+                self.last_at = now
+                self.context.log.info(
+                    f"VanceAI: {finished}/{p.total} finished ({p.done} done, {p.failed} failed, "
+                    f"{p.skipped} skipped), {p.credits_spent:g} credits spent in this run"
+                )
+
+
+def _failure(exc: VanceError) -> dg.Failure:
+    """A Dagster failure from a core error; retrying helps only for what may pass next time."""
+    permanent = isinstance(
+        exc,
+        (
+            InvalidInputError,
+            BudgetExceededError,
+            InsufficientCreditsError,
+            AuthenticationError,
+            ConfigurationError,
+        ),
+    )
+    return dg.Failure(
+        description=f"VanceAI: {type(exc).__name__}: {strip_query(redact(str(exc)))}",
+        allow_retries=not permanent,
+    )
+
+
+def _tool_call(resource: VanceAIResource, props: VanceDatasetProps) -> ToolCall:
+    return resolve(
+        props.tool,
+        dict(props.config or {}),
+        api=resource.api_name,  # type: ignore[arg-type]
+        output_format=props.output_format,
+        jconfig=dict(props.jconfig) if isinstance(props.jconfig, Mapping) else props.jconfig,
+    )
+
+
+def _materialize(
+    context: dg.AssetExecutionContext,
+    run_config: VanceRunConfig,
+    resource: VanceAIResource,
+    props: VanceDatasetProps,
+    key: dg.AssetKey,
+    *,
+    on_failure: FailurePolicy,
+    on_insufficient_credits: Literal["fail", "partial"],
+    poll_interval: float,
+    timeout: float | None,
+    preview_rows: int,
+    allow_empty: bool,
+) -> Iterator[Any]:
+    partition_key = context.partition_key if props.partitioned else None
+    source, destination, manifest_url = _target(props, partition_key)
+    so = dict(props.storage_options) if props.storage_options else None
+    try:
+        call = _tool_call(resource, props)
+    except VanceError as exc:
+        raise _failure(exc) from None
+    if key not in context.selected_asset_keys:  # only the checks were selected: read, never pay
+        yield from _checks_only(context, props, key, call, source, destination, manifest_url)
+        return
+
+    budget = run_config.credit_budget if run_config.credit_budget is not None else props.credit_budget
+    spec = BatchSpec(
+        source=source,
+        destination=destination,
+        tool=props.tool,
+        config=dict(props.config) if props.config else None,
+        jconfig=dict(props.jconfig) if isinstance(props.jconfig, Mapping) else props.jconfig,
+        output_format=props.output_format,
+        max_concurrency=props.max_concurrency,
+        credit_budget=budget,
+        poll_interval=poll_interval,
+        on_failure=on_failure,
+        on_insufficient_credits=on_insufficient_credits,
+        force=run_config.force,
+        timeout=timeout,
+        storage_options=so,
+        allow_empty=allow_empty,
+    )
+    where = f" (partition {partition_key})" if partition_key else ""
+    context.log.info(
+        f"VanceAI: {props.tool} on the {resource.api_name} API{where}: "
+        f"{strip_query(str(source))} -> {strip_query(destination)}"
+    )
+    progress = _ProgressLog(context)
+    before = _manifest_states(manifest_url or Manifest.for_destination(destination).url, so)
+    try:
+        result = resource.run_batch(spec, progress, manifest_url=manifest_url)
+    except VanceError as exc:
+        raise _failure(exc) from None
+    processed = sum(1 for i in result.items if before.get(i.source) != (i.state, i.job_id))
+    remaining: float | None
+    try:
+        remaining = resource.balance().available
+    except VanceError:
+        remaining = None
+    reports = verify_outputs(result.items, call, so)
+    metadata = _metadata(
+        result,
+        reports,
+        props,
+        resource.api_name,
+        destination,
+        remaining,
+        processed,
+        partition_key,
+        preview_rows,
+    )
+    context.log.info(
+        f"VanceAI: {result.done} done, {result.failed} failed, {result.skipped} skipped; "
+        f"{result.credits_spent:g} credits in {result.elapsed:.1f} s"
+        + (f"; stopped: {result.stopped}" if result.stopped else "")
+    )
+    if result.failed and on_failure != "continue":
+        first = next(i for i in result.items if i.state == ItemState.FAILED)
+        raise dg.Failure(
+            description=strip_query(
+                redact(
+                    f"VanceAI: {result.failed} of {len(result.items)} item(s) failed; first: "
+                    f"{first.source}: {first.error}. Re-execute to retry only those "
+                    f"(done items are kept and never paid again)."
+                )
+            ),
+            metadata=metadata,
+        )
+    yield dg.MaterializeResult(asset_key=key, metadata=metadata)
+    yield from _check_results(context, key, result.items, reports, result.credits_spent, budget)
+
+
+def _check_results(
+    context: dg.AssetExecutionContext,
+    key: dg.AssetKey,
+    items: Sequence[Any],
+    reports: Sequence[Any],
+    spent: float | None,
+    budget: float | None,
+) -> Iterator[dg.AssetCheckResult]:
+    selected = {c.name for c in context.selected_asset_check_keys if c.asset_key == key}
+    if CHECK_OUTPUTS in selected:
+        yield outputs_check(key, reports)
+    if CHECK_ACCOUNTED in selected:
+        yield accounted_check(key, items)
+    if CHECK_BUDGET in selected and budget is not None and spent is not None:
+        yield budget_check(key, spent, budget)
+
+
+def _checks_only(
+    context: dg.AssetExecutionContext,
+    props: VanceDatasetProps,
+    key: dg.AssetKey,
+    call: ToolCall,
+    source: str | list[str],
+    destination: str,
+    manifest_url: str | None,
+) -> Iterator[dg.AssetCheckResult]:
+    from vance_provider.core.batch import ItemResult
+
+    so = dict(props.storage_options) if props.storage_options else None
+    url = manifest_url or Manifest.for_destination(destination).url
+    items = items_from_manifests([url], so)
+    known = {i.source for i in items}
+    try:
+        current = list_sources(source, None, so)
+    except VanceError:
+        current = []
+    items += [ItemResult(s.url, ItemState.PENDING.value) for s in current if s.url not in known]
+    reports = verify_outputs(items, call, so)
+    selected = {c.name for c in context.selected_asset_check_keys if c.asset_key == key}
+    if CHECK_BUDGET in selected:  # a past run's spending is not known here; report it as passed
+        yield dg.AssetCheckResult(
+            asset_key=key,
+            check_name=CHECK_BUDGET,
+            passed=True,
+            metadata={"vance/note": "checked at materialization only"},
+        )
+    yield from _check_results(context, key, items, reports, None, None)
+
+
+def _metadata(
+    result: BatchResult,
+    reports: Sequence[Any],
+    props: VanceDatasetProps,
+    api: str,
+    destination: str,
+    remaining: float | None,
+    processed: int,
+    partition_key: str | None,
+    preview_rows: int,
+) -> dict[str, Any]:
+    md: dict[str, Any] = {
+        "vance/api": api,
+        "vance/tool": props.tool,
+        "vance/inputs": len(result.items),
+        "vance/done": result.done,
+        "vance/failed": result.failed,
+        "vance/skipped": result.skipped,
+        "vance/processed_this_run": processed,
+        "vance/credits_spent": dg.MetadataValue.float(float(round(result.credits_spent, 6))),
+        "vance/elapsed_s": dg.MetadataValue.float(round(result.elapsed, 3)),
+        "vance/output": location_metadata(destination),
+        "vance/manifest": location_metadata(result.manifest),
+    }
+    if remaining is not None:
+        md["vance/credits_remaining"] = dg.MetadataValue.float(float(remaining))
+    if partition_key is not None:
+        md["vance/partition"] = partition_key
+    if reports:
+        md["vance/preview"] = dg.MetadataValue.md(preview_table(reports, preview_rows))
+    if result.stopped:
+        md["vance/stopped"] = strip_query(redact(result.stopped))
+    problems = [i for i in result.items if i.state in (ItemState.FAILED, ItemState.SKIPPED)]
+    if problems:
+        rows = [
+            f"| {PurePosixPath(i.source).name} | {i.state} | {(i.error or '').replace('|', '/')} |"
+            for i in problems[:20]
+        ]
+        md["vance/failures"] = dg.MetadataValue.md(
+            strip_query(redact("\n".join(["| input | state | reason |", "|---|---|---|", *rows])))
+        )
+    return md
+
+
+# --- credit usage -------------------------------------------------------------------------------
+def build_credit_usage_asset(
+    name: str = "vanceai_credit_usage",
+    *,
+    datasets: Sequence[dg.AssetsDefinition] = (),
+    manifests: Sequence[ManifestRef] = (),
+    group_name: str | None = "vanceai",
+    resource_key: str = "vanceai",
+    io_manager_key: str = "io_manager",
+    description: str | None = None,
+) -> dg.AssetsDefinition:
+    """The account's credit usage as a typed pandas DataFrame, stored by an IO manager you choose.
+
+    Columns: ``timestamp`` (UTC), ``api``, ``tool``, ``kind``, ``credits``, ``balance``, ``source``,
+    ``job_id``. On the web API it is the service's full history; the Open API keeps none, so it is
+    built from the manifests of ``datasets`` (and any extra ``manifests``). Metadata carries the
+    totals per tool and per day. Swap the storage with ``io_manager_key`` (default: the
+    ``io_manager`` resource, a pickling filesystem IO manager unless you bind another), and refresh
+    it daily with :func:`build_credit_usage_schedule`.
+    """
+    props = [dataset_props(d) for d in datasets]
+    deps = [k for d in datasets for k in d.keys]
+
+    @dg.asset(
+        name=name,
+        group_name=group_name,
+        deps=deps,
+        io_manager_key=io_manager_key,
+        required_resource_keys={resource_key},
+        kinds={"vanceai", "pandas"},
+        description=description
+        or "VanceAI credit usage: one row per charge or job, totals per tool and day.",
+    )
+    def _credit_usage(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
+        resource: VanceAIResource = getattr(context.resources, resource_key)
+        refs: list[ManifestRef] = list(manifests)
+        for p in props:
+            try:
+                refs += [(url, p.storage_options) for url in p.existing_manifests()]
+            except Exception as exc:  # a store we cannot list would make the report silently short
+                raise dg.Failure(
+                    description=f"VanceAI usage: cannot list the manifests of {p.name} under "
+                    f"{strip_query(p.destination)} ({type(exc).__name__}); check its storage options "
+                    f"and credentials"
+                ) from None
+        try:
+            df = resource.usage_report(refs)
+        except VanceError as exc:
+            raise _failure(exc) from None
+        t = totals(df)
+        context.log.info(
+            f"VanceAI usage: {len(df)} record(s), {t['total']:g} credits from {len(refs)} manifest(s)"
+        )
+        metadata: dict[str, Any] = {
+            "vance/api": resource.api_name,
+            "vance/credits_total": dg.MetadataValue.float(float(t["total"])),
+            "vance/per_tool": dg.MetadataValue.json({str(k): float(v) for k, v in t["per_tool"].items()}),
+            "vance/per_day": dg.MetadataValue.json({str(k): float(v) for k, v in t["per_day"].items()}),
+            "vance/summary": dg.MetadataValue.md(_totals_md(t)),
+            "vance/manifests": len(refs),
+            "dagster/row_count": len(df),
+            "dagster/column_schema": dg.TableSchema(
+                columns=[dg.TableColumn(str(c), str(df[c].dtype)) for c in df.columns]
+            ),
+        }
+        return dg.Output(df, metadata=metadata)
+
+    return _credit_usage
+
+
+def _totals_md(t: Mapping[str, Any]) -> str:
+    lines = ["| tool | credits |", "|---|---|"] + [
+        f"| {k} | {v:g} |" for k, v in sorted(t["per_tool"].items())
+    ]
+    lines += ["", "| day | credits |", "|---|---|"] + [
+        f"| {k} | {v:g} |" for k, v in sorted(t["per_day"].items())
+    ]
+    lines += ["", f"**Total: {t['total']:g} credits**"]
+    return "\n".join(lines)
+
+
+def build_credit_usage_schedule(
+    usage_asset: dg.AssetsDefinition,
+    *,
+    cron_schedule: str = "0 6 * * *",
+    name: str | None = None,
+    execution_timezone: str = "UTC",
+    default_status: dg.DefaultScheduleStatus = dg.DefaultScheduleStatus.STOPPED,
+) -> dg.ScheduleDefinition:
+    """Refresh the credit usage asset daily (06:00 UTC unless told otherwise)."""
+    return dg.ScheduleDefinition(
+        name=name or f"{usage_asset.key.to_python_identifier()}_daily",
+        cron_schedule=cron_schedule,
+        target=usage_asset,
+        execution_timezone=execution_timezone,
+        default_status=default_status,
+        description="Refresh the VanceAI credit usage report.",
+    )

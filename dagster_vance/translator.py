@@ -1,0 +1,153 @@
+"""What a dataset is (``VanceDatasetProps``) and how it looks in Dagster (``VanceTranslator``).
+
+Subclass the translator to change keys, groups, kinds, owners or the checks of every dataset::
+
+    class MyTranslator(VanceTranslator):
+        def get_asset_spec(self, props):
+            return super().get_asset_spec(props).replace_attributes(key=["media", props.name], owners=["team:ml"])
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dagster as dg
+
+from vance_provider.core.manifest import MANIFEST_NAME
+from vance_provider.core.storage import join
+from vance_provider.core.tools import FRIENDLY, OPEN_TOOLS
+
+CHECK_OUTPUTS = "outputs_valid"
+CHECK_ACCOUNTED = "inputs_accounted_for"
+CHECK_BUDGET = "credits_within_budget"
+PARTITION_MANIFESTS = "_vance_partitions"
+
+
+def media_of_tool(tool: str) -> Literal["image", "video"]:
+    open_tool = FRIENDLY[tool][1] if tool in FRIENDLY else tool
+    if open_tool in OPEN_TOOLS:
+        return OPEN_TOOLS[open_tool][0]
+    return "image"
+
+
+_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]+)\?[^\s'\"]*", re.IGNORECASE)
+
+
+def strip_query(text: str) -> str:
+    """Drop query strings from every URL in ``text`` (signed URLs carry credentials there)."""
+    return _QUERY.sub(r"\1", text)
+
+
+def location_metadata(url: str) -> dg.MetadataValue:
+    """A path for local files, a URL for object stores; never with a query string."""
+    clean = strip_query(url)
+    if "://" not in clean or clean.startswith("file://"):
+        return dg.MetadataValue.path(clean.removeprefix("file://"))
+    return dg.MetadataValue.url(clean)
+
+
+@dataclass(frozen=True)
+class VanceDatasetProps:
+    """Everything the factory knows about one enhanced dataset (no secrets but ``storage_options``,
+    which is kept out of ``repr`` and never written to metadata)."""
+
+    name: str
+    source: str | tuple[str, ...]
+    destination: str
+    tool: str
+    config: Mapping[str, Any] | None = None
+    jconfig: Mapping[str, Any] | str | None = None
+    output_format: str | None = None
+    max_concurrency: int = 8
+    credit_budget: float | None = None
+    partitioned: bool = False
+    group_name: str | None = "vanceai"
+    description: str | None = None
+    storage_options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def media(self) -> Literal["image", "video"]:
+        return media_of_tool(self.tool)
+
+    @property
+    def manifest_url(self) -> str:
+        """The manifest of an unpartitioned dataset."""
+        return join(self.destination, MANIFEST_NAME)
+
+    def partition_manifest_url(self, partition_key: str) -> str:
+        from vance_provider.core.storage import safe_name
+
+        return join(join(self.destination, PARTITION_MANIFESTS), safe_name(partition_key) + ".json")
+
+    def existing_manifests(self) -> list[str]:
+        """Manifest URLs that exist now (one, or one per materialized partition)."""
+        from fsspec.core import url_to_fs
+
+        from vance_provider.core.storage import full_url
+
+        fs, path = url_to_fs(self.destination, **dict(self.storage_options or {}))
+        fs.invalidate_cache()
+        base = path.rstrip("/")
+        found = []
+        if fs.exists(f"{base}/{MANIFEST_NAME}"):
+            found.append(full_url(fs, f"{base}/{MANIFEST_NAME}"))
+        if self.partitioned and fs.isdir(f"{base}/{PARTITION_MANIFESTS}"):
+            found += [
+                full_url(fs, p)
+                for p in sorted(fs.find(f"{base}/{PARTITION_MANIFESTS}"))
+                if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")
+            ]
+        return found
+
+
+class VanceTranslator:
+    """The one override point for how datasets appear in Dagster."""
+
+    def get_asset_spec(self, props: VanceDatasetProps) -> dg.AssetSpec:
+        source = props.source if isinstance(props.source, str) else ", ".join(props.source[:3])
+        description = props.description or (
+            f"{props.media.capitalize()}s from `{strip_query(source)}` enhanced with VanceAI `{props.tool}` "
+            f"into `{strip_query(props.destination)}`."
+        )
+        return dg.AssetSpec(
+            key=[props.name],
+            group_name=props.group_name,
+            description=description,
+            kinds={"vanceai", props.media},
+            metadata={
+                "vance/tool": props.tool,
+                "vance/media": props.media,
+                "vance/source": strip_query(source),
+                "vance/destination": location_metadata(props.destination),
+            },
+        )
+
+    def get_check_specs(
+        self, props: VanceDatasetProps, asset_key: dg.AssetKey
+    ) -> Sequence[dg.AssetCheckSpec]:
+        specs = [
+            dg.AssetCheckSpec(
+                CHECK_OUTPUTS,
+                asset=asset_key,
+                description="Every output exists, decodes (Pillow for images, PyAV for video) and "
+                "has the expected format and size (input size x the tool's scale).",
+            ),
+            dg.AssetCheckSpec(
+                CHECK_ACCOUNTED,
+                asset=asset_key,
+                description="No input is left unprocessed without a reason: every manifest item is "
+                "done, or failed/skipped with an error.",
+            ),
+        ]
+        if props.credit_budget is not None:
+            specs.append(
+                dg.AssetCheckSpec(
+                    CHECK_BUDGET,
+                    asset=asset_key,
+                    description=f"The run spent at most {props.credit_budget:g} credits.",
+                )
+            )
+        return specs

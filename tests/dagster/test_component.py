@@ -1,0 +1,98 @@
+"""VanceDatasetComponent: a dataset declared in YAML loads, renders env templates and materializes."""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from dagster.components.testing import create_defs_folder_sandbox
+from PIL import Image
+
+from dagster_vance import VanceDatasetComponent
+from tests.dagster.conftest import checks, materialization
+from vance_provider.sim import SimulatorServer
+
+pytestmark = pytest.mark.dagster
+
+RESOURCES = """
+import os
+
+import dagster as dg
+
+from dagster_vance import VanceAIResource
+
+
+@dg.definitions
+def resources():
+    return dg.Definitions(resources={"vanceai": VanceAIResource(api_token=dg.EnvVar("VANCE_API_TOKEN"),
+                                                                base_url=os.environ["VANCE_BASE_URL"])})
+"""
+
+
+def test_yaml_dataset_with_sensor_materializes(
+    sim: SimulatorServer,
+    instance: dg.DagsterInstance,
+    use_token: Any,
+    images: Any,
+    tmp_path: Path,
+    monkeypatch: Any,
+) -> None:
+    use_token("open")
+    src = images("in", 2)
+    monkeypatch.setenv("VANCE_BASE_URL", sim.base_url)
+    monkeypatch.setenv("PHOTOS_ROOT", str(tmp_path))
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    attributes = {
+        "name": "yaml_photos",
+        "source": "{{ env.PHOTOS_ROOT }}/in",
+        "destination": "{{ env.PHOTOS_ROOT }}/out",
+        "tool": "upscale",
+        "config": {"scale": 2},
+        "credit_budget": 10,
+        "poll_interval": 0.05,
+        "partitions": "per_file",
+        "sensor_interval_seconds": 45,
+        "storage_options": {"client_kwargs": {"endpoint_url": "{{ env.AWS_ENDPOINT_URL }}"}},
+    }
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(
+            component_cls=VanceDatasetComponent,
+            defs_yaml_contents={"type": "dagster_vance.VanceDatasetComponent", "attributes": attributes},
+        )
+        (sandbox.defs_folder_path / "resources.py").write_text(RESOURCES)
+        with sandbox.build_component_tree() as tree:
+            component = tree.load_component(path)
+            assert isinstance(component, VanceDatasetComponent)
+            assert component.source == f"{src}" and component.config == {"scale": 2}
+            defs = tree.build_defs()
+        sensor = defs.resolve_sensor_def("yaml_photos_new_files")
+        assert sensor.minimum_interval_seconds == 45
+        asset = defs.resolve_assets_def("yaml_photos")
+        assert asset.op.pool == "vanceai"
+
+        instance.add_dynamic_partitions("yaml_photos_files", ["p0.jpg", "p1.jpg"])
+        job = defs.resolve_implicit_global_asset_job_def()
+        for key in ("p0.jpg", "p1.jpg"):
+            result = job.execute_in_process(instance=instance, partition_key=key)
+            assert result.success
+            assert all(c.passed for c in checks(result).values())
+    assert materialization(result, "yaml_photos")["vance/partition"] == "p1.jpg"
+    with Image.open(tmp_path / "out" / "p1.jpg") as img:
+        assert img.size == (144, 96)
+    assert len(sim.state.charges()) == 2
+
+
+def test_component_without_partitions_has_no_sensor(tmp_path: Path) -> None:
+    from dagster.components.testing.utils import component_defs
+
+    component = VanceDatasetComponent.from_attributes_dict(
+        attributes={
+            "name": "flat",
+            "source": str(tmp_path),
+            "destination": str(tmp_path / "o"),
+            "tool": "denoise",
+        }
+    )
+    defs = component_defs(component=component, resources={"vanceai": dg.ResourceDefinition.none_resource()})
+    assert [a.key for a in defs.assets] == [dg.AssetKey("flat")]  # type: ignore[union-attr]
+    assert not list(defs.sensors or [])

@@ -1,0 +1,143 @@
+"""The example project: it loads without network or secrets, validates with the Dagster CLI, and
+its assets run in a real Dagster instance against the simulator."""
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import dagster as dg
+import pytest
+from PIL import Image
+
+from tests.dagster.conftest import TOKENS, scan_for
+
+pytestmark = pytest.mark.dagster
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = ROOT / "examples" / "dagster_project"
+DEFINITIONS = PROJECT / "definitions.py"
+DAGSTER = Path(sys.executable).parent / "dagster"
+IN_PROCESS = '{"execution": {"config": {"in_process": {}}}}'
+
+
+def load_example(name: str = "vance_example_definitions") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, DEFINITIONS)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dagster_home(tmp_path: Path) -> Path:
+    """A DAGSTER_HOME with the example's dagster.yaml (so its concurrency settings are validated too)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def test_example_loads_without_token_or_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("VANCE_API_TOKEN", raising=False)
+    # Nothing listens there: a call made while loading would fail.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("VANCE_EXAMPLE_DATA", str(tmp_path / "nothing-here"))
+    defs: dg.Definitions = load_example().defs
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {"photos_x2", "clips_x2", "s3_photos_x2", "s3_clips_x2", "vanceai_credit_usage"}
+    for key in ("photos_x2", "clips_x2", "s3_photos_x2", "s3_clips_x2"):
+        node = graph.get(dg.AssetKey(key))
+        assert node.pools == {"vanceai"}
+        assert "vanceai" in node.kinds
+        assert {c.name for c in graph.get_check_keys_for_assets({node.key})} >= {
+            "outputs_valid",
+            "inputs_accounted_for",
+        }
+    assert isinstance(graph.get(dg.AssetKey("s3_photos_x2")).partitions_def, dg.DynamicPartitionsDefinition)
+    assert defs.resolve_sensor_def("s3_photos_x2_new_files").minimum_interval_seconds == 120
+    assert defs.resolve_schedule_def("vanceai_credit_usage_daily").cron_schedule == "0 6 * * *"
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VANCE_", "DAGSTER_"))}
+    env.update(
+        {
+            "DAGSTER_HOME": str(dagster_home(tmp_path)),
+            "DAGSTER_DISABLE_TELEMETRY": "yes",
+            "PYTHONPATH": str(ROOT),
+        },
+        **extra,
+    )
+    return env
+
+
+def test_dagster_definitions_validate_cli(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(DAGSTER), "definitions", "validate", "-f", str(DEFINITIONS)],
+        cwd=ROOT,
+        env=_env(tmp_path, AWS_ENDPOINT_URL="http://127.0.0.1:9"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "All code locations passed validation" in proc.stdout + proc.stderr
+
+
+def test_example_materializes_in_a_real_instance(
+    sim: Any, tmp_path: Path, images: Any, s3_server: str
+) -> None:
+    """``dagster asset materialize`` in its own process, with a DAGSTER_HOME, against the simulator
+    (and S3 on loopback, where the usage asset looks for the S3 datasets' manifests)."""
+    data = tmp_path / "data"
+    images("data/photos", 2)
+    env = _env(
+        tmp_path,
+        VANCE_API_TOKEN=TOKENS["open"],
+        VANCE_BASE_URL=sim.base_url,
+        VANCE_EXAMPLE_DATA=str(data),
+        AWS_ENDPOINT_URL=s3_server,
+    )
+    proc = subprocess.run(
+        [
+            str(DAGSTER),
+            "asset",
+            "materialize",
+            "-f",
+            str(DEFINITIONS),
+            "--select",
+            "photos_x2,vanceai_credit_usage",
+            "--config-json",
+            IN_PROCESS,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("p0.jpg", "p1.jpg"):
+        with Image.open(data / "photos_x2" / name) as img:
+            assert img.size[1] == 96
+    assert len(sim.state.charges()) == 2 and sim.state.double_charges() == []
+
+    home = Path(env["DAGSTER_HOME"])
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 2
+        [run] = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.SUCCESS
+        record = instance.get_latest_materialization_event(dg.AssetKey("photos_x2"))
+        assert record is not None
+        md = record.asset_materialization.metadata
+        assert md["vance/done"].value == 2 and md["vance/credits_spent"].value == 2.0
+        usage = instance.get_latest_materialization_event(dg.AssetKey("vanceai_credit_usage"))
+        assert usage.asset_materialization.metadata["vance/credits_total"].value == 2.0
+        assert scan_for(instance, TOKENS["open"], home) == []
+    assert TOKENS["open"] not in proc.stdout + proc.stderr
