@@ -1,0 +1,125 @@
+"""A real Airflow 3.3 for the provider's tests: a temporary AIRFLOW_HOME, a migrated SQLite
+metadata DB, the example DAGs plus test DAGs in the DAG folder, and the ``vanceai_default``
+connection pointing at the simulator through ``AIRFLOW_CONN_VANCEAI_DEFAULT``.
+
+The environment is set when this module is imported, before anything imports Airflow (the
+``tests/airflow`` conftest is collected before any test module of the directory). We do not use
+``[core] unit_test_mode``: it swaps the whole configuration for Airflow's own test config
+(pointing at Airflow's test folders) - explicit env settings are enough.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_DAGS = ROOT / "dags"
+TEST_DAGS = Path(__file__).resolve().parent / "dag_files"
+
+if "airflow" in sys.modules:  # pragma: no cover - someone imported Airflow before this conftest
+    sys.stderr.write("tests/airflow: Airflow was imported before its test environment was set up\n")
+
+# One home per session, even if this module were imported twice.
+HOME = Path(os.environ.get("VANCE_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="vance-airflow-home-"))
+os.environ["VANCE_TEST_AIRFLOW_HOME"] = str(HOME)
+DAGS_FOLDER = HOME / "dags"
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{HOME / 'airflow.db'}",
+        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    }
+)
+os.environ.pop("AIRFLOW_CONN_VANCEAI_DEFAULT", None)
+
+
+def _populate_dags_folder() -> None:
+    DAGS_FOLDER.mkdir(parents=True, exist_ok=True)
+    for folder in (EXAMPLE_DAGS, TEST_DAGS):
+        for path in folder.glob("*.py"):
+            shutil.copy(path, DAGS_FOLDER / path.name)
+
+
+_populate_dags_folder()
+atexit.register(shutil.rmtree, HOME, True)
+
+from tests.conftest import OPEN_KEY, WEB_TOKEN  # noqa: E402
+
+TOKENS = {"open": OPEN_KEY, "web": WEB_TOKEN}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def airflow_db() -> Path:
+    """``airflow db migrate`` once per session, then the ``vanceai`` pool."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=240,
+    )
+    if proc.returncode:
+        raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    from airflow.models.pool import Pool
+
+    Pool.create_or_update_pool(
+        "vanceai", slots=64, description="VanceAI account concurrency", include_deferred=True
+    )
+    return HOME
+
+
+@pytest.fixture
+def vance_conn(sim: Any, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """``vance_conn("open")`` points ``vanceai_default`` at the simulator; returns the token."""
+
+    def configure(
+        api: str = "open",
+        *,
+        token: str | None = None,
+        conn_id: str = "vanceai_default",
+        server: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        token = token if token is not None else TOKENS[api]
+        conn = {
+            "conn_type": "vanceai",
+            "password": token,
+            "host": (server or sim).base_url,
+            "extra": {"api": api, "timeout": 10, "max_retries": 2, **(extra or {})},
+        }
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return token
+
+    return configure
+
+
+@pytest.fixture
+def trigger_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The class names of the VanceAI triggers run (``dag.test()`` runs them in-process)."""
+    from vance_provider.triggers import vanceai as module
+
+    runs: list[str] = []
+    original = module._VanceAITrigger.run
+
+    async def run(self: Any) -> Any:
+        runs.append(type(self).__name__)
+        async for event in original(self):
+            yield event
+
+    monkeypatch.setattr(module._VanceAITrigger, "run", run)
+    return runs

@@ -1,0 +1,85 @@
+"""Helpers of the Airflow tests: load a DAG from the test DAG folder, read XComs, states, events.
+
+Kept apart from ``conftest.py`` (which sets up the environment when pytest loads it) so test
+modules can import them without running that setup twice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_DAGS = ROOT / "dags"
+
+
+def load_dag(dag_id: str) -> Any:
+    """Parse the DAG's file from the DAG folder afresh (tests may change its tasks)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / f"{dag_id}.py"
+    bag = DagBag(dag_folder=str(path))
+    assert not bag.import_errors, bag.import_errors
+    return bag.dags[dag_id]
+
+
+def xcom(dr: Any, task_id: str, key: str = "return_value", map_index: int | None = -1) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        query = XComModel.get_many(
+            run_id=dr.run_id, dag_ids=dr.dag_id, task_ids=task_id, key=key, map_indexes=map_index
+        )
+        rows = session.scalars(query).all()
+        values = [XComModel.deserialize_value(r) for r in sorted(rows, key=lambda r: r.map_index)]
+    if map_index is None:
+        return values
+    return values[0] if values else None
+
+
+def all_xcoms(dr: Any) -> list[tuple[str, str, Any]]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id)).all()
+        return [(r.task_id, r.key, XComModel.deserialize_value(r)) for r in rows]
+
+
+def ti_states(dr: Any) -> dict[str, str]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = dr.get_task_instances(session=session)
+        return {(t.task_id if t.map_index < 0 else f"{t.task_id}[{t.map_index}]"): str(t.state) for t in tis}
+
+
+def rendered_fields(dr: Any) -> list[Any]:
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(RenderedTaskInstanceFields).where(
+                RenderedTaskInstanceFields.dag_id == dr.dag_id, RenderedTaskInstanceFields.run_id == dr.run_id
+            )
+        ).all()
+        return [r.rendered_fields for r in rows]
+
+
+def asset_events(dr: Any) -> list[dict[str, Any]]:
+    """The asset events a DAG run emitted: their extras, plus the asset's URI under ``"uri"``."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.scalars(
+            select(AssetEvent).where(
+                AssetEvent.source_dag_id == dr.dag_id, AssetEvent.source_run_id == dr.run_id
+            )
+        ).all()
+        return [{**r.extra, "uri": r.asset.uri} for r in rows]

@@ -1,0 +1,228 @@
+"""A real Airflow deployment on loopback: API server, scheduler (LocalExecutor), DAG processor and
+triggerer as separate processes sharing a SQLite metadata DB, against the simulator.
+
+A deferrable batch is triggered; while its task is deferred the triggerer is killed (SIGKILL) and a
+new one started. The new triggerer adopts the trigger (rebuilt from ``serialize()``), the task
+resumes, and the run succeeds with every job submitted and charged exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.airflow.helpers import ROOT
+from tests.conftest import OPEN_KEY, fast_config, image_bytes
+from vance_provider.sim import SimulatorServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+E2E_DAGS = Path(__file__).resolve().parent / "e2e_dags"
+DAG_ID = "vt_e2e_deferrable"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Deployment:
+    def __init__(self, home: Path, sim: SimulatorServer) -> None:
+        self.home = home
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        port = _free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env.update(
+            {
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "2",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__PORT": str(port),
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+                "AIRFLOW__API_AUTH__JWT_SECRET": "vance-e2e-jwt-secret-0123456789abcdef",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+                "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+                "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "5",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
+                "AIRFLOW__DAG_PROCESSOR__BUNDLE_REFRESH_CHECK_INTERVAL": "1",
+                "AIRFLOW_CONN_VANCEAI_DEFAULT": json.dumps(
+                    {
+                        "conn_type": "vanceai",
+                        "password": OPEN_KEY,
+                        "host": sim.base_url,
+                        "extra": {"api": "open"},
+                    }
+                ),
+                "PYTHONPATH": str(ROOT),
+            }
+        )
+        self.env = env
+
+    def airflow(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self, name: str, *args: str) -> None:
+        log = (self.home / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        for s in (sig, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, s)  # the process group this test started (the component and its children)
+            except ProcessLookupError:
+                return
+            try:
+                proc.wait(20)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        con = sqlite3.connect(self.home / "airflow.db", timeout=30)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if result := predicate():
+                    return result
+            except sqlite3.OperationalError:
+                pass  # locked or not created yet
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+            time.sleep(0.3)
+        raise AssertionError(
+            f"timed out waiting for {what}\n" + "\n".join(self.log_tail(n) for n in self.procs)
+        )
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.home / f"{name}.log"
+        return f"--- {name} ---\n" + (path.read_text(errors="replace")[-chars:] if path.exists() else "")
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[tuple[Deployment, SimulatorServer]]:
+    home = tmp_path / "airflow"
+    (home / "dags").mkdir(parents=True)
+    shutil.copy(E2E_DAGS / f"{DAG_ID}.py", home / "dags")
+    # Jobs take 15 s: long enough to kill and replace the triggerer while the task is deferred.
+    with SimulatorServer(fast_config(time_per_job=15.0)) as sim:
+        dep = Deployment(home, sim)
+        try:
+            yield dep, sim
+        finally:
+            dep.stop_all()
+
+
+def test_triggerer_restart_while_deferred(deployment, tmp_path) -> None:
+    dep, sim = deployment
+    migrate = dep.airflow("db", "migrate")
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        dep.start(name, name)
+    dep.wait(lambda: dep.query("select 1 from dag where dag_id = ?", DAG_ID), 180, "the DAG to be parsed")
+
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(3):
+        (src / f"p{i}.jpg").write_bytes(image_bytes(32, 24))
+    run = dep.airflow(
+        "dags", "trigger", DAG_ID, "-c", json.dumps({"source": str(src), "destination": str(dst)})
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    # Deferred, and the first triggerer has adopted the trigger and polled at least once.
+    dep.wait(
+        lambda: dep.query("select 1 from task_instance where dag_id = ? and state = 'deferred'", DAG_ID),
+        180,
+        "the task to defer",
+    )
+    first = dep.wait(
+        lambda: dep.query("select triggerer_id from trigger where triggerer_id is not null"),
+        60,
+        "a triggerer to adopt the trigger",
+    )[0][0]
+    kwargs = dep.query("select kwargs from trigger")[0][0]
+    assert OPEN_KEY not in str(kwargs)
+    polls_before = sum(1 for r in sim.state.requests if r.method == "GET" and "/jobs/" in r.path)
+    dep.wait(
+        lambda: sum(1 for r in sim.state.requests if r.method == "GET" and "/jobs/" in r.path) > polls_before,
+        30,
+        "the triggerer to poll",
+    )
+    created = [r.created_job for r in sim.state.requests if r.created_job]
+    assert len(created) == 3
+
+    dep.stop("triggerer", signal.SIGKILL)  # a crash, not a graceful shutdown
+    dep.start("triggerer-2", "triggerer")
+    seen = {first}
+
+    def finished() -> Any:
+        for (triggerer_id,) in dep.query("select triggerer_id from trigger where triggerer_id is not null"):
+            seen.add(triggerer_id)
+        return [
+            s
+            for (s,) in dep.query("select state from dag_run where dag_id = ?", DAG_ID)
+            if s in ("success", "failed")
+        ]
+
+    states = dep.wait(finished, 240, "the DAG run to finish")
+    assert states == ["success"], "\n".join(dep.log_tail(n) for n in ("scheduler", "triggerer-2"))
+    assert len(seen) >= 2, "the new triggerer did not adopt the trigger"
+    assert dep.query("select state, try_number from task_instance where dag_id = ?", DAG_ID) == [
+        ("success", 1)
+    ]
+
+    # Nothing submitted or paid twice; every output written, twice the input's size.
+    assert [r.created_job for r in sim.state.requests if r.created_job] == created
+    assert len(sim.state.charges()) == 3 and not sim.state.double_charges()
+    outputs = sorted(dst.glob("*.jpg"))
+    assert len(outputs) == 3
+    for out in outputs:
+        with Image.open(out) as img:
+            assert img.size == (64, 48)

@@ -1,0 +1,101 @@
+"""Triggers: serialize() round trip, polling to one event, timeouts and failures, no token anywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import time
+
+import pytest
+
+from tests.conftest import fast_config
+from vance_provider.sim import Faults, SimulatorServer
+from vance_provider.triggers.vanceai import VanceAIBatchTrigger, VanceAIJobTrigger
+
+
+def _rebuild(trigger):
+    path, kwargs = trigger.serialize()
+    json.dumps(kwargs)  # plain JSON, as the triggerer table stores it
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)(**kwargs), kwargs
+
+
+async def _events(trigger) -> list:
+    return [event async for event in trigger.run()]
+
+
+def _submit(vance_conn, api: str, make_image, n: int = 2) -> list[str]:
+    from vance_provider.hooks.vanceai import VanceAIHook
+
+    vance_conn(api)
+    hook = VanceAIHook()
+    ids = [hook.client.submit(str(make_image(f"t{i}.jpg")), "upscale", {"scale": 2}).id for i in range(n)]
+    hook.close()
+    return ids
+
+
+@pytest.mark.parametrize("cls", [VanceAIJobTrigger, VanceAIBatchTrigger])
+@pytest.mark.parametrize("api", ["open", "web"])
+def test_serialize_round_trip_and_run(cls, api, sim, vance_conn, make_image) -> None:
+    ids = _submit(vance_conn, api, make_image)
+    token = vance_conn(api)
+    extra = (
+        {"manifest": "file:///tmp/x/_vance_manifest.json", "carry": {"spent": 1.0}}
+        if cls is VanceAIBatchTrigger
+        else {}
+    )
+    trigger = cls(
+        "vanceai_default", ids, poll_interval=0.05, max_poll_interval=0.2, end_time=time.time() + 60, **extra
+    )
+    rebuilt, kwargs = _rebuild(trigger)
+    assert token not in json.dumps(kwargs)
+    assert kwargs["job_ids"] == ids and kwargs["conn_id"] == "vanceai_default"
+    assert rebuilt.serialize() == trigger.serialize()
+    events = asyncio.run(_events(rebuilt))
+    assert len(events) == 1
+    payload = events[0].payload
+    assert payload["status"] == "success", payload
+    assert payload["succeeded"] == 2 and payload["failed"] == 0
+    if cls is VanceAIBatchTrigger:
+        assert payload["carry"] == {"spent": 1.0} and payload["manifest"].endswith("_vance_manifest.json")
+    assert token not in json.dumps(payload)
+
+
+def test_job_trigger_reports_failure(vance_conn, make_image) -> None:
+    with SimulatorServer(fast_config(faults=Faults(fail_job=1.0))) as server:
+        vance_conn("open", server=server)
+        from vance_provider.hooks.vanceai import VanceAIHook
+
+        job_id = VanceAIHook().client.submit(str(make_image()), "upscale", {"scale": 2}).id
+        [event] = asyncio.run(_events(VanceAIJobTrigger("vanceai_default", job_id, poll_interval=0.05)))
+        assert event.payload["status"] == "error"
+        assert job_id in event.payload["message"]
+        [event] = asyncio.run(_events(VanceAIBatchTrigger("vanceai_default", [job_id], poll_interval=0.05)))
+        assert event.payload["status"] == "success" and event.payload["failed"] == 1
+
+
+def test_trigger_timeout(sim_factory, vance_conn, make_image) -> None:
+    server = sim_factory(time_per_job=30.0)
+    vance_conn("open", server=server)
+    from vance_provider.hooks.vanceai import VanceAIHook
+
+    job_id = VanceAIHook().client.submit(str(make_image()), "upscale", {"scale": 2}).id
+    started = time.monotonic()
+    [event] = asyncio.run(
+        _events(VanceAIJobTrigger("vanceai_default", [job_id], poll_interval=0.1, end_time=time.time() + 0.5))
+    )
+    assert time.monotonic() - started < 5
+    assert event.payload["status"] == "timeout" and event.payload["pending"] == [job_id]
+
+
+def test_trigger_error_event_has_no_token(vance_conn, sim) -> None:
+    token = vance_conn("web", token="bad0123456789abcdef0123456789abcd")
+    [event] = asyncio.run(_events(VanceAIJobTrigger("vanceai_default", ["123"], poll_interval=0.05)))
+    assert event.payload["status"] == "error"
+    assert token not in json.dumps(event.payload)
+
+
+def test_trigger_missing_connection_is_an_error_event(monkeypatch) -> None:
+    [event] = asyncio.run(_events(VanceAIJobTrigger("no_such_conn", ["1"], poll_interval=0.05)))
+    assert event.payload["status"] == "error"

@@ -1,0 +1,76 @@
+"""Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
+
+Kept free of imports: Airflow calls it on every ``providers list`` and UI start.
+"""
+
+from __future__ import annotations
+
+INTEGRATION = "VanceAI"
+
+
+def get_provider_info() -> dict:
+    from vance_provider import __version__
+
+    return {
+        "package-name": "vance-pipelines",
+        "name": "VanceAI",
+        "description": "`VanceAI <https://vanceai.com/>`__ image and video enhancement (web API v1 and Open "
+        "API v1): resumable, credit-aware batches, deferrable operators and sensors.\n",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://docs.vanceai.com/",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": INTEGRATION, "python-modules": ["vance_provider.hooks.vanceai"]}],
+        "operators": [
+            {"integration-name": INTEGRATION, "python-modules": ["vance_provider.operators.vanceai"]}
+        ],
+        "sensors": [{"integration-name": INTEGRATION, "python-modules": ["vance_provider.sensors.vanceai"]}],
+        "triggers": [
+            {"integration-name": INTEGRATION, "python-modules": ["vance_provider.triggers.vanceai"]}
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "vance_provider.hooks.vanceai.VanceAIHook",
+                "hook-name": "VanceAI",
+                "connection-type": "vanceai",
+                # Declarative form fields (Airflow >= 3.2 reads these instead of importing the hook);
+                # the hook's get_connection_form_widgets/get_ui_field_behaviour say the same.
+                "conn-fields": {
+                    "api": {
+                        "label": "API",
+                        "description": "'web' (web API v1), 'open' (Open API v1, sk_live_ keys) or 'auto'",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "default": "auto",
+                            "enum": ["auto", "web", "open"],
+                        },
+                    },
+                    "timeout": {
+                        "label": "Timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 30},
+                    },
+                    "max_retries": {
+                        "label": "Max retries",
+                        "schema": {"type": ["integer", "null"], "default": 5},
+                    },
+                    "max_concurrency": {
+                        "label": "Max concurrent jobs per task",
+                        "schema": {"type": ["integer", "null"], "default": 8},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"password": "API Token", "host": "Base URL (optional)"},
+                    "placeholders": {
+                        "host": "https://api-service.vanceai.com (default for the API)",
+                        "password": "web API token, or an sk_live_ Open API key",
+                    },
+                },
+            }
+        ],
+        "extra-links": ["vance_provider.operators.vanceai.VanceAIDestinationLink"],
+    }

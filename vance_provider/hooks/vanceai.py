@@ -1,0 +1,266 @@
+"""``VanceAIHook``: turns an Airflow connection into the core's VanceAI client.
+
+The connection holds the token in ``password`` and an optional base URL in ``host`` (a bare
+host or a URL; empty means the vendor's default). Extras (plain keys): ``api`` ('web', 'open'
+or 'auto'), ``timeout`` (seconds), ``max_retries`` and ``max_concurrency`` (the default number
+of jobs one task keeps in flight).
+
+    AIRFLOW_CONN_VANCEAI_DEFAULT='{"conn_type": "vanceai", "password": "<token>",
+                                   "extra": {"api": "open", "timeout": 30}}'
+
+The hook only translates configuration: every network call lives in
+:mod:`vance_provider.core`. Nothing heavy is imported at module level, so DAG files that
+import the provider stay quick to parse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+    from vance_provider.core import AsyncVanceClient, VanceClient
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_RETRIES = 5
+DEFAULT_MAX_CONCURRENCY = 8
+_EXTRA_KEYS = ("api", "timeout", "max_retries", "max_concurrency")
+
+
+def _extra(conn: Connection, key: str) -> Any:
+    """A plain extra key, or the ``extra__vanceai__`` form older UIs wrote."""
+    extra = conn.extra_dejson or {}
+    value = extra.get(key)
+    if value in (None, ""):
+        value = extra.get(f"extra__vanceai__{key}")
+    return None if value == "" else value
+
+
+def _caller() -> str:
+    try:
+        from airflow.sdk import __version__ as sdk_version
+    except ImportError:  # pragma: no cover
+        sdk_version = "unknown"
+    return f"airflow-task-sdk/{sdk_version}"
+
+
+def connection_settings(conn: Connection) -> dict[str, Any]:
+    """The connection's non-secret client settings, validated (safe to log)."""
+    from vance_provider.core.errors import ConfigurationError
+
+    api = str(_extra(conn, "api") or "auto").strip().lower()
+    if api not in ("auto", "web", "open"):
+        raise ConfigurationError(
+            f"connection {conn.conn_id!r}: extra 'api' must be 'web', 'open' or 'auto', got {api!r}"
+        )
+    try:
+        timeout = float(_extra(conn, "timeout") or DEFAULT_TIMEOUT)
+        retries = _extra(conn, "max_retries")
+        max_retries = DEFAULT_MAX_RETRIES if retries is None else int(retries)
+        concurrency = int(_extra(conn, "max_concurrency") or DEFAULT_MAX_CONCURRENCY)
+    except (TypeError, ValueError):
+        raise ConfigurationError(
+            f"connection {conn.conn_id!r}: extras 'timeout', 'max_retries' and "
+            "'max_concurrency' must be numbers"
+        ) from None
+    if timeout <= 0 or max_retries < 0 or concurrency < 1:
+        raise ConfigurationError(
+            f"connection {conn.conn_id!r}: timeout must be > 0, max_retries >= 0 and max_concurrency >= 1"
+        )
+    return {
+        "api": api,
+        "base_url": (conn.host or "").strip() or None,
+        "timeout": timeout,
+        "max_retries": max_retries,
+        "max_concurrency": concurrency,
+    }
+
+
+class VanceAIHook(BaseHook):
+    """Interact with VanceAI (web API v1 or Open API v1) through the core client.
+
+    :param vanceai_conn_id: the Airflow connection with the token in its password.
+    :param storage_options: fsspec options used for the inputs and outputs (e.g. S3 credentials).
+    """
+
+    conn_name_attr = "vanceai_conn_id"
+    default_conn_name = "vanceai_default"
+    conn_type = "vanceai"
+    hook_name = "VanceAI"
+
+    def __init__(
+        self,
+        vanceai_conn_id: str = default_conn_name,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        caller: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.vanceai_conn_id = vanceai_conn_id
+        self.storage_options = storage_options
+        self.caller = caller or _caller()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vanceai_conn_id={self.vanceai_conn_id!r})"
+
+    # --- the connection -------------------------------------------------------------------------
+    @cached_property
+    def connection(self) -> Connection:
+        return self.get_connection(self.vanceai_conn_id)
+
+    @cached_property
+    def settings(self) -> dict[str, Any]:
+        """Validated, non-secret settings of the connection (api, base_url, timeout, ...)."""
+        return connection_settings(self.connection)
+
+    def _client_args(self, conn: Connection) -> tuple[str, dict[str, Any]]:
+        from vance_provider.core.errors import ConfigurationError
+        from vance_provider.core.retry import RetryPolicy
+
+        token = conn.password or ""
+        if not token:
+            raise ConfigurationError(
+                f"connection {conn.conn_id!r} has no API token",
+                hint="put the VanceAI token (or sk_live_ key) in the connection's password",
+            )
+        s = connection_settings(conn)
+        return token, {
+            "api": s["api"],
+            "base_url": s["base_url"],
+            "timeout": s["timeout"],
+            "retry": RetryPolicy(max_attempts=s["max_retries"] + 1),
+            "caller": self.caller,
+            "storage_options": self.storage_options,
+        }
+
+    # --- clients ---------------------------------------------------------------------------------
+    def get_client(self) -> VanceClient:
+        """A new blocking client; close it (or use it as a context manager) when done."""
+        from vance_provider.core import VanceClient
+
+        token, kwargs = self._client_args(self.connection)
+        return VanceClient(token, **kwargs)
+
+    @cached_property
+    def client(self) -> VanceClient:
+        """A client kept for the hook's lifetime (closed by :meth:`close`)."""
+        return self.get_client()
+
+    def get_conn(self) -> VanceClient:
+        return self.client
+
+    def close(self) -> None:
+        if "client" in self.__dict__:
+            self.__dict__.pop("client").close()
+
+    async def aget_vance_connection(self) -> Connection:
+        """The connection, fetched without blocking the event loop (triggerer-safe)."""
+        if "connection" in self.__dict__:
+            return self.__dict__["connection"]
+        aget = getattr(self, "aget_connection", None)
+        if aget is not None:
+            conn = await aget(self.vanceai_conn_id)
+        else:  # pragma: no cover - older task SDKs
+            from asgiref.sync import sync_to_async
+
+            conn = await sync_to_async(self.get_connection)(self.vanceai_conn_id)
+        self.__dict__["connection"] = conn
+        return conn
+
+    async def get_async_client(self) -> AsyncVanceClient:
+        """A new async client (an async context manager); for triggers."""
+        from vance_provider.core import AsyncVanceClient
+
+        token, kwargs = self._client_args(await self.aget_vance_connection())
+        return AsyncVanceClient(token, **kwargs)
+
+    @asynccontextmanager
+    async def async_client(self) -> AsyncIterator[AsyncVanceClient]:
+        """``async with hook.async_client() as client: ...`` (closed afterwards)."""
+        client = await self.get_async_client()
+        try:
+            yield client
+        finally:
+            await client.aclose()
+
+    # --- UI ----------------------------------------------------------------------------------------
+    def test_connection(self) -> tuple[bool, str]:
+        """One free call (the credit balance); the message never contains the token."""
+        from vance_provider.core.errors import AuthenticationError, VanceError
+        from vance_provider.core.secrets import redact
+
+        try:
+            with self.get_client() as client:
+                balance = client.balance()
+                api = client.api
+        except AuthenticationError:
+            return False, (
+                "VanceAI rejected the API token: check the connection's password and its API "
+                "('web' tokens and 'open' sk_live_ keys are not interchangeable)"
+            )
+        except VanceError as exc:
+            return False, redact(f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            return False, f"could not test the VanceAI connection ({type(exc).__name__})"
+        return True, f"Connected to the VanceAI {api} API: {balance.available:g} credits available"
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the connection form (Airflow >= 3.2 reads them from provider info)."""
+        from wtforms import IntegerField, StringField
+
+        return {
+            "api": StringField(
+                "API",
+                default="auto",
+                description="'web' (web API v1), 'open' (Open API v1) or 'auto' (from the key)",
+            ),
+            "timeout": StringField("Timeout (seconds)", default=str(int(DEFAULT_TIMEOUT))),
+            "max_retries": IntegerField("Max retries", default=DEFAULT_MAX_RETRIES),
+            "max_concurrency": IntegerField("Max concurrent jobs per task", default=DEFAULT_MAX_CONCURRENCY),
+        }
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        return {
+            "hidden_fields": ["schema", "port", "login"],
+            "relabeling": {"password": "API Token", "host": "Base URL (optional)"},
+            "placeholders": {
+                "host": "https://api-service.vanceai.com (default for the API)",
+                "password": "web API token, or an sk_live_ Open API key",
+                "api": "auto",
+                "timeout": str(int(DEFAULT_TIMEOUT)),
+            },
+        }
+
+
+def storage_options_from_connection(conn_id: str | None) -> dict[str, Any] | None:
+    """fsspec options for S3-compatible storage from an Airflow connection, or None (use the env).
+
+    ``login``/``password`` are the access key id and secret; extras ``endpoint_url``,
+    ``region_name`` and ``session_token`` are honoured, and an extra ``storage_options``
+    mapping is merged in as is. Without a connection, s3fs reads the usual ``AWS_*`` variables.
+    """
+    if not conn_id:
+        return None
+    conn = BaseHook.get_connection(conn_id)
+    extra = dict(conn.extra_dejson or {})
+    options: dict[str, Any] = {}
+    if conn.login:
+        options["key"] = conn.login
+    if conn.password:
+        options["secret"] = conn.password
+    if extra.get("session_token"):
+        options["token"] = extra["session_token"]
+    client_kwargs = {k: extra[k] for k in ("endpoint_url", "region_name") if extra.get(k)}
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    options.update(extra.get("storage_options") or {})
+    return options

@@ -1,0 +1,681 @@
+"""Operators for VanceAI: one job, a resumable batch, a credit check and a usage report.
+
+Every operator reads configuration and context, calls one verb of :mod:`vance_provider.core`
+through :class:`~vance_provider.hooks.vanceai.VanceAIHook`, and returns small plain data for
+XCom (counts, credits, a few output URLs - never a token). The core, pandas and the triggers
+are imported only when a task runs, so DAG files that use these operators parse quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink, conf
+from airflow.sdk.bases.skipmixin import SkipMixin
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from vance_provider.hooks.vanceai import VanceAIHook, storage_options_from_connection
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
+
+    from vance_provider.core import BatchResult, BatchSpec, Job, VanceClient
+
+UI_COLOR = "#6C4DFF"
+UI_FGCOLOR = "#FFFFFF"
+FAILURE_POLICIES = ("continue", "fail", "fail_fast")
+MAX_XCOM_ITEMS = 50
+DEFER_MARGIN = 120.0  # Airflow's own deferral timeout comes after the trigger's deadline
+
+
+def parse_list(value: Any) -> list[str]:
+    """A value, a list, or the text of a rendered list (``"['a', 'b']"``) or of ``a,b``."""
+    import ast
+
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.startswith("["):
+            return [s.strip() for s in text.split(",") if s.strip()]
+        value = ast.literal_eval(text)
+    return [str(v) for v in value]
+
+
+def default_deferrable() -> bool:
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
+
+
+@contextlib.contextmanager
+def vance_errors() -> Iterator[None]:
+    """Errors no retry can fix (configuration, inputs, credits) fail the task without retrying."""
+    from vance_provider.core.errors import (
+        AuthenticationError,
+        BudgetExceededError,
+        ConfigurationError,
+        InsufficientCreditsError,
+        InvalidInputError,
+    )
+
+    try:
+        yield
+    except (
+        ConfigurationError,
+        InvalidInputError,
+        BudgetExceededError,
+        InsufficientCreditsError,
+        AuthenticationError,
+    ) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def asset_uri(destination: str) -> str:
+    if "://" in destination:
+        return destination
+    import os
+
+    return "file://" + os.path.abspath(destination)
+
+
+def console_url(destination: str | None) -> str:
+    """A browsable URL for a storage location, where one exists."""
+    if not destination:
+        return ""
+    if destination.startswith(("http://", "https://")):
+        return destination
+    scheme, _, rest = destination.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if scheme in ("s3", "s3a"):
+        return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={prefix}"
+    if scheme in ("gs", "gcs"):
+        return f"https://console.cloud.google.com/storage/browser/{bucket}/{prefix}"
+    return ""
+
+
+class VanceAIDestinationLink(BaseOperatorLink):
+    """'VanceAI outputs': the destination in the cloud console (S3 / GCS), when it has one."""
+
+    name = "VanceAI outputs"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        return console_url(getattr(operator, "destination", None))
+
+
+class _VanceAIBase(BaseOperator):
+    ui_color = UI_COLOR
+    ui_fgcolor = UI_FGCOLOR
+
+    def __init__(
+        self,
+        *,
+        vanceai_conn_id: str = VanceAIHook.default_conn_name,
+        storage_options: dict[str, Any] | None = None,
+        storage_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.vanceai_conn_id = vanceai_conn_id
+        self.storage_options = storage_options
+        self.storage_conn_id = storage_conn_id
+
+    def resolved_storage_options(self) -> dict[str, Any] | None:
+        """``storage_options`` merged over the options built from ``storage_conn_id`` (if any)."""
+        from_conn = storage_options_from_connection(self.storage_conn_id or None)
+        if from_conn is None and self.storage_options is None:
+            return None
+        return {**(from_conn or {}), **(self.storage_options or {})}
+
+    @cached_property
+    def hook(self) -> VanceAIHook:
+        return VanceAIHook(
+            self.vanceai_conn_id,
+            storage_options=self.resolved_storage_options(),
+            caller=f"airflow/{self.task_type}",
+        )
+
+
+def _parse_end_time(timeout: float | timedelta | None) -> float | None:
+    if timeout is None:
+        return None
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+    return time.time() + seconds
+
+
+def _defer_timeout(end_time: float | None) -> timedelta | None:
+    return None if end_time is None else timedelta(seconds=max(0.0, end_time - time.time()) + DEFER_MARGIN)
+
+
+# --- one job ---------------------------------------------------------------------------------------
+class VanceAISubmitJobOperator(_VanceAIBase):
+    """Submit one VanceAI job; optionally wait for it (in the worker or deferred) and download the result.
+
+    The job id is pushed to XCom under ``job_id``. With ``wait_for_completion`` the return value
+    is the job's small record (``Job.to_xcom()``), plus ``output`` when ``destination`` is given.
+
+    A retry does not pay twice: the submission carries an idempotency key derived from the input's
+    content and the tool call, so the service returns the job of the earlier try.
+
+    :param source: an input file (any fsspec URL).
+    :param tool: a friendly tool (``upscale``, ``denoise``, ...) or a vendor tool/module name.
+    :param config: the tool's options, e.g. ``{"scale": 4}``.
+    :param output_format: ``jpg``, ``png`` or ``webp`` (Open API).
+    :param destination: where to store the result once the job succeeded (optional).
+    :param wait_for_completion: wait until the job is terminal; else return the job id at once.
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param timeout: seconds (or a timedelta) to wait for the job.
+    :param cancel_on_timeout: cancel the job when the wait times out (Open API only).
+    """
+
+    template_fields: Sequence[str] = ("source", "tool", "config", "output_format", "destination")
+    template_fields_renderers = {"config": "json"}
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        tool: str,
+        config: dict[str, Any] | None = None,
+        output_format: str | None = None,
+        destination: str | None = None,
+        wait_for_completion: bool = True,
+        poll_interval: float = 5.0,
+        max_poll_interval: float = 60.0,
+        timeout: float | timedelta | None = None,
+        cancel_on_timeout: bool = False,
+        idempotency_key: str | None = None,
+        deferrable: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.source, self.tool, self.config = source, tool, config
+        self.output_format, self.destination = output_format, destination
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
+        self.timeout, self.cancel_on_timeout = timeout, cancel_on_timeout
+        self.idempotency_key = idempotency_key
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+
+    def execute(self, context: Context) -> Any:
+        from vance_provider.core import JobStatus
+        from vance_provider.core.errors import WaitTimeoutError
+
+        end_time = _parse_end_time(self.timeout)
+        with vance_errors(), self.hook.get_client() as client:
+            job = client.submit(
+                self.source,
+                self.tool,
+                self.config,
+                output_format=self.output_format,
+                idempotency_key=self.idempotency_key,
+            )
+            if job.status in (JobStatus.FAILED, JobStatus.CANCELED) and self.idempotency_key is None:
+                # The idempotency key found an earlier try's job, which failed: submit afresh.
+                ti = context["ti"]
+                key = f"af-{ti.dag_id}-{ti.task_id}-{ti.run_id}-{ti.map_index}-{ti.try_number}"
+                self.log.info("the earlier job %s %s; submitting again", job.id, job.status.value)
+                job = client.submit(
+                    self.source, self.tool, self.config, output_format=self.output_format, idempotency_key=key
+                )
+            self._job_id = job.id
+            self.log.info("VanceAI job %s submitted (%s, %s API)", job.id, job.tool, client.api)
+            context["ti"].xcom_push(key="job_id", value=job.id)
+            if not self.wait_for_completion:
+                return job.id
+            if job.status.terminal or not self.deferrable:
+                try:
+                    remaining = None if end_time is None else max(0.0, end_time - time.time())
+                    job = client.wait(
+                        job.id, poll_interval=self.poll_interval, timeout=remaining, raise_on_failure=False
+                    )
+                except WaitTimeoutError as exc:
+                    self._timed_out(client, [job.id])
+                    raise AirflowException(f"VanceAI job {job.id} did not finish in time: {exc}") from None
+                return self._finish(client, job)
+
+        from vance_provider.triggers.vanceai import VanceAIJobTrigger
+
+        self.defer(
+            trigger=VanceAIJobTrigger(
+                self.vanceai_conn_id,
+                [job.id],
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                end_time=end_time,
+            ),
+            method_name="execute_complete",
+            timeout=_defer_timeout(end_time),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        job_id = event["job_ids"][0]
+        with vance_errors(), self.hook.get_client() as client:
+            if event["status"] == "timeout":
+                self._timed_out(client, [job_id])
+                raise AirflowException(event["message"])
+            if event["status"] != "success":
+                raise AirflowException(event["message"])
+            return self._finish(client, client.get_job(job_id))
+
+    def _timed_out(self, client: VanceClient, job_ids: list[str]) -> None:
+        if self.cancel_on_timeout:
+            cancel_jobs(client, job_ids, self.log)
+
+    def on_kill(self) -> None:
+        """Cancel the job when the task is killed while waiting in the worker (Open API only)."""
+        job_id = getattr(self, "_job_id", None)
+        if job_id and self.wait_for_completion:
+            with self.hook.get_client() as client:
+                cancel_jobs(client, [job_id], self.log)
+
+    def _finish(self, client: VanceClient, job: Job) -> dict[str, Any]:
+        from vance_provider.core import JobStatus
+
+        if job.status is not JobStatus.SUCCEEDED:
+            raise AirflowException(
+                f"VanceAI job {job.id} {job.status.value}: {job.error_message or job.raw_status}"
+            )
+        record = job.to_xcom()
+        if self.destination:
+            record["output"] = client.download(job, self.destination)
+            self.log.info("VanceAI job %s: result stored at %s", job.id, record["output"])
+        return record
+
+
+def cancel_jobs(client: VanceClient, job_ids: list[str], log: Any) -> list[str]:
+    """Cancel jobs on the Open API (the web API cannot cancel; its jobs cost nothing until downloaded)."""
+    from vance_provider.core.errors import VanceError
+
+    if client.api != "open":
+        log.warning("the VanceAI web API cannot cancel jobs; they are not charged unless downloaded")
+        return []
+    canceled = []
+    for job_id in job_ids:
+        try:
+            client.cancel(job_id)
+            canceled.append(job_id)
+        except VanceError as exc:
+            log.warning("could not cancel VanceAI job %s: %s", job_id, exc)
+    log.info("canceled %d VanceAI job(s)", len(canceled))
+    return canceled
+
+
+# --- a batch ---------------------------------------------------------------------------------------
+class VanceAIEnhanceOperator(_VanceAIBase):
+    """Enhance every file of ``source`` into ``destination``: a resumable, credit-aware batch.
+
+    The batch keeps a manifest beside its outputs (input -> job id -> state -> output), so a
+    retried or cleared task - or the next scheduled run - resumes in-flight jobs and skips inputs
+    already done: nothing is paid twice. The return value (XCom) is the batch summary: counts,
+    credits spent by this run, the manifest URL and up to 50 output URLs.
+
+    In deferrable mode the worker only submits and collects; the waiting happens in the
+    triggerer (:class:`~vance_provider.triggers.vanceai.VanceAIBatchTrigger`). At most
+    ``max_concurrency`` jobs are in flight: the task submits a wave, defers until the wave is
+    done, then stores its results and submits the next wave.
+
+    To bound the account's concurrency across tasks and DAGs, put every VanceAI task in one pool
+    (``pool="vanceai", pool_slots=max_concurrency``, pool size = the account's job limit, with
+    ``include_deferred`` on). To scale out, map over shards - each with its own destination,
+    since a manifest belongs to one destination::
+
+        VanceAIEnhanceOperator.partial(task_id="enhance", tool="upscale", config={"scale": 2},
+                                       destination="s3://out/{{ ti.map_index }}/", pool="vanceai"
+                                       ).expand(source=["s3://in/a/", "s3://in/b/"])
+
+    :param source: a URL, a prefix, a glob or a list of URLs (fsspec).
+    :param destination: a prefix for the outputs (fsspec). When it is not templated it is declared as
+        an Asset outlet; for a templated destination pass ``outlets=[AssetAlias("...")]`` and the
+        task emits an event for the rendered destination. Events carry the batch counts as extra.
+    :param tool: a friendly tool (``upscale``, ``denoise``, ...) or a vendor tool/module name.
+    :param config: the tool's options, e.g. ``{"scale": 4}``.
+    :param max_concurrency: jobs in flight at once (default: the connection's ``max_concurrency``).
+    :param credit_budget: stop submitting once this many credits would be spent.
+    :param on_failure: ``fail`` (default), ``fail_fast`` (stop submitting at the first failure) or
+        ``continue`` (succeed and report failures in the summary).
+    :param on_insufficient_credits: ``fail`` before spending anything, or ``partial``.
+    :param timeout: seconds (or a timedelta) for the whole batch.
+    :param cancel_on_timeout: on timeout, cancel the jobs in flight (Open API) so a retry submits afresh.
+    :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
+    :param storage_conn_id: a connection with S3 credentials (login/password, extras
+        ``endpoint_url``/``region_name``); without it, s3fs reads the environment.
+    """
+
+    template_fields: Sequence[str] = (
+        "source",
+        "destination",
+        "tool",
+        "config",
+        "jconfig",
+        "output_format",
+        "storage_conn_id",
+    )
+    template_fields_renderers = {"config": "json", "jconfig": "json"}
+    operator_extra_links = (VanceAIDestinationLink(),)
+
+    def __init__(
+        self,
+        *,
+        source: str | list[str],
+        destination: str,
+        tool: str,
+        config: dict[str, Any] | None = None,
+        jconfig: dict[str, Any] | str | None = None,
+        output_format: str | None = None,
+        max_concurrency: int | None = None,
+        credit_budget: float | None = None,
+        on_failure: str = "fail",
+        on_insufficient_credits: str = "fail",
+        force: bool = False,
+        poll_interval: float = 5.0,
+        max_poll_interval: float = 60.0,
+        timeout: float | timedelta | None = None,
+        cancel_on_timeout: bool = False,
+        deferrable: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if on_failure not in FAILURE_POLICIES:
+            raise ValueError(f"on_failure must be one of {FAILURE_POLICIES}, got {on_failure!r}")
+        if on_insufficient_credits not in ("fail", "partial"):
+            raise ValueError(
+                f"on_insufficient_credits must be 'fail' or 'partial', got {on_insufficient_credits!r}"
+            )
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if "outlets" not in kwargs and isinstance(destination, str) and "{{" not in destination:
+            kwargs["outlets"] = [Asset(uri=asset_uri(destination))]
+        super().__init__(**kwargs)
+        self.source, self.destination, self.tool = source, destination, tool
+        self.config, self.jconfig, self.output_format = config, jconfig, output_format
+        self.max_concurrency, self.credit_budget = max_concurrency, credit_budget
+        self.on_failure, self.on_insufficient_credits, self.force = on_failure, on_insufficient_credits, force
+        self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
+        self.timeout, self.cancel_on_timeout = timeout, cancel_on_timeout
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+
+    def spec(self) -> BatchSpec:
+        from vance_provider.core import BatchSpec
+
+        timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else self.timeout
+        return BatchSpec(
+            source=self.source,
+            destination=self.destination,
+            tool=self.tool,
+            config=self.config,
+            jconfig=self.jconfig,
+            output_format=self.output_format,
+            max_concurrency=self.max_concurrency or self.hook.settings["max_concurrency"],
+            credit_budget=self.credit_budget,
+            poll_interval=self.poll_interval,
+            max_poll_interval=self.max_poll_interval,
+            on_failure=self.on_failure,  # type: ignore[arg-type]
+            on_insufficient_credits=self.on_insufficient_credits,  # type: ignore[arg-type]
+            force=self.force,
+            timeout=None if self.deferrable else timeout,
+            storage_options=self.hook.storage_options,
+        )
+
+    def execute(self, context: Context) -> Any:
+        from vance_provider.core.errors import WaitTimeoutError
+        from vance_provider.operators._batch_steps import batch_step
+
+        spec = self.spec()
+        self.log.info(
+            "VanceAI batch: %s -> %s (%s, up to %d in flight, %s)",
+            self.source,
+            self.destination,
+            self.tool,
+            spec.max_concurrency,
+            "deferrable" if self.deferrable else "in the worker",
+        )
+        with vance_errors(), self.hook.get_client() as client:
+            if not self.deferrable:
+                try:
+                    result = client.run_batch(spec)
+                except (TimeoutError, WaitTimeoutError):
+                    self._timed_out(client, spec)
+                    raise AirflowException(
+                        f"VanceAI batch did not finish within {spec.timeout:g}s; a retry "
+                        "resumes from the manifest"
+                    ) from None
+                return self._finish(context, result)
+            step = client.run(batch_step(client.aio, spec, first=True))
+        return self._next(context, step, _parse_end_time(self.timeout))
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        from vance_provider.operators._batch_steps import batch_step
+
+        carry = event.get("carry") or {}
+        end_time = carry.get("end_time")
+        spec = self.spec()
+        with vance_errors(), self.hook.get_client() as client:
+            if event["status"] == "timeout":
+                self._timed_out(client, spec)
+                raise AirflowException(
+                    f"VanceAI batch timed out: {event['message']} (manifest: {event.get('manifest')})"
+                )
+            if event["status"] != "success":
+                raise AirflowException(f"VanceAI batch: {event['message']}")
+            self.log.info("VanceAI batch: %s", event["message"])
+            step = client.run(
+                batch_step(
+                    client.aio,
+                    spec,
+                    first=False,
+                    spent=float(carry.get("spent", 0.0)),
+                    started=carry.get("started"),
+                )
+            )
+        return self._next(context, step, end_time)
+
+    def _emit_asset_events(self, context: Context, summary: dict[str, Any]) -> None:
+        """The counts as the extra of the outlet Asset's event; an ``AssetAlias`` outlet gets an event
+        for the rendered destination (use one when the destination is templated)."""
+        extra = {k: summary[k] for k in ("total", "done", "failed", "skipped", "credits_spent", "manifest")}
+        for outlet in self.outlets or []:
+            try:
+                if isinstance(outlet, Asset):
+                    context["outlet_events"][outlet].extra.update(extra)
+                elif isinstance(outlet, AssetAlias):
+                    context["outlet_events"][outlet].add(Asset(uri=asset_uri(self.destination)), extra=extra)
+            except (KeyError, TypeError, AttributeError) as exc:  # no outlet events (e.g. a bare context)
+                self.log.debug("no asset event for %s: %s", outlet, exc)
+
+    def _timed_out(self, client: VanceClient, spec: BatchSpec) -> None:
+        from vance_provider.operators._batch_steps import cancel_in_flight
+
+        if not self.cancel_on_timeout:
+            return
+        if client.api != "open":
+            self.log.warning("the VanceAI web API cannot cancel jobs; a retry resumes them")
+            return
+        canceled = client.run(cancel_in_flight(client.aio, spec))
+        self.log.info("canceled %d VanceAI job(s); a retry submits them afresh", len(canceled))
+
+    def _next(self, context: Context, step: Any, end_time: float | None) -> Any:
+        if step.result is not None:
+            return self._finish(context, step.result)
+        from vance_provider.triggers.vanceai import VanceAIBatchTrigger
+
+        self.log.info(
+            "VanceAI batch: %d job(s) in flight, %d waiting; deferring", len(step.job_ids), step.remaining
+        )
+        trigger = VanceAIBatchTrigger(
+            self.vanceai_conn_id,
+            step.job_ids,
+            manifest=step.manifest,
+            poll_interval=self.poll_interval,
+            max_poll_interval=self.max_poll_interval,
+            end_time=end_time,
+            carry={**step.carry(), "end_time": end_time},
+        )
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=_defer_timeout(end_time))
+
+    def _finish(self, context: Context, result: BatchResult) -> dict[str, Any]:
+        from vance_provider.core.errors import BatchFailedError
+
+        summary = result.summary(max_outputs=MAX_XCOM_ITEMS)
+        failures = summary.get("failures") or {}
+        if len(failures) > MAX_XCOM_ITEMS:
+            summary["failures"] = dict(list(failures.items())[:MAX_XCOM_ITEMS])
+        self.log.info(
+            "VanceAI batch: %d done, %d failed, %d skipped of %d; %g credits spent; manifest %s",
+            result.done,
+            result.failed,
+            result.skipped,
+            len(result.items),
+            result.credits_spent,
+            result.manifest,
+        )
+        self._emit_asset_events(context, summary)
+        try:
+            result.raise_for_failures(self.on_failure)  # type: ignore[arg-type]
+        except BatchFailedError as exc:
+            context["ti"].xcom_push(key="summary", value=summary)
+            raise AirflowException(str(exc)) from None
+        return summary
+
+
+# --- credits -----------------------------------------------------------------------------------------
+class VanceAICreditCheckOperator(_VanceAIBase, SkipMixin):
+    """Check the balance covers a batch before it starts; fail, or skip everything downstream.
+
+    The need is ``min_credits`` when given, else the number of inputs under ``source`` times the
+    tool's per-job estimate (inputs already done in ``destination``'s manifest are not counted).
+    Costs no credits.
+
+    :param on_insufficient: ``fail`` (default) or ``skip`` (short-circuit: downstream tasks are skipped).
+    :param margin: extra credits to keep in reserve.
+    """
+
+    template_fields: Sequence[str] = (
+        "source",
+        "destination",
+        "tool",
+        "config",
+        "min_credits",
+        "storage_conn_id",
+    )
+    template_fields_renderers = {"config": "json"}
+
+    def __init__(
+        self,
+        *,
+        source: str | list[str] | None = None,
+        tool: str | None = None,
+        config: dict[str, Any] | None = None,
+        destination: str | None = None,
+        min_credits: float | None = None,
+        margin: float = 0.0,
+        on_insufficient: str = "fail",
+        **kwargs: Any,
+    ) -> None:
+        if on_insufficient not in ("fail", "skip"):
+            raise ValueError(f"on_insufficient must be 'fail' or 'skip', got {on_insufficient!r}")
+        if min_credits is None and (source is None or tool is None):
+            raise ValueError("give min_credits, or source and tool to estimate from")
+        super().__init__(**kwargs)
+        self.source, self.tool, self.config, self.destination = source, tool, config, destination
+        self.min_credits, self.margin, self.on_insufficient = min_credits, margin, on_insufficient
+
+    def _estimate(self, client: VanceClient) -> tuple[float, int | None]:
+        if self.min_credits is not None and self.min_credits != "":
+            return float(self.min_credits), None
+        from vance_provider.core.manifest import ItemState, Manifest
+        from vance_provider.core.storage import list_sources
+
+        if self.source is None or self.tool is None:
+            raise AirflowFailException("give min_credits, or source and tool to estimate from")
+        so = self.hook.storage_options
+        sources = list_sources(self.source, None, so)
+        done: set[tuple[str, str]] = set()
+        if self.destination:
+            manifest = Manifest.for_destination(self.destination, so).load()
+            done = {(i.source, i.fingerprint) for i in manifest.items.values() if i.state == ItemState.DONE}
+        todo = [s for s in sources if (s.url, s.fingerprint) not in done]
+        per_job = client.tool_call(self.tool, self.config).estimate()
+        return len(todo) * per_job, len(todo)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        with vance_errors(), self.hook.get_client() as client:
+            need, inputs = self._estimate(client)
+            balance = client.balance()
+            api = client.api
+        need_total = need + self.margin
+        info = {
+            "api": api,
+            "available": balance.available,
+            "needed": need_total,
+            "inputs": inputs,
+            "ok": balance.available + 1e-9 >= need_total,
+        }
+        self.log.info(
+            "VanceAI credits: %g available, %g needed%s",
+            balance.available,
+            need_total,
+            f" for {inputs} input(s)" if inputs is not None else "",
+        )
+        if info["ok"]:
+            return info
+        message = f"VanceAI balance {balance.available:g} is below the {need_total:g} credits needed"
+        if self.on_insufficient == "fail":
+            raise AirflowFailException(message + " (top up, or shrink the batch)")
+        self.log.warning("%s: skipping downstream tasks", message)
+        to_skip = [t for t in context["task"].get_flat_relatives(upstream=False) if not t.is_teardown]
+        if to_skip:
+            self.skip(ti=context["ti"], tasks=to_skip)
+        return info
+
+
+def _utc(value: Any) -> Any:
+    import pandas as pd
+
+    ts = pd.Timestamp(str(value))
+    return ts.tz_convert("UTC") if ts.tzinfo else ts.tz_localize("UTC")
+
+
+class VanceAICreditReportOperator(_VanceAIBase):
+    """Write the account's credit usage to CSV or Parquet (by the URL's extension) on any fsspec URL.
+
+    The web API reports the full history; the Open API keeps none, so pass the ``manifests`` of
+    past batches (their recorded charges are used). ``start``/``end`` (ISO dates or datetimes,
+    templated - e.g. ``{{ data_interval_start }}``) narrow the report. Returns the totals.
+    """
+
+    template_fields: Sequence[str] = ("destination", "manifests", "start", "end", "storage_conn_id")
+
+    def __init__(
+        self,
+        *,
+        destination: str,
+        manifests: list[str] | str | None = None,
+        start: Any = None,
+        end: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if not str(destination).endswith((".csv", ".parquet")) and "{{" not in str(destination):
+            raise ValueError(f"destination {destination!r} must end in .csv or .parquet")
+        super().__init__(**kwargs)
+        self.destination, self.manifests, self.start, self.end = destination, manifests, start, end
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from vance_provider.core.credits import totals, write_report
+
+        manifests = parse_list(self.manifests)
+        so = self.hook.storage_options
+        with vance_errors(), self.hook.get_client() as client:
+            df = client.usage_report(manifests, so)
+            api = client.api
+        if self.start:
+            df = df[df["timestamp"] >= _utc(self.start)]
+        if self.end:
+            df = df[df["timestamp"] < _utc(self.end)]
+        url = write_report(df.reset_index(drop=True), self.destination, so)
+        summary = {"url": url, "api": api, "rows": len(df), **totals(df)}
+        self.log.info("VanceAI usage report: %d row(s), %g credits -> %s", len(df), summary["total"], url)
+        return summary
