@@ -29,11 +29,12 @@ from .errors import (
     InsufficientCreditsError,
     InvalidInputError,
     VanceError,
+    WaitTimeoutError,
 )
 from .inputs import check_input
 from .manifest import ItemState, Manifest, ManifestItem
 from .models import Job, JobStatus
-from .storage import SourceFile, check_writable, exists, join, list_sources, safe_name
+from .storage import MEDIA_EXTENSIONS, SourceFile, check_writable, exists, join, list_sources, safe_name
 from .tools import ToolCall
 
 log = logging.getLogger("vance_provider.batch")
@@ -170,16 +171,29 @@ def call_hash(call: ToolCall) -> str:
     return hashlib.sha256(call.fingerprint().encode()).hexdigest()[:16]
 
 
-def plan_outputs(sources: list[SourceFile], destination: str, call: ToolCall) -> dict[str, str]:
-    """Output URL stem per input: safe names, same sub-folders, collisions made distinct."""
+def plan_outputs(sources: list[SourceFile], destination: str, call: ToolCall,
+                 reserved: dict[str, str] | None = None) -> dict[str, str]:
+    """Output URL stem per input: safe names, same sub-folders, collisions made distinct.
+
+    ``reserved`` (source -> output, from the manifest) keeps earlier output names: an input keeps
+    its name, and no other input, even one added later that sorts first, is given it.
+    """
+    prefix = destination.rstrip("/") + "/"
+    kept: dict[str, str] = {}
+    for url, out in (reserved or {}).items():
+        if out.startswith(prefix):
+            rel = PurePosixPath(out[len(prefix):])
+            kept[url] = str(rel.with_suffix("") if rel.suffix.lower() in MEDIA_EXTENSIONS else rel)
     planned: dict[str, str] = {}
-    taken: set[str] = set()
+    taken: set[str] = {stem.lower() for stem in kept.values()}
     for src in sources:
-        rel = safe_name(src.relative)
-        stem = str(PurePosixPath(rel).with_suffix(""))
-        if stem.lower() in taken:
-            stem = f"{stem}-{hashlib.sha256(src.url.encode()).hexdigest()[:6]}"
-        taken.add(stem.lower())
+        stem = kept.get(src.url)
+        if stem is None:
+            rel = safe_name(src.relative)
+            stem = str(PurePosixPath(rel).with_suffix(""))
+            if stem.lower() in taken:
+                stem = f"{stem}-{hashlib.sha256(src.url.encode()).hexdigest()[:6]}"
+            taken.add(stem.lower())
         ext = call.output_format or ("mp4" if call.media == "video" else None)
         planned[src.url] = join(destination, f"{stem}.{ext}" if ext else stem)
     return planned
@@ -212,7 +226,8 @@ class BatchRunner:
         await asyncio.to_thread(self.manifest.load)
         chash = call_hash(self.call)
         self.manifest.meta.update({"tool": self.call.tool, "api": self.client.api, "destination": self.spec.destination})
-        outputs = plan_outputs(sources, self.spec.destination, self.call)
+        outputs = plan_outputs(sources, self.spec.destination, self.call,
+                               {s: i.output for s, i in self.manifest.items.items() if i.output})
         self.sources = [s.url for s in sources]
         work: list[ManifestItem] = []
         for src in sources:
@@ -224,6 +239,7 @@ class BatchRunner:
                                     generation=generation, tool=self.call.tool)
                 self.manifest.items[src.url] = item
             elif item.state == ItemState.DONE and item.output and await asyncio.to_thread(exists, item.output, so):
+                self.progress.done += 1  # counted, so the progress reaches the total on a rerun
                 continue  # done before, output still there: nothing to do, nothing to pay
             elif item.state in (ItemState.FAILED, ItemState.SKIPPED, ItemState.DONE):
                 item.set(ItemState.PENDING, job_id=None, error=None, error_code=None,
@@ -235,6 +251,9 @@ class BatchRunner:
                     item.set(ItemState.FAILED, error=exc.message + (f" ({exc.hint})" if exc.hint else ""),
                              error_code=type(exc).__name__)
                     log.warning("skipping invalid input: %s", exc)
+                    self.progress.failed += 1
+                    if self.spec.on_failure == "fail_fast" and not self.stop_reason:
+                        self.stop_reason = f"fail_fast: {item.source} failed"
                     continue
                 item.idempotency_key = default_idempotency_key(src.url, src.fingerprint, self.call, item.generation)
             work.append(item)
@@ -268,12 +287,23 @@ class BatchRunner:
         started = time.monotonic()
         work = await self.prepare()
         await self.preflight(work)
+        # Jobs resumed from the manifest will be paid for in this run too: they count against the
+        # budget. The Open API balance already excludes what they reserved, so add that back.
+        resumed = sum(1 for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED)) * self.call.estimate()
+        self.committed += resumed
+        if self.client.api == "open":
+            self.available += resumed
         stop_flusher = asyncio.Event()
         flusher = asyncio.create_task(self._flush_periodically(stop_flusher))
         try:
             coro = asyncio.gather(*(self._run_item(item) for item in work))
             if self.spec.timeout:
-                await asyncio.wait_for(coro, self.spec.timeout)
+                try:
+                    await asyncio.wait_for(coro, self.spec.timeout)
+                except TimeoutError:
+                    raise WaitTimeoutError(f"the batch did not finish within {self.spec.timeout:g} s",
+                                           hint="rerun it to resume: submitted jobs are kept in the manifest"
+                                           ) from None
             else:
                 await coro
         finally:
@@ -402,7 +432,7 @@ class BatchRunner:
                     self.latency.observe(time.monotonic() - started)
                 return job
             if deadline and time.monotonic() > deadline:
-                raise asyncio.TimeoutError
+                raise WaitTimeoutError(f"job {item.job_id} did not finish within {self.spec.timeout:g} s")
             await asyncio.sleep(interval)
             interval = min(self.spec.max_poll_interval, interval * 1.5)
 

@@ -236,7 +236,11 @@ class VanceClient:
 
     def __init__(self, token: str, **kwargs: Any) -> None:
         self._loop = _LoopThread()
-        self._async = self._loop.run(_build(token, kwargs))
+        try:
+            self._async = self._loop.run(_build(token, kwargs))
+        except BaseException:
+            self._loop.stop()  # a bad setting must not leave a loop thread behind
+            raise
 
     def __repr__(self) -> str:
         return f"VanceClient(api={self.api!r}, base_url={self.base_url!r})"

@@ -33,7 +33,8 @@ def usage_frame(records: Iterable[UsageRecord]) -> pd.DataFrame:
     """A typed DataFrame: timestamp (UTC), api, tool, kind, credits, balance, source, job_id."""
     rows = [r.__dict__ for r in records]
     df = pd.DataFrame(rows, columns=list(COLUMNS))
-    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="mixed")
+    # pandas 3 infers the unit (s, us, ...); pin the documented one
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="mixed").astype(COLUMNS["timestamp"])
     df = df.astype({k: v for k, v in COLUMNS.items() if k != "timestamp"})
     df = df.drop_duplicates(subset=["api", "job_id"], keep="first").reset_index(drop=True) \
         if df["job_id"].notna().all() and len(df) else df

@@ -91,7 +91,7 @@ WEB_MODULES: dict[str, dict[str, Param]] = {
     "deoldify2": {"model_name": P(str, choices=("DeoldifyArtistic",)), "render_factor": P(int, lo=10, hi=70)},
     "CodeFormer": {"model_name": P(str, choices=("CodeFormerStable",))},
 }
-WEB_DEFAULT_MODEL = {"enlarge3": "EnlargeStandard_2x_Stable", "denoise": "DenoiseStable",
+WEB_DEFAULT_MODEL = {"enlarge3": "EnlargeStandard_2x_Stable", "enlarge": "EnlargeStable", "denoise": "DenoiseStable",
                      "sharpen3": "SharpenGeneralStable", "matting": "MattingStable", "chainner": "Anime_4x_AnimeSharp",
                      "real_esrgan": "RealEsrganStable", "crease_repair": "CreaseRepairStable", "img2sr": "style_sr_512",
                      "cartoonize": "CartoonizeStable", "img2anime": "style1", "animegan2": "Animegan2Stable",
@@ -111,7 +111,10 @@ OPEN_TOOLS: dict[str, tuple[Media, dict[str, Param]]] = {
     "cartoonize": ("image", {"style": STR, "face_enhance": BOOL}),
     "passport_photo": ("image", {}),
     "custom": ("image", {"prompt": P(str, required=True), "face_enhance": BOOL}),
+    # quality/codec "have no effect" on video_upscale, but the document's own example sends codec
     "video_upscale": ("video", {"scale": P(int, choices=(2, 4)), "fps": P(NUM, lo=1, hi=120),
+                                "quality": P(str, choices=("high", "medium", "low")),
+                                "codec": P(str, choices=("h264", "h265")),
                                 "source_width": P(int), "source_height": P(int), "duration": P(NUM)}),
     "video_hdr": ("video", {"quality": P(str, choices=("high", "medium", "low")),
                             "codec": P(str, choices=("h264", "h265")), "hdr_color_gamut": STR,
@@ -216,27 +219,37 @@ def _check_web_step(step: dict[str, Any], where: str) -> None:
             raise InvalidConfigError(f"{where} (enlarge3): scale {scale} does not fit model {model}",
                                      hint="a _2x_ model takes scale 2; a _4x_ model takes 4, 6 or 8")
     if module == "img2anime":
-        for cn in params.get("cn_configs") or []:
-            if not isinstance(cn, dict) or cn.get("cn_name") not in CN_NAMES or not cn.get("image_uid"):
-                raise InvalidConfigError(f"{where} (img2anime): each cn_configs entry needs image_uid and a "
-                                         f"cn_name from {', '.join(CN_NAMES)}")
+        _check_cn_configs(params.get("cn_configs") or [], f"{where} (img2anime)")
     out = step.get("out_params")
     if out is not None:
         _check_out_params(out, where)
+
+
+def _check_cn_configs(cn_configs: Any, where: str) -> None:
+    if not isinstance(cn_configs, list):
+        raise InvalidConfigError(f"{where}: cn_configs must be list, got {cn_configs!r}")
+    for cn in cn_configs:
+        if not isinstance(cn, dict) or cn.get("cn_name") not in CN_NAMES or not cn.get("image_uid"):
+            raise InvalidConfigError(f"{where}: each cn_configs entry needs image_uid and a "
+                                     f"cn_name from {', '.join(CN_NAMES)}")
 
 
 def _check_out_params(out: Any, where: str) -> None:
     if not isinstance(out, dict):
         raise InvalidConfigError(f"{where}: out_params must be a mapping")
     for key, value in out.items():
+        if key in ("compress", "bg_composed") and not isinstance(value, dict):
+            raise InvalidConfigError(f"{where}: out_params {key} must be a mapping, got {value!r}")
         if key == "compress":
-            P(int, lo=0, hi=100).check("compress.quality", (value or {}).get("quality", 90), where)
+            P(int, lo=0, hi=100).check("compress.quality", value.get("quality", 90), where)
         elif key == "dpi":
             P(int, lo=0, hi=2000).check("dpi", value, where)
         elif key == "format":
             P(str, choices=("jpg", "png")).check("format", value, where)
         elif key == "bg_composed":
-            color = (value or {}).get("bg_color") or {}
+            color = value.get("bg_color") or {}
+            if not isinstance(color, dict):
+                raise InvalidConfigError(f"{where}: out_params bg_composed.bg_color must be a mapping")
             for c in "rgb":
                 P(int, lo=0, hi=255).check(f"bg_color.{c}", color.get(c), where)
         else:
@@ -274,6 +287,8 @@ def validate_jconfig(jconfig: dict[str, Any] | str) -> dict[str, Any]:
                                      hint="enlarge and background removal can only be the last step")
         if step.get("out_params") and not last:
             raise InvalidConfigError(f"{where}: out_params belong on the last step")
+    if "cn_configs" in jconfig:  # the newer img2anime document shows cn_configs beside "config"
+        _check_cn_configs(jconfig["cn_configs"], "jconfig")
     return jconfig
 
 
@@ -302,6 +317,8 @@ def _web_step(module: str, config: dict[str, Any]) -> dict[str, Any]:
 def resolve(tool: str, config: dict[str, Any] | None = None, *, api: ApiName,
             output_format: str | None = None, jconfig: dict[str, Any] | str | None = None) -> ToolCall:
     """Turn a tool name and config into a validated call for ``api`` (raises before any upload)."""
+    if config is not None and not isinstance(config, dict):
+        raise InvalidConfigError(f"{tool}: the config must be a mapping, got {type(config).__name__}")
     config = dict(config or {})
     if api == "web":
         if jconfig is not None:

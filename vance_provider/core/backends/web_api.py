@@ -75,6 +75,9 @@ class WebApiBackend(Backend):
         cls, meaning = WEB_ERRORS.get(code, (APIError, "unexpected error"))
         if code in (10001, 30001) and isinstance(msg, dict) and "api_token" in msg:
             cls, meaning = AuthenticationError, "the API token is missing"
+        elif code == 10001 and name in ("progress", "download") and not isinstance(msg, dict):
+            # trans_id is their only parameter: "Illegal parameter" means no such job
+            cls, meaning = NotFoundError, "no such job (unknown trans_id)"
         hint = {AuthenticationError: "check the API token of the connection",
                 InsufficientCreditsError: "top up credits or lower the batch",
                 }.get(cls)
@@ -114,6 +117,8 @@ class WebApiBackend(Backend):
         return self._job(job_id, await self._post("progress", "progress", trans_id=job_id))
 
     async def download(self, job: Job, dest: str) -> str:
+        if job.size is None:  # e.g. transform answered "finish" at once: progress tells the size to verify
+            job = await self.get_job(job.id)
         url = f"{self.base_url}/download"
         return await self.stream_to(
             "download", lambda: self.http.stream("POST", url, data=self._form(trans_id=job.id)), dest,

@@ -1,0 +1,183 @@
+"""Fixtures of the core engine tests: clients bound to a running simulator, an S3 server on loopback."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import OPEN_KEY, WEB_TOKEN, fast_config
+from vance_provider.core import AsyncVanceClient, BatchSpec, RetryPolicy, VanceClient
+from vance_provider.sim import SimConfig, SimulatorServer
+
+TOKENS = {"web": WEB_TOKEN, "open": OPEN_KEY}
+# Retries as the default policy does them, only with tiny delays (Retry-After is still honoured).
+FAST_RETRY = RetryPolicy(max_attempts=10, initial=0.01, max_delay=0.05)
+
+
+# --- simulators: as in tests/conftest.py, but stopped in the background --------------------------------
+# A simulator takes ~0.2 s to stop (uvicorn's shutdown tick); the next test need not wait for it.
+_stopping: list[threading.Thread] = []
+
+
+def _stop_later(server: SimulatorServer) -> None:
+    thread = threading.Thread(target=server.stop, name="vance-sim-stop", daemon=True)
+    thread.start()
+    _stopping.append(thread)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _join_stopping_simulators() -> Iterator[None]:
+    yield
+    for thread in _stopping:
+        thread.join(timeout=15)
+
+
+@pytest.fixture
+def sim(sim_config: SimConfig) -> Iterator[SimulatorServer]:
+    server = SimulatorServer(sim_config).start()
+    yield server
+    _stop_later(server)
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Callable[..., SimulatorServer]]:
+    """Start extra simulators with their own knobs: ``sim_factory(rate_limit=5)``."""
+    started: list[SimulatorServer] = []
+
+    def factory(**overrides: object) -> SimulatorServer:
+        server = SimulatorServer(fast_config(**overrides)).start()
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        _stop_later(server)
+
+
+@pytest.fixture(params=["web", "open"])
+def api(request: pytest.FixtureRequest) -> str:
+    """Run the test once per VanceAI API."""
+    return str(request.param)
+
+
+@pytest.fixture
+def token(api: str) -> str:
+    return TOKENS[api]
+
+
+@pytest.fixture
+def client_factory() -> Iterator[Callable[..., VanceClient]]:
+    """``client_factory(server, api, **kwargs)``: a blocking client on the simulator, closed after the test."""
+    clients: list[VanceClient] = []
+
+    def make(server: SimulatorServer, api: str, **kwargs: Any) -> VanceClient:
+        kwargs.setdefault("timeout", 10.0)
+        kwargs.setdefault("retry", FAST_RETRY)
+        kwargs.setdefault("base_url", server.base_url)
+        token = kwargs.pop("token", TOKENS[api])
+        client = VanceClient(token, **kwargs)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def async_client(server: SimulatorServer, api: str, **kwargs: Any) -> AsyncVanceClient:
+    kwargs.setdefault("timeout", 10.0)
+    kwargs.setdefault("retry", FAST_RETRY)
+    kwargs.setdefault("base_url", server.base_url)
+    return AsyncVanceClient(kwargs.pop("token", TOKENS[api]), **kwargs)
+
+
+@pytest.fixture
+def client(sim: SimulatorServer, api: str, client_factory: Callable[..., VanceClient]) -> VanceClient:
+    return client_factory(sim, api)
+
+
+def batch_spec(
+    source: str | list[str],
+    destination: str,
+    tool: str = "upscale",
+    config: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> BatchSpec:
+    """A batch with fast polling (the simulator's jobs take a few tens of milliseconds)."""
+    kwargs.setdefault("poll_interval", 0.05)
+    kwargs.setdefault("max_poll_interval", 0.2)
+    kwargs.setdefault("timeout", 60)
+    if config is None and tool == "upscale":
+        config = {"scale": 2}
+    return BatchSpec(source=source, destination=destination, tool=tool, config=config, **kwargs)
+
+
+# --- S3 on loopback (moto) -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    saved = {
+        k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def s3(s3_server: str, request: pytest.FixtureRequest) -> Iterator[tuple[Any, dict[str, Any], str]]:
+    """(s3fs filesystem, storage_options, bucket): a fresh bucket per test on the moto server."""
+    import re
+    import uuid
+
+    import s3fs
+
+    options: dict[str, Any] = {
+        "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+        "key": "testing",
+        "secret": "testing",
+    }
+    import boto3
+
+    bucket = (
+        re.sub(r"[^a-z0-9-]", "-", f"t-{request.node.name.lower()}")[:40].strip("-")
+        + "-"
+        + uuid.uuid4().hex[:6]
+    )
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=bucket)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    yield fs, options, bucket
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        return img.size

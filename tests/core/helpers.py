@@ -1,0 +1,44 @@
+"""Small readers of the simulator's request log and ledger, shared by the core tests."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from vance_provider.sim import SimulatorServer
+from vance_provider.sim.state import RequestRecord
+
+# Every request that sends an input or creates a job.
+UPLOAD_PATHS = (
+    "/web_api/v1/upload",
+    "/web_api/v1/transform",
+    "/api/v1/jobs",
+    "/api/v1/uploads",
+    "/storage/uploads/",
+)
+
+
+def uploads(sim: SimulatorServer) -> list[RequestRecord]:
+    """Requests that upload an input or create a job (``/api/v1/jobs/{id}`` polls are not uploads)."""
+    return [
+        r
+        for r in list(sim.state.requests)
+        if r.method in ("POST", "PUT") and (r.path in UPLOAD_PATHS or r.path.startswith("/storage/uploads/"))
+    ]
+
+
+def created_jobs(sim: SimulatorServer) -> list[str]:
+    """Ids of the jobs created, in order (an idempotent replay creates none)."""
+    return [r.created_job for r in list(sim.state.requests) if r.created_job]
+
+
+def charges(sim: SimulatorServer) -> list[float]:
+    """Credits taken from the account: web ``charge`` (on download), Open API ``confirm`` (on success)."""
+    return [e.amount for e in sim.state.charges()]
+
+
+def charged_jobs(sim: SimulatorServer) -> Counter[str]:
+    return Counter(e.job_id for e in sim.state.charges())
+
+
+def count_status(sim: SimulatorServer, status: int, path_prefix: str = "") -> int:
+    return sum(1 for r in list(sim.state.requests) if r.status == status and r.path.startswith(path_prefix))
