@@ -29,8 +29,10 @@ from vance_provider.core import AsyncVanceClient, BatchSpec, run_batch
 from vance_provider.sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN
 
 RESULTS = Path(__file__).parent / "results"
-ENV = {k: float(os.environ.get(f"BENCH_{k}", d)) for k, d in
-       {"N": 1000, "T": 0.25, "C": 16, "R": 100, "BASELINE_N": 20, "BIG_MB": 1024}.items()}
+ENV = {
+    k: float(os.environ.get(f"BENCH_{k}", d))
+    for k, d in {"N": 1000, "T": 0.25, "C": 16, "R": 100, "BASELINE_N": 20, "BIG_MB": 1024}.items()
+}
 
 
 def free_port() -> int:
@@ -71,24 +73,43 @@ def make_images(folder: Path, n: int) -> None:
 
 
 def sim_args(t: float, c: int, r: int) -> list[str]:
-    return ["--queue-delay", "0", "--time-per-job", str(t), "--max-concurrent-images", str(c),
-            "--rate-limit", str(r), "--rate-window", "1", "--credits", "1000000"]
+    return [
+        "--queue-delay",
+        "0",
+        "--time-per-job",
+        str(t),
+        "--max-concurrent-images",
+        str(c),
+        "--rate-limit",
+        str(r),
+        "--rate-window",
+        "1",
+        "--credits",
+        "1000000",
+    ]
 
 
 async def engine_run(api: str, base_url: str, src: Path, dst: Path, c: int) -> dict[str, Any]:
     token = DEMO_OPEN_KEY if api == "open" else DEMO_WEB_TOKEN
     cpu0, t0 = time.process_time(), time.perf_counter()
     async with AsyncVanceClient(token, base_url=base_url) as client:
-        result = await run_batch(client, BatchSpec(str(src), str(dst), "upscale", {"scale": 2}, max_concurrency=c,
-                                                   poll_interval=0.5))
+        result = await run_batch(
+            client,
+            BatchSpec(str(src), str(dst), "upscale", {"scale": 2}, max_concurrency=c, poll_interval=0.5),
+        )
         counts = client.request_counts
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     n = result.done
     api_requests = sum(v for k, v in counts.items() if k not in ("result_file",))
-    return {"jobs": n, "failed": result.failed, "makespan_s": round(wall, 2), "requests": counts,
-            "requests_per_job": round(sum(counts.values()) / max(1, n), 2),
-            "api_requests_per_job": round(api_requests / max(1, n), 2),
-            "client_cpu_ms_per_job": round(cpu * 1000 / max(1, n), 2)}
+    return {
+        "jobs": n,
+        "failed": result.failed,
+        "makespan_s": round(wall, 2),
+        "requests": counts,
+        "requests_per_job": round(sum(counts.values()) / max(1, n), 2),
+        "api_requests_per_job": round(api_requests / max(1, n), 2),
+        "client_cpu_ms_per_job": round(cpu * 1000 / max(1, n), 2),
+    }
 
 
 def baseline_run(api: str, base_url: str, src: Path, dst: Path, n: int) -> dict[str, Any]:
@@ -101,24 +122,40 @@ def baseline_run(api: str, base_url: str, src: Path, dst: Path, n: int) -> dict[
         for f in files:
             if api == "web":
                 token = {"api_token": DEMO_WEB_TOKEN}
-                uid = http.post("/web_api/v1/upload", data=token, files={"file": f.open("rb")}).json()["data"]["uid"]
-                jconfig = {"name": "enlarge3", "config": {"module": "enlarge3", "module_params": {
-                    "model_name": "EnlargeStandard_2x_Stable", "scale": 2}}}
-                tid = http.post("/web_api/v1/transform", data={**token, "uid": uid,
-                                                               "jconfig": json.dumps(jconfig)}).json()["data"]["trans_id"]
+                uid = http.post("/web_api/v1/upload", data=token, files={"file": f.open("rb")}).json()[
+                    "data"
+                ]["uid"]
+                jconfig = {
+                    "name": "enlarge3",
+                    "config": {
+                        "module": "enlarge3",
+                        "module_params": {"model_name": "EnlargeStandard_2x_Stable", "scale": 2},
+                    },
+                }
+                tid = http.post(
+                    "/web_api/v1/transform", data={**token, "uid": uid, "jconfig": json.dumps(jconfig)}
+                ).json()["data"]["trans_id"]
                 requests += 2
                 while True:
                     requests += 1
-                    status = http.post("/web_api/v1/progress", data={**token, "trans_id": tid}).json()["data"]["status"]
+                    status = http.post("/web_api/v1/progress", data={**token, "trans_id": tid}).json()[
+                        "data"
+                    ]["status"]
                     if status in ("finish", "fatal"):
                         break
                     time.sleep(2)
-                (dst / f.name).write_bytes(http.post("/web_api/v1/download", data={**token, "trans_id": tid}).content)
+                (dst / f.name).write_bytes(
+                    http.post("/web_api/v1/download", data={**token, "trans_id": tid}).content
+                )
                 requests += 1
             else:
                 auth = {"Authorization": f"Bearer {DEMO_OPEN_KEY}"}
-                job = http.post("/api/v1/jobs", headers=auth, files={"image": f.open("rb")},
-                                data={"tool": "upscale", "config": '{"scale": 2}'}).json()["job_id"]
+                job = http.post(
+                    "/api/v1/jobs",
+                    headers=auth,
+                    files={"image": f.open("rb")},
+                    data={"tool": "upscale", "config": '{"scale": 2}'},
+                ).json()["job_id"]
                 requests += 1
                 while True:
                     requests += 1
@@ -133,15 +170,21 @@ def baseline_run(api: str, base_url: str, src: Path, dst: Path, n: int) -> dict[
                 (dst / f.name).write_bytes(httpx.get(loc).content)
                 requests += 2
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    return {"jobs": len(files), "makespan_s": round(wall, 2), "per_job_s": round(wall / len(files), 3),
-            "requests_per_job": round(requests / len(files), 2),
-            "client_cpu_ms_per_job": round(cpu * 1000 / len(files), 2)}
+    return {
+        "jobs": len(files),
+        "makespan_s": round(wall, 2),
+        "per_job_s": round(wall / len(files), 3),
+        "requests_per_job": round(requests / len(files), 2),
+        "client_cpu_ms_per_job": round(cpu * 1000 / len(files), 2),
+    }
 
 
 def makespan() -> dict[str, Any]:
     n, t, c, r, nb = int(ENV["N"]), ENV["T"], int(ENV["C"]), int(ENV["R"]), int(ENV["BASELINE_N"])
-    out: dict[str, Any] = {"params": {"N": n, "T_s": t, "C": c, "R_per_s": r, "baseline_N": nb},
-                           "machine": f"{platform.machine()} {os.cpu_count()} cpu"}
+    out: dict[str, Any] = {
+        "params": {"N": n, "T_s": t, "C": c, "R_per_s": r, "baseline_N": nb},
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
         make_images(src, n)
@@ -155,10 +198,14 @@ def makespan() -> dict[str, Any]:
             api_reqs = eng["api_requests_per_job"] * n
             bound = max(n * t / c, api_reqs / r if api == "open" else 0.0)
             baseline_extrapolated = base["per_job_s"] * n
-            out[api] = {"engine": eng, "baseline": base, "physical_bound_s": round(bound, 2),
-                        "engine_vs_bound": round(eng["makespan_s"] / bound, 2),
-                        "baseline_makespan_extrapolated_s": round(baseline_extrapolated, 1),
-                        "speedup_vs_baseline": round(baseline_extrapolated / eng["makespan_s"], 1)}
+            out[api] = {
+                "engine": eng,
+                "baseline": base,
+                "physical_bound_s": round(bound, 2),
+                "engine_vs_bound": round(eng["makespan_s"] / bound, 2),
+                "baseline_makespan_extrapolated_s": round(baseline_extrapolated, 1),
+                "speedup_vs_baseline": round(baseline_extrapolated / eng["makespan_s"], 1),
+            }
             print(api, json.dumps(out[api], indent=1), flush=True)
     return out
 
@@ -202,19 +249,32 @@ def memory() -> dict[str, Any]:
             for _ in range(mb):
                 fh.write(block)
         port = free_port()
-        static = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                                   "--directory", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        static = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             with SimProcess("--credits", "1000") as sim:
                 time.sleep(0.5)
-                for mode, url in (("fsspec_copy", ""), ("client_upload", sim.url),
-                                  ("client_download", f"http://127.0.0.1:{port}")):
+                for mode, url in (
+                    ("fsspec_copy", ""),
+                    ("client_upload", sim.url),
+                    ("client_download", f"http://127.0.0.1:{port}"),
+                ):
                     dst = Path(tmp) / f"out-{mode}.mp4"
-                    res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, mode, str(big), str(dst), url],
-                                         capture_output=True, text=True, check=True)
+                    res = subprocess.run(
+                        [sys.executable, "-c", MEMORY_SCRIPT, mode, str(big), str(dst), url],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
                     rss_kb, secs = res.stdout.split()
-                    out[mode] = {"peak_rss_mb": round(int(rss_kb) / 1024, 1), "seconds": round(float(secs), 2),
-                                 "mb_per_s": round(mb / float(secs), 1)}
+                    out[mode] = {
+                        "peak_rss_mb": round(int(rss_kb) / 1024, 1),
+                        "seconds": round(float(secs), 2),
+                        "mb_per_s": round(mb / float(secs), 1),
+                    }
                     if dst.exists():
                         assert dst.stat().st_size == big.stat().st_size, mode
                         dst.unlink()

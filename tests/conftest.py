@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +22,9 @@ def image_bytes(width: int = 64, height: int = 48, fmt: str = "JPEG", mode: str 
     """A small real image with some structure (so filters visibly change it)."""
     img = Image.new(mode, (width, height), "white" if mode != "L" else 255)
     draw = ImageDraw.Draw(img)
-    draw.ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill="red" if mode != "L" else 80)
+    draw.ellipse(
+        (width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill="red" if mode != "L" else 80
+    )
     draw.line((0, 0, width, height), fill="blue" if mode != "L" else 0, width=2)
     buf = io.BytesIO()
     img.save(buf, format=fmt)
@@ -46,8 +50,12 @@ def test_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fast_config(**overrides: object) -> SimConfig:
     """Simulator settings for tests: short delays, no faults."""
-    base: dict[str, object] = {"queue_delay": 0.02, "time_per_job": 0.05, "time_per_video_second": 0.05,
-                               "tick": 0.01}
+    base: dict[str, object] = {
+        "queue_delay": 0.02,
+        "time_per_job": 0.05,
+        "time_per_video_second": 0.05,
+        "tick": 0.01,
+    }
     base.update(overrides)
     return SimConfig(**base)  # type: ignore[arg-type]
 
@@ -77,3 +85,31 @@ def sim_factory() -> Iterator[Callable[..., SimulatorServer]]:
     yield factory
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
+    pytest.importorskip("s3fs")
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

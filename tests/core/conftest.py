@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,32 +117,6 @@ def batch_spec(
 
 
 # --- S3 on loopback (moto) -----------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    saved = {
-        k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
-    )
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture
 def s3(s3_server: str, request: pytest.FixtureRequest) -> Iterator[tuple[Any, dict[str, Any], str]]:
     """(s3fs filesystem, storage_options, bucket): a fresh bucket per test on the moto server."""

@@ -150,14 +150,7 @@ def test_safe_and_distinct_output_names(
     )
 
 
-WEB_SIM_UNICODE = pytest.mark.xfail(
-    reason="simulator bug: the web download's Content-Disposition header carries the upload name raw, "
-    "which is not latin-1 encodable (UnicodeEncodeError in the simulator)",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("api", ["open", pytest.param("web", marks=WEB_SIM_UNICODE)])
+@pytest.mark.parametrize("api", ["open", "web"])
 def test_unicode_output_names(
     api: str,
     sim: SimulatorServer,

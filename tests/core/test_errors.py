@@ -518,3 +518,34 @@ def test_open_error_codes(status: int, code: str, cls: type[Exception]) -> None:
         request=httpx.Request("GET", "http://x/api/v1/jobs/j/result"),
     )
     assert isinstance(backend.map_error("result", not_ready), ResultNotReadyError)
+
+
+def test_retry_after_http_date() -> None:
+    import email.utils
+    import time
+
+    from vance_provider.core.retry import parse_retry_after
+
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= (parse_retry_after({"retry-after": when}) or 0) <= 31
+    assert parse_retry_after({"retry-after": "not a date"}) is None
+
+
+def test_web_balance_falls_back_to_get_and_keeps_the_token_out_of_logs(
+    sim_factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from tests.conftest import WEB_TOKEN
+    from vance_provider.core import VanceClient
+
+    sim = sim_factory(web_point_get_only=True)
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("httpx").setLevel(logging.DEBUG)
+    with VanceClient(WEB_TOKEN, base_url=sim.base_url) as client:
+        balance = client.balance()
+    assert balance.total == 1000.0
+    methods = [(r.method, r.status) for r in sim.state.requests if r.path.endswith("/point")]
+    assert methods == [("POST", 405), ("GET", 200)]
+    logged = [r.getMessage() for r in caplog.records if "/point" in r.getMessage()]
+    assert logged and all(WEB_TOKEN not in m for m in logged)

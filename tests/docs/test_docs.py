@@ -36,8 +36,12 @@ BLOCKS = _blocks()
 
 
 def test_mkdocs_builds_strict(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "WARNING" not in out.stderr
     assert (tmp_path / "site" / "index.html").exists()
@@ -50,8 +54,9 @@ def test_every_tool_is_documented() -> None:
 
 
 @pytest.mark.parametrize("page,index,code", BLOCKS, ids=[f"{p}#{i}" for p, i, _ in BLOCKS])
-def test_python_examples(page: str, index: int, code: str, sim: Any, tmp_path: Path,
-                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_python_examples(
+    page: str, index: int, code: str, sim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if code.startswith("# not run") or page == "README.md":
         compile(code, f"{page}#{index}", "exec")  # at least valid Python
         return

@@ -48,21 +48,61 @@ def _bmp() -> bytes:
 
 # (id, api, file name, file bytes factory, tool, config, expected error, words the message must contain)
 FILE_CASES = [
-    ("text-as-jpg", "web", "photo.jpg", lambda: b"hello, not an image" * 10, "upscale", {}, E.UnsupportedFormatError,
-     "not a supported image"),
-    ("text-as-png-open", "open", "photo.png", lambda: b"\x00" * 300, "upscale", {}, E.UnsupportedFormatError,
-     "not a supported image"),
-    ("truncated-jpeg", "web", "cut.jpg", lambda: image_bytes(64, 48)[:-40], "upscale", {}, E.UnreadableInputError,
-     "truncated"),
-    ("truncated-png", "open", "cut.png", lambda: image_bytes(64, 48, "PNG")[:-30], "upscale", {},
-     E.UnreadableInputError, "truncated"),
+    (
+        "text-as-jpg",
+        "web",
+        "photo.jpg",
+        lambda: b"hello, not an image" * 10,
+        "upscale",
+        {},
+        E.UnsupportedFormatError,
+        "not a supported image",
+    ),
+    (
+        "text-as-png-open",
+        "open",
+        "photo.png",
+        lambda: b"\x00" * 300,
+        "upscale",
+        {},
+        E.UnsupportedFormatError,
+        "not a supported image",
+    ),
+    (
+        "truncated-jpeg",
+        "web",
+        "cut.jpg",
+        lambda: image_bytes(64, 48)[:-40],
+        "upscale",
+        {},
+        E.UnreadableInputError,
+        "truncated",
+    ),
+    (
+        "truncated-png",
+        "open",
+        "cut.png",
+        lambda: image_bytes(64, 48, "PNG")[:-30],
+        "upscale",
+        {},
+        E.UnreadableInputError,
+        "truncated",
+    ),
     ("gif-web", "web", "anim.gif", _gif, "upscale", {}, E.UnsupportedFormatError, "gif"),
     ("gif-open", "open", "anim.gif", _gif, "upscale", {}, E.UnsupportedFormatError, "gif"),
     ("bmp-web", "web", "old.bmp", _bmp, "denoise", {}, E.UnsupportedFormatError, "bmp"),
     ("webp-web", "web", "pic.webp", _webp, "upscale", {}, E.UnsupportedFormatError, "webp"),
     ("empty-file", "open", "empty.jpg", lambda: b"", "upscale", {}, E.UnreadableInputError, "empty"),
-    ("image-to-video-tool", "open", "still.jpg", lambda: image_bytes(), "video_upscale", {}, E.MediaMismatchError,
-     "takes videos"),
+    (
+        "image-to-video-tool",
+        "open",
+        "still.jpg",
+        lambda: image_bytes(),
+        "video_upscale",
+        {},
+        E.MediaMismatchError,
+        "takes videos",
+    ),
 ]
 
 
@@ -86,10 +126,13 @@ def test_video_to_image_tool(sim: Any, test_video: Path) -> None:
     assert _uploads(sim) == []
 
 
-@pytest.mark.parametrize("limit,value,error", [("WEB_MAX_BYTES", 100, E.FileTooLargeError),
-                                               ("WEB_MAX_PIXELS", 100, E.TooManyPixelsError)])
-def test_web_limits(limit: str, value: int, error: type, sim: Any, make_image: Any,
-                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "limit,value,error",
+    [("WEB_MAX_BYTES", 100, E.FileTooLargeError), ("WEB_MAX_PIXELS", 100, E.TooManyPixelsError)],
+)
+def test_web_limits(
+    limit: str, value: int, error: type, sim: Any, make_image: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(inputs_mod, limit, value)
     path = make_image("big.png", 120, 90)
     with VanceClient(WEB_TOKEN, base_url=sim.base_url) as client, pytest.raises(error) as info:
@@ -103,10 +146,20 @@ CONFIG_CASES: list[tuple[str, str, str, Any, str]] = [
     ("open-upscale-scale-3", "open", "upscale", {"scale": 3}, "scale"),
     ("web-upscale-scale-5", "web", "upscale", {"scale": 5}, "scale"),
     ("open-upscale-scale-string", "open", "upscale", {"scale": "4"}, "scale"),
-    ("enlarge3-2x-model-scale-4", "web", "enlarge3", {"model_name": "EnlargeStandard_2x_Stable", "scale": 4},
-     "does not fit"),
-    ("enlarge3-4x-model-scale-2", "web", "enlarge3", {"model_name": "EnlargeStandard_4x_Stable", "scale": 2},
-     "does not fit"),
+    (
+        "enlarge3-2x-model-scale-4",
+        "web",
+        "enlarge3",
+        {"model_name": "EnlargeStandard_2x_Stable", "scale": 4},
+        "does not fit",
+    ),
+    (
+        "enlarge3-4x-model-scale-2",
+        "web",
+        "enlarge3",
+        {"model_name": "EnlargeStandard_4x_Stable", "scale": 2},
+        "does not fit",
+    ),
     ("denoise-remove-noise-101", "web", "denoise", {"remove_noise": 101}, "remove_noise"),
     ("sharpen3-remove-blur-1.5", "web", "sharpen3", {"remove_blur": 1.5}, "remove_blur"),
     ("img2sr-strength-0.5", "web", "img2sr", {"strength": 0.5}, "strength"),
@@ -125,12 +178,22 @@ CONFIG_CASES: list[tuple[str, str, str, Any, str]] = [
     ("open-face-enhance-not-bool", "open", "sharpen", {"face_enhance": "yes"}, "face_enhance"),
     ("unknown-option-open", "open", "denoise", {"strenght": 3}, "strenght"),
     ("unknown-option-web", "web", "denoise", {"strenght": 3}, "strenght"),
-    ("out-params-quality-101", "web", "upscale", {"scale": 2, "out_params": {"compress": {"quality": 101}}},
-     "quality"),
+    (
+        "out-params-quality-101",
+        "web",
+        "upscale",
+        {"scale": 2, "out_params": {"compress": {"quality": 101}}},
+        "quality",
+    ),
     ("out-params-dpi-3000", "web", "denoise", {"out_params": {"dpi": 3000}}, "dpi"),
     ("out-params-format-gif", "web", "denoise", {"out_params": {"format": "gif"}}, "format"),
-    ("out-params-bg-color", "web", "remove_bg", {"out_params": {"bg_composed": {"bg_color": {"r": 300, "g": 0,
-                                                                                              "b": 0}}}}, "bg_color"),
+    (
+        "out-params-bg-color",
+        "web",
+        "remove_bg",
+        {"out_params": {"bg_composed": {"bg_color": {"r": 300, "g": 0, "b": 0}}}},
+        "bg_color",
+    ),
     ("unknown-tool", "open", "teleport", {}, "unknown"),
     ("web-only-tool-on-open", "open", "colorize", {}, "web API"),
     ("open-only-tool-on-web", "web", "passport_photo", {}, "Open API"),
@@ -153,11 +216,26 @@ def _step(module: str, **params: Any) -> dict[str, Any]:
 
 
 JCONFIG_CASES = [
-    ("enlarge-before-denoise", {"name": "wf", "config": [_step("enlarge3", scale=2), _step("denoise")]}, "last step"),
+    (
+        "enlarge-before-denoise",
+        {"name": "wf", "config": [_step("enlarge3", scale=2), _step("denoise")]},
+        "last step",
+    ),
     ("matting-before-sharpen", {"name": "wf", "config": [_step("matting"), _step("sharpen3")]}, "last step"),
-    ("out-params-not-last", {"name": "wf", "config": [
-        {"name": "d", "config": {"module": "denoise", "module_params": {}, "out_params": {"dpi": 300}}},
-        _step("sharpen3")]}, "last step"),
+    (
+        "out-params-not-last",
+        {
+            "name": "wf",
+            "config": [
+                {
+                    "name": "d",
+                    "config": {"module": "denoise", "module_params": {}, "out_params": {"dpi": 300}},
+                },
+                _step("sharpen3"),
+            ],
+        },
+        "last step",
+    ),
     ("not-json", "{not json", "JSON"),
     ("no-config", {"name": "x"}, "config"),
     ("empty-workflow", {"name": "x", "config": []}, "no steps"),
@@ -199,7 +277,10 @@ def test_revoked_key(sim: Any) -> None:
 
 def test_missing_source(sim: Any, tmp_path: Path) -> None:
     missing = tmp_path / "nope.jpg"
-    with VanceClient(OPEN_KEY, base_url=sim.base_url) as client, pytest.raises(E.UnreadableInputError) as info:
+    with (
+        VanceClient(OPEN_KEY, base_url=sim.base_url) as client,
+        pytest.raises(E.UnreadableInputError) as info,
+    ):
         client.submit(str(missing), "upscale", {"scale": 2})
     assert str(missing) in str(info.value) and "does not exist" in str(info.value)
 
@@ -230,8 +311,16 @@ def test_a_batch_keeps_the_good_inputs(api: str, sim: Any, make_image: Any, tmp_
         _write(tmp_path, "in/empty.png", b""): "empty",
     }
     with VanceClient(OPEN_KEY if api == "open" else WEB_TOKEN, base_url=sim.base_url) as client:
-        result = client.run_batch(BatchSpec(str(tmp_path / "in"), str(tmp_path / "out"), "upscale", {"scale": 2},
-                                            poll_interval=0.05, on_failure="continue"))
+        result = client.run_batch(
+            BatchSpec(
+                str(tmp_path / "in"),
+                str(tmp_path / "out"),
+                "upscale",
+                {"scale": 2},
+                poll_interval=0.05,
+                on_failure="continue",
+            )
+        )
     by_source = {Path(i.source).name: i for i in result.items}
     for g in good:
         assert by_source[g.name].state == "done"

@@ -55,8 +55,12 @@ def _inputs(folder: Path) -> None:
 
 def _start(sim: SimulatorServer, token: str, src: Path, dest: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "T": token, "U": sim.base_url}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(src), str(dest)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(src), str(dest)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _kill_when(proc: subprocess.Popen[bytes], condition: Callable[[], bool], timeout: float = 30) -> None:

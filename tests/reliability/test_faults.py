@@ -56,7 +56,9 @@ def _verify(dest: Path, result: Any, inputs: list[Path]) -> dict[str, int]:
 @pytest.mark.parametrize("api", ["open", "web"])
 def test_batch_under_twenty_percent_faults(api: str, tmp_path: Path) -> None:
     faults = Faults.uniform(0.20, seed=11, slow_seconds=1.5)
-    config = SimConfig(queue_delay=0.01, time_per_job=0.05, tick=0.01, max_concurrent_images=32, faults=faults)
+    config = SimConfig(
+        queue_delay=0.01, time_per_job=0.05, tick=0.01, max_concurrent_images=32, faults=faults
+    )
     config.accounts[0].credits = 10 * N
     inputs = _inputs(tmp_path / "in", N)
     dest = tmp_path / "out"
@@ -64,10 +66,22 @@ def test_batch_under_twenty_percent_faults(api: str, tmp_path: Path) -> None:
     with SimulatorServer(config) as sim:
         token = OPEN_KEY if api == "open" else WEB_TOKEN
         # A short client timeout, so the 'slow' faults really time out on the client.
-        with VanceClient(token, base_url=sim.base_url, timeout=1.0,
-                         retry=RetryPolicy(max_attempts=8, initial=0.05, max_delay=1.0)) as client:
-            spec = BatchSpec(str(tmp_path / "in"), str(dest), "upscale", {"scale": 2}, max_concurrency=24,
-                             poll_interval=0.05, max_poll_interval=0.5, on_failure="continue")
+        with VanceClient(
+            token,
+            base_url=sim.base_url,
+            timeout=1.0,
+            retry=RetryPolicy(max_attempts=8, initial=0.05, max_delay=1.0),
+        ) as client:
+            spec = BatchSpec(
+                str(tmp_path / "in"),
+                str(dest),
+                "upscale",
+                {"scale": 2},
+                max_concurrency=24,
+                poll_interval=0.05,
+                max_poll_interval=0.5,
+                on_failure="continue",
+            )
             first = client.run_batch(spec)
             stats["first_run"] = _verify(dest, first, inputs)
             # A rerun finishes what failed (service-side failures are refunded) and pays nothing twice.

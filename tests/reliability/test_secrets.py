@@ -17,8 +17,9 @@ from vance_provider.sim import Account, SimConfig, SimulatorServer
 
 
 @pytest.mark.parametrize("api,token", [("web", WEB_TOKEN), ("open", OPEN_KEY)])
-def test_token_never_leaks(api: str, token: str, sim: Any, make_image: Any, tmp_path: Path,
-                           caplog: pytest.LogCaptureFixture) -> None:
+def test_token_never_leaks(
+    api: str, token: str, sim: Any, make_image: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     for name in ("httpx", "httpcore", "vance_provider", "fsspec"):
         logging.getLogger(name).setLevel(logging.DEBUG)
@@ -26,8 +27,11 @@ def test_token_never_leaks(api: str, token: str, sim: Any, make_image: Any, tmp_
     make_image("in/b.png")
     with VanceClient(token, base_url=sim.base_url) as client:
         texts = [repr(client), str(client), repr(client.aio), repr(client.aio.backend)]
-        result = client.run_batch(BatchSpec(str(tmp_path / "in"), str(tmp_path / "out"), "upscale", {"scale": 2},
-                                            poll_interval=0.05))
+        result = client.run_batch(
+            BatchSpec(
+                str(tmp_path / "in"), str(tmp_path / "out"), "upscale", {"scale": 2}, poll_interval=0.05
+            )
+        )
         report = write_report(client.usage_report([result.manifest]), str(tmp_path / "usage.csv"))
         texts += [repr(result), str(result.summary()), repr(client.balance())]
     assert result.done == 2

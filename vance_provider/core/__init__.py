@@ -12,6 +12,25 @@ from .models import Balance, Job, JobStatus, UsageRecord
 from .retry import RetryPolicy
 from .tools import ToolCall, resolve
 
-__all__ = ["AsyncVanceClient", "Balance", "BatchResult", "BatchSpec", "ItemState", "Job", "JobStatus", "Manifest",
-           "Progress", "RetryPolicy", "ToolCall", "UsageRecord", "VanceClient", "detect_api", "resolve",
-           "run_batch", "totals", "usage_frame", "usage_report", "write_report"]
+__all__ = [
+    "AsyncVanceClient",
+    "Balance",
+    "BatchResult",
+    "BatchSpec",
+    "ItemState",
+    "Job",
+    "JobStatus",
+    "Manifest",
+    "Progress",
+    "RetryPolicy",
+    "ToolCall",
+    "UsageRecord",
+    "VanceClient",
+    "detect_api",
+    "resolve",
+    "run_batch",
+    "totals",
+    "usage_frame",
+    "usage_report",
+    "write_report",
+]

@@ -59,6 +59,7 @@ class BatchSpec:
     timeout: float | None = None
     storage_options: dict[str, Any] | None = None
     allow_empty: bool = False  # an empty source is an error unless this is set
+    manifest: str | None = None  # where the manifest lives; default: _vance_manifest.json in destination
 
 
 @dataclass
@@ -102,16 +103,27 @@ class BatchResult:
 
     def summary(self, max_outputs: int = 50) -> dict[str, Any]:
         """Small plain data for XCom or metadata (never big lists, never tokens)."""
-        return {"total": len(self.items), "done": self.done, "failed": self.failed, "skipped": self.skipped,
-                "credits_spent": round(self.credits_spent, 3), "elapsed_s": round(self.elapsed, 2),
-                "manifest": self.manifest, "stopped": self.stopped, "outputs": self.outputs[:max_outputs],
-                "failures": {i.source: i.error for i in self.items if i.state == ItemState.FAILED}}
+        failures = [(i.source, i.error) for i in self.items if i.state == ItemState.FAILED]
+        return {
+            "total": len(self.items),
+            "done": self.done,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "credits_spent": round(self.credits_spent, 3),
+            "elapsed_s": round(self.elapsed, 2),
+            "manifest": self.manifest,
+            "stopped": self.stopped,
+            "outputs": self.outputs[:max_outputs],
+            "failures": dict(failures[:max_outputs]),
+        }
 
     def raise_for_failures(self, policy: FailurePolicy = "fail") -> BatchResult:
         if policy != "continue" and self.failed:
             first = next(i for i in self.items if i.state == ItemState.FAILED)
-            raise BatchFailedError(f"{self.failed} of {len(self.items)} item(s) failed; first: {first.source}: "
-                                   f"{first.error}", result=self)
+            raise BatchFailedError(
+                f"{self.failed} of {len(self.items)} item(s) failed; first: {first.source}: {first.error}",
+                result=self,
+            )
         return self
 
 
@@ -171,8 +183,9 @@ def call_hash(call: ToolCall) -> str:
     return hashlib.sha256(call.fingerprint().encode()).hexdigest()[:16]
 
 
-def plan_outputs(sources: list[SourceFile], destination: str, call: ToolCall,
-                 reserved: dict[str, str] | None = None) -> dict[str, str]:
+def plan_outputs(
+    sources: list[SourceFile], destination: str, call: ToolCall, reserved: dict[str, str] | None = None
+) -> dict[str, str]:
     """Output URL stem per input: safe names, same sub-folders, collisions made distinct.
 
     ``reserved`` (source -> output, from the manifest) keeps earlier output names: an input keeps
@@ -182,7 +195,7 @@ def plan_outputs(sources: list[SourceFile], destination: str, call: ToolCall,
     kept: dict[str, str] = {}
     for url, out in (reserved or {}).items():
         if out.startswith(prefix):
-            rel = PurePosixPath(out[len(prefix):])
+            rel = PurePosixPath(out[len(prefix) :])
             kept[url] = str(rel.with_suffix("") if rel.suffix.lower() in MEDIA_EXTENSIONS else rel)
     planned: dict[str, str] = {}
     taken: set[str] = {stem.lower() for stem in kept.values()}
@@ -199,12 +212,26 @@ def plan_outputs(sources: list[SourceFile], destination: str, call: ToolCall,
     return planned
 
 
+def manifest_for(spec: BatchSpec) -> Manifest:
+    """The batch's manifest: ``spec.manifest``, or ``_vance_manifest.json`` in the destination."""
+    if spec.manifest:
+        return Manifest(spec.manifest, spec.storage_options)
+    return Manifest.for_destination(spec.destination, spec.storage_options)
+
+
 class BatchRunner:
-    def __init__(self, client: AsyncVanceClient, spec: BatchSpec,
-                 on_progress: Callable[[Progress], None] | None = None) -> None:
+    """Runs a batch. ``run()`` does it all; the stepwise methods (``prepare``, ``preflight``,
+    ``submit_item``, ``run_item``, ``finish_item``) let a deferrable operator submit, hand the
+    waiting to a trigger, and collect later."""
+
+    def __init__(
+        self, client: AsyncVanceClient, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None
+    ) -> None:
         self.client, self.spec, self.on_progress = client, spec, on_progress
-        self.call = client.tool_call(spec.tool, spec.config, output_format=spec.output_format, jconfig=spec.jconfig)
-        self.manifest = Manifest.for_destination(spec.destination, spec.storage_options)
+        self.call = client.tool_call(
+            spec.tool, spec.config, output_format=spec.output_format, jconfig=spec.jconfig
+        )
+        self.manifest = manifest_for(spec)
         self.limit = AdaptiveLimit(spec.max_concurrency)
         self.latency = LatencyEstimate(spec.poll_interval)
         self.stop_reason: str | None = None
@@ -220,14 +247,23 @@ class BatchRunner:
         so = self.spec.storage_options
         sources = await asyncio.to_thread(list_sources, self.spec.source, None, so)
         if not sources and not self.spec.allow_empty:
-            raise InvalidInputError("no input files found (JPG, PNG, WEBP or video)", source=str(self.spec.source),
-                                    hint="check the prefix or glob, or pass allow_empty=True")
+            raise InvalidInputError(
+                "no input files found (JPG, PNG, WEBP or video)",
+                source=str(self.spec.source),
+                hint="check the prefix or glob, or pass allow_empty=True",
+            )
         await asyncio.to_thread(check_writable, self.spec.destination, so)
         await asyncio.to_thread(self.manifest.load)
         chash = call_hash(self.call)
-        self.manifest.meta.update({"tool": self.call.tool, "api": self.client.api, "destination": self.spec.destination})
-        outputs = plan_outputs(sources, self.spec.destination, self.call,
-                               {s: i.output for s, i in self.manifest.items.items() if i.output})
+        self.manifest.meta.update(
+            {"tool": self.call.tool, "api": self.client.api, "destination": self.spec.destination}
+        )
+        outputs = plan_outputs(
+            sources,
+            self.spec.destination,
+            self.call,
+            {s: i.output for s, i in self.manifest.items.items() if i.output},
+        )
         self.sources = [s.url for s in sources]
         work: list[ManifestItem] = []
         for src in sources:
@@ -235,51 +271,87 @@ class BatchRunner:
             same_input = item is not None and item.fingerprint == src.fingerprint and item.call == chash
             if item is None or not same_input or (self.spec.force and item.state == ItemState.DONE):
                 generation = (item.generation + 1) if item is not None else 0
-                item = ManifestItem(src.url, src.fingerprint, chash, output=outputs[src.url],
-                                    generation=generation, tool=self.call.tool)
+                item = ManifestItem(
+                    src.url,
+                    src.fingerprint,
+                    chash,
+                    output=outputs[src.url],
+                    generation=generation,
+                    tool=self.call.tool,
+                )
                 self.manifest.items[src.url] = item
-            elif item.state == ItemState.DONE and item.output and await asyncio.to_thread(exists, item.output, so):
+            elif (
+                item.state == ItemState.DONE
+                and item.output
+                and await asyncio.to_thread(exists, item.output, so)
+            ):
                 self.progress.done += 1  # counted, so the progress reaches the total on a rerun
                 continue  # done before, output still there: nothing to do, nothing to pay
             elif item.state in (ItemState.FAILED, ItemState.SKIPPED, ItemState.DONE):
-                item.set(ItemState.PENDING, job_id=None, error=None, error_code=None,
-                         generation=item.generation + (item.state == ItemState.FAILED))
+                # A job that failed on the service is refunded: retry it as a new submission. After
+                # any other failure (say, a lost answer) the same key finds the same job again.
+                item.set(
+                    ItemState.PENDING,
+                    job_id=None,
+                    error=None,
+                    error_code=None,
+                    job_failed=False,
+                    generation=item.generation + item.job_failed,
+                )
             if item.state == ItemState.PENDING:
                 try:
-                    await asyncio.to_thread(check_input, src.url, src.size, self.call.media, self.client.api, so)
+                    await asyncio.to_thread(
+                        check_input, src.url, src.size, self.call.media, self.client.api, so
+                    )
                 except InvalidInputError as exc:
-                    item.set(ItemState.FAILED, error=exc.message + (f" ({exc.hint})" if exc.hint else ""),
-                             error_code=type(exc).__name__)
+                    item.set(
+                        ItemState.FAILED,
+                        error=exc.message + (f" ({exc.hint})" if exc.hint else ""),
+                        error_code=type(exc).__name__,
+                    )
                     log.warning("skipping invalid input: %s", exc)
                     self.progress.failed += 1
                     if self.spec.on_failure == "fail_fast" and not self.stop_reason:
                         self.stop_reason = f"fail_fast: {item.source} failed"
                     continue
-                item.idempotency_key = default_idempotency_key(src.url, src.fingerprint, self.call, item.generation)
+                item.idempotency_key = self._key(item)
             work.append(item)
         self.manifest.touch()
         await self.manifest.flush()
         self.progress.total = len(sources)
         return work
 
+    def _key(self, item: ManifestItem) -> str:
+        # Scoped to this manifest: another batch of the same input is another logical submission.
+        return default_idempotency_key(
+            item.source, item.fingerprint, self.call, item.generation, scope=self.manifest.url
+        )
+
     async def preflight(self, work: list[ManifestItem]) -> None:
         """The whole batch's estimate against the balance and the budget, before spending."""
-        unpaid = [i for i in work if i.state == ItemState.PENDING or
-                  (self.client.api == "web" and i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))]
+        unpaid = [
+            i
+            for i in work
+            if i.state == ItemState.PENDING
+            or (self.client.api == "web" and i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))
+        ]
         need = len(unpaid) * self.call.estimate()
         if not unpaid:
             return
         budget = self.spec.credit_budget
         if budget is not None and need > budget and self.spec.on_insufficient_credits == "fail":
-            raise BudgetExceededError(f"the batch needs about {need:g} credits for {len(unpaid)} item(s), "
-                                      f"over its budget of {budget:g}",
-                                      hint="raise credit_budget, shrink the batch, or use "
-                                           "on_insufficient_credits='partial'")
+            raise BudgetExceededError(
+                f"the batch needs about {need:g} credits for {len(unpaid)} item(s), "
+                f"over its budget of {budget:g}",
+                hint="raise credit_budget, shrink the batch, or use on_insufficient_credits='partial'",
+            )
         balance = await self.client.balance()
         if need > balance.available and self.spec.on_insufficient_credits == "fail":
-            raise InsufficientCreditsError(f"the batch needs about {need:g} credits for {len(unpaid)} item(s); "
-                                           f"the balance is {balance.available:g}",
-                                           hint="top up, shrink the batch, or use on_insufficient_credits='partial'")
+            raise InsufficientCreditsError(
+                f"the batch needs about {need:g} credits for {len(unpaid)} item(s); "
+                f"the balance is {balance.available:g}",
+                hint="top up, shrink the batch, or use on_insufficient_credits='partial'",
+            )
         self.available = balance.available
 
     # --- running --------------------------------------------------------------------------------
@@ -289,21 +361,25 @@ class BatchRunner:
         await self.preflight(work)
         # Jobs resumed from the manifest will be paid for in this run too: they count against the
         # budget. The Open API balance already excludes what they reserved, so add that back.
-        resumed = sum(1 for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED)) * self.call.estimate()
+        resumed = (
+            sum(1 for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))
+            * self.call.estimate()
+        )
         self.committed += resumed
         if self.client.api == "open":
             self.available += resumed
         stop_flusher = asyncio.Event()
         flusher = asyncio.create_task(self._flush_periodically(stop_flusher))
         try:
-            coro = asyncio.gather(*(self._run_item(item) for item in work))
+            coro = asyncio.gather(*(self.run_item(item) for item in work))
             if self.spec.timeout:
                 try:
                     await asyncio.wait_for(coro, self.spec.timeout)
                 except TimeoutError:
-                    raise WaitTimeoutError(f"the batch did not finish within {self.spec.timeout:g} s",
-                                           hint="rerun it to resume: submitted jobs are kept in the manifest"
-                                           ) from None
+                    raise WaitTimeoutError(
+                        f"the batch did not finish within {self.spec.timeout:g} s",
+                        hint="rerun it to resume: submitted jobs are kept in the manifest",
+                    ) from None
             else:
                 await coro
         finally:
@@ -311,11 +387,15 @@ class BatchRunner:
             await flusher
             self.manifest.touch()
             await self.manifest.flush()
-        items = [ItemResult(i.source, i.state.value, i.output if i.state == ItemState.DONE else None, i.job_id,
-                            i.credits, i.error, i.error_code)
-                 for i in (self.manifest.items[s] for s in self.sources)]
-        return BatchResult(items, self.spent, time.monotonic() - started, self.manifest.url, self.stop_reason,
-                           self.client.request_counts)
+        items = [item_result(self.manifest.items[s]) for s in self.sources]
+        return BatchResult(
+            items,
+            self.spent,
+            time.monotonic() - started,
+            self.manifest.url,
+            self.stop_reason,
+            self.client.request_counts,
+        )
 
     async def _flush_periodically(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -325,12 +405,12 @@ class BatchRunner:
                 pass
             await self.manifest.flush()
 
-    def _finish(self, item: ManifestItem) -> None:
+    def finish_item(self, item: ManifestItem) -> None:
         self.manifest.touch()
         p = self.progress
         if item.state == ItemState.DONE:
             p.done += 1
-        elif item.state == ItemState.FAILED:
+        elif item.state == ItemState.FAILED or item.error:
             p.failed += 1
             if self.spec.on_failure == "fail_fast" and not self.stop_reason:
                 self.stop_reason = f"fail_fast: {item.source} failed"
@@ -341,7 +421,7 @@ class BatchRunner:
         if self.on_progress is not None:
             self.on_progress(p)
 
-    async def _run_item(self, item: ManifestItem) -> None:
+    async def run_item(self, item: ManifestItem) -> None:
         await self.limit.acquire()
         try:
             await self._drive(item)
@@ -351,16 +431,21 @@ class BatchRunner:
             raise
         finally:
             await self.limit.release()
-            if item.state in (ItemState.DONE, ItemState.FAILED, ItemState.SKIPPED):
-                self._finish(item)
+            if item.state in (ItemState.DONE, ItemState.FAILED, ItemState.SKIPPED) or item.error:
+                self.finish_item(item)
 
     async def _drive(self, item: ManifestItem) -> None:
-        if item.state == ItemState.PENDING and not await self._submit(item):
+        if item.state == ItemState.PENDING and not await self.submit_item(item):
             return
         job = await self._poll(item)
         if job.status is not JobStatus.SUCCEEDED:
             self.committed -= self.call.estimate()
-            item.set(ItemState.FAILED, error=job.error_message or job.raw_status, error_code=str(job.error_code))
+            item.set(
+                ItemState.FAILED,
+                error=job.error_message or job.raw_status,
+                error_code=str(job.error_code),
+                job_failed=True,
+            )
             if job.error_code == "insufficient_credits":
                 self._stop("the account ran out of credits")
             return
@@ -368,15 +453,31 @@ class BatchRunner:
         self.manifest.touch()
         await self.manifest.flush()  # the job id is durable before anything is paid for
         try:
-            final = await self.client.download(job, item.output or "")
-        except InsufficientCreditsError as exc:  # web API charges at download
-            self._stop("the account ran out of credits")
-            item.set(ItemState.FAILED, error=exc.message, error_code=str(exc.code))
+            final = await self.client.download(
+                job, item.output or "", storage_options=self.spec.storage_options
+            )
+        except VanceError as exc:
+            # The job stays 'succeeded' with its id: a rerun downloads it again, it never resubmits
+            # (the Open API charged at completion; the web API charges the first download only).
+            if isinstance(exc, InsufficientCreditsError):  # web API: charged at download
+                self._stop("the account ran out of credits")
+            item.set(
+                ItemState.SUCCEEDED,
+                error=f"result not stored: {exc.message}; a rerun fetches it without paying again",
+                error_code=str(exc.code or type(exc).__name__),
+            )
             return
         cost = float(job.credits_charged) if job.credits_charged is not None else self.call.estimate()
         self.spent += cost
         self.committed -= self.call.estimate()
-        item.set(ItemState.DONE, output=final, credits=cost)
+        item.set(
+            ItemState.DONE,
+            output=final,
+            credits=cost,
+            error=None,
+            error_code=None,
+            charges=[*item.charges, {"job_id": job.id, "credits": cost, "at": time.time()}],
+        )
         self.limit.grow()
 
     def _stop(self, reason: str) -> None:
@@ -384,10 +485,14 @@ class BatchRunner:
             self.stop_reason = reason
             log.warning("stopping submissions: %s", reason)
 
-    async def _submit(self, item: ManifestItem) -> bool:
+    async def submit_item(self, item: ManifestItem) -> bool:
         estimate = self.call.estimate()
         budget = self.spec.credit_budget
-        if not self.stop_reason and budget is not None and self.spent + self.committed + estimate > budget + 1e-9:
+        if (
+            not self.stop_reason
+            and budget is not None
+            and self.spent + self.committed + estimate > budget + 1e-9
+        ):
             self._stop(f"the credit budget of {budget:g} is reached")
         if not self.stop_reason and self.spent + self.committed + estimate > self.available + 1e-9:
             self._stop("the balance would not cover more jobs")
@@ -397,7 +502,17 @@ class BatchRunner:
         self.committed += estimate
         for _ in range(10):
             try:
-                job = await self.client.submit(item.source, self.call, idempotency_key=item.idempotency_key)
+                job = await self.client.submit(
+                    item.source,
+                    self.call,
+                    idempotency_key=item.idempotency_key,
+                    storage_options=self.spec.storage_options,
+                )
+                if job.status in (JobStatus.FAILED, JobStatus.CANCELED):
+                    # The key replayed an older job that has ended badly: make a new submission.
+                    item.generation += 1
+                    item.idempotency_key = self._key(item)
+                    continue
                 break
             except ConcurrencyLimitedError:
                 self.limit.shrink()
@@ -437,7 +552,24 @@ class BatchRunner:
             interval = min(self.spec.max_poll_interval, interval * 1.5)
 
 
-async def run_batch(client: AsyncVanceClient, spec: BatchSpec,
-                    on_progress: Callable[[Progress], None] | None = None) -> BatchResult:
+def item_result(item: ManifestItem) -> ItemResult:
+    """The caller's view of a manifest item; a job done but not stored counts as failed."""
+    state = item.state.value
+    if item.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED, ItemState.PENDING):
+        state = ItemState.FAILED.value
+    return ItemResult(
+        item.source,
+        state,
+        item.output if item.state == ItemState.DONE else None,
+        item.job_id,
+        item.credits,
+        item.error or ("not finished" if state == "failed" else None),
+        item.error_code,
+    )
+
+
+async def run_batch(
+    client: AsyncVanceClient, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None
+) -> BatchResult:
     """Run (or resume) a batch; see the module docstring."""
     return await BatchRunner(client, spec, on_progress).run()

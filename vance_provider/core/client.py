@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .backends import Backend, OpenApiBackend, WebApiBackend
-from .errors import ConfigurationError, JobFailedError, WaitTimeoutError
+from .errors import ConfigurationError, InvalidInputError, JobFailedError, WaitTimeoutError
 from .inputs import check_input
 from .models import ApiName, Balance, Job, JobStatus, UsageRecord
 from .retry import RetryPolicy
@@ -48,8 +48,10 @@ def normalize_base_url(base_url: str | None, api: ApiName) -> str | None:
         url = "https://" + url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"base_url {base_url!r} is not an http(s) URL",
-                                 hint="e.g. https://api-service.vanceai.com or http://127.0.0.1:8765")
+        raise ConfigurationError(
+            f"base_url {base_url!r} is not an http(s) URL",
+            hint="e.g. https://api-service.vanceai.com or http://127.0.0.1:8765",
+        )
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
@@ -69,20 +71,37 @@ class AsyncVanceClient:
     ...     await client.download(job, "out/photo_x4.jpg")
     """
 
-    def __init__(self, token: str, *, api: ApiChoice = "auto", base_url: str | None = None,
-                 timeout: float = 30.0, retry: RetryPolicy | None = None, max_connections: int = 64,
-                 transport: httpx.AsyncBaseTransport | None = None, caller: str = "python",
-                 storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        token: str,
+        *,
+        api: ApiChoice = "auto",
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+        caller: str = "python",
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         if not token:
-            raise ConfigurationError("no API token given", hint="set VANCE_API_TOKEN or the connection's password")
+            raise ConfigurationError(
+                "no API token given", hint="set VANCE_API_TOKEN or the connection's password"
+            )
         self.api: ApiName = detect_api(token, api)
         self._token = Secret(token)
         self.storage_options = storage_options
         cls: type[Backend] = OpenApiBackend if self.api == "open" else WebApiBackend
-        self.backend = cls(self._token, base_url=normalize_base_url(base_url, self.api),
-                           timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-                           retry=retry or RetryPolicy(), max_connections=max_connections, transport=transport,
-                           caller=caller, storage_options=storage_options)
+        self.backend = cls(
+            self._token,
+            base_url=normalize_base_url(base_url, self.api),
+            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+            retry=retry or RetryPolicy(),
+            max_connections=max_connections,
+            transport=transport,
+            caller=caller,
+            storage_options=storage_options,
+        )
         self.charges: dict[str, UsageRecord] = {}  # Open API: what each finished job cost
 
     def __repr__(self) -> str:
@@ -106,22 +125,50 @@ class AsyncVanceClient:
         await self.backend.aclose()
 
     # --- tools --------------------------------------------------------------------------------
-    def tool_call(self, tool: str, config: dict[str, Any] | None = None, *, output_format: str | None = None,
-                  jconfig: dict[str, Any] | str | None = None) -> ToolCall:
+    def tool_call(
+        self,
+        tool: str,
+        config: dict[str, Any] | None = None,
+        *,
+        output_format: str | None = None,
+        jconfig: dict[str, Any] | str | None = None,
+    ) -> ToolCall:
         """Validate a tool and its config for this client's API (raises before any upload)."""
         return resolve(tool, config, api=self.api, output_format=output_format, jconfig=jconfig)
 
     # --- jobs ---------------------------------------------------------------------------------
-    async def submit(self, source: str, tool: str | ToolCall, config: dict[str, Any] | None = None, *,
-                     output_format: str | None = None, jconfig: dict[str, Any] | str | None = None,
-                     idempotency_key: str | None = None) -> Job:
-        """Check the input locally, upload it and start one job."""
-        call = tool if isinstance(tool, ToolCall) else self.tool_call(tool, config, output_format=output_format,
-                                                                       jconfig=jconfig)
-        [src] = await asyncio.to_thread(list_sources, source, None, self.storage_options)
-        await asyncio.to_thread(check_input, src.url, src.size, call.media, self.api, self.storage_options)
+    async def submit(
+        self,
+        source: str,
+        tool: str | ToolCall,
+        config: dict[str, Any] | None = None,
+        *,
+        output_format: str | None = None,
+        jconfig: dict[str, Any] | str | None = None,
+        idempotency_key: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> Job:
+        """Check the input locally, upload it and start one job.
+
+        ``storage_options`` (fsspec) override the client's for this source.
+        """
+        call = (
+            tool
+            if isinstance(tool, ToolCall)
+            else self.tool_call(tool, config, output_format=output_format, jconfig=jconfig)
+        )
+        so = self.backend.options(storage_options)
+        sources = await asyncio.to_thread(list_sources, source, None, so)
+        if len(sources) != 1:
+            raise InvalidInputError(
+                "submit takes exactly one file",
+                source=str(source),
+                hint="use run_batch for folders, globs and lists",
+            )
+        src = sources[0]
+        await asyncio.to_thread(check_input, src.url, src.size, call.media, self.api, so)
         key = idempotency_key or default_idempotency_key(src.url, src.fingerprint, call)
-        return await self.backend.submit(src.url, src.size, call, key)
+        return await self.backend.submit(src.url, src.size, call, key, so)
 
     async def get_job(self, job_id: str) -> Job:
         job = await self.backend.get_job(job_id)
@@ -131,20 +178,39 @@ class AsyncVanceClient:
     def _note_charge(self, job: Job) -> None:
         if job.api == "open" and job.status is JobStatus.SUCCEEDED and job.id not in self.charges:
             self.charges[job.id] = UsageRecord(
-                timestamp=str(job.raw.get("finished_at") or ""), tool=job.tool, kind="charge",
-                credits=float(job.credits_charged or 0), balance=None, source=None, job_id=job.id, api="open")
+                timestamp=str(job.raw.get("finished_at") or ""),
+                tool=job.tool,
+                kind="charge",
+                credits=float(job.credits_charged or 0),
+                balance=None,
+                source=None,
+                job_id=job.id,
+                api="open",
+            )
 
-    async def wait(self, job_id: str, *, poll_interval: float = 2.0, timeout: float | None = None,
-                   raise_on_failure: bool = True) -> Job:
+    async def wait(
+        self,
+        job_id: str,
+        *,
+        poll_interval: float = 2.0,
+        timeout: float | None = None,
+        raise_on_failure: bool = True,
+    ) -> Job:
         """Poll until the job is terminal; raise :class:`JobFailedError` when it failed."""
         [job] = await self.wait_all([job_id], poll_interval=poll_interval, timeout=timeout)
         if raise_on_failure and job.status is not JobStatus.SUCCEEDED:
             raise JobFailedError(job.id, job.error_code, job.error_message or job.raw_status)
         return job
 
-    async def wait_all(self, job_ids: list[str], *, poll_interval: float = 2.0, timeout: float | None = None,
-                       max_interval: float = 15.0,
-                       on_update: Callable[[Job], Awaitable[None] | None] | None = None) -> list[Job]:
+    async def wait_all(
+        self,
+        job_ids: list[str],
+        *,
+        poll_interval: float = 2.0,
+        timeout: float | None = None,
+        max_interval: float = 15.0,
+        on_update: Callable[[Job], Awaitable[None] | None] | None = None,
+    ) -> list[Job]:
         """Poll many jobs until all are terminal, backing off gently for slow ones."""
         deadline = None if timeout is None else time.monotonic() + timeout
         done: dict[str, Job] = {}
@@ -163,13 +229,16 @@ class AsyncVanceClient:
             if not pending:
                 break
             if deadline is not None and time.monotonic() + interval > deadline:
-                raise WaitTimeoutError(f"{len(pending)} job(s) not finished before the deadline: "
-                                       f"{', '.join(pending[:5])}")
+                raise WaitTimeoutError(
+                    f"{len(pending)} job(s) not finished before the deadline: {', '.join(pending[:5])}"
+                )
             await asyncio.sleep(interval)
             interval = min(max_interval, interval * 1.5)
         return [done[j] for j in job_ids]
 
-    async def download(self, job: Job | str, dest: str) -> str:
+    async def download(
+        self, job: Job | str, dest: str, *, storage_options: dict[str, Any] | None = None
+    ) -> str:
         """Stream the result to ``dest`` (any fsspec URL) atomically; returns the final URL.
 
         When ``dest`` has no media extension, the result's type picks one.
@@ -178,7 +247,7 @@ class AsyncVanceClient:
             job = await self.get_job(job)
         if job.status is not JobStatus.SUCCEEDED:
             raise JobFailedError(job.id, job.error_code, f"no result: the job is {job.status.value}")
-        return await self.backend.download(job, dest)
+        return await self.backend.download(job, dest, storage_options)
 
     async def cancel(self, job_id: str) -> Job:
         return await self.backend.cancel(job_id)
@@ -186,9 +255,17 @@ class AsyncVanceClient:
     async def delete(self, job_id: str) -> None:
         await self.backend.delete(job_id)
 
-    async def enhance(self, source: str, dest: str, tool: str, config: dict[str, Any] | None = None, *,
-                      output_format: str | None = None, poll_interval: float = 1.0,
-                      timeout: float | None = None) -> tuple[Job, str]:
+    async def enhance(
+        self,
+        source: str,
+        dest: str,
+        tool: str,
+        config: dict[str, Any] | None = None,
+        *,
+        output_format: str | None = None,
+        poll_interval: float = 1.0,
+        timeout: float | None = None,
+    ) -> tuple[Job, str]:
         """Submit, wait and download one file: the quickest way from a notebook."""
         job = await self.submit(source, tool, config, output_format=output_format)
         job = await self.wait(job.id, poll_interval=poll_interval, timeout=timeout)
@@ -207,9 +284,12 @@ class AsyncVanceClient:
         return list(self.charges.values())
 
 
-def default_idempotency_key(url: str, fingerprint: str, call: ToolCall, generation: int = 0) -> str:
-    """Stable for one logical submission (same input, content, tool, config), across retries and reruns."""
-    raw = f"{url}|{fingerprint}|{call.fingerprint()}|{generation}"
+def default_idempotency_key(
+    url: str, fingerprint: str, call: ToolCall, generation: int = 0, scope: str = ""
+) -> str:
+    """Stable for one logical submission (same input, content, tool, config, and batch ``scope``),
+    across retries and reruns."""
+    raw = f"{url}|{fingerprint}|{call.fingerprint()}|{generation}|{scope}"
     return "vp-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
@@ -280,8 +360,8 @@ class VanceClient:
     def wait_all(self, job_ids: list[str], **kwargs: Any) -> list[Job]:
         return self.run(self._async.wait_all(job_ids, **kwargs))
 
-    def download(self, job: Job | str, dest: str) -> str:
-        return self.run(self._async.download(job, dest))
+    def download(self, job: Job | str, dest: str, **kwargs: Any) -> str:
+        return self.run(self._async.download(job, dest, **kwargs))
 
     def cancel(self, job_id: str) -> Job:
         return self.run(self._async.cancel(job_id))

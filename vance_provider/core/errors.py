@@ -43,8 +43,9 @@ class WaitTimeoutError(VanceError):
 class InvalidInputError(VanceError):
     """An input or a config fails a local check; nothing was uploaded or charged."""
 
-    def __init__(self, message: str, *, source: str | None = None, hint: str | None = None,
-                 code: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, source: str | None = None, hint: str | None = None, code: str | None = None
+    ) -> None:
         self.source = source
         super().__init__(f"{source}: {message}" if source else message, hint=hint, code=code)
 
@@ -85,8 +86,15 @@ class OutputCollisionError(InvalidInputError):
 class APIError(VanceError):
     """The service answered with an error. ``code`` is the vendor's code (e.g. 10012, "rate_limited")."""
 
-    def __init__(self, message: str, *, code: str | int | None = None, status_code: int | None = None,
-                 hint: str | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | int | None = None,
+        status_code: int | None = None,
+        hint: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         self.status_code, self.retry_after = status_code, retry_after
         super().__init__(message, code=code, hint=hint)
 

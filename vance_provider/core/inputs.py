@@ -66,8 +66,9 @@ def _truncated(fmt: str, tail: bytes) -> bool:
     return False
 
 
-def check_input(url: str, size: int, media: Media, api: ApiName,
-                storage_options: dict[str, Any] | None = None) -> InputInfo:
+def check_input(
+    url: str, size: int, media: Media, api: ApiName, storage_options: dict[str, Any] | None = None
+) -> InputInfo:
     """Raise a typed error naming the file and the limit, or describe the input."""
     if size == 0:
         raise UnreadableInputError("the file is empty", source=url)
@@ -77,34 +78,54 @@ def check_input(url: str, size: int, media: Media, api: ApiName,
         raise UnreadableInputError(f"cannot read the file ({type(exc).__name__})", source=url) from None
     fmt = sniff(head)
     if fmt is None:
-        raise UnsupportedFormatError("the content is not a supported image or video", source=url,
-                                     hint="images must be JPG or PNG (web API) or JPG/PNG/WEBP (Open API); "
-                                          "videos MP4/MOV/MKV/WEBM/AVI")
+        raise UnsupportedFormatError(
+            "the content is not a supported image or video",
+            source=url,
+            hint="images must be JPG or PNG (web API) or JPG/PNG/WEBP (Open API); "
+            "videos MP4/MOV/MKV/WEBM/AVI",
+        )
     is_video = fmt in VIDEO_FORMATS
     if media == "image" and is_video:
-        raise MediaMismatchError(f"this is a {fmt} video but the tool takes images", source=url,
-                                 hint="use a video tool such as video_upscale")
+        raise MediaMismatchError(
+            f"this is a {fmt} video but the tool takes images",
+            source=url,
+            hint="use a video tool such as video_upscale",
+        )
     if media == "video" and not is_video:
-        raise MediaMismatchError(f"this is a {fmt} image but the tool takes videos", source=url,
-                                 hint="use an image tool such as upscale")
+        raise MediaMismatchError(
+            f"this is a {fmt} image but the tool takes videos",
+            source=url,
+            hint="use an image tool such as upscale",
+        )
     if is_video:
         if size > OPEN_MAX_VIDEO_BYTES:
-            raise FileTooLargeError(f"{size} bytes is over the {OPEN_MAX_VIDEO_BYTES}-byte upload limit", source=url)
+            raise FileTooLargeError(
+                f"{size} bytes is over the {OPEN_MAX_VIDEO_BYTES}-byte upload limit", source=url
+            )
         return InputInfo(url, fmt, "video", size)
     allowed = ("jpg", "png") if api == "web" else ("jpg", "png", "webp")
     if fmt not in allowed:
-        raise UnsupportedFormatError(f"{fmt} is not accepted by the {api} API", source=url,
-                                     hint="convert it to " + " or ".join(a.upper() for a in allowed))
+        raise UnsupportedFormatError(
+            f"{fmt} is not accepted by the {api} API",
+            source=url,
+            hint="convert it to " + " or ".join(a.upper() for a in allowed),
+        )
     limit = WEB_MAX_BYTES if api == "web" else OPEN_MAX_IMAGE_BYTES
     if size > limit:
-        raise FileTooLargeError(f"{size} bytes is over the {limit // (1024 * 1024)} MB limit of the {api} API",
-                                source=url, hint="compress or resize it")
+        raise FileTooLargeError(
+            f"{size} bytes is over the {limit // (1024 * 1024)} MB limit of the {api} API",
+            source=url,
+            hint="compress or resize it",
+        )
     if _truncated(fmt, read_tail(url, size, 16, storage_options)):
         raise UnreadableInputError(f"the {fmt.upper()} file is truncated or corrupt", source=url)
     width, height = _dimensions(url, storage_options)
     if api == "web" and width * height > WEB_MAX_PIXELS:
-        raise TooManyPixelsError(f"{width}x{height} is {width * height / 1e6:.1f} MP, over the 34 MP limit",
-                                 source=url, hint="resize it below 34 megapixels")
+        raise TooManyPixelsError(
+            f"{width}x{height} is {width * height / 1e6:.1f} MP, over the 34 MP limit",
+            source=url,
+            hint="resize it below 34 megapixels",
+        )
     return InputInfo(url, fmt, "image", size, width, height)
 
 

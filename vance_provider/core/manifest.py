@@ -45,6 +45,8 @@ class ManifestItem:
     error_code: str | None = None
     error: str | None = None
     tool: str = ""
+    job_failed: bool = False  # the last job failed on the service (refunded): retry with a new key
+    charges: list[dict[str, Any]] = field(default_factory=list)  # every job paid for: job_id, credits, at
     updated_at: float = field(default_factory=time.time)
 
     def set(self, state: ItemState, **changes: Any) -> None:
@@ -75,11 +77,15 @@ class Manifest:
         except FileNotFoundError:
             return self
         except ValueError as exc:
-            raise ConfigurationError(f"the manifest {self.url} is not valid JSON ({exc})",
-                                     hint="it is written atomically, so something else changed it; "
-                                          "move it away to start the batch afresh") from None
+            raise ConfigurationError(
+                f"the manifest {self.url} is not valid JSON ({exc})",
+                hint="it is written atomically, so something else changed it; "
+                "move it away to start the batch afresh",
+            ) from None
         if data.get("version") != VERSION:
-            raise ConfigurationError(f"the manifest {self.url} has version {data.get('version')}, expected {VERSION}")
+            raise ConfigurationError(
+                f"the manifest {self.url} has version {data.get('version')}, expected {VERSION}"
+            )
         self.meta = data.get("meta", {})
         for raw in data.get("items", []):
             raw["state"] = ItemState(raw["state"])
@@ -93,8 +99,9 @@ class Manifest:
 
     def to_json(self) -> bytes:
         items = [asdict(i) for i in self.items.values()]
-        return json.dumps({"version": VERSION, "meta": self.meta, "items": items}, indent=1,
-                          default=str).encode()
+        return json.dumps(
+            {"version": VERSION, "meta": self.meta, "items": items}, indent=1, default=str
+        ).encode()
 
     def save(self) -> None:
         version = self._version

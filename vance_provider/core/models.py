@@ -23,8 +23,14 @@ class JobStatus(StrEnum):
 
 
 # The web API's statuses on the one model (``webhook`` means "running, result will be pushed").
-WEB_STATUS = {"waiting": JobStatus.QUEUED, "busy": JobStatus.QUEUED, "process": JobStatus.PROCESSING,
-              "webhook": JobStatus.PROCESSING, "finish": JobStatus.SUCCEEDED, "fatal": JobStatus.FAILED}
+WEB_STATUS = {
+    "waiting": JobStatus.QUEUED,
+    "busy": JobStatus.QUEUED,
+    "process": JobStatus.PROCESSING,
+    "webhook": JobStatus.PROCESSING,
+    "finish": JobStatus.SUCCEEDED,
+    "fatal": JobStatus.FAILED,
+}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
 import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -30,7 +32,12 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:  # the HTTP-date form
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def retry_delay(attempt: int, retry_after: float | None, policy: RetryPolicy) -> float:
@@ -51,5 +58,9 @@ def retrying(policy: RetryPolicy) -> AsyncRetrying:
         exc = state.outcome.exception() if state.outcome else None
         return retry_delay(state.attempt_number - 1, getattr(exc, "retry_after", None), policy)
 
-    return AsyncRetrying(stop=stop_after_attempt(policy.max_attempts), wait=wait,
-                         retry=retry_if_exception(is_retryable), reraise=True)
+    return AsyncRetrying(
+        stop=stop_after_attempt(policy.max_attempts),
+        wait=wait,
+        retry=retry_if_exception(is_retryable),
+        reraise=True,
+    )

@@ -19,8 +19,23 @@ from .errors import InvalidInputError, TruncatedDownloadError, UnreadableInputEr
 CHUNK = 1 << 20  # bounded buffer for streaming (1 MiB)
 # Listed from folders and globs; unsupported kinds (gif, bmp, ...) are listed too, so the
 # batch reports them as failed with a reason instead of leaving them silently behind.
-MEDIA_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v",
-                    ".gif", ".bmp", ".tif", ".tiff", ".heic"}
+MEDIA_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".mp4",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".m4v",
+    ".gif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".heic",
+}
 
 
 @dataclass(frozen=True)
@@ -49,8 +64,11 @@ def _fingerprint(info: dict[str, Any]) -> str:
     return f"{info.get('size')}:{mtime}"
 
 
-def list_sources(source: str | Iterable[str], extensions: set[str] | None = None,
-                 storage_options: dict[str, Any] | None = None) -> list[SourceFile]:
+def list_sources(
+    source: str | Iterable[str],
+    extensions: set[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> list[SourceFile]:
     """Expand a URL, a list of URLs, a glob or a prefix into files (sorted, de-duplicated)."""
     exts = extensions or MEDIA_EXTENSIONS
     urls = [source] if isinstance(source, str) else list(source)
@@ -65,8 +83,9 @@ def list_sources(source: str | Iterable[str], extensions: set[str] | None = None
             matches = fs.find(path, detail=True)
         else:
             if not fs.exists(path):
-                raise UnreadableInputError("the source does not exist", source=url,
-                                           hint="check the URL and the storage credentials")
+                raise UnreadableInputError(
+                    "the source does not exist", source=url, hint="check the URL and the storage credentials"
+                )
             base = path.rsplit("/", 1)[0]
             matches = {path: {**fs.info(path), "explicit": True}}
         for p, info in sorted(matches.items()):
@@ -76,7 +95,7 @@ def list_sources(source: str | Iterable[str], extensions: set[str] | None = None
             listed = name.startswith((".", "_")) or PurePosixPath(p).suffix.lower() not in exts
             if listed and not info.get("explicit"):
                 continue  # hidden files, manifests, partial downloads, other types
-            rel = p[len(base):].lstrip("/") if p.startswith(base) else name
+            rel = p[len(base) :].lstrip("/") if p.startswith(base) else name
             u = full_url(fs, p)
             found[u] = SourceFile(u, int(info.get("size") or 0), _fingerprint(info), rel)
     return list(found.values())
@@ -111,7 +130,9 @@ def read_tail(url: str, size: int, n: int = 16, storage_options: dict[str, Any] 
         return fh.read(n)
 
 
-async def iter_file(url: str, storage_options: dict[str, Any] | None = None, chunk: int = CHUNK) -> AsyncIterator[bytes]:
+async def iter_file(
+    url: str, storage_options: dict[str, Any] | None = None, chunk: int = CHUNK
+) -> AsyncIterator[bytes]:
     """Stream a file from any fsspec URL in bounded chunks (blocking reads run in a thread)."""
     import asyncio
 
@@ -159,7 +180,9 @@ class AtomicWriter:
         self._fh = None
         if expected_size is not None and self.written != expected_size:
             self.abort()
-            raise TruncatedDownloadError(f"download of {self.url} ended at {self.written} of {expected_size} bytes")
+            raise TruncatedDownloadError(
+                f"download of {self.url} ended at {self.written} of {expected_size} bytes"
+            )
         target = self.path if final_url is None else url_to_fs(final_url)[1]
         if _protocol(self.fs) in ("file", "local"):
             os.replace(self.tmp_path, target)
@@ -203,5 +226,8 @@ def check_writable(prefix: str, storage_options: dict[str, Any] | None = None) -
         fs, path = url_to_fs(probe, **(storage_options or {}))
         fs.rm(path)
     except Exception as exc:
-        raise InvalidInputError(f"the destination is not writable ({type(exc).__name__})", source=prefix,
-                                hint="check the path, its permissions and the storage credentials") from None
+        raise InvalidInputError(
+            f"the destination is not writable ({type(exc).__name__})",
+            source=prefix,
+            hint="check the path, its permissions and the storage credentials",
+        ) from None

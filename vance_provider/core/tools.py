@@ -31,8 +31,9 @@ class Param:
         ok_type = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
         if not ok_type:
             names = "/".join(k.__name__ for k in kinds)
-            raise InvalidConfigError(f"{where}: {name} must be {names}, got {value!r}",
-                                     hint=_choices_hint(self))
+            raise InvalidConfigError(
+                f"{where}: {name} must be {names}, got {value!r}", hint=_choices_hint(self)
+            )
         if self.choices is not None and value not in self.choices:
             raise InvalidConfigError(f"{where}: {name}={value!r} is not allowed", hint=_choices_hint(self))
         if self.lo is not None and self.hi is not None and not self.lo <= value <= self.hi:
@@ -59,45 +60,108 @@ UNIT = P(NUM, lo=0, hi=1)
 BOOL = P(bool)
 STR = P(str)
 OLD_STYLES = tuple(f"style{i}" for i in range(1, 7))
-NEW_STYLES = OLD_STYLES + ("us_comic_boy", "us_comic_girl", "disney_boy", "disney_girl", "Ghibli_boy", "Ghibli_girl")
-CN_NAMES = ("cartoon_tile", "cartoon_lineart", "cartoon_normal", "cartoon_canny", "more_cartoon_lineart",
-            "more_real_lineart", "cartoon_normal_noforge")
+NEW_STYLES = (
+    *OLD_STYLES,
+    "us_comic_boy",
+    "us_comic_girl",
+    "disney_boy",
+    "disney_girl",
+    "Ghibli_boy",
+    "Ghibli_girl",
+)
+CN_NAMES = (
+    "cartoon_tile",
+    "cartoon_lineart",
+    "cartoon_normal",
+    "cartoon_canny",
+    "more_cartoon_lineart",
+    "more_real_lineart",
+    "cartoon_normal_noforge",
+)
 
 # --- the web API v1 modules (jconfig) --------------------------------------------------------
 WEB_MODULES: dict[str, dict[str, Param]] = {
-    "enlarge3": {"model_name": P(str, choices=("EnlargeStandard_2x_Stable", "EnlargeStandard_4x_Stable")),
-                 "scale": P(int, choices=(2, 4, 6, 8)), "suppress_noise": PCT, "remove_blur": PCT},
-    "enlarge": {"model_name": STR, "scale": P(str, choices=("2x", "4x", "6x", "8x")), "suppress_noise": PCT,
-                "remove_blur": PCT},
-    "denoise": {"model_name": P(str, choices=("DenoiseStable",)), "auto_params": BOOL, "remove_noise": PCT,
-                "sharpen": PCT},
-    "sharpen3": {"model_name": P(str, choices=("SharpenGeneralStable",)), "blur_type": P(int),
-                 "remove_blur": UNIT, "suppress_noise": UNIT, "remove_artifacts": UNIT, "autoparams": BOOL,
-                 "automodel": BOOL},
+    "enlarge3": {
+        "model_name": P(str, choices=("EnlargeStandard_2x_Stable", "EnlargeStandard_4x_Stable")),
+        "scale": P(int, choices=(2, 4, 6, 8)),
+        "suppress_noise": PCT,
+        "remove_blur": PCT,
+    },
+    "enlarge": {
+        "model_name": STR,
+        "scale": P(str, choices=("2x", "4x", "6x", "8x")),
+        "suppress_noise": PCT,
+        "remove_blur": PCT,
+    },
+    "denoise": {
+        "model_name": P(str, choices=("DenoiseStable",)),
+        "auto_params": BOOL,
+        "remove_noise": PCT,
+        "sharpen": PCT,
+    },
+    "sharpen3": {
+        "model_name": P(str, choices=("SharpenGeneralStable",)),
+        "blur_type": P(int),
+        "remove_blur": UNIT,
+        "suppress_noise": UNIT,
+        "remove_artifacts": UNIT,
+        "autoparams": BOOL,
+        "automodel": BOOL,
+    },
     "matting": {"model_name": P(str, choices=("MattingStable",))},
-    "chainner": {"model_name": P(str, choices=("Anime_4x_AnimeSharp",)), "scale": P(str, choices=("2x", "4x", "8x"))},
-    "real_esrgan": {"model_name": P(str, choices=("RealEsrganStable",)),
-                    "scale": P(str, choices=("1x", "2x", "4x", "6x", "8x"))},
+    "chainner": {
+        "model_name": P(str, choices=("Anime_4x_AnimeSharp",)),
+        "scale": P(str, choices=("2x", "4x", "8x")),
+    },
+    "real_esrgan": {
+        "model_name": P(str, choices=("RealEsrganStable",)),
+        "scale": P(str, choices=("1x", "2x", "4x", "6x", "8x")),
+    },
     "crease_repair": {"model_name": P(str, choices=("CreaseRepairStable",))},
-    "img2sr": {"model_name": P(str, choices=("style_sr_512",)), "face_enhancer": BOOL,
-               "strength": P(NUM, lo=0.8, hi=1.0)},
+    "img2sr": {
+        "model_name": P(str, choices=("style_sr_512",)),
+        "face_enhancer": BOOL,
+        "strength": P(NUM, lo=0.8, hi=1.0),
+    },
     "cartoonize": {"model_name": P(str, choices=("CartoonizeStable",))},
-    "img2anime": {"model_name": P(str, choices=NEW_STYLES), "description": P(str, max_len=140),
-                  "control_mode": P(int, choices=(0, 1, 2)), "style_strength": P(int, lo=0, hi=12),
-                  "prompt": P(str, max_len=140), "overwrite": BOOL, "denoising_strength": UNIT,
-                  "cn_configs": P(list)},
+    "img2anime": {
+        "model_name": P(str, choices=NEW_STYLES),
+        "description": P(str, max_len=140),
+        "control_mode": P(int, choices=(0, 1, 2)),
+        "style_strength": P(int, lo=0, hi=12),
+        "prompt": P(str, max_len=140),
+        "overwrite": BOOL,
+        "denoising_strength": UNIT,
+        "cn_configs": P(list),
+    },
     "animegan2": {"model_name": P(str, choices=("Animegan2Stable",)), "single_face": BOOL},
     "sd_recolor": {"model_name": P(str, choices=("sd_recolor",)), "prompt": STR, "negative_prompt": STR},
     "deoldify2": {"model_name": P(str, choices=("DeoldifyArtistic",)), "render_factor": P(int, lo=10, hi=70)},
     "CodeFormer": {"model_name": P(str, choices=("CodeFormerStable",))},
 }
-WEB_DEFAULT_MODEL = {"enlarge3": "EnlargeStandard_2x_Stable", "enlarge": "EnlargeStable", "denoise": "DenoiseStable",
-                     "sharpen3": "SharpenGeneralStable", "matting": "MattingStable", "chainner": "Anime_4x_AnimeSharp",
-                     "real_esrgan": "RealEsrganStable", "crease_repair": "CreaseRepairStable", "img2sr": "style_sr_512",
-                     "cartoonize": "CartoonizeStable", "img2anime": "style1", "animegan2": "Animegan2Stable",
-                     "sd_recolor": "sd_recolor", "deoldify2": "DeoldifyArtistic", "CodeFormer": "CodeFormerStable"}
-WEB_JOB_NAME = {"sharpen3": "va_sharpen_standard", "sd_recolor": "recolor", "deoldify2": "colorize",
-                "animegan2": "animegan"}
+WEB_DEFAULT_MODEL = {
+    "enlarge3": "EnlargeStandard_2x_Stable",
+    "enlarge": "EnlargeStable",
+    "denoise": "DenoiseStable",
+    "sharpen3": "SharpenGeneralStable",
+    "matting": "MattingStable",
+    "chainner": "Anime_4x_AnimeSharp",
+    "real_esrgan": "RealEsrganStable",
+    "crease_repair": "CreaseRepairStable",
+    "img2sr": "style_sr_512",
+    "cartoonize": "CartoonizeStable",
+    "img2anime": "style1",
+    "animegan2": "Animegan2Stable",
+    "sd_recolor": "sd_recolor",
+    "deoldify2": "DeoldifyArtistic",
+    "CodeFormer": "CodeFormerStable",
+}
+WEB_JOB_NAME = {
+    "sharpen3": "va_sharpen_standard",
+    "sd_recolor": "recolor",
+    "deoldify2": "colorize",
+    "animegan2": "animegan",
+}
 LAST_STEP_ONLY = {"enlarge3", "enlarge", "matting"}
 WEB_SCALERS = {"enlarge3", "enlarge", "chainner", "real_esrgan"}
 
@@ -112,16 +176,40 @@ OPEN_TOOLS: dict[str, tuple[Media, dict[str, Param]]] = {
     "passport_photo": ("image", {}),
     "custom": ("image", {"prompt": P(str, required=True), "face_enhance": BOOL}),
     # quality/codec "have no effect" on video_upscale, but the document's own example sends codec
-    "video_upscale": ("video", {"scale": P(int, choices=(2, 4)), "fps": P(NUM, lo=1, hi=120),
-                                "quality": P(str, choices=("high", "medium", "low")),
-                                "codec": P(str, choices=("h264", "h265")),
-                                "source_width": P(int), "source_height": P(int), "duration": P(NUM)}),
-    "video_hdr": ("video", {"quality": P(str, choices=("high", "medium", "low")),
-                            "codec": P(str, choices=("h264", "h265")), "hdr_color_gamut": STR,
-                            "source_width": P(int), "source_height": P(int), "duration": P(NUM)}),
-    "video_face_enhance": ("video", {"face_enhanced_mode": STR, "quality": P(str, choices=("high", "medium", "low")),
-                                     "codec": P(str, choices=("h264", "h265")), "source_width": P(int),
-                                     "source_height": P(int), "duration": P(NUM)}),
+    "video_upscale": (
+        "video",
+        {
+            "scale": P(int, choices=(2, 4)),
+            "fps": P(NUM, lo=1, hi=120),
+            "quality": P(str, choices=("high", "medium", "low")),
+            "codec": P(str, choices=("h264", "h265")),
+            "source_width": P(int),
+            "source_height": P(int),
+            "duration": P(NUM),
+        },
+    ),
+    "video_hdr": (
+        "video",
+        {
+            "quality": P(str, choices=("high", "medium", "low")),
+            "codec": P(str, choices=("h264", "h265")),
+            "hdr_color_gamut": STR,
+            "source_width": P(int),
+            "source_height": P(int),
+            "duration": P(NUM),
+        },
+    ),
+    "video_face_enhance": (
+        "video",
+        {
+            "face_enhanced_mode": STR,
+            "quality": P(str, choices=("high", "medium", "low")),
+            "codec": P(str, choices=("h264", "h265")),
+            "source_width": P(int),
+            "source_height": P(int),
+            "duration": P(NUM),
+        },
+    ),
 }
 OPEN_FORMATS = ("jpg", "png", "webp")
 
@@ -171,8 +259,9 @@ class ToolCall:
         return 1.0  # video: at least one credit; the real figure depends on duration
 
     def fingerprint(self) -> str:
-        return json.dumps([self.api, self.jconfig, self.open_tool, self.open_config, self.output_format],
-                          sort_keys=True)
+        return json.dumps(
+            [self.api, self.jconfig, self.open_tool, self.open_config, self.output_format], sort_keys=True
+        )
 
 
 def _steps(jconfig: dict[str, Any]) -> list[dict[str, Any]]:
@@ -194,8 +283,10 @@ def _check_params(params: dict[str, Any], schema: dict[str, Param], where: str) 
         raise InvalidConfigError(f"{where}: the config must be a mapping, got {type(params).__name__}")
     for key in params:
         if key not in schema:
-            raise InvalidConfigError(f"{where}: unknown option {key!r}",
-                                     hint="known options: " + (", ".join(sorted(schema)) or "none"))
+            raise InvalidConfigError(
+                f"{where}: unknown option {key!r}",
+                hint="known options: " + (", ".join(sorted(schema)) or "none"),
+            )
     for key, param in schema.items():
         if key in params:
             param.check(key, params[key], where)
@@ -206,18 +297,24 @@ def _check_params(params: dict[str, Any], schema: dict[str, Param], where: str) 
 def _check_web_step(step: dict[str, Any], where: str) -> None:
     module = step.get("module")
     if module not in WEB_MODULES:
-        raise UnknownToolError(f"{where}: unknown web API module {module!r}",
-                               hint="known modules: " + ", ".join(sorted(WEB_MODULES)))
+        raise UnknownToolError(
+            f"{where}: unknown web API module {module!r}",
+            hint="known modules: " + ", ".join(sorted(WEB_MODULES)),
+        )
     params = step.get("module_params") or {}
     _check_params(params, WEB_MODULES[module], f"{where} ({module})")
     if module == "enlarge3":
         model, scale = params.get("model_name", WEB_DEFAULT_MODEL["enlarge3"]), params.get("scale")
         if scale is None:
-            raise InvalidConfigError(f"{where} (enlarge3): scale is required", hint="use 2 with a _2x_ model, "
-                                     "or 4, 6 or 8 with a _4x_ model")
+            raise InvalidConfigError(
+                f"{where} (enlarge3): scale is required",
+                hint="use 2 with a _2x_ model, or 4, 6 or 8 with a _4x_ model",
+            )
         if ("_2x_" in model and scale != 2) or ("_4x_" in model and scale not in (4, 6, 8)):
-            raise InvalidConfigError(f"{where} (enlarge3): scale {scale} does not fit model {model}",
-                                     hint="a _2x_ model takes scale 2; a _4x_ model takes 4, 6 or 8")
+            raise InvalidConfigError(
+                f"{where} (enlarge3): scale {scale} does not fit model {model}",
+                hint="a _2x_ model takes scale 2; a _4x_ model takes 4, 6 or 8",
+            )
     if module == "img2anime":
         _check_cn_configs(params.get("cn_configs") or [], f"{where} (img2anime)")
     out = step.get("out_params")
@@ -230,8 +327,9 @@ def _check_cn_configs(cn_configs: Any, where: str) -> None:
         raise InvalidConfigError(f"{where}: cn_configs must be list, got {cn_configs!r}")
     for cn in cn_configs:
         if not isinstance(cn, dict) or cn.get("cn_name") not in CN_NAMES or not cn.get("image_uid"):
-            raise InvalidConfigError(f"{where}: each cn_configs entry needs image_uid and a "
-                                     f"cn_name from {', '.join(CN_NAMES)}")
+            raise InvalidConfigError(
+                f"{where}: each cn_configs entry needs image_uid and a cn_name from {', '.join(CN_NAMES)}"
+            )
 
 
 def _check_out_params(out: Any, where: str) -> None:
@@ -253,8 +351,9 @@ def _check_out_params(out: Any, where: str) -> None:
             for c in "rgb":
                 P(int, lo=0, hi=255).check(f"bg_color.{c}", color.get(c), where)
         else:
-            raise InvalidConfigError(f"{where}: unknown out_params key {key!r}",
-                                     hint="use compress, dpi, format or bg_composed")
+            raise InvalidConfigError(
+                f"{where}: unknown out_params key {key!r}", hint="use compress, dpi, format or bg_composed"
+            )
 
 
 def validate_jconfig(jconfig: dict[str, Any] | str) -> dict[str, Any]:
@@ -265,8 +364,10 @@ def validate_jconfig(jconfig: dict[str, Any] | str) -> dict[str, Any]:
         except ValueError as exc:
             raise InvalidConfigError(f"jconfig is not valid JSON: {exc}") from None
     if not isinstance(jconfig, dict) or not isinstance(jconfig.get("config"), (dict, list)):
-        raise InvalidConfigError("jconfig needs a 'config' that is one step or a list of steps",
-                                 hint='{"name": ..., "config": {"module": ..., "module_params": {...}}}')
+        raise InvalidConfigError(
+            "jconfig needs a 'config' that is one step or a list of steps",
+            hint='{"name": ..., "config": {"module": ..., "module_params": {...}}}',
+        )
     raw_steps = jconfig["config"]
     if isinstance(raw_steps, dict):
         steps = [raw_steps]
@@ -283,8 +384,10 @@ def validate_jconfig(jconfig: dict[str, Any] | str) -> dict[str, Any]:
         _check_web_step(step, where)
         last = i == len(steps) - 1
         if step["module"] in LAST_STEP_ONLY and not last:
-            raise InvalidConfigError(f"{where}: {step['module']} must be the last step of a workflow",
-                                     hint="enlarge and background removal can only be the last step")
+            raise InvalidConfigError(
+                f"{where}: {step['module']} must be the last step of a workflow",
+                hint="enlarge and background removal can only be the last step",
+            )
         if step.get("out_params") and not last:
             raise InvalidConfigError(f"{where}: out_params belong on the last step")
     if "cn_configs" in jconfig:  # the newer img2anime document shows cn_configs beside "config"
@@ -307,15 +410,23 @@ def _web_step(module: str, config: dict[str, Any]) -> dict[str, Any]:
     if module == "enlarge3":
         params.setdefault("scale", 2)
         if "model_name" not in config:
-            params["model_name"] = "EnlargeStandard_2x_Stable" if params["scale"] == 2 else "EnlargeStandard_4x_Stable"
+            params["model_name"] = (
+                "EnlargeStandard_2x_Stable" if params["scale"] == 2 else "EnlargeStandard_4x_Stable"
+            )
     step: dict[str, Any] = {"module": module, "module_params": params}
     if config.get("out_params"):
         step["out_params"] = config["out_params"]
     return step
 
 
-def resolve(tool: str, config: dict[str, Any] | None = None, *, api: ApiName,
-            output_format: str | None = None, jconfig: dict[str, Any] | str | None = None) -> ToolCall:
+def resolve(
+    tool: str,
+    config: dict[str, Any] | None = None,
+    *,
+    api: ApiName,
+    output_format: str | None = None,
+    jconfig: dict[str, Any] | str | None = None,
+) -> ToolCall:
     """Turn a tool name and config into a validated call for ``api`` (raises before any upload)."""
     if config is not None and not isinstance(config, dict):
         raise InvalidConfigError(f"{tool}: the config must be a mapping, got {type(config).__name__}")
@@ -323,31 +434,53 @@ def resolve(tool: str, config: dict[str, Any] | None = None, *, api: ApiName,
     if api == "web":
         if jconfig is not None:
             parsed = validate_jconfig(jconfig)
-            return ToolCall("web", tool or str(parsed.get("name")), "image", jconfig=parsed,
-                            scale=web_scale(parsed), output_format=_web_format(parsed))
+            return ToolCall(
+                "web",
+                tool or str(parsed.get("name")),
+                "image",
+                jconfig=parsed,
+                scale=web_scale(parsed),
+                output_format=_web_format(parsed),
+            )
         module = FRIENDLY[tool][0] if tool in FRIENDLY else tool if tool in WEB_MODULES else None
         if module is None:
-            where = ("is not on the web API v1; it exists on the Open API v1 (api='open')"
-                     if tool in FRIENDLY or tool in OPEN_TOOLS else "is unknown")
-            raise UnknownToolError(f"tool {tool!r} {where}",
-                                   hint="web API tools: " + ", ".join(sorted(
-                                       [t for t, (w, _) in FRIENDLY.items() if w] + list(WEB_MODULES))))
+            where = (
+                "is not on the web API v1; it exists on the Open API v1 (api='open')"
+                if tool in FRIENDLY or tool in OPEN_TOOLS
+                else "is unknown"
+            )
+            raise UnknownToolError(
+                f"tool {tool!r} {where}",
+                hint="web API tools: "
+                + ", ".join(sorted([t for t, (w, _) in FRIENDLY.items() if w] + list(WEB_MODULES))),
+            )
         if tool == "upscale" and "scale" in config and config["scale"] not in (2, 4, 6, 8):
-            raise InvalidConfigError(f"upscale: scale={config['scale']!r} is not allowed on the web API",
-                                     hint="use 2, 4, 6 or 8")
+            raise InvalidConfigError(
+                f"upscale: scale={config['scale']!r} is not allowed on the web API", hint="use 2, 4, 6 or 8"
+            )
         if output_format:
-            config.setdefault("out_params", {})["format"] = "jpg" if output_format == "jpeg" else output_format
+            config.setdefault("out_params", {})["format"] = (
+                "jpg" if output_format == "jpeg" else output_format
+            )
         built = {"name": WEB_JOB_NAME.get(module, module), "config": _web_step(module, config)}
         parsed = validate_jconfig(built)
-        return ToolCall("web", tool, "image", jconfig=parsed, scale=web_scale(parsed), output_format=_web_format(parsed))
+        return ToolCall(
+            "web", tool, "image", jconfig=parsed, scale=web_scale(parsed), output_format=_web_format(parsed)
+        )
     if jconfig is not None:
-        raise InvalidConfigError("jconfig is for the web API v1 only", hint="use tool= and config= on the Open API")
+        raise InvalidConfigError(
+            "jconfig is for the web API v1 only", hint="use tool= and config= on the Open API"
+        )
     open_tool = FRIENDLY[tool][1] if tool in FRIENDLY else tool if tool in OPEN_TOOLS else None
     if open_tool is None:
-        where = ("is not on the Open API v1; it exists on the web API v1 (api='web')"
-                 if tool in FRIENDLY or tool in WEB_MODULES else "is unknown")
-        raise UnknownToolError(f"tool {tool!r} {where}",
-                               hint="Open API tools: " + ", ".join(sorted(OPEN_TOOLS)))
+        where = (
+            "is not on the Open API v1; it exists on the web API v1 (api='web')"
+            if tool in FRIENDLY or tool in WEB_MODULES
+            else "is unknown"
+        )
+        raise UnknownToolError(
+            f"tool {tool!r} {where}", hint="Open API tools: " + ", ".join(sorted(OPEN_TOOLS))
+        )
     media, schema = OPEN_TOOLS[open_tool]
     _check_params(config, schema, open_tool)
     if open_tool == "custom" and not str(config.get("prompt", "")).strip():
@@ -356,10 +489,19 @@ def resolve(tool: str, config: dict[str, Any] | None = None, *, api: ApiName,
     if media == "image":
         fmt = "jpg" if fmt in (None, "jpeg") else fmt
         if fmt not in OPEN_FORMATS:
-            raise InvalidConfigError(f"output_format {output_format!r} is not allowed", hint="use jpg, png or webp")
+            raise InvalidConfigError(
+                f"output_format {output_format!r} is not allowed", hint="use jpg, png or webp"
+            )
     scale = int(config.get("scale", 2)) if open_tool in ("upscale", "video_upscale") else 1
-    return ToolCall("open", tool, media, open_tool=open_tool, open_config=config,
-                    output_format=fmt if media == "image" else "mp4", scale=scale)
+    return ToolCall(
+        "open",
+        tool,
+        media,
+        open_tool=open_tool,
+        open_config=config,
+        output_format=fmt if media == "image" else "mp4",
+        scale=scale,
+    )
 
 
 def _web_format(jconfig: dict[str, Any]) -> str | None:

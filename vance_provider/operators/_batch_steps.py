@@ -14,8 +14,8 @@ The step returns the job ids to wait for, or - when nothing is in flight and not
 pending - the final ``BatchResult``. Everything is kept in the manifest beside the outputs,
 so a retried or cleared task (or a restarted triggerer) resumes without paying twice.
 
-This module reaches into ``BatchRunner``'s private ``_submit`` / ``_run_item`` / ``_finish``:
-a public "submit only / collect" mode in the core would replace it (see the report).
+It uses ``BatchRunner``'s stepwise methods: ``submit_item`` (one submission, within the
+budget and balance), ``run_item`` (poll, download, record) and ``finish_item`` (count it).
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ async def _submit_one(runner: BatchRunner, item: ManifestItem) -> None:
     from vance_provider.core.manifest import ItemState
 
     try:
-        await runner._submit(item)
+        await runner.submit_item(item)
     except VanceError as exc:
         item.set(ItemState.FAILED, error=exc.message, error_code=str(exc.code or type(exc).__name__))
     if item.state in (ItemState.FAILED, ItemState.SKIPPED):
-        runner._finish(item)
+        runner.finish_item(item)
 
 
 async def batch_step(
@@ -71,17 +71,15 @@ async def batch_step(
     started: float | None = None,
 ) -> StepResult:
     """One step of a deferrable batch (see the module docstring)."""
-    from vance_provider.core.batch import BatchResult, BatchRunner, ItemResult
-    from vance_provider.core.manifest import ItemState, Manifest
+    from vance_provider.core.batch import BatchResult, BatchRunner, item_result, manifest_for
+    from vance_provider.core.manifest import ItemState
 
     started = started or time.time()
     held: dict[str, ManifestItem] = {}
     if not first:
         # Failures and skips recorded by earlier steps of this task run stay as they are: the
         # core's prepare() would reset them to pending, which is right for a new run only.
-        before = await asyncio.to_thread(
-            Manifest.for_destination(spec.destination, spec.storage_options).load
-        )
+        before = await asyncio.to_thread(manifest_for(spec).load)
         held = {s: i for s, i in before.items.items() if i.state in (ItemState.FAILED, ItemState.SKIPPED)}
 
     runner = BatchRunner(client, spec)
@@ -122,10 +120,10 @@ async def batch_step(
         finished = []
         for item, job in zip(inflight, jobs, strict=True):
             if isinstance(job, BaseException) or job.status.terminal:
-                finished.append(item)  # an error (say, the job expired) is recorded by _run_item
+                finished.append(item)  # an error (say, the job expired) is recorded by run_item
             else:
                 still.append(item)
-        await asyncio.gather(*(runner._run_item(i) for i in finished))
+        await asyncio.gather(*(runner.run_item(i) for i in finished))
 
     # Submit while there is room.
     while pending:
@@ -151,18 +149,7 @@ async def batch_step(
             started,
             remaining=len(pending),
         )
-    items = [
-        ItemResult(
-            i.source,
-            i.state.value,
-            i.output if i.state == ItemState.DONE else None,
-            i.job_id,
-            i.credits,
-            i.error,
-            i.error_code,
-        )
-        for i in (runner.manifest.items[s] for s in runner.sources)
-    ]
+    items = [item_result(runner.manifest.items[s]) for s in runner.sources]
     result = BatchResult(
         items,
         runner.spent,
@@ -178,10 +165,11 @@ async def cancel_in_flight(client: AsyncVanceClient, spec: BatchSpec) -> list[st
     """Cancel the batch's submitted jobs (Open API) and mark them pending again in the manifest,
     with a new generation so the next run submits afresh. Returns the canceled job ids."""
     from vance_provider.core import JobStatus
+    from vance_provider.core.batch import manifest_for
     from vance_provider.core.errors import VanceError
-    from vance_provider.core.manifest import ItemState, Manifest
+    from vance_provider.core.manifest import ItemState
 
-    manifest = await asyncio.to_thread(Manifest.for_destination(spec.destination, spec.storage_options).load)
+    manifest = await asyncio.to_thread(manifest_for(spec).load)
     items = [i for i in manifest.items.values() if i.state == ItemState.SUBMITTED and i.job_id]
 
     async def cancel(item: ManifestItem) -> str | None:

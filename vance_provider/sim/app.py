@@ -33,9 +33,14 @@ class SimMiddleware:
         query = scope.get("query_string", b"").decode("latin-1")
         url = f"{scope['path']}?{query}" if query else scope["path"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        rec = RequestRecord(sim.clock.now(), scope["method"], url, scope["path"],
-                            idempotency_key=headers.get("idempotency-key"),
-                            authorization="authorization" in headers)
+        rec = RequestRecord(
+            sim.clock.now(),
+            scope["method"],
+            url,
+            scope["path"],
+            idempotency_key=headers.get("idempotency-key"),
+            authorization="authorization" in headers,
+        )
         scope["sim_record"] = rec
         with sim.lock:
             sim.requests.append(rec)
@@ -49,8 +54,11 @@ class SimMiddleware:
                 limits = scope.get("sim_ratelimit")  # every answer to a keyed call carries the window
                 if limits and message["status"] != 429:
                     names = {k.lower() for k, _ in message.get("headers", [])}
-                    extra = [(k.lower().encode(), v.encode()) for k, v in limits.items()
-                             if k.lower().encode() not in names]
+                    extra = [
+                        (k.lower().encode(), v.encode())
+                        for k, v in limits.items()
+                        if k.lower().encode() not in names
+                    ]
                     message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
@@ -60,14 +68,19 @@ class SimMiddleware:
             if is_web and sim.rng.random() < 0.5:
                 resp: Response = JSONResponse({"code": 10010, "msg": "Internal error"})
             elif is_web or sim.rng.random() < 0.5:  # the web API: HTTP 200 + 10010 or a 503, never a 500
-                resp = open_api.error(503, "service_unavailable", "A downstream dependency is temporarily unavailable.")
+                resp = open_api.error(
+                    503, "service_unavailable", "A downstream dependency is temporarily unavailable."
+                )
             else:
                 resp = open_api.error(500, "internal_error", "Unexpected server error.")
             await resp(scope, receive, logging_send)
             return
         elif fault == "rate_limit":
-            resp = open_api.error(429, "rate_limited", headers={"Retry-After": "1", "X-RateLimit-Limit": "60",
-                                                                "X-RateLimit-Remaining": "0"})
+            resp = open_api.error(
+                429,
+                "rate_limited",
+                headers={"Retry-After": "1", "X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "0"},
+            )
             await resp(scope, receive, logging_send)
             return
         elif fault == "drop":
@@ -112,7 +125,9 @@ async def run_scheduler(sim: SimState) -> None:
                     path, info = await asyncio.to_thread(worker.render, job, sim.workdir)
                     sim.complete(job, path, info, None)
             except Exception as exc:  # a source the engine cannot read
-                sim.complete(job, None, None, ("processing_failed", f"The engine could not process the input: {exc}"))
+                sim.complete(
+                    job, None, None, ("processing_failed", f"The engine could not process the input: {exc}")
+                )
         if job.webhook:
             await deliver_webhook(sim, job)
 
@@ -140,8 +155,9 @@ async def deliver_webhook(sim: SimState, job: Job) -> None:
             except httpx.HTTPError:
                 status = 0
             with sim.lock:
-                sim.webhook_deliveries.append({"trans_id": job.id, "url": job.webhook, "attempt": attempt + 1,
-                                               "status": status})
+                sim.webhook_deliveries.append(
+                    {"trans_id": job.id, "url": job.webhook, "attempt": attempt + 1, "status": status}
+                )
             if 0 < status < 400:
                 return
             await asyncio.sleep(sim.config.webhook_retry_delay)

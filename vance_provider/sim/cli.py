@@ -9,7 +9,9 @@ from .server import SimulatorServer
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vance-sim", description="A local VanceAI simulator (web API v1 + Open API v1).")
+    p = argparse.ArgumentParser(
+        prog="vance-sim", description="A local VanceAI simulator (web API v1 + Open API v1)."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve both APIs on a loopback port")
     s.add_argument("--host", default="127.0.0.1")
@@ -28,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--result-sync-window", type=float, default=0.0)
     s.add_argument("--fault-rate", type=float, default=0.0, help="total probability of an injected fault")
     s.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
-    s.add_argument("--allow-loopback-urls", action="store_true", help="let image_url/source_url reach loopback")
+    s.add_argument(
+        "--allow-loopback-urls", action="store_true", help="let image_url/source_url reach loopback"
+    )
     s.add_argument("--allow-http-webhooks", action="store_true", help="allow http:// webhooks on loopback")
     s.add_argument("--admin-routes", action="store_true", help="serve /_sim/ledger and /_sim/requests")
     return p
@@ -37,12 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(a: argparse.Namespace) -> SimConfig:
     return SimConfig(
         accounts=[Account(credits=a.credits, web_tokens=[a.web_token], open_keys=[a.open_key])],
-        queue_delay=a.queue_delay, time_per_job=a.time_per_job, time_per_megapixel=a.time_per_megapixel,
-        time_per_video_second=a.time_per_video_second, rate_limit=a.rate_limit, rate_window=a.rate_window,
-        max_concurrent_images=a.max_concurrent_images, max_concurrent_videos=a.max_concurrent_videos,
-        result_sync_window=a.result_sync_window, faults=Faults.uniform(a.fault_rate, seed=a.seed),
-        allow_loopback_urls=a.allow_loopback_urls, allow_http_webhooks=a.allow_http_webhooks,
-        admin_routes=a.admin_routes)
+        queue_delay=a.queue_delay,
+        time_per_job=a.time_per_job,
+        time_per_megapixel=a.time_per_megapixel,
+        time_per_video_second=a.time_per_video_second,
+        rate_limit=a.rate_limit,
+        rate_window=a.rate_window,
+        max_concurrent_images=a.max_concurrent_images,
+        max_concurrent_videos=a.max_concurrent_videos,
+        result_sync_window=a.result_sync_window,
+        faults=Faults.uniform(a.fault_rate, seed=a.seed),
+        allow_loopback_urls=a.allow_loopback_urls,
+        allow_http_webhooks=a.allow_http_webhooks,
+        admin_routes=a.admin_routes,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,8 +38,14 @@ class FileResponse(Response):
     the reported size can notice.
     """
 
-    def __init__(self, path: Path, media_type: str, filename: str, truncate: bool = False,
-                 chunked_truncation: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        media_type: str,
+        filename: str,
+        truncate: bool = False,
+        chunked_truncation: bool = False,
+    ) -> None:
         super().__init__(media_type=media_type)
         self.path, self.truncate, self.chunked = path, truncate, chunked_truncation
         self.size = path.stat().st_size
@@ -46,7 +53,10 @@ class FileResponse(Response):
             self.headers["content-length"] = str(self.size)
         else:
             del self.headers["content-length"]
-        self.headers["content-disposition"] = f'attachment; filename="{filename}"'
+        ascii_name = filename.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
+        self.headers["content-disposition"] = (
+            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

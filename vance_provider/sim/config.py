@@ -78,6 +78,7 @@ class SimConfig:
     allow_http_webhooks: bool = False  # web API webhooks may be http:// (loopback only)
     webhook_retry_delay: float = 0.2
     web_missing_token_code: int = 30001  # one edition says 30001, the other 10001
+    web_point_get_only: bool = False  # `point` as documented strictly: GET only (POST -> 405)
     faults: Faults = field(default_factory=Faults)
     tick: float = 0.02  # how often the scheduler advances jobs
     admin_routes: bool = False  # /_sim/* introspection over HTTP (off by default)

@@ -28,18 +28,43 @@ from . import processing
 from .common import CONTENT_TYPES, FileResponse, iso, record_of, state_of
 from .state import AccountState, Idem, Job, SimState, Upload
 
-IMAGE_TOOLS = {"upscale", "sharpen", "denoise", "remove_bg", "restore", "cartoonize", "passport_photo", "custom"}
+IMAGE_TOOLS = {
+    "upscale",
+    "sharpen",
+    "denoise",
+    "remove_bg",
+    "restore",
+    "cartoonize",
+    "passport_photo",
+    "custom",
+}
 VIDEO_TOOLS = {"video_upscale", "video_hdr", "video_face_enhance"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
 ERROR_TYPES = {
-    "invalid_api_key": "auth", "unauthorized": "auth", "insufficient_credits": "billing",
-    "invalid_parameter": "validation", "unsupported_tool": "validation", "geo_restricted": "auth",
-    "job_not_found": "validation", "file_too_large": "validation", "unsupported_format": "validation",
-    "not_cancelable": "validation", "idempotency_conflict": "validation", "upload_not_found": "validation",
-    "upload_already_consumed": "validation", "upload_expired": "validation", "result_not_ready": "processing",
-    "rate_limited": "rate_limit", "concurrency_limit_exceeded": "rate_limit", "service_unavailable": "server",
-    "internal_error": "server", "processing_failed": "processing", "processing_timeout": "processing",
-    "ssrf_blocked": "validation", "upload_incomplete": "validation", "resolution_limit_exceeded": "validation",
+    "invalid_api_key": "auth",
+    "unauthorized": "auth",
+    "insufficient_credits": "billing",
+    "invalid_parameter": "validation",
+    "unsupported_tool": "validation",
+    "geo_restricted": "auth",
+    "job_not_found": "validation",
+    "file_too_large": "validation",
+    "unsupported_format": "validation",
+    "not_cancelable": "validation",
+    "idempotency_conflict": "validation",
+    "upload_not_found": "validation",
+    "upload_already_consumed": "validation",
+    "upload_expired": "validation",
+    "result_not_ready": "processing",
+    "rate_limited": "rate_limit",
+    "concurrency_limit_exceeded": "rate_limit",
+    "service_unavailable": "server",
+    "internal_error": "server",
+    "processing_failed": "processing",
+    "processing_timeout": "processing",
+    "ssrf_blocked": "validation",
+    "upload_incomplete": "validation",
+    "resolution_limit_exceeded": "validation",
 }
 MESSAGES = {
     "invalid_api_key": "The API key provided is invalid or has been disabled.",
@@ -51,9 +76,16 @@ MESSAGES = {
 }
 
 
-def error(status: int, code: str, message: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"code": code, "message": message or MESSAGES.get(code, code.replace("_", " ")),
-                      "type": ERROR_TYPES.get(code, "server")}}
+def error(
+    status: int, code: str, message: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {
+        "error": {
+            "code": code,
+            "message": message or MESSAGES.get(code, code.replace("_", " ")),
+            "type": ERROR_TYPES.get(code, "server"),
+        }
+    }
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -71,11 +103,16 @@ def authenticate(request: Request) -> AccountState | JSONResponse:
     record_of(request).account = acc.spec.name
     if sim.config.rate_limit:
         allowed, limit, remaining, reset = sim.take_rate(key)
-        request.scope["sim_ratelimit"] = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(remaining),
-                                          "X-RateLimit-Reset": str(reset)}
+        request.scope["sim_ratelimit"] = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": str(reset),
+        }
         if not allowed:
             retry = max(1, math.ceil(reset - sim.clock.now()))
-            return error(429, "rate_limited", headers={**request.scope["sim_ratelimit"], "Retry-After": str(retry)})
+            return error(
+                429, "rate_limited", headers={**request.scope["sim_ratelimit"], "Retry-After": str(retry)}
+            )
     return acc
 
 
@@ -106,7 +143,9 @@ def image_cost(tool: str, config: dict[str, Any]) -> float:
 
 def video_cost(tool: str, config: dict[str, Any], width: int, height: int, duration: float) -> float:
     """Credits per second of video, more for bigger outputs; at least one credit."""
-    rate = {"video_upscale": 0.5 * int(config.get("scale", 2)), "video_hdr": 0.5, "video_face_enhance": 0.8}[tool]
+    rate = {"video_upscale": 0.5 * int(config.get("scale", 2)), "video_hdr": 0.5, "video_face_enhance": 0.8}[
+        tool
+    ]
     return max(1.0, round(rate * duration, 1))
 
 
@@ -129,16 +168,28 @@ def job_body(sim: SimState, job: Job, request: Request) -> dict[str, Any]:
         body["phase"], body["progress"] = phase, progress
     else:
         body["progress"] = 100 if job.status == "succeeded" else 0
-    body.update({"tool": job.tool, "media": job.media, "result_url": None, "result": None, "error": None,
-                 "credits_estimated": job.cost if job.media == "image" else job.config.get("_estimate", 0),
-                 "credits_charged": job.cost if job.status == "succeeded" else (job.reserved or 0),
-                 "created_at": iso(job.created_at), "finished_at": iso(job.finished_at)})
+    body.update(
+        {
+            "tool": job.tool,
+            "media": job.media,
+            "result_url": None,
+            "result": None,
+            "error": None,
+            "credits_estimated": job.cost if job.media == "image" else job.config.get("_estimate", 0),
+            "credits_charged": job.cost if job.status == "succeeded" else (job.reserved or 0),
+            "created_at": iso(job.created_at),
+            "finished_at": iso(job.finished_at),
+        }
+    )
     if job.status == "succeeded":
         body["result_url"] = signed_result_url(sim, job, request)
         body["result"] = job.result_info
     if job.status == "failed":
-        body["error"] = {"code": job.error_code, "message": job.error_message,
-                         "type": ERROR_TYPES.get(job.error_code or "", "processing")}
+        body["error"] = {
+            "code": job.error_code,
+            "message": job.error_message,
+            "type": ERROR_TYPES.get(job.error_code or "", "processing"),
+        }
     return body
 
 
@@ -194,11 +245,15 @@ async def create_job(request: Request) -> Response:
     upload_id = fields.get("upload_id")
     given = [x for x in (file, url, upload_id) if x]
     if len(given) != 1:
-        return error(400, "invalid_parameter", "Give exactly one of image/file, upload_id, image_url/source_url.")
+        return error(
+            400, "invalid_parameter", "Give exactly one of image/file, upload_id, image_url/source_url."
+        )
     if file is not None and not isinstance(file, UploadFile):
         return error(400, "invalid_parameter", "image must be a file part.")
     if file is not None and media == "video":
-        return error(400, "invalid_parameter", "Direct video multipart upload is not supported; use upload_id.")
+        return error(
+            400, "invalid_parameter", "Direct video multipart upload is not supported; use upload_id."
+        )
     if upload_id and media == "image":
         return error(400, "invalid_parameter", "upload_id is for video tools only.")
 
@@ -214,7 +269,9 @@ async def create_job(request: Request) -> Response:
                 prior = None
         if prior:
             if prior.fingerprint != fingerprint:
-                return error(409, "idempotency_conflict", "This Idempotency-Key was used with a different tool/config.")
+                return error(
+                    409, "idempotency_conflict", "This Idempotency-Key was used with a different tool/config."
+                )
             job = sim.jobs[prior.job_id]
             return JSONResponse(creation_body(job), status_code=202)
 
@@ -223,14 +280,28 @@ async def create_job(request: Request) -> Response:
     with sim.lock:
         if sim.in_flight(acc.spec.name, media) >= cap:
             return error(429, "concurrency_limit_exceeded", headers={"Retry-After": "1"})
-    job = Job(id=sim.new_id("job_", 12), api="open", account=acc.spec.name, tool=tool, config=dict(config),
-              media=media, created_at=now, ready_at=now + cfg.queue_delay, output_format=output_format,
-              idempotency_key=idem_key)
+    job = Job(
+        id=sim.new_id("job_", 12),
+        api="open",
+        account=acc.spec.name,
+        tool=tool,
+        config=dict(config),
+        media=media,
+        created_at=now,
+        ready_at=now + cfg.queue_delay,
+        output_format=output_format,
+        idempotency_key=idem_key,
+    )
     if media == "image":
         job.cost = image_cost(tool, config)
     if media == "video" and any(k in config for k in ("source_width", "source_height", "duration")):
-        job.config["_estimate"] = video_cost(tool, config, int(config.get("source_width", 0)),
-                                             int(config.get("source_height", 0)), float(config.get("duration", 0)))
+        job.config["_estimate"] = video_cost(
+            tool,
+            config,
+            int(config.get("source_width", 0)),
+            int(config.get("source_height", 0)),
+            float(config.get("duration", 0)),
+        )
     # Pre-flight: the estimate (a video's, when the client gave its dimensions) against the balance.
     if acc.balance + 1e-9 < max(job.cost, job.config.get("_estimate", 0)):
         return error(402, "insufficient_credits")
@@ -263,10 +334,15 @@ async def create_job(request: Request) -> Response:
 
 
 def creation_body(job: Job) -> dict[str, Any]:
-    return {"job_id": job.id, "status": job.status if job.status != "processing" else "queued",
-            "tool": job.tool, "media": job.media,
-            "credits_estimated": job.cost if job.media == "image" else job.config.get("_estimate", 0),
-            "credits_charged": 0, "created_at": iso(job.created_at)}
+    return {
+        "job_id": job.id,
+        "status": job.status if job.status != "processing" else "queued",
+        "tool": job.tool,
+        "media": job.media,
+        "credits_estimated": job.cost if job.media == "image" else job.config.get("_estimate", 0),
+        "credits_charged": 0,
+        "created_at": iso(job.created_at),
+    }
 
 
 def _set_image_source(sim: SimState, job: Job, path: Path) -> None:
@@ -294,7 +370,9 @@ async def _take_image(sim: SimState, job: Job, file: UploadFile) -> Response | N
             size += len(chunk)
             if size > sim.config.open_max_image_bytes:
                 path.unlink(missing_ok=True)
-                return error(413, "file_too_large", "Image direct upload is over 200 MB; use image_url instead.")
+                return error(
+                    413, "file_too_large", "Image direct upload is over 200 MB; use image_url instead."
+                )
             out.write(chunk)
     head = path.read_bytes()[:16]
     if processing.image_format(head) is None:
@@ -313,7 +391,9 @@ def _take_upload(sim: SimState, acc: AccountState, job: Job, upload_id: str) -> 
     with sim.lock:
         up = sim.uploads.get(upload_id)
         if up is None or up.account != acc.spec.name:
-            return error(404, "upload_not_found", "The upload_id does not exist or belongs to another account.")
+            return error(
+                404, "upload_not_found", "The upload_id does not exist or belongs to another account."
+            )
         if up.consumed_by:
             return error(409, "upload_already_consumed", "The upload_id was already used by another job.")
         if sim.clock.now() > up.expires_at:
@@ -351,8 +431,10 @@ async def _fetch_source(sim: SimState, job: Job, url: str) -> None:
     else:
         path = sim.workdir / f"in-{job.id}"
         try:
-            async with httpx.AsyncClient(timeout=30, follow_redirects=False) as client, \
-                    client.stream("GET", url) as resp:
+            async with (
+                httpx.AsyncClient(timeout=30, follow_redirects=False) as client,
+                client.stream("GET", url) as resp,
+            ):
                 resp.raise_for_status()
                 size = 0
                 with open(path, "wb") as out:
@@ -431,18 +513,15 @@ async def result_file(request: Request) -> Response:
         job = sim.jobs.get(job_id)
     if job is None or job.result is None or job.deleted:
         return Response("NoSuchKey", status_code=404)
-    truncate = bool(sim.config.faults.truncate) and _draw(sim, sim.config.faults.truncate)
+    truncate = sim.draw_fault("truncate", sim.config.faults.truncate)
     ext = job.result.suffix.lstrip(".")
-    return FileResponse(job.result, CONTENT_TYPES.get(ext, "application/octet-stream"), f"{job.id}.{ext}",
-                        truncate=truncate, chunked_truncation=truncate and sim.rng.random() < 0.5)
-
-
-def _draw(sim: SimState, p: float) -> bool:
-    with sim.lock:
-        hit = sim.rng.random() < p
-        if hit:
-            sim.faults_injected["truncate"] += 1
-        return hit
+    return FileResponse(
+        job.result,
+        CONTENT_TYPES.get(ext, "application/octet-stream"),
+        f"{job.id}.{ext}",
+        truncate=truncate,
+        chunked_truncation=truncate and sim.rng.random() < 0.5,
+    )
 
 
 async def cancel_job(request: Request) -> Response:
@@ -499,18 +578,29 @@ async def create_upload(request: Request) -> Response:
     if size is not None and (not isinstance(size, (int, float)) or size < 0):
         return error(400, "invalid_parameter", "file_size must be a number of bytes.")
     if size is not None and size > max_bytes:
-        return error(413, "file_too_large", f"file_size is over the single-upload limit of {max_bytes} bytes.")
+        return error(
+            413, "file_too_large", f"file_size is over the single-upload limit of {max_bytes} bytes."
+        )
     upload_id = sim.new_id("upl_", 12)
     expires = sim.clock.now() + sim.config.upload_ttl
     with sim.lock:
-        sim.uploads[upload_id] = Upload(upload_id, acc.spec.name, name,
-                                        body.get("content_type") or "video/mp4", max_bytes, expires,
-                                        sim.workdir / f"upload-{upload_id}")
+        sim.uploads[upload_id] = Upload(
+            upload_id,
+            acc.spec.name,
+            name,
+            body.get("content_type") or "video/mp4",
+            max_bytes,
+            expires,
+            sim.workdir / f"upload-{upload_id}",
+        )
     sig = sim.sign(f"upload/{upload_id}", int(expires))
     put_url = request.url_for("put_upload", upload_id=upload_id).include_query_params(
-        **{"X-Amz-Expires": int(expires), "X-Amz-Signature": sig})
-    return JSONResponse({"upload_id": upload_id, "put_url": str(put_url), "expires_at": iso(expires),
-                         "max_bytes": max_bytes}, status_code=201)
+        **{"X-Amz-Expires": int(expires), "X-Amz-Signature": sig}
+    )
+    return JSONResponse(
+        {"upload_id": upload_id, "put_url": str(put_url), "expires_at": iso(expires), "max_bytes": max_bytes},
+        status_code=201,
+    )
 
 
 async def put_upload(request: Request) -> Response:
@@ -523,7 +613,9 @@ async def put_upload(request: Request) -> Response:
         expires = int(request.query_params.get("X-Amz-Expires", "0"))
     except ValueError:
         expires = 0
-    if not sim.check_signature(f"upload/{upload_id}", expires, request.query_params.get("X-Amz-Signature", "")):
+    if not sim.check_signature(
+        f"upload/{upload_id}", expires, request.query_params.get("X-Amz-Signature", "")
+    ):
         return Response("SignatureDoesNotMatch", status_code=403)
     with sim.lock:
         up = sim.uploads.get(upload_id)
@@ -550,8 +642,10 @@ async def credits(request: Request) -> Response:
     acc = authenticate(request)
     if isinstance(acc, JSONResponse):
         return acc
-    return JSONResponse({"balance": round(acc.balance, 3), "used": round(acc.used, 3), "frozen": round(acc.frozen, 3)},
-                        headers=request.scope.get("sim_ratelimit"))
+    return JSONResponse(
+        {"balance": round(acc.balance, 3), "used": round(acc.used, 3), "frozen": round(acc.frozen, 3)},
+        headers=request.scope.get("sim_ratelimit"),
+    )
 
 
 routes = [

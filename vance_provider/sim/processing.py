@@ -84,8 +84,13 @@ def apply_step(img: Image.Image, op: str, params: dict[str, Any]) -> Image.Image
     raise ValueError(f"unknown operation {op!r}")
 
 
-def encode_image(img: Image.Image, fmt: str, quality: int = 90, dpi: int | None = None,
-                 bg_color: tuple[int, int, int] | None = None) -> bytes:
+def encode_image(
+    img: Image.Image,
+    fmt: str,
+    quality: int = 90,
+    dpi: int | None = None,
+    bg_color: tuple[int, int, int] | None = None,
+) -> bytes:
     """Encode to jpg / png / webp; a transparent image on jpg gets a solid background."""
     fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt.lower()]
     if bg_color is not None and img.mode == "RGBA":
@@ -135,8 +140,14 @@ def probe_video(path: Path) -> VideoInfo:
         if not duration and stream.duration and stream.time_base:
             duration = float(stream.duration * stream.time_base)
         fps = float(stream.average_rate or 25)
-        return VideoInfo(stream.codec_context.width, stream.codec_context.height, round(duration, 3),
-                         path.stat().st_size, stream.codec_context.name, fps)
+        return VideoInfo(
+            stream.codec_context.width,
+            stream.codec_context.height,
+            round(duration, 3),
+            path.stat().st_size,
+            stream.codec_context.name,
+            fps,
+        )
 
 
 def process_video(src: Path, dst: Path, tool: str, config: dict[str, Any]) -> VideoInfo:
@@ -175,7 +186,9 @@ def process_video(src: Path, dst: Path, tool: str, config: dict[str, Any]) -> Vi
     return info
 
 
-def make_test_video(path: Path, width: int = 64, height: int = 48, seconds: float = 1.0, fps: int = 10) -> Path:
+def make_test_video(
+    path: Path, width: int = 64, height: int = 48, seconds: float = 1.0, fps: int = 10
+) -> Path:
     """Write a small real H.264 MP4 (moving gradient), for tests and demos."""
     import av
 
@@ -185,7 +198,8 @@ def make_test_video(path: Path, width: int = 64, height: int = 48, seconds: floa
         stream.options = {"preset": "ultrafast"}
         for i in range(int(seconds * fps)):
             img = Image.linear_gradient("L").resize((width, height)).rotate(i * 10)
-            img = Image.merge("RGB", (img, ImageOps.invert(img), img.point(lambda v: (v + i * 20) % 256)))
+            shift = i * 20
+            img = Image.merge("RGB", (img, ImageOps.invert(img), img.point(lambda v, s=shift: (v + s) % 256)))
             for packet in stream.encode(av.VideoFrame.from_image(img)):
                 out.mux(packet)
         for packet in stream.encode():

@@ -173,7 +173,7 @@ class SimState:
     # --- identity -------------------------------------------------------------
     def new_id(self, prefix: str = "", nbytes: int = 16) -> str:
         with self.lock:
-            return prefix + "%0*x" % (nbytes * 2, self._ids.getrandbits(nbytes * 8))
+            return prefix + f"{self._ids.getrandbits(nbytes * 8):0{nbytes * 2}x}"
 
     def account_for_web_token(self, token: str) -> AccountState | None:
         for acc in self.accounts.values():
@@ -197,6 +197,16 @@ class SimState:
                     acc.spec.revoked_keys.append(key)
                 if key in acc.spec.web_tokens:
                     acc.spec.web_tokens.remove(key)
+
+    def draw_fault(self, kind: str, probability: float) -> bool:
+        """One seeded draw: does the fault ``kind`` happen now? Counted when it does."""
+        if not probability:
+            return False
+        with self.lock:
+            hit = self.rng.random() < probability
+            if hit:
+                self.faults_injected[kind] += 1
+            return hit
 
     # --- signing ----------------------------------------------------------------
     def sign(self, what: str, expires: int) -> str:
@@ -223,13 +233,21 @@ class SimState:
     # --- credits ------------------------------------------------------------------
     def _record(self, job: Job, kind: str, amount: float) -> None:
         acc = self.accounts[job.account]
-        self.ledger.append(LedgerEntry(self.clock.now(), job.account, job.api, job.id, job.tool, kind,
-                                       round(amount, 6), acc.balance))
+        self.ledger.append(
+            LedgerEntry(
+                self.clock.now(), job.account, job.api, job.id, job.tool, kind, round(amount, 6), acc.balance
+            )
+        )
 
     def in_flight(self, account: str, media: str) -> int:
-        return sum(1 for j in self.jobs.values()
-                   if j.account == account and j.media == media and j.status in {"queued", "processing"}
-                   and not j.deleted)
+        return sum(
+            1
+            for j in self.jobs.values()
+            if j.account == account
+            and j.media == media
+            and j.status in {"queued", "processing"}
+            and not j.deleted
+        )
 
     # --- scheduler ------------------------------------------------------------------
     def add_job(self, job: Job) -> Job:
@@ -260,14 +278,22 @@ class SimState:
 
     def _start(self, job: Job, now: float) -> None:
         acc = self.accounts[job.account]
-        if job.planned_failure in {"upload_incomplete", "ssrf_blocked", "unsupported_format", "file_too_large"}:
+        if job.planned_failure in {
+            "upload_incomplete",
+            "ssrf_blocked",
+            "unsupported_format",
+            "file_too_large",
+        }:
             self._fail(job, job.planned_failure, "The source could not be used.")
             return
         if job.media == "video" and job.out_dims:
             long_side, short_side = max(job.out_dims), min(job.out_dims)
             if long_side > 4096 or short_side > 2160:
-                self._fail(job, "resolution_limit_exceeded",
-                           "Output resolution exceeds the engine limit (long side 4096, short side 2160).")
+                self._fail(
+                    job,
+                    "resolution_limit_exceeded",
+                    "Output resolution exceeds the engine limit (long side 4096, short side 2160).",
+                )
                 return
         if job.api == "open":
             if acc.balance + 1e-9 < job.cost:
@@ -300,20 +326,30 @@ class SimState:
     def due_for_finish(self) -> list[Job]:
         """Jobs whose processing time is over; the caller renders them outside the lock."""
         now = self.clock.now()
-        due = [j for j in self.jobs.values()
-               if j.status == "processing" and not j.finalizing and j.finish_at is not None and now >= j.finish_at]
+        due = [
+            j
+            for j in self.jobs.values()
+            if j.status == "processing"
+            and not j.finalizing
+            and j.finish_at is not None
+            and now >= j.finish_at
+        ]
         for j in due:
             j.finalizing = True
         return due
 
-    def complete(self, job: Job, result: Path | None, info: dict[str, Any] | None,
-                 error: tuple[str, str] | None) -> None:
+    def complete(
+        self, job: Job, result: Path | None, info: dict[str, Any] | None, error: tuple[str, str] | None
+    ) -> None:
         with self.lock:
             job.finalizing = False
             if job.status != "processing":  # canceled meanwhile
                 return
             if error or job.planned_failure:
-                code, msg = error or (job.planned_failure or "processing_failed", "The engine could not complete the task.")
+                code, msg = error or (
+                    job.planned_failure or "processing_failed",
+                    "The engine could not complete the task.",
+                )
                 self._fail(job, code, msg)
                 return
             acc = self.accounts[job.account]
@@ -342,7 +378,11 @@ class SimState:
     # --- introspection for tests ----------------------------------------------------
     def charges(self, job_id: str | None = None) -> list[LedgerEntry]:
         with self.lock:
-            return [e for e in self.ledger if e.kind in {"confirm", "charge"} and (job_id is None or e.job_id == job_id)]
+            return [
+                e
+                for e in self.ledger
+                if e.kind in {"confirm", "charge"} and (job_id is None or e.job_id == job_id)
+            ]
 
     def double_charges(self) -> list[str]:
         """Jobs charged more than once (must always be empty)."""

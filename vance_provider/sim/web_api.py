@@ -26,12 +26,31 @@ from . import processing
 from .common import CONTENT_TYPES, FileResponse, form_or_query, record_of, state_of
 from .state import AccountState, Job, WebUpload
 
-MODULES = {"enlarge3", "enlarge", "denoise", "sharpen3", "matting", "chainner", "real_esrgan",
-           "crease_repair", "img2sr", "cartoonize", "img2anime", "animegan2", "sd_recolor",
-           "deoldify2", "CodeFormer"}
+MODULES = {
+    "enlarge3",
+    "enlarge",
+    "denoise",
+    "sharpen3",
+    "matting",
+    "chainner",
+    "real_esrgan",
+    "crease_repair",
+    "img2sr",
+    "cartoonize",
+    "img2anime",
+    "animegan2",
+    "sd_recolor",
+    "deoldify2",
+    "CodeFormer",
+}
 LAST_ONLY = {"enlarge3", "enlarge", "matting"}
-STATUS = {"queued": "waiting", "processing": "process", "succeeded": "finish", "failed": "fatal",
-          "canceled": "fatal"}
+STATUS = {
+    "queued": "waiting",
+    "processing": "process",
+    "succeeded": "finish",
+    "failed": "fatal",
+    "canceled": "fatal",
+}
 MAX_OUTPUT_SIDE = 16384
 
 
@@ -76,12 +95,18 @@ def parse_jconfig(raw: str) -> dict[str, Any] | JSONResponse:
                 return err(10013, "jparam parse error")
             steps[i] = step = step["config"]
         if not isinstance(step, dict) or step.get("module") not in MODULES:
-            return err(10001, f"Illegal Parameter: unknown module {step.get('module') if isinstance(step, dict) else step!r}")
+            return err(
+                10001,
+                f"Illegal Parameter: unknown module {step.get('module') if isinstance(step, dict) else step!r}",
+            )
         problem = check_step(step)
         if problem:
             return err(10001, f"Illegal Parameter: {problem}")
         if step["module"] in LAST_ONLY and i != len(steps) - 1:
-            return err(10001, "Illegal Parameter: Enlarge and Background remove can only be the last step of workflow")
+            return err(
+                10001,
+                "Illegal Parameter: Enlarge and Background remove can only be the last step of workflow",
+            )
     return {"name": jconfig.get("name") or jconfig.get("job") or steps[0]["module"], "config": steps}
 
 
@@ -107,20 +132,28 @@ def check_step(step: dict[str, Any]) -> str | None:
             return "a 4x model takes scale 4, 6 or 8"
         return _in(p, "suppress_noise", 0, 100) or _in(p, "remove_blur", 0, 100)
     if m in {"chainner", "real_esrgan", "enlarge"}:
-        allowed = {"chainner": {"2x", "4x", "8x"}, "real_esrgan": {"1x", "2x", "4x", "6x", "8x"},
-                   "enlarge": {"2x", "4x", "6x", "8x"}}[m]
+        allowed = {
+            "chainner": {"2x", "4x", "8x"},
+            "real_esrgan": {"1x", "2x", "4x", "6x", "8x"},
+            "enlarge": {"2x", "4x", "6x", "8x"},
+        }[m]
         return None if p.get("scale", "2x") in allowed else f"scale must be one of {sorted(allowed)}"
     if m == "denoise":
         return _in(p, "remove_noise", 0, 100) or _in(p, "sharpen", 0, 100)
     if m == "sharpen3":
-        return _in(p, "remove_blur", 0, 1) or _in(p, "suppress_noise", 0, 1) or _in(p, "remove_artifacts", 0, 1)
+        return (
+            _in(p, "remove_blur", 0, 1) or _in(p, "suppress_noise", 0, 1) or _in(p, "remove_artifacts", 0, 1)
+        )
     if m == "img2sr":
         return _in(p, "strength", 0.8, 1.0)
     if m == "deoldify2":
         return _in(p, "render_factor", 10, 70)
     if m == "img2anime":
-        return (_in(p, "style_strength", 0, 12) or _in(p, "control_mode", 0, 2)
-                or _in(p, "denoising_strength", 0, 1))
+        return (
+            _in(p, "style_strength", 0, 12)
+            or _in(p, "control_mode", 0, 2)
+            or _in(p, "denoising_strength", 0, 1)
+        )
     return None
 
 
@@ -202,12 +235,22 @@ async def transform(request: Request) -> Response:
         return err(10012, "Job exceeds limitation")
     now = sim.clock.now()
     cfg = sim.config
-    job = Job(id=sim.new_id(), api="web", account=acc.spec.name, tool=jconfig["name"], config=jconfig,
-              media="image", created_at=now, ready_at=now + cfg.queue_delay, source=up.path,
-              source_name=up.name, source_sha256=hashlib.sha256(up.path.read_bytes()).hexdigest(),
-              cost=2.0 if any(s["module"] == "sharpen3" for s in jconfig["config"]) else 1.0,
-              processing_time=cfg.time_per_job + cfg.time_per_megapixel * up.width * up.height / 1e6,
-              webhook=str(webhook) if webhook else None)
+    job = Job(
+        id=sim.new_id(),
+        api="web",
+        account=acc.spec.name,
+        tool=jconfig["name"],
+        config=jconfig,
+        media="image",
+        created_at=now,
+        ready_at=now + cfg.queue_delay,
+        source=up.path,
+        source_name=up.name,
+        source_sha256=hashlib.sha256(up.path.read_bytes()).hexdigest(),
+        cost=2.0 if any(s["module"] == "sharpen3" for s in jconfig["config"]) else 1.0,
+        processing_time=cfg.time_per_job + cfg.time_per_megapixel * up.width * up.height / 1e6,
+        webhook=str(webhook) if webhook else None,
+    )
     sim.add_job(job)
     with sim.lock:
         sim._record(job, "job", 0.0)
@@ -268,18 +311,15 @@ async def download(request: Request) -> Response:
         return err(10011, "Invalid download link")
     if not sim.charge_download(job):
         return err(30004, "Insufficient credits")
-    truncate = bool(sim.config.faults.truncate) and _draw(sim, sim.config.faults.truncate, "truncate")
+    truncate = sim.draw_fault("truncate", sim.config.faults.truncate)
     stem = job.source_name.rsplit(".", 1)[0]
-    return FileResponse(job.result, CONTENT_TYPES[job.output_format], f"{job.tool}_{stem}.{job.output_format}",
-                        truncate=truncate, chunked_truncation=truncate and sim.rng.random() < 0.5)
-
-
-def _draw(sim: Any, p: float, kind: str) -> bool:
-    with sim.lock:
-        hit = sim.rng.random() < p
-        if hit:
-            sim.faults_injected[kind] += 1
-        return hit
+    return FileResponse(
+        job.result,
+        CONTENT_TYPES[job.output_format],
+        f"{job.tool}_{stem}.{job.output_format}",
+        truncate=truncate,
+        chunked_truncation=truncate and sim.rng.random() < 0.5,
+    )
 
 
 def fmt3(v: float) -> str:
@@ -287,6 +327,8 @@ def fmt3(v: float) -> str:
 
 
 async def point(request: Request) -> Response:
+    if request.method == "POST" and state_of(request).config.web_point_get_only:
+        return Response("Method Not Allowed", status_code=405)
     fields = await form_or_query(request)
     acc = authenticate(request, fields)
     if isinstance(acc, JSONResponse):
@@ -306,22 +348,38 @@ async def points_record(request: Request) -> Response:
     except ValueError:
         return err(10001, "Illegal Parameter")
     with sim.lock:
-        entries = [e for e in sim.ledger if e.account == acc.spec.name and e.api == "web"
-                   and e.kind in {"job", "charge"}]
+        entries = [
+            e
+            for e in sim.ledger
+            if e.account == acc.spec.name and e.api == "web" and e.kind in {"job", "charge"}
+        ]
         jobs = {e.job_id: sim.jobs.get(e.job_id) for e in entries}
     entries.reverse()  # newest first
     total = len(entries)
     rows = []
-    for e in entries[(page - 1) * limit: page * limit]:
+    for e in entries[(page - 1) * limit : page * limit]:
         job = jobs[e.job_id]
         module = job.config["config"][0]["module"] if job else e.tool
         name = job.source_name if job else "image"
-        rows.append({"point_type": "download" if e.kind == "charge" else "job", "job": module,
-                     "info": f"{module}_{name}.{job.output_format if job else 'jpg'}",
-                     "point": fmt3(e.amount), "balance": fmt3(e.balance),
-                     "created_at": dt.datetime.fromtimestamp(e.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")})
-    return ok({"datas": rows, "current_page": page, "last_page": max(1, math.ceil(total / limit)),
-               "per_page": limit, "total": total})
+        rows.append(
+            {
+                "point_type": "download" if e.kind == "charge" else "job",
+                "job": module,
+                "info": f"{module}_{name}.{job.output_format if job else 'jpg'}",
+                "point": fmt3(e.amount),
+                "balance": fmt3(e.balance),
+                "created_at": dt.datetime.fromtimestamp(e.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            }
+        )
+    return ok(
+        {
+            "datas": rows,
+            "current_page": page,
+            "last_page": max(1, math.ceil(total / limit)),
+            "per_page": limit,
+            "total": total,
+        }
+    )
 
 
 routes = [

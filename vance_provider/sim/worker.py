@@ -23,8 +23,13 @@ def render(job: Job, out_dir: Path) -> tuple[Path, dict[str, Any]]:
     if job.media == "video":
         dst = out_dir / f"{job.id}.mp4"
         info = processing.process_video(job.source, dst, job.tool, job.config or {})
-        return dst, {"width": info.width, "height": info.height, "duration": info.duration,
-                     "size": info.size, "codec": "h265" if "265" in info.codec or info.codec == "hevc" else "h264"}
+        return dst, {
+            "width": info.width,
+            "height": info.height,
+            "duration": info.duration,
+            "size": info.size,
+            "codec": "h265" if "265" in info.codec or info.codec == "hevc" else "h264",
+        }
     with Image.open(job.source) as src:
         src.load()
         img: Image.Image = src
@@ -42,8 +47,12 @@ def render(job: Job, out_dir: Path) -> tuple[Path, dict[str, Any]]:
             fmt = out.get("format") or ("png" if img.mode == "RGBA" else "jpg")
             bg = (out.get("bg_composed") or {}).get("bg_color")
             data = processing.encode_image(
-                img, fmt, quality=int((out.get("compress") or {}).get("quality", 90)),
-                dpi=out.get("dpi"), bg_color=(bg["r"], bg["g"], bg["b"]) if bg else None)
+                img,
+                fmt,
+                quality=int((out.get("compress") or {}).get("quality", 90)),
+                dpi=out.get("dpi"),
+                bg_color=(bg["r"], bg["g"], bg["b"]) if bg else None,
+            )
             job.output_format = fmt
     dst = out_dir / f"{job.id}.{job.output_format if job.api == 'web' else fmt}"
     dst.write_bytes(data)

@@ -56,9 +56,18 @@ class Backend:
     api: ApiName
     default_base_url: str
 
-    def __init__(self, token: Secret, *, base_url: str | None, timeout: httpx.Timeout, retry: RetryPolicy,
-                 max_connections: int, transport: httpx.AsyncBaseTransport | None, caller: str,
-                 storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        token: Secret,
+        *,
+        base_url: str | None,
+        timeout: httpx.Timeout,
+        retry: RetryPolicy,
+        max_connections: int,
+        transport: httpx.AsyncBaseTransport | None,
+        caller: str,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         self.token = token
         self.base_url = (base_url or self.default_base_url).rstrip("/")
         self.retry = retry
@@ -66,9 +75,12 @@ class Backend:
         self.calls: Counter[str] = Counter()
         self.storage_options = storage_options
         self.http = httpx.AsyncClient(
-            timeout=timeout, transport=transport, follow_redirects=False,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"User-Agent": f"vance-pipelines/{__version__} caller/{caller}"})
+            headers={"User-Agent": f"vance-pipelines/{__version__} caller/{caller}"},
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -89,7 +101,9 @@ class Backend:
                 except httpx.TimeoutException as exc:
                     raise TransportError(f"{self.api} API {name}: timed out ({type(exc).__name__})") from None
                 except httpx.TransportError as exc:
-                    raise TransportError(f"{self.api} API {name}: connection failed ({type(exc).__name__})") from None
+                    raise TransportError(
+                        f"{self.api} API {name}: connection failed ({type(exc).__name__})"
+                    ) from None
                 self.gate.observe(response.headers)
                 error = self.map_error(name, response)
                 if error is not None:
@@ -109,18 +123,32 @@ class Backend:
     def clean(text: Any) -> str:
         return redact(str(text))
 
+    def options(self, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Per-call storage options (a batch's), else the client's."""
+        return storage_options if storage_options is not None else self.storage_options
+
     @contextlib.asynccontextmanager
-    async def open_source(self, url: str) -> AsyncIterator[Any]:
+    async def open_source(
+        self, url: str, storage_options: dict[str, Any] | None = None
+    ) -> AsyncIterator[Any]:
         """A seekable file object over any fsspec URL, opened fresh for each attempt."""
-        fh = await asyncio.to_thread(lambda: fsspec.open(url, "rb", **(self.storage_options or {})).open())
+        so = self.options(storage_options)
+        fh = await asyncio.to_thread(lambda: fsspec.open(url, "rb", **(so or {})).open())
         try:
             yield fh
         finally:
             await asyncio.to_thread(fh.close)
 
     # --- streaming a result to storage ------------------------------------------------------
-    async def stream_to(self, name: str, request: Callable[[], Any], dest: str,
-                        expected_size: int | None, ext_for: Callable[[httpx.Response], str]) -> str:
+    async def stream_to(
+        self,
+        name: str,
+        request: Callable[[], Any],
+        dest: str,
+        expected_size: int | None,
+        ext_for: Callable[[httpx.Response], str],
+        storage_options: dict[str, Any] | None = None,
+    ) -> str:
         """Stream a download into ``dest`` atomically; retry when it is cut short."""
         async for attempt in retrying(self.retry):
             with attempt:
@@ -128,14 +156,16 @@ class Backend:
                 self.calls[name] += 1
                 try:
                     async with request() as response:
-                        if response.status_code != 200 or \
-                                response.headers.get("content-type", "").startswith("application/json"):
+                        if response.status_code != 200 or response.headers.get("content-type", "").startswith(
+                            "application/json"
+                        ):
                             await response.aread()  # an error body, small
                             raise self.map_error(name, response) or ServerError(
                                 f"{self.api} API {name}: unexpected HTTP {response.status_code} for a download",
-                                status_code=response.status_code)
+                                status_code=response.status_code,
+                            )
                         final = dest if _has_media_ext(dest) else f"{dest}.{ext_for(response)}"
-                        writer = AtomicWriter(final, self.storage_options)
+                        writer = AtomicWriter(final, self.options(storage_options))
                         await asyncio.to_thread(writer.open)
                         try:
                             async for chunk in response.aiter_bytes(1 << 20):
@@ -143,8 +173,9 @@ class Backend:
                             declared = response.headers.get("content-length")
                             size = int(declared) if declared else expected_size
                             if expected_size is not None and size is not None and size != expected_size:
-                                raise TruncatedDownloadError(f"{name}: server sent {size} bytes, job reported "
-                                                             f"{expected_size}")
+                                raise TruncatedDownloadError(
+                                    f"{name}: server sent {size} bytes, job reported {expected_size}"
+                                )
                             return await asyncio.to_thread(writer.commit, size)
                         except BaseException:
                             await asyncio.to_thread(writer.abort)
@@ -153,17 +184,25 @@ class Backend:
                     raise TransportError(f"{self.api} API {name}: download timed out") from None
                 except httpx.TransportError as exc:
                     raise TruncatedDownloadError(
-                        f"{self.api} API {name}: connection lost during download ({type(exc).__name__})") from None
+                        f"{self.api} API {name}: connection lost during download ({type(exc).__name__})"
+                    ) from None
         raise AssertionError("unreachable")
 
     # --- the verbs ----------------------------------------------------------------------------
-    async def submit(self, source: str, size: int, call: Any, idempotency_key: str | None) -> Job:
+    async def submit(
+        self,
+        source: str,
+        size: int,
+        call: Any,
+        idempotency_key: str | None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> Job:
         raise NotImplementedError
 
     async def get_job(self, job_id: str) -> Job:
         raise NotImplementedError
 
-    async def download(self, job: Job, dest: str) -> str:
+    async def download(self, job: Job, dest: str, storage_options: dict[str, Any] | None = None) -> str:
         raise NotImplementedError
 
     async def cancel(self, job_id: str) -> Job:
@@ -176,7 +215,13 @@ class Backend:
         raise NotImplementedError
 
 
-EXT_BY_TYPE = {"image/jpeg": "jpg", "image/jpg": "jpg", "image/png": "png", "image/webp": "webp", "video/mp4": "mp4"}
+EXT_BY_TYPE = {
+    "image/jpeg": "jpg",
+    "image/jpg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "video/mp4": "mp4",
+}
 MEDIA_EXTS = {"jpg", "jpeg", "png", "webp", "mp4", "mov"}
 
 

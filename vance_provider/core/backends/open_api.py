@@ -31,15 +31,25 @@ from ..tools import ToolCall
 from .base import Backend, ext_from_response
 
 BY_CODE: dict[str, type[APIError]] = {
-    "invalid_api_key": AuthenticationError, "unauthorized": AuthenticationError,
-    "geo_restricted": AuthenticationError, "insufficient_credits": InsufficientCreditsError,
-    "invalid_parameter": InvalidRequestError, "unsupported_tool": InvalidRequestError,
-    "file_too_large": InvalidRequestError, "unsupported_format": InvalidRequestError,
-    "job_not_found": NotFoundError, "upload_not_found": NotFoundError, "not_cancelable": ConflictError,
-    "idempotency_conflict": ConflictError, "upload_already_consumed": ConflictError,
-    "upload_expired": UploadExpiredError, "result_not_ready": ResultNotReadyError,
-    "rate_limited": RateLimitedError, "concurrency_limit_exceeded": ConcurrencyLimitedError,
-    "service_unavailable": ServerError, "internal_error": ServerError,
+    "invalid_api_key": AuthenticationError,
+    "unauthorized": AuthenticationError,
+    "geo_restricted": AuthenticationError,
+    "insufficient_credits": InsufficientCreditsError,
+    "invalid_parameter": InvalidRequestError,
+    "unsupported_tool": InvalidRequestError,
+    "file_too_large": InvalidRequestError,
+    "unsupported_format": InvalidRequestError,
+    "job_not_found": NotFoundError,
+    "upload_not_found": NotFoundError,
+    "not_cancelable": ConflictError,
+    "idempotency_conflict": ConflictError,
+    "upload_already_consumed": ConflictError,
+    "upload_expired": UploadExpiredError,
+    "result_not_ready": ResultNotReadyError,
+    "rate_limited": RateLimitedError,
+    "concurrency_limit_exceeded": ConcurrencyLimitedError,
+    "service_unavailable": ServerError,
+    "internal_error": ServerError,
 }
 HINTS = {
     AuthenticationError: "check the sk_live_ key of the connection; revoked keys stay invalid",
@@ -69,11 +79,23 @@ class OpenApiBackend(Backend):
         code = str(err.get("code") or "")
         if status == 202 and code != "result_not_ready":
             return None  # 202 Accepted on job creation
-        cls = BY_CODE.get(code) or (ServerError if status >= 500 else RateLimitedError if status == 429
-                                    else AuthenticationError if status == 401 else APIError)
+        cls = BY_CODE.get(code) or (
+            ServerError
+            if status >= 500
+            else RateLimitedError
+            if status == 429
+            else AuthenticationError
+            if status == 401
+            else APIError
+        )
         message = self.clean(err.get("message") or f"HTTP {status}")
-        return cls(f"Open API {name}: {message} ({code or status})", code=code or status, status_code=status,
-                   retry_after=self.retry_after(response), hint=HINTS.get(cls))
+        return cls(
+            f"Open API {name}: {message} ({code or status})",
+            code=code or status,
+            status_code=status,
+            retry_after=self.retry_after(response),
+            hint=HINTS.get(cls),
+        )
 
     async def _json(self, name: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         url = f"{self.base_url}{path}"
@@ -83,43 +105,76 @@ class OpenApiBackend(Backend):
     def _job(self, data: dict[str, Any]) -> Job:
         result = data.get("result") or {}
         error = data.get("error") or {}
-        return Job(id=data["job_id"], api="open", tool=str(data.get("tool") or ""),
-                   status=JobStatus(data.get("status", "queued")), raw_status=str(data.get("status")),
-                   media=data.get("media") or "image", phase=data.get("phase"), progress=data.get("progress"),
-                   error_code=error.get("code"), error_message=error.get("message"),
-                   width=result.get("width"), height=result.get("height"), size=result.get("size"),
-                   duration=result.get("duration"), codec=result.get("codec"),
-                   credits_estimated=data.get("credits_estimated"), credits_charged=data.get("credits_charged"),
-                   raw={k: v for k, v in data.items() if k != "result_url"})
+        return Job(
+            id=data["job_id"],
+            api="open",
+            tool=str(data.get("tool") or ""),
+            status=JobStatus(data.get("status", "queued")),
+            raw_status=str(data.get("status")),
+            media=data.get("media") or "image",
+            phase=data.get("phase"),
+            progress=data.get("progress"),
+            error_code=error.get("code"),
+            error_message=error.get("message"),
+            width=result.get("width"),
+            height=result.get("height"),
+            size=result.get("size"),
+            duration=result.get("duration"),
+            codec=result.get("codec"),
+            credits_estimated=data.get("credits_estimated"),
+            credits_charged=data.get("credits_charged"),
+            raw={k: v for k, v in data.items() if k != "result_url"},
+        )
 
-    async def submit(self, source: str, size: int, call: ToolCall, idempotency_key: str | None) -> Job:
+    async def submit(
+        self,
+        source: str,
+        size: int,
+        call: ToolCall,
+        idempotency_key: str | None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> Job:
         headers = {**self._auth, **({"Idempotency-Key": idempotency_key} if idempotency_key else {})}
         url = f"{self.base_url}/jobs"
         if call.media == "video":
-            upload_id = await self._upload_video(source, size)
+            upload_id = await self._upload_video(source, size, storage_options)
             body = {"upload_id": upload_id, "tool": call.open_tool, "config": call.open_config or {}}
             response = await self.call("create_job", lambda: self.http.post(url, json=body, headers=headers))
             return self._job(response.json())
         name = source.rsplit("/", 1)[-1]
-        form = {"tool": call.open_tool or "", "config": json.dumps(call.open_config or {}),
-                "output_format": call.output_format or "jpg"}
+        form = {
+            "tool": call.open_tool or "",
+            "config": json.dumps(call.open_config or {}),
+            "output_format": call.output_format or "jpg",
+        }
 
         async def send() -> httpx.Response:
-            async with self.open_source(source) as fh:
+            async with self.open_source(source, storage_options) as fh:
                 return await self.http.post(url, data=form, files={"image": (name, fh)}, headers=headers)
 
         return self._job((await self.call("create_job", send)).json())
 
-    async def _upload_video(self, source: str, size: int) -> str:
+    async def _upload_video(
+        self, source: str, size: int, storage_options: dict[str, Any] | None = None
+    ) -> str:
         """POST /uploads, then one raw PUT of the bytes to ``put_url`` (no auth header)."""
         name = source.rsplit("/", 1)[-1]
-        ticket = await self._json("create_upload", "POST", "/uploads", json={"file_name": name, "file_size": size})
+        ticket = await self._json(
+            "create_upload", "POST", "/uploads", json={"file_name": name, "file_size": size}
+        )
         if size > int(ticket.get("max_bytes") or size):
-            raise InvalidRequestError(f"{name}: {size} bytes is over the upload limit of {ticket['max_bytes']}")
+            raise InvalidRequestError(
+                f"{name}: {size} bytes is over the upload limit of {ticket['max_bytes']}"
+            )
         put_url = ticket["put_url"]
-        await self.call("put_upload", lambda: self.http.put(
-            put_url, content=iter_file(source, self.storage_options),
-            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"}))
+        await self.call(
+            "put_upload",
+            lambda: self.http.put(
+                put_url,
+                content=iter_file(source, self.options(storage_options)),
+                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            ),
+        )
         return str(ticket["upload_id"])
 
     async def get_job(self, job_id: str) -> Job:
@@ -134,7 +189,7 @@ class OpenApiBackend(Backend):
             raise ServerError(f"Open API result: expected a redirect, got HTTP {response.status_code}")
         return location
 
-    async def download(self, job: Job, dest: str) -> str:
+    async def download(self, job: Job, dest: str, storage_options: dict[str, Any] | None = None) -> str:
         if job.size is None:  # the size verifies the download; a job built by hand may lack it
             job = await self.get_job(job.id)
         for attempt in range(2):
@@ -142,8 +197,13 @@ class OpenApiBackend(Backend):
             try:
                 # Follow the redirect ourselves, WITHOUT the Authorization header (another host).
                 return await self.stream_to(
-                    "result_file", lambda: self.http.stream("GET", location), dest, job.size,
-                    lambda r: ext_from_response(r, "mp4" if job.media == "video" else "jpg"))
+                    "result_file",
+                    lambda url=location: self.http.stream("GET", url),
+                    dest,
+                    job.size,
+                    lambda r: ext_from_response(r, "mp4" if job.media == "video" else "jpg"),
+                    storage_options,
+                )
             except APIError as exc:
                 if exc.status_code != 403 or attempt:
                     raise  # 403: the signed URL expired meanwhile; ask for a fresh one once
@@ -158,5 +218,8 @@ class OpenApiBackend(Backend):
 
     async def balance(self) -> Balance:
         data = await self._json("credits", "GET", "/credits")
-        return Balance(available=float(data["balance"]), used=float(data.get("used", 0)),
-                       frozen=float(data.get("frozen", 0)))
+        return Balance(
+            available=float(data["balance"]),
+            used=float(data.get("used", 0)),
+            frozen=float(data.get("frozen", 0)),
+        )
