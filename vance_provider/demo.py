@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,9 @@ def step_core(sim: SimulatorServer, inputs: Path, out: Path) -> list[dict[str, A
         (DEMO_OPEN_KEY, "video_upscaled", "video_upscale", {"scale": 2}, "*.mp4"),
     ):
         with VanceClient(token, base_url=sim.base_url) as client:
-            r = client.run_batch(BatchSpec(str(inputs / pattern), str(out / name), tool, config,
-                                           poll_interval=0.3))
+            r = client.run_batch(
+                BatchSpec(str(inputs / pattern), str(out / name), tool, config, poll_interval=0.3)
+            )
         rows.append({"face": "core", "dataset": name, "api": client.api, **r.summary()})
     return rows
 
@@ -54,7 +56,9 @@ def _steps() -> list[tuple[str, Step]]:
 
         steps += [("Dagster", step_dagster), ("Airflow", step_airflow)]
     except ImportError as exc:
-        console.print(f"[yellow]Airflow/Dagster demo steps unavailable ({exc}); using the core engine[/yellow]")
+        console.print(
+            f"[yellow]Airflow/Dagster demo steps unavailable ({exc}); using the core engine[/yellow]"
+        )
         steps.append(("core", step_core))
     return steps
 
@@ -78,12 +82,15 @@ def main() -> None:
             console.print(f"[bold]{label}[/bold]: running…")
             new = step(sim, inputs, out)
             rows += new
-            console.print(f"[bold]{label}[/bold]: {sum(r['done'] for r in new)} outputs in {time.monotonic() - t0:.1f}s")
+            console.print(
+                f"[bold]{label}[/bold]: {sum(r['done'] for r in new)} outputs in {time.monotonic() - t0:.1f}s"
+            )
         # Usage: the web API's own history plus the Open API charges recorded in the manifests.
         with VanceClient(DEMO_WEB_TOKEN, base_url=sim.base_url) as web:
             records = list(web.usage())
-        records += records_from_manifests(str(p) for p in out.rglob("_vance_manifest.json")
-                                          if _api_of(p) == "open")
+        records += records_from_manifests(
+            str(p) for p in out.rglob("_vance_manifest.json") if _api_of(p) == "open"
+        )
         df = usage_frame(records)
         ledger_total = sum(e.amount for e in sim.state.charges())
         double = sim.state.double_charges()
@@ -91,7 +98,10 @@ def main() -> None:
     chart = credits_chart(df, out / "credits_per_tool.png")
     pairs = _pairs(inputs, out)
     sheet = contact_sheet(pairs, out / "contact_sheet.png")
-    _print_summary(rows, df, ledger_total, double, [report, str(chart), str(sheet)], time.monotonic() - started)
+    folders = sorted(f"{p}/" for p in out.iterdir() if p.is_dir())  # inputs, outputs of each step, logs
+    _print_summary(
+        rows, df, ledger_total, double, [report, str(chart), str(sheet), *folders], time.monotonic() - started
+    )
 
 
 def _api_of(manifest: Path) -> str:
@@ -101,27 +111,56 @@ def _api_of(manifest: Path) -> str:
 
 
 def _pairs(inputs: Path, out: Path) -> list[tuple[Path, Path]]:
-    """Before/after pairs for every input image that has an output somewhere under ``out``."""
-    outputs = {}
+    """Before/after pairs: every input that has an output somewhere under ``out``, once each.
+
+    Where an input went through several tools, the pair shows the rarest one (the folder with the
+    fewest outputs), so that every tool of the demo appears; pairs are grouped by output folder.
+    """
+    outputs: dict[str, list[Path]] = {}
     for p in sorted(out.rglob("*")):
-        if p.is_file() and p.suffix in (".jpg", ".png", ".webp") and inputs not in p.parents and \
-                not p.name.startswith(("contact_sheet", "credits_per_tool")):
-            outputs.setdefault(p.stem, p)
-    return [(src, outputs[src.stem]) for src in sorted(inputs.iterdir()) if src.stem in outputs][:12]
+        if (
+            p.is_file()
+            and p.suffix in (".jpg", ".png", ".webp", ".mp4")
+            and p.parent != out
+            and inputs not in p.parents
+        ):
+            outputs.setdefault(p.stem, []).append(p)
+    per_folder = Counter(p.parent for found in outputs.values() for p in found)
+    pairs = [
+        (src, min(outputs[src.stem], key=lambda p: (per_folder[p.parent], str(p))))
+        for src in sorted(inputs.iterdir())
+        if src.stem in outputs
+    ]
+    return sorted(pairs, key=lambda pair: (pair[1].parent.name, pair[0].name))[:16]
 
 
-def _print_summary(rows: list[dict[str, Any]], df: Any, ledger_total: float, double: list[str],
-                   files: list[str], elapsed: float) -> None:
+def _print_summary(
+    rows: list[dict[str, Any]],
+    df: Any,
+    ledger_total: float,
+    double: list[str],
+    files: list[str],
+    elapsed: float,
+) -> None:
     table = Table(title="VanceAI demo summary")
     for col in ("face", "dataset", "api", "done", "failed", "skipped", "credits"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["face"], r["dataset"], r["api"], str(r["done"]), str(r["failed"]), str(r["skipped"]),
-                      f"{r['credits_spent']:g}")
+        table.add_row(
+            r["face"],
+            r["dataset"],
+            r["api"],
+            str(r["done"]),
+            str(r["failed"]),
+            str(r["skipped"]),
+            f"{r['credits_spent']:g}",
+        )
     console.print(table)
     reported = float(df["credits"].sum())
-    console.print(f"credits in the usage report: {reported:g}; charged by the simulator's ledger: {ledger_total:g}; "
-                  f"double charges: {len(double)}")
+    console.print(
+        f"credits in the usage report: {reported:g}; charged by the simulator's ledger: {ledger_total:g}; "
+        f"double charges: {len(double)}"
+    )
     console.print("files:")
     for f in files:
         console.print(f"  {f}")

@@ -19,21 +19,36 @@ def _landscape(w: int, h: int, seed: int) -> Image.Image:
     d.ellipse((w * 0.7, h * 0.1, w * 0.85, h * 0.1 + w * 0.15), fill=(255, 220, 120))
     for i in range(3):  # hills
         base = h * (0.55 + 0.12 * i)
-        pts = [(0, h)] + [(x, base - 25 * math.sin(x / (40 + 20 * i) + seed + i) - rnd.random() * 6)
-                          for x in range(0, w + 8, 8)] + [(w, h)]
+        pts = (
+            [(0, h)]
+            + [
+                (x, base - 25 * math.sin(x / (40 + 20 * i) + seed + i) - rnd.random() * 6)
+                for x in range(0, w + 8, 8)
+            ]
+            + [(w, h)]
+        )
         d.polygon(pts, fill=(40 + 30 * i, 110 - 20 * i, 50 + 10 * i))
     return img
 
 
 def _face(w: int, h: int) -> Image.Image:
-    img = Image.new("RGB", (w, h), (235, 225, 210))
+    img = Image.new("RGB", (w, h), (90, 130, 170))  # a studio backdrop, well apart from the skin
     d = ImageDraw.Draw(img)
     cx, cy, r = w // 2, h // 2, min(w, h) // 3
-    d.ellipse((cx - r, cy - int(r * 1.2), cx + r, cy + int(r * 1.2)), fill=(240, 200, 170), outline=(120, 80, 60), width=3)
+    d.ellipse(
+        (cx - r, cy - int(r * 1.2), cx + r, cy + int(r * 1.2)),
+        fill=(240, 200, 170),
+        outline=(120, 80, 60),
+        width=3,
+    )
     for dx in (-r // 2, r // 2):  # eyes
-        d.ellipse((cx + dx - r // 7, cy - r // 3, cx + dx + r // 7, cy - r // 6), fill="white", outline="black")
+        d.ellipse(
+            (cx + dx - r // 7, cy - r // 3, cx + dx + r // 7, cy - r // 6), fill="white", outline="black"
+        )
         d.ellipse((cx + dx - r // 16, cy - r // 3 + 1, cx + dx + r // 16, cy - r // 6 - 1), fill=(60, 40, 30))
-    d.line((cx, cy - r // 8, cx - r // 10, cy + r // 5, cx + r // 12, cy + r // 5), fill=(150, 100, 80), width=3)
+    d.line(
+        (cx, cy - r // 8, cx - r // 10, cy + r // 5, cx + r // 12, cy + r // 5), fill=(150, 100, 80), width=3
+    )
     d.arc((cx - r // 2, cy + r // 5, cx + r // 2, cy + r // 1.6), 20, 160, fill=(170, 40, 50), width=4)
     d.pieslice((cx - r, cy - int(r * 1.35), cx + r, cy - r // 3), 180, 360, fill=(70, 45, 25))  # hair
     return img
@@ -42,7 +57,9 @@ def _face(w: int, h: int) -> Image.Image:
 def _product(w: int, h: int) -> Image.Image:
     img = Image.new("RGB", (w, h), (250, 250, 250))
     d = ImageDraw.Draw(img)
-    d.rounded_rectangle((w * 0.3, h * 0.2, w * 0.7, h * 0.85), radius=18, fill=(200, 40, 60), outline=(90, 10, 20), width=4)
+    d.rounded_rectangle(
+        (w * 0.3, h * 0.2, w * 0.7, h * 0.85), radius=18, fill=(200, 40, 60), outline=(90, 10, 20), width=4
+    )
     d.ellipse((w * 0.38, h * 0.1, w * 0.62, h * 0.28), fill=(220, 220, 230), outline=(120, 120, 130), width=3)
     return img
 
