@@ -33,8 +33,11 @@ lint: env
 bench: env
 	$(VENV)/bin/python -m bench.run
 
+docs: env
+	$(VENV)/bin/mkdocs build --strict
+
 soak: env
-	VANCE_SOAK=1 $(VENV)/bin/python -m pytest tests/reliability -m "not airflow" $(PYTEST_ARGS)
+	VANCE_SOAK=1 $(VENV)/bin/python -m pytest tests/reliability/test_faults.py -s $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) demo-output .pytest_cache .ruff_cache

@@ -61,6 +61,11 @@ class SimProcess:
     def __enter__(self) -> SimProcess:
         return self
 
+    def cpu_seconds(self) -> float:
+        """CPU time the simulator process has used so far (user + system)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.wait(10)
@@ -72,6 +77,9 @@ def make_images(folder: Path, n: int) -> None:
         Image.new("RGB", (32, 24), (i % 256, (i * 7) % 256, 90)).save(folder / f"img{i:05d}.jpg")
 
 
+RATE_WINDOW = 10  # seconds: R requests/s on average, as R * 10 per 10-second window
+
+
 def sim_args(t: float, c: int, r: int) -> list[str]:
     return [
         "--queue-delay",
@@ -81,9 +89,9 @@ def sim_args(t: float, c: int, r: int) -> list[str]:
         "--max-concurrent-images",
         str(c),
         "--rate-limit",
-        str(r),
+        str(r * RATE_WINDOW),
         "--rate-window",
-        "1",
+        str(RATE_WINDOW),
         "--credits",
         "1000000",
     ]

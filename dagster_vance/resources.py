@@ -81,8 +81,8 @@ class VanceAIResource(dg.ConfigurableResource):
     @field_validator("api")
     @classmethod
     def _check_api(cls, value: str) -> str:
-        if value not in ("auto", "web", "open"):
-            raise ValueError(f"api must be 'auto', 'web' or 'open', got {value!r}")
+        if value not in ("auto", "web", "open", "visioncraft"):
+            raise ValueError(f"api must be 'auto', 'web', 'open' or 'visioncraft', got {value!r}")
         return value
 
     @field_validator("max_concurrency", "max_retries")

@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--api",
-        choices=("auto", "web", "open"),
+        choices=("auto", "web", "open", "visioncraft"),
         default="auto",
         help="which VanceAI API; auto: sk_live_ keys use the Open API v1",
     )

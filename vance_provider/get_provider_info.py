@@ -46,7 +46,7 @@ def get_provider_info() -> dict:
                         "schema": {
                             "type": ["string", "null"],
                             "default": "auto",
-                            "enum": ["auto", "web", "open"],
+                            "enum": ["auto", "web", "open", "visioncraft"],
                         },
                     },
                     "timeout": {

@@ -374,7 +374,13 @@ def test_retry_delay_jitters_otherwise() -> None:
 
 @pytest.mark.parametrize(
     ("header", "value"),
-    [("3", 3.0), ("0.5", 0.5), ("-2", 0.0), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)]  # a date in the past: now,
+    [
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("-2", 0.0),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+    ],  # a date in the past: now,
 )
 def test_parse_retry_after(header: str, value: float | None) -> None:
     assert parse_retry_after(httpx.Headers({"Retry-After": header})) == value

@@ -168,15 +168,21 @@ class AdaptiveLimit:
 
 
 class LatencyEstimate:
-    """Exponentially weighted job latency, so the first poll usually finds the job done."""
+    """When to look first: learns how long jobs take, so most first polls find them done.
+
+    A first poll that finds the job done may have waited too long, so the next one comes a
+    little sooner; one that finds it still running moves the estimate toward what was seen.
+    (Averaging observed completion times alone would only ever grow: each is at least the wait.)
+    """
 
     def __init__(self, initial: float) -> None:
         self.value = initial
-        self.seen = 0
 
-    def observe(self, seconds: float) -> None:
-        self.seen += 1
-        self.value = seconds if self.seen == 1 else 0.8 * self.value + 0.2 * seconds
+    def observe(self, seconds: float, first_poll_hit: bool) -> None:
+        if first_poll_hit:
+            self.value = max(0.02, self.value * 0.97)
+        else:
+            self.value += 0.5 * (seconds - self.value)
 
 
 def call_hash(call: ToolCall) -> str:
@@ -241,6 +247,7 @@ class BatchRunner:
         self.available = float("inf")
         self.sources: list[str] = []
         self._submitted_at: dict[str, float] = {}
+        self._recorded: dict[str, int] = {}  # manifest change that recorded each item's job id
 
     # --- planning (nothing is uploaded or charged here) ----------------------------------------
     async def prepare(self) -> list[ManifestItem]:
@@ -338,6 +345,7 @@ class BatchRunner:
         need = len(unpaid) * self.call.estimate()
         if not unpaid:
             return
+        await self.client.check_call(self.call)  # option lists the service serves, before spending
         budget = self.spec.credit_budget
         if budget is not None and need > budget and self.spec.on_insufficient_credits == "fail":
             raise BudgetExceededError(
@@ -451,7 +459,8 @@ class BatchRunner:
             return
         item.set(ItemState.SUCCEEDED)
         self.manifest.touch()
-        await self.manifest.flush()  # the job id is durable before anything is paid for
+        if self.client.api == "web":  # it charges at download: the job id must be durable first
+            await self.manifest.flush_until(self._recorded.get(item.source, 0))
         try:
             final = await self.client.download(
                 job, item.output or "", storage_options=self.spec.storage_options
@@ -530,21 +539,26 @@ class BatchRunner:
             raise ConcurrencyLimitedError("the account's concurrency limit stayed full")
         item.set(ItemState.SUBMITTED, job_id=job.id)
         self._submitted_at[item.source] = time.monotonic()
-        self.manifest.touch()
+        self._recorded[item.source] = self.manifest.touch()
         return True
 
     async def _poll(self, item: ManifestItem) -> Job:
         assert item.job_id
+        if self.client.api == "visioncraft":  # answered in the submit request: nothing to wait for
+            return await self.client.get_job(item.job_id)
         started = self._submitted_at.get(item.source, time.monotonic())
         # First look when jobs like this one usually finish; then back off.
-        await asyncio.sleep(max(0.0, started + self.latency.value * 1.05 - time.monotonic()))
-        interval = max(0.05, self.spec.poll_interval / 2)
+        await asyncio.sleep(max(0.0, started + self.latency.value - time.monotonic()))
+        # A job still running at the first look is usually nearly done: look again soon, then back off.
+        interval = max(0.05, min(self.spec.poll_interval, self.latency.value) / 4)
         deadline = None if not self.spec.timeout else time.monotonic() + self.spec.timeout
+        polls = 0
         while True:
             job = await self.client.get_job(item.job_id)
+            polls += 1
             if job.status.terminal:
                 if item.source in self._submitted_at:
-                    self.latency.observe(time.monotonic() - started)
+                    self.latency.observe(time.monotonic() - started, first_poll_hit=polls == 1)
                 return job
             if deadline and time.monotonic() > deadline:
                 raise WaitTimeoutError(f"job {item.job_id} did not finish within {self.spec.timeout:g} s")

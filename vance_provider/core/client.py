@@ -17,8 +17,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .backends import Backend, OpenApiBackend, WebApiBackend
-from .errors import ConfigurationError, InvalidInputError, JobFailedError, WaitTimeoutError
+from .backends import Backend, OpenApiBackend, VisionCraftBackend, WebApiBackend
+from .errors import (
+    ConfigurationError,
+    InvalidConfigError,
+    InvalidInputError,
+    JobFailedError,
+    WaitTimeoutError,
+)
 from .inputs import check_input
 from .models import ApiName, Balance, Job, JobStatus, UsageRecord
 from .retry import RetryPolicy
@@ -27,15 +33,18 @@ from .storage import list_sources
 from .tools import ToolCall, resolve
 
 T = TypeVar("T")
-ApiChoice = Literal["auto", "web", "open"]
+ApiChoice = Literal["auto", "web", "open", "visioncraft"]
 
 
 def detect_api(token: str, api: str = "auto") -> ApiName:
-    """``sk_live_`` keys belong to the Open API v1; anything else to the web API v1."""
-    if api in ("web", "open"):
+    """``sk_live_`` keys belong to the Open API v1; anything else to the web API v1.
+
+    VisionCraft keys have no recognisable shape: select that vendor with ``api="visioncraft"``.
+    """
+    if api in ("web", "open", "visioncraft"):
         return api  # type: ignore[return-value]
     if api != "auto":
-        raise ConfigurationError(f"api must be 'web', 'open' or 'auto', got {api!r}")
+        raise ConfigurationError(f"api must be 'web', 'open', 'visioncraft' or 'auto', got {api!r}")
     return "open" if token.startswith("sk_live_") else "web"
 
 
@@ -57,7 +66,7 @@ def normalize_base_url(base_url: str | None, api: ApiName) -> str | None:
     except ValueError:
         raise ConfigurationError(f"base_url {base_url!r} has an invalid port") from None
     path = parts.path.rstrip("/")
-    if not path:
+    if not path and api != "visioncraft":  # VisionCraft's API lives at the host's root
         path = "/web_api/v1" if api == "web" else "/api/v1"
     return f"{parts.scheme}://{parts.netloc}{path}"
 
@@ -83,7 +92,10 @@ class AsyncVanceClient:
         transport: httpx.AsyncBaseTransport | None = None,
         caller: str = "python",
         storage_options: dict[str, Any] | None = None,
+        premium: bool | None = None,
     ) -> None:
+        """``premium`` (VisionCraft only): whether the key has the subscription; ``False`` refuses
+        paid-only models and tools locally, before any request."""
         if not token:
             raise ConfigurationError(
                 "no API token given", hint="set VANCE_API_TOKEN or the connection's password"
@@ -91,9 +103,13 @@ class AsyncVanceClient:
         self.api: ApiName = detect_api(token, api)
         self._token = Secret(token)
         self.storage_options = storage_options
-        cls: type[Backend] = OpenApiBackend if self.api == "open" else WebApiBackend
+        cls: type[Backend] = {"open": OpenApiBackend, "visioncraft": VisionCraftBackend}.get(
+            self.api, WebApiBackend
+        )
+        extra: dict[str, Any] = {"premium": premium} if self.api == "visioncraft" else {}
         self.backend = cls(
             self._token,
+            **extra,
             base_url=normalize_base_url(base_url, self.api),
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             retry=retry or RetryPolicy(),
@@ -169,6 +185,10 @@ class AsyncVanceClient:
         await asyncio.to_thread(check_input, src.url, src.size, call.media, self.api, so)
         key = idempotency_key or default_idempotency_key(src.url, src.fingerprint, call)
         return await self.backend.submit(src.url, src.size, call, key, so)
+
+    async def check_call(self, call: ToolCall) -> None:
+        """Checks that need the service (VisionCraft's option lists); nothing is spent."""
+        await self.backend.check_call(call)
 
     async def get_job(self, job_id: str) -> Job:
         job = await self.backend.get_job(job_id)
@@ -271,6 +291,67 @@ class AsyncVanceClient:
         job = await self.wait(job.id, poll_interval=poll_interval, timeout=timeout)
         return job, await self.download(job, dest)
 
+    # --- VisionCraft single-job operations (api="visioncraft") --------------------------------
+    def _vc(self, what: str) -> VisionCraftBackend:
+        if not isinstance(self.backend, VisionCraftBackend):
+            raise InvalidConfigError(
+                f"{what} is a VisionCraft operation", hint="create the client with api='visioncraft'"
+            )
+        return self.backend
+
+    async def visioncraft_options(self, kind: str, *, refresh: bool = False) -> list[str]:
+        """A VisionCraft option list: models, samplers, loras, models_xl, samplers_xl,
+        schedulers_xl, img2img_schedulers, img2img_refiners, models_llm, models_llm_premium."""
+        return await self._vc("visioncraft_options").list_options(kind, refresh=refresh)
+
+    async def generate(
+        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[Job, list[str]]:
+        """Stable Diffusion 1.x: ``model``, ``sampler``, ``image_count`` (1-5), ``negative_prompt``,
+        ``cfg_scale``, ``steps``, ``loras``. Writes the n-th image to ``<dest stem>_<n>``;
+        returns the job and every output URL."""
+        vc = self._vc("generate")
+        job = await vc.generate(prompt, **options)
+        return job, await vc.download_all(job, dest, storage_options)
+
+    async def generate_xl(
+        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[Job, str]:
+        """Stable Diffusion XL: ``model``, ``sampler``, ``scheduler``, ``width``, ``height``,
+        ``negative_prompt``, ``refiner``."""
+        vc = self._vc("generate_xl")
+        job = await vc.generate_xl(prompt, **options)
+        return job, await vc.download(job, dest, storage_options)
+
+    async def text_to_gif(
+        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[Job, str]:
+        """Text to GIF: ``sampler``, ``negative_prompt``, ``cfg_scale``, ``steps``."""
+        vc = self._vc("text_to_gif")
+        job = await vc.text_to_gif(prompt, **options)
+        return job, await vc.download(job, dest, storage_options)
+
+    async def image_to_video(
+        self, source: str, dest: str, *, storage_options: dict[str, Any] | None = None
+    ) -> tuple[Job, str]:
+        """Image to video (VisionCraft subscribers): an MP4 from one image."""
+        vc = self._vc("image_to_video")
+        so = vc.options(storage_options)
+        sources = await asyncio.to_thread(list_sources, source, None, so)
+        if len(sources) != 1:
+            raise InvalidInputError("image_to_video takes exactly one image", source=str(source))
+        await asyncio.to_thread(check_input, sources[0].url, sources[0].size, "image", self.api, so)
+        job = await vc.image_to_video(sources[0].url, storage_options)
+        return job, await vc.download(job, dest, storage_options)
+
+    async def llm(self, model: str, messages: list[dict[str, str]]) -> Any:
+        """VisionCraft's free LLM chat; the service's answer as is."""
+        return await self._vc("llm").llm(model, messages)
+
+    async def premium_llm(self, model: str, message: str, chat_id: str | None = None) -> Any:
+        """VisionCraft's premium LLM chat (subscribers); the answer carries a ``chat_id``."""
+        return await self._vc("premium_llm").premium_llm(model, message, chat_id)
+
     # --- credits ------------------------------------------------------------------------------
     async def balance(self) -> Balance:
         """The credit balance (costs no credits)."""
@@ -371,6 +452,30 @@ class VanceClient:
 
     def enhance(self, *args: Any, **kwargs: Any) -> tuple[Job, str]:
         return self.run(self._async.enhance(*args, **kwargs))
+
+    def check_call(self, call: ToolCall) -> None:
+        self.run(self._async.check_call(call))
+
+    def visioncraft_options(self, kind: str, **kwargs: Any) -> list[str]:
+        return self.run(self._async.visioncraft_options(kind, **kwargs))
+
+    def generate(self, prompt: str, dest: str, **kwargs: Any) -> tuple[Job, list[str]]:
+        return self.run(self._async.generate(prompt, dest, **kwargs))
+
+    def generate_xl(self, prompt: str, dest: str, **kwargs: Any) -> tuple[Job, str]:
+        return self.run(self._async.generate_xl(prompt, dest, **kwargs))
+
+    def text_to_gif(self, prompt: str, dest: str, **kwargs: Any) -> tuple[Job, str]:
+        return self.run(self._async.text_to_gif(prompt, dest, **kwargs))
+
+    def image_to_video(self, source: str, dest: str, **kwargs: Any) -> tuple[Job, str]:
+        return self.run(self._async.image_to_video(source, dest, **kwargs))
+
+    def llm(self, model: str, messages: list[dict[str, str]]) -> Any:
+        return self.run(self._async.llm(model, messages))
+
+    def premium_llm(self, model: str, message: str, chat_id: str | None = None) -> Any:
+        return self.run(self._async.premium_llm(model, message, chat_id))
 
     def balance(self) -> Balance:
         return self.run(self._async.balance())

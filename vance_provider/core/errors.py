@@ -107,6 +107,10 @@ class InsufficientCreditsError(APIError):
     pass
 
 
+class SubscriptionRequiredError(InsufficientCreditsError):
+    """The model or tool is for paying subscribers only (VisionCraft premium)."""
+
+
 class InvalidRequestError(APIError):
     pass
 

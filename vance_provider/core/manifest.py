@@ -93,9 +93,15 @@ class Manifest:
             self.items[item.source] = item
         return self
 
-    def touch(self) -> None:
-        """Mark the manifest as changed; the next ``flush`` writes it."""
+    def touch(self) -> int:
+        """Mark the manifest as changed; the next ``flush`` writes it. Returns the change's number."""
         self._version += 1
+        return self._version
+
+    async def flush_until(self, version: int) -> None:
+        """Make sure change ``version`` is on storage (usually the periodic flush already did it)."""
+        if self._saved < version:
+            await self.flush()
 
     def to_json(self) -> bytes:
         items = [asdict(i) for i in self.items.values()]

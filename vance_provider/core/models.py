@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-ApiName = Literal["web", "open"]
+ApiName = Literal["web", "open", "visioncraft"]
 Media = Literal["image", "video"]
 
 

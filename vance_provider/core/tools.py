@@ -213,6 +213,24 @@ OPEN_TOOLS: dict[str, tuple[Media, dict[str, Param]]] = {
 }
 OPEN_FORMATS = ("jpg", "png", "webp")
 
+# --- VisionCraft (api="visioncraft"): the image tools a batch can run over a dataset ---------
+# Scheduler and refiner names are checked against the lists the API serves (the backend's
+# ``check_call``), since they change on the service side.
+VISIONCRAFT_TOOLS: dict[str, tuple[Media, dict[str, Param]]] = {
+    "upscale": ("image", {}),
+    "img2img": (
+        "image",
+        {
+            "prompt": P(str, required=True, max_len=2000),
+            "negative_prompt": P(str, max_len=2000),
+            "scheduler": STR,
+            "steps": P(int, lo=1, hi=50),
+            "strength": UNIT,
+            "refiner": STR,
+        },
+    ),
+}
+
 # --- friendly names -> (web module, Open API tool); None where an API lacks the feature --------
 FRIENDLY: dict[str, tuple[str | None, str | None]] = {
     "upscale": ("enlarge3", "upscale"),
@@ -251,6 +269,8 @@ class ToolCall:
 
     def estimate(self) -> float:
         """Credits one job is expected to cost (web: charged on first download)."""
+        if self.api == "visioncraft":
+            return 0.0  # a subscription, not credits: nothing is counted per job
         if self.api == "web":
             steps = _steps(self.jconfig or {})
             return 2.0 if any(s.get("module") == "sharpen3" for s in steps) else 1.0
@@ -471,6 +491,8 @@ def resolve(
         raise InvalidConfigError(
             "jconfig is for the web API v1 only", hint="use tool= and config= on the Open API"
         )
+    if api == "visioncraft":
+        return _resolve_visioncraft(tool, config, output_format)
     open_tool = FRIENDLY[tool][1] if tool in FRIENDLY else tool if tool in OPEN_TOOLS else None
     if open_tool is None:
         where = (
@@ -501,6 +523,34 @@ def resolve(
         open_config=config,
         output_format=fmt if media == "image" else "mp4",
         scale=scale,
+    )
+
+
+def _resolve_visioncraft(tool: str, config: dict[str, Any], output_format: str | None) -> ToolCall:
+    if tool not in VISIONCRAFT_TOOLS:
+        raise UnknownToolError(
+            f"tool {tool!r} is not a VisionCraft batch tool",
+            hint="VisionCraft batch tools: "
+            + ", ".join(sorted(VISIONCRAFT_TOOLS))
+            + "; generate, generate_xl, text_to_gif and image_to_video are client methods",
+        )
+    media, schema = VISIONCRAFT_TOOLS[tool]
+    _check_params(config, schema, f"visioncraft {tool}")
+    if tool == "img2img" and not str(config.get("prompt", "")).strip():
+        raise InvalidConfigError("visioncraft img2img: prompt must not be empty")
+    if output_format not in (None, "png"):
+        raise InvalidConfigError(
+            f"output_format {output_format!r} is not available on VisionCraft",
+            hint="VisionCraft returns PNG; leave output_format unset",
+        )
+    return ToolCall(
+        "visioncraft",
+        tool,
+        media,
+        open_tool=tool,
+        open_config=config,
+        output_format=output_format,
+        scale=1,  # the service picks the upscale factor
     )
 
 

@@ -55,9 +55,9 @@ def connection_settings(conn: Connection) -> dict[str, Any]:
     from vance_provider.core.errors import ConfigurationError
 
     api = str(_extra(conn, "api") or "auto").strip().lower()
-    if api not in ("auto", "web", "open"):
+    if api not in ("auto", "web", "open", "visioncraft"):
         raise ConfigurationError(
-            f"connection {conn.conn_id!r}: extra 'api' must be 'web', 'open' or 'auto', got {api!r}"
+            f"connection {conn.conn_id!r}: extra 'api' must be 'web', 'open', 'visioncraft' or 'auto', got {api!r}"
         )
     try:
         timeout = float(_extra(conn, "timeout") or DEFAULT_TIMEOUT)

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import open_api, web_api, worker
+from . import open_api, visioncraft, web_api, worker
 from .config import SimConfig
 from .state import Job, RequestRecord, SimState
 
@@ -189,7 +189,12 @@ def create_app(config: SimConfig | None = None, state: SimState | None = None) -
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    routes = web_api.routes + open_api.routes + (admin_routes(sim) if sim.config.admin_routes else [])
+    routes = (
+        web_api.routes
+        + open_api.routes
+        + visioncraft.routes
+        + (admin_routes(sim) if sim.config.admin_routes else [])
+    )
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.sim = sim
     app.add_middleware(SimMiddleware, sim=sim)

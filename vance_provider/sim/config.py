@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 DEMO_WEB_TOKEN = "demo0123456789abcdef0123456789ab"
 DEMO_OPEN_KEY = "sk_live_demo0123456789abcdef0123456789"
+DEMO_VISIONCRAFT_TOKEN = "vc-demo-0123456789abcdef0123456789"
+DEMO_VISIONCRAFT_PREMIUM_TOKEN = "vc-premium-demo-0123456789abcdef01"
 
 
 @dataclass
@@ -82,3 +84,10 @@ class SimConfig:
     faults: Faults = field(default_factory=Faults)
     tick: float = 0.02  # how often the scheduler advances jobs
     admin_routes: bool = False  # /_sim/* introspection over HTTP (off by default)
+    # VisionCraft (served at the host's root, the key in the JSON body). Free keys may use the
+    # free models; premium keys everything. A key whose Telegram account left the channel is
+    # refused (403) until it is taken off ``visioncraft_unsubscribed``.
+    visioncraft_tokens: list[str] = field(default_factory=lambda: [DEMO_VISIONCRAFT_TOKEN])
+    visioncraft_premium_tokens: list[str] = field(default_factory=lambda: [DEMO_VISIONCRAFT_PREMIUM_TOKEN])
+    visioncraft_unsubscribed: list[str] = field(default_factory=list)
+    visioncraft_rate_limit: int = 0  # generation requests per ``rate_window`` per key; 0 = unlimited

@@ -109,7 +109,7 @@ def authenticate(request: Request) -> AccountState | JSONResponse:
             "X-RateLimit-Reset": str(reset),
         }
         if not allowed:
-            retry = max(1, math.ceil(reset - sim.clock.now()))
+            retry = max(1, math.ceil(reset - sim.clock.now()))  # whole seconds, as HTTP has them
             return error(
                 429, "rate_limited", headers={**request.scope["sim_ratelimit"], "Retry-After": str(retry)}
             )

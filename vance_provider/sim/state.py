@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import random
 import secrets
 import shutil
@@ -169,6 +170,7 @@ class SimState:
         self.faults_injected: dict[str, int] = defaultdict(int)
         self.webhook_deliveries: list[dict[str, Any]] = []
         self.rate_windows: dict[str, tuple[float, int]] = {}
+        self.visioncraft_chats: dict[str, int] = {}  # premium LLM chat_id -> turns
 
     # --- identity -------------------------------------------------------------
     def new_id(self, prefix: str = "", nbytes: int = 16) -> str:
@@ -224,7 +226,7 @@ class SimState:
             start, count = self.rate_windows.get(key, (now, 0))
             if now - start >= window:
                 start, count = now, 0
-            reset = int(start + window) + 1
+            reset = math.ceil(start + window)  # epoch seconds: when this window ends
             if count >= limit:
                 return False, limit, 0, reset
             self.rate_windows[key] = (start, count + 1)

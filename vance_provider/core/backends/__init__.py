@@ -2,6 +2,7 @@
 
 from .base import Backend
 from .open_api import OpenApiBackend
+from .visioncraft import VisionCraftBackend
 from .web_api import WebApiBackend
 
-__all__ = ["Backend", "OpenApiBackend", "WebApiBackend"]
+__all__ = ["Backend", "OpenApiBackend", "VisionCraftBackend", "WebApiBackend"]

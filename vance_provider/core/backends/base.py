@@ -28,26 +28,47 @@ from ..storage import AtomicWriter
 
 
 class RateGate:
-    """Shared by every request of one client: after a 429 (or an empty window) all calls wait."""
+    """Shared by every API call of one client, so the client stays within the key's rate limit.
+
+    It learns the window from ``X-RateLimit-Remaining`` / ``X-RateLimit-Reset``, spends the
+    remaining requests locally, and holds further calls until the window resets, instead of
+    running into 429s; after a 429 every call waits ``Retry-After``.
+    """
 
     def __init__(self) -> None:
         self.not_before = 0.0
+        self.remaining: int | None = None
+        self.reset_at = 0.0  # monotonic time when the current window ends
 
     async def wait(self) -> None:
-        delay = self.not_before - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
+        while True:
+            now = time.monotonic()
+            if self.not_before > now:
+                await asyncio.sleep(self.not_before - now)
+                continue
+            if self.remaining is not None and now < self.reset_at:
+                if self.remaining <= 0:
+                    await asyncio.sleep(self.reset_at - now)
+                    continue
+                self.remaining -= 1
+            return
 
     def block_for(self, seconds: float) -> None:
         self.not_before = max(self.not_before, time.monotonic() + seconds)
 
     def observe(self, headers: httpx.Headers) -> None:
         remaining, reset = headers.get("x-ratelimit-remaining"), headers.get("x-ratelimit-reset")
-        if remaining == "0" and reset:
-            try:
-                self.block_for(min(60.0, max(0.0, float(reset) - time.time())))
-            except ValueError:
-                pass
+        if remaining is None or reset is None:
+            return
+        try:
+            left, reset_in = int(remaining), min(60.0, max(0.0, float(reset) - time.time()))
+        except ValueError:
+            return
+        reset_at = time.monotonic() + reset_in
+        if self.remaining is None or reset_at > self.reset_at + 0.5:  # a new window
+            self.remaining, self.reset_at = left, reset_at
+        else:  # answers arrive out of order: trust the lowest count seen in this window
+            self.remaining = min(self.remaining, left)
 
 
 class Backend:
@@ -89,12 +110,18 @@ class Backend:
         await self.http.aclose()
 
     # --- one HTTP exchange, retried ---------------------------------------------------------
-    async def call(self, name: str, send: Callable[[], Any], *, retry: bool = True) -> httpx.Response:
-        """Send with retries; ``send`` builds and sends one attempt and returns the response."""
+    async def call(
+        self, name: str, send: Callable[[], Any], *, retry: bool = True, gated: bool = True
+    ) -> httpx.Response:
+        """Send with retries; ``send`` builds and sends one attempt and returns the response.
+
+        ``gated=False`` for storage URLs (presigned uploads, signed results): not rate limited.
+        """
         policy = self.retry if retry else RetryPolicy(max_attempts=1)
         async for attempt in retrying(policy):
             with attempt:
-                await self.gate.wait()
+                if gated:
+                    await self.gate.wait()
                 self.calls[name] += 1
                 try:
                     response: httpx.Response = await send()
@@ -148,11 +175,13 @@ class Backend:
         expected_size: int | None,
         ext_for: Callable[[httpx.Response], str],
         storage_options: dict[str, Any] | None = None,
+        gated: bool = True,
     ) -> str:
         """Stream a download into ``dest`` atomically; retry when it is cut short."""
         async for attempt in retrying(self.retry):
             with attempt:
-                await self.gate.wait()
+                if gated:
+                    await self.gate.wait()
                 self.calls[name] += 1
                 try:
                     async with request() as response:
@@ -199,6 +228,9 @@ class Backend:
     ) -> Job:
         raise NotImplementedError
 
+    async def check_call(self, call: Any) -> None:
+        """Checks of a tool call that need the service (say, option lists); nothing is spent."""
+
     async def get_job(self, job_id: str) -> Job:
         raise NotImplementedError
 
@@ -221,8 +253,9 @@ EXT_BY_TYPE = {
     "image/png": "png",
     "image/webp": "webp",
     "video/mp4": "mp4",
+    "image/gif": "gif",
 }
-MEDIA_EXTS = {"jpg", "jpeg", "png", "webp", "mp4", "mov"}
+MEDIA_EXTS = {"jpg", "jpeg", "png", "webp", "mp4", "mov", "gif"}
 
 
 def _has_media_ext(url: str) -> bool:

@@ -174,6 +174,7 @@ class OpenApiBackend(Backend):
                 content=iter_file(source, self.options(storage_options)),
                 headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
             ),
+            gated=False,  # storage, not the API: no rate limit
         )
         return str(ticket["upload_id"])
 
@@ -203,6 +204,7 @@ class OpenApiBackend(Backend):
                     job.size,
                     lambda r: ext_from_response(r, "mp4" if job.media == "video" else "jpg"),
                     storage_options,
+                    gated=False,  # the signed URL is storage, not the API: no rate limit
                 )
             except APIError as exc:
                 if exc.status_code != 403 or attempt:
