@@ -91,8 +91,18 @@ s3_clips_x2 = build_enhanced_dataset_asset(
 datasets = [photos_x2, clips_x2, s3_photos_x2, s3_clips_x2]
 credit_usage = build_credit_usage_asset(datasets=datasets)
 
+# --- the second vendor: the same factory, a VisionCraft resource (VISIONCRAFT_API_TOKEN) ----------
+visioncraft_photos_x2 = build_enhanced_dataset_asset(
+    "visioncraft_photos_x2",
+    source=str(DATA / "photos"),
+    destination=str(DATA / "visioncraft_photos_x2"),
+    tool="upscale",
+    resource_key="visioncraft",
+    max_concurrency=4,
+)
+
 defs = dg.Definitions(
-    assets=[*datasets, credit_usage],
+    assets=[*datasets, credit_usage, visioncraft_photos_x2],
     sensors=[build_new_files_sensor(s3_photos_x2, minimum_interval_seconds=120)],
     schedules=[build_credit_usage_schedule(credit_usage, cron_schedule="0 6 * * *")],
     resources={
@@ -100,6 +110,11 @@ defs = dg.Definitions(
             api_token=dg.EnvVar("VANCE_API_TOKEN"),
             base_url=os.environ.get("VANCE_BASE_URL") or None,
             max_concurrency=8,
+        ),
+        "visioncraft": VanceAIResource(
+            api_token=dg.EnvVar("VISIONCRAFT_API_TOKEN"),
+            api="visioncraft",
+            base_url=os.environ.get("VISIONCRAFT_BASE_URL") or None,
         ),
     },
 )

@@ -43,6 +43,7 @@ def test_example_dags_parse_offline_and_light() -> None:
         "vanceai_credit_checked_batch",
         "vanceai_s3_enhance",
         "vanceai_sharded_enhance",
+        "vanceai_visioncraft_upscale",
         "vanceai_weekly_credit_report",
     ]
     assert report["core_imported"] == []  # the provider's core is imported only when a task runs
@@ -62,8 +63,9 @@ def test_example_dags_in_process() -> None:
     for dag in bag.dags.values():
         assert "vanceai" in dag.tags
         for task in dag.tasks:
-            if hasattr(task, "vanceai_conn_id"):
-                assert task.vanceai_conn_id == "vanceai_default"
+            if hasattr(task, "vanceai_conn_id"):  # the VisionCraft example has its own connection
+                expected = "visioncraft_default" if "visioncraft" in dag.dag_id else "vanceai_default"
+                assert task.vanceai_conn_id == expected
 
 
 def test_s3_dag_against_moto_and_simulator(sim, vance_conn, make_image, monkeypatch, trigger_runs) -> None:

@@ -50,7 +50,14 @@ def test_example_loads_without_token_or_network(monkeypatch: pytest.MonkeyPatch,
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"photos_x2", "clips_x2", "s3_photos_x2", "s3_clips_x2", "vanceai_credit_usage"}
+    assert keys == {
+        "photos_x2",
+        "clips_x2",
+        "s3_photos_x2",
+        "s3_clips_x2",
+        "vanceai_credit_usage",
+        "visioncraft_photos_x2",
+    }
     for key in ("photos_x2", "clips_x2", "s3_photos_x2", "s3_clips_x2"):
         node = graph.get(dg.AssetKey(key))
         assert node.pools == {"vanceai"}
@@ -141,3 +148,36 @@ def test_example_materializes_in_a_real_instance(
         assert usage.asset_materialization.metadata["vance/credits_total"].value == 2.0
         assert scan_for(instance, TOKENS["open"], home) == []
     assert TOKENS["open"] not in proc.stdout + proc.stderr
+
+
+def test_example_visioncraft_asset_materializes(sim, tmp_path, monkeypatch) -> None:
+    """The example's VisionCraft dataset: the same factory, the second vendor, against the simulator."""
+    import importlib.util
+
+    from PIL import Image
+
+    from vance_provider.sim import DEMO_VISIONCRAFT_TOKEN
+
+    data = tmp_path / "data"
+    (data / "photos").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (40 + i, 30), (i * 60, 90, 160)).save(data / "photos" / f"p{i}.jpg")
+    monkeypatch.setenv("VANCE_EXAMPLE_DATA", str(data))
+    monkeypatch.setenv("VISIONCRAFT_API_TOKEN", DEMO_VISIONCRAFT_TOKEN)
+    monkeypatch.setenv("VISIONCRAFT_BASE_URL", sim.base_url)
+    path = Path(__file__).resolve().parents[2] / "examples" / "dagster_project" / "definitions.py"
+    spec = importlib.util.spec_from_file_location("example_defs_vc", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = dg.materialize(
+        [module.visioncraft_photos_x2],
+        resources={"visioncraft": module.defs.resources["visioncraft"]},
+        instance=dg.DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    outputs = sorted((data / "visioncraft_photos_x2").glob("p*.*"))
+    assert len(outputs) == 2
+    for out in outputs:
+        with Image.open(out) as img:
+            assert img.width > 40
+    assert all(DEMO_VISIONCRAFT_TOKEN not in r.url for r in sim.state.requests)
