@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -66,10 +67,29 @@ def sim_config() -> SimConfig:
     return fast_config()
 
 
+# A simulator takes ~0.2 s to stop (uvicorn's shutdown tick): stop it in the background, so the
+# next test need not wait, and join all of them at the end of the session.
+_stopping: list[threading.Thread] = []
+
+
+def _stop_later(server: SimulatorServer) -> None:
+    thread = threading.Thread(target=server.stop, name="vance-sim-stop", daemon=True)
+    thread.start()
+    _stopping.append(thread)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _join_stopping_simulators() -> Iterator[None]:
+    yield
+    for thread in _stopping:
+        thread.join(timeout=15)
+
+
 @pytest.fixture
 def sim(sim_config: SimConfig) -> Iterator[SimulatorServer]:
-    with SimulatorServer(sim_config) as server:
-        yield server
+    server = SimulatorServer(sim_config).start()
+    yield server
+    _stop_later(server)
 
 
 @pytest.fixture
@@ -84,7 +104,7 @@ def sim_factory() -> Iterator[Callable[..., SimulatorServer]]:
 
     yield factory
     for server in started:
-        server.stop()
+        _stop_later(server)
 
 
 @pytest.fixture(scope="session")

@@ -2,60 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import OPEN_KEY, WEB_TOKEN, fast_config
+from tests.conftest import OPEN_KEY, WEB_TOKEN
 from vance_provider.core import AsyncVanceClient, BatchSpec, RetryPolicy, VanceClient
-from vance_provider.sim import SimConfig, SimulatorServer
+from vance_provider.sim import SimulatorServer
 
 TOKENS = {"web": WEB_TOKEN, "open": OPEN_KEY}
 # Retries as the default policy does them, only with tiny delays (Retry-After is still honoured).
 FAST_RETRY = RetryPolicy(max_attempts=10, initial=0.01, max_delay=0.05)
-
-
-# --- simulators: as in tests/conftest.py, but stopped in the background --------------------------------
-# A simulator takes ~0.2 s to stop (uvicorn's shutdown tick); the next test need not wait for it.
-_stopping: list[threading.Thread] = []
-
-
-def _stop_later(server: SimulatorServer) -> None:
-    thread = threading.Thread(target=server.stop, name="vance-sim-stop", daemon=True)
-    thread.start()
-    _stopping.append(thread)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _join_stopping_simulators() -> Iterator[None]:
-    yield
-    for thread in _stopping:
-        thread.join(timeout=15)
-
-
-@pytest.fixture
-def sim(sim_config: SimConfig) -> Iterator[SimulatorServer]:
-    server = SimulatorServer(sim_config).start()
-    yield server
-    _stop_later(server)
-
-
-@pytest.fixture
-def sim_factory() -> Iterator[Callable[..., SimulatorServer]]:
-    """Start extra simulators with their own knobs: ``sim_factory(rate_limit=5)``."""
-    started: list[SimulatorServer] = []
-
-    def factory(**overrides: object) -> SimulatorServer:
-        server = SimulatorServer(fast_config(**overrides)).start()
-        started.append(server)
-        return server
-
-    yield factory
-    for server in started:
-        _stop_later(server)
 
 
 @pytest.fixture(params=["web", "open"])

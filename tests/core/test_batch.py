@@ -18,7 +18,7 @@ import pytest
 
 from tests.core.conftest import TOKENS, async_client, batch_spec, image_size
 from tests.core.helpers import charged_jobs, charges, created_jobs, uploads
-from vance_provider.core import BatchResult, ItemState, Progress, VanceClient, run_batch
+from vance_provider.core import BatchResult, BatchSpec, ItemState, Progress, VanceClient, run_batch
 from vance_provider.core.errors import (
     BatchFailedError,
     BudgetExceededError,
@@ -448,6 +448,19 @@ def test_balance_drained_mid_batch(
 
 
 # --- interrupted and timed-out batches ----------------------------------------------------------
+async def interrupt_batch(
+    client: Any, spec: BatchSpec, sim: SimulatorServer, jobs: int, settle: float = 0.0
+) -> None:
+    """Run the batch until the service has ``jobs`` jobs, wait ``settle`` seconds, then cancel it."""
+    task = asyncio.create_task(run_batch(client, spec))
+    while len(created_jobs(sim)) < jobs:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(settle)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_interrupted_batch_resumes_with_the_same_jobs(
     api: str, sim_factory: Callable[..., SimulatorServer], make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -455,13 +468,8 @@ async def test_interrupted_batch_resumes_with_the_same_jobs(
     make_inputs(make_image, [f"s{n}.jpg" for n in range(4)])
     spec = batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=2)
     async with async_client(sim, api) as client:
-        task = asyncio.create_task(run_batch(client, spec))
-        while len(created_jobs(sim)) < 2:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)  # let the client read both answers (the jobs take 1 s)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        # let the client read both answers (the jobs take 1 s) before the interruption
+        await interrupt_batch(client, spec, sim, jobs=2, settle=0.3)
     saved = manifest_items(tmp_path / "out")
     submitted = {s: m["job_id"] for s, m in saved.items() if m["state"] == "submitted"}
     assert len(submitted) == 2 and all(submitted.values())
@@ -485,12 +493,7 @@ async def test_lost_manifest_is_recovered_by_idempotency_replay(
     make_inputs(make_image, [f"s{n}.jpg" for n in range(3)])
     spec = batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=2)
     async with async_client(sim, "open") as client:
-        task = asyncio.create_task(run_batch(client, spec))
-        while len(created_jobs(sim)) < 2:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await interrupt_batch(client, spec, sim, jobs=2)
     first_jobs = created_jobs(sim)
     (tmp_path / "out" / MANIFEST_NAME).unlink()
     async with async_client(sim, "open") as client:
@@ -511,12 +514,7 @@ async def test_resumed_jobs_count_against_the_budget(
     make_inputs(make_image, [f"s{n}.jpg" for n in range(4)])
     spec = batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=2)
     async with async_client(sim, api) as client:
-        task = asyncio.create_task(run_batch(client, spec))
-        while len(created_jobs(sim)) < 2:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        await interrupt_batch(client, spec, sim, jobs=2)
     budget = batch_spec(
         str(tmp_path / "in"),
         str(tmp_path / "out"),
