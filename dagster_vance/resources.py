@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
@@ -29,8 +28,6 @@ import pandas as pd
 from pydantic import Field, PrivateAttr, field_validator
 
 from vance_provider.core import AsyncVanceClient, BatchResult, BatchSpec, Progress, RetryPolicy, VanceClient
-from vance_provider.core.credits import records_from_manifests, usage_frame
-from vance_provider.core.manifest import Manifest
 from vance_provider.core.models import Balance
 
 ManifestRef = str | tuple[str, Mapping[str, Any] | None]
@@ -161,16 +158,13 @@ class VanceAIResource(dg.ConfigurableResource):
         (one manifest per partition, so that partitions running side by side never overwrite each
         other's manifest).
         """
-        spec = replace(spec, max_concurrency=max(1, min(spec.max_concurrency, self.max_concurrency or 1)))
-        # The client streams uploads and downloads with its own storage options: give it the batch's.
-        with self.get_client(spec.storage_options) as client:
-            if manifest_url is None:
-                return client.run_batch(spec, on_progress)
-            from vance_provider.core.batch import BatchRunner
-
-            runner = BatchRunner(client.aio, spec, on_progress)
-            runner.manifest = Manifest(manifest_url, spec.storage_options)
-            return client.run(runner.run())
+        spec = replace(
+            spec,
+            max_concurrency=max(1, min(spec.max_concurrency, self.max_concurrency or 1)),
+            manifest=manifest_url or spec.manifest,
+        )
+        with self.get_client() as client:  # the batch carries its own storage options
+            return client.run_batch(spec, on_progress)
 
     def usage_report(self, manifests: Iterable[ManifestRef] = ()) -> pd.DataFrame:
         """The account's usage as a typed DataFrame (see ``vance_provider.core.credits``).
@@ -178,22 +172,6 @@ class VanceAIResource(dg.ConfigurableResource):
         Web API: the service's full history. Open API (which keeps no history): the charges of
         the finished jobs recorded in ``manifests``; each is a URL or ``(url, storage_options)``.
         """
-        groups: dict[str, tuple[Mapping[str, Any] | None, list[str]]] = {}
-        for ref in manifests:
-            url, options = (ref, None) if isinstance(ref, str) else ref
-            group = json.dumps(options or {}, sort_keys=True, default=str)
-            groups.setdefault(group, (options, []))[1].append(url)
+        refs = [ref if isinstance(ref, str) else (ref[0], dict(ref[1]) if ref[1] else None) for ref in manifests]
         with self.get_client() as client:
-            if len(groups) <= 1:
-                options, urls = next(iter(groups.values()), (None, []))
-                return client.usage_report(urls, dict(options) if options else None)
-            # Manifests on stores with different options: one listing per store, one frame.
-            records = list(client.usage())
-            if client.api == "open":
-                seen = {r.job_id for r in records}
-                for options, urls in groups.values():
-                    for rec in records_from_manifests(urls, dict(options) if options else None):
-                        if rec.job_id not in seen:
-                            seen.add(rec.job_id)
-                            records.append(rec)
-            return usage_frame(records)
+            return client.usage_report(refs)
