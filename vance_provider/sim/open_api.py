@@ -495,20 +495,29 @@ async def get_result(request: Request) -> Response:
     return RedirectResponse(signed_result_url(sim, job, request), status_code=302)
 
 
-async def result_file(request: Request) -> Response:
-    """The signed result URL ('another host'): no Authorization header allowed."""
+def check_presigned(request: Request, what: str, expires_param: str, signature_param: str) -> Response | None:
+    """Like S3: a presigned URL takes no Authorization header, a valid signature, and is not expired."""
     sim = state_of(request)
     if "authorization" in request.headers:
         return Response("InvalidArgument: Only one auth mechanism allowed", status_code=400)
-    job_id = request.path_params["job_id"]
     try:
-        expires = int(request.query_params.get("expires", "0"))
+        expires = int(request.query_params.get(expires_param, "0"))
     except ValueError:
         expires = 0
-    if not sim.check_signature(f"result/{job_id}", expires, request.query_params.get("sign", "")):
+    if not sim.check_signature(what, expires, request.query_params.get(signature_param, "")):
         return Response("SignatureDoesNotMatch", status_code=403)
     if sim.clock.now() > expires:
         return Response("AccessDenied: Request has expired", status_code=403)
+    return None
+
+
+async def result_file(request: Request) -> Response:
+    """The signed result URL ('another host'): no Authorization header allowed."""
+    sim = state_of(request)
+    job_id = request.path_params["job_id"]
+    refused = check_presigned(request, f"result/{job_id}", "expires", "sign")
+    if refused:
+        return refused
     with sim.lock:
         job = sim.jobs.get(job_id)
     if job is None or job.result is None or job.deleted:
@@ -606,20 +615,13 @@ async def create_upload(request: Request) -> Response:
 async def put_upload(request: Request) -> Response:
     """The presigned PUT: raw bytes streamed to disk, no auth header, single object."""
     sim = state_of(request)
-    if "authorization" in request.headers:
-        return Response("InvalidArgument: Only one auth mechanism allowed", status_code=400)
     upload_id = request.path_params["upload_id"]
-    try:
-        expires = int(request.query_params.get("X-Amz-Expires", "0"))
-    except ValueError:
-        expires = 0
-    if not sim.check_signature(
-        f"upload/{upload_id}", expires, request.query_params.get("X-Amz-Signature", "")
-    ):
-        return Response("SignatureDoesNotMatch", status_code=403)
+    refused = check_presigned(request, f"upload/{upload_id}", "X-Amz-Expires", "X-Amz-Signature")
+    if refused:
+        return refused
     with sim.lock:
         up = sim.uploads.get(upload_id)
-    if up is None or sim.clock.now() > expires:
+    if up is None:
         return Response("AccessDenied: Request has expired", status_code=403)
     if up.consumed_by and up.put_done:
         return Response("AccessDenied: upload already consumed", status_code=403)
