@@ -39,6 +39,22 @@ class WaitTimeoutError(VanceError):
     """Jobs did not finish before the deadline."""
 
 
+class ManifestError(ConfigurationError):
+    """A batch manifest cannot be used: malformed, or written for another batch. Nothing was spent."""
+
+
+class ManifestMismatchError(ManifestError):
+    """The manifest belongs to a batch with another source, destination, tool, config or API."""
+
+
+class BatchLockedError(VanceError):
+    """Another run holds the batch's lease (its manifest): running both would pay twice."""
+
+    def __init__(self, message: str, *, holder: dict[str, Any] | None = None, hint: str | None = None) -> None:
+        self.holder = holder or {}
+        super().__init__(message, hint=hint)
+
+
 # --- local input checks (raised before anything is uploaded) ------------------------------
 class InvalidInputError(VanceError):
     """An input or a config fails a local check; nothing was uploaded or charged."""
@@ -140,6 +156,12 @@ class ServerError(APIError):
 
 
 class ResultNotReadyError(APIError):
+    retryable = True
+
+
+class ProtocolError(APIError):
+    """An answer that is not what the API documents (HTML, truncated or mistyped JSON); retried like a 5xx."""
+
     retryable = True
 
 
