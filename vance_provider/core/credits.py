@@ -1,37 +1,106 @@
-"""Credits: estimates, balance checks and the usage report as a pandas DataFrame."""
+"""Credits: the usage report (one row per charge) and its summary, as pandas DataFrames.
+
+The report has the same columns for every API (see ``COLUMNS`` and ``docs/credits.md``):
+
+- **web API v1** keeps the account's history (``points/record``): what each download cost and
+  the balance after it, to the second, named by the vendor's module and a server-side file
+  name. Joined with the batch manifests, each charge gets its input, output, job id, batch and
+  our tool name, and a time to the microsecond (from when the engine stored the result).
+- **Open API v1** keeps no history: the charges come from the batch manifests (and from the
+  finished jobs the client saw). It reports no balance per charge.
+"""
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Iterable
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from .client import AsyncVanceClient
 from .manifest import ItemState, Manifest
 from .models import UsageRecord
+from .tools import FRIENDLY, WEB_MODULES
 
 if TYPE_CHECKING:  # pandas is imported when a report is made, not when the package is
     import pandas as pd
+
+log = logging.getLogger("vance_provider.credits")
 
 COLUMNS = {
     "timestamp": "datetime64[ns, UTC]",
     "api": "string",
     "tool": "string",
+    "vendor_tool": "string",
     "kind": "string",
     "credits": "float64",
     "balance": "float64",
     "source": "string",
+    "output": "string",
     "job_id": "string",
+    "batch": "string",
+    "run": "string",
 }
+SUMMARY_COLUMNS = {
+    "api": "string",
+    "tool": "string",
+    "batches": "int64",
+    "items": "int64",
+    "charges": "int64",
+    "credits": "float64",
+}
+ALL = "all"  # the api / tool of the summary's subtotal and total rows
 
+# Matching the web API's history (to the second, on the service's clock) with the manifests' charges
+# (recorded by the engine after the download that was charged): how far apart the two may be.
+CLOCK_SKEW = 5.0  # seconds the service's clock may run ahead of ours
+MAX_STORE_DELAY = 3600.0  # seconds between the charged download and the stored result
+MAX_CANDIDATES = 500  # history records looked at per charge (nearest first)
 
 ManifestRef = str | tuple[str, dict[str, Any] | None]
+
+_WEB_TO_OURS = {web: ours for ours, (web, _) in FRIENDLY.items() if web}
+_OPEN_TO_OURS = {open_: ours for ours, (_, open_) in FRIENDLY.items() if open_}
+
+
+def our_tool(name: str, api: str) -> str:
+    """Our name for a tool the vendor names (``enlarge3`` -> ``upscale``); unknown names are kept."""
+    table = _WEB_TO_OURS if api == "web" else _OPEN_TO_OURS if api == "open" else {}
+    return table.get(name, name)
+
+
+def vendor_tool(name: str, api: str) -> str | None:
+    """The vendor's name of one of our tools (``upscale`` -> ``enlarge3`` on the web API)."""
+    if name in FRIENDLY:
+        web, open_ = FRIENDLY[name]
+        return web if api == "web" else open_ if api == "open" else name
+    if api == "web":
+        return name if name in WEB_MODULES else None
+    return name or None
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat()
+
+
+def _epoch(timestamp: str | None) -> float | None:
+    """Seconds since the epoch of an ISO timestamp (naive ones are UTC); None if unreadable."""
+    if not timestamp:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(str(timestamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def records_from_manifests(
     urls: Iterable[ManifestRef], storage_options: dict[str, Any] | None = None
 ) -> list[UsageRecord]:
-    """What every job of past batches cost (the Open API keeps no history).
+    """Every charge recorded in batch manifests, with its input, output, job id and batch.
 
     Each entry is a manifest URL, or a ``(url, storage_options)`` pair for manifests on
     different stores. Every paid job of an item counts, also those of inputs redone later.
@@ -40,37 +109,126 @@ def records_from_manifests(
     for ref in urls:
         url, options = ref if isinstance(ref, tuple) else (ref, storage_options)
         manifest = Manifest(url, options).load()
-        api = manifest.meta.get("api", "open")
+        meta = {**manifest.meta, **(manifest.meta.get("identity") or {})}  # older manifests: no identity
+        api = meta.get("api") or "open"
         for item in manifest.items.values():
             charges = item.charges or (
                 [{"job_id": item.job_id, "credits": item.credits, "at": item.updated_at}]
                 if item.state == ItemState.DONE and item.job_id
                 else []
             )
+            tool = item.tool or str(meta.get("tool") or "")
             for c in charges:
-                ts = dt.datetime.fromtimestamp(c["at"], dt.UTC).isoformat()
+                at = c.get("charged_at") or c["at"]
                 records.append(
                     UsageRecord(
-                        ts, item.tool, "charge", float(c["credits"]), None, item.source, c["job_id"], api
+                        timestamp=_iso(float(at)),
+                        tool=our_tool(tool, api),
+                        kind="download" if api == "web" else "charge",
+                        credits=float(c["credits"]),
+                        balance=None,
+                        source=item.source,
+                        job_id=c.get("job_id"),
+                        api=api,
+                        vendor_tool=vendor_tool(tool, api),
+                        output=item.output,
+                        batch=url,
+                        run=c.get("run"),
                     )
                 )
     return records
 
 
+def join_web_history(history: list[UsageRecord], recorded: Iterable[UsageRecord]) -> list[UsageRecord]:
+    """The web API's charges, oldest first, each completed from the manifest charge it matches.
+
+    ``history`` is the service's ``points/record`` (newest first, as it gives them); its ``job``
+    records of 0 credits are not charges and are left out. A charge matches the recorded one of
+    the same module and credits stored soonest after it, preferring the one whose input's file
+    name the service's record names. A matched charge takes the recorded input, output, job id,
+    batch and our tool name, and a time to the microsecond; it keeps the service's balance and
+    order (its times are made to follow that order: a charge happened no later than the next).
+    Recorded charges the history lacks (another account's) are left out.
+    """
+    charges = [h for h in history if h.credits]
+    times = [_epoch(h.timestamp) for h in charges]
+    known = [t for t in times if t is not None]
+    if not (known and known[0] < known[-1]):  # newest first (as documented): make it oldest first
+        charges.reverse()
+        times.reverse()
+    # per amount of credits, the history's charges in time order (their positions in ``charges``)
+    by_credits: dict[float, list[tuple[float, int]]] = {}
+    for i, t in enumerate(times):
+        if t is not None:
+            by_credits.setdefault(round(charges[i].credits, 6), []).append((t, i))
+    for group in by_credits.values():
+        group.sort()
+    taken: dict[int, tuple[float, UsageRecord]] = {}
+    pending = sorted(
+        ((at, r) for r in recorded if (at := _epoch(r.timestamp)) is not None), key=lambda p: p[0]
+    )
+    unmatched = 0
+    for at, rec in pending:
+        group = by_credits.get(round(rec.credits, 6), [])
+        name = PurePosixPath(rec.source or "").name
+        best: tuple[int, float, int] | None = None
+        pos = bisect.bisect_right(group, (at + CLOCK_SKEW, len(charges)))
+        for t, i in reversed(group[max(0, pos - MAX_CANDIDATES) : pos]):
+            if at - t > MAX_STORE_DELAY:
+                break
+            h = charges[i]
+            if i in taken or (rec.vendor_tool and h.tool and h.tool != rec.vendor_tool):
+                continue
+            score = (0 if name and name in (h.source or "") else 1, abs(at - t), i)
+            if best is None or score < best:
+                best = score
+            if score[0] == 0:
+                break  # the nearest that names the input
+        if best is None:
+            unmatched += 1
+        else:
+            taken[best[2]] = (at, rec)
+    if unmatched:
+        log.warning("%d web charge(s) of the manifests are not in the account's history", unmatched)
+    rows: list[UsageRecord] = []
+    stamps: list[float | None] = []
+    for i, h in enumerate(charges):
+        if i in taken:
+            at, rec = taken[i]
+            rows.append(
+                dataclasses.replace(
+                    rec, kind=h.kind, balance=h.balance, vendor_tool=h.tool or rec.vendor_tool
+                )
+            )
+            stamps.append(at)
+        else:
+            rows.append(dataclasses.replace(h, tool=our_tool(h.tool, "web"), vendor_tool=h.tool, source=None))
+            stamps.append(times[i])
+    later: float | None = None
+    for k in range(len(rows) - 1, -1, -1):  # each charge no later than the next one
+        t = stamps[k]
+        if t is None:
+            continue
+        if later is not None and t > later:
+            t = later
+        if k in taken or t != times[k]:
+            rows[k] = dataclasses.replace(rows[k], timestamp=_iso(t))
+        later = t
+    return rows
+
+
 def usage_frame(records: Iterable[UsageRecord]) -> pd.DataFrame:
-    """A typed DataFrame: timestamp (UTC), api, tool, kind, credits, balance, source, job_id."""
+    """A typed DataFrame of ``COLUMNS``, one row per record (once per job), in time order."""
     import pandas as pd
 
-    rows = [r.__dict__ for r in records]
+    rows = [dataclasses.asdict(r) for r in records]
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     # pandas 3 infers the unit (s, us, ...); pin the documented one
     df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="mixed").astype(COLUMNS["timestamp"])
     df = df.astype({k: v for k, v in COLUMNS.items() if k != "timestamp"})
-    df = (
-        df.drop_duplicates(subset=["api", "job_id"], keep="first").reset_index(drop=True)
-        if df["job_id"].notna().all() and len(df)
-        else df
-    )
+    if len(df):
+        dup = df["job_id"].notna() & df.duplicated(subset=["api", "job_id"], keep="first")
+        df = df[~dup]
     return df.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
 
@@ -79,23 +237,92 @@ async def usage_report(
     manifests: Iterable[ManifestRef] = (),
     storage_options: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
-    """The account's usage: the web API's full history, or for the Open API the charges
-    this client saw plus those recorded in the given batch manifests (deduplicated by job)."""
-    records = list(await client.usage())
-    if client.api == "open":  # the charges seen by this client and those in the manifests, once each
-        seen = {r.job_id for r in records}
-        records += [r for r in records_from_manifests(manifests, storage_options) if r.job_id not in seen]
-    return usage_frame(records)
+    """The account's charges, one row each, in time order (see the module's docstring).
+
+    Web API: the service's full history, completed from the charges recorded in ``manifests``.
+    Open API: the charges recorded in ``manifests`` and those this client saw. Charges recorded
+    in manifests of another API than the client's are included as recorded.
+    """
+    recorded = records_from_manifests(manifests, storage_options)
+    own = list(await client.usage())
+    if client.api == "web":
+        rows = join_web_history(own, [r for r in recorded if r.api == "web"])
+        rows += [r for r in recorded if r.api != "web"]
+    else:
+        ids = {r.job_id for r in recorded if r.api == client.api}
+        seen = [
+            dataclasses.replace(r, tool=our_tool(r.tool, r.api), vendor_tool=r.vendor_tool or r.tool)
+            for r in own
+            if r.job_id not in ids
+        ]
+        rows = recorded + seen
+    return usage_frame(rows)
 
 
 def totals(df: pd.DataFrame) -> dict[str, Any]:
-    """Totals per tool and per day, for metadata and summaries."""
+    """Totals per tool, per API and per day, for metadata and summaries."""
     charged = df[df["credits"] > 0]
     per_tool = charged.groupby("tool")["credits"].sum().round(3).to_dict()
+    per_api = charged.groupby("api")["credits"].sum().round(3).to_dict()
     per_day = (
         charged.groupby(charged["timestamp"].dt.strftime("%Y-%m-%d"))["credits"].sum().round(3).to_dict()
     )
-    return {"total": round(float(charged["credits"].sum()), 3), "per_tool": per_tool, "per_day": per_day}
+    return {
+        "total": round(float(charged["credits"].sum()), 3),
+        "per_tool": per_tool,
+        "per_api": per_api,
+        "per_day": per_day,
+    }
+
+
+def usage_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """The report in a few lines: batches, items, charges and credits per API and tool.
+
+    One row per (api, tool), then a subtotal per API (``tool == "all"``) and the total
+    (``api == tool == "all"``). ``items`` counts the inputs charged (an input charged twice,
+    redone with ``force``, counts once); a charge whose input is unknown counts as one item.
+    """
+    import pandas as pd
+
+    work = df.assign(
+        _item=(df["batch"].fillna("") + "\0" + df["source"].fillna("")).where(
+            df["source"].notna(), "row\0" + pd.Series(range(len(df)), index=df.index).astype(str)
+        )
+    )
+
+    def row(part: pd.DataFrame, api: str, tool: str) -> dict[str, Any]:
+        return {
+            "api": api,
+            "tool": tool,
+            "batches": int(part["batch"].nunique()),
+            "items": int(part["_item"].nunique()),
+            "charges": len(part),
+            "credits": round(float(part["credits"].sum()), 3),
+        }
+
+    rows = []
+    for api in sorted(work["api"].dropna().unique()):
+        part = work[work["api"] == api]
+        rows += [row(p, api, tool) for tool, p in sorted(part.groupby("tool"), key=lambda kv: str(kv[0]))]
+        rows.append(row(part, api, ALL))
+    rows.append(row(work, ALL, ALL))
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).astype(SUMMARY_COLUMNS)
+
+
+def summary_text(summary: pd.DataFrame) -> str:
+    """The summary as aligned plain text (for logs and terminals)."""
+    return summary.to_string(index=False, formatters={"credits": "{:g}".format})
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table, then the total in bold (for Dagster metadata)."""
+    cols = list(SUMMARY_COLUMNS)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for rec in summary.to_dict("records"):
+        cells = [f"{rec[c]:g}" if c == "credits" else str(rec[c]) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    total = float(summary["credits"].iloc[-1]) if len(summary) else 0.0
+    return "\n".join([*lines, "", f"**Total: {total:g} credits**"])
 
 
 def write_report(df: pd.DataFrame, url: str, storage_options: dict[str, Any] | None = None) -> str:

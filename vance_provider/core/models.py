@@ -76,11 +76,17 @@ class Balance:
 
 @dataclass(frozen=True)
 class UsageRecord:
-    timestamp: str
-    tool: str
-    kind: str  # web: job | download; open: charge
+    """One record of credit use: a row of the usage report (see ``core/credits.py``)."""
+
+    timestamp: str  # ISO 8601; UTC unless it carries an offset
+    tool: str  # our name (upscale, denoise, ...), or the vendor's where we have none
+    kind: str  # the vendor's record type - web: job | download; open: charge
     credits: float
-    balance: float | None
-    source: str | None
+    balance: float | None  # after this record, where the API says (web API)
+    source: str | None  # the input (path or URL) as the batch was given it
     job_id: str | None
     api: ApiName
+    vendor_tool: str | None = None  # web: the module (enlarge3); open: the API's tool name
+    output: str | None = None  # where the result was stored
+    batch: str | None = None  # the batch's manifest URL
+    run: str | None = None  # the run that paid, where the engine recorded it
