@@ -24,6 +24,7 @@ from vance_provider.core.errors import (
     BudgetExceededError,
     InsufficientCreditsError,
     InvalidInputError,
+    ManifestMismatchError,
     WaitTimeoutError,
 )
 from vance_provider.core.manifest import MANIFEST_NAME
@@ -52,12 +53,16 @@ def test_mixed_folder_with_subfolders(
         make_image(f"in/{name}", w, h)
     (tmp_path / "in" / "notes.txt").write_text("not an input")
     make_image("in/.hidden.jpg", 8, 8)
-    make_image("in/_private.jpg", 8, 8)
+    make_image("in/_DSC0001.jpg", 8, 8)  # a camera's name, not the engine's: an input like any other
     out = tmp_path / "out"
     result = client.run_batch(batch_spec(str(tmp_path / "in"), str(out)))
     assert isinstance(result, BatchResult)
-    assert (result.done, result.failed, result.skipped, result.stopped) == (4, 0, 0, None), result.summary()
-    assert result.credits_spent == 4.0 and sum(charges(sim)) == 4.0
+    assert (result.done, result.failed, result.skipped, result.stopped) == (5, 0, 0, None), result.summary()
+    assert result.credits_spent == 5.0 and sum(charges(sim)) == 5.0
+    # What is listed but not taken is reported with its reason, never dropped silently.
+    ignored = {Path(u).name: why for u, why in result.ignored}
+    assert ignored == {"notes.txt": "not an image or video (by its extension)", ".hidden.jpg": "hidden file"}
+    sizes["_DSC0001.jpg"] = (8, 8)
     by_source = {Path(i.source).relative_to(tmp_path / "in").as_posix(): i for i in result.items}
     assert set(by_source) == set(sizes)
     for name, (w, h) in sizes.items():
@@ -68,7 +73,7 @@ def test_mixed_folder_with_subfolders(
         assert image_size(item.output) == (2 * w, 2 * h)
     manifest = manifest_items(out)
     assert result.manifest == str(out / MANIFEST_NAME)
-    assert {m["state"] for m in manifest.values()} == {"done"} and len(manifest) == 4
+    assert {m["state"] for m in manifest.values()} == {"done"} and len(manifest) == 5
     assert {m["job_id"] for m in manifest.values()} == {i.job_id for i in result.items}
     assert sorted(p.name for p in out.rglob("*") if p.name.startswith(".")) == []  # no partial or probe files
     assert result.requests  # request counts, for metrics
@@ -620,9 +625,11 @@ def test_a_new_tool_into_the_same_destination_names_outputs_by_their_type(
     first = client.run_batch(batch_spec(str(tmp_path / "in"), str(tmp_path / "out")))
     assert [Path(o).name for o in first.outputs] == ["a.jpg"]
     fmt = None if api == "web" else "png"  # web: the result's type; Open API: output_format
-    second = client.run_batch(
-        batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), "remove_bg", {}, output_format=fmt)
-    )
+    spec = batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), "remove_bg", {}, output_format=fmt)
+    with pytest.raises(ManifestMismatchError, match="its tool is 'upscale', this run's is 'remove_bg'"):
+        client.run_batch(spec)  # another tool's batch: refused, not mixed into the old one
+    spec.fresh = True
+    second = client.run_batch(spec)
     [out] = second.outputs
     assert Path(out).name == "a.png"
     from PIL import Image

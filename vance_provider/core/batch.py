@@ -13,13 +13,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
+import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
+
+from fsspec.core import url_to_fs
 
 from .client import AsyncVanceClient, default_idempotency_key
 from .errors import (
@@ -27,14 +32,29 @@ from .errors import (
     BudgetExceededError,
     ConcurrencyLimitedError,
     InsufficientCreditsError,
+    InvalidConfigError,
     InvalidInputError,
     VanceError,
     WaitTimeoutError,
 )
 from .inputs import check_input
+from .lease import BatchLease
 from .manifest import ItemState, Manifest, ManifestItem
 from .models import Job, JobStatus
-from .storage import MEDIA_EXTENSIONS, SourceFile, check_writable, exists, join, list_sources, safe_name
+from .secrets import redact
+from .storage import (
+    MEDIA_EXTENSIONS,
+    PARTIAL_MARK,
+    SourceFile,
+    check_no_overlap,
+    check_outputs_apart,
+    check_writable,
+    is_engine_file,
+    is_local,
+    join,
+    list_sources,
+    safe_name,
+)
 from .tools import ToolCall
 
 log = logging.getLogger("vance_provider.batch")
@@ -60,6 +80,32 @@ class BatchSpec:
     storage_options: dict[str, Any] | None = None
     allow_empty: bool = False  # an empty source is an error unless this is set
     manifest: str | None = None  # where the manifest lives; default: _vance_manifest.json in destination
+    fresh: bool = False  # archive an existing manifest and start the batch afresh
+    lock_timeout: float = 0.0  # seconds to wait for another run's lease on the batch; 0 = fail at once
+    owner: str | None = None  # a stable id of this run (say, an Airflow run id): it may re-enter its lease
+
+    def __post_init__(self) -> None:
+        budget = self.credit_budget
+        if budget is not None and (
+            isinstance(budget, bool)
+            or not isinstance(budget, (int, float))
+            or not math.isfinite(budget)
+            or budget < 0
+        ):
+            raise InvalidConfigError(
+                f"credit_budget must be a number of credits of 0 or more, got {budget!r}",
+                hint="give a finite number such as 50, or leave it unset for no budget",
+            )
+        if (
+            isinstance(self.max_concurrency, bool)
+            or not isinstance(self.max_concurrency, int)
+            or (self.max_concurrency < 1)
+        ):
+            raise InvalidConfigError(
+                f"max_concurrency must be a whole number of 1 or more, got {self.max_concurrency!r}"
+            )
+        if not isinstance(self.lock_timeout, (int, float)) or not self.lock_timeout >= 0:
+            raise InvalidConfigError(f"lock_timeout must be 0 or more seconds, got {self.lock_timeout!r}")
 
 
 @dataclass
@@ -81,6 +127,7 @@ class BatchResult:
     manifest: str
     stopped: str | None = None  # why submission stopped early, if it did
     requests: dict[str, int] = field(default_factory=dict)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (url, reason): listed, not taken
 
     def count(self, state: str) -> int:
         return sum(1 for i in self.items if i.state == state)
@@ -115,6 +162,7 @@ class BatchResult:
             "stopped": self.stopped,
             "outputs": self.outputs[:max_outputs],
             "failures": dict(failures[:max_outputs]),
+            "ignored": dict(self.ignored[:max_outputs]),
         }
 
     def raise_for_failures(self, policy: FailurePolicy = "fail") -> BatchResult:
@@ -227,8 +275,8 @@ def manifest_for(spec: BatchSpec) -> Manifest:
 
 class BatchRunner:
     """Runs a batch. ``run()`` does it all; the stepwise methods (``prepare``, ``preflight``,
-    ``submit_item``, ``run_item``, ``finish_item``) let a deferrable operator submit, hand the
-    waiting to a trigger, and collect later."""
+    ``submit_item``, ``run_item``, ``finish_item``, then ``close``) let a deferrable operator
+    submit, hand the waiting to a trigger, and collect later."""
 
     def __init__(
         self, client: AsyncVanceClient, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None
@@ -238,6 +286,7 @@ class BatchRunner:
             spec.tool, spec.config, output_format=spec.output_format, jconfig=spec.jconfig
         )
         self.manifest = manifest_for(spec)
+        self.lease = BatchLease(self.manifest.url, spec.storage_options, owner=spec.owner)
         self.limit = AdaptiveLimit(spec.max_concurrency)
         self.latency = LatencyEstimate(spec.poll_interval)
         self.stop_reason: str | None = None
@@ -246,37 +295,73 @@ class BatchRunner:
         self.progress = Progress(total=0)
         self.available = float("inf")
         self.sources: list[str] = []
+        self.ignored: list[tuple[str, str]] = []
         self._submitted_at: dict[str, float] = {}
         self._recorded: dict[str, int] = {}  # manifest change that recorded each item's job id
+        self._budget_lock = asyncio.Lock()  # one video at a time until the service prices it
+        self._created_destination = False
+
+    def estimate(self, item: ManifestItem) -> float:
+        """What the item is expected to cost: the service's estimate once known, else ours."""
+        return item.estimate if item.estimate is not None else self.call.estimate()
 
     # --- planning (nothing is uploaded or charged here) ----------------------------------------
     async def prepare(self) -> list[ManifestItem]:
-        so = self.spec.storage_options
-        sources = await asyncio.to_thread(list_sources, self.spec.source, None, so)
-        if not sources and not self.spec.allow_empty:
+        """List, check and plan; take the batch's lease and read its manifest. Spends nothing."""
+        spec, so = self.spec, self.spec.storage_options
+        await asyncio.to_thread(check_no_overlap, spec.source, spec.destination, so)
+        self.ignored = []
+        sources = await asyncio.to_thread(list_sources, spec.source, None, so, self.ignored)
+        if not sources and not spec.allow_empty:
             raise InvalidInputError(
                 "no input files found (JPG, PNG, WEBP or video)",
-                source=str(self.spec.source),
+                source=str(spec.source),
                 hint="check the prefix or glob, or pass allow_empty=True",
             )
-        await asyncio.to_thread(check_writable, self.spec.destination, so)
+        dest_fs, dest_path = url_to_fs(spec.destination, **(so or {}))
+        self._created_destination = is_local(dest_fs) and not await asyncio.to_thread(
+            dest_fs.exists, dest_path
+        )
+        await asyncio.to_thread(check_writable, spec.destination, so)
+        if not self.lease.held:
+            await asyncio.to_thread(self.lease.acquire, spec.lock_timeout)
+        try:
+            return await self._plan(sources, dest_fs, dest_path)
+        except BaseException:
+            await self.close(undo_empty=True)
+            raise
+
+    async def _plan(self, sources: list[SourceFile], dest_fs: Any, dest_path: str) -> list[ManifestItem]:
+        spec, so = self.spec, self.spec.storage_options
+        if spec.fresh:
+            archived = await asyncio.to_thread(self.manifest.archive)
+            if archived:
+                log.warning("starting the batch afresh: the old manifest is kept as %s", archived)
         await asyncio.to_thread(self.manifest.load)
         chash = call_hash(self.call)
-        self.manifest.meta.update(
-            {"tool": self.call.tool, "api": self.client.api, "destination": self.spec.destination}
+        self.manifest.check_identity(
+            {
+                "source": spec.source.rstrip("/") if isinstance(spec.source, str) else None,
+                "destination": spec.destination.rstrip("/"),
+                "tool": self.call.tool,
+                "config": chash,
+                "api": self.client.api,
+            }
         )
         outputs = plan_outputs(
             sources,
-            self.spec.destination,
+            spec.destination,
             self.call,
             {s: i.output for s, i in self.manifest.items.items() if i.output},
         )
+        await asyncio.to_thread(check_outputs_apart, outputs, so)
+        present = await asyncio.to_thread(_list_outputs, dest_fs, dest_path)
         self.sources = [s.url for s in sources]
         work: list[ManifestItem] = []
         for src in sources:
             item = self.manifest.items.get(src.url)
             same_input = item is not None and item.fingerprint == src.fingerprint and item.call == chash
-            if item is None or not same_input or (self.spec.force and item.state == ItemState.DONE):
+            if item is None or not same_input or (spec.force and item.state == ItemState.DONE):
                 generation = (item.generation + 1) if item is not None else 0
                 item = ManifestItem(
                     src.url,
@@ -290,7 +375,7 @@ class BatchRunner:
             elif (
                 item.state == ItemState.DONE
                 and item.output
-                and await asyncio.to_thread(exists, item.output, so)
+                and dest_fs._strip_protocol(item.output) in present
             ):
                 self.progress.done += 1  # counted, so the progress reaches the total on a rerun
                 continue  # done before, output still there: nothing to do, nothing to pay
@@ -307,26 +392,36 @@ class BatchRunner:
                 )
             if item.state == ItemState.PENDING:
                 try:
-                    await asyncio.to_thread(
+                    info = await asyncio.to_thread(
                         check_input, src.url, src.size, self.call.media, self.client.api, so
                     )
-                except InvalidInputError as exc:
-                    item.set(
-                        ItemState.FAILED,
-                        error=exc.message + (f" ({exc.hint})" if exc.hint else ""),
-                        error_code=type(exc).__name__,
-                    )
-                    log.warning("skipping invalid input: %s", exc)
-                    self.progress.failed += 1
-                    if self.spec.on_failure == "fail_fast" and not self.stop_reason:
-                        self.stop_reason = f"fail_fast: {item.source} failed"
+                    if is_local(dest_fs) and item.output:
+                        await asyncio.to_thread(_make_parent, item.output)
+                except Exception as exc:  # whatever went wrong with this one input: it alone fails
+                    self._fail_early(item, exc)
                     continue
+                item.estimate = self.call.estimate(info.duration) if info.media == "video" else None
+                item.media_info = (
+                    {"source_width": info.width, "source_height": info.height, "duration": info.duration}
+                    if info.media == "video" and info.width and info.height and info.duration
+                    else None
+                )
                 item.idempotency_key = self._key(item)
             work.append(item)
         self.manifest.touch()
-        await self.manifest.flush()
         self.progress.total = len(sources)
         return work
+
+    def _fail_early(self, item: ManifestItem, exc: Exception) -> None:
+        if isinstance(exc, VanceError):
+            error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+        else:
+            error = f"{item.source}: {describe_unexpected(exc)}"
+        item.set(ItemState.FAILED, error=error, error_code=type(exc).__name__)
+        log.warning("skipping input that fails its checks: %s", error)
+        self.progress.failed += 1
+        if self.spec.on_failure == "fail_fast" and not self.stop_reason:
+            self.stop_reason = f"fail_fast: {item.source} failed"
 
     def _key(self, item: ManifestItem) -> str:
         # Scoped to this manifest: another batch of the same input is another logical submission.
@@ -334,17 +429,20 @@ class BatchRunner:
             item.source, item.fingerprint, self.call, item.generation, scope=self.manifest.url
         )
 
-    async def preflight(self, work: list[ManifestItem]) -> None:
-        """The whole batch's estimate against the balance and the budget, before spending."""
-        unpaid = [
+    def unpaid(self, work: list[ManifestItem]) -> list[ManifestItem]:
+        return [
             i
             for i in work
             if i.state == ItemState.PENDING
             or (self.client.api == "web" and i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))
         ]
-        need = len(unpaid) * self.call.estimate()
+
+    async def preflight(self, work: list[ManifestItem]) -> None:
+        """The whole batch's estimate against the balance and the budget, before spending."""
+        unpaid = self.unpaid(work)
         if not unpaid:
             return
+        need = sum(self.estimate(i) for i in unpaid)
         await self.client.check_call(self.call)  # option lists the service serves, before spending
         budget = self.spec.credit_budget
         if budget is not None and need > budget and self.spec.on_insufficient_credits == "fail":
@@ -366,35 +464,24 @@ class BatchRunner:
     async def run(self) -> BatchResult:
         started = time.monotonic()
         work = await self.prepare()
-        await self.preflight(work)
-        # Jobs resumed from the manifest will be paid for in this run too: they count against the
-        # budget. The Open API balance already excludes what they reserved, so add that back.
-        resumed = (
-            sum(1 for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))
-            * self.call.estimate()
-        )
-        self.committed += resumed
-        if self.client.api == "open":
-            self.available += resumed
-        stop_flusher = asyncio.Event()
-        flusher = asyncio.create_task(self._flush_periodically(stop_flusher))
         try:
-            coro = asyncio.gather(*(self.run_item(item) for item in work))
-            if self.spec.timeout:
-                try:
-                    await asyncio.wait_for(coro, self.spec.timeout)
-                except TimeoutError:
-                    raise WaitTimeoutError(
-                        f"the batch did not finish within {self.spec.timeout:g} s",
-                        hint="rerun it to resume: submitted jobs are kept in the manifest",
-                    ) from None
-            else:
-                await coro
-        finally:
-            stop_flusher.set()
-            await flusher
-            self.manifest.touch()
+            try:
+                await self.preflight(work)
+            except BaseException:
+                await self.close(undo_empty=True)
+                raise
+            # Jobs resumed from the manifest will be paid for in this run too: they count against the
+            # budget. The Open API balance already excludes what they reserved, so add that back.
+            resumed = sum(
+                self.estimate(i) for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED)
+            )
+            self.committed += resumed
+            if self.client.api == "open":
+                self.available += resumed
             await self.manifest.flush()
+            await self._run_all(work)
+        finally:
+            await self.close()
         items = [item_result(self.manifest.items[s]) for s in self.sources]
         return BatchResult(
             items,
@@ -403,15 +490,50 @@ class BatchRunner:
             self.manifest.url,
             self.stop_reason,
             self.client.request_counts,
+            list(self.ignored),
         )
 
+    async def _run_all(self, work: list[ManifestItem]) -> None:
+        """Every item at once within the limits; when one task ends the batch (Ctrl-C, a timeout,
+        a bug), the TaskGroup cancels its siblings, and the manifest is written before we return."""
+        stop_flusher = asyncio.Event()
+        flusher = asyncio.create_task(self._flush_periodically(stop_flusher))
+        try:
+            async with asyncio.timeout(self.spec.timeout), asyncio.TaskGroup() as group:
+                for item in work:
+                    group.create_task(self.run_item(item))
+        except TimeoutError:
+            raise WaitTimeoutError(
+                f"the batch did not finish within {self.spec.timeout:g} s",
+                hint="rerun it to resume: submitted jobs are kept in the manifest",
+            ) from None
+        finally:
+            stop_flusher.set()
+            await asyncio.shield(flusher)
+            self.manifest.touch()
+            await asyncio.shield(self.manifest.flush())
+
+    async def close(self, *, undo_empty: bool = False) -> None:
+        """Release the batch's lease. ``undo_empty``: nothing was submitted, so leave no trace of
+        this run (a destination folder it created, holding only its own files, is removed)."""
+        await asyncio.to_thread(self.lease.release)
+        if undo_empty and self._created_destination:
+            await asyncio.to_thread(_remove_if_only_engine_files, self.spec.destination)
+
     async def _flush_periodically(self, stop: asyncio.Event) -> None:
+        beats = 0
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
                 pass
             await self.manifest.flush()
+            beats += 1
+            if beats % 20 == 0:  # every ~10 s: renew an object-store lease
+                try:
+                    await asyncio.to_thread(self.lease.heartbeat)
+                except VanceError as exc:
+                    self._stop(str(exc))
 
     def finish_item(self, item: ManifestItem) -> None:
         self.manifest.touch()
@@ -437,6 +559,10 @@ class BatchRunner:
             item.set(ItemState.FAILED, error=exc.message, error_code=str(exc.code or type(exc).__name__))
         except asyncio.CancelledError:
             raise
+        except Exception as exc:  # storage, decoding, an unexpected answer: this item fails, not the batch
+            log.warning("%s failed: %s", item.source, describe_unexpected(exc), exc_info=True)
+            state = ItemState.SUCCEEDED if item.state == ItemState.SUCCEEDED else ItemState.FAILED
+            item.set(state, error=f"{item.source}: {describe_unexpected(exc)}", error_code=type(exc).__name__)
         finally:
             await self.limit.release()
             if item.state in (ItemState.DONE, ItemState.FAILED, ItemState.SKIPPED) or item.error:
@@ -447,7 +573,7 @@ class BatchRunner:
             return
         job = await self._poll(item)
         if job.status is not JobStatus.SUCCEEDED:
-            self.committed -= self.call.estimate()
+            self.committed -= self.estimate(item)
             item.set(
                 ItemState.FAILED,
                 error=job.error_message or job.raw_status,
@@ -476,9 +602,9 @@ class BatchRunner:
                 error_code=str(exc.code or type(exc).__name__),
             )
             return
-        cost = float(job.credits_charged) if job.credits_charged is not None else self.call.estimate()
+        cost = float(job.credits_charged) if job.credits_charged is not None else self.estimate(item)
         self.spent += cost
-        self.committed -= self.call.estimate()
+        self.committed -= self.estimate(item)
         item.set(
             ItemState.DONE,
             output=final,
@@ -494,26 +620,40 @@ class BatchRunner:
             self.stop_reason = reason
             log.warning("stopping submissions: %s", reason)
 
-    async def submit_item(self, item: ManifestItem) -> bool:
-        estimate = self.call.estimate()
+    def _over(self, estimate: float) -> str | None:
+        """Why one more job of ``estimate`` credits may not start, if it may not."""
         budget = self.spec.credit_budget
-        if (
-            not self.stop_reason
-            and budget is not None
-            and self.spent + self.committed + estimate > budget + 1e-9
-        ):
-            self._stop(f"the credit budget of {budget:g} is reached")
-        if not self.stop_reason and self.spent + self.committed + estimate > self.available + 1e-9:
-            self._stop("the balance would not cover more jobs")
+        if budget is not None and self.spent + self.committed + estimate > budget + 1e-9:
+            return f"the credit budget of {budget:g} is reached"
+        if self.spent + self.committed + estimate > self.available + 1e-9:
+            return "the balance would not cover more jobs"
+        return None
+
+    async def submit_item(self, item: ManifestItem) -> bool:
+        """Submit one pending item within the budget; ``False`` if it was not submitted."""
+        if item.estimate is not None and self.spec.credit_budget is not None:
+            # A video's true price is known only once the service has seen it: submit them one at
+            # a time, so the budget is never exceeded by more than one job's cost.
+            async with self._budget_lock:
+                return await self._submit(item)
+        return await self._submit(item)
+
+    async def _submit(self, item: ManifestItem) -> bool:
+        estimate = self.estimate(item)
+        if not self.stop_reason and (why := self._over(estimate)):
+            self._stop(why)
         if self.stop_reason:
             item.set(ItemState.SKIPPED, error=f"not submitted: {self.stop_reason}")
             return False
         self.committed += estimate
+        call = self.call
+        if item.media_info and call.open_tool:  # lets the service price the video before it runs
+            call = dataclasses.replace(call, open_config={**(call.open_config or {}), **item.media_info})
         for _ in range(10):
             try:
                 job = await self.client.submit(
                     item.source,
-                    self.call,
+                    call,
                     idempotency_key=item.idempotency_key,
                     storage_options=self.spec.storage_options,
                 )
@@ -531,7 +671,7 @@ class BatchRunner:
                 self._stop("the account ran out of credits")
                 item.set(ItemState.SKIPPED, error=f"not submitted: {exc.message}", error_code=str(exc.code))
                 return False
-            except VanceError:
+            except BaseException:
                 self.committed -= estimate
                 raise
         else:
@@ -540,7 +680,32 @@ class BatchRunner:
         item.set(ItemState.SUBMITTED, job_id=job.id)
         self._submitted_at[item.source] = time.monotonic()
         self._recorded[item.source] = self.manifest.touch()
+        if item.estimate is not None and job.credits_estimated:  # the service's price replaces ours
+            self.committed += float(job.credits_estimated) - estimate
+            item.estimate = float(job.credits_estimated)
+            if (
+                self.spec.credit_budget is not None
+                and self.spent + self.committed > self.spec.credit_budget + 1e-9
+            ):
+                await self._cancel_over_budget(item, job)
         return True
+
+    async def _cancel_over_budget(self, item: ManifestItem, job: Job) -> None:
+        """The service priced the job over what the budget has left: cancel it (refunded in full)."""
+        why = f"the credit budget of {self.spec.credit_budget:g} is reached"
+        self._stop(why)
+        try:
+            await self.client.cancel(job.id)
+        except VanceError as exc:
+            log.warning("could not cancel job %s over the budget: %s", job.id, exc)
+            return  # it runs and is paid: the budget is exceeded by this one job at most
+        self.committed -= self.estimate(item)
+        item.set(
+            ItemState.SKIPPED, job_id=None, error=f"not submitted: {why} (the job was canceled, not charged)"
+        )
+        item.generation += 1  # a later run makes a new submission
+        item.idempotency_key = self._key(item)
+        self._submitted_at.pop(item.source, None)
 
     async def _poll(self, item: ManifestItem) -> Job:
         assert item.job_id
@@ -564,6 +729,55 @@ class BatchRunner:
                 raise WaitTimeoutError(f"job {item.job_id} did not finish within {self.spec.timeout:g} s")
             await asyncio.sleep(interval)
             interval = min(self.spec.max_poll_interval, interval * 1.5)
+
+
+def describe_unexpected(exc: BaseException) -> str:
+    text = redact(str(exc)) if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _list_outputs(fs: Any, path: str) -> set[str]:
+    """Every file under the destination, in one listing (not one ``exists`` per output); local
+    partial downloads left by a killed run are removed on the way (the lease says none is live)."""
+    try:
+        found = set(fs.find(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    if is_local(fs):
+        for p in [p for p in found if PARTIAL_MARK in p.rsplit("/", 1)[-1]]:
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+            found.discard(p)
+    return found
+
+
+def _make_parent(output: str) -> None:
+    """Create a local output's folder before its job is paid for (a file in the way fails now)."""
+    parent = os.path.dirname(output)
+    try:
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise InvalidInputError(
+            f"the output folder {parent} cannot be created ({exc.strerror or type(exc).__name__})",
+            source=output,
+            hint="a file may stand where the folder should be: move it away",
+        ) from None
+
+
+def _remove_if_only_engine_files(destination: str) -> None:
+    """Remove a local destination this run created, when it holds nothing but engine files."""
+    path = url_to_fs(destination)[1]
+    try:
+        names = os.listdir(path)
+        if all(is_engine_file(n) for n in names):
+            for n in names:
+                os.remove(os.path.join(path, n))
+            os.rmdir(path)
+    except OSError:
+        pass
 
 
 def item_result(item: ManifestItem) -> ItemResult:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import asdict, dataclass, field
+import uuid
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import fsspec
+from fsspec.core import url_to_fs
 
-from .errors import ConfigurationError
+from .errors import ManifestError, ManifestMismatchError
 from .storage import join, write_bytes_atomic
 
 MANIFEST_NAME = "_vance_manifest.json"
@@ -47,6 +49,8 @@ class ManifestItem:
     tool: str = ""
     job_failed: bool = False  # the last job failed on the service (refunded): retry with a new key
     charges: list[dict[str, Any]] = field(default_factory=list)  # every job paid for: job_id, credits, at
+    estimate: float | None = None  # expected credits when they depend on the input (video), else None
+    media_info: dict[str, Any] | None = None  # a video's size and duration, sent so the service prices it
     updated_at: float = field(default_factory=time.time)
 
     def set(self, state: ItemState, **changes: Any) -> None:
@@ -71,27 +75,82 @@ class Manifest:
         return cls(join(destination, MANIFEST_NAME), storage_options)
 
     def load(self) -> Manifest:
+        """Read the manifest if there is one; a malformed one is a :class:`ManifestError`."""
         try:
             with fsspec.open(self.url, "rb", **(self.storage_options or {})) as fh:
-                data = json.loads(fh.read())
+                raw = fh.read()
         except FileNotFoundError:
             return self
+        except IsADirectoryError:
+            raise self._malformed("it is a folder, not a file") from None
+        try:
+            data = json.loads(raw)
         except ValueError as exc:
-            raise ConfigurationError(
-                f"the manifest {self.url} is not valid JSON ({exc})",
-                hint="it is written atomically, so something else changed it; "
-                "move it away to start the batch afresh",
-            ) from None
+            raise self._malformed(f"it is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise self._malformed(f"it holds a JSON {type(data).__name__}, not an object")
         if data.get("version") != VERSION:
-            raise ConfigurationError(
-                f"the manifest {self.url} has version {data.get('version')}, expected {VERSION}"
+            raise ManifestError(
+                f"the manifest {self.url} has version {data.get('version')!r}, expected {VERSION}",
+                hint="it was written by another version of vance-pipelines; "
+                "start afresh with fresh=True (--fresh), which archives it",
             )
-        self.meta = data.get("meta", {})
-        for raw in data.get("items", []):
-            raw["state"] = ItemState(raw["state"])
-            item = ManifestItem(**raw)
-            self.items[item.source] = item
+        meta, items = data.get("meta", {}), data.get("items", [])
+        if not isinstance(meta, dict) or not isinstance(items, list):
+            raise self._malformed("'meta' must be an object and 'items' a list")
+        loaded: dict[str, ManifestItem] = {}
+        for n, entry in enumerate(items):
+            try:
+                item = ManifestItem(**{**entry, "state": ItemState(entry["state"])})
+                if not isinstance(item.source, str) or not isinstance(item.charges, list):
+                    raise TypeError("source must be a string and charges a list")
+            except (TypeError, KeyError, ValueError) as exc:
+                raise self._malformed(
+                    f"item {n} is not a manifest item ({type(exc).__name__}: {exc})"
+                ) from None
+            loaded[item.source] = item
+        self.meta, self.items = meta, loaded
         return self
+
+    def _malformed(self, what: str) -> ManifestError:
+        return ManifestError(
+            f"the manifest {self.url} cannot be read: {what}",
+            hint="nothing was spent; if you don't need it, start afresh with fresh=True (--fresh), "
+            "which archives it, or move it away",
+        )
+
+    def check_identity(self, identity: dict[str, Any]) -> None:
+        """Refuse a manifest written for another batch; record ``identity`` in a new one.
+
+        ``identity``: source, destination, tool, config (a fingerprint), api. Manifests written
+        before identities were recorded are checked on the fields they have (tool, api, destination).
+        """
+        known = self.meta.get("identity") or {
+            k: self.meta[k] for k in ("tool", "api", "destination") if k in self.meta
+        }
+        for field_name, value in identity.items():
+            if field_name in known and value is not None and known[field_name] not in (None, value):
+                raise ManifestMismatchError(
+                    f"the manifest {self.url} belongs to another batch: its {field_name} is "
+                    f"{known[field_name]!r}, this run's is {value!r}",
+                    hint="write to another destination (or another manifest), or start afresh with "
+                    "fresh=True (--fresh), which archives the old manifest",
+                )
+        self.meta["identity"] = identity
+
+    def archive(self) -> str | None:
+        """Move the manifest aside (``fresh=True``); returns where it went, if there was one."""
+        fs, path = url_to_fs(self.url, **(self.storage_options or {}))
+        if not fs.exists(path):
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        base = path[: -len(".json")] if path.endswith(".json") else path
+        target = f"{base}.{stamp}-{uuid.uuid4().hex[:4]}.json"
+        if fs.isdir(path):
+            target = target.replace(".json", "")
+        fs.mv(path, target, recursive=True)
+        self.items, self.meta = {}, {}
+        return target
 
     def touch(self) -> int:
         """Mark the manifest as changed; the next ``flush`` writes it. Returns the change's number."""
@@ -104,9 +163,10 @@ class Manifest:
             await self.flush()
 
     def to_json(self) -> bytes:
-        items = [asdict(i) for i in self.items.values()]
+        # A shallow copy of each item (asdict deep-copies) and no indentation: this runs often.
+        items = [dict(vars(i)) for i in self.items.values()]
         return json.dumps(
-            {"version": VERSION, "meta": self.meta, "items": items}, indent=1, default=str
+            {"version": VERSION, "meta": self.meta, "items": items}, separators=(",", ":"), default=str
         ).encode()
 
     def save(self) -> None:

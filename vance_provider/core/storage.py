@@ -14,7 +14,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from .errors import InvalidInputError, TruncatedDownloadError, UnreadableInputError
+from .errors import ConfigurationError, InvalidInputError, TruncatedDownloadError, UnreadableInputError
 
 CHUNK = 1 << 20  # bounded buffer for streaming (1 MiB)
 # Listed from folders and globs; unsupported kinds (gif, bmp, ...) are listed too, so the
@@ -64,19 +64,32 @@ def _fingerprint(info: dict[str, Any]) -> str:
     return f"{info.get('size')}:{mtime}"
 
 
+ENGINE_PREFIXES = ("_vance", ".vance-")  # the engine's own files: manifests, leases, probes
+PARTIAL_MARK = ".partial-"  # in the name of a local download not yet published
+
+
+def is_engine_file(name: str) -> bool:
+    return name.startswith(ENGINE_PREFIXES) or (name.startswith(".") and PARTIAL_MARK in name)
+
+
 def list_sources(
     source: str | Iterable[str],
     extensions: set[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    ignored: list[tuple[str, str]] | None = None,
 ) -> list[SourceFile]:
-    """Expand a URL, a list of URLs, a glob or a prefix into files (sorted, de-duplicated)."""
+    """Expand a URL, a list of URLs, a glob or a prefix into files (sorted, de-duplicated).
+
+    Files that are listed but not taken (hidden files, other types) are appended to ``ignored``
+    as ``(url, reason)``, so a caller can report them; the engine's own files are left out silently.
+    """
     exts = extensions or MEDIA_EXTENSIONS
     urls = [source] if isinstance(source, str) else list(source)
     found: dict[str, SourceFile] = {}
     for url in urls:
         fs, path = url_to_fs(url, **(storage_options or {}))
         if any(ch in path for ch in "*?["):
-            base = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+            base = glob_base(path)
             matches = {p: fs.info(p) for p in fs.glob(path)}
         elif fs.isdir(path):
             base = path.rstrip("/")
@@ -92,26 +105,59 @@ def list_sources(
             if info.get("type") == "directory":
                 continue
             name = PurePosixPath(p).name
-            listed = name.startswith((".", "_")) or PurePosixPath(p).suffix.lower() not in exts
-            if listed and not info.get("explicit"):
-                continue  # hidden files, manifests, partial downloads, other types
-            rel = p[len(base) :].lstrip("/") if p.startswith(base) else name
             u = full_url(fs, p)
+            if not info.get("explicit"):
+                if is_engine_file(name):
+                    continue
+                reason = (
+                    "hidden file"
+                    if name.startswith(".")
+                    else None
+                    if PurePosixPath(p).suffix.lower() in exts
+                    else "not an image or video (by its extension)"
+                )
+                if reason:
+                    if ignored is not None:
+                        ignored.append((u, reason))
+                    continue
+            rel = p[len(base) :].lstrip("/") if p.startswith(base) else name
             found[u] = SourceFile(u, int(info.get("size") or 0), _fingerprint(info), rel)
     return list(found.values())
+
+
+def glob_base(path: str) -> str:
+    """The folder a glob pattern starts from: ``in/2026/*.jpg`` -> ``in/2026``."""
+    return path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
 
 
 _UNSAFE = re.compile(r"[^\w.\-]+", re.UNICODE)
 
 
+# File systems allow 255 bytes per name. The engine adds up to ~40 bytes to an output's name: a
+# "-abcdef" collision suffix, an extension and, while downloading, ".<name>.partial-<8 hex>".
+MAX_NAME_BYTES = 200
+
+
+def cut_bytes(text: str, limit: int = MAX_NAME_BYTES) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    return text.encode()[:limit].decode(errors="ignore")
+
+
 def safe_name(relative: str) -> str:
-    """A safe relative output path: no traversal, no hidden or odd characters, NFC unicode."""
+    """A safe relative output path: no traversal, no hidden or odd characters, NFC unicode, and
+    every part short enough (in bytes) for every suffix the engine adds."""
     parts = []
     for part in PurePosixPath(unicodedata.normalize("NFC", relative.replace("\\", "/"))).parts:
         if part in ("", ".", "..", "/"):
             continue
-        clean = _UNSAFE.sub("_", part).strip("._") or "file"
-        parts.append(clean[:200])
+        clean = _UNSAFE.sub("_", part).strip(".") or "file"  # no hidden names; _DSC0001 stays
+        if is_engine_file(clean):
+            clean = f"file{clean}"
+        if len(clean.encode()) > MAX_NAME_BYTES:
+            stem, dot, ext = clean.rpartition(".")
+            keep = f".{ext}" if dot and stem and len(ext) <= 5 else ""
+            clean = cut_bytes(clean[: len(clean) - len(keep)], MAX_NAME_BYTES - len(keep)) + keep
+        parts.append(clean)
     return "/".join(parts) or "file"
 
 
@@ -147,26 +193,34 @@ async def iter_file(
         fh.close()
 
 
-class AtomicWriter:
-    """Write to a hidden temporary name beside the target; publish only when complete.
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return _protocol(fs) in ("file", "local")
 
-    ``commit(expected_size)`` checks the byte count, then renames (an atomic
-    ``os.replace`` on local disk, a server-side move on object stores). On any
-    error, ``abort()`` removes the partial file, so no half-written output is
-    ever visible under its final name.
+
+class AtomicWriter:
+    """Write so that no half-written output is ever visible under its final name.
+
+    Local disk: a hidden temporary file beside the target, then an atomic ``os.replace``.
+    Object stores (S3, GCS, memory, ...): straight to the final key. An object appears only when
+    its upload completes, so there is nothing to rename (a rename there is a copy plus a delete,
+    and would leave a temporary object behind after a kill); ``abort()`` discards the upload.
+    ``commit(expected_size)`` checks the byte count before anything is published.
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url
         self.fs, self.path = url_to_fs(url, **(storage_options or {}))
+        # Direct writes where closing the file publishes the object; memory:// shows it at once.
+        self.staged = is_local(self.fs) or _protocol(self.fs) == "memory"
         parent, name = self.path.rsplit("/", 1) if "/" in self.path else ("", self.path)
-        self.tmp_path = f"{parent}/.{name}.partial-{uuid.uuid4().hex[:8]}" if parent else f".{name}.partial"
+        tmp = f".{name}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
+        self.tmp_path = (f"{parent}/{tmp}" if parent else tmp) if self.staged else self.path
         self.written = 0
         self._fh: Any = None
 
     def open(self) -> AtomicWriter:
         parent = self.path.rsplit("/", 1)[0]
-        if parent:
+        if parent and self.staged:
             self.fs.makedirs(parent, exist_ok=True)
         self._fh = self.fs.open(self.tmp_path, "wb")
         return self
@@ -175,28 +229,42 @@ class AtomicWriter:
         self._fh.write(data)
         self.written += len(data)
 
-    def commit(self, expected_size: int | None = None, final_url: str | None = None) -> str:
-        self._fh.close()
-        self._fh = None
+    def commit(self, expected_size: int | None = None) -> str:
         if expected_size is not None and self.written != expected_size:
             self.abort()
             raise TruncatedDownloadError(
                 f"download of {self.url} ended at {self.written} of {expected_size} bytes"
             )
-        target = self.path if final_url is None else url_to_fs(final_url)[1]
-        if _protocol(self.fs) in ("file", "local"):
-            os.replace(self.tmp_path, target)
-        else:
-            self.fs.mv(self.tmp_path, target)
-        return final_url or self.url
+        fh, self._fh = self._fh, None
+        try:
+            fh.close()  # on an object store, this completes (publishes) the upload
+            if self.staged:
+                if is_local(self.fs):
+                    os.replace(self.tmp_path, self.path)
+                else:
+                    self.fs.mv(self.tmp_path, self.path)
+        except BaseException:
+            self._remove_partial()
+            raise
+        return self.url
 
     def abort(self) -> None:
-        if self._fh is not None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            if not self.staged and hasattr(fh, "discard"):
+                fh.discard()  # drop the buffered / multipart upload: nothing is published
+                return
+            if not self.staged:
+                return  # never closed, never published
             try:
-                self._fh.close()
+                fh.close()
             except Exception:
                 pass
-            self._fh = None
+        self._remove_partial()
+
+    def _remove_partial(self) -> None:
+        if not self.staged:
+            return
         try:
             self.fs.rm(self.tmp_path)
         except (FileNotFoundError, OSError):
@@ -211,6 +279,61 @@ def write_bytes_atomic(url: str, data: bytes, storage_options: dict[str, Any] | 
     except BaseException:
         w.abort()
         raise
+
+
+def location(url: str, storage_options: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Where a URL points, comparable across spellings: (protocol, path), local paths resolved
+    through symlinks, ``..`` and trailing slashes."""
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    if is_local(fs):
+        return "file", os.path.realpath(path)
+    return _protocol(fs), path.rstrip("/")
+
+
+def _within(inner: tuple[str, str], outer: tuple[str, str]) -> bool:
+    return inner[0] == outer[0] and (inner[1] == outer[1] or inner[1].startswith(outer[1].rstrip("/") + "/"))
+
+
+def check_no_overlap(
+    source: str | Iterable[str], destination: str, storage_options: dict[str, Any] | None = None
+) -> None:
+    """Refuse a destination that overlaps a source folder, either way, before anything is spent.
+
+    Outputs inside the source would be listed as new inputs on the next run (and paid for again);
+    a source inside the destination mixes inputs with outputs. A single-file source may share its
+    folder with the destination: its own output name is checked by :func:`check_outputs_apart`.
+    """
+    dest = location(destination, storage_options)
+    for url in [source] if isinstance(source, str) else list(source):
+        fs, path = url_to_fs(url, **(storage_options or {}))
+        globbed = any(ch in path for ch in "*?[")
+        if not globbed and not fs.isdir(path):
+            continue
+        base = location(full_url(fs, glob_base(path)) if globbed else url, storage_options)
+        # A non-recursive glob (in/*.jpg) never lists what is below its folder.
+        inside = _within(dest, base) and (not globbed or dest == base or "**" in path)
+        if inside or _within(base, dest):
+            raise ConfigurationError(
+                f"the destination {destination} overlaps the source {url}",
+                hint="write the outputs to a folder outside the source (and not containing it): "
+                "outputs inside the source would be taken as new inputs and paid for again",
+            )
+
+
+def check_outputs_apart(planned: dict[str, str], storage_options: dict[str, Any] | None = None) -> None:
+    """No output may land on an input: ``planned`` maps input URL -> output URL (its extension
+    may still be unknown: then any input with the same name and another extension counts)."""
+    inputs = {location(u, storage_options) for u in planned}
+    stems = {(proto, str(PurePosixPath(path).with_suffix(""))): (proto, path) for proto, path in inputs}
+    for src, out in planned.items():
+        where = location(out, storage_options)
+        has_ext = PurePosixPath(where[1]).suffix.lower() in MEDIA_EXTENSIONS
+        clash = where if has_ext and where in inputs else None if has_ext else stems.get(where)
+        if clash:
+            raise ConfigurationError(
+                f"the output {out} for {src} would overwrite the input {clash[1]}",
+                hint="choose a destination folder other than the input's, or another output format",
+            )
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:

@@ -212,6 +212,12 @@ OPEN_TOOLS: dict[str, tuple[Media, dict[str, Param]]] = {
     ),
 }
 OPEN_FORMATS = ("jpg", "png", "webp")
+# Credits per second of video (video_upscale: per second and per unit of scale). The vendor's
+# documents publish no price list, only that the charge follows the measured duration and
+# resolution: these are the simulator's rates, used for the pre-flight estimate; the service's
+# ``credits_estimated`` (sent the duration and size) replaces them once a job exists.
+VIDEO_CREDITS_PER_SECOND = {"video_upscale": 0.5, "video_hdr": 0.5, "video_face_enhance": 0.8}
+UNKNOWN_VIDEO_SECONDS = 60.0
 
 # --- VisionCraft (api="visioncraft"): the image tools a batch can run over a dataset ---------
 # Scheduler and refiner names are checked against the lists the API serves (the backend's
@@ -267,16 +273,26 @@ class ToolCall:
     def vendor_tool(self) -> str:
         return self.open_tool or str((self.jconfig or {}).get("name"))
 
-    def estimate(self) -> float:
-        """Credits one job is expected to cost (web: charged on first download)."""
+    def estimate(self, duration: float | None = None) -> float:
+        """Credits one job is expected to cost (web: charged on first download).
+
+        A video's cost grows with its ``duration`` (seconds, from the file's header); without one,
+        a video is assumed to be :data:`UNKNOWN_VIDEO_SECONDS` long, so a budget errs on the safe side.
+        The service's own estimate replaces this one as soon as a job is created.
+        """
         if self.api == "visioncraft":
             return 0.0  # a subscription, not credits: nothing is counted per job
         if self.api == "web":
             steps = _steps(self.jconfig or {})
             return 2.0 if any(s.get("module") == "sharpen3" for s in steps) else 1.0
+        config = self.open_config or {}
         if self.media == "image":
-            return 2.0 if self.open_tool == "upscale" and (self.open_config or {}).get("scale") == 8 else 1.0
-        return 1.0  # video: at least one credit; the real figure depends on duration
+            return 2.0 if self.open_tool == "upscale" and config.get("scale") == 8 else 1.0
+        rate = VIDEO_CREDITS_PER_SECOND.get(str(self.open_tool), max(VIDEO_CREDITS_PER_SECOND.values()))
+        if self.open_tool == "video_upscale":
+            rate *= int(config.get("scale", 2))
+        seconds = duration if duration is not None and duration > 0 else UNKNOWN_VIDEO_SECONDS
+        return max(1.0, round(rate * seconds, 1))
 
     def fingerprint(self) -> str:
         return json.dumps(

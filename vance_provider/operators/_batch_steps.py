@@ -21,6 +21,7 @@ budget and balance), ``run_item`` (poll, download, record) and ``finish_item`` (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -71,19 +72,40 @@ async def batch_step(
     started: float | None = None,
 ) -> StepResult:
     """One step of a deferrable batch (see the module docstring)."""
-    from vance_provider.core.batch import BatchResult, BatchRunner, item_result, manifest_for
+    from vance_provider.core.batch import BatchRunner, manifest_for
     from vance_provider.core.manifest import ItemState
 
     started = started or time.time()
     held: dict[str, ManifestItem] = {}
     if not first:
+        spec = dataclasses.replace(spec, fresh=False)  # only the first step starts afresh
         # Failures and skips recorded by earlier steps of this task run stay as they are: the
         # core's prepare() would reset them to pending, which is right for a new run only.
         before = await asyncio.to_thread(manifest_for(spec).load)
         held = {s: i for s, i in before.items.items() if i.state in (ItemState.FAILED, ItemState.SKIPPED)}
 
     runner = BatchRunner(client, spec)
-    work = await runner.prepare()
+    work = await runner.prepare()  # takes the batch's lease: released when this step ends
+    try:
+        return await _step(runner, client, spec, work, held, first=first, spent=spent, started=started)
+    finally:
+        await runner.close()
+
+
+async def _step(
+    runner: BatchRunner,
+    client: AsyncVanceClient,
+    spec: BatchSpec,
+    work: list[ManifestItem],
+    held: dict[str, ManifestItem],
+    *,
+    first: bool,
+    spent: float,
+    started: float,
+) -> StepResult:
+    from vance_provider.core.batch import BatchResult, item_result
+    from vance_provider.core.manifest import ItemState
+
     if held:
         for source, old in held.items():
             if source in runner.manifest.items:
@@ -106,7 +128,7 @@ async def batch_step(
     runner.spent = spent
     if math.isfinite(runner.available):
         runner.available += spent
-    runner.committed = runner.call.estimate() * len(inflight)
+    runner.committed = sum(runner.estimate(i) for i in inflight)
     if client.api == "open" and math.isfinite(runner.available):
         runner.available += runner.committed  # the Open API balance already excludes their reservations
     runner.latency.value = 0.0  # collect at once: the trigger saw these jobs finish
