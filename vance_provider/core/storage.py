@@ -253,6 +253,7 @@ class AtomicWriter:
         if fh is not None:
             if not self.staged and hasattr(fh, "discard"):
                 fh.discard()  # drop the buffered / multipart upload: nothing is published
+                fh.closed = True  # so that garbage collection does not try to finish it
                 return
             if not self.staged:
                 return  # never closed, never published
