@@ -73,3 +73,40 @@ async def test_async_client_repr_and_insufficient_credits(tmp_path: Path, make_i
             with pytest.raises(E.InsufficientCreditsError) as info:
                 await client.submit(str(make_image("x.jpg")), "upscale", {"scale": 2})
     assert OPEN_KEY not in "".join(traceback.format_exception(info.value))
+
+
+# A token with the characters a URL or a form encodes (+ / = and a space): the GET `point`
+# fallback puts it in a query string, where it appears percent-encoded.
+ENCODED_TOKEN = "web+tok/en==with signs0123456789"
+
+
+@pytest.mark.parametrize("refusal", ["405", "illegal_parameter"])
+def test_a_percent_encoded_token_never_leaks(refusal: str, caplog: pytest.LogCaptureFixture) -> None:
+    from urllib.parse import quote, quote_plus
+
+    caplog.set_level(logging.DEBUG)
+    for name in ("httpx", "httpcore", "vance_provider"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    config = SimConfig(
+        accounts=[Account(web_tokens=[ENCODED_TOKEN])],
+        web_point_get_only=True,
+        web_point_post_answer=refusal,
+    )
+    with SimulatorServer(config) as sim, VanceClient(ENCODED_TOKEN, base_url=sim.base_url) as client:
+        assert client.balance().available == 1000.0
+        texts = [repr(client), repr(client.aio.backend)]
+    # The GET fallback did send the token in its URL, encoded: the checks below see something.
+    [get] = [r for r in sim.state.requests if r.method == "GET"]
+    assert quote_plus(ENCODED_TOKEN) in get.url and ENCODED_TOKEN not in get.url
+    assert any("HTTP Request: GET" in r.getMessage() for r in caplog.records)  # httpx's INFO line
+    forms = {
+        ENCODED_TOKEN,
+        quote(ENCODED_TOKEN, safe=""),
+        quote_plus(ENCODED_TOKEN),
+        quote_plus(ENCODED_TOKEN).lower(),
+        quote(ENCODED_TOKEN, safe="/"),
+        "web+tok/en==with",  # the part before the space
+    }
+    for text in [*(r.getMessage() for r in caplog.records), *texts]:
+        for form in forms:
+            assert form not in text, (form, text)

@@ -466,6 +466,9 @@ def test_other_accounts_job_is_not_found(sim_factory: Factory, connect: Connect)
 
 
 # --- two-phase video upload ---------------------------------------------------------------------
+MP4 = {"Content-Type": "video/mp4"}  # the type the upload was created with: the URL signs it
+
+
 def test_create_upload_is_201_with_a_presigned_put_url(sim: SimulatorServer, api: Open) -> None:
     resp = api.create_upload("clip.mp4", file_size=734003200, content_type="video/mp4")
     assert resp.status_code == 201
@@ -554,14 +557,14 @@ def test_unknown_or_foreign_upload_id_is_404(
 
 def test_expired_upload_is_410(sim: SimulatorServer, api: Open, test_video: Path) -> None:
     body = api.create_upload("clip.mp4").json()
-    assert httpx.put(body["put_url"], content=test_video.read_bytes()).status_code == 200
+    assert httpx.put(body["put_url"], content=test_video.read_bytes(), headers=MP4).status_code == 200
     sim.state.clock.advance(sim.config.upload_ttl + 1)
     open_error(
         api.submit_json({"upload_id": body["upload_id"], "tool": "video_upscale"}), 410, "upload_expired"
     )
     late = api.create_upload("late.mp4").json()
     sim.state.clock.advance(sim.config.upload_ttl + 1)
-    assert httpx.put(late["put_url"], content=test_video.read_bytes()).status_code == 403
+    assert httpx.put(late["put_url"], content=test_video.read_bytes(), headers=MP4).status_code == 403
 
 
 def test_job_created_before_the_put_fails_upload_incomplete(sim: SimulatorServer, api: Open) -> None:
@@ -748,7 +751,7 @@ def test_put_over_max_bytes_is_413(sim_factory: Factory, connect: Connect) -> No
     api = api_for(sim_factory(open_max_upload_bytes=1000), connect)
     body = api.create_upload("clip.mp4").json()
     assert body["max_bytes"] == 1000
-    assert httpx.put(body["put_url"], content=b"\x00" * 2000).status_code == 413
+    assert httpx.put(body["put_url"], content=b"\x00" * 2000, headers=MP4).status_code == 413
     open_error(api.create_upload("clip.mp4", file_size=1001), 413, "file_too_large")
 
 

@@ -8,7 +8,9 @@ notebooks (which may already run a loop) get the same behaviour as triggers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from .backends import Backend, OpenApiBackend, VisionCraftBackend, WebApiBackend
+from .backends.base import DownloadOptions
 from .errors import (
     ConfigurationError,
     InvalidConfigError,
@@ -33,6 +36,7 @@ from .storage import list_sources
 from .tools import ToolCall, resolve
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 ApiChoice = Literal["auto", "web", "open", "visioncraft"]
 
 
@@ -93,9 +97,18 @@ class AsyncVanceClient:
         caller: str = "python",
         storage_options: dict[str, Any] | None = None,
         premium: bool | None = None,
+        downloads: DownloadOptions | dict[str, Any] | None = None,
     ) -> None:
         """``premium`` (VisionCraft only): whether the key has the subscription; ``False`` refuses
-        paid-only models and tools locally, before any request."""
+        paid-only models and tools locally, before any request.
+
+        ``downloads`` bounds every result download (a :class:`DownloadOptions` or its fields as a
+        dict): a deadline, a minimum throughput, and a size limit when the service reports none.
+        """
+        if isinstance(token, str) and token != token.strip():
+            # Pasted into a connection or a secret with a newline: as is, the header would be invalid.
+            log.debug("the API token had whitespace or a line break around it: stripped it")
+            token = token.strip()
         if not token:
             raise ConfigurationError(
                 "no API token given", hint="set VANCE_API_TOKEN or the connection's password"
@@ -118,6 +131,7 @@ class AsyncVanceClient:
             caller=caller,
             storage_options=storage_options,
         )
+        self.backend.downloads = _download_options(downloads)
         self.charges: dict[str, UsageRecord] = {}  # Open API: what each finished job cost
 
     def __repr__(self) -> str:
@@ -365,6 +379,21 @@ class AsyncVanceClient:
         return list(self.charges.values())
 
 
+def _download_options(value: DownloadOptions | dict[str, Any] | None) -> DownloadOptions:
+    if value is None:
+        return DownloadOptions()
+    if isinstance(value, DownloadOptions):
+        return value
+    if isinstance(value, dict):
+        try:
+            return DownloadOptions(**value)
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"downloads: {exc}", hint="deadline, min_rate, stall_window, max_bytes"
+            ) from None
+    raise ConfigurationError(f"downloads must be a DownloadOptions or a dict, got {type(value).__name__}")
+
+
 def default_idempotency_key(
     url: str, fingerprint: str, call: ToolCall, generation: int = 0, scope: str = ""
 ) -> str:
@@ -383,7 +412,16 @@ class _LoopThread:
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Ctrl-C (or any interruption) reaches this thread, not the loop's: cancel the work
+            # and let it finish its cleanup (a batch writes its manifest) before we go on.
+            if not future.done():
+                future.cancel()
+                concurrent.futures.wait([future], timeout=30)
+            raise
 
     def stop(self) -> None:
         if self.loop.is_running():

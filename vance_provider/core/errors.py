@@ -50,7 +50,9 @@ class ManifestMismatchError(ManifestError):
 class BatchLockedError(VanceError):
     """Another run holds the batch's lease (its manifest): running both would pay twice."""
 
-    def __init__(self, message: str, *, holder: dict[str, Any] | None = None, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, holder: dict[str, Any] | None = None, hint: str | None = None
+    ) -> None:
         self.holder = holder or {}
         super().__init__(message, hint=hint)
 
@@ -160,9 +162,23 @@ class ResultNotReadyError(APIError):
 
 
 class ProtocolError(APIError):
-    """An answer that is not what the API documents (HTML, truncated or mistyped JSON); retried like a 5xx."""
+    """An answer that is not what the API documents (HTML, truncated or mistyped JSON); retried like a 5xx.
+
+    ``content_type`` and ``head`` (the first bytes, tokens redacted) say what came instead.
+    """
 
     retryable = True
+
+    def __init__(
+        self, message: str, *, content_type: str | None = None, head: str | None = None, **kwargs: Any
+    ) -> None:
+        self.content_type, self.head = content_type, head
+        super().__init__(message, **kwargs)
+
+
+class ResultTooLargeError(APIError):
+    """A result bigger than announced (the job's size, or ``DownloadOptions.max_bytes``): the
+    download stops at once, before or while writing; nothing is kept and it is not retried."""
 
 
 class TransportError(VanceError):
@@ -173,6 +189,17 @@ class TransportError(VanceError):
 
 class TruncatedDownloadError(TransportError):
     """A download ended before its expected size; it is retried and never kept."""
+
+
+class DownloadStalledError(TransportError):
+    """A download slower than ``DownloadOptions.min_rate`` over a ``stall_window``; retried
+    (within the download's deadline) and never kept."""
+
+
+class DownloadTimeoutError(DownloadStalledError):
+    """A download (every attempt together) ran past ``DownloadOptions.deadline``; not retried."""
+
+    retryable = False
 
 
 class JobFailedError(VanceError):

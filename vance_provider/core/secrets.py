@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
+from urllib.parse import quote, quote_plus
 
 _known: set[str] = set()
 _lock = threading.Lock()
@@ -17,8 +20,9 @@ class Secret:
     def __init__(self, value: str) -> None:
         self._value = value
         if value:
+            forms = encodings(value)
             with _lock:
-                _known.add(value)
+                _known.update(forms)
         _install_filter()
 
     def reveal(self) -> str:
@@ -33,8 +37,31 @@ class Secret:
         return bool(self._value)
 
 
+def _lower_hex(text: str) -> str:
+    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
+
+
+def encodings(value: str) -> set[str]:
+    """Every form in which the client may write ``value``: as is, percent-encoded as a query
+    string or a form body does it (``+`` -> ``%2B``, ``/`` -> ``%2F``, ``=`` -> ``%3D``, space ->
+    ``+`` or ``%20``, upper- or lower-case hex), and escaped inside JSON."""
+    forms = {
+        value,
+        quote(value, safe=""),
+        quote(value, safe="/"),
+        quote(value, safe="/="),
+        quote_plus(value, safe=""),
+        quote_plus(value, safe="/"),
+        quote_plus(value, safe="/="),
+        json.dumps(value)[1:-1],
+        json.dumps(value)[1:-1].replace("/", "\\/"),
+    }
+    forms |= {_lower_hex(f) for f in forms}
+    return {f for f in forms if f}
+
+
 def redact(text: str) -> str:
-    """Replace every known token in ``text`` with ``***``."""
+    """Replace every known token, in any of its encodings, in ``text`` with ``***``."""
     with _lock:
         secrets = sorted(_known, key=len, reverse=True)
     for s in secrets:

@@ -31,6 +31,15 @@ class Faults:
     ``truncate``: a result download is cut short (half the bytes).
     ``fail_job``: the job fails on the service side (``processing_failed`` / ``fatal``).
     ``rate_limit``: a 429 with ``Retry-After`` although the real budget is not spent.
+
+    Hostile answers (not part of ``uniform``):
+    ``garble``: a JSON answer of HTTP 200 (job creation, job status, credits, upload; both APIs)
+    becomes an HTML page, truncated JSON or a JSON list (``garble_kind``; ``None``: drawn), on
+    the endpoints named in ``garble_endpoints`` (``create_job``, ``get_job``, ``credits``,
+    ``upload``; empty: all four). The request is processed all the same.
+    ``drip``: a result download sends one byte every ``drip_interval`` seconds.
+    ``oversize``: a result download goes on past the result, to ``oversize_bytes`` in all;
+    ``Content-Length`` says so when ``oversize_announced``, else the answer is chunked.
     """
 
     error: float = 0.0
@@ -41,6 +50,14 @@ class Faults:
     rate_limit: float = 0.0
     slow_seconds: float = 3.0
     seed: int = 0
+    garble: float = 0.0
+    garble_kind: str | None = None  # "html" | "truncated" | "list"
+    garble_endpoints: tuple[str, ...] = ()
+    drip: float = 0.0
+    drip_interval: float = 5.0
+    oversize: float = 0.0
+    oversize_bytes: int = 300 * 1024 * 1024
+    oversize_announced: bool = True
 
     @classmethod
     def uniform(cls, rate: float, seed: int = 0, slow_seconds: float = 3.0) -> Faults:
@@ -81,6 +98,13 @@ class SimConfig:
     webhook_retry_delay: float = 0.2
     web_missing_token_code: int = 30001  # one edition says 30001, the other 10001
     web_point_get_only: bool = False  # `point` as documented strictly: GET only (POST -> 405)
+    # How a GET-only `point` refuses a POST: "405", or as this API reports errors, HTTP 200 with
+    # "illegal_parameter" (code 10001) or "missing_token" (it read only the query string).
+    web_point_post_answer: str = "405"
+    web_error_content_type: str | None = None  # web API errors served as e.g. "text/html"
+    result_content_type: str | None = None  # results labelled with this type, whatever they are
+    presign_content_type: bool = True  # the presigned PUT signs the upload's content type
+    poll_retry_after: int = 0  # Retry-After (s) on answers about a running job; 0 = none
     faults: Faults = field(default_factory=Faults)
     tick: float = 0.02  # how often the scheduler advances jobs
     admin_routes: bool = False  # /_sim/* introspection over HTTP (off by default)

@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from . import processing
-from .common import CONTENT_TYPES, FileResponse, iso, record_of, state_of
+from .common import CONTENT_TYPES, garble, iso, record_of, result_response, state_of
 from .state import AccountState, Idem, Job, SimState, Upload
 
 IMAGE_TOOLS = {
@@ -40,6 +40,15 @@ IMAGE_TOOLS = {
 }
 VIDEO_TOOLS = {"video_upscale", "video_hdr", "video_face_enhance"}
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"}
+# The content type of an upload, inferred from the file name's extension when not given.
+VIDEO_TYPES = {
+    ".mp4": "video/mp4",
+    ".m4v": "video/x-m4v",
+    ".mov": "video/quicktime",
+    ".mkv": "video/x-matroska",
+    ".webm": "video/webm",
+    ".avi": "video/x-msvideo",
+}
 ERROR_TYPES = {
     "invalid_api_key": "auth",
     "unauthorized": "auth",
@@ -87,6 +96,15 @@ def error(
         }
     }
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def storage_error(status: int, code: str, message: str) -> Response:
+    """An error of the storage URLs, in the shape S3 and R2 give it (XML)."""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )
+    return Response(body, status_code=status, media_type="application/xml")
 
 
 def authenticate(request: Request) -> AccountState | JSONResponse:
@@ -468,7 +486,10 @@ async def get_job(request: Request) -> Response:
     job = _own_job(sim, acc, request.path_params["job_id"])
     if job is None:
         return error(404, "job_not_found")
-    return JSONResponse(job_body(sim, job, request), headers=request.scope.get("sim_ratelimit"))
+    headers = dict(request.scope.get("sim_ratelimit") or {})
+    if sim.config.poll_retry_after and job.status not in {"succeeded", "failed", "canceled"}:
+        headers["Retry-After"] = str(sim.config.poll_retry_after)  # a hint for the next poll
+    return JSONResponse(job_body(sim, job, request), headers=headers or None)
 
 
 def _own_job(sim: SimState, acc: AccountState, job_id: str) -> Job | None:
@@ -499,16 +520,22 @@ def check_presigned(request: Request, what: str, expires_param: str, signature_p
     """Like S3: a presigned URL takes no Authorization header, a valid signature, and is not expired."""
     sim = state_of(request)
     if "authorization" in request.headers:
-        return Response("InvalidArgument: Only one auth mechanism allowed", status_code=400)
+        return storage_error(400, "InvalidArgument", "Only one auth mechanism allowed")
     try:
         expires = int(request.query_params.get(expires_param, "0"))
     except ValueError:
         expires = 0
     if not sim.check_signature(what, expires, request.query_params.get(signature_param, "")):
-        return Response("SignatureDoesNotMatch", status_code=403)
+        return storage_error(403, "SignatureDoesNotMatch", SIGNATURE_MISMATCH)
     if sim.clock.now() > expires:
-        return Response("AccessDenied: Request has expired", status_code=403)
+        return storage_error(403, "AccessDenied", "Request has expired")
     return None
+
+
+SIGNATURE_MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. "
+    "Check your key and signing method."
+)
 
 
 async def result_file(request: Request) -> Response:
@@ -521,15 +548,10 @@ async def result_file(request: Request) -> Response:
     with sim.lock:
         job = sim.jobs.get(job_id)
     if job is None or job.result is None or job.deleted:
-        return Response("NoSuchKey", status_code=404)
-    truncate = sim.draw_fault("truncate", sim.config.faults.truncate)
+        return storage_error(404, "NoSuchKey", "The specified key does not exist.")
     ext = job.result.suffix.lstrip(".")
-    return FileResponse(
-        job.result,
-        CONTENT_TYPES.get(ext, "application/octet-stream"),
-        f"{job.id}.{ext}",
-        truncate=truncate,
-        chunked_truncation=truncate and sim.rng.random() < 0.5,
+    return result_response(
+        sim, job.result, CONTENT_TYPES.get(ext, "application/octet-stream"), f"{job.id}.{ext}"
     )
 
 
@@ -597,7 +619,7 @@ async def create_upload(request: Request) -> Response:
             upload_id,
             acc.spec.name,
             name,
-            body.get("content_type") or "video/mp4",
+            str(body.get("content_type") or VIDEO_TYPES[Path(name).suffix.lower()]),
             max_bytes,
             expires,
             sim.workdir / f"upload-{upload_id}",
@@ -622,9 +644,14 @@ async def put_upload(request: Request) -> Response:
     with sim.lock:
         up = sim.uploads.get(upload_id)
     if up is None:
-        return Response("AccessDenied: Request has expired", status_code=403)
+        return storage_error(403, "AccessDenied", "Request has expired")
     if up.consumed_by and up.put_done:
-        return Response("AccessDenied: upload already consumed", status_code=403)
+        return storage_error(403, "AccessDenied", "The upload was already consumed")
+    sent_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if sim.config.presign_content_type and sent_type != up.content_type.lower():
+        # The URL signs the content type (as S3/R2 presigned URLs can): another one, or none,
+        # changes the string to sign.
+        return storage_error(403, "SignatureDoesNotMatch", SIGNATURE_MISMATCH)
     size, digest = 0, hashlib.md5()
     with open(up.path, "wb") as out:
         async for chunk in request.stream():
@@ -632,7 +659,9 @@ async def put_upload(request: Request) -> Response:
             if size > up.max_bytes:
                 out.close()
                 up.path.unlink(missing_ok=True)
-                return Response("EntityTooLarge", status_code=413)
+                return storage_error(
+                    413, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size"
+                )
             digest.update(chunk)
             out.write(chunk)
     with sim.lock:
@@ -650,14 +679,23 @@ async def credits(request: Request) -> Response:
     )
 
 
+def garbling(endpoint: str, handler: Any) -> Any:
+    """``handler``, under the 'garble' fault (see :class:`~vance_provider.sim.config.Faults`)."""
+
+    async def route(request: Request) -> Response:
+        return garble(state_of(request), endpoint, await handler(request))
+
+    return route
+
+
 routes = [
-    Route("/api/v1/jobs", create_job, methods=["POST"]),
-    Route("/api/v1/jobs/{job_id}", get_job, methods=["GET"]),
+    Route("/api/v1/jobs", garbling("create_job", create_job), methods=["POST"]),
+    Route("/api/v1/jobs/{job_id}", garbling("get_job", get_job), methods=["GET"]),
     Route("/api/v1/jobs/{job_id}", delete_job, methods=["DELETE"]),
     Route("/api/v1/jobs/{job_id}/result", get_result, methods=["GET"]),
     Route("/api/v1/jobs/{job_id}/cancel", cancel_job, methods=["POST"]),
-    Route("/api/v1/uploads", create_upload, methods=["POST"]),
-    Route("/api/v1/credits", credits, methods=["GET"]),
+    Route("/api/v1/uploads", garbling("upload", create_upload), methods=["POST"]),
+    Route("/api/v1/credits", garbling("credits", credits), methods=["GET"]),
     Route("/storage/results/{job_id}", result_file, methods=["GET"], name="result_file"),
     Route("/storage/uploads/{upload_id}", put_upload, methods=["PUT"], name="put_upload"),
 ]

@@ -157,7 +157,6 @@ class SimState:
         self.clock = Clock()
         self.lock = threading.RLock()
         self.rng = random.Random(config.faults.seed)
-        self._ids = random.Random(config.faults.seed ^ 0x5EED)
         self.secret = secrets.token_bytes(16)
         self.workdir = Path(tempfile.mkdtemp(prefix="vance-sim-"))
         self.accounts = {a.name: AccountState(a) for a in config.accounts}
@@ -174,8 +173,9 @@ class SimState:
 
     # --- identity -------------------------------------------------------------
     def new_id(self, prefix: str = "", nbytes: int = 16) -> str:
-        with self.lock:
-            return prefix + f"{self._ids.getrandbits(nbytes * 8):0{nbytes * 2}x}"
+        """A fresh id, unique across restarts like a real service's (not drawn from the fault
+        seed: a restarted simulator must never hand out an id of its previous life)."""
+        return prefix + secrets.token_hex(nbytes)
 
     def account_for_web_token(self, token: str) -> AccountState | None:
         for acc in self.accounts.values():

@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import processing
-from .common import CONTENT_TYPES, FileResponse, form_or_query, record_of, state_of
+from .common import CONTENT_TYPES, form_or_query, garble, is_json_error, record_of, result_response, state_of
 from .state import AccountState, Job, WebUpload
 
 MODULES = {
@@ -295,7 +295,10 @@ async def progress(request: Request) -> Response:
         data["content"] = "[sim] INFO: inference finished!\n"
     elif job.status == "failed":
         data["content"] = f"[sim] ERROR: {job.error_message}\n"
-    return ok(data)
+    answer = ok(data)
+    if sim.config.poll_retry_after and job.status not in {"succeeded", "failed", "canceled"}:
+        answer.headers["Retry-After"] = str(sim.config.poll_retry_after)  # a hint for the next poll
+    return answer
 
 
 async def download(request: Request) -> Response:
@@ -311,14 +314,9 @@ async def download(request: Request) -> Response:
         return err(10011, "Invalid download link")
     if not sim.charge_download(job):
         return err(30004, "Insufficient credits")
-    truncate = sim.draw_fault("truncate", sim.config.faults.truncate)
     stem = job.source_name.rsplit(".", 1)[0]
-    return FileResponse(
-        job.result,
-        CONTENT_TYPES[job.output_format],
-        f"{job.tool}_{stem}.{job.output_format}",
-        truncate=truncate,
-        chunked_truncation=truncate and sim.rng.random() < 0.5,
+    return result_response(
+        sim, job.result, CONTENT_TYPES[job.output_format], f"{job.tool}_{stem}.{job.output_format}"
     )
 
 
@@ -327,7 +325,12 @@ def fmt3(v: float) -> str:
 
 
 async def point(request: Request) -> Response:
-    if request.method == "POST" and state_of(request).config.web_point_get_only:
+    config = state_of(request).config
+    if request.method == "POST" and config.web_point_get_only:
+        if config.web_point_post_answer == "illegal_parameter":
+            return err(10001, "Illegal Parameter")
+        if config.web_point_post_answer == "missing_token":  # it reads the query string only
+            return err(config.web_missing_token_code, {"api_token": ["The api token field is required."]})
         return Response("Method Not Allowed", status_code=405)
     fields = await form_or_query(request)
     acc = authenticate(request, fields)
@@ -382,11 +385,26 @@ async def points_record(request: Request) -> Response:
     )
 
 
+def served(handler: Any, endpoint: str | None = None) -> Any:
+    """``handler`` with the answer-level knobs: the 'garble' fault on ``endpoint``, and errors
+    served without their JSON content type (``web_error_content_type``)."""
+
+    async def route(request: Request) -> Response:
+        sim = state_of(request)
+        answer = await handler(request)
+        if sim.config.web_error_content_type and isinstance(answer, JSONResponse) and is_json_error(answer):
+            answer.headers["content-type"] = sim.config.web_error_content_type
+            return answer
+        return garble(sim, endpoint, answer) if endpoint else answer
+
+    return route
+
+
 routes = [
-    Route("/web_api/v1/upload", upload, methods=["POST"]),
-    Route("/web_api/v1/transform", transform, methods=["POST"]),
-    Route("/web_api/v1/progress", progress, methods=["GET", "POST"]),
-    Route("/web_api/v1/download", download, methods=["GET", "POST"]),
-    Route("/web_api/v1/point", point, methods=["GET", "POST"]),
-    Route("/web_api/v1/points/record", points_record, methods=["GET", "POST"]),
+    Route("/web_api/v1/upload", served(upload, "upload"), methods=["POST"]),
+    Route("/web_api/v1/transform", served(transform, "create_job"), methods=["POST"]),
+    Route("/web_api/v1/progress", served(progress, "get_job"), methods=["GET", "POST"]),
+    Route("/web_api/v1/download", served(download), methods=["GET", "POST"]),
+    Route("/web_api/v1/point", served(point, "credits"), methods=["GET", "POST"]),
+    Route("/web_api/v1/points/record", served(points_record), methods=["GET", "POST"]),
 ]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -15,16 +18,24 @@ import httpx
 from ... import __version__
 from ..errors import (
     APIError,
+    ConfigurationError,
+    DownloadStalledError,
+    DownloadTimeoutError,
+    ProtocolError,
     ResultNotReadyError,
+    ResultTooLargeError,
     ServerError,
     TransportError,
     TruncatedDownloadError,
     VanceError,
 )
+from ..inputs import sniff
 from ..models import ApiName, Balance, Job
 from ..retry import RetryPolicy, parse_retry_after, retrying
 from ..secrets import Secret, redact
 from ..storage import AtomicWriter
+
+log = logging.getLogger(__name__)
 
 
 class RateGate:
@@ -95,6 +106,7 @@ class Backend:
         self.gate = RateGate()
         self.calls: Counter[str] = Counter()
         self.storage_options = storage_options
+        self.poll_after: dict[str, float] = {}  # job id -> monotonic time of its next poll
         self.http = httpx.AsyncClient(
             timeout=timeout,
             transport=transport,
@@ -150,6 +162,92 @@ class Backend:
     def clean(text: Any) -> str:
         return redact(str(text))
 
+    # --- answers that are not what the API documents ------------------------------------------
+    #: Call names whose successful answer must be JSON: the type, and the keys it must hold
+    #: (``"data.uid"`` looks inside ``data``). ``map_error`` checks them inside the retry loop.
+    expect: dict[str, tuple[type, tuple[str, ...]]] = {}
+
+    def protocol_error(
+        self, name: str, response: httpx.Response, why: str, head: bytes | None = None
+    ) -> ProtocolError:
+        """A typed, retryable error naming the status, the content type and the first bytes
+        (tokens redacted before the text is cut, so no part of one is shown)."""
+        ctype = self.clean(response.headers.get("content-type") or "no content type")
+        data = head if head is not None else response.content
+        text = " ".join(self.clean(data[:4096].decode("utf-8", "replace")).split())
+        shown = text[:80] + ("..." if len(text) > 80 else "")
+        return ProtocolError(
+            f"{self.api} API {name}: {why} (HTTP {response.status_code}, {ctype}, starts {shown!r})",
+            code="protocol_error",
+            status_code=response.status_code,
+            content_type=ctype,
+            head=shown,
+            retry_after=self.retry_after(response),
+            hint="the service or a proxy in between answered something else; it is retried",
+        )
+
+    def parse_json(self, name: str, response: httpx.Response, kind: type = dict) -> Any:
+        """The answer's JSON, of type ``kind``; :class:`ProtocolError` for anything else."""
+        try:
+            body = json.loads(response.content)
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            html = response.content.lstrip()[:1] == b"<"
+            raise self.protocol_error(
+                name, response, "an HTML page instead of JSON" if html else "truncated or malformed JSON"
+            ) from None
+        if not isinstance(body, kind):
+            want = "an object" if kind is dict else "a list" if kind is list else kind.__name__
+            raise self.protocol_error(name, response, f"expected {want}, got a JSON {type(body).__name__}")
+        return body
+
+    def check_answer(self, name: str, response: httpx.Response) -> ProtocolError | None:
+        """``None`` when a successful answer is what ``expect`` says it should be."""
+        rule = self.expect.get(name)
+        if rule is None:
+            return None
+        kind, keys = rule
+        try:
+            body = self.parse_json(name, response, kind)
+        except ProtocolError as exc:
+            return exc
+        for key in keys:
+            node: Any = body
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                return self.protocol_error(name, response, f"the answer has no {key!r}")
+        return None
+
+    # --- polling pace -----------------------------------------------------------------------
+    video_poll_interval = 5.0  # Open API: "about 2 s for images, 5-10 s for video"
+    _sleep = staticmethod(asyncio.sleep)
+
+    def note_poll(self, job: Job, response: httpx.Response) -> None:
+        """Schedule the next poll of ``job``: not before the answer's ``Retry-After`` (a hint on
+        any answer, not only a 429), and for a running video not before ``video_poll_interval``."""
+        if job.status.terminal:
+            self.poll_after.pop(job.id, None)
+            return
+        wait = min(self.retry_after(response) or 0.0, self.retry.max_retry_after)
+        if job.media == "video":
+            wait = max(wait, self.video_poll_interval)
+        if wait > 0:
+            self.poll_after[job.id] = time.monotonic() + wait
+        else:
+            self.poll_after.pop(job.id, None)
+
+    def next_poll_in(self, job_id: str) -> float:
+        """Seconds until ``job_id`` may be polled again (0: now)."""
+        return max(0.0, self.poll_after.get(job_id, 0.0) - time.monotonic())
+
+    async def pace_poll(self, job_id: str) -> None:
+        """Wait, if the last answer about ``job_id`` asked for it (a poll loop polling faster
+        than the service wants is slowed here, whichever loop it is)."""
+        delay = self.next_poll_in(job_id)
+        if delay > 0:
+            log.debug("next poll of a job in %.1f s, as the service asked", delay)
+            await self._sleep(delay)
+
     def options(self, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
         """Per-call storage options (a batch's), else the client's."""
         return storage_options if storage_options is not None else self.storage_options
@@ -167,6 +265,9 @@ class Backend:
             await asyncio.to_thread(fh.close)
 
     # --- streaming a result to storage ------------------------------------------------------
+    #: Bounds of every download (see :class:`DownloadOptions`); the client sets its own.
+    downloads: DownloadOptions
+
     async def stream_to(
         self,
         name: str,
@@ -177,45 +278,137 @@ class Backend:
         storage_options: dict[str, Any] | None = None,
         gated: bool = True,
     ) -> str:
-        """Stream a download into ``dest`` atomically; retry when it is cut short."""
+        """Stream a download into ``dest`` atomically; retry when it is cut short or stalls.
+
+        When ``dest`` has no media extension, the file's first bytes name its type (``ext_for``,
+        the ``Content-Type``, only when they are not recognised). ``self.downloads`` bounds it: a
+        deadline for the whole download (retries included), a minimum throughput, and a size
+        limit (``expected_size``, else ``max_bytes``) checked against ``Content-Length`` before
+        anything is written and against the bytes while they arrive.
+        """
+        opts = self.downloads
+        deadline_at = None if opts.deadline is None else time.monotonic() + opts.deadline
         async for attempt in retrying(self.retry):
             with attempt:
-                if gated:
-                    await self.gate.wait()
-                self.calls[name] += 1
+                left = None if deadline_at is None else deadline_at - time.monotonic()
+                if left is not None and left <= 0:
+                    raise self._deadline_error(name)
+                scope = asyncio.timeout(left)
                 try:
-                    async with request() as response:
-                        if response.status_code != 200 or response.headers.get("content-type", "").startswith(
-                            "application/json"
-                        ):
-                            await response.aread()  # an error body, small
-                            raise self.map_error(name, response) or ServerError(
-                                f"{self.api} API {name}: unexpected HTTP {response.status_code} for a download",
-                                status_code=response.status_code,
-                            )
-                        final = dest if _has_media_ext(dest) else f"{dest}.{ext_for(response)}"
-                        writer = AtomicWriter(final, self.options(storage_options))
-                        await asyncio.to_thread(writer.open)
-                        try:
-                            async for chunk in response.aiter_bytes(1 << 20):
-                                await asyncio.to_thread(writer.write, chunk)
-                            declared = response.headers.get("content-length")
-                            size = int(declared) if declared else expected_size
-                            if expected_size is not None and size is not None and size != expected_size:
-                                raise TruncatedDownloadError(
-                                    f"{name}: server sent {size} bytes, job reported {expected_size}"
-                                )
-                            return await asyncio.to_thread(writer.commit, size)
-                        except BaseException:
-                            await asyncio.to_thread(writer.abort)
-                            raise
-                except httpx.TimeoutException:
-                    raise TransportError(f"{self.api} API {name}: download timed out") from None
-                except httpx.TransportError as exc:
-                    raise TruncatedDownloadError(
-                        f"{self.api} API {name}: connection lost during download ({type(exc).__name__})"
-                    ) from None
+                    async with scope:
+                        return await self._stream_once(
+                            name, request, dest, expected_size, ext_for, storage_options, gated
+                        )
+                except TimeoutError:
+                    if scope.expired():
+                        raise self._deadline_error(name) from None
+                    raise
         raise AssertionError("unreachable")
+
+    def _deadline_error(self, name: str) -> DownloadTimeoutError:
+        return DownloadTimeoutError(
+            f"{self.api} API {name}: the download took longer than its {self.downloads.deadline:g} s "
+            "deadline; nothing was kept",
+            hint="raise DownloadOptions.deadline for big results on slow links",
+        )
+
+    def _too_large(self, name: str, what: str, limit: int, expected_size: int | None) -> ResultTooLargeError:
+        bound = "the job reported" if expected_size is not None else "DownloadOptions.max_bytes allows"
+        return ResultTooLargeError(
+            f"{self.api} API {name}: the result {what}, more than the {limit} bytes {bound}; "
+            "stopped at once, nothing was kept",
+            code="result_too_large",
+            hint="the service sent something else than the job's result; a rerun fetches it again",
+        )
+
+    async def _stream_once(
+        self,
+        name: str,
+        request: Callable[[], Any],
+        dest: str,
+        expected_size: int | None,
+        ext_for: Callable[[httpx.Response], str],
+        storage_options: dict[str, Any] | None,
+        gated: bool,
+    ) -> str:
+        opts = self.downloads
+        limit = expected_size if expected_size is not None else opts.max_bytes
+        if gated:
+            await self.gate.wait()
+        self.calls[name] += 1
+        try:
+            async with request() as response:
+                what = f"{self.api} API {name}"
+                body = _Paced(response.aiter_bytes(), opts.min_rate, opts.stall_window, what)
+                try:
+                    ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                    if response.status_code != 200 or ctype == "application/json":
+                        raise await self._error_answer(name, response, await body.read(_ERROR_BODY_MAX))
+                    # The first bytes say what this is (read, never written, before any check).
+                    head = await body.read(_SNIFF_BYTES)
+                    fmt = sniff(head[:_SNIFF_BYTES])
+                    if fmt is None and not _labelled_file(ctype):
+                        # Not a file we know, and not labelled as one: an error page or answer.
+                        raise await self._error_answer(
+                            name, response, head + await body.read(_ERROR_BODY_MAX), not_a_file=True
+                        )
+                    declared = _content_length(response)
+                    if limit is not None and declared is not None and declared > limit:
+                        raise self._too_large(name, f"announces {declared} bytes", limit, expected_size)
+                    if expected_size is not None and declared is not None and declared != expected_size:
+                        raise TruncatedDownloadError(
+                            f"{name}: server sent {declared} bytes, job reported {expected_size}"
+                        )
+                    if not head:
+                        raise TruncatedDownloadError(f"{self.api} API {name}: the download is empty")
+                    final = dest if _has_media_ext(dest) else f"{dest}.{fmt or ext_for(response)}"
+                    writer = AtomicWriter(final, self.options(storage_options))
+                    await asyncio.to_thread(writer.open)
+                    try:
+                        received, buffer, chunk = 0, bytearray(), head
+                        while chunk:
+                            received += len(chunk)
+                            if limit is not None and received > limit:
+                                raise self._too_large(
+                                    name, f"went on past {limit} bytes", limit, expected_size
+                                )
+                            buffer += chunk
+                            if len(buffer) >= _WRITE_CHUNK:
+                                await asyncio.to_thread(writer.write, bytes(buffer))
+                                buffer.clear()
+                            chunk = await body.next()
+                        if buffer:
+                            await asyncio.to_thread(writer.write, bytes(buffer))
+                        size = declared if declared is not None else expected_size
+                        return await asyncio.to_thread(writer.commit, size)
+                    except BaseException:
+                        await asyncio.to_thread(writer.abort)
+                        raise
+                finally:
+                    await body.aclose()
+        except httpx.TimeoutException:
+            raise TransportError(f"{self.api} API {name}: download timed out") from None
+        except httpx.TransportError as exc:
+            raise TruncatedDownloadError(
+                f"{self.api} API {name}: connection lost during download ({type(exc).__name__})"
+            ) from None
+
+    async def _error_answer(
+        self, name: str, response: httpx.Response, data: bytes, not_a_file: bool = False
+    ) -> VanceError:
+        """The error a download answered with (its body read, at most a few KiB)."""
+        dropped = ("content-length", "content-encoding")
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in dropped]
+        answer = httpx.Response(response.status_code, headers=headers, content=data, request=response.request)
+        error = self.map_error(name, answer)
+        if error is not None:
+            return error
+        if not_a_file:
+            return self.protocol_error(name, answer, "the download is neither an image nor a video", data)
+        return ServerError(
+            f"{self.api} API {name}: unexpected HTTP {response.status_code} for a download",
+            status_code=response.status_code,
+        )
 
     # --- the verbs ----------------------------------------------------------------------------
     async def submit(
@@ -253,9 +446,138 @@ EXT_BY_TYPE = {
     "image/png": "png",
     "image/webp": "webp",
     "video/mp4": "mp4",
+    "video/quicktime": "mov",
     "image/gif": "gif",
 }
 MEDIA_EXTS = {"jpg", "jpeg", "png", "webp", "mp4", "mov", "gif"}
+_FILE_TYPES = ("application/octet-stream", "binary/octet-stream")
+_SNIFF_BYTES = 64  # enough for every magic number the sniffer knows
+_ERROR_BODY_MAX = 64 * 1024  # an error answer is read this far, never further
+_WRITE_CHUNK = 1 << 20  # writes to storage in bounded chunks (1 MiB)
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """Bounds of one result download, every attempt together.
+
+    ``deadline``: seconds for the whole download, retries included (``None``: no limit); then
+    :class:`DownloadTimeoutError`. ``min_rate`` / ``stall_window``: at least ``min_rate`` bytes per
+    second over every ``stall_window`` seconds, else the attempt fails as stalled
+    (:class:`DownloadStalledError`, retried; ``min_rate=0`` turns the rule off). ``max_bytes``:
+    the largest result taken when the service does not say its size (when it does, that size is
+    the limit); past it, :class:`ResultTooLargeError`.
+    """
+
+    deadline: float | None = 3600.0
+    min_rate: float = 1024.0
+    stall_window: float = 30.0
+    max_bytes: int | None = 8 * 1024**3
+
+    def __post_init__(self) -> None:
+        for field_name in ("deadline", "min_rate", "stall_window", "max_bytes"):
+            value = getattr(self, field_name)
+            if value is not None and (isinstance(value, bool) or not value >= 0):
+                raise ConfigurationError(f"DownloadOptions.{field_name} must be a number >= 0, got {value!r}")
+        if self.min_rate and not self.stall_window:
+            raise ConfigurationError("DownloadOptions.stall_window must be > 0 when min_rate is set")
+
+
+Backend.downloads = DownloadOptions()
+
+
+class _Paced:
+    """The chunks of a body, under a minimum-throughput rule: over every ``window`` seconds at
+    least ``min_rate`` bytes per second must arrive, else :class:`DownloadStalledError`.
+
+    The rule is checked on time even while nothing arrives; a pending read is never cancelled
+    unless the rule fails (or the download ends), so no byte is lost between checks.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], min_rate: float, window: float, what: str) -> None:
+        self._it = chunks.__aiter__()
+        self._pending: asyncio.Future[bytes] | None = None
+        self.min_rate, self.window, self.what = min_rate, window, what
+        self._start, self._bytes = time.monotonic(), 0
+        self._done = False
+
+    async def next(self) -> bytes:
+        """The next chunk; ``b""`` at the end of the body."""
+        if self._done:
+            return b""
+        if not self.min_rate:  # no rule: read straight on
+            try:
+                return await self._it.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                return b""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._it.__anext__())
+        while True:
+            timeout = max(0.0, self._start + self.window - time.monotonic())
+            done, _ = await asyncio.wait({self._pending}, timeout=timeout)
+            if done:
+                task, self._pending = self._pending, None
+                try:
+                    chunk = task.result()
+                except StopAsyncIteration:
+                    self._done = True
+                    return b""
+                self._bytes += len(chunk)
+                self._check()
+                if chunk:
+                    return chunk
+                self._pending = asyncio.ensure_future(self._it.__anext__())
+                continue
+            self._check()
+
+    async def read(self, n: int) -> bytes:
+        """At least ``n`` bytes (fewer only at the end of the body)."""
+        data = b""
+        while len(data) < n:
+            chunk = await self.next()
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def _check(self) -> None:
+        if not self.min_rate:
+            return
+        now = time.monotonic()
+        elapsed = now - self._start
+        if elapsed < self.window:
+            return
+        if self._bytes < self.min_rate * elapsed:
+            raise DownloadStalledError(
+                f"{self.what}: the download stalled ({self._bytes} bytes in {elapsed:.1f} s, under "
+                f"the minimum of {self.min_rate:g} bytes/s)",
+                hint="retried; lower DownloadOptions.min_rate for very slow links",
+            )
+        self._start, self._bytes = now, 0
+
+    async def aclose(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        closer = getattr(self._it, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(Exception):
+                await closer()
+
+
+def _labelled_file(ctype: str) -> bool:
+    """The ``Content-Type`` of a file (of a type the sniffer may not know), not of an answer."""
+    return ctype.startswith(("image/", "video/")) or ctype in _FILE_TYPES
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    try:
+        value = int(response.headers.get("content-length", ""))
+    except ValueError:
+        return None
+    return value if value >= 0 else None
 
 
 def _has_media_ext(url: str) -> bool:
@@ -264,8 +586,9 @@ def _has_media_ext(url: str) -> bool:
 
 
 def ext_from_response(response: httpx.Response, default: str = "jpg") -> str:
+    """The extension the ``Content-Type`` names (used only when the first bytes name none)."""
     ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
     return EXT_BY_TYPE.get(ctype, default)
 
 
-__all__ = ["Backend", "RateGate", "ResultNotReadyError", "ext_from_response"]
+__all__ = ["Backend", "DownloadOptions", "RateGate", "ResultNotReadyError", "ext_from_response"]

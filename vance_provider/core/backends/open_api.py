@@ -7,6 +7,7 @@ signed result URL or the presigned upload URL (both on another host).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from ..errors import (
     InsufficientCreditsError,
     InvalidRequestError,
     NotFoundError,
+    ProtocolError,
     RateLimitedError,
     ResultNotReadyError,
     ServerError,
@@ -51,6 +53,17 @@ BY_CODE: dict[str, type[APIError]] = {
     "service_unavailable": ServerError,
     "internal_error": ServerError,
 }
+# The content type of a video upload, from its extension (as the service infers it). The same
+# value goes in ``POST /uploads`` and in the ``PUT``: a presigned URL may sign it.
+VIDEO_TYPES = {
+    "mp4": "video/mp4",
+    "m4v": "video/x-m4v",
+    "mov": "video/quicktime",
+    "mkv": "video/x-matroska",
+    "webm": "video/webm",
+    "avi": "video/x-msvideo",
+}
+STATUSES = {s.value for s in JobStatus}
 HINTS = {
     AuthenticationError: "check the sk_live_ key of the connection; revoked keys stay invalid",
     InsufficientCreditsError: "top up credits or lower the batch",
@@ -62,6 +75,15 @@ class OpenApiBackend(Backend):
     api = "open"
     default_base_url = "https://cloud-vanceai.vanceai.com/api/v1"
 
+    expect = {
+        "create_job": (dict, ("job_id",)),
+        "get_job": (dict, ("job_id",)),
+        "credits": (dict, ("balance",)),
+        "create_upload": (dict, ("upload_id", "put_url")),
+        "cancel": (dict, ()),
+        "delete": (dict, ()),
+    }
+
     @property
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token.reveal()}"}
@@ -69,16 +91,18 @@ class OpenApiBackend(Backend):
     def map_error(self, name: str, response: httpx.Response) -> VanceError | None:
         status = response.status_code
         if status in (200, 201, 302) or (status == 202 and name != "result" and name != "create_job"):
-            return None
+            return self.check_answer(name, response)
         err: dict[str, Any] = {}
         try:
             body = response.json()
             err = body.get("error") or {} if isinstance(body, dict) else {}
         except ValueError:
-            pass
+            err = _storage_error(response)  # the storage URLs answer in S3's XML shape
+        if not isinstance(err, dict):
+            err = {}
         code = str(err.get("code") or "")
         if status == 202 and code != "result_not_ready":
-            return None  # 202 Accepted on job creation
+            return self.check_answer(name, response)  # 202 Accepted on job creation
         cls = BY_CODE.get(code) or (
             ServerError
             if status >= 500
@@ -97,10 +121,21 @@ class OpenApiBackend(Backend):
             hint=HINTS.get(cls),
         )
 
+    def check_answer(self, name: str, response: httpx.Response) -> ProtocolError | None:
+        error = super().check_answer(name, response)
+        if error is None and name in ("create_job", "get_job"):
+            status = self.parse_json(name, response).get("status", "queued")
+            if status not in STATUSES:
+                return self.protocol_error(name, response, f"unknown job status {str(status)[:20]!r}")
+        return error
+
     async def _json(self, name: str, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = await self._request(name, method, path, **kwargs)
+        return self.parse_json(name, response)
+
+    async def _request(self, name: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = f"{self.base_url}{path}"
-        response = await self.call(name, lambda: self.http.request(method, url, headers=self._auth, **kwargs))
-        return response.json()
+        return await self.call(name, lambda: self.http.request(method, url, headers=self._auth, **kwargs))
 
     def _job(self, data: dict[str, Any]) -> Job:
         result = data.get("result") or {}
@@ -140,7 +175,7 @@ class OpenApiBackend(Backend):
             upload_id = await self._upload_video(source, size, storage_options)
             body = {"upload_id": upload_id, "tool": call.open_tool, "config": call.open_config or {}}
             response = await self.call("create_job", lambda: self.http.post(url, json=body, headers=headers))
-            return self._job(response.json())
+            return self._job(self.parse_json("create_job", response))
         name = source.rsplit("/", 1)[-1]
         form = {
             "tool": call.open_tool or "",
@@ -152,15 +187,22 @@ class OpenApiBackend(Backend):
             async with self.open_source(source, storage_options) as fh:
                 return await self.http.post(url, data=form, files={"image": (name, fh)}, headers=headers)
 
-        return self._job((await self.call("create_job", send)).json())
+        return self._job(self.parse_json("create_job", await self.call("create_job", send)))
 
     async def _upload_video(
         self, source: str, size: int, storage_options: dict[str, Any] | None = None
     ) -> str:
-        """POST /uploads, then one raw PUT of the bytes to ``put_url`` (no auth header)."""
+        """POST /uploads, then one raw PUT of the bytes to ``put_url`` (no auth header).
+
+        Both carry the same content type, the one the service infers from the extension: a
+        presigned URL that signs it refuses a ``PUT`` with another (S3 and R2 can sign it)."""
         name = source.rsplit("/", 1)[-1]
+        ctype = video_type(name)
         ticket = await self._json(
-            "create_upload", "POST", "/uploads", json={"file_name": name, "file_size": size}
+            "create_upload",
+            "POST",
+            "/uploads",
+            json={"file_name": name, "file_size": size, "content_type": ctype},
         )
         if size > int(ticket.get("max_bytes") or size):
             raise InvalidRequestError(
@@ -172,14 +214,21 @@ class OpenApiBackend(Backend):
             lambda: self.http.put(
                 put_url,
                 content=iter_file(source, self.options(storage_options)),
-                headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+                headers={"Content-Length": str(size), "Content-Type": ctype},
             ),
             gated=False,  # storage, not the API: no rate limit
         )
         return str(ticket["upload_id"])
 
     async def get_job(self, job_id: str) -> Job:
-        return self._job(await self._json("get_job", "GET", f"/jobs/{job_id}"))
+        await self.pace_poll(job_id)
+        return await self._fetch_job(job_id)
+
+    async def _fetch_job(self, job_id: str) -> Job:
+        response = await self._request("get_job", "GET", f"/jobs/{job_id}")
+        job = self._job(self.parse_json("get_job", response))
+        self.note_poll(job, response)
+        return job
 
     async def result_location(self, job_id: str) -> str:
         """The freshly signed result URL (302); 202 ``result_not_ready`` is retried."""
@@ -213,7 +262,7 @@ class OpenApiBackend(Backend):
 
     async def cancel(self, job_id: str) -> Job:
         await self._json("cancel", "POST", f"/jobs/{job_id}/cancel")
-        return await self.get_job(job_id)
+        return await self._fetch_job(job_id)  # not paced: the caller wants to see the cancel
 
     async def delete(self, job_id: str) -> None:
         await self._json("delete", "DELETE", f"/jobs/{job_id}")
@@ -225,3 +274,20 @@ class OpenApiBackend(Backend):
             used=float(data.get("used", 0)),
             frozen=float(data.get("frozen", 0)),
         )
+
+
+def video_type(file_name: str) -> str:
+    """The MIME type of a video file by its extension (``video/mp4`` for .mp4)."""
+    ext = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else ""
+    return VIDEO_TYPES.get(ext, "application/octet-stream")
+
+
+_XML_FIELD = re.compile(r"<(Code|Message)>([^<]{0,200})</\1>")
+
+
+def _storage_error(response: httpx.Response) -> dict[str, str]:
+    """``{"code", "message"}`` from an S3-style XML error body (``<Error><Code>...``), else ``{}``."""
+    if "xml" not in response.headers.get("content-type", ""):
+        return {}
+    fields = dict(_XML_FIELD.findall(response.text[:4096]))
+    return {"code": fields.get("Code", ""), "message": fields.get("Message", "")} if fields else {}

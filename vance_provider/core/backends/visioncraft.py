@@ -34,11 +34,13 @@ from ..errors import (
     InvalidConfigError,
     InvalidRequestError,
     NotFoundError,
+    ProtocolError,
     RateLimitedError,
     ServerError,
     SubscriptionRequiredError,
     VanceError,
 )
+from ..inputs import sniff
 from ..models import Balance, Job, JobStatus, Media
 from ..storage import AtomicWriter
 from ..tools import ToolCall
@@ -57,6 +59,8 @@ LISTS: dict[str, str] = {
     "models_llm": "/models-llm",
     "models_llm_premium": "/models-llm-premium",
 }
+# Calls answered with the result itself: JSON (links or base64) or the file's bytes.
+MEDIA_ANSWERS = {"upscale", "img2img", "generate", "generate_xl", "text_to_gif", "image_to_video"}
 FREE_XL_MODELS = ("sdxl-turbo", "playground-V2")  # every other SDXL model needs the subscription
 MAX_IMAGE_COUNT = 5
 MAX_SOURCE_BYTES = 50 * 1024 * 1024  # the image travels base64 in a JSON body
@@ -105,11 +109,13 @@ class VisionCraftBackend(Backend):
             try:
                 body = response.json()
             except ValueError:
+                if status == 200:
+                    return self.parse_json_error(name, response)
                 body = None
         if status == 200 and not (
             isinstance(body, dict) and ("error" in body or "detail" in body) and "images" not in body
         ):
-            return None  # some services say "error" with a 200: treat it as a refusal
+            return self._check_success(name, response, body, is_json)
         message = _message(body) or f"HTTP {status}"
         low = message.lower()
         cls: type[APIError]
@@ -137,6 +143,27 @@ class VisionCraftBackend(Backend):
             retry_after=self.retry_after(response),
             hint=hint,
         )
+
+    def parse_json_error(self, name: str, response: httpx.Response) -> ProtocolError:
+        try:
+            self.parse_json(name, response, object)
+        except ProtocolError as exc:
+            return exc
+        return self.protocol_error(name, response, "malformed JSON")
+
+    def _check_success(
+        self, name: str, response: httpx.Response, body: Any, is_json: bool
+    ) -> VanceError | None:
+        """A 200 that is not what the endpoint gives: an option list that is no list of names, a
+        result that is neither JSON nor a file of a known type (an HTML page, say)."""
+        if name in LISTS:
+            if not is_json:
+                return self.protocol_error(name, response, "expected a JSON list of names")
+            if not isinstance(body, list) or not all(isinstance(x, str) for x in body):
+                return self.protocol_error(name, response, "expected a JSON list of names")
+        elif name in MEDIA_ANSWERS and not is_json and sniff(response.content[:64]) is None:
+            return self.protocol_error(name, response, "the answer is neither JSON nor an image or video")
+        return None
 
     # --- HTTP helpers -------------------------------------------------------------------------
     async def _post(self, name: str, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -194,7 +221,7 @@ class VisionCraftBackend(Backend):
             blob = response.content
             if not blob:
                 raise ServerError(f"VisionCraft API {endpoint}: empty answer")
-            ext = EXT_BY_TYPE.get(ctype) or _sniff_ext(blob, media)
+            ext = sniff(blob[:64]) or EXT_BY_TYPE.get(ctype) or _sniff_ext(blob, media)
             held.files.append(await self._spill(job_id, 0, blob, ext))
             kind = "bytes"
         size = (
@@ -491,17 +518,8 @@ def _int_in(name: str, value: Any, lo: int, hi: int) -> None:
 
 
 def _sniff_ext(blob: bytes, media: Media) -> str:
-    if blob.startswith(b"\x89PNG"):
-        return "png"
-    if blob.startswith(b"\xff\xd8"):
-        return "jpg"
-    if blob.startswith(b"GIF8"):
-        return "gif"
-    if blob[:4] == b"RIFF" and blob[8:12] == b"WEBP":
-        return "webp"
-    if blob[4:8] == b"ftyp":
-        return "mp4"
-    return "mp4" if media == "video" else "png"
+    """The result's extension by its first bytes (the project's one sniffer), else by its media."""
+    return sniff(blob[:64]) or ("mp4" if media == "video" else "png")
 
 
 def _nth(dest: str, n: int) -> str:

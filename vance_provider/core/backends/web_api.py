@@ -7,6 +7,7 @@ URL. Errors arrive as HTTP 200 with a non-200 ``code`` in the JSON body.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from ..errors import (
     InsufficientCreditsError,
     InvalidRequestError,
     NotFoundError,
+    ProtocolError,
     RateLimitedError,
     ServerError,
     VanceError,
@@ -24,6 +26,8 @@ from ..errors import (
 from ..models import WEB_STATUS, Balance, Job, JobStatus, UsageRecord
 from ..tools import ToolCall
 from .base import Backend, ext_from_response
+
+log = logging.getLogger(__name__)
 
 WEB_ERRORS: dict[int, tuple[type[APIError], str]] = {
     10001: (InvalidRequestError, "illegal parameter"),
@@ -37,6 +41,17 @@ WEB_ERRORS: dict[int, tuple[type[APIError], str]] = {
 }
 
 
+def _post_refused(exc: APIError) -> bool:
+    """``point`` is documented as GET only: a service that holds to it refuses a POST with HTTP
+    405, or, as this API reports errors, with HTTP 200 and code 10001 (an illegal parameter, or
+    the token "missing" because it read only the query string)."""
+    if exc.status_code == 405:
+        return True
+    if exc.code == 10001:
+        return True
+    return isinstance(exc, AuthenticationError) and "missing" in exc.message
+
+
 def _num(value: Any) -> float:
     return float(value) if value not in (None, "") else 0.0
 
@@ -44,6 +59,14 @@ def _num(value: Any) -> float:
 class WebApiBackend(Backend):
     api = "web"
     default_base_url = "https://api-service.vanceai.com/web_api/v1"
+
+    expect = {
+        "upload": (dict, ("data",)),
+        "transform": (dict, ("data",)),
+        "progress": (dict, ("data",)),
+        "point": (dict, ("data",)),
+        "points/record": (dict, ("data",)),
+    }
 
     def _form(self, **fields: Any) -> dict[str, Any]:
         return {"api_token": self.token.reveal(), **{k: v for k, v in fields.items() if v is not None}}
@@ -61,22 +84,27 @@ class WebApiBackend(Backend):
                 f"web API {name}: HTTP {response.status_code}",
                 code=response.status_code,
                 status_code=response.status_code,
+                retry_after=self.retry_after(response),
             )
         if response.status_code >= 400:
             return APIError(
                 f"web API {name}: HTTP {response.status_code}",
                 code=response.status_code,
                 status_code=response.status_code,
+                retry_after=self.retry_after(response),
             )
-        if not response.headers.get("content-type", "").startswith("application/json"):
-            return None
+        # Every answer but a result file is JSON, errors included (HTTP 200 with a code), whatever
+        # its Content-Type says: a body that is not JSON is a protocol error.
         try:
-            body = response.json()
-        except ValueError:
-            return ServerError(f"web API {name}: the answer is not JSON", status_code=response.status_code)
-        code = int(body.get("code", 200)) if isinstance(body, dict) else 200
+            body = self.parse_json(name, response)
+        except ProtocolError as exc:
+            return exc
+        try:
+            code = int(body.get("code", 200))
+        except (TypeError, ValueError):
+            return self.protocol_error(name, response, "the answer's code is not a number")
         if code == 200:
-            return None
+            return self.check_answer(name, response)
         msg = body.get("msg")
         if isinstance(msg, dict):  # field -> messages
             text = "; ".join(
@@ -99,12 +127,27 @@ class WebApiBackend(Backend):
             code=code,
             status_code=response.status_code,
             hint=hint,
+            retry_after=self.retry_after(response),
         )
 
-    async def _post(self, name: str, path: str, **fields: Any) -> dict[str, Any]:
+    async def _post(self, name: str, path: str, need: tuple[str, ...] = (), **fields: Any) -> dict[str, Any]:
         url = f"{self.base_url}/{path}"
         response = await self.call(name, lambda: self.http.post(url, data=self._form(**fields)))
-        return response.json().get("data") or {}
+        return self._data(name, response, need)
+
+    def _data(self, name: str, response: httpx.Response, need: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The ``data`` of a successful answer, holding the fields ``need`` names."""
+        data = self.parse_json(name, response).get("data")
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise self.protocol_error(
+                name, response, f"expected an object in 'data', got {type(data).__name__}"
+            )
+        for key in need:
+            if data.get(key) in (None, ""):
+                raise self.protocol_error(name, response, f"the answer has no {key!r}")
+        return data
 
     async def submit(
         self,
@@ -123,9 +166,9 @@ class WebApiBackend(Backend):
             async with self.open_source(source, storage_options) as fh:  # httpx streams it in 64 KiB chunks
                 return await self.http.post(url, data=self._form(job="ai"), files={"file": (name, fh)})
 
-        uploaded = (await self.call("upload", send_upload)).json()["data"]
+        uploaded = self._data("upload", await self.call("upload", send_upload), ("uid",))
         data = await self._post(
-            "transform", "transform", uid=uploaded["uid"], jconfig=json.dumps(call.jconfig)
+            "transform", "transform", ("trans_id",), uid=uploaded["uid"], jconfig=json.dumps(call.jconfig)
         )
         return self._job(data["trans_id"], data, call.tool)
 
@@ -148,7 +191,12 @@ class WebApiBackend(Backend):
         )
 
     async def get_job(self, job_id: str) -> Job:
-        return self._job(job_id, await self._post("progress", "progress", trans_id=job_id))
+        await self.pace_poll(job_id)
+        url = f"{self.base_url}/progress"
+        response = await self.call("progress", lambda: self.http.post(url, data=self._form(trans_id=job_id)))
+        job = self._job(job_id, self._data("progress", response))
+        self.note_poll(job, response)
+        return job
 
     async def download(self, job: Job, dest: str, storage_options: dict[str, Any] | None = None) -> str:
         if job.size is None:  # e.g. transform answered "finish" at once: progress tells the size to verify
@@ -173,13 +221,15 @@ class WebApiBackend(Backend):
         try:
             data = await self._post("point", "point")
         except APIError as exc:
-            if exc.status_code != 405:
+            if not _post_refused(exc):
                 raise
             # Documented as GET only: the token must go in the query string here. The redacting
-            # log filter keeps it out of httpx/httpcore logs; nothing else records this URL.
+            # log filter keeps it (in every encoding) out of httpx/httpcore logs; nothing else
+            # records this URL.
+            log.debug("web API point: POST refused (%s); asking by GET as documented", exc.code)
             url = f"{self.base_url}/point"
             response = await self.call("point", lambda: self.http.get(url, params=self._form()))
-            data = response.json().get("data") or {}
+            data = self._data("point", response)
         total, used = _num(data.get("max_num")), _num(data.get("used_num"))
         return Balance(available=round(total - used, 3), used=used, total=total)
 
