@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -504,3 +505,52 @@ def test_an_over_budget_refusal_leaves_no_output_folder(
         client.run_batch(batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), credit_budget=1))
     assert not (tmp_path / "out").exists()
     nothing_spent(sim)
+
+
+# --- 5. a stopped batch leaves every submitted job in its manifest --------------------------------
+CTRL_C = """
+import os, sys
+from vance_provider.core import BatchSpec, VanceClient
+with VanceClient(os.environ["T"], base_url=os.environ["U"]) as c:
+    c.run_batch(BatchSpec(sys.argv[1], sys.argv[2], "upscale", {"scale": 2}, max_concurrency=3,
+                          poll_interval=0.05))
+"""
+
+
+def test_ctrl_c_leaves_every_submitted_job_in_the_manifest(
+    api: str, sim_factory: Any, tmp_path: Path
+) -> None:
+    sim = sim_factory(time_per_job=600.0, queue_delay=0.0, tick=0.01)  # jobs that outlive the run
+    photos(tmp_path / "in", 6)
+    env = {**os.environ, "T": TOKENS[api], "U": sim.base_url}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C, str(tmp_path / "in"), str(tmp_path / "out")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(created_jobs(sim)) < 3:  # the event: three jobs exist on the service
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0 and "KeyboardInterrupt" in out
+    saved = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    recorded = {i["job_id"] for i in saved["items"] if i["job_id"]}
+    first_run = set(created_jobs(sim))
+    assert len(recorded) >= 3 and recorded <= first_run
+    # A job whose create answer was still on the wire at Ctrl-C cannot be recorded; the Open API
+    # finds it again by its idempotency key (kept in the manifest before anything was sent), and
+    # the web API never charges a job that is not downloaded.
+    assert all(i["idempotency_key"] for i in saved["items"]) or api == "web"
+    sim.state.clock.advance(700)  # the held jobs finish now, and new ones are quick
+    sim.state.config.time_per_job = 0.05
+    with VanceClient(TOKENS[api], base_url=sim.base_url, retry=FAST_RETRY) as client:
+        result = client.run_batch(batch_spec(str(tmp_path / "in"), str(tmp_path / "out")))
+    assert result.done == 6 and sum(charges(sim)) == 6 and max(charged_jobs(sim).values()) == 1
+    reused = {i.job_id for i in result.items}
+    assert recorded <= reused  # resumed, not resubmitted
+    if api == "open":
+        assert first_run <= reused  # even the unrecorded ones, by their keys
