@@ -6,6 +6,23 @@ Kept free of imports: Airflow calls it on every ``providers list`` and UI start.
 from __future__ import annotations
 
 INTEGRATION = "VanceAI"
+#: The one list of APIs a connection may name (the form, the hook's check and the docs use it).
+API_CHOICES = ("auto", "web", "open", "visioncraft")
+#: The connection form's extra fields. Airflow >= 3.2 reads them from here; on 3.0 and 3.1 the
+#: hook builds the same fields as WTForms widgets from this mapping.
+CONN_FIELDS = {
+    "api": {
+        "label": "API",
+        "description": "'web' (web API v1), 'open' (Open API v1, sk_live_ keys), 'visioncraft' or 'auto'",
+        "schema": {"type": ["string", "null"], "default": "auto", "enum": list(API_CHOICES)},
+    },
+    "timeout": {"label": "Timeout (seconds)", "schema": {"type": ["number", "null"], "default": 30}},
+    "max_retries": {"label": "Max retries", "schema": {"type": ["integer", "null"], "default": 5}},
+    "max_concurrency": {
+        "label": "Max concurrent jobs per task",
+        "schema": {"type": ["integer", "null"], "default": 8},
+    },
+}
 
 
 def get_provider_info() -> dict:
@@ -39,29 +56,7 @@ def get_provider_info() -> dict:
                 "connection-type": "vanceai",
                 # Declarative form fields (Airflow >= 3.2 reads these instead of importing the hook);
                 # the hook's get_connection_form_widgets/get_ui_field_behaviour say the same.
-                "conn-fields": {
-                    "api": {
-                        "label": "API",
-                        "description": "'web' (web API v1), 'open' (Open API v1, sk_live_ keys) or 'auto'",
-                        "schema": {
-                            "type": ["string", "null"],
-                            "default": "auto",
-                            "enum": ["auto", "web", "open", "visioncraft"],
-                        },
-                    },
-                    "timeout": {
-                        "label": "Timeout (seconds)",
-                        "schema": {"type": ["number", "null"], "default": 30},
-                    },
-                    "max_retries": {
-                        "label": "Max retries",
-                        "schema": {"type": ["integer", "null"], "default": 5},
-                    },
-                    "max_concurrency": {
-                        "label": "Max concurrent jobs per task",
-                        "schema": {"type": ["integer", "null"], "default": 8},
-                    },
-                },
+                "conn-fields": CONN_FIELDS,
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login"],
                     "relabeling": {"password": "API Token", "host": "Base URL (optional)"},

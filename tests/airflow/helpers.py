@@ -7,6 +7,9 @@ modules can import them without running that setup twice.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,18 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = ROOT / "dags"
 
 
+def dagbag_class() -> Any:
+    """``DagBag`` (it moved to ``airflow.dag_processing.dagbag`` in Airflow 3.1)."""
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.0
+        from airflow.models.dagbag import DagBag
+    return DagBag
+
+
 def load_dag(dag_id: str) -> Any:
     """Parse the DAG's file from the DAG folder afresh (tests may change its tasks)."""
-    from airflow.dag_processing.dagbag import DagBag
-
+    DagBag = dagbag_class()
     path = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]) / f"{dag_id}.py"
     bag = DagBag(dag_folder=str(path))
     assert not bag.import_errors, bag.import_errors
@@ -83,3 +94,40 @@ def asset_events(dr: Any) -> list[dict[str, Any]]:
             )
         ).all()
         return [{**r.extra, "uri": r.asset.uri} for r in rows]
+
+
+@contextmanager
+def jobs_finish_after_first_look(sim: Any, hold: float = 600.0) -> Iterator[None]:
+    """The next job takes ``hold`` seconds of the simulator's clock, until its status has been asked
+    once: then the clock jumps so it finishes (later jobs take the usual time). A sensor's first
+    poke thus always finds its job running, and the next look finds it done, however slow the
+    machine."""
+    fast = sim.state.config.time_per_job
+    sim.state.config.time_per_job = hold
+    stop = threading.Event()
+    released: set[str] = set()
+
+    def status_request(r: Any) -> bool:
+        return r.status == 200 and (
+            r.path == "/web_api/v1/progress"
+            or (r.method == "GET" and r.path.startswith("/api/v1/jobs/") and r.path.count("/") == 4)
+        )
+
+    def watch() -> None:
+        while not stop.wait(0.01):
+            looks = [r.at for r in list(sim.state.requests) if status_request(r)]
+            for job in list(sim.state.jobs.values()):
+                if job.id in released or job.status not in ("queued", "processing"):
+                    continue
+                if any(at >= job.created_at for at in looks):
+                    released.add(job.id)
+                    sim.state.config.time_per_job = fast
+                    sim.state.clock.advance(hold)
+
+    thread = threading.Thread(target=watch, name="release-jobs", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)

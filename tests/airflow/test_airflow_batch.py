@@ -87,7 +87,7 @@ def _operator(src, dst, **kwargs):
 
 def _drive(op, context, max_steps: int = 20):
     """Run a deferrable operator as the triggerer would: execute, then trigger -> execute_complete."""
-    from airflow.sdk.exceptions import TaskDeferred
+    from vance_provider.airflow_compat import TaskDeferred
 
     steps = []
     call = lambda: op.execute(context)  # noqa: E731
@@ -124,7 +124,7 @@ def test_deferrable_waves_bound_concurrency(api, sim, vance_conn, make_image, tm
 
 
 def test_retry_after_deferral_resumes_without_resubmitting(sim, vance_conn, make_image, tmp_path) -> None:
-    from airflow.sdk.exceptions import TaskDeferred
+    from vance_provider.airflow_compat import TaskDeferred
 
     vance_conn("open")
     for i in range(3):
@@ -144,8 +144,7 @@ def test_retry_after_deferral_resumes_without_resubmitting(sim, vance_conn, make
 
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferrable", "worker"])
 def test_timeout_cancels_open_api_jobs(deferrable, sim_factory, vance_conn, make_image, tmp_path) -> None:
-    from airflow.sdk.exceptions import AirflowException
-
+    from vance_provider.airflow_compat import AirflowException
     from vance_provider.core.manifest import ItemState, Manifest
 
     server = sim_factory(time_per_job=30.0)
@@ -167,7 +166,7 @@ def test_timeout_cancels_open_api_jobs(deferrable, sim_factory, vance_conn, make
 
 
 def test_budget_stops_submissions_across_waves(sim, vance_conn, make_image, tmp_path) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from vance_provider.airflow_compat import AirflowFailException
 
     vance_conn("open")
     for i in range(4):
@@ -188,9 +187,8 @@ def test_budget_stops_submissions_across_waves(sim, vance_conn, make_image, tmp_
 
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferrable", "worker"])
 def test_failed_jobs_and_failure_policy(deferrable, vance_conn, make_image, tmp_path) -> None:
-    from airflow.sdk.exceptions import AirflowException
-
     from tests.conftest import fast_config
+    from vance_provider.airflow_compat import AirflowException
     from vance_provider.sim import Faults, SimulatorServer
 
     for i in range(3):

@@ -18,7 +18,10 @@ from tests.airflow.helpers import load_dag, ti_states, xcom
 
 RUN_TASK = """
 import sys
-from airflow.dag_processing.dagbag import DagBag
+try:
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:  # Airflow 3.0
+    from airflow.models.dagbag import DagBag
 import os
 bag = DagBag(dag_folder=os.path.join(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], "vanceai_credit_checked_batch.py"))
 dag = bag.dags["vanceai_credit_checked_batch"]

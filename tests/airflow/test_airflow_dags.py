@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.airflow.helpers import EXAMPLE_DAGS, asset_events, load_dag, ti_states, xcom
+from tests.airflow.helpers import EXAMPLE_DAGS, asset_events, dagbag_class, load_dag, ti_states, xcom
 
 PARSE_OFFLINE = r"""
 import json, socket, sys
@@ -23,7 +23,10 @@ socket.socket.connect_ex = no_network
 socket.create_connection = no_network
 socket.getaddrinfo = no_network
 
-from airflow.dag_processing.dagbag import DagBag
+try:
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:  # Airflow 3.0
+    from airflow.models.dagbag import DagBag
 
 bag = DagBag(dag_folder=sys.argv[1])
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": sorted(bag.dags),
@@ -51,9 +54,7 @@ def test_example_dags_parse_offline_and_light() -> None:
 
 
 def test_example_dags_in_process() -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
+    bag = dagbag_class()(dag_folder=str(EXAMPLE_DAGS))
     assert bag.import_errors == {}
     s3 = bag.dags["vanceai_s3_enhance"]
     assert s3.get_task("enhance_new_files").deferrable is True

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.airflow.helpers import all_xcoms, load_dag, rendered_fields, ti_states, xcom
+from tests.airflow.helpers import (
+    all_xcoms,
+    jobs_finish_after_first_look,
+    load_dag,
+    rendered_fields,
+    ti_states,
+    xcom,
+)
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
@@ -17,13 +24,14 @@ from tests.airflow.helpers import all_xcoms, load_dag, rendered_fields, ti_state
 def test_submit_and_sensor(
     api, deferrable, sim_factory, vance_conn, make_image, tmp_path, trigger_runs
 ) -> None:
-    sim = sim_factory(time_per_job=0.4)  # slow enough for the sensor's first poke to find it running
+    sim = sim_factory()
     token = vance_conn(api, server=sim)
     src = make_image("single.jpg", 40, 30)
     dag = load_dag("vt_job_and_sensor")
     for task_id in ("sense", "fetch"):
         dag.get_task(task_id).deferrable = deferrable
-    dr = dag.test(run_conf={"source": str(src), "destination": str(tmp_path / "out")})
+    with jobs_finish_after_first_look(sim):  # the sensor's first poke finds the job running
+        dr = dag.test(run_conf={"source": str(src), "destination": str(tmp_path / "out")})
     assert ti_states(dr) == {"submit": "success", "sense": "success", "fetch": "success"}
     job_id = xcom(dr, "submit", "job_id")
     assert xcom(dr, "submit") == job_id

@@ -60,7 +60,9 @@ def test_airflow_providers_list_shows_the_provider() -> None:
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    providers = {p["package_name"]: p for p in json.loads(out.stdout[out.stdout.index("[") :])}
+    # Airflow 3.0 prints its log lines on stdout too: the JSON is the last line.
+    listing = next(line for line in reversed(out.stdout.splitlines()) if line.startswith("[{"))
+    providers = {p["package_name"]: p for p in json.loads(listing)}
     assert providers["vance-pipelines"]["version"] == "0.1.0"
     hooks = subprocess.run(
         [sys.executable, "-m", "airflow", "providers", "hooks", "-o", "json"],
@@ -77,13 +79,19 @@ def test_connection_ui_metadata() -> None:
     behaviour = VanceAIHook.get_ui_field_behaviour()
     assert set(behaviour["hidden_fields"]) == {"schema", "port", "login"}
     assert behaviour["relabeling"] == {"password": "API Token", "host": "Base URL (optional)"}
+    from vance_provider.airflow_compat import AIRFLOW_V
+    from vance_provider.get_provider_info import API_CHOICES, CONN_FIELDS, get_provider_info
+    from vance_provider.hooks.vanceai import conn_fields_to_widgets
+
+    [conn_type] = get_provider_info()["connection-types"]
+    assert conn_type["conn-fields"]["api"]["schema"]["enum"] == list(API_CHOICES)
+    assert "visioncraft" in API_CHOICES
+    # Airflow >= 3.2 reads conn-fields; the hook's WTForms method exists only where it is read.
+    assert ("get_connection_form_widgets" in VanceAIHook.__dict__) == (AIRFLOW_V < (3, 2))
     pytest.importorskip("wtforms")
-    assert set(VanceAIHook.get_connection_form_widgets()) == {
-        "api",
-        "timeout",
-        "max_retries",
-        "max_concurrency",
-    }
+    widgets = conn_fields_to_widgets(CONN_FIELDS)
+    assert set(widgets) == {"api", "timeout", "max_retries", "max_concurrency"}
+    assert widgets["api"].kwargs["choices"] == list(API_CHOICES)  # one source for the choices
 
 
 @pytest.mark.parametrize("api", ["open", "web"])

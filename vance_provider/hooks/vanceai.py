@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
+from vance_provider.airflow_compat import AIRFLOW_V, BaseHook
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -43,21 +43,20 @@ def _extra(conn: Connection, key: str) -> Any:
 
 
 def _caller() -> str:
-    try:
-        from airflow.sdk import __version__ as sdk_version
-    except ImportError:  # pragma: no cover
-        sdk_version = "unknown"
-    return f"airflow-task-sdk/{sdk_version}"
+    from vance_provider.airflow_compat import AIRFLOW_VERSION
+
+    return f"airflow/{AIRFLOW_VERSION}"
 
 
 def connection_settings(conn: Connection) -> dict[str, Any]:
     """The connection's non-secret client settings, validated (safe to log)."""
     from vance_provider.core.errors import ConfigurationError
+    from vance_provider.get_provider_info import API_CHOICES
 
     api = str(_extra(conn, "api") or "auto").strip().lower()
-    if api not in ("auto", "web", "open", "visioncraft"):
+    if api not in API_CHOICES:
         raise ConfigurationError(
-            f"connection {conn.conn_id!r}: extra 'api' must be 'web', 'open', 'visioncraft' or 'auto', got {api!r}"
+            f"connection {conn.conn_id!r}: extra 'api' must be one of {', '.join(API_CHOICES)}, got {api!r}"
         )
     try:
         timeout = float(_extra(conn, "timeout") or DEFAULT_TIMEOUT)
@@ -211,21 +210,14 @@ class VanceAIHook(BaseHook):
             return False, f"could not test the VanceAI connection ({type(exc).__name__})"
         return True, f"Connected to the VanceAI {api} API: {balance.available:g} credits available"
 
-    @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields of the connection form (Airflow >= 3.2 reads them from provider info)."""
-        from wtforms import IntegerField, StringField
+    if AIRFLOW_V < (3, 2):  # Airflow >= 3.2 builds the form from provider info's conn-fields
 
-        return {
-            "api": StringField(
-                "API",
-                default="auto",
-                description="'web' (web API v1), 'open' (Open API v1) or 'auto' (from the key)",
-            ),
-            "timeout": StringField("Timeout (seconds)", default=str(int(DEFAULT_TIMEOUT))),
-            "max_retries": IntegerField("Max retries", default=DEFAULT_MAX_RETRIES),
-            "max_concurrency": IntegerField("Max concurrent jobs per task", default=DEFAULT_MAX_CONCURRENCY),
-        }
+        @classmethod
+        def get_connection_form_widgets(cls) -> dict[str, Any]:
+            """The form's extra fields on Airflow 3.0/3.1, from the provider info's ``conn-fields``."""
+            from vance_provider.get_provider_info import CONN_FIELDS
+
+            return conn_fields_to_widgets(CONN_FIELDS)
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -239,6 +231,24 @@ class VanceAIHook(BaseHook):
                 "timeout": str(int(DEFAULT_TIMEOUT)),
             },
         }
+
+
+def conn_fields_to_widgets(fields: dict[str, Any]) -> dict[str, Any]:
+    """WTForms widgets for Airflow < 3.2 from the declarative ``conn-fields`` of the provider info."""
+    from wtforms import IntegerField, SelectField, StringField
+
+    widgets: dict[str, Any] = {}
+    for name, spec in fields.items():
+        schema = spec.get("schema", {})
+        kinds = schema.get("type", [])
+        kwargs = {"description": spec.get("description", ""), "default": schema.get("default")}
+        if "enum" in schema:
+            widgets[name] = SelectField(spec["label"], choices=list(schema["enum"]), **kwargs)
+        elif "integer" in kinds:
+            widgets[name] = IntegerField(spec["label"], **kwargs)
+        else:
+            widgets[name] = StringField(spec["label"], **kwargs)
+    return widgets
 
 
 def storage_options_from_connection(conn_id: str | None) -> dict[str, Any] | None:

@@ -15,15 +15,22 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink, conf
-from airflow.sdk.bases.skipmixin import SkipMixin
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
+from vance_provider.airflow_compat import (
+    AirflowException,
+    AirflowFailException,
+    AirflowTaskTimeout,
+    Asset,
+    AssetAlias,
+    BaseOperator,
+    BaseOperatorLink,
+    SkipMixin,
+    conf,
+)
 from vance_provider.hooks.vanceai import VanceAIHook, storage_options_from_connection
 
 if TYPE_CHECKING:
+    from airflow.models.taskinstancekey import TaskInstanceKey
     from airflow.sdk import Context
-    from airflow.sdk.types import TaskInstanceKey
 
     from vance_provider.core import BatchResult, BatchSpec, Job, VanceClient
 
@@ -98,13 +105,48 @@ def console_url(destination: str | None) -> str:
     return ""
 
 
+LINK_XCOM_KEY = "vanceai_outputs_url"
+SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "credential", "session", "profile")
+
+
+def shareable_storage_options(options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Storage options a trigger may carry (they are stored in the metadata DB): none with a secret."""
+    if not options:
+        return None
+
+    def secret(key: str) -> bool:
+        return any(w in key.lower() for w in SECRET_OPTION_WORDS)
+
+    def walk(value: Any) -> bool:
+        if isinstance(value, dict):
+            return any(secret(str(k)) or walk(v) for k, v in value.items())
+        return isinstance(value, list | tuple) and any(walk(v) for v in value)
+
+    return None if walk(options) else dict(options)
+
+
 class VanceAIDestinationLink(BaseOperatorLink):
-    """'VanceAI outputs': the destination in the cloud console (S3 / GCS), when it has one."""
+    """'VanceAI outputs': the destination in the cloud console (S3 / GCS), when it has one.
+
+    The task pushes the console URL of its *rendered* destination to XCom when it starts, so a
+    templated destination (``s3://out/{{ ds }}/``) links to the right place.
+    """
 
     name = "VanceAI outputs"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        return console_url(getattr(operator, "destination", None))
+        try:
+            from airflow.sdk.execution_time.xcom import XCom
+        except ImportError:  # pragma: no cover - older layouts
+            from airflow.models.xcom import XCom  # type: ignore[no-redef]
+        try:
+            url = XCom.get_value(ti_key=ti_key, key=LINK_XCOM_KEY)
+        except Exception:  # no XCom backend reachable (say, in a unit test)
+            url = None
+        if url:
+            return str(url)
+        destination = getattr(operator, "destination", None)
+        return "" if destination is None or "{{" in str(destination) else console_url(destination)
 
 
 class _VanceAIBase(BaseOperator):
@@ -140,11 +182,22 @@ class _VanceAIBase(BaseOperator):
         )
 
 
-def _parse_end_time(timeout: float | timedelta | None) -> float | None:
+def _parse_end_time(timeout: float | timedelta | None, started: float | None = None) -> float | None:
     if timeout is None:
         return None
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-    return time.time() + seconds
+    return (started or time.time()) + seconds
+
+
+def _deadline(op: BaseOperator, timeout: Any, started: float) -> tuple[float | None, str | None]:
+    """The wait's deadline: the operator's ``timeout`` or the task's ``execution_timeout``, whichever
+    comes first (Airflow does not count deferred time against ``execution_timeout``: we do), and
+    which one it is."""
+    own = _parse_end_time(timeout, started)
+    execution = _parse_end_time(op.execution_timeout, started)
+    if execution is not None and (own is None or execution <= own):
+        return execution, "execution_timeout"
+    return own, None if own is None else "timeout"
 
 
 def _defer_timeout(end_time: float | None) -> timedelta | None:
@@ -205,7 +258,8 @@ class VanceAISubmitJobOperator(_VanceAIBase):
         from vance_provider.core import JobStatus
         from vance_provider.core.errors import WaitTimeoutError
 
-        end_time = _parse_end_time(self.timeout)
+        started = time.time()
+        end_time, reason = _deadline(self, self.timeout, started)
         with vance_errors(), self.hook.get_client() as client:
             job = client.submit(
                 self.source,
@@ -228,8 +282,9 @@ class VanceAISubmitJobOperator(_VanceAIBase):
             if not self.wait_for_completion:
                 return job.id
             if job.status.terminal or not self.deferrable:
-                try:
-                    remaining = None if end_time is None else max(0.0, end_time - time.time())
+                try:  # (execution_timeout is Airflow's own here: it calls on_kill, which cancels)
+                    own_end = _parse_end_time(self.timeout, started)
+                    remaining = None if own_end is None else max(0.0, own_end - time.time())
                     job = client.wait(
                         job.id, poll_interval=self.poll_interval, timeout=remaining, raise_on_failure=False
                     )
@@ -249,12 +304,16 @@ class VanceAISubmitJobOperator(_VanceAIBase):
                 end_time=end_time,
             ),
             method_name="execute_complete",
+            kwargs={"reason": reason},
             timeout=_defer_timeout(end_time),
         )
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+    def execute_complete(self, context: Context, event: dict[str, Any], reason: str | None = None) -> Any:
         job_id = event["job_ids"][0]
         with vance_errors(), self.hook.get_client() as client:
+            if event["status"] == "timeout" and reason == "execution_timeout":
+                cancel_jobs(client, [job_id], self.log)  # the task is over: the job must not bill on
+                raise AirflowTaskTimeout(f"execution_timeout reached while deferred: {event['message']}")
             if event["status"] == "timeout":
                 self._timed_out(client, [job_id])
                 raise AirflowException(event["message"])
@@ -377,6 +436,8 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         timeout: float | timedelta | None = None,
         cancel_on_timeout: bool = False,
         deferrable: bool | None = None,
+        fresh: bool = False,
+        lock_timeout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if on_failure not in FAILURE_POLICIES:
@@ -397,8 +458,25 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
         self.timeout, self.cancel_on_timeout = timeout, cancel_on_timeout
         self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.fresh, self.lock_timeout = fresh, lock_timeout
 
-    def spec(self) -> BatchSpec:
+    def _engine_options(self, context: Context | None) -> dict[str, Any]:
+        """``fresh``, ``lock_timeout`` and the run's ``owner``, for the core versions that have them."""
+        import dataclasses
+
+        from vance_provider.core import BatchSpec
+
+        names = {f.name for f in dataclasses.fields(BatchSpec)}
+        options: dict[str, Any] = {"fresh": self.fresh, "lock_timeout": self.lock_timeout}
+        ti = (context or {}).get("ti")
+        if ti is not None:
+            options["owner"] = f"airflow:{ti.dag_id}:{ti.task_id}:{ti.run_id}:{ti.map_index}"
+        wanted = {k: v for k, v in options.items() if k in names}
+        if (self.fresh or self.lock_timeout) and not {"fresh", "lock_timeout"} <= names:
+            raise AirflowFailException("fresh and lock_timeout need a newer vance_provider.core")
+        return wanted
+
+    def spec(self, context: Context | None = None) -> BatchSpec:
         from vance_provider.core import BatchSpec
 
         timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else self.timeout
@@ -418,13 +496,15 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             force=self.force,
             timeout=None if self.deferrable else timeout,
             storage_options=self.hook.storage_options,
+            **self._engine_options(context),
         )
 
     def execute(self, context: Context) -> Any:
         from vance_provider.core.errors import WaitTimeoutError
         from vance_provider.operators._batch_steps import batch_step
 
-        spec = self.spec()
+        spec = self.spec(context)
+        self._push_link(context)
         self.log.info(
             "VanceAI batch: %s -> %s (%s, up to %d in flight, %s)",
             self.source,
@@ -436,7 +516,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         with vance_errors(), self.hook.get_client() as client:
             if not self.deferrable:
                 try:
-                    result = client.run_batch(spec)
+                    result = self._run_in_worker(client, spec)
                 except (TimeoutError, WaitTimeoutError):
                     self._timed_out(client, spec)
                     raise AirflowException(
@@ -444,16 +524,80 @@ class VanceAIEnhanceOperator(_VanceAIBase):
                         "resumes from the manifest"
                     ) from None
                 return self._finish(context, result)
-            step = client.run(batch_step(client.aio, spec, first=True))
-        return self._next(context, step, _parse_end_time(self.timeout))
+            started = time.time()
+            self._requeue_canceled(client, spec)
+            step = client.run(batch_step(client.aio, spec, first=True, started=started))
+        end_time, reason = _deadline(self, self.timeout, started)
+        return self._next(context, step, end_time, reason)
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+    def _run_in_worker(self, client: VanceClient, spec: BatchSpec) -> BatchResult:
+        """The whole batch in this process; ``on_kill`` (a kill, or ``execution_timeout``) stops it."""
+        import concurrent.futures
+
+        from vance_provider.core.cancel import StoppableBatch
+        from vance_provider.core.errors import VanceError
+
+        self._batch = batch = StoppableBatch(client.aio, spec)
+        try:
+            return client.run(batch.run())
+        except BaseException as exc:
+            if isinstance(exc, (VanceError, TimeoutError)):
+                raise  # the batch ended by itself (its own timeout, a configuration error, ...)
+            stopped = batch.stopped
+            if not stopped:  # interrupted here (say, Airflow's execution_timeout): stop it now
+                self._stop_batch(f"the task was interrupted ({type(exc).__name__})")
+            if isinstance(exc, concurrent.futures.CancelledError) or stopped:
+                raise AirflowException(
+                    f"VanceAI batch stopped: {len(batch.canceled)} job(s) in flight canceled and "
+                    "recorded in the manifest; the next run submits only those again"
+                ) from None
+            raise
+
+    def _stop_batch(self, reason: str) -> list[str]:
+        batch = getattr(self, "_batch", None)
+        if batch is None or batch.stopped:
+            return [] if batch is None else batch.canceled
+        canceled = batch.stop_threadsafe(reason)
+        self.log.info(
+            "VanceAI batch stopped (%s): canceled %d job(s) in flight; the next run submits them again",
+            reason,
+            len(canceled),
+        )
+        return canceled
+
+    def on_kill(self) -> None:
+        """The task is killed (or hit ``execution_timeout``) in the worker: stop submitting, cancel
+        the jobs in flight (Open API) and record them in the manifest."""
+        self._stop_batch("the task was killed")
+
+    def _requeue_canceled(self, client: VanceClient, spec: BatchSpec) -> None:
+        """Jobs canceled since the last run (by a trigger's on_kill) are submitted again."""
+        from vance_provider.core.batch import manifest_for
+        from vance_provider.core.cancel import requeue_canceled
+
+        async def requeue() -> list[str]:
+            import asyncio
+
+            manifest = await asyncio.to_thread(manifest_for(spec).load)
+            return await requeue_canceled(client.aio, manifest)
+
+        client.run(requeue())
+
+    def execute_complete(self, context: Context, event: dict[str, Any], reason: str | None = None) -> Any:
         from vance_provider.operators._batch_steps import batch_step
 
         carry = event.get("carry") or {}
         end_time = carry.get("end_time")
-        spec = self.spec()
+        reason = reason or carry.get("reason")
+        spec = self.spec(context)
         with vance_errors(), self.hook.get_client() as client:
+            expired = reason == "execution_timeout" and end_time is not None and time.time() >= end_time
+            if (event["status"] == "timeout" and reason == "execution_timeout") or expired:
+                canceled = self._cancel_in_flight(client, spec)
+                raise AirflowTaskTimeout(
+                    f"execution_timeout reached while deferred: canceled {len(canceled)} VanceAI job(s) "
+                    f"in flight; the next run submits only those again (manifest: {event.get('manifest')})"
+                )
             if event["status"] == "timeout":
                 self._timed_out(client, spec)
                 raise AirflowException(
@@ -471,7 +615,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
                     started=carry.get("started"),
                 )
             )
-        return self._next(context, step, end_time)
+        return self._next(context, step, end_time, reason)
 
     def _emit_asset_events(self, context: Context, summary: dict[str, Any]) -> None:
         """The counts as the extra of the outlet Asset's event; an ``AssetAlias`` outlet gets an event
@@ -487,17 +631,35 @@ class VanceAIEnhanceOperator(_VanceAIBase):
                 self.log.debug("no asset event for %s: %s", outlet, exc)
 
     def _timed_out(self, client: VanceClient, spec: BatchSpec) -> None:
-        from vance_provider.operators._batch_steps import cancel_in_flight
-
         if not self.cancel_on_timeout:
             return
         if client.api != "open":
             self.log.warning("the VanceAI web API cannot cancel jobs; a retry resumes them")
             return
-        canceled = client.run(cancel_in_flight(client.aio, spec))
+        canceled = self._cancel_in_flight(client, spec)
         self.log.info("canceled %d VanceAI job(s); a retry submits them afresh", len(canceled))
 
-    def _next(self, context: Context, step: Any, end_time: float | None) -> Any:
+    def _cancel_in_flight(self, client: VanceClient, spec: BatchSpec) -> list[str]:
+        """Cancel the batch's submitted jobs and mark them pending in the manifest (Open API)."""
+        from vance_provider.core.batch import manifest_for
+        from vance_provider.core.cancel import cancel_manifest_jobs
+
+        async def cancel() -> list[str]:
+            import asyncio
+
+            manifest = await asyncio.to_thread(manifest_for(spec).load)
+            return await cancel_manifest_jobs(client.aio, manifest)
+
+        return client.run(cancel())
+
+    def _push_link(self, context: Context) -> None:
+        """The rendered destination's console URL, for the operator extra link."""
+        url = console_url(self.destination)
+        ti = context.get("ti") if hasattr(context, "get") else None
+        if url and ti is not None:
+            ti.xcom_push(key=LINK_XCOM_KEY, value=url)
+
+    def _next(self, context: Context, step: Any, end_time: float | None, reason: str | None = None) -> Any:
         if step.result is not None:
             return self._finish(context, step.result)
         from vance_provider.triggers.vanceai import VanceAIBatchTrigger
@@ -512,9 +674,16 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             poll_interval=self.poll_interval,
             max_poll_interval=self.max_poll_interval,
             end_time=end_time,
-            carry={**step.carry(), "end_time": end_time},
+            carry={**step.carry(), "end_time": end_time, "reason": reason},
+            storage_conn_id=self.storage_conn_id or None,
+            storage_options=shareable_storage_options(self.storage_options),
         )
-        self.defer(trigger=trigger, method_name="execute_complete", timeout=_defer_timeout(end_time))
+        self.defer(
+            trigger=trigger,
+            method_name="execute_complete",
+            kwargs={"reason": reason},
+            timeout=_defer_timeout(end_time),
+        )
 
     def _finish(self, context: Context, result: BatchResult) -> dict[str, Any]:
         from vance_provider.core.errors import BatchFailedError

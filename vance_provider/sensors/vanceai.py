@@ -9,8 +9,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
-from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
 
+from vance_provider.airflow_compat import AirflowException, AirflowSensorTimeout
 from vance_provider.hooks.vanceai import VanceAIHook
 from vance_provider.operators.vanceai import UI_COLOR, UI_FGCOLOR, cancel_jobs, default_deferrable, parse_list
 

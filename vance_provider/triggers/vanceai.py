@@ -5,6 +5,14 @@ poll interval, deadline - never a token) and they carry on, submitting nothing. 
 exactly one ``TriggerEvent`` and returns:
 
     {"status": "success" | "error" | "timeout", "message": str, "job_ids": [...], ...}
+
+When a user marks the deferred task failed or succeeded, or clears it, the trigger cancels its
+Open API jobs (they would run and bill for nothing) and, for a batch, records them in the
+manifest so the next run submits exactly those again. Airflow 3.3 tells the trigger through
+``BaseTrigger.on_kill``; on 3.0 to 3.2 the trigger, when cancelled, asks for its task's state
+and cancels only if the task is no longer deferred (a triggerer restart or rebalance leaves the
+task deferred: the jobs keep running for the next triggerer). A trigger timeout cancels nothing
+here: the operator resumes, and cancels or not by its own settings.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from vance_provider.airflow_compat import TRIGGER_ON_KILL, BaseTrigger, TriggerEvent
 
 if TYPE_CHECKING:
     from vance_provider.core import AsyncVanceClient, Job
@@ -84,6 +92,7 @@ class _VanceAITrigger(BaseTrigger):
         poll_interval: float = 5.0,
         max_poll_interval: float = 60.0,
         end_time: float | None = None,
+        cancel_on_kill: bool = True,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
@@ -91,6 +100,8 @@ class _VanceAITrigger(BaseTrigger):
         self.poll_interval = float(poll_interval)
         self.max_poll_interval = float(max_poll_interval)
         self.end_time = None if end_time is None else float(end_time)
+        self.cancel_on_kill = bool(cancel_on_kill)
+        self.killed: list[str] | None = None  # the job ids canceled by on_kill, once it ran
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -99,6 +110,7 @@ class _VanceAITrigger(BaseTrigger):
             "poll_interval": self.poll_interval,
             "max_poll_interval": self.max_poll_interval,
             "end_time": self.end_time,
+            "cancel_on_kill": self.cancel_on_kill,
         }
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -123,10 +135,61 @@ class _VanceAITrigger(BaseTrigger):
                     log=self.log,
                 )
                 api = client.api
+        except asyncio.CancelledError:
+            # Airflow < 3.3 has no on_kill for triggers: find out whether a user stopped the task.
+            if not TRIGGER_ON_KILL and self.cancel_on_kill and await self._task_was_stopped():
+                await self.on_kill()
+            raise
         except Exception as exc:
             yield TriggerEvent({"status": "error", "message": safe_message(exc), "job_ids": self.job_ids})
             return
         yield TriggerEvent(self.event_payload(done, pending, api))
+
+    async def _task_was_stopped(self) -> bool:
+        """Airflow < 3.3: the task is no longer deferred (marked failed/succeeded, cleared)."""
+        ti = getattr(self, "task_instance", None)
+        if ti is None:
+            return False
+        try:
+            from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+            from asgiref.sync import sync_to_async
+
+            states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
+                dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
+            )
+            state = next(iter(states.get(ti.run_id, {}).values()), None)
+        except Exception as exc:  # unknown: leave the jobs running, the next run collects them
+            self.log.warning("could not read the task's state (%s): VanceAI jobs left running", exc)
+            return False
+        return state is not None and str(state) != "deferred"
+
+    async def on_kill(self) -> None:
+        """The task was stopped by a user while deferred: cancel the jobs (Open API)."""
+        if not self.cancel_on_kill or self.killed is not None:
+            return
+        from vance_provider.core.cancel import cancel_jobs
+        from vance_provider.hooks.vanceai import VanceAIHook
+
+        self.killed = []
+        try:
+            async with VanceAIHook(self.conn_id, caller="airflow-triggerer").async_client() as client:
+                if client.api != "open":
+                    self.log.warning(
+                        "the VanceAI %s API cannot cancel jobs: %d left running (not charged unless "
+                        "downloaded; the next run collects them)",
+                        client.api,
+                        len(self.job_ids),
+                    )
+                    return
+                self.killed = await cancel_jobs(client, self.job_ids)
+        except Exception as exc:
+            self.log.warning("could not cancel the VanceAI jobs: %s", safe_message(exc))
+            return
+        self.log.info("the task was stopped: canceled %d VanceAI job(s)", len(self.killed))
+        await self.record_killed(self.killed)
+
+    async def record_killed(self, job_ids: list[str]) -> None:
+        """Hook for the batch trigger: write the canceled jobs into the manifest."""
 
     def event_payload(self, done: dict[str, Job], pending: list[str], api: str) -> dict[str, Any]:
         from vance_provider.core import JobStatus
@@ -197,6 +260,9 @@ class VanceAIBatchTrigger(_VanceAITrigger):
         max_poll_interval: float = 60.0,
         end_time: float | None = None,
         carry: dict[str, Any] | None = None,
+        cancel_on_kill: bool = True,
+        storage_conn_id: str | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(
             conn_id,
@@ -204,12 +270,50 @@ class VanceAIBatchTrigger(_VanceAITrigger):
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,
             end_time=end_time,
+            cancel_on_kill=cancel_on_kill,
         )
         self.manifest = manifest
         self.carry = dict(carry or {})
+        self.storage_conn_id = storage_conn_id
+        self.storage_options = storage_options
 
     def _kwargs(self) -> dict[str, Any]:
-        return {**super()._kwargs(), "manifest": self.manifest, "carry": self.carry}
+        return {
+            **super()._kwargs(),
+            "manifest": self.manifest,
+            "carry": self.carry,
+            "storage_conn_id": self.storage_conn_id,
+            "storage_options": self.storage_options,
+        }
+
+    async def record_killed(self, job_ids: list[str]) -> None:
+        """Mark the canceled jobs' items pending in the manifest: the next run submits only those.
+
+        The storage comes from ``storage_conn_id`` or the secret-free ``storage_options`` the
+        operator passed (options holding keys never travel through the trigger table); when the
+        manifest cannot be written the next run finds the jobs canceled and submits them again.
+        """
+        if not job_ids or not self.manifest:
+            return
+        from asgiref.sync import sync_to_async
+
+        from vance_provider.core.cancel import mark_canceled
+        from vance_provider.core.manifest import Manifest
+        from vance_provider.hooks.vanceai import storage_options_from_connection
+
+        try:
+            options = await sync_to_async(storage_options_from_connection)(self.storage_conn_id)
+            options = {**(options or {}), **(self.storage_options or {})} or None
+            manifest = await asyncio.to_thread(Manifest(self.manifest, options).load)
+            if mark_canceled(manifest, job_ids):
+                await manifest.flush()
+                self.log.info("recorded %d canceled job(s) in %s", len(job_ids), self.manifest)
+        except Exception as exc:
+            self.log.warning(
+                "could not record the canceled jobs in the manifest (%s): the next run finds them "
+                "canceled and submits them again",
+                safe_message(exc),
+            )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         async for event in super().run():

@@ -1,0 +1,173 @@
+"""A stopped task leaves no VanceAI job running, and its rerun pays nothing twice.
+
+* killed in the worker (SIGTERM -> ``on_kill``);
+* marked failed (or cleared) while deferred: the trigger's ``on_kill`` (Airflow 3.3), or its own
+  check of the task's state when cancelled (Airflow 3.0-3.2) - and a triggerer restart cancels nothing;
+* ``execution_timeout`` reached while deferred, and in the worker.
+
+Each time: every job of the simulator is terminal, the canceled jobs' items are ``pending`` in the
+manifest, and the rerun submits only those, charging every input exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from tests.airflow.helpers import load_dag, ti_states, xcom
+
+RUN_TASK = """
+import sys
+from tests.airflow.helpers import load_dag
+dag = load_dag("vanceai_credit_checked_batch")
+enhance = dag.get_task("enhance")
+enhance.deferrable = False
+enhance.poll_interval = 0.1
+enhance.max_concurrency = 2
+dag.test(run_conf={"source": sys.argv[1], "destination": sys.argv[2]})
+"""
+
+N = 4
+
+
+def _inputs(make_image, tmp_path, name: str):
+    for i in range(N):
+        make_image(f"{name}/in/p{i}.jpg", 32, 24)
+    return tmp_path / name / "in", tmp_path / name / "out"
+
+
+def _running(server) -> list[str]:
+    return [j.id for j in server.state.jobs.values() if j.status in ("queued", "processing")]
+
+
+def _check_stopped(server, dst, canceled_at_least: int = 1) -> set[str]:
+    """No job left running; the canceled ones are pending again in the manifest."""
+    from vance_provider.core.manifest import ItemState, Manifest
+
+    assert _running(server) == []
+    canceled = {j.id for j in server.state.jobs.values() if j.status == "canceled"}
+    assert len(canceled) >= canceled_at_least
+    assert not server.state.charges()  # canceled before finishing: nothing paid
+    manifest = Manifest.for_destination(str(dst)).load()
+    assert not {i.job_id for i in manifest.items.values()} & canceled
+    assert all(i.state == ItemState.PENDING for i in manifest.items.values())
+    return canceled
+
+
+def _rerun_pays_once(server, src, dst, canceled: set[str], *, deferrable: bool) -> None:
+    server.state.config.time_per_job = 0.05  # the rerun's jobs finish at once
+    before = set(server.state.jobs)
+    dag = load_dag("vanceai_credit_checked_batch")
+    enhance = dag.get_task("enhance")
+    enhance.deferrable, enhance.poll_interval = deferrable, 0.1
+    dr = dag.test(run_conf={"source": str(src), "destination": str(dst)})
+    assert ti_states(dr)["enhance"] == "success"
+    assert xcom(dr, "enhance")["done"] == N
+    assert not server.state.double_charges()
+    charged = Counter(server.state.jobs[e.job_id].source_name for e in server.state.charges())
+    assert len(charged) == N and set(charged.values()) == {1}  # every input paid exactly once
+    assert not {e.job_id for e in server.state.charges()} & canceled
+    new = set(server.state.jobs) - before
+    assert len(new) == N - (len(before) - len(canceled))  # only the canceled (or never sent) ones
+
+
+def test_killed_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> None:
+    server = sim_factory(time_per_job=600.0)
+    vance_conn("open", server=server)
+    src, dst = _inputs(make_image, tmp_path, "kill")
+    worker = subprocess.Popen(
+        [sys.executable, "-c", RUN_TASK, str(src), str(dst)],
+        env=dict(os.environ),
+        cwd=os.getcwd(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(_running(server)) < 2:  # two jobs in flight (max_concurrency=2): kill the task now
+        assert worker.poll() is None, "the task finished before the kill"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(worker.pid, signal.SIGTERM)  # what the supervisor sends on a kill or "mark failed"
+    assert worker.wait(60) is not None
+    canceled = _check_stopped(server, dst, canceled_at_least=2)
+    _rerun_pays_once(server, src, dst, canceled, deferrable=False)
+
+
+@pytest.mark.parametrize("airflow_has_on_kill", [True, False], ids=["airflow-3.3", "airflow-3.0-3.2"])
+def test_marked_failed_while_deferred(
+    airflow_has_on_kill, sim_factory, vance_conn, make_image, tmp_path, monkeypatch
+) -> None:
+    from tests.airflow.test_airflow_batch import _context, _operator
+    from vance_provider.airflow_compat import TaskDeferred
+    from vance_provider.triggers import vanceai as triggers
+
+    server = sim_factory(time_per_job=600.0)
+    vance_conn("open", server=server)
+    src, dst = _inputs(make_image, tmp_path, "mark")
+    with pytest.raises(TaskDeferred) as deferred:
+        _operator(src, dst, max_concurrency=2).execute(_context())
+    _path, kwargs = deferred.value.trigger.serialize()
+    trigger = type(deferred.value.trigger)(**kwargs)  # as the triggerer builds it
+    assert len(_running(server)) == 2
+
+    monkeypatch.setattr(triggers, "TRIGGER_ON_KILL", airflow_has_on_kill)
+    states = iter(["deferred", "failed"])  # a triggerer restart first, then the user's "mark failed"
+
+    async def task_was_stopped(self) -> bool:
+        return next(states) != "deferred"
+
+    monkeypatch.setattr(triggers._VanceAITrigger, "_task_was_stopped", task_was_stopped)
+
+    async def cancel_like_the_triggerer(user_action: bool) -> None:
+        task = asyncio.create_task(anext(trigger.run()))
+        await asyncio.sleep(0)  # let it start polling
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        if user_action and airflow_has_on_kill:  # Airflow 3.3 calls on_kill after a user's action
+            await trigger.on_kill()
+
+    if not airflow_has_on_kill:  # a restart (the task is still deferred) cancels nothing
+        asyncio.run(cancel_like_the_triggerer(user_action=False))
+        assert len(_running(server)) == 2 and trigger.killed is None
+    asyncio.run(cancel_like_the_triggerer(user_action=True))
+    assert sorted(trigger.killed or []) == sorted(trigger.job_ids)
+    canceled = _check_stopped(server, dst, canceled_at_least=2)
+    _rerun_pays_once(server, src, dst, canceled, deferrable=True)
+
+
+def test_execution_timeout_while_deferred(sim_factory, vance_conn, make_image, tmp_path) -> None:
+    server = sim_factory(time_per_job=600.0)
+    vance_conn("open", server=server)
+    src, dst = _inputs(make_image, tmp_path, "xt")
+    dag = load_dag("vanceai_credit_checked_batch")
+    enhance = dag.get_task("enhance")
+    enhance.deferrable, enhance.poll_interval, enhance.max_concurrency = True, 0.1, 2
+    enhance.execution_timeout = timedelta(seconds=1)  # the jobs take 10 minutes
+    dr = dag.test(run_conf={"source": str(src), "destination": str(dst)})
+    assert ti_states(dr)["enhance"] in ("failed", "up_for_retry")
+    canceled = _check_stopped(server, dst, canceled_at_least=2)
+    _rerun_pays_once(server, src, dst, canceled, deferrable=True)
+
+
+def test_execution_timeout_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> None:
+    server = sim_factory(time_per_job=600.0)
+    vance_conn("open", server=server)
+    src, dst = _inputs(make_image, tmp_path, "xtw")
+    dag = load_dag("vanceai_credit_checked_batch")
+    enhance = dag.get_task("enhance")
+    enhance.deferrable, enhance.poll_interval, enhance.max_concurrency = False, 0.1, 2
+    enhance.execution_timeout = timedelta(seconds=1)
+    dr = dag.test(run_conf={"source": str(src), "destination": str(dst)})
+    assert ti_states(dr)["enhance"] in ("failed", "up_for_retry")
+    canceled = _check_stopped(server, dst, canceled_at_least=2)
+    _rerun_pays_once(server, src, dst, canceled, deferrable=False)
