@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -143,9 +144,21 @@ def test_open_result_not_ready_is_retried(
     job = client.wait(
         client.submit(str(make_image("r.jpg", 16, 16)), "upscale").id, poll_interval=0.05, timeout=20
     )
-    out = client.download(job, str(tmp_path / "r.jpg"))
+    # A job known only by its id (no signed link from its terminal answer) asks /result.
+    out = client.download(dataclasses.replace(job, result_url=None), str(tmp_path / "r.jpg"))
     assert image_size(out) == (32, 32)
     assert count_status(sim, 202, "/api/v1/jobs/") >= 1  # 202 result_not_ready was read as "not yet"
+
+
+def test_open_download_uses_the_terminal_answers_signed_link(
+    sim: SimulatorServer, client_factory: Callable[..., VanceClient], make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    client = client_factory(sim, "open")
+    job = client.wait(client.submit(str(make_image("s.jpg", 16, 16)), "upscale").id, poll_interval=0.05)
+    assert job.result_url and "result_url" not in repr(job) and "result_url" not in job.to_xcom()
+    out = client.download(job, str(tmp_path / "s.jpg"))
+    assert image_size(out) == (32, 32)
+    assert not [r for r in sim.state.requests if r.path.endswith("/result")]  # no extra round trip
 
 
 def test_failed_job_raises_and_has_no_result(

@@ -186,32 +186,39 @@ class Progress:
 
 
 class AdaptiveLimit:
-    """At most ``limit`` jobs in flight; shrinks when the service says 429 concurrency, regrows slowly."""
+    """At most ``limit`` jobs in flight; shrinks when the service says 429 concurrency, regrows slowly.
+
+    A FIFO limiter whose size changes at run time (anyio's ``CapacityLimiter``): a release wakes
+    one waiter, not all of them.
+    """
 
     def __init__(self, limit: int) -> None:
+        import anyio
+
         self.max = self.limit = max(1, limit)
-        self.in_use = 0
         self.successes = 0
-        self._cond = asyncio.Condition()
+        self._limiter = anyio.CapacityLimiter(self.limit)
+
+    @property
+    def in_use(self) -> int:
+        return int(self._limiter.borrowed_tokens)
 
     async def acquire(self) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.in_use < self.limit)
-            self.in_use += 1
+        await self._limiter.acquire()
 
-    async def release(self) -> None:
-        async with self._cond:
-            self.in_use -= 1
-            self._cond.notify_all()
+    def release(self) -> None:
+        self._limiter.release()
 
     def shrink(self) -> None:
         self.limit = max(1, min(self.limit, self.in_use) - 1)
+        self._limiter.total_tokens = self.limit
         self.successes = 0
 
     def grow(self) -> None:
         self.successes += 1
         if self.limit < self.max and self.successes >= 5:
             self.limit += 1
+            self._limiter.total_tokens = self.limit
             self.successes = 0
 
 
@@ -299,6 +306,9 @@ class BatchRunner:
         self._submitted_at: dict[str, float] = {}
         self._recorded: dict[str, int] = {}  # manifest change that recorded each item's job id
         self._budget_lock = asyncio.Lock()  # one video at a time until the service prices it
+        self._uploads = asyncio.Semaphore(spec.max_concurrency)  # inputs uploaded ahead of a job slot
+        self._downloads = asyncio.Semaphore(spec.max_concurrency)  # results being stored
+        self._sizes: dict[str, int] = {}  # input sizes, from the listing
         self._created_destination = False
 
     def estimate(self, item: ManifestItem) -> float:
@@ -357,6 +367,7 @@ class BatchRunner:
         await asyncio.to_thread(check_outputs_apart, outputs, so)
         present = await asyncio.to_thread(_list_outputs, dest_fs, dest_path)
         self.sources = [s.url for s in sources]
+        self._sizes = {s.url: s.size for s in sources}
         work: list[ManifestItem] = []
         for src in sources:
             item = self.manifest.items.get(src.url)
@@ -552,11 +563,31 @@ class BatchRunner:
             self.on_progress(p)
 
     async def run_item(self, item: ManifestItem) -> None:
-        await self.limit.acquire()
+        """Drive one item to its end. A job slot is held only while the job exists on the service:
+        the upload goes first (within a bounded look-ahead), the download after (in its own pool)."""
+        job: Job | None = None
         try:
-            await self._drive(item)
+            staged: str | None = None
+            if item.state == ItemState.PENDING:
+                if self._refuse(item):
+                    return
+                async with self._uploads:  # at most max_concurrency inputs uploaded ahead
+                    staged = await self._stage(item)
+                    await self.limit.acquire()
+            else:
+                await self.limit.acquire()
+            try:
+                if item.state == ItemState.PENDING and not await self._submit(item, staged):
+                    return
+                job = await self._await_terminal(item)
+            finally:
+                self.limit.release()
+            if job is not None:
+                async with self._downloads:
+                    await self._collect(item, job)
         except VanceError as exc:
-            item.set(ItemState.FAILED, error=exc.message, error_code=str(exc.code or type(exc).__name__))
+            state = ItemState.SUCCEEDED if item.state == ItemState.SUCCEEDED else ItemState.FAILED
+            item.set(state, error=exc.message, error_code=str(exc.code or type(exc).__name__))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # storage, decoding, an unexpected answer: this item fails, not the batch
@@ -564,13 +595,17 @@ class BatchRunner:
             state = ItemState.SUCCEEDED if item.state == ItemState.SUCCEEDED else ItemState.FAILED
             item.set(state, error=f"{item.source}: {describe_unexpected(exc)}", error_code=type(exc).__name__)
         finally:
-            await self.limit.release()
             if item.state in (ItemState.DONE, ItemState.FAILED, ItemState.SKIPPED) or item.error:
                 self.finish_item(item)
 
-    async def _drive(self, item: ManifestItem) -> None:
-        if item.state == ItemState.PENDING and not await self.submit_item(item):
-            return
+    async def _stage(self, item: ManifestItem) -> str | None:
+        size = self._sizes.get(item.source, 0)
+        return await self.client.stage(
+            item.source, size, self.call, storage_options=self.spec.storage_options
+        )
+
+    async def _await_terminal(self, item: ManifestItem) -> Job | None:
+        """Poll until the job ends; a failed job is recorded here (refunded), a good one returned."""
         job = await self._poll(item)
         if job.status is not JobStatus.SUCCEEDED:
             self.committed -= self.estimate(item)
@@ -582,9 +617,13 @@ class BatchRunner:
             )
             if job.error_code == "insufficient_credits":
                 self._stop("the account ran out of credits")
-            return
+            return None
         item.set(ItemState.SUCCEEDED)
         self.manifest.touch()
+        return job
+
+    async def _collect(self, item: ManifestItem, job: Job) -> None:
+        """Store a succeeded job's result under the item's output name and record what it cost."""
         if self.client.api == "web":  # it charges at download: the job id must be durable first
             await self.manifest.flush_until(self._recorded.get(item.source, 0))
         try:
@@ -630,32 +669,45 @@ class BatchRunner:
         return None
 
     async def submit_item(self, item: ManifestItem) -> bool:
-        """Submit one pending item within the budget; ``False`` if it was not submitted."""
+        """Upload and submit one pending item within the budget; ``False`` if it was not submitted."""
+        if self._refuse(item):
+            return False
+        return await self._submit(item, await self._stage(item))
+
+    def _refuse(self, item: ManifestItem) -> bool:
+        """Mark the item skipped if the budget, the balance or a stop forbids another job."""
+        if not self.stop_reason and (why := self._over(self.estimate(item))):
+            self._stop(why)
+        if self.stop_reason:
+            item.set(ItemState.SKIPPED, error=f"not submitted: {self.stop_reason}")
+            return True
+        return False
+
+    async def _submit(self, item: ManifestItem, staged: str | None) -> bool:
         if item.estimate is not None and self.spec.credit_budget is not None:
             # A video's true price is known only once the service has seen it: submit them one at
             # a time, so the budget is never exceeded by more than one job's cost.
             async with self._budget_lock:
-                return await self._submit(item)
-        return await self._submit(item)
+                return await self._submit_within_budget(item, staged)
+        return await self._submit_within_budget(item, staged)
 
-    async def _submit(self, item: ManifestItem) -> bool:
-        estimate = self.estimate(item)
-        if not self.stop_reason and (why := self._over(estimate)):
-            self._stop(why)
-        if self.stop_reason:
-            item.set(ItemState.SKIPPED, error=f"not submitted: {self.stop_reason}")
+    async def _submit_within_budget(self, item: ManifestItem, staged: str | None) -> bool:
+        if self._refuse(item):  # checked again: other jobs may have been committed meanwhile
             return False
+        estimate = self.estimate(item)
         self.committed += estimate
         call = self.call
         if item.media_info and call.open_tool:  # lets the service price the video before it runs
             call = dataclasses.replace(call, open_config={**(call.open_config or {}), **item.media_info})
         for _ in range(10):
             try:
-                job = await self.client.submit(
+                job = await self.client.submit_checked(
                     item.source,
+                    self._sizes.get(item.source, 0),
                     call,
                     idempotency_key=item.idempotency_key,
                     storage_options=self.spec.storage_options,
+                    staged=staged,
                 )
                 if job.status in (JobStatus.FAILED, JobStatus.CANCELED):
                     # The key replayed an older job that has ended badly: make a new submission.

@@ -8,7 +8,6 @@ notebooks (which may already run a loop) get the same behaviour as triggers.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import logging
 import threading
@@ -199,6 +198,28 @@ class AsyncVanceClient:
         await asyncio.to_thread(check_input, src.url, src.size, call.media, self.api, so)
         key = idempotency_key or default_idempotency_key(src.url, src.fingerprint, call)
         return await self.backend.submit(src.url, src.size, call, key, so)
+
+    async def stage(
+        self, source: str, size: int, call: ToolCall, *, storage_options: dict[str, Any] | None = None
+    ) -> str | None:
+        """Upload a checked input ahead of its job, where the API allows (see :meth:`submit_checked`)."""
+        return await self.backend.stage(source, size, call, self.backend.options(storage_options))
+
+    async def submit_checked(
+        self,
+        source: str,
+        size: int,
+        call: ToolCall,
+        *,
+        idempotency_key: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        staged: str | None = None,
+    ) -> Job:
+        """Start one job for an input the caller has already listed and checked (the batch engine
+        does): no second listing or check. ``staged`` is what :meth:`stage` returned."""
+        key = idempotency_key or default_idempotency_key(source, str(size), call)
+        so = self.backend.options(storage_options)
+        return await self.backend.submit(source, size, call, key, so, staged=staged)
 
     async def check_call(self, call: ToolCall) -> None:
         """Checks that need the service (VisionCraft's option lists); nothing is spent."""
@@ -412,15 +433,22 @@ class _LoopThread:
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        ended = threading.Event()
+
+        async def until_ended() -> T:
+            try:
+                return await coro
+            finally:
+                ended.set()
+
+        future = asyncio.run_coroutine_threadsafe(until_ended(), self.loop)
         try:
             return future.result()
         except BaseException:
             # Ctrl-C (or any interruption) reaches this thread, not the loop's: cancel the work
-            # and let it finish its cleanup (a batch writes its manifest) before we go on.
-            if not future.done():
-                future.cancel()
-                concurrent.futures.wait([future], timeout=30)
+            # and let its cleanup run (a batch writes its manifest) before we go on.
+            future.cancel()
+            ended.wait(timeout=30)
             raise
 
     def stop(self) -> None:

@@ -162,12 +162,15 @@ class Manifest:
         if self._saved < version:
             await self.flush()
 
-    def to_json(self) -> bytes:
+    def to_json(self, items: list[ManifestItem] | None = None) -> bytes:
         # A shallow copy of each item (asdict deep-copies) and no indentation: this runs often.
-        items = [dict(vars(i)) for i in self.items.values()]
+        rows = [dict(vars(i)) for i in (self.items.values() if items is None else items)]
         return json.dumps(
-            {"version": VERSION, "meta": self.meta, "items": items}, separators=(",", ":"), default=str
+            {"version": VERSION, "meta": self.meta, "items": rows}, separators=(",", ":"), default=str
         ).encode()
+
+    def _write(self, items: list[ManifestItem]) -> None:
+        write_bytes_atomic(self.url, self.to_json(items), self.storage_options)
 
     def save(self) -> None:
         version = self._version
@@ -181,6 +184,8 @@ class Manifest:
         async with self._lock:
             if self._saved >= self._version:
                 return
-            version, payload = self._version, self.to_json()
-            await asyncio.to_thread(write_bytes_atomic, self.url, payload, self.storage_options)
+            # Serialised and written off the event loop, from a snapshot of the item list (items
+            # change only by attribute assignment while a batch runs, never by insertion).
+            version, items = self._version, list(self.items.values())
+            await asyncio.to_thread(self._write, items)
             self._saved = max(self._saved, version)

@@ -55,11 +55,14 @@ class Job:
     credits_estimated: float | None = None
     credits_charged: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # A signed link to the result (Open API, terminal answers): used once, never shown or kept.
+    result_url: str | None = field(default=None, repr=False, compare=False)
 
     def to_xcom(self) -> dict[str, Any]:
         """Small plain data (no raw answer, no signed URLs)."""
         d = asdict(self)
         d.pop("raw")
+        d.pop("result_url")
         d["status"] = self.status.value
         return d
 

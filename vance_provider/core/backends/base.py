@@ -411,6 +411,13 @@ class Backend:
         )
 
     # --- the verbs ----------------------------------------------------------------------------
+    async def stage(
+        self, source: str, size: int, call: Any, storage_options: dict[str, Any] | None = None
+    ) -> str | None:
+        """Upload what can go up before the job exists (web upload, Open API video); returns
+        what ``submit(staged=...)`` needs, or ``None`` when the job's creation carries the file."""
+        return None
+
     async def submit(
         self,
         source: str,
@@ -418,6 +425,7 @@ class Backend:
         call: Any,
         idempotency_key: str | None,
         storage_options: dict[str, Any] | None = None,
+        staged: str | None = None,
     ) -> Job:
         raise NotImplementedError
 

@@ -159,6 +159,7 @@ class OpenApiBackend(Backend):
             credits_estimated=data.get("credits_estimated"),
             credits_charged=data.get("credits_charged"),
             raw={k: v for k, v in data.items() if k != "result_url"},
+            result_url=data.get("result_url") if isinstance(data.get("result_url"), str) else None,
         )
 
     async def submit(
@@ -168,11 +169,12 @@ class OpenApiBackend(Backend):
         call: ToolCall,
         idempotency_key: str | None,
         storage_options: dict[str, Any] | None = None,
+        staged: str | None = None,
     ) -> Job:
         headers = {**self._auth, **({"Idempotency-Key": idempotency_key} if idempotency_key else {})}
         url = f"{self.base_url}/jobs"
         if call.media == "video":
-            upload_id = await self._upload_video(source, size, storage_options)
+            upload_id = staged or await self._upload_video(source, size, storage_options)
             body = {"upload_id": upload_id, "tool": call.open_tool, "config": call.open_config or {}}
             response = await self.call("create_job", lambda: self.http.post(url, json=body, headers=headers))
             return self._job(self.parse_json("create_job", response))
@@ -188,6 +190,12 @@ class OpenApiBackend(Backend):
                 return await self.http.post(url, data=form, files={"image": (name, fh)}, headers=headers)
 
         return self._job(self.parse_json("create_job", await self.call("create_job", send)))
+
+    async def stage(
+        self, source: str, size: int, call: ToolCall, storage_options: dict[str, Any] | None = None
+    ) -> str | None:
+        """A video goes up before its job exists (two-phase upload); an image rides in the create."""
+        return await self._upload_video(source, size, storage_options) if call.media == "video" else None
 
     async def _upload_video(
         self, source: str, size: int, storage_options: dict[str, Any] | None = None
@@ -242,8 +250,11 @@ class OpenApiBackend(Backend):
     async def download(self, job: Job, dest: str, storage_options: dict[str, Any] | None = None) -> str:
         if job.size is None:  # the size verifies the download; a job built by hand may lack it
             job = await self.get_job(job.id)
+        # The terminal answer's signed link saves a /result round trip; when it has expired (403),
+        # /result signs a fresh one.
+        locations = [job.result_url] if job.result_url else []
         for attempt in range(2):
-            location = await self.result_location(job.id)
+            location = locations.pop() if locations else await self.result_location(job.id)
             try:
                 # Follow the redirect ourselves, WITHOUT the Authorization header (another host).
                 return await self.stream_to(

@@ -282,6 +282,7 @@ class VisionCraftBackend(Backend):
         call: ToolCall,
         idempotency_key: str | None,
         storage_options: dict[str, Any] | None = None,
+        staged: str | None = None,
     ) -> Job:
         if idempotency_key and self._by_key.get(idempotency_key) in self._held:
             return self._held[self._by_key[idempotency_key]].job  # asked before: same job, no new call

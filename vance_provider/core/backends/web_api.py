@@ -149,16 +149,10 @@ class WebApiBackend(Backend):
                 raise self.protocol_error(name, response, f"the answer has no {key!r}")
         return data
 
-    async def submit(
-        self,
-        source: str,
-        size: int,
-        call: ToolCall,
-        idempotency_key: str | None,
-        storage_options: dict[str, Any] | None = None,
-    ) -> Job:
-        """Upload then transform. The web API has no idempotency keys, but it charges only
-        on download, so a transform repeated after a lost answer costs nothing."""
+    async def stage(
+        self, source: str, size: int, call: ToolCall, storage_options: dict[str, Any] | None = None
+    ) -> str | None:
+        """Upload the file; returns its ``uid`` (no job exists yet)."""
         name = source.rsplit("/", 1)[-1]
         url = f"{self.base_url}/upload"
 
@@ -166,9 +160,22 @@ class WebApiBackend(Backend):
             async with self.open_source(source, storage_options) as fh:  # httpx streams it in 64 KiB chunks
                 return await self.http.post(url, data=self._form(job="ai"), files={"file": (name, fh)})
 
-        uploaded = self._data("upload", await self.call("upload", send_upload), ("uid",))
+        return str(self._data("upload", await self.call("upload", send_upload), ("uid",))["uid"])
+
+    async def submit(
+        self,
+        source: str,
+        size: int,
+        call: ToolCall,
+        idempotency_key: str | None,
+        storage_options: dict[str, Any] | None = None,
+        staged: str | None = None,
+    ) -> Job:
+        """Upload (unless ``staged`` holds the uid) then transform. The web API has no idempotency
+        keys, but it charges only on download, so a transform repeated after a lost answer costs nothing."""
+        uid = staged or await self.stage(source, size, call, storage_options)
         data = await self._post(
-            "transform", "transform", ("trans_id",), uid=uploaded["uid"], jconfig=json.dumps(call.jconfig)
+            "transform", "transform", ("trans_id",), uid=uid, jconfig=json.dumps(call.jconfig)
         )
         return self._job(data["trans_id"], data, call.tool)
 
