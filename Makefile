@@ -10,7 +10,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 PYTEST_ARGS ?=
 
-.PHONY: env demo test lint bench soak docs clean
+.PHONY: env demo test compat lint bench soak docs clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -26,6 +26,13 @@ test: env
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
+# The Airflow suite on the lowest and highest supported Airflow, the Dagster suite on the lowest
+# and highest supported Dagster: four virtualenvs in .compat/, built from the registry with uv.
+# `make compat COMPAT_ENVS="airflow-lowest"` runs one of them.
+COMPAT_ENVS ?=
+compat: $(UV)
+	UV=$(UV) PYTHON=$(PYTHON) bash .ci/compat.sh $(COMPAT_ENVS)
+
 lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -40,4 +47,4 @@ soak: env
 	VANCE_SOAK=1 $(VENV)/bin/python -m pytest tests/reliability/test_faults.py -s $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TOOLS) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .compat demo-output .pytest_cache .ruff_cache

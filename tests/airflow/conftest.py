@@ -46,6 +46,12 @@ os.environ.update(
     }
 )
 os.environ.pop("AIRFLOW_CONN_VANCEAI_DEFAULT", None)
+# OpenLineage events (when the provider is installed) go to a file the lineage tests read.
+OPENLINEAGE_EVENTS = HOME / "openlineage-events.jsonl"
+os.environ["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps(
+    {"type": "file", "log_file_path": str(OPENLINEAGE_EVENTS), "append": True}
+)
+os.environ["AIRFLOW__OPENLINEAGE__NAMESPACE"] = "vance-tests"
 
 
 def _populate_dags_folder() -> None:

@@ -343,7 +343,28 @@ class VanceAISubmitJobOperator(_VanceAIBase):
         if self.destination:
             record["output"] = client.download(job, self.destination)
             self.log.info("VanceAI job %s: result stored at %s", job.id, record["output"])
+        self._lineage = {
+            "inputs": [self.source],
+            "outputs": [record["output"]] if record.get("output") else [],
+            "facet": {
+                "tool": job.tool or str(self.tool),
+                "api": client.api,
+                "total": 1,
+                "done": 1,
+                "credits_spent": float(job.credits_charged or 0.0),
+            },
+        }
+        from vance_provider.operators._lineage import hook_lineage
+
+        hook_lineage(self.hook, self._lineage["inputs"], self._lineage["outputs"])
         return record
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the input file, the stored result, and the ``vanceai`` run facet."""
+        from vance_provider.operators._lineage import operator_lineage
+
+        lineage = getattr(self, "_lineage", None) or {"inputs": [self.source], "outputs": [], "facet": None}
+        return operator_lineage(lineage["inputs"], lineage["outputs"], lineage["facet"])
 
 
 def cancel_jobs(client: VanceClient, job_ids: list[str], log: Any) -> list[str]:
@@ -514,6 +535,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             "deferrable" if self.deferrable else "in the worker",
         )
         with vance_errors(), self.hook.get_client() as client:
+            self._api = client.api
             if not self.deferrable:
                 try:
                     result = self._run_in_worker(client, spec)
@@ -591,6 +613,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         reason = reason or carry.get("reason")
         spec = self.spec(context)
         with vance_errors(), self.hook.get_client() as client:
+            self._api = client.api
             expired = reason == "execution_timeout" and end_time is not None and time.time() >= end_time
             if (event["status"] == "timeout" and reason == "execution_timeout") or expired:
                 canceled = self._cancel_in_flight(client, spec)
@@ -629,6 +652,32 @@ class VanceAIEnhanceOperator(_VanceAIBase):
                     context["outlet_events"][outlet].add(Asset(uri=asset_uri(self.destination)), extra=extra)
             except (KeyError, TypeError, AttributeError) as exc:  # no outlet events (e.g. a bare context)
                 self.log.debug("no asset event for %s: %s", outlet, exc)
+
+    def _record_lineage(self, summary: dict[str, Any]) -> None:
+        from vance_provider.operators._lineage import hook_lineage, prefixes
+
+        self._lineage = {
+            "inputs": prefixes(self.source),
+            "outputs": [self.destination],
+            "facet": {
+                "tool": str(self.tool),
+                "api": getattr(self, "_api", None) or self.hook.settings["api"],
+                **{k: summary[k] for k in ("total", "done", "failed", "skipped", "credits_spent")},
+            },
+        }
+        hook_lineage(self.hook, self._lineage["inputs"], self._lineage["outputs"])
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: one input dataset per source prefix, the destination prefix as output, and
+        the ``vanceai`` run facet (tool, API, items done/failed, credits spent)."""
+        from vance_provider.operators._lineage import operator_lineage, prefixes
+
+        lineage = getattr(self, "_lineage", None) or {
+            "inputs": prefixes(self.source),
+            "outputs": [self.destination],
+            "facet": None,
+        }
+        return operator_lineage(lineage["inputs"], lineage["outputs"], lineage["facet"])
 
     def _timed_out(self, client: VanceClient, spec: BatchSpec) -> None:
         if not self.cancel_on_timeout:
@@ -702,6 +751,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             result.manifest,
         )
         self._emit_asset_events(context, summary)
+        self._record_lineage(summary)
         try:
             result.raise_for_failures(self.on_failure)  # type: ignore[arg-type]
         except BatchFailedError as exc:
