@@ -1,37 +1,263 @@
 """``vance``: enhance files, check jobs and credits, and export usage from a terminal.
 
-The token comes from ``VANCE_API_TOKEN`` (never from an argument, which would
-show in shell history and process lists); the base URL from ``VANCE_BASE_URL``.
+The token comes from ``VANCE_API_TOKEN`` (never from an argument, which would show in shell
+history and process lists); the base URL from ``VANCE_BASE_URL``.
+
+Every error is one ``error:`` line, then a ``hint:`` in this command's words (its flags and
+environment variables, not the Python parameters of the library), and a documented exit code
+(``EXIT_CODES``; ``docs/cli.md``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
+import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .core import BatchSpec, VanceClient, VanceError, write_report
-from .core.batch import Progress as BatchProgress
-from .core.credits import totals
+from .core.errors import (
+    AuthenticationError,
+    BatchLockedError,
+    BudgetExceededError,
+    ConfigurationError,
+    InsufficientCreditsError,
+    InvalidInputError,
+    InvalidRequestError,
+    NotFoundError,
+    TransportError,
+    VanceError,
+)
 
-console = Console(stderr=True)
+EXIT_OK = 0
+EXIT_FAILED_ITEMS = 1
+EXIT_USAGE = 2
+EXIT_CREDITS = 3
+EXIT_LOCKED = 4
+EXIT_SERVICE = 5
+EXIT_INTERRUPTED = 130
+EXIT_CODES = {
+    EXIT_OK: "done",
+    EXIT_FAILED_ITEMS: "the command ran, but some items failed (listed on stderr)",
+    EXIT_USAGE: "usage or configuration: a flag, the token, the tool or its config, an input, "
+    "a manifest of another batch; nothing was spent",
+    EXIT_CREDITS: "credits: over --budget, or more than the balance; nothing was spent",
+    EXIT_LOCKED: "another run is working on this batch (see --wait-lock)",
+    EXIT_SERVICE: "the service or the network failed (after retries); rerun to resume",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); rerun the same command to resume",
+}
+API_NAMES = {"web": "web API v1", "open": "Open API v1", "visioncraft": "VisionCraft"}
+# The service's endpoint names, as the library's messages give them, in the words of a user.
+OPERATIONS = {
+    "point": "balance",
+    "points/record": "usage history",
+    "credits": "balance",
+    "upload": "upload",
+    "uploads": "upload",
+    "transform": "job creation",
+    "progress": "job status",
+    "jobs": "job",
+    "create_job": "job creation",
+    "get_job": "job status",
+    "cancel": "job cancel",
+    "delete": "job delete",
+    "result": "result",
+    "download": "download",
+}
+# The library's words (Python parameters, Airflow connection fields) -> this command's words.
+CLI_WORDS: list[tuple[str, str]] = [
+    (r"(?:use |pass )?on_insufficient_credits='partial'", "pass --partial"),
+    (r"\bcredit_budget\b", "--budget"),
+    (r"\(?lock_timeout / --wait-lock\)?", "(--wait-lock SECONDS)"),
+    (r"\block_timeout\b", "--wait-lock"),
+    (r"\bfresh=True \(--fresh\)", "--fresh"),
+    (r"\bfresh=True\b", "--fresh"),
+    (r"\bforce=True\b", "--force"),
+    (r"\bmax_concurrency\b", "--max-concurrency"),
+    (r"\boutput_format\b", "--output-format"),
+    (r"\bpoll_interval\b", "--poll-interval"),
+    (r"\bapi='(\w+)'", r"--api \1"),
+    (r", or pass allow_empty=True", ""),
+    (r"use tool= and config= on the Open API", "use --tool and --config"),
+    (r"(?:the )?sk_live_ key of the connection", "the key in VANCE_API_TOKEN"),
+    (r"(?:the )?API token of the connection", "the token in VANCE_API_TOKEN"),
+    (r"VANCE_API_TOKEN or the connection's password", "VANCE_API_TOKEN"),
+    (r"the connection's password", "VANCE_API_TOKEN"),
+    (r"the connection's host", "VANCE_BASE_URL"),
+]
+_API_OP = re.compile(r"\b(web|open|visioncraft) API ([\w/]+):", re.I)
 
 
-def _client(args: argparse.Namespace) -> VanceClient:
+class CliError(Exception):
+    """A mistake on the command line, caught before the library is called."""
+
+    def __init__(self, message: str, hint: str | None = None, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message, self.hint, self.code = message, hint, code
+
+
+def cli_words(text: str) -> str:
+    """A library message or hint in this command's words."""
+    for pattern, replacement in CLI_WORDS:
+        text = re.sub(pattern, replacement, text)
+
+    def op(m: re.Match[str]) -> str:
+        if m[2] not in OPERATIONS:  # "web API tools: ..." is words already
+            return m[0]
+        return f"{API_NAMES.get(m[1].lower(), m[1])} ({OPERATIONS[m[2]]}):"
+
+    return _API_OP.sub(op, text)
+
+
+def exit_code(exc: BaseException) -> int:
+    """The documented exit code of an error (``EXIT_CODES``)."""
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, BatchLockedError):
+        return EXIT_LOCKED
+    if isinstance(exc, (BudgetExceededError, InsufficientCreditsError)):
+        return EXIT_CREDITS
+    if isinstance(
+        exc, (ConfigurationError, InvalidInputError, AuthenticationError, InvalidRequestError, NotFoundError)
+    ):
+        return EXIT_USAGE
+    return EXIT_SERVICE
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console that wraps only on a terminal: piped into a file or a program, a line stays a line."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, highlight=False, width=10_000, soft_wrap=True)
+    return console
+
+
+class Ui:
+    """Where the command writes: results to stdout, progress, warnings and errors to stderr."""
+
+    def __init__(self) -> None:
+        self.out, self.err = _console(), _console(stderr=True)
+
+    def warning(self, message: str) -> None:
+        self.err.print(f"warning: {escape(cli_words(message))}")
+
+    def error(self, exc: BaseException, base_url: str | None = None, prefix: str = "") -> int:
+        if isinstance(exc, (VanceError, CliError)):
+            message, hint = cli_words(exc.message), cli_words(exc.hint) if exc.hint else None
+        else:
+            message, hint = f"{type(exc).__name__}: {exc}", None
+        if isinstance(exc, TransportError) and base_url:
+            message += f" at {base_url}"
+            hint = hint or (
+                "is the service running at that address? Check VANCE_BASE_URL and the network "
+                "(for the local simulator: vance-sim serve)"
+            )
+        self.err.print(f"error: {escape(prefix + message)}")
+        if hint:
+            self.err.print(f"hint: {escape(hint)}")
+        return exit_code(exc)
+
+
+class _Warnings(logging.Handler):
+    """The library's warnings (a lease taken over, a manifest archived, ...) as ``warning:`` lines."""
+
+    def __init__(self, ui: Ui) -> None:
+        super().__init__(logging.WARNING)
+        self.ui = ui
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.ui.warning(record.getMessage())
+        except Exception:  # a warning must never break the command
+            self.handleError(record)
+
+
+def _token() -> str:
     token = os.environ.get("VANCE_API_TOKEN", "")
-    if not token:
-        raise SystemExit("vance: set VANCE_API_TOKEN to your VanceAI token (web API v1 or an sk_live_ key)")
-    return VanceClient(token, api=args.api, base_url=os.environ.get("VANCE_BASE_URL") or None, caller="cli")
+    if not token.strip():
+        raise CliError(
+            "no API token: VANCE_API_TOKEN is not set",
+            "export VANCE_API_TOKEN=<your web API v1 token, or Open API v1 key sk_live_...>; "
+            "for the local simulator, `vance-sim serve` prints the tokens it accepts",
+        )
+    return token
 
 
-def cmd_enhance(args: argparse.Namespace) -> int:
-    config: dict[str, Any] = json.loads(args.config) if args.config else {}
+def _client_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"api": args.api, "base_url": os.environ.get("VANCE_BASE_URL") or None, "caller": "cli"}
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .core import VanceClient
+
+    client = VanceClient(_token(), **_client_options(args))
+    args.base_url = client.base_url
+    return client
+
+
+def _json_config(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise CliError(
+            f"--config is not valid JSON: {reason} ({where})",
+            "write a JSON object, keys in double quotes: --config '{\"scale\": 2}'",
+        ) from None
+    if not isinstance(config, dict):
+        raise CliError(
+            f"--config must be a JSON object, got a JSON {type(config).__name__}",
+            "for example --config '{\"scale\": 2}'",
+        )
+    return config
+
+
+def _manifests(paths: list[str]) -> list[str]:
+    """Manifest URLs: a manifest file as is; a batch's folder gives its manifest and archived ones."""
+    from fsspec.core import url_to_fs
+
+    from .core.manifest import MANIFEST_NAME
+    from .core.storage import join
+
+    found: list[str] = []
+    for path in paths:
+        fs, fs_path = url_to_fs(path)
+        if path.endswith(".json"):
+            if not fs.exists(fs_path):
+                raise CliError(f"--manifest {path}: no such file", "give a batch's manifest or its folder")
+            found.append(path)
+            continue
+        stem = MANIFEST_NAME.rsplit(".", 1)[0]
+        matches = sorted(fs.glob(f"{fs_path.rstrip('/')}/{stem}*.json"))
+        if not matches:
+            raise CliError(
+                f"--manifest {path}: no {MANIFEST_NAME} in this folder",
+                "give the destination folder of a `vance enhance` batch, or its manifest file",
+            )
+        protocol = path.split("://", 1)[0] + "://" if "://" in path else ""
+        found += [join(path, m.rsplit("/", 1)[-1]) if protocol else m for m in matches]
+    return found
+
+
+# --- commands ---------------------------------------------------------------------------------------
+def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
+    from .core import AsyncVanceClient, BatchSpec
+    from .core.batch import Progress as BatchProgress
+    from .core.batch import manifest_for, run_batch
+
+    config = _json_config(args.config)
     if args.scale is not None:
         config["scale"] = args.scale
     spec = BatchSpec(
@@ -46,27 +272,46 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         on_failure="continue",
         poll_interval=args.poll_interval,
         on_insufficient_credits="partial" if args.partial else "fail",
+        fresh=args.fresh,
+        lock_timeout=args.wait_lock,
     )
-    with (
-        _client(args) as client,
-        Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[credits]} credits"),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar,
-    ):
-        task = bar.add_task(f"{args.tool}", total=None, credits=0)
+    token = _token()
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[credits]} credits"),
+        TimeElapsedColumn(),
+        console=ui.err,
+        transient=True,  # gone when the batch ends (or fails): the summary or the error replaces it
+        redirect_stderr=False,  # warnings go through the console (``_warnings``), above the bar
+        disable=not ui.err.is_terminal,  # piped or in a file: no bar, only the results
+    )
 
-        def on_progress(p: BatchProgress) -> None:
-            bar.update(
-                task, total=p.total, completed=p.done + p.failed + p.skipped, credits=f"{p.credits_spent:g}"
-            )
+    async def run() -> Any:
+        async with AsyncVanceClient(token, **_client_options(args)) as client:
+            args.base_url = client.base_url
+            task = None
 
-        result = client.run_batch(spec, on_progress)
-    table = Table(title=f"vance enhance: {args.tool}")
+            def on_progress(p: BatchProgress) -> None:
+                nonlocal task
+                if task is None:  # shown once there is something to show
+                    bar.start()
+                    task = bar.add_task(escape(args.tool), total=p.total, credits="0")
+                done = p.done + p.failed + p.skipped
+                bar.update(task, total=p.total, completed=done, credits=f"{p.credits_spent:g}")
+
+            try:
+                return await run_batch(client, spec, on_progress)
+            finally:
+                bar.stop()
+
+    try:
+        result = asyncio.run(run())
+    except KeyboardInterrupt:
+        ui.err.print(escape(_interrupted(manifest_for(spec))))
+        return EXIT_INTERRUPTED
+    table = Table(title=f"vance enhance: {escape(args.tool)}")
     for col in ("done", "failed", "skipped", "credits", "seconds"):
         table.add_column(col, justify="right")
     table.add_row(
@@ -76,84 +321,218 @@ def cmd_enhance(args: argparse.Namespace) -> int:
         f"{result.credits_spent:g}",
         f"{result.elapsed:.1f}",
     )
-    Console().print(table)
+    ui.out.print(table)
     for item in result.items:
         if item.state == "failed":
-            console.print(f"[red]failed[/red] {item.source}: {item.error}")
+            ui.err.print(f"failed: {escape(item.source)}: {escape(cli_words(item.error or ''))}")
+    for url, reason in getattr(result, "ignored", [])[:20]:
+        ui.err.print(f"ignored: {escape(url)}: {escape(reason)}")
     if result.stopped:
-        console.print(f"[yellow]stopped early:[/yellow] {result.stopped}")
-    console.print(f"manifest: {result.manifest}")
-    return 1 if result.failed else 0
+        ui.err.print(f"stopped early: {escape(cli_words(result.stopped))}")
+    ui.err.print(f"manifest: {escape(result.manifest)}")
+    return EXIT_FAILED_ITEMS if result.failed else EXIT_OK
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _interrupted(manifest: Any) -> str:
+    """One line after Ctrl-C: what is safe, and how to resume."""
+    from .core.manifest import ItemState
+
+    try:
+        items = list(manifest.load().items.values())
+    except Exception:
+        return "interrupted; run the same command again to resume"
+    stored = sum(1 for i in items if i.state == ItemState.DONE)
+    flying = sum(1 for i in items if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED) and i.job_id)
+    return (
+        f"interrupted: {stored} of {len(items)} item(s) stored, {flying} job(s) in flight kept in "
+        f"{manifest.url}; run the same command again to resume (nothing is paid twice)"
+    )
+
+
+def cmd_status(args: argparse.Namespace, ui: Ui) -> int:
+    from .core.manifest import Manifest
+
+    job_ids = list(args.job_ids)
+    for url in _manifests(args.manifest):
+        job_ids += [i.job_id for i in Manifest(url).load().items.values() if i.job_id]
+    if not job_ids:
+        raise CliError("no job ids given", "give job ids, or --manifest with a batch's folder")
+    failures: list[tuple[str, VanceError]] = []
+    table = Table("job", "status", "vendor status", "progress", "error")
     with _client(args) as client:
-        table = Table("job", "status", "vendor status", "progress", "error")
-        for job_id in args.job_ids:
-            job = client.get_job(job_id)
+        for job_id in dict.fromkeys(job_ids):
+            try:
+                job = client.get_job(job_id)
+            except VanceError as exc:
+                failures.append((job_id, exc))
+                continue
             table.add_row(
-                job.id, job.status.value, job.raw_status, str(job.progress or ""), job.error_message or ""
+                escape(job.id),
+                job.status.value,
+                escape(job.raw_status),
+                str(job.progress if job.progress is not None else ""),
+                escape(job.error_message or ""),
             )
-        Console().print(table)
-    return 0
+    if table.row_count:
+        ui.out.print(table)
+    codes = [ui.error(exc, args.base_url, prefix=f"job {job_id}: ") for job_id, exc in failures]
+    return max(codes, default=EXIT_OK)
 
 
-def cmd_credits(args: argparse.Namespace) -> int:
+def cmd_credits(args: argparse.Namespace, ui: Ui) -> int:
     with _client(args) as client:
         b = client.balance()
-    Console().print(f"available {b.available:g}  used {b.used:g}  frozen {b.frozen:g}  ({client.api} API)")
-    return 0
+    ui.out.print(f"available {b.available:g}  used {b.used:g}  frozen {b.frozen:g}  ({client.api} API)")
+    return EXIT_OK
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace, ui: Ui) -> int:
+    from .core.credits import usage_summary, write_report
+
+    manifests = _manifests(args.manifest)
     with _client(args) as client:
-        df = client.usage_report(args.manifest)
+        df = client.usage_report(manifests)
+        api = client.api
     write_report(df, args.out)
-    t = totals(df)
-    Console().print(f"{len(df)} record(s), {t['total']:g} credits, written to {args.out}")
-    return 0
+    summary = usage_summary(df)
+    table = Table(title="credits used")
+    for col in summary.columns:
+        table.add_column(col, justify="right" if col not in ("api", "tool") else "left")
+    for rec in summary.to_dict("records"):
+        table.add_row(*(f"{v:g}" if isinstance(v, float) else escape(str(v)) for v in rec.values()))
+    ui.out.print(table)
+    total = float(summary["credits"].iloc[-1])
+    ui.out.print(f"{len(df)} charge(s), {total:g} credits, written to {escape(args.out)}")
+    if api == "open" and not manifests:
+        ui.err.print(
+            "note: the Open API keeps no history; give --manifest with your batches' folders "
+            "to include what they paid"
+        )
+    return EXIT_OK
+
+
+# --- parsing ----------------------------------------------------------------------------------------
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "%(default)" not in text
+            and action.default not in (None, False, [], argparse.SUPPRESS)
+            and action.option_strings
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``error:`` line and a hint, exit code 2."""
+
+    def error(self, message: str) -> Any:
+        sys.stderr.write(f"error: {message}\nhint: see `{self.prog} --help`\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _report_path(value: str) -> str:
+    if not value.endswith((".csv", ".parquet")):
+        raise argparse.ArgumentTypeError(f"{value!r} must end in .csv or .parquet")
+    return value
+
+
+def _credits(value: str) -> float:
+    try:
+        credits = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of credits") from None
+    if not credits >= 0 or credits == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: give 0 or more credits")
+    return credits
+
+
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number of 1 or more")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: give 0 or more seconds")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="vance", description="VanceAI image and video enhancement from a terminal."
+    codes = "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items())
+    p = _Parser(
+        prog="vance",
+        description="VanceAI image and video enhancement from a terminal.\n\n"
+        "The token comes from VANCE_API_TOKEN, the service's address from VANCE_BASE_URL.",
+        epilog=f"exit codes:\n{codes}",
+        formatter_class=_Formatter,
     )
     p.add_argument(
         "--api",
         choices=("auto", "web", "open", "visioncraft"),
         default="auto",
-        help="which VanceAI API; auto: sk_live_ keys use the Open API v1",
+        help="which API; auto: sk_live_ keys use the Open API v1, other tokens the web API v1",
     )
-    sub = p.add_subparsers(dest="command", required=True)
-    e = sub.add_parser("enhance", help="enhance a file, a folder/prefix, a glob or several URLs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, text: str, func: Callable[[argparse.Namespace, Ui], int]) -> Any:
+        s = sub.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        s.set_defaults(func=func)
+        return s
+
+    e = command("enhance", "enhance a file, a folder/prefix, a glob or several URLs (resumable)", cmd_enhance)
     e.add_argument("source", nargs="+", help="fsspec URL(s): file, folder, prefix or glob")
     e.add_argument("destination", help="output folder/prefix (fsspec URL)")
-    e.add_argument(
-        "--tool", required=True, help="upscale, denoise, sharpen, remove_bg, ... or a web API module"
-    )
+    e.add_argument("--tool", required=True, help="upscale, denoise, sharpen, remove_bg, ... (docs/tools.md)")
     e.add_argument("--scale", type=int, help="shortcut for --config '{\"scale\": N}'")
-    e.add_argument("--config", help="tool options as JSON")
+    e.add_argument("--config", help="tool options as a JSON object, e.g. '{\"scale\": 4}'")
     e.add_argument("--output-format", choices=("jpg", "png", "webp"))
-    e.add_argument("--max-concurrency", type=int, default=8)
+    e.add_argument("--max-concurrency", type=_positive, default=8, help="jobs in flight at once")
     e.add_argument("--poll-interval", type=float, default=1.0, help="seconds before the first status poll")
-    e.add_argument("--budget", type=float, help="spend at most this many credits")
-    e.add_argument("--force", action="store_true", help="redo inputs already done")
-    e.add_argument("--partial", action="store_true", help="when credits are short, do what they cover")
-    e.set_defaults(func=cmd_enhance)
-    s = sub.add_parser("status", help="show jobs")
-    s.add_argument("job_ids", nargs="+")
-    s.set_defaults(func=cmd_status)
-    c = sub.add_parser("credits", help="show the credit balance")
-    c.set_defaults(func=cmd_credits)
-    r = sub.add_parser("report", help="write the credit-usage report")
-    r.add_argument("--out", required=True, help="usage.csv or usage.parquet (any fsspec URL)")
+    e.add_argument("--budget", type=_credits, help="spend at most this many credits")
+    e.add_argument(
+        "--partial", action="store_true", help="when credits or --budget are short, do what they cover"
+    )
+    e.add_argument("--force", action="store_true", help="redo inputs already done (pays again)")
+    e.add_argument(
+        "--fresh", action="store_true", help="start the batch afresh: the old manifest is archived beside it"
+    )
+    e.add_argument(
+        "--wait-lock",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another run of the same batch to finish (0: fail at once)",
+    )
+    s = command("status", "show jobs: their ids, or those of a batch", cmd_status)
+    s.add_argument("job_ids", nargs="*", help="job ids")
+    s.add_argument(
+        "--manifest", action="append", default=[], help="a batch's folder or manifest: show its jobs"
+    )
+    command("credits", "show the credit balance (costs nothing)", cmd_credits)
+    r = command("report", "write the credit-usage report (CSV or Parquet) and print its summary", cmd_report)
+    r.add_argument(
+        "--out", required=True, type=_report_path, help="usage.csv or usage.parquet (any fsspec URL)"
+    )
     r.add_argument(
         "--manifest",
         action="append",
         default=[],
-        help="batch manifest(s) whose charges to include (Open API)",
+        help="a batch's folder or manifest, for its inputs, outputs and job ids (repeatable; "
+        "the Open API keeps no history, so its charges come only from these)",
     )
-    r.set_defaults(func=cmd_report)
     return p
 
 
@@ -161,11 +540,22 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "enhance" and len(args.source) == 1:
         args.source = args.source[0]
+    args.base_url = None
+    ui = Ui()
+    library, handler = logging.getLogger("vance_provider"), _Warnings(ui)
+    library.addHandler(handler)
+    propagate, library.propagate = library.propagate, False
     try:
-        sys.exit(args.func(args))
-    except VanceError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        sys.exit(2)
+        code = args.func(args, ui)
+    except (VanceError, CliError) as exc:
+        code = ui.error(exc, args.base_url)
+    except KeyboardInterrupt:
+        ui.err.print("interrupted; run the same command again to resume")
+        code = EXIT_INTERRUPTED
+    finally:
+        library.removeHandler(handler)
+        library.propagate = propagate
+    sys.exit(code)
 
 
-__all__ = ["main"]
+__all__ = ["EXIT_CODES", "main"]

@@ -101,3 +101,22 @@ def make_dataset(folder: Path, video: bool = True) -> list[Path]:
 
         paths.append(make_test_video(folder / "clip.mp4", 96, 64, seconds=2.0, fps=10))
     return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vance_provider.demo_data FOLDER [--video]``: sample inputs to try things on."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m vance_provider.demo_data",
+        description="Write the demo's 12 sample images (and, with --video, a 2-second clip) into a folder.",
+    )
+    parser.add_argument("folder", type=Path, help="where to write them (created if missing)")
+    parser.add_argument("--video", action="store_true", help="also write clip.mp4 (needs the sim extra)")
+    args = parser.parse_args(argv)
+    paths = make_dataset(args.folder, video=args.video)
+    print(f"{len(paths)} files in {args.folder}")
+
+
+if __name__ == "__main__":
+    main()
