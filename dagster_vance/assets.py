@@ -461,6 +461,20 @@ def _checks_only(
     yield from _check_results(context, key, items, reports, None, None)
 
 
+def storage_uri(destination: str) -> str:
+    """The destination as a URI without credentials or query (``file://`` for local paths)."""
+    import os
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in destination:
+        return "file://" + os.path.abspath(destination)
+    parts = urlsplit(strip_query(destination))
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def _metadata(
     result: BatchResult,
     reports: Sequence[Any],
@@ -484,6 +498,9 @@ def _metadata(
         "vance/elapsed_s": dg.MetadataValue.float(round(result.elapsed, 3)),
         "vance/output": location_metadata(destination),
         "vance/manifest": location_metadata(result.manifest),
+        # Dagster's own keys: where the asset lives, and how many items it holds.
+        "dagster/uri": dg.MetadataValue.text(storage_uri(destination)),
+        "dagster/row_count": dg.MetadataValue.int(result.done),
     }
     if remaining is not None:
         md["vance/credits_remaining"] = dg.MetadataValue.float(float(remaining))
@@ -537,6 +554,7 @@ def build_credit_usage_asset(
         kinds={"vanceai", "pandas"},
         description=description
         or "VanceAI credit usage: one row per charge or job, totals per tool and day.",
+        metadata={"dagster/column_schema": credit_report_schema()},
     )
     def _credit_usage(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
         resource: VanceAIResource = getattr(context.resources, resource_key)
@@ -573,6 +591,13 @@ def build_credit_usage_asset(
         return dg.Output(df, metadata=metadata)
 
     return _credit_usage
+
+
+def credit_report_schema() -> dg.TableSchema:
+    """The credit report's columns (``vance_provider.core.credits.COLUMNS``) as a Dagster table schema."""
+    from vance_provider.core.credits import COLUMNS
+
+    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in COLUMNS.items()])
 
 
 def _totals_md(t: Mapping[str, Any]) -> str:

@@ -172,6 +172,8 @@ class VanceAIResource(dg.ConfigurableResource):
         Web API: the service's full history. Open API (which keeps no history): the charges of
         the finished jobs recorded in ``manifests``; each is a URL or ``(url, storage_options)``.
         """
-        refs = [ref if isinstance(ref, str) else (ref[0], dict(ref[1]) if ref[1] else None) for ref in manifests]
+        refs = [
+            ref if isinstance(ref, str) else (ref[0], dict(ref[1]) if ref[1] else None) for ref in manifests
+        ]
         with self.get_client() as client:
             return client.usage_report(refs)

@@ -61,7 +61,9 @@ def test_yaml_dataset_with_sensor_materializes(
         )
         (sandbox.defs_folder_path / "resources.py").write_text(RESOURCES)
         with sandbox.build_component_tree() as tree:
-            component = tree.load_component(path)
+            # Dagster 1.11/1.12 name it load_component_at_path; 1.13 load_component.
+            load = getattr(tree, "load_component", None) or tree.load_component_at_path
+            component = load(path)
             assert isinstance(component, VanceDatasetComponent)
             assert component.source == f"{src}" and component.config == {"scale": 2}
             defs = tree.build_defs()
