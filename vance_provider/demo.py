@@ -4,8 +4,9 @@
 2. Starts the VanceAI simulator on a free loopback port.
 3. Enhances the dataset through the Dagster assets (a real, temporary Dagster instance)
    and through the example Airflow DAG (a real metadata database, deferrable path).
-4. Writes the credit-usage report, a before/after contact sheet and a credits chart,
-   prints a summary, and leaves nothing running.
+4. Writes the credit-usage report (one row per charge, both APIs) and its summary, a
+   before/after contact sheet and two credit charts (per tool, over time), prints a summary,
+   and leaves nothing running.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .core import VanceClient, usage_frame, write_report
-from .core.credits import records_from_manifests
+from .core import VanceClient, write_report
+from .core.credits import usage_summary
 from .demo_data import make_dataset
-from .demo_pictures import contact_sheet, credits_chart
+from .demo_pictures import contact_sheet, credits_chart, credits_over_time_chart
 from .sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN, SimConfig, SimulatorServer
 
 console = Console()
@@ -85,36 +86,33 @@ def main() -> None:
             console.print(
                 f"[bold]{label}[/bold]: {sum(r['done'] for r in new)} outputs in {time.monotonic() - t0:.1f}s"
             )
-        # Usage: the web API's own history plus the Open API charges recorded in the manifests.
+        # Usage: the web API's history, completed from the batches' manifests (input, output, job
+        # id), and the Open API charges those manifests recorded: one row per charge.
+        manifests = sorted(str(p) for p in out.rglob("_vance_manifest*.json"))
         with VanceClient(DEMO_WEB_TOKEN, base_url=sim.base_url) as web:
-            records = list(web.usage())
-        records += records_from_manifests(
-            str(p) for p in out.rglob("_vance_manifest.json") if _api_of(p) == "open"
-        )
-        df = usage_frame(records)
+            df = web.usage_report(manifests)
         ledger_total = sum(e.amount for e in sim.state.charges())
         double = sim.state.double_charges()
     report = write_report(df, str(out / "credit_usage.csv"))
-    chart = credits_chart(df, out / "credits_per_tool.png")
+    summary = usage_summary(df)
+    summary_csv = write_report(summary, str(out / "credit_summary.csv"))
+    charts = [
+        credits_chart(df, out / "credits_per_tool.png"),
+        credits_over_time_chart(df, out / "credits_over_time.png"),
+    ]
     pairs = _pairs(inputs, out)
     sheet = contact_sheet(pairs, out / "contact_sheet.png")
     folders = sorted(f"{p}/" for p in out.iterdir() if p.is_dir())  # inputs, outputs of each step, logs
-    _print_summary(
-        rows, df, ledger_total, double, [report, str(chart), str(sheet), *folders], time.monotonic() - started
-    )
-
-
-def _api_of(manifest: Path) -> str:
-    import json
-
-    return json.loads(manifest.read_text()).get("meta", {}).get("api", "")
+    files = [report, summary_csv, *map(str, charts), str(sheet), *folders]
+    _print_summary(rows, df, summary, ledger_total, double, files, time.monotonic() - started)
 
 
 def _pairs(inputs: Path, out: Path) -> list[tuple[Path, Path]]:
     """Before/after pairs: every input that has an output somewhere under ``out``, once each.
 
     Where an input went through several tools, the pair shows the rarest one (the folder with the
-    fewest outputs), so that every tool of the demo appears; pairs are grouped by output folder.
+    fewest outputs), so that every tool of the demo appears; pairs are grouped by output folder,
+    the video last.
     """
     outputs: dict[str, list[Path]] = {}
     for p in sorted(out.rglob("*")):
@@ -131,12 +129,13 @@ def _pairs(inputs: Path, out: Path) -> list[tuple[Path, Path]]:
         for src in sorted(inputs.iterdir())
         if src.stem in outputs
     ]
-    return sorted(pairs, key=lambda pair: (pair[1].parent.name, pair[0].name))[:16]
+    return sorted(pairs, key=lambda pair: (pair[1].suffix == ".mp4", pair[1].parent.name, pair[0].name))
 
 
 def _print_summary(
     rows: list[dict[str, Any]],
     df: Any,
+    summary: Any,
     ledger_total: float,
     double: list[str],
     files: list[str],
@@ -156,6 +155,12 @@ def _print_summary(
             f"{r['credits_spent']:g}",
         )
     console.print(table)
+    usage = Table(title="Credits in the usage report (credit_summary.csv)")
+    for col in summary.columns:
+        usage.add_column(col, justify="left" if col in ("api", "tool") else "right")
+    for rec in summary.to_dict("records"):
+        usage.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in rec.values()))
+    console.print(usage)
     reported = float(df["credits"].sum())
     console.print(
         f"credits in the usage report: {reported:g}; charged by the simulator's ledger: {ledger_total:g}; "

@@ -1,95 +1,283 @@
-"""Pictures for the demo: a before/after contact sheet and a chart of credits per tool."""
+"""Pictures for the demo: a before/after contact sheet, and charts of credits per tool and over time.
+
+On the contact sheet every picture is drawn at one common scale, so an output twice the size of
+its input is drawn twice as large; a video is a strip of frames before and after.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv")
+MARGIN, GAP, CAPTION = 24, 16, 24  # pixels
+INK, BLUE, GREY = (30, 30, 30), (20, 60, 150), (110, 110, 110)
+BY = "\u00d7"  # the multiplication sign of "160x200"
+APIS = {"web": "web API", "open": "Open API", "visioncraft": "VisionCraft"}
+
+
+def _font(size: int, bold: bool = False) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """DejaVu Sans (shipped with matplotlib, which the charts need; it has the multiplication sign and arrows),
+    else Pillow's own scalable font."""
+    try:
+        from matplotlib import font_manager
+
+        path = font_manager.findfont(
+            font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal"),
+            fallback_to_default=False,
+        )
+        return ImageFont.truetype(path, size)
+    except (ImportError, OSError, ValueError):
+        try:
+            return ImageFont.load_default(size=size)
+        except (TypeError, OSError):  # pragma: no cover - Pillow without FreeType
+            return ImageFont.load_default()
+
+
+TITLE, HEADING, TEXT, SMALL = _font(32, bold=True), _font(22, bold=True), _font(18), _font(16)
+
+
+@dataclass
+class _Clip:
+    frames: list[Image.Image]  # a few frames, evenly spaced
+    size: tuple[int, int]
+    seconds: float
+    count: int  # frames in the whole clip
 
 
 def _picture(path: Path) -> tuple[Image.Image, tuple[int, int]]:
     """The image (a video's first frame) as RGBA, and its size in pixels."""
     if path.suffix.lower() in VIDEO_SUFFIXES:
-        import av
-
-        with av.open(str(path)) as container:
-            frame = next(container.decode(video=0)).to_image()
-        return frame.convert("RGBA"), frame.size
+        clip = _clip(path, 1)
+        return clip.frames[0].convert("RGBA"), clip.size
     with Image.open(path) as img:
         return img.convert("RGBA"), img.size
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, width: float) -> str:
-    """``text``, shortened with ``..`` until it fits in ``width`` pixels."""
-    if draw.textlength(text) <= width:
+def _clip(path: Path, keep: int = 5) -> _Clip:
+    """``keep`` frames of a video, evenly spaced from the first to the last."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_image() for f in container.decode(video=0)]
+        seconds = float(stream.duration * stream.time_base) if stream.duration else 0.0
+    picks = sorted({round(i * (len(frames) - 1) / max(1, keep - 1)) for i in range(keep)})
+    chosen = [frames[i].convert("RGBA") for i in picks]
+    return _Clip(chosen, frames[0].size, seconds or len(frames) / 10, len(frames))
+
+
+def _checker(size: tuple[int, int]) -> Image.Image:
+    """A checkerboard, so that transparency shows."""
+    tile = Image.new("RGB", size, (236, 236, 236))
+    draw = ImageDraw.Draw(tile)
+    for y in range(0, size[1], 10):
+        for x in range((y // 10) % 2 * 10, size[0], 20):
+            draw.rectangle((x, y, x + 9, y + 9), fill=(208, 208, 208))
+    return tile
+
+
+def _scaled(img: Image.Image, scale: float) -> Image.Image:
+    size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.NEAREST)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: float, font: ImageFont.ImageFont) -> str:
+    """``text``, shortened with ``…`` until it fits in ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
         return text
-    while len(text) > 1 and draw.textlength(text + "..") > width:
+    while len(text) > 1 and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
-    return text + ".."
+    return text + "…"
 
 
-def contact_sheet(pairs: list[tuple[Path, Path]], out: Path, cell: int = 180) -> Path:
-    """Before | after pairs, two pairs a row, each fitted into a ``cell`` square on a checkerboard
-    (so that transparency shows); a video shows its first frame. Labels: the input's name and size,
-    then the output's folder (the tool) and size."""
-    cols = 2
-    per_row = 2  # two pairs side by side
-    rows = (len(pairs) + per_row - 1) // per_row
-    label_h = 18
-    sheet = Image.new("RGB", (per_row * cols * (cell + 10) + 10, rows * (cell + label_h + 10) + 40), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text(
-        (10, 10),
-        "VanceAI demo: before | after (output folder = tool; sizes in pixels; videos: first frame)",
-        fill="black",
+@dataclass
+class _Card:
+    """One before/after pair, ready to draw: pictures at the sheet's scale, and captions."""
+
+    before: Image.Image
+    after: Image.Image
+    captions: tuple[str, str]
+    columns: tuple[int, int]  # the width of each side: its picture or its caption, the wider
+
+    @property
+    def width(self) -> int:
+        return self.columns[0] + GAP + self.columns[1]
+
+    @property
+    def height(self) -> int:
+        return max(self.before.height, self.after.height) + CAPTION * 2 + 4
+
+
+def _card(before: Path, after: Path, scale: float, draw: ImageDraw.ImageDraw) -> _Card:
+    b_img, b_size = _picture(before)
+    a_img, a_size = _picture(after)
+    ratio = a_size[0] / b_size[0]
+    grow = f" ({BY}{ratio:g})" if abs(ratio - 1) > 1e-6 else ""
+    b_pic, a_pic = _scaled(b_img, scale), _scaled(a_img, scale)
+    name = _fit(draw, before.name, 260, SMALL)
+    captions = (f"{name}\n{b_size[0]}{BY}{b_size[1]}", f"after\n{a_size[0]}{BY}{a_size[1]}{grow}")
+    columns = tuple(
+        max(pic.width, *(round(draw.textlength(line, font=SMALL)) for line in text.splitlines()))
+        for pic, text in zip((b_pic, a_pic), captions, strict=True)
     )
-    checker = Image.new("RGB", (cell, cell), (235, 235, 235))
-    cd = ImageDraw.Draw(checker)
-    for y in range(0, cell, 12):
-        for x in range((y // 12) % 2 * 12, cell, 24):
-            cd.rectangle((x, y, x + 11, y + 11), fill=(205, 205, 205))
-    for i, (before, after) in enumerate(pairs):
-        r, c = divmod(i, per_row)
-        y = 40 + r * (cell + label_h + 10)
-        for j, path in enumerate((before, after)):
-            x = 10 + (c * cols + j) * (cell + 10)
-            img, size = _picture(path)
-            thumb = ImageOps.contain(img, (cell, cell))
-            tile = checker.copy()
-            tile.paste(thumb, ((cell - thumb.width) // 2, (cell - thumb.height) // 2), thumb)
-            sheet.paste(tile, (x, y))
-            name = path.name if j == 0 else path.parent.name
-            label = f"{name} {size[0]}x{size[1]}"
-            if draw.textlength(label) > cell:
-                label = (
-                    f"{_fit(draw, name, cell - draw.textlength(f' {size[0]}x{size[1]}'))} {size[0]}x{size[1]}"
-                )
-            draw.text((x, y + cell + 2), label, fill="black" if j == 0 else (20, 60, 150))
-        if c == 0 and i + 1 < len(pairs):  # a faint rule between the two pairs of a row
-            xm = 10 + cols * (cell + 10) - 5
-            draw.line((xm, y, xm, y + cell), fill=(170, 170, 170))
+    return _Card(b_pic, a_pic, captions, (columns[0], columns[1]))
+
+
+def _describe(folder: Path) -> str:
+    """An output folder, with the tool and the API its batch manifest names."""
+    import json
+
+    try:
+        meta = json.loads((folder / "_vance_manifest.json").read_text()).get("meta", {})
+    except (OSError, ValueError):
+        return folder.name
+    ident = {**meta, **(meta.get("identity") or {})}
+    api = {"web": "web API v1", "open": "Open API v1"}.get(ident.get("api", ""), ident.get("api", ""))
+    return f"{folder.name}: {ident.get('tool', '?')} on the {api}" if api else folder.name
+
+
+def _paste(sheet: Image.Image, img: Image.Image, xy: tuple[int, int]) -> None:
+    tile = _checker(img.size)
+    tile.paste(img, (0, 0), img)
+    sheet.paste(tile, xy)
+
+
+def contact_sheet(pairs: list[tuple[Path, Path]], out: Path, width: int = 1500) -> Path:
+    """Before | after pairs grouped by output folder (the tool), every picture at one common scale
+    (an output twice as large is drawn twice as large), each with its size in pixels; a video
+    as a strip of frames before and after."""
+    scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    images = [(b, a) for b, a in pairs if b.suffix.lower() not in VIDEO_SUFFIXES]
+    videos = [(b, a) for b, a in pairs if b.suffix.lower() in VIDEO_SUFFIXES]
+    # One scale for the whole sheet: the widest pair fills at most half the sheet.
+    widest = max((_picture(b)[1][0] + _picture(a)[1][0] for b, a in images), default=1)
+    scale = min(1.0, (width / 2 - MARGIN - GAP) / widest)  # 1: every pixel a pixel
+    groups: dict[str, list[_Card]] = {}
+    for before, after in images:
+        groups.setdefault(after.parent.name, []).append(_card(before, after, scale, scratch))
+
+    # Lay out: a heading per folder, then its cards left to right, wrapping.
+    placed: list[tuple[str, object, tuple[int, int]]] = []
+    y = MARGIN + 80
+    for folder, cards in groups.items():
+        placed.append(("heading", _describe(images[0][1].parent.parent / folder), (MARGIN, y)))
+        y += 38
+        x, row_h = MARGIN, 0
+        for card in cards:
+            if x > MARGIN and x + card.width > width - MARGIN:
+                x, y, row_h = MARGIN, y + row_h + GAP, 0
+            placed.append(("card", card, (x, y)))
+            x += card.width + 2 * GAP
+            row_h = max(row_h, card.height)
+        y += row_h + GAP * 2
+    strips = [(b, _clip(b), a, _clip(a)) for b, a in videos]
+    for before, b_clip, after, a_clip in strips:
+        placed.append(("heading", f"{_describe(after.parent)}: {before.name}, a video", (MARGIN, y)))
+        y += 38
+        for label, clip in (("before", b_clip), ("after", a_clip)):
+            placed.append(("strip", (label, clip), (MARGIN, y)))
+            y += round(clip.size[1] * scale) + CAPTION + GAP
+        y += GAP
+
+    sheet = Image.new("RGB", (width, y + MARGIN), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((MARGIN, MARGIN), "VanceAI demo: before → after", fill=INK, font=TITLE)
+    where = "at its size in pixels" if scale == 1 else f"at the same scale ({scale:.2g}{BY})"
+    draw.text(
+        (MARGIN, MARGIN + 44),
+        f"every picture {where}: an upscaled output is drawn larger than its input; "
+        "headings: the output folder, the tool and the API",
+        fill=GREY,
+        font=TEXT,
+    )
+    for kind, what, (x, y0) in placed:
+        if kind == "heading":
+            draw.text((x, y0), str(what), fill=INK, font=HEADING)
+        elif kind == "card":
+            assert isinstance(what, _Card)
+            top = y0
+            _paste(sheet, what.before, (x, top))
+            draw.multiline_text((x, top + what.before.height + 4), what.captions[0], fill=INK, font=SMALL)
+            xa = x + what.columns[0] + GAP
+            _paste(sheet, what.after, (xa, top))
+            draw.multiline_text((xa, top + what.after.height + 4), what.captions[1], fill=BLUE, font=SMALL)
+        else:
+            label, clip = what  # type: ignore[misc]
+            fx = x
+            for frame in clip.frames:
+                small = _scaled(frame, scale)
+                _paste(sheet, small, (fx, y0))
+                fx += small.width + 6
+            caption = (
+                f"{label}: {clip.size[0]}{BY}{clip.size[1]}, {clip.seconds:g} s, {clip.count} frames "
+                f"({len(clip.frames)} shown)"
+            )
+            draw.text(
+                (x, y0 + round(clip.size[1] * scale) + 4),
+                caption,
+                fill=INK if label == "before" else BLUE,
+                font=SMALL,
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
 
 
-def credits_chart(df: pd.DataFrame, out: Path) -> Path:
-    """A bar chart of credits spent per tool (and API)."""
+def _plt():  # type: ignore[no-untyped-def]
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def credits_chart(df: pd.DataFrame, out: Path) -> Path:
+    """A bar chart of the credits spent per tool (our names) and API."""
+    plt = _plt()
     spent = df[df["credits"] > 0].groupby(["api", "tool"])["credits"].sum().sort_values()
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
-    labels = [f"{tool} ({api})" for api, tool in spent.index]
-    bars = ax.barh(labels, spent.values, color="#4C72B0")
+    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
+    labels = [f"{tool} ({APIS.get(api, api)})" for api, tool in spent.index]
+    colors = ["#4C72B0" if api == "web" else "#DD8452" for api, _ in spent.index]
+    bars = ax.barh(labels, spent.values, color=colors)
     ax.bar_label(bars, fmt="%g", padding=3)
     ax.set_xlabel("credits")
-    ax.set_title("Credits spent per tool")
+    ax.set_title(f"Credits spent per tool: {spent.sum():g} in all")
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def credits_over_time_chart(df: pd.DataFrame, out: Path) -> Path:
+    """Credits spent over time: the running total per API and in all, one step per charge."""
+    plt = _plt()
+    charged = df[df["credits"] > 0].sort_values("timestamp", kind="stable")
+    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
+    if len(charged):
+        start = charged["timestamp"].iloc[0]
+        seconds = (charged["timestamp"] - start).dt.total_seconds()
+        ax.step(seconds, charged["credits"].cumsum(), where="post", color="#333333", label="all", lw=2)
+        for api, color in (("web", "#4C72B0"), ("open", "#DD8452"), ("visioncraft", "#55A868")):
+            part = charged["api"] == api
+            if part.any():
+                ax.step(
+                    seconds[part],
+                    charged.loc[part, "credits"].cumsum(),
+                    where="post",
+                    color=color,
+                    label=APIS[api],
+                )
+        ax.set_xlabel(f"seconds since the first charge ({start:%Y-%m-%d %H:%M:%S} UTC)")
+        ax.legend(frameon=False, loc="upper left")
+    ax.set_ylabel("credits spent")
+    ax.set_title("Credits spent over time")
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)

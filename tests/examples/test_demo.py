@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN
+from vance_provider.core.credits import COLUMNS
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.dagster]
 
@@ -95,13 +96,31 @@ def test_demo_exits_cleanly(demo: dict) -> None:
 
 def test_report_matches_the_ledger(demo: dict) -> None:
     out: Path = demo["out"]
-    for name in ("credit_usage.csv", "contact_sheet.png", "credits_per_tool.png"):
+    names = ("credit_usage.csv", "credit_summary.csv", "contact_sheet.png")
+    charts = ("credits_per_tool.png", "credits_over_time.png")
+    for name in (*names, *charts):
         assert (out / name).is_file(), name
-    for name in ("contact_sheet.png", "credits_per_tool.png"):
+    for name in charts:
         with Image.open(out / name) as img:
             img.load()
             assert img.width > 300 and img.height > 200
+    with Image.open(out / "contact_sheet.png") as img:  # pictures at their size, a video strip
+        img.load()
+        assert img.width == 1500 and img.height > 1200
     df = pd.read_csv(out / "credit_usage.csv")
+    # One row per charge (no 0-credit "job" records), the same columns for both APIs, in time order.
+    assert list(df.columns) == list(COLUMNS)
+    assert len(df) == IMAGES + 1 + len(REMOVE_BG) + len(CARTOONIZE)
+    assert pd.to_datetime(df["timestamp"], utc=True, format="mixed").is_monotonic_increasing
+    assert df["job_id"].notna().all() and df["batch"].notna().all()
+    assert all(Path(p).parent == out / "input" for p in df["source"])
+    assert all(Path(p).is_file() for p in df["output"])
+    web = df[df["api"] == "web"]
+    assert web["balance"].notna().all() and web["balance"].is_monotonic_decreasing
+    assert set(zip(web["tool"], web["vendor_tool"], strict=True)) == {("upscale", "enlarge3")}
+    summary = pd.read_csv(out / "credit_summary.csv")
+    assert list(summary.iloc[-1]) == ["all", "all", 4, len(df), len(df), df["credits"].sum()]
+    assert "Credits in the usage report" in demo["stdout"]
     match = re.search(
         r"usage report:\s*([\d.]+);\s*charged by the simulator's\s+ledger:\s*([\d.]+)", demo["stdout"]
     )
@@ -111,6 +130,7 @@ def test_report_matches_the_ledger(demo: dict) -> None:
     # 12 images upscaled (web), the video (2 credits for 2 s) and 4 + 4 images on the Open API.
     assert ledger == pytest.approx(IMAGES + 2 + len(REMOVE_BG) + len(CARTOONIZE))
     per_tool = df.groupby(["api", "tool"])["credits"].sum().to_dict()
+    assert per_tool[("web", "upscale")] == IMAGES
     assert per_tool[("open", "remove_bg")] == len(REMOVE_BG)
     assert per_tool[("open", "cartoonize")] == len(CARTOONIZE)
     assert per_tool[("open", "video_upscale")] == 2
