@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from fsspec.core import url_to_fs
 
+from .cache import ResultCache, key_for_call
 from .client import AsyncVanceClient, default_idempotency_key
 from .errors import (
     BatchFailedError,
@@ -84,6 +85,8 @@ class BatchSpec:
     fresh: bool = False  # archive an existing manifest and start the batch afresh
     lock_timeout: float = 0.0  # seconds to wait for another run's lease on the batch; 0 = fail at once
     owner: str | None = None  # a stable id of this run (say, an Airflow run id): it may re-enter its lease
+    cache: str | None = None  # a result cache (fsspec URL): results already paid for are copied, not paid
+    cache_storage_options: dict[str, Any] | None = None  # default: storage_options
 
     def __post_init__(self) -> None:
         budget = self.credit_budget
@@ -118,6 +121,7 @@ class ItemResult:
     credits: float = 0.0
     error: str | None = None
     error_code: str | None = None
+    cached: bool = False  # served from the result cache, for 0 credits
 
 
 @dataclass
@@ -129,6 +133,7 @@ class BatchResult:
     stopped: str | None = None  # why submission stopped early, if it did
     requests: dict[str, int] = field(default_factory=dict)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (url, reason): listed, not taken
+    credits_saved: float = 0.0  # what the results served from the cache cost when first paid for
 
     def count(self, state: str) -> int:
         return sum(1 for i in self.items if i.state == state)
@@ -158,6 +163,8 @@ class BatchResult:
             "failed": self.failed,
             "skipped": self.skipped,
             "credits_spent": round(self.credits_spent, 3),
+            "cached": sum(1 for i in self.items if i.cached),
+            "credits_saved": round(self.credits_saved, 3),
             "elapsed_s": round(self.elapsed, 2),
             "manifest": self.manifest,
             "stopped": self.stopped,
@@ -315,6 +322,12 @@ class BatchRunner:
         self._uploads = asyncio.Semaphore(spec.max_concurrency)  # inputs uploaded ahead of a job slot
         self._downloads = asyncio.Semaphore(spec.max_concurrency)  # results being stored
         self._sizes: dict[str, int] = {}  # input sizes, from the listing
+        self.cache = (
+            ResultCache(spec.cache, spec.cache_storage_options or spec.storage_options)
+            if spec.cache
+            else None
+        )
+        self.credits_saved = 0.0
         self._created_destination = False
 
     def estimate(self, item: ManifestItem) -> float:
@@ -410,7 +423,13 @@ class BatchRunner:
             if item.state == ItemState.PENDING:
                 try:
                     info = await asyncio.to_thread(
-                        check_input, src.url, src.size, self.call.media, self.client.api, so
+                        check_input,
+                        src.url,
+                        src.size,
+                        self.call.media,
+                        self.client.api,
+                        so,
+                        want_sha256=self.cache is not None and item.input_sha256 is None,
                     )
                     if is_local(dest_fs) and item.output:
                         await asyncio.to_thread(_make_parent, item.output)
@@ -424,10 +443,63 @@ class BatchRunner:
                     else None
                 )
                 item.idempotency_key = self._key(item)
+                item.input_sha256 = item.input_sha256 or info.sha256
             work.append(item)
         self.manifest.touch()
         self.progress.total = len(sources)
+        if self.cache is not None:
+            work = await self._serve_from_cache(work)
         return work
+
+    async def _serve_from_cache(self, work: list[ManifestItem]) -> list[ManifestItem]:
+        """Copy what the cache already holds to its outputs (0 credits); the rest is still to do."""
+        assert self.cache is not None
+        gate = asyncio.Semaphore(self.spec.max_concurrency)
+
+        async def serve(item: ManifestItem) -> bool:
+            if item.state != ItemState.PENDING or not item.input_sha256 or self.spec.force:
+                return False
+            key = key_for_call(item.input_sha256, self.call)
+            async with gate:
+                try:
+                    hit = await asyncio.to_thread(
+                        self.cache.fetch,
+                        key,
+                        item.output or "",
+                        self.spec.storage_options,  # type: ignore[union-attr]
+                    )
+                except Exception as exc:  # a cache that cannot be read is a miss, never a failure
+                    log.warning("result cache lookup for %s failed, paying instead: %s", item.source, exc)
+                    return False
+            if hit is None:
+                return False
+            item.set(ItemState.DONE, output=hit.output, credits=0.0, cached=True, error=None, error_code=None)
+            self.credits_saved += hit.credits_saved
+            self.progress.done += 1
+            return True
+
+        served = await asyncio.gather(*(serve(i) for i in work))
+        if any(served):
+            self.manifest.touch()
+            log.info("served %d of %d item(s) from the result cache", sum(served), len(work))
+        return [i for i, hit in zip(work, served, strict=True) if not hit]
+
+    async def _store_in_cache(self, item: ManifestItem, job: Job, output: str, cost: float) -> None:
+        """Keep a stored, verified result in the cache; a failure here never fails the item."""
+        if self.cache is None or not item.input_sha256:
+            return
+        try:
+            await asyncio.to_thread(
+                self.cache.store,
+                key_for_call(item.input_sha256, self.call),
+                output,
+                job_id=job.id,
+                credits=cost,
+                storage_options=self.spec.storage_options,
+                input_size=self._sizes.get(item.source),
+            )
+        except Exception as exc:
+            log.warning("could not keep %s in the result cache: %s", output, exc)
 
     def _fail_early(self, item: ManifestItem, exc: Exception) -> None:
         if isinstance(exc, VanceError):
@@ -508,6 +580,7 @@ class BatchRunner:
             self.stop_reason,
             self.client.request_counts,
             list(self.ignored),
+            self.credits_saved,
         )
 
     async def _run_all(self, work: list[ManifestItem]) -> None:
@@ -659,6 +732,7 @@ class BatchRunner:
             charges=[*item.charges, {"job_id": job.id, "credits": cost, "at": time.time()}],
         )
         self.limit.grow()
+        await self._store_in_cache(item, job, final, cost)
 
     def _stop(self, reason: str) -> None:
         if not self.stop_reason:
@@ -860,6 +934,7 @@ def item_result(item: ManifestItem) -> ItemResult:
         item.credits,
         item.error or ("not finished" if state == "failed" else None),
         item.error_code,
+        item.cached and item.state == ItemState.DONE,
     )
 
 

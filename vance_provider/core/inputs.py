@@ -34,6 +34,7 @@ class InputInfo:
     width: int | None = None
     height: int | None = None
     duration: float | None = None  # seconds, for video
+    sha256: str | None = None  # of the bytes, when asked for
 
 
 def sniff(head: bytes) -> str | None:
@@ -60,9 +61,18 @@ def sniff(head: bytes) -> str | None:
 
 
 def check_input(
-    url: str, size: int, media: Media, api: ApiName, storage_options: dict[str, Any] | None = None
+    url: str,
+    size: int,
+    media: Media,
+    api: ApiName,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    want_sha256: bool = False,
 ) -> InputInfo:
-    """Raise a typed error naming the file and the limit, or describe the input."""
+    """Raise a typed error naming the file and the limit, or describe the input.
+
+    ``want_sha256``: also the SHA-256 of its bytes (for the result cache), hashed while the image
+    is decoded, so it costs no second read."""
     if size == 0:
         raise UnreadableInputError("the file is empty", source=url)
     try:
@@ -96,7 +106,8 @@ def check_input(
                 f"{size} bytes is over the {OPEN_MAX_VIDEO_BYTES}-byte upload limit", source=url
             )
         width, height, duration = probe_video(url, fmt, storage_options)
-        return InputInfo(url, fmt, "video", size, width, height, duration)
+        digest = _sha256(url, storage_options) if want_sha256 else None
+        return InputInfo(url, fmt, "video", size, width, height, duration, digest)
     allowed = ("jpg", "png") if api == "web" else ("jpg", "png", "webp")
     if fmt not in allowed:
         raise UnsupportedFormatError(
@@ -111,17 +122,25 @@ def check_input(
             source=url,
             hint="compress or resize it",
         )
-    width, height = decode_image(url, fmt, storage_options)
+    (width, height), digest = decode_image(url, fmt, storage_options, want_sha256=want_sha256)
     if api == "web" and width * height > WEB_MAX_PIXELS:
         raise TooManyPixelsError(
             f"{width}x{height} is {width * height / 1e6:.1f} MP, over the 34 MP limit",
             source=url,
             hint="resize it below 34 megapixels",
         )
-    return InputInfo(url, fmt, "image", size, width, height)
+    return InputInfo(url, fmt, "image", size, width, height, sha256=digest)
 
 
-def decode_image(url: str, fmt: str, storage_options: dict[str, Any] | None = None) -> tuple[int, int]:
+def _sha256(url: str, storage_options: dict[str, Any] | None) -> str:
+    from .cache import sha256_of  # the cache module reads this one's sniffer: import late
+
+    return sha256_of(url, storage_options)
+
+
+def decode_image(
+    url: str, fmt: str, storage_options: dict[str, Any] | None = None, *, want_sha256: bool = False
+) -> tuple[tuple[int, int], str | None]:
     """Decode the image to judge it (not its last bytes: a phone's Motion Photo carries a video
     after the JPEG, and a PNG may have a stray byte after its end). Returns its size.
 
@@ -130,16 +149,20 @@ def decode_image(url: str, fmt: str, storage_options: dict[str, Any] | None = No
     """
     from PIL import Image, UnidentifiedImageError
 
+    from .cache import HashingReader
+
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as fh, Image.open(fh) as img:
-            size = img.size
-            if fmt == "png":
-                img.verify()
-            else:
-                if fmt == "jpg":
-                    img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-                img.load()
-            return size
+        with fsspec.open(url, "rb", **(storage_options or {})) as raw:
+            fh = HashingReader(raw) if want_sha256 else raw
+            with Image.open(fh) as img:
+                size = img.size
+                if fmt == "png":
+                    img.verify()
+                else:
+                    if fmt == "jpg":
+                        img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+                    img.load()
+            return size, fh.hexdigest() if want_sha256 else None
     except Image.DecompressionBombError:
         raise TooManyPixelsError(
             "the image has too many pixels to decode safely (a decompression bomb?)",

@@ -51,6 +51,8 @@ class ManifestItem:
     charges: list[dict[str, Any]] = field(default_factory=list)  # every job paid for: job_id, credits, at
     estimate: float | None = None  # expected credits when they depend on the input (video), else None
     media_info: dict[str, Any] | None = None  # a video's size and duration, sent so the service prices it
+    input_sha256: str | None = None  # of the input's bytes, when a result cache is used
+    cached: bool = False  # the output was copied from the result cache (0 credits)
     updated_at: float = field(default_factory=time.time)
 
     def set(self, state: ItemState, **changes: Any) -> None:
