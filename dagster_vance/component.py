@@ -25,32 +25,74 @@ The component builds the asset (and its sensor) with :func:`build_enhanced_datas
 from typing import Any, Literal
 
 import dagster as dg
+from pydantic import Field
 
 from .assets import DEFAULT_POOL, build_enhanced_dataset_asset
 from .sensors import build_new_files_sensor
 
+#: What ``dg scaffold defs dagster_vance.VanceDatasetComponent <path>`` writes into ``defs.yaml``.
+SCAFFOLD_ATTRIBUTES: dict[str, Any] = {
+    "name": "photos_x2",
+    "source": "{{ env.VANCE_SOURCE }}",
+    "destination": "{{ env.VANCE_DESTINATION }}",
+    "tool": "upscale",
+    "config": {"scale": 2},
+    "credit_budget": 100,
+    "on_failure": "fail",
+}
 
+
+class VanceDatasetScaffolder(dg.Scaffolder):
+    """Writes a ``defs.yaml`` with a working dataset: fill in the two environment variables."""
+
+    def scaffold(self, request: dg.ScaffoldRequest) -> None:
+        attributes = dict(SCAFFOLD_ATTRIBUTES)
+        attributes["name"] = request.target_path.name.replace("-", "_") or attributes["name"]
+        dg.scaffold_component(request, attributes)
+
+
+@dg.scaffold_with(VanceDatasetScaffolder)
 class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
     """A folder or bucket prefix of images or videos enhanced by one VanceAI tool."""
 
-    name: str
-    source: str
-    destination: str
-    tool: str
-    config: dict[str, Any] | None = None
-    output_format: str | None = None
-    max_concurrency: int = 8
-    credit_budget: float | None = None
-    storage_options: dict[str, Any] | None = None
-    partitions: Literal["per_file"] | None = None
-    sensor_interval_seconds: int | None = 60  # with per-file partitions; None: no sensor
-    group_name: str | None = "vanceai"
-    pool: str | None = DEFAULT_POOL
-    on_failure: Literal["fail", "continue", "fail_fast"] = "fail"
-    on_insufficient_credits: Literal["fail", "partial"] = "fail"
-    poll_interval: float = 2.0
-    description: str | None = None
-    resource_key: str = "vanceai"
+    name: str = Field(description="The asset's name (its key), e.g. photos_x2.")
+    source: str = Field(description="Inputs: an fsspec prefix (s3://in/photos/), a glob, or a local folder.")
+    destination: str = Field(
+        description="Prefix for the outputs; the batch manifest is kept there too (resumes, never pays twice)."
+    )
+    tool: str = Field(description="A friendly tool (upscale, denoise, remove_bg, ...) or a vendor tool name.")
+    config: dict[str, Any] | None = Field(default=None, description="The tool's options, e.g. {scale: 2}.")
+    output_format: str | None = Field(default=None, description="jpg, png or webp (Open API).")
+    max_concurrency: int = Field(default=8, description="Jobs in flight at once in one run.")
+    credit_budget: float | None = Field(
+        default=None, description="Stop submitting once this many credits would be spent in one run."
+    )
+    storage_options: dict[str, Any] | None = Field(
+        default=None,
+        description="fsspec options without secrets (endpoint_url, region); keys come from the environment.",
+    )
+    partitions: Literal["per_file"] | None = Field(
+        default=None, description="per_file: one dynamic partition per input file, added by a sensor."
+    )
+    sensor_interval_seconds: int | None = Field(
+        default=60, description="How often the new-files sensor looks (per_file partitions); null: no sensor."
+    )
+    group_name: str | None = Field(default="vanceai", description="The asset group.")
+    pool: str | None = Field(
+        default=DEFAULT_POOL,
+        description="Dagster concurrency pool bounding VanceAI runs across the instance.",
+    )
+    on_failure: Literal["fail", "continue", "fail_fast"] = Field(
+        default="fail",
+        description="fail: fail the run if an item failed; fail_fast: stop submitting at the first failure; "
+        "continue: succeed and report failures.",
+    )
+    on_insufficient_credits: Literal["fail", "partial"] = Field(
+        default="fail", description="fail before spending anything, or run what the balance covers."
+    )
+    poll_interval: float = Field(default=2.0, description="Seconds between status polls (backs off).")
+    description: str | None = Field(default=None, description="The asset's description.")
+    resource_key: str = Field(default="vanceai", description="The key of the VanceAIResource to use.")
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         storage_options = {k: v for k, v in (self.storage_options or {}).items() if v not in (None, "", {})}

@@ -98,3 +98,31 @@ def test_component_without_partitions_has_no_sensor(tmp_path: Path) -> None:
     defs = component_defs(component=component, resources={"vanceai": dg.ResourceDefinition.none_resource()})
     assert [a.key for a in defs.assets] == [dg.AssetKey("flat")]  # type: ignore[union-attr]
     assert not list(defs.sensors or [])
+
+
+def test_dg_lists_the_component_and_scaffolds_a_useful_defs_yaml(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    from dagster_vance.component import SCAFFOLD_ATTRIBUTES
+
+    dg_cli = Path(sys.executable).parent / "dg"
+    listed = subprocess.run(
+        [str(dg_cli), "list", "components", "--json"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert "dagster_vance.VanceDatasetComponent" in listed.stdout  # the registry entry point
+
+    with create_defs_folder_sandbox() as sandbox:
+        path = sandbox.scaffold_component(component_cls=VanceDatasetComponent, defs_path="holiday_photos")
+        written = yaml.safe_load((path / "defs.yaml").read_text())
+    assert written["type"] in (
+        "dagster_vance.VanceDatasetComponent",
+        "dagster_vance.component.VanceDatasetComponent",
+    )
+    assert written["attributes"] == {**SCAFFOLD_ATTRIBUTES, "name": "holiday_photos"}
+    # Every field is described (dg's schema and docs show these).
+    fields = VanceDatasetComponent.model_fields
+    assert all(f.description for f in fields.values()), [n for n, f in fields.items() if not f.description]
