@@ -116,6 +116,10 @@ def test_s3_dag_against_moto_and_simulator(sim, vance_conn, make_image, monkeypa
         summary = xcom(dr, "enhance_new_files")
         assert summary["done"] == 2 and summary["credits_spent"] == 2.0
         assert trigger_runs == ["VanceAIBatchTrigger"]
+        # The extra link points at the *rendered* destination (it comes from a Variable).
+        console = "https://s3.console.aws.amazon.com/s3/buckets/vance-test?prefix=enhanced/"
+        assert xcom(dr, "enhance_new_files", key="vanceai_outputs_url") == console
+        assert xcom(dr, "enhance_new_files", key="_link_VanceAIDestinationLink") == console
         [event] = asset_events(dr)
         assert event["done"] == 2
         fs.invalidate_cache()
