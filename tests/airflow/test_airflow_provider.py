@@ -178,3 +178,19 @@ def test_storage_options_from_connection(monkeypatch) -> None:
         "secret": "secret",
         "client_kwargs": {"endpoint_url": "http://127.0.0.1:9", "region_name": "eu-west-1"},
     }
+
+
+def test_storage_connection_refuses_what_s3fs_cannot_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.hooks.vanceai import storage_options_from_connection
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_S3_ROLE",
+        json.dumps({"conn_type": "aws", "extra": {"role_arn": "arn:aws:iam::1:role/r"}}),
+    )
+    with pytest.raises(ConfigurationError, match="role_arn"):
+        storage_options_from_connection("s3_role")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_S3_PROFILE", json.dumps({"conn_type": "aws", "extra": {"profile_name": "prod"}})
+    )
+    assert storage_options_from_connection("s3_profile") == {"profile": "prod"}

@@ -251,6 +251,12 @@ def conn_fields_to_widgets(fields: dict[str, Any]) -> dict[str, Any]:
     return widgets
 
 
+#: AWS connection extras that s3fs cannot honour: refused rather than silently dropped.
+UNUSABLE_AWS_EXTRAS = frozenset(
+    {"role_arn", "assume_role_method", "assume_role_kwargs", "external_id", "aws_iam_role", "saml_config"}
+)
+
+
 def storage_options_from_connection(conn_id: str | None) -> dict[str, Any] | None:
     """fsspec options for S3-compatible storage from an Airflow connection, or None (use the env).
 
@@ -260,9 +266,21 @@ def storage_options_from_connection(conn_id: str | None) -> dict[str, Any] | Non
     """
     if not conn_id:
         return None
+    from vance_provider.core.errors import ConfigurationError
+
     conn = BaseHook.get_connection(conn_id)
     extra = dict(conn.extra_dejson or {})
+    unusable = sorted(k for k in extra if k in UNUSABLE_AWS_EXTRAS)
+    if unusable:  # never fall back silently to other (environment) credentials
+        raise ConfigurationError(
+            f"storage connection {conn_id!r}: extra(s) {', '.join(unusable)} cannot be used for the "
+            "VanceAI inputs and outputs",
+            hint="use access keys (login/password, optional session_token) or profile_name, or give "
+            "storage_options explicitly",
+        )
     options: dict[str, Any] = {}
+    if extra.get("profile_name"):
+        options["profile"] = extra["profile_name"]
     if conn.login:
         options["key"] = conn.login
     if conn.password:
