@@ -38,6 +38,7 @@ import pandas as pd
 from pydantic import Field
 
 from vance_provider.core import BatchResult, BatchSpec, Progress, ToolCall, resolve, totals
+from vance_provider.core.credits import summary_markdown, usage_summary
 from vance_provider.core.errors import (
     AuthenticationError,
     BudgetExceededError,
@@ -581,7 +582,7 @@ def build_credit_usage_asset(
             "vance/credits_total": dg.MetadataValue.float(float(t["total"])),
             "vance/per_tool": dg.MetadataValue.json({str(k): float(v) for k, v in t["per_tool"].items()}),
             "vance/per_day": dg.MetadataValue.json({str(k): float(v) for k, v in t["per_day"].items()}),
-            "vance/summary": dg.MetadataValue.md(_totals_md(t)),
+            "vance/summary": dg.MetadataValue.md(summary_markdown(usage_summary(df))),
             "vance/manifests": len(refs),
             "dagster/row_count": len(df),
             "dagster/column_schema": dg.TableSchema(
@@ -598,17 +599,6 @@ def credit_report_schema() -> dg.TableSchema:
     from vance_provider.core.credits import COLUMNS
 
     return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in COLUMNS.items()])
-
-
-def _totals_md(t: Mapping[str, Any]) -> str:
-    lines = ["| tool | credits |", "|---|---|"] + [
-        f"| {k} | {v:g} |" for k, v in sorted(t["per_tool"].items())
-    ]
-    lines += ["", "| day | credits |", "|---|---|"] + [
-        f"| {k} | {v:g} |" for k, v in sorted(t["per_day"].items())
-    ]
-    lines += ["", f"**Total: {t['total']:g} credits**"]
-    return "\n".join(lines)
 
 
 def build_credit_usage_schedule(

@@ -883,7 +883,7 @@ class VanceAICreditReportOperator(_VanceAIBase):
         self.destination, self.manifests, self.start, self.end = destination, manifests, start, end
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from vance_provider.core.credits import totals, write_report
+        from vance_provider.core.credits import summary_text, totals, usage_summary, write_report
 
         manifests = parse_list(self.manifests)
         so = self.hook.storage_options
@@ -895,6 +895,13 @@ class VanceAICreditReportOperator(_VanceAIBase):
         if self.end:
             df = df[df["timestamp"] < _utc(self.end)]
         url = write_report(df.reset_index(drop=True), self.destination, so)
-        summary = {"url": url, "api": api, "rows": len(df), **totals(df)}
-        self.log.info("VanceAI usage report: %d row(s), %g credits -> %s", len(df), summary["total"], url)
+        table = usage_summary(df)  # per API and tool, as `vance report` and the Dagster asset make it
+        summary = {"url": url, "api": api, "rows": len(df), **totals(df), "summary": table.to_dict("records")}
+        self.log.info(
+            "VanceAI usage report: %d charge(s), %g credits -> %s\n%s",
+            len(df),
+            summary["total"],
+            url,
+            summary_text(table),
+        )
         return summary
