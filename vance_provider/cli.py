@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     except (VanceError, CliError) as exc:
         code = ui.error(exc, args.base_url)
     except KeyboardInterrupt:
-        ui.err.print("interrupted; run the same command again to resume")
+        ui.err.print("interrupted")
         code = EXIT_INTERRUPTED
     finally:
         library.removeHandler(handler)

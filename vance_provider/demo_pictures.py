@@ -64,7 +64,7 @@ def _clip(path: Path, keep: int = 5) -> _Clip:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames = [f.to_image() for f in container.decode(video=0)]
-        seconds = float(stream.duration * stream.time_base) if stream.duration else 0.0
+        seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
     picks = sorted({round(i * (len(frames) - 1) / max(1, keep - 1)) for i in range(keep)})
     chosen = [frames[i].convert("RGBA") for i in picks]
     return _Clip(chosen, frames[0].size, seconds or len(frames) / 10, len(frames))
@@ -85,7 +85,10 @@ def _scaled(img: Image.Image, scale: float) -> Image.Image:
     return img.resize(size, Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.NEAREST)
 
 
-def _fit(draw: ImageDraw.ImageDraw, text: str, width: float, font: ImageFont.ImageFont) -> str:
+Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: float, font: Font) -> str:
     """``text``, shortened with ``…`` until it fits in ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text

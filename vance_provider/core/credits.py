@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .client import AsyncVanceClient
 from .manifest import ItemState, Manifest
-from .models import UsageRecord
+from .models import ApiName, UsageRecord
 from .tools import FRIENDLY, WEB_MODULES
 
 if TYPE_CHECKING:  # pandas is imported when a report is made, not when the package is
@@ -110,7 +110,7 @@ def records_from_manifests(
         url, options = ref if isinstance(ref, tuple) else (ref, storage_options)
         manifest = Manifest(url, options).load()
         meta = {**manifest.meta, **(manifest.meta.get("identity") or {})}  # older manifests: no identity
-        api = meta.get("api") or "open"
+        api: ApiName = meta.get("api") or "open"
         for item in manifest.items.values():
             charges = item.charges or (
                 [{"job_id": item.job_id, "credits": item.credits, "at": item.updated_at}]
