@@ -222,6 +222,31 @@ def test_join_keeps_the_service_order_and_prefers_the_named_input() -> None:
     assert list(df["tool"]) == ["upscale"] * 3 and list(df["vendor_tool"]) == ["enlarge3"] * 3
 
 
+def test_join_reads_a_service_clock_in_another_time_zone() -> None:
+    """A service writing its local time (UTC+8, no zone) is matched and corrected, not left apart."""
+    history = [  # newest first, Beijing time
+        _rec("2025-03-01 18:00:09", "enlarge3", 1, balance=8.0, source="enlarge3_x.jpg.jpg"),
+        _rec("2025-03-01 18:00:05", "enlarge3", 1, balance=9.0, source="enlarge3_a.jpg.jpg"),
+    ]
+    recorded = [
+        _rec(
+            "2025-03-01T10:00:05.5+00:00",
+            "upscale",
+            1,
+            source="in/a.jpg",
+            job_id="ja",
+            vendor_tool="enlarge3",
+        )
+    ]
+    rows = join_web_history(history, recorded)
+    assert [(r.job_id, r.balance) for r in rows] == [("ja", 9.0), (None, 8.0)]
+    df = usage_frame(rows)
+    assert [t.isoformat() for t in df["timestamp"]] == [
+        "2025-03-01T10:00:05.500000+00:00",
+        "2025-03-01T10:00:09+00:00",  # the unmatched charge, in UTC too
+    ]
+
+
 def test_summary_counts_items_charges_and_credits() -> None:
     at = "2025-03-01T10:00:0{}+00:00"
     rows = [

@@ -149,6 +149,10 @@ def join_web_history(history: list[UsageRecord], recorded: Iterable[UsageRecord]
     batch and our tool name, and a time to the microsecond; it keeps the service's balance and
     order (its times are made to follow that order: a charge happened no later than the next).
     Recorded charges the history lacks (another account's) are left out.
+
+    The service writes its times without a zone. They are read as UTC, unless the charges that
+    name their input show that the service's clock runs a whole number of quarter hours off
+    (a local time zone): then its times are corrected by that much.
     """
     charges = [h for h in history if h.credits]
     times = [_epoch(h.timestamp) for h in charges]
@@ -156,6 +160,14 @@ def join_web_history(history: list[UsageRecord], recorded: Iterable[UsageRecord]
     if not (known and known[0] < known[-1]):  # newest first (as documented): make it oldest first
         charges.reverse()
         times.reverse()
+    recorded = list(recorded)
+    offset = _zone_offset(charges, times, recorded)
+    if offset:
+        times = [None if t is None else t + offset for t in times]
+        charges = [
+            h if t is None else dataclasses.replace(h, timestamp=_iso(t))
+            for h, t in zip(charges, times, strict=True)
+        ]
     # per amount of credits, the history's charges in time order (their positions in ``charges``)
     by_credits: dict[float, list[tuple[float, int]]] = {}
     for i, t in enumerate(times):
@@ -215,6 +227,33 @@ def join_web_history(history: list[UsageRecord], recorded: Iterable[UsageRecord]
             rows[k] = dataclasses.replace(rows[k], timestamp=_iso(t))
         later = t
     return rows
+
+
+def _zone_offset(charges: list[UsageRecord], times: list[float | None], recorded: list[UsageRecord]) -> float:
+    """Seconds to add to the service's times: the median gap between the charges that name an
+    input and the recorded charges of that input, rounded to quarter hours (0 if none, or if the
+    gap is not close to a whole number of quarter hours)."""
+    by_name: dict[str, list[float]] = {}
+    for r in recorded[-50:]:  # a sample is enough: the offset is one for the whole history
+        at = _epoch(r.timestamp)
+        if r.source and at is not None:
+            by_name.setdefault(PurePosixPath(r.source).name, []).append(at)
+    gaps: list[float] = []
+    for h, t in list(zip(charges, times, strict=True))[-2000:]:
+        if t is None or not h.source:
+            continue
+        for name, ats in by_name.items():
+            if name in h.source:
+                gaps.append(min(ats, key=lambda at: abs(at - t)) - t)
+                break
+        if len(gaps) >= 200:
+            break
+    if not gaps:
+        return 0.0
+    gaps.sort()
+    median = gaps[len(gaps) // 2]
+    quarters = round(median / 900.0) * 900.0
+    return quarters if abs(median - quarters) <= 120.0 else 0.0
 
 
 def usage_frame(records: Iterable[UsageRecord]) -> pd.DataFrame:
