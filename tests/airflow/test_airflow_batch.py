@@ -123,10 +123,13 @@ def test_deferrable_waves_bound_concurrency(api, sim, vance_conn, make_image, tm
     assert len(sim.state.charges()) == 5 and not sim.state.double_charges()
 
 
-def test_retry_after_deferral_resumes_without_resubmitting(sim, vance_conn, make_image, tmp_path) -> None:
+def test_retry_after_deferral_resumes_without_resubmitting(
+    sim_factory, vance_conn, make_image, tmp_path
+) -> None:
     from vance_provider.airflow_compat import TaskDeferred
 
-    vance_conn("open")
+    sim = sim_factory(time_per_job=600.0)  # the jobs run until the test lets them finish
+    vance_conn("open", server=sim)
     for i in range(3):
         make_image(f"r/in/p{i}.jpg", 32, 24)
     src, dst = tmp_path / "r" / "in", tmp_path / "r" / "out"
@@ -135,10 +138,17 @@ def test_retry_after_deferral_resumes_without_resubmitting(sim, vance_conn, make
     submitted = _created_jobs(sim)
     assert len(submitted) == 3
     # The worker (or the triggerer) dies; the task is retried from scratch with a new operator.
-    summary, waves = _drive(_operator(src, dst), _context())
-    assert sorted(waves[0]) == sorted(first.value.trigger.job_ids)  # resumed the same jobs
+    retry = _operator(src, dst)
+    context = _context()
+    with pytest.raises(TaskDeferred) as again:
+        retry.execute(context)
+    assert sorted(again.value.trigger.job_ids) == sorted(first.value.trigger.job_ids)  # the same jobs
     assert _created_jobs(sim) == submitted  # nothing submitted again
+    sim.state.clock.advance(600)  # now they finish
+    event = asyncio.run(anext(again.value.trigger.run()))
+    summary = retry.execute_complete(context, event=event.payload, **again.value.kwargs or {})
     assert summary["done"] == 3 and summary["credits_spent"] == 3.0
+    assert _created_jobs(sim) == submitted
     assert len(sim.state.charges()) == 3 and not sim.state.double_charges()
 
 
