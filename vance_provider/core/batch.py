@@ -231,26 +231,31 @@ class AdaptiveLimit:
 
 
 class LatencyEstimate:
-    """When to look first: a high percentile of how long jobs take, so nearly every first poll
-    finds its job done (a missed poll costs a request and, when rate-bound, a turn).
+    """When to look first: a high percentile of how long jobs take, so nearly every first look
+    finds its job done (a missed look costs a request and, when rate-bound, a turn).
 
-    A job found still running at its first look, then done, brackets the job's length; the
-    first look moves up to the 90th percentile of those. A first look that finds the job done
-    may have waited too long, so the next one comes a little sooner (1 % per hit): the estimate
-    settles just above the slow end of the jobs, missing rarely.
+    A job found still running at its first look, then done at a later one, brackets its length:
+    those lengths are the samples, and the first look goes to their 95th percentile. Until a few
+    are known it looks early (a quarter of the poll interval) to learn them. A first look that
+    finds its job done may have waited too long: the estimate creeps down (0.2 % per hit), so
+    it follows jobs that get faster.
     """
 
+    LEARN = 5  # samples before the percentile is trusted
+
     def __init__(self, initial: float) -> None:
-        self.value = initial
+        self.value = initial / 4
         self.samples: deque[float] = deque(maxlen=64)
 
     def observe(self, seconds: float, first_poll_hit: bool) -> None:
         if first_poll_hit:
-            self.value = max(0.02, self.value * 0.99)
+            learning = len(self.samples) < self.LEARN
+            self.value = max(0.02, self.value * (0.97 if learning else 0.998))
             return
         self.samples.append(seconds)
-        ranked = sorted(self.samples)
-        self.value = max(self.value, ranked[int(0.9 * (len(ranked) - 1))])
+        if len(self.samples) >= self.LEARN:
+            ranked = sorted(self.samples)
+            self.value = max(self.value, ranked[round(0.95 * (len(ranked) - 1))])
 
 
 def call_hash(call: ToolCall) -> str:
@@ -601,7 +606,7 @@ class BatchRunner:
             stop_flusher.set()
             await asyncio.shield(flusher)
             self.manifest.touch()
-            await asyncio.shield(self.manifest.flush())
+            await asyncio.shield(self.manifest.flush(compact=True))
 
     async def close(self, *, undo_empty: bool = False) -> None:
         """Release the batch's lease. ``undo_empty``: nothing was submitted, so leave no trace of

@@ -55,6 +55,17 @@ class ManifestItem:
     cached: bool = False  # the output was copied from the result cache (0 credits)
     updated_at: float = field(default_factory=time.time)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        sink = self.__dict__.get("_sink")
+        if sink is not None:  # the manifest holding this item hears of the change
+            sink.add(self.source)
+
+    def row(self) -> dict[str, Any]:
+        data = dict(vars(self))
+        data.pop("_sink", None)
+        return data
+
     def set(self, state: ItemState, **changes: Any) -> None:
         self.state = state
         for k, v in changes.items():
@@ -62,15 +73,45 @@ class ManifestItem:
         self.updated_at = time.time()
 
 
+class _Items(dict[str, ManifestItem]):
+    """The manifest's items: an item put here reports its later changes to ``dirty``."""
+
+    def __init__(self, dirty: set[str]) -> None:
+        super().__init__()
+        self.dirty = dirty
+
+    def __setitem__(self, source: str, item: ManifestItem) -> None:
+        item.__dict__["_sink"] = self.dirty
+        self.dirty.add(source)
+        super().__setitem__(source, item)
+
+
 class Manifest:
+    """The items of one batch, kept at ``url``.
+
+    Small manifests are rewritten whole (atomically) on each flush. From ``JOURNAL_FROM`` items
+    on, a flush writes only the items changed since the last one, as a numbered segment in
+    ``<url>.journal/``, so the bytes written follow the work done, not the batch's size; when the
+    segments outweigh the manifest, or the batch ends, they are folded into it (compaction). Each
+    write is atomic and the manifest records the last segment folded in, so a crash at any point
+    loads the same state.
+    """
+
+    JOURNAL_FROM = 2000
+
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url
+        self.journal_url = url + ".journal"
         self.storage_options = storage_options
-        self.items: dict[str, ManifestItem] = {}
+        self._dirty: set[str] = set()
+        self.items: dict[str, ManifestItem] = _Items(self._dirty)
         self.meta: dict[str, Any] = {}
         self._version = 0
         self._saved = 0
         self._lock = asyncio.Lock()
+        self._seq = 0  # the last journal segment written (or found)
+        self._base_bytes = 0
+        self._journal_bytes = 0
 
     @classmethod
     def for_destination(cls, destination: str, storage_options: dict[str, Any] | None = None) -> Manifest:
@@ -100,19 +141,52 @@ class Manifest:
         meta, items = data.get("meta", {}), data.get("items", [])
         if not isinstance(meta, dict) or not isinstance(items, list):
             raise self._malformed("'meta' must be an object and 'items' a list")
-        loaded: dict[str, ManifestItem] = {}
-        for n, entry in enumerate(items):
+        loaded = {i.source: i for i in self._parse_items(items, "item")}
+        upto = data.get("journal_upto", 0)
+        for seq, rows in self._read_journal(upto if isinstance(upto, int) else 0):
+            loaded.update({i.source: i for i in self._parse_items(rows, f"journal segment {seq}, item")})
+            self._seq = max(self._seq, seq)
+        self.meta = meta
+        self.items = _Items(self._dirty)
+        for source, item in loaded.items():
+            self.items[source] = item
+        self._dirty.clear()
+        self._base_bytes = len(raw)
+        return self
+
+    def _parse_items(self, rows: Any, what: str) -> list[ManifestItem]:
+        if not isinstance(rows, list):
+            raise self._malformed(f"{what}s must be a list")
+        parsed = []
+        for n, entry in enumerate(rows):
             try:
                 item = ManifestItem(**{**entry, "state": ItemState(entry["state"])})
                 if not isinstance(item.source, str) or not isinstance(item.charges, list):
                     raise TypeError("source must be a string and charges a list")
             except (TypeError, KeyError, ValueError) as exc:
                 raise self._malformed(
-                    f"item {n} is not a manifest item ({type(exc).__name__}: {exc})"
+                    f"{what} {n} is not a manifest item ({type(exc).__name__}: {exc})"
                 ) from None
-            loaded[item.source] = item
-        self.meta, self.items = meta, loaded
-        return self
+            parsed.append(item)
+        return parsed
+
+    def _read_journal(self, upto: int) -> list[tuple[int, Any]]:
+        """The segments written after the manifest's last compaction, in order."""
+        fs, path = url_to_fs(self.journal_url, **(self.storage_options or {}))
+        try:
+            names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        segments = []
+        for name in names:
+            stem = name.removesuffix(".json")
+            if name.endswith(".json") and stem.isdigit() and int(stem) > upto:
+                try:
+                    data = json.loads(fs.cat_file(f"{path}/{name}"))
+                except (ValueError, FileNotFoundError) as exc:
+                    raise self._malformed(f"journal segment {name} cannot be read ({exc})") from None
+                segments.append((int(stem), data.get("items") if isinstance(data, dict) else None))
+        return sorted(segments, key=lambda s: s[0])
 
     def _malformed(self, what: str) -> ManifestError:
         return ManifestError(
@@ -151,7 +225,10 @@ class Manifest:
         if fs.isdir(path):
             target = target.replace(".json", "")
         fs.mv(path, target, recursive=True)
-        self.items, self.meta = {}, {}
+        if fs.exists(path + ".journal"):
+            fs.mv(path + ".journal", target + ".journal", recursive=True)
+        self.items, self.meta = _Items(self._dirty), {}
+        self._seq = self._base_bytes = self._journal_bytes = 0
         return target
 
     def touch(self) -> int:
@@ -164,30 +241,62 @@ class Manifest:
         if self._saved < version:
             await self.flush()
 
-    def to_json(self, items: list[ManifestItem] | None = None) -> bytes:
-        # A shallow copy of each item (asdict deep-copies) and no indentation: this runs often.
-        rows = [dict(vars(i)) for i in (self.items.values() if items is None else items)]
-        return json.dumps(
-            {"version": VERSION, "meta": self.meta, "items": rows}, separators=(",", ":"), default=str
-        ).encode()
+    def to_json(self, items: list[ManifestItem] | None = None, journal_upto: int = 0) -> bytes:
+        rows = [i.row() for i in (self.items.values() if items is None else items)]
+        data = {"version": VERSION, "meta": self.meta, "items": rows, "journal_upto": journal_upto}
+        return json.dumps(data, separators=(",", ":"), default=str).encode()
 
     def _write(self, items: list[ManifestItem]) -> None:
-        write_bytes_atomic(self.url, self.to_json(items), self.storage_options)
+        """The whole manifest, with every journal segment so far folded in; then drop those."""
+        upto = self._seq
+        payload = self.to_json(items, upto)
+        write_bytes_atomic(self.url, payload, self.storage_options)
+        self._base_bytes, self._journal_bytes = len(payload), 0
+        if upto:
+            fs, path = url_to_fs(self.journal_url, **(self.storage_options or {}))
+            try:
+                fs.rm(path, recursive=True)
+            except (FileNotFoundError, OSError):
+                pass  # left over: the next load skips segments already folded in
+
+    def _append(self, items: list[ManifestItem]) -> None:
+        """One journal segment with the items changed since the last flush."""
+        self._seq += 1
+        payload = json.dumps({"items": [i.row() for i in items]}, separators=(",", ":"), default=str).encode()
+        write_bytes_atomic(join(self.journal_url, f"{self._seq:08d}.json"), payload, self.storage_options)
+        self._journal_bytes += len(payload)
 
     def save(self) -> None:
         version = self._version
-        write_bytes_atomic(self.url, self.to_json(), self.storage_options)
+        self._write(list(self.items.values()))
+        self._dirty.clear()
         self._saved = max(self._saved, version)
 
-    async def flush(self) -> None:
-        """Write the manifest if it changed since the last write (concurrent callers coalesce)."""
-        if self._saved >= self._version:
+    async def flush(self, *, compact: bool = False) -> None:
+        """Write what changed since the last write (concurrent callers coalesce); ``compact``
+        writes the whole manifest and folds the journal in."""
+        if self._saved >= self._version and not (compact and self._journal_bytes):
             return
         async with self._lock:
-            if self._saved >= self._version:
+            if self._saved >= self._version and not (compact and self._journal_bytes):
                 return
-            # Serialised and written off the event loop, from a snapshot of the item list (items
-            # change only by attribute assignment while a batch runs, never by insertion).
-            version, items = self._version, list(self.items.values())
-            await asyncio.to_thread(self._write, items)
+            # Serialised and written off the event loop, from a snapshot of the changed items
+            # (items change only by attribute assignment while a batch runs, never by insertion).
+            version, dirty = self._version, set(self._dirty)
+            self._dirty.clear()
+            whole = (
+                compact
+                or len(self.items) < self.JOURNAL_FROM
+                or not self._base_bytes
+                or 2 * len(dirty) > len(self.items)
+                or self._journal_bytes > self._base_bytes
+            )
+            try:
+                if whole:
+                    await asyncio.to_thread(self._write, list(self.items.values()))
+                else:
+                    await asyncio.to_thread(self._append, [self.items[s] for s in dirty if s in self.items])
+            except BaseException:
+                self._dirty |= dirty  # not written: still to write
+                raise
             self._saved = max(self._saved, version)
