@@ -274,6 +274,7 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
         on_insufficient_credits="partial" if args.partial else "fail",
         fresh=args.fresh,
         lock_timeout=args.wait_lock,
+        cache=args.cache,
     )
     token = _token()
     bar = Progress(
@@ -329,6 +330,9 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
         ui.err.print(f"ignored: {escape(url)}: {escape(reason)}")
     if result.stopped:
         ui.err.print(f"stopped early: {escape(cli_words(result.stopped))}")
+    cached = sum(1 for i in result.items if i.cached)
+    if cached:
+        ui.err.print(f"from the cache: {cached} item(s), {result.credits_saved:g} credits saved")
     ui.err.print(f"manifest: {escape(result.manifest)}")
     return EXIT_FAILED_ITEMS if result.failed else EXIT_OK
 
@@ -470,6 +474,33 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def cmd_cache(args: argparse.Namespace, ui: Ui) -> int:
+    from .core.cache import ResultCache
+
+    if not args.cache:
+        raise CliError("no cache given", hint="pass --cache URL or set VANCE_CACHE")
+    cache = ResultCache(args.cache)
+    if args.cache_command == "prune":
+        r = cache.prune(args.older_than, dry_run=args.dry_run)
+        verb = "would remove" if r.dry_run else "removed"
+        ui.out.print(f"{verb} {r.entries} entries, {r.bytes} bytes")
+    else:
+        st = cache.stats()
+        ui.out.print(
+            f"{st.entries} entries, {st.bytes} bytes; {st.hits} hits saved {st.credits_saved:g} credits"
+        )
+    return EXIT_OK
+
+
+def _age(value: str) -> float:
+    from .core.cache import parse_age
+
+    try:
+        return parse_age(value)
+    except VanceError as exc:
+        raise argparse.ArgumentTypeError(f"{exc.message} ({exc.hint})") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     codes = "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES.items())
     p = _Parser(
@@ -516,6 +547,30 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait this long for another run of the same batch to finish (0: fail at once)",
     )
+    e.add_argument(
+        "--cache",
+        metavar="URL",
+        default=os.environ.get("VANCE_CACHE"),
+        help="a result cache (fsspec URL, or VANCE_CACHE): results already paid for are copied, not paid again",
+    )
+    c = command("cache", "the result cache: statistics and pruning (docs/cache.md)", cmd_cache)
+    actions = c.add_subparsers(dest="cache_command", required=True, metavar="ACTION", parser_class=_Parser)
+    for name, text in (
+        ("stats", "entries, bytes and the credits the cache has saved"),
+        ("prune", "remove entries not used for a while"),
+    ):
+        a = actions.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        a.add_argument(
+            "--cache",
+            metavar="URL",
+            default=os.environ.get("VANCE_CACHE"),
+            help="the cache's fsspec URL, e.g. s3://bucket/vance-cache/ (or VANCE_CACHE)",
+        )
+        if name == "prune":
+            a.add_argument(
+                "--older-than", required=True, type=_age, metavar="AGE", help="90d, 12h, 30m, 2w, 1d12h"
+            )
+            a.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
     s = command("status", "show jobs: their ids, or those of a batch", cmd_status)
     s.add_argument("job_ids", nargs="*", help="job ids")
     s.add_argument(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -487,3 +488,30 @@ def test_simulator_banner_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     ):
         assert default in help_text, default
     assert "(default: False)" not in help_text and "(default: None)" not in help_text
+
+
+def test_cache_flag_and_commands(
+    sim: SimulatorServer, make_image: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`--cache` pays once for the same pixels; `vance cache stats|prune` read and tidy the cache."""
+    for i in range(3):
+        make_image(f"a/p{i}.jpg", 16 + i, 12)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    env = {**env_for(sim, TOKENS["web"]), "VANCE_CACHE": str(tmp_path / "cache")}
+    enhance = ["enhance", "--tool", "upscale", "--scale", "2"]
+    assert run([*enhance, "a", "out1"], env, tmp_path)[0] == 0
+    code, out, err = run([*enhance, "b", "out2"], env, tmp_path)
+    assert code == 0 and "from the cache: 3 item(s), 3 credits saved" in err
+    assert sum(e.amount for e in sim.state.charges()) == 3
+    code, out, _ = run(["cache", "stats"], env, tmp_path)
+    assert code == 0 and out.startswith("3 entries, ") and out.strip().endswith("3 hits saved 3 credits")
+    code, out, _ = run(["cache", "prune", "--older-than", "90d"], env, tmp_path)
+    assert code == 0 and out.startswith("removed 0 entries")
+    code, _, err = run(["cache", "prune", "--older-than", "soon"], env, tmp_path)
+    assert code == 2 and err.startswith("error: argument --older-than: 'soon' is not an age")
+    env.pop("VANCE_CACHE")
+    code, _, err = run(["cache", "stats"], env, tmp_path)
+    assert code == 2 and err.splitlines()[:2] == [
+        "error: no cache given",
+        "hint: pass --cache URL or set VANCE_CACHE",
+    ]

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -333,6 +334,7 @@ class BatchRunner:
             else None
         )
         self.credits_saved = 0.0
+        self.run_id = spec.owner or uuid.uuid4().hex[:12]  # which run paid for a charge (credit report)
         self._created_destination = False
 
     def estimate(self, item: ManifestItem) -> float:
@@ -734,7 +736,10 @@ class BatchRunner:
             credits=cost,
             error=None,
             error_code=None,
-            charges=[*item.charges, {"job_id": job.id, "credits": cost, "at": time.time()}],
+            charges=[
+                *item.charges,
+                {"job_id": job.id, "credits": cost, "at": time.time(), "run": self.run_id},
+            ],
         )
         self.limit.grow()
         await self._store_in_cache(item, job, final, cost)

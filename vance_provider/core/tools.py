@@ -488,7 +488,7 @@ def resolve(
             raise UnknownToolError(
                 f"tool {tool!r} {where}",
                 hint="web API tools: "
-                + ", ".join(sorted([t for t, (w, _) in FRIENDLY.items() if w] + list(WEB_MODULES))),
+                + ", ".join(sorted({t for t, (w, _) in FRIENDLY.items() if w} | set(WEB_MODULES))),
             )
         if tool == "upscale" and "scale" in config and config["scale"] not in (2, 4, 6, 8):
             raise InvalidConfigError(
