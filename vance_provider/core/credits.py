@@ -18,6 +18,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterable
 from pathlib import PurePosixPath
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from .client import AsyncVanceClient
@@ -108,16 +109,23 @@ def records_from_manifests(
     records = []
     for ref in urls:
         url, options = ref if isinstance(ref, tuple) else (ref, storage_options)
-        manifest = Manifest(url, options).load()
-        meta = {**manifest.meta, **(manifest.meta.get("identity") or {})}  # older manifests: no identity
+        stored_meta, rows = Manifest(url, options).rows()  # plain rows: no items to build
+        meta = {**stored_meta, **(stored_meta.get("identity") or {})}  # older manifests: no identity
         api: ApiName = meta.get("api") or "open"
-        for item in manifest.items.values():
-            charges = item.charges or (
-                [{"job_id": item.job_id, "credits": item.credits, "at": item.updated_at}]
-                if item.state == ItemState.DONE and item.job_id
+        for row in rows:
+            charges = row.get("charges") or (
+                [
+                    {
+                        "job_id": row.get("job_id"),
+                        "credits": row.get("credits", 0.0),
+                        "at": row.get("updated_at"),
+                    }
+                ]
+                if row.get("state") == ItemState.DONE and row.get("job_id")
                 else []
             )
-            tool = item.tool or str(meta.get("tool") or "")
+            tool = row.get("tool") or str(meta.get("tool") or "")
+            item = SimpleNamespace(source=row.get("source"), output=row.get("output"))
             for c in charges:
                 at = c.get("charged_at") or c["at"]
                 records.append(
@@ -260,10 +268,10 @@ def usage_frame(records: Iterable[UsageRecord]) -> pd.DataFrame:
     """A typed DataFrame of ``COLUMNS``, one row per record (once per job), in time order."""
     import pandas as pd
 
-    rows = [dataclasses.asdict(r) for r in records]
+    rows = [dict(vars(r)) for r in records]  # flat records: no need for asdict's deep copy
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     # pandas 3 infers the unit (s, us, ...); pin the documented one
-    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="mixed").astype(COLUMNS["timestamp"])
+    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601").astype(COLUMNS["timestamp"])
     df = df.astype({k: v for k, v in COLUMNS.items() if k != "timestamp"})
     if len(df):
         dup = df["job_id"].notna() & df.duplicated(subset=["api", "job_id"], keep="first")

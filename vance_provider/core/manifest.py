@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -55,6 +55,23 @@ class ManifestItem:
     cached: bool = False  # the output was copied from the result cache (0 credits)
     updated_at: float = field(default_factory=time.time)
 
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ManifestItem:
+        """An item from its stored form, checked, without the per-field cost of ``__init__``
+        (a manifest may hold 100k of them)."""
+        if not isinstance(row, dict):
+            raise TypeError(f"a {type(row).__name__}, not an object")
+        if unknown := row.keys() - _FIELDS:
+            raise TypeError(f"unknown field(s) {sorted(unknown)}")
+        if missing := _REQUIRED - row.keys():
+            raise TypeError(f"missing field(s) {sorted(missing)}")
+        if not isinstance(row["source"], str) or not isinstance(row.get("charges", []), list):
+            raise TypeError("source must be a string and charges a list")
+        item = object.__new__(cls)
+        item.__dict__.update(_defaults(), **row)
+        item.__dict__["state"] = ItemState(row["state"])
+        return item
+
     def __setattr__(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
         sink = self.__dict__.get("_sink")
@@ -71,6 +88,20 @@ class ManifestItem:
         for k, v in changes.items():
             setattr(self, k, v)
         self.updated_at = time.time()
+
+
+_FIELDS = frozenset(f.name for f in fields(ManifestItem))
+_REQUIRED = frozenset(
+    f.name for f in fields(ManifestItem) if f.default is MISSING and f.default_factory is MISSING
+) | {"state"}
+
+
+_STATIC = {f.name: f.default for f in fields(ManifestItem) if f.default is not MISSING}
+_FACTORIES = {f.name: f.default_factory for f in fields(ManifestItem) if f.default_factory is not MISSING}
+
+
+def _defaults() -> dict[str, Any]:
+    return {**_STATIC, **{name: make() for name, make in _FACTORIES.items()}}
 
 
 class _Items(dict[str, ManifestItem]):
@@ -119,11 +150,45 @@ class Manifest:
 
     def load(self) -> Manifest:
         """Read the manifest if there is one; a malformed one is a :class:`ManifestError`."""
+        found = self._read()
+        if found is None:
+            return self
+        meta, entries, size = found
+        loaded: dict[str, ManifestItem] = {}
+        for what, entry in entries:
+            try:
+                item = ManifestItem.from_row(entry)
+            except (TypeError, KeyError, ValueError) as exc:
+                raise self._malformed(
+                    f"{what} is not a manifest item ({type(exc).__name__}: {exc})"
+                ) from None
+            loaded[item.source] = item
+        self.meta = meta
+        self.items = _Items(self._dirty)
+        for source, item in loaded.items():
+            self.items[source] = item
+        self._dirty.clear()
+        self._base_bytes = size
+        return self
+
+    def rows(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The stored items as plain dicts, journal applied (for readers such as the credit
+        report, which need no items): ``(meta, rows)``; empty when there is no manifest."""
+        found = self._read()
+        if found is None:
+            return {}, []
+        by_source = {
+            entry["source"]: entry for _, entry in found[1] if isinstance(entry, dict) and "source" in entry
+        }
+        return found[0], list(by_source.values())
+
+    def _read(self) -> tuple[dict[str, Any], list[tuple[str, Any]], int] | None:
+        """(meta, [(where, stored item)] in the order they apply, size of the manifest file)."""
         try:
             with fsspec.open(self.url, "rb", **(self.storage_options or {})) as fh:
                 raw = fh.read()
         except FileNotFoundError:
-            return self
+            return None
         except IsADirectoryError:
             raise self._malformed("it is a folder, not a file") from None
         try:
@@ -141,34 +206,14 @@ class Manifest:
         meta, items = data.get("meta", {}), data.get("items", [])
         if not isinstance(meta, dict) or not isinstance(items, list):
             raise self._malformed("'meta' must be an object and 'items' a list")
-        loaded = {i.source: i for i in self._parse_items(items, "item")}
+        entries = [(f"item {n}", entry) for n, entry in enumerate(items)]
         upto = data.get("journal_upto", 0)
         for seq, rows in self._read_journal(upto if isinstance(upto, int) else 0):
-            loaded.update({i.source: i for i in self._parse_items(rows, f"journal segment {seq}, item")})
+            if not isinstance(rows, list):
+                raise self._malformed(f"journal segment {seq} holds no list of items")
+            entries += [(f"journal segment {seq}, item {n}", entry) for n, entry in enumerate(rows)]
             self._seq = max(self._seq, seq)
-        self.meta = meta
-        self.items = _Items(self._dirty)
-        for source, item in loaded.items():
-            self.items[source] = item
-        self._dirty.clear()
-        self._base_bytes = len(raw)
-        return self
-
-    def _parse_items(self, rows: Any, what: str) -> list[ManifestItem]:
-        if not isinstance(rows, list):
-            raise self._malformed(f"{what}s must be a list")
-        parsed = []
-        for n, entry in enumerate(rows):
-            try:
-                item = ManifestItem(**{**entry, "state": ItemState(entry["state"])})
-                if not isinstance(item.source, str) or not isinstance(item.charges, list):
-                    raise TypeError("source must be a string and charges a list")
-            except (TypeError, KeyError, ValueError) as exc:
-                raise self._malformed(
-                    f"{what} {n} is not a manifest item ({type(exc).__name__}: {exc})"
-                ) from None
-            parsed.append(item)
-        return parsed
+        return meta, entries, len(raw)
 
     def _read_journal(self, upto: int) -> list[tuple[int, Any]]:
         """The segments written after the manifest's last compaction, in order."""

@@ -6,6 +6,7 @@ URL. Errors arrive as HTTP 200 with a non-200 ``code`` in the JSON body.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -240,25 +241,29 @@ class WebApiBackend(Backend):
         total, used = _num(data.get("max_num")), _num(data.get("used_num"))
         return Balance(available=round(total - used, 3), used=used, total=total)
 
-    async def usage(self, limit: int = 100) -> list[UsageRecord]:
-        """Every page of ``points/record`` (newest first, as the service gives them)."""
-        records: list[UsageRecord] = []
-        page = 1
-        while True:
-            data = await self._post("points/record", "points/record", page=page, limit=limit)
-            for row in data.get("datas") or []:
-                records.append(
-                    UsageRecord(
-                        timestamp=str(row.get("created_at")),
-                        tool=str(row.get("job")),
-                        kind=str(row.get("point_type")),
-                        credits=_num(row.get("point")),
-                        balance=_num(row.get("balance")),
-                        source=row.get("info"),
-                        job_id=None,
-                        api="web",
-                    )
-                )
-            if page >= int(data.get("last_page") or 1):
-                return records
-            page += 1
+    async def usage(self, limit: int = 100, concurrency: int = 8) -> list[UsageRecord]:
+        """Every page of ``points/record`` (newest first, as the service gives them). Once the
+        first page says how many there are, the rest are fetched a few at a time (each call
+        still passes the client's rate gate)."""
+        first = await self._post("points/record", "points/record", page=1, limit=limit)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def page(n: int) -> dict[str, Any]:
+            async with gate:
+                return await self._post("points/record", "points/record", page=n, limit=limit)
+
+        rest = await asyncio.gather(*(page(n) for n in range(2, int(first.get("last_page") or 1) + 1)))
+        return [
+            UsageRecord(
+                timestamp=str(row.get("created_at")),
+                tool=str(row.get("job")),
+                kind=str(row.get("point_type")),
+                credits=_num(row.get("point")),
+                balance=_num(row.get("balance")),
+                source=row.get("info"),
+                job_id=None,
+                api="web",
+            )
+            for data in (first, *rest)
+            for row in data.get("datas") or []
+        ]
