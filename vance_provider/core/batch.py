@@ -312,6 +312,7 @@ class BatchRunner:
             spec.tool, spec.config, output_format=spec.output_format, jconfig=spec.jconfig
         )
         self.manifest = manifest_for(spec)
+        self.caps = client.capabilities
         self.lease = BatchLease(self.manifest.url, spec.storage_options, owner=spec.owner)
         self.limit = AdaptiveLimit(spec.max_concurrency)
         self.latency = LatencyEstimate(spec.poll_interval)
@@ -530,7 +531,7 @@ class BatchRunner:
             i
             for i in work
             if i.state == ItemState.PENDING
-            or (self.client.api == "web" and i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))
+            or (self.caps.charges_on_download and i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))
         ]
 
     async def preflight(self, work: list[ManifestItem]) -> None:
@@ -572,7 +573,7 @@ class BatchRunner:
                 self.estimate(i) for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED)
             )
             self.committed += resumed
-            if self.client.api == "open":
+            if self.caps.reserves_credits:
                 self.available += resumed
             await self.manifest.flush()
             await self._run_all(work)
@@ -710,7 +711,7 @@ class BatchRunner:
 
     async def _collect(self, item: ManifestItem, job: Job) -> None:
         """Store a succeeded job's result under the item's output name and record what it cost."""
-        if self.client.api == "web":  # it charges at download: the job id must be durable first
+        if self.caps.charges_on_download:  # the job id must be durable before anything is paid
             await self.manifest.flush_until(self._recorded.get(item.source, 0))
         try:
             final = await self.client.download(
@@ -851,7 +852,7 @@ class BatchRunner:
 
     async def _poll(self, item: ManifestItem) -> Job:
         assert item.job_id
-        if self.client.api == "visioncraft":  # answered in the submit request: nothing to wait for
+        if self.caps.answers_on_submit:  # the result came with the submission: nothing to wait for
             return await self.client.get_job(item.job_id)
         started = self._submitted_at.get(item.source, time.monotonic())
         # First look when jobs like this one usually finish; then back off.

@@ -36,7 +36,7 @@ CANCEL_NOTE = "canceled when its task was stopped; the next run submits it again
 
 
 def can_cancel(client: AsyncVanceClient) -> bool:
-    return client.api == "open"
+    return client.capabilities.can_cancel
 
 
 def _requeue(item: ManifestItem) -> None:

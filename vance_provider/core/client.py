@@ -28,7 +28,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .inputs import check_input
-from .models import ApiName, Balance, Job, JobStatus, UsageRecord
+from .models import ApiName, Balance, Capabilities, Job, JobStatus, UsageRecord
 from .retry import RetryPolicy
 from .secrets import Secret
 from .storage import list_sources
@@ -139,6 +139,11 @@ class AsyncVanceClient:
     @property
     def base_url(self) -> str:
         return self.backend.base_url
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this client's API can do (see :class:`Capabilities`)."""
+        return self.backend.capabilities  # type: ignore[no-any-return]
 
     @property
     def request_counts(self) -> dict[str, int]:
@@ -475,6 +480,10 @@ class VanceClient:
     @property
     def api(self) -> ApiName:
         return self._async.api
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._async.capabilities
 
     @property
     def base_url(self) -> str:

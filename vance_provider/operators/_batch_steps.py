@@ -129,7 +129,7 @@ async def _step(
     if math.isfinite(runner.available):
         runner.available += spent
     runner.committed = sum(runner.estimate(i) for i in inflight)
-    if client.api == "open" and math.isfinite(runner.available):
+    if runner.caps.reserves_credits and math.isfinite(runner.available):
         runner.available += runner.committed  # the Open API balance already excludes their reservations
     runner.latency.value = 0.0  # collect at once: the trigger saw these jobs finish
 

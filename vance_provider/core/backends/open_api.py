@@ -27,7 +27,7 @@ from ..errors import (
     UploadExpiredError,
     VanceError,
 )
-from ..models import Balance, Job, JobStatus
+from ..models import Balance, Capabilities, Job, JobStatus
 from ..storage import iter_file
 from ..tools import ToolCall
 from .base import Backend, ext_from_response
@@ -73,6 +73,17 @@ HINTS = {
 
 class OpenApiBackend(Backend):
     api = "open"
+    capabilities = Capabilities(
+        charges_on_download=False,
+        can_cancel=True,
+        idempotent_create=True,
+        reserves_credits=True,
+        collectable_elsewhere=True,
+        answers_on_submit=False,
+        has_usage_history=False,
+        image_formats=("jpg", "png", "webp"),
+        max_image_bytes=200 * 1024 * 1024,
+    )
     default_base_url = "https://cloud-vanceai.vanceai.com/api/v1"
 
     expect = {

@@ -41,7 +41,7 @@ from ..errors import (
     VanceError,
 )
 from ..inputs import sniff
-from ..models import Balance, Job, JobStatus, Media
+from ..models import Balance, Capabilities, Job, JobStatus, Media
 from ..storage import AtomicWriter
 from ..tools import ToolCall
 from .base import EXT_BY_TYPE, Backend, _has_media_ext, ext_from_response
@@ -83,6 +83,16 @@ class _Held:
 
 class VisionCraftBackend(Backend):
     api = "visioncraft"
+    capabilities = Capabilities(
+        charges_on_download=False,
+        can_cancel=False,
+        idempotent_create=False,
+        reserves_credits=False,
+        collectable_elsewhere=False,  # results live in the submitting process only
+        answers_on_submit=True,
+        has_usage_history=False,
+        image_formats=("jpg", "png", "webp"),
+    )
     default_base_url = "https://visioncraft-rs24.koyeb.app"
     max_held = 256  # finished results kept for download (oldest dropped first)
 

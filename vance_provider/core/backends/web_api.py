@@ -24,7 +24,7 @@ from ..errors import (
     ServerError,
     VanceError,
 )
-from ..models import WEB_STATUS, Balance, Job, JobStatus, UsageRecord
+from ..models import WEB_STATUS, Balance, Capabilities, Job, JobStatus, UsageRecord
 from ..tools import ToolCall
 from .base import Backend, ext_from_response
 
@@ -59,6 +59,18 @@ def _num(value: Any) -> float:
 
 class WebApiBackend(Backend):
     api = "web"
+    capabilities = Capabilities(
+        charges_on_download=True,
+        can_cancel=False,
+        idempotent_create=False,
+        reserves_credits=False,
+        collectable_elsewhere=True,
+        answers_on_submit=False,
+        has_usage_history=True,
+        image_formats=("jpg", "png"),
+        max_image_bytes=10 * 1024 * 1024,
+        max_image_pixels=34_000_000,
+    )
     default_base_url = "https://api-service.vanceai.com/web_api/v1"
 
     expect = {
