@@ -163,6 +163,12 @@ def test_failed_run_reexecuted_resumes(
     monkeypatch.setenv("VANCE_BASE_URL", sim.base_url)
     sim.state.config.faults.fail_job = 0.5  # about half the jobs fail on the service side
 
+    # Dagster keeps the last reconstructed job in-process (lru_cache): drop the previous test's, or
+    # this run would use its definitions (and destination) and find that batch's manifest.
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+
+    ReconstructableJob.get_definition.cache_clear()
+    ReconstructableJob.get_repository_definition.cache_clear()
     job = dg.reconstructable(_flaky_job)
     with dg.execute_job(job, instance=instance, raise_on_error=False) as first:
         assert not first.success
