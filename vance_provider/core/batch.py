@@ -282,8 +282,7 @@ def plan_outputs(
     for src in sources:
         stem = kept.get(src.url)
         if stem is None:
-            rel = safe_name(src.relative)
-            stem = str(PurePosixPath(rel).with_suffix(""))
+            stem = str(PurePosixPath(safe_name(src.relative)).with_suffix(""))
             if stem.lower() in taken:
                 stem = f"{stem}-{hashlib.sha256(src.url.encode()).hexdigest()[:6]}"
             taken.add(stem.lower())
@@ -461,7 +460,8 @@ class BatchRunner:
 
     async def _serve_from_cache(self, work: list[ManifestItem]) -> list[ManifestItem]:
         """Copy what the cache already holds to its outputs (0 credits); the rest is still to do."""
-        assert self.cache is not None
+        cache = self.cache
+        assert cache is not None
         gate = asyncio.Semaphore(self.spec.max_concurrency)
 
         async def serve(item: ManifestItem) -> bool:
@@ -471,7 +471,7 @@ class BatchRunner:
             async with gate:
                 try:
                     hit = await asyncio.to_thread(
-                        self.cache.fetch,
+                        cache.fetch,
                         key,
                         item.output or "",
                         self.spec.storage_options,  # type: ignore[union-attr]

@@ -143,7 +143,7 @@ class AsyncVanceClient:
     @property
     def capabilities(self) -> Capabilities:
         """What this client's API can do (see :class:`Capabilities`)."""
-        return self.backend.capabilities  # type: ignore[no-any-return]
+        return self.backend.capabilities
 
     @property
     def request_counts(self) -> dict[str, int]:

@@ -153,7 +153,7 @@ def decode_image(
 
     try:
         with fsspec.open(url, "rb", **(storage_options or {})) as raw:
-            fh = HashingReader(raw) if want_sha256 else raw
+            fh: Any = HashingReader(raw) if want_sha256 else raw
             with Image.open(fh) as img:
                 size = img.size
                 if fmt == "png":

@@ -165,6 +165,7 @@ def process_video(src: Path, dst: Path, tool: str, config: dict[str, Any]) -> Vi
         w = in_stream.codec_context.width * scale
         h = in_stream.codec_context.height * scale
         stream = out.add_stream(codec, rate=rate)
+        assert isinstance(stream, av.VideoStream)
         stream.width, stream.height = w - w % 2, h - h % 2
         stream.pix_fmt = "yuv420p"
         stream.options = {"preset": "ultrafast"}

@@ -14,7 +14,7 @@ from .state import Job
 def web_steps(jconfig: dict[str, Any]) -> list[dict[str, Any]]:
     """The steps of a web API jconfig, single-step or workflow shape."""
     cfg = jconfig.get("config")
-    return cfg if isinstance(cfg, list) else [cfg]
+    return cfg if isinstance(cfg, list) else [cfg] if isinstance(cfg, dict) else []
 
 
 def render(job: Job, out_dir: Path) -> tuple[Path, dict[str, Any]]:

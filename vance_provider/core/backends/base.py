@@ -30,7 +30,7 @@ from ..errors import (
     VanceError,
 )
 from ..inputs import sniff
-from ..models import ApiName, Balance, Job
+from ..models import ApiName, Balance, Capabilities, Job
 from ..retry import RetryPolicy, parse_retry_after, retrying
 from ..secrets import Secret, redact
 from ..storage import AtomicWriter
@@ -87,6 +87,7 @@ class Backend:
 
     api: ApiName
     default_base_url: str
+    capabilities: Capabilities  # what this API can do; the engine branches on it
 
     def __init__(
         self,

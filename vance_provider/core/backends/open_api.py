@@ -6,6 +6,7 @@ signed result URL or the presigned upload URL (both on another host).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -270,7 +271,7 @@ class OpenApiBackend(Backend):
                 # Follow the redirect ourselves, WITHOUT the Authorization header (another host).
                 return await self.stream_to(
                     "result_file",
-                    lambda url=location: self.http.stream("GET", url),
+                    functools.partial(self.http.stream, "GET", location),
                     dest,
                     job.size,
                     lambda r: ext_from_response(r, "mp4" if job.media == "video" else "jpg"),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import shutil
 import tempfile
 import uuid
@@ -344,7 +345,7 @@ class VisionCraftBackend(Backend):
             outputs.append(
                 await self.stream_to(
                     "result_file",
-                    lambda u=url: self.http.stream("GET", u),  # no key: it is another host's file
+                    functools.partial(self.http.stream, "GET", url),  # no key: it is another host's file
                     _nth(dest, n),
                     None,
                     lambda r: ext_from_response(r, default_ext),
