@@ -424,6 +424,10 @@ class VanceAIEnhanceOperator(_VanceAIBase):
     :param deferrable: wait in the triggerer (default: ``[operators] default_deferrable``).
     :param storage_conn_id: a connection with S3 credentials (login/password, extras
         ``endpoint_url``/``region_name``); without it, s3fs reads the environment.
+    :param cache: a result cache (fsspec URL, e.g. ``s3://bucket/vance-cache/``; templated): an
+        input whose result is already there (same bytes, API, tool and config) is copied for 0
+        credits instead of paid again; the summary counts ``cached`` and ``credits_saved``. It uses
+        the batch's storage options.
     """
 
     template_fields: Sequence[str] = (
@@ -434,6 +438,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         "jconfig",
         "output_format",
         "storage_conn_id",
+        "cache",
     )
     template_fields_renderers = {"config": "json", "jconfig": "json"}
     operator_extra_links = (VanceAIDestinationLink(),)
@@ -459,6 +464,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         deferrable: bool | None = None,
         fresh: bool = False,
         lock_timeout: float = 0.0,
+        cache: str | None = None,
         **kwargs: Any,
     ) -> None:
         if on_failure not in FAILURE_POLICIES:
@@ -480,6 +486,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         self.timeout, self.cancel_on_timeout = timeout, cancel_on_timeout
         self.deferrable = default_deferrable() if deferrable is None else deferrable
         self.fresh, self.lock_timeout = fresh, lock_timeout
+        self.cache = cache
 
     def _engine_options(self, context: Context | None) -> dict[str, Any]:
         """``fresh``, ``lock_timeout`` and the run's ``owner``, for the core versions that have them."""
@@ -517,6 +524,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             force=self.force,
             timeout=None if self.deferrable else timeout,
             storage_options=self.hook.storage_options,
+            cache=self.cache or None,
             **self._engine_options(context),
         )
 
