@@ -12,8 +12,8 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,6 +33,12 @@ from .retry import RetryPolicy
 from .secrets import Secret
 from .storage import list_sources
 from .tools import ToolCall, resolve
+
+if TYPE_CHECKING:  # the batch engine and pandas load only when used
+    import pandas as pd
+
+    from .batch import BatchResult, BatchSpec, Progress
+    from .credits import ManifestRef
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -466,7 +472,33 @@ class _LoopThread:
 class VanceClient:
     """The blocking twin of :class:`AsyncVanceClient`: the same methods, without ``await``."""
 
-    def __init__(self, token: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        token: str,
+        *,
+        api: ApiChoice = "auto",
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 64,
+        transport: httpx.AsyncBaseTransport | None = None,
+        caller: str = "python",
+        storage_options: dict[str, Any] | None = None,
+        premium: bool | None = None,
+        downloads: DownloadOptions | dict[str, Any] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {
+            "api": api,
+            "base_url": base_url,
+            "timeout": timeout,
+            "retry": retry,
+            "max_connections": max_connections,
+            "transport": transport,
+            "caller": caller,
+            "storage_options": storage_options,
+            "premium": premium,
+            "downloads": downloads,
+        }
         self._loop = _LoopThread()
         try:
             self._async = self._loop.run(_build(token, kwargs))
@@ -497,27 +529,81 @@ class VanceClient:
     def request_counts(self) -> dict[str, int]:
         return self._async.request_counts
 
-    def tool_call(self, *args: Any, **kwargs: Any) -> ToolCall:
-        return self._async.tool_call(*args, **kwargs)
+    def tool_call(
+        self,
+        tool: str,
+        config: dict[str, Any] | None = None,
+        *,
+        output_format: str | None = None,
+        jconfig: dict[str, Any] | str | None = None,
+    ) -> ToolCall:
+        return self._async.tool_call(tool, config, output_format=output_format, jconfig=jconfig)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run any coroutine of the async client on this client's loop."""
         return self._loop.run(coro)
 
-    def submit(self, *args: Any, **kwargs: Any) -> Job:
-        return self.run(self._async.submit(*args, **kwargs))
+    def submit(
+        self,
+        source: str,
+        tool: str | ToolCall,
+        config: dict[str, Any] | None = None,
+        *,
+        output_format: str | None = None,
+        jconfig: dict[str, Any] | str | None = None,
+        idempotency_key: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> Job:
+        return self.run(
+            self._async.submit(
+                source,
+                tool,
+                config,
+                output_format=output_format,
+                jconfig=jconfig,
+                idempotency_key=idempotency_key,
+                storage_options=storage_options,
+            )
+        )
 
     def get_job(self, job_id: str) -> Job:
         return self.run(self._async.get_job(job_id))
 
-    def wait(self, job_id: str, **kwargs: Any) -> Job:
-        return self.run(self._async.wait(job_id, **kwargs))
+    def wait(
+        self,
+        job_id: str,
+        *,
+        poll_interval: float = 2.0,
+        timeout: float | None = None,
+        raise_on_failure: bool = True,
+    ) -> Job:
+        return self.run(
+            self._async.wait(
+                job_id, poll_interval=poll_interval, timeout=timeout, raise_on_failure=raise_on_failure
+            )
+        )
 
-    def wait_all(self, job_ids: list[str], **kwargs: Any) -> list[Job]:
-        return self.run(self._async.wait_all(job_ids, **kwargs))
+    def wait_all(
+        self,
+        job_ids: list[str],
+        *,
+        poll_interval: float = 2.0,
+        timeout: float | None = None,
+        max_interval: float = 15.0,
+        on_update: Callable[[Job], Awaitable[None] | None] | None = None,
+    ) -> list[Job]:
+        return self.run(
+            self._async.wait_all(
+                job_ids,
+                poll_interval=poll_interval,
+                timeout=timeout,
+                max_interval=max_interval,
+                on_update=on_update,
+            )
+        )
 
-    def download(self, job: Job | str, dest: str, **kwargs: Any) -> str:
-        return self.run(self._async.download(job, dest, **kwargs))
+    def download(self, job: Job | str, dest: str, *, storage_options: dict[str, Any] | None = None) -> str:
+        return self.run(self._async.download(job, dest, storage_options=storage_options))
 
     def cancel(self, job_id: str) -> Job:
         return self.run(self._async.cancel(job_id))
@@ -525,8 +611,28 @@ class VanceClient:
     def delete(self, job_id: str) -> None:
         self.run(self._async.delete(job_id))
 
-    def enhance(self, *args: Any, **kwargs: Any) -> tuple[Job, str]:
-        return self.run(self._async.enhance(*args, **kwargs))
+    def enhance(
+        self,
+        source: str,
+        dest: str,
+        tool: str,
+        config: dict[str, Any] | None = None,
+        *,
+        output_format: str | None = None,
+        poll_interval: float = 1.0,
+        timeout: float | None = None,
+    ) -> tuple[Job, str]:
+        return self.run(
+            self._async.enhance(
+                source,
+                dest,
+                tool,
+                config,
+                output_format=output_format,
+                poll_interval=poll_interval,
+                timeout=timeout,
+            )
+        )
 
     def check_call(self, call: ToolCall) -> None:
         self.run(self._async.check_call(call))
@@ -558,13 +664,17 @@ class VanceClient:
     def usage(self) -> list[UsageRecord]:
         return self.run(self._async.usage())
 
-    def run_batch(self, spec: Any, on_progress: Any = None) -> Any:
+    def run_batch(
+        self, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None
+    ) -> BatchResult:
         """Run or resume a batch (see :mod:`vance_provider.core.batch`); returns a ``BatchResult``."""
         from .batch import run_batch
 
         return self.run(run_batch(self._async, spec, on_progress))
 
-    def usage_report(self, manifests: Any = (), storage_options: dict[str, Any] | None = None) -> Any:
+    def usage_report(
+        self, manifests: Iterable[ManifestRef] = (), storage_options: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         """The usage report as a pandas DataFrame (see :func:`vance_provider.core.credits.usage_report`)."""
         from .credits import usage_report
 
