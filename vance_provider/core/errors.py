@@ -96,10 +96,6 @@ class UnknownToolError(InvalidConfigError):
     pass
 
 
-class OutputCollisionError(InvalidInputError):
-    pass
-
-
 # --- answers from the service ------------------------------------------------------------
 class APIError(VanceError):
     """The service answered with an error. ``code`` is the vendor's code (e.g. 10012, "rate_limited")."""

@@ -300,18 +300,17 @@ class ToolCall:
         )
 
 
+def media_of(tool: str) -> Media:
+    """Image or video, from one of our tool names or an Open API tool name (web tools are images)."""
+    open_tool = FRIENDLY[tool][1] if tool in FRIENDLY else tool
+    return OPEN_TOOLS[open_tool][0] if open_tool in OPEN_TOOLS else "image"
+
+
 def _steps(jconfig: dict[str, Any]) -> list[dict[str, Any]]:
     cfg = jconfig.get("config")
     if isinstance(cfg, list):
         return [s.get("config", {}) if isinstance(s, dict) else {} for s in cfg]
     return [cfg] if isinstance(cfg, dict) else []
-
-
-def media_of(tool: str) -> Media:
-    """Image or video, from a friendly, web or Open API tool name."""
-    if tool in OPEN_TOOLS:
-        return OPEN_TOOLS[tool][0]
-    return "image"
 
 
 def _check_params(params: dict[str, Any], schema: dict[str, Param], where: str) -> None:
