@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
 import httpx
@@ -78,6 +78,21 @@ def normalize_base_url(base_url: str | None, api: ApiName) -> str | None:
     if not path and api != "visioncraft":  # VisionCraft's API lives at the host's root
         path = "/web_api/v1" if api == "web" else "/api/v1"
     return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+class ClientOptions(TypedDict, total=False):
+    """The keyword options of both clients (see :class:`AsyncVanceClient`)."""
+
+    api: ApiChoice
+    base_url: str | None
+    timeout: float
+    retry: RetryPolicy | None
+    max_connections: int
+    transport: httpx.AsyncBaseTransport | None
+    caller: str
+    storage_options: dict[str, Any] | None
+    premium: bool | None
+    downloads: DownloadOptions | dict[str, Any] | None
 
 
 class AsyncVanceClient:
@@ -472,33 +487,9 @@ class _LoopThread:
 class VanceClient:
     """The blocking twin of :class:`AsyncVanceClient`: the same methods, without ``await``."""
 
-    def __init__(
-        self,
-        token: str,
-        *,
-        api: ApiChoice = "auto",
-        base_url: str | None = None,
-        timeout: float = 30.0,
-        retry: RetryPolicy | None = None,
-        max_connections: int = 64,
-        transport: httpx.AsyncBaseTransport | None = None,
-        caller: str = "python",
-        storage_options: dict[str, Any] | None = None,
-        premium: bool | None = None,
-        downloads: DownloadOptions | dict[str, Any] | None = None,
-    ) -> None:
-        kwargs: dict[str, Any] = {
-            "api": api,
-            "base_url": base_url,
-            "timeout": timeout,
-            "retry": retry,
-            "max_connections": max_connections,
-            "transport": transport,
-            "caller": caller,
-            "storage_options": storage_options,
-            "premium": premium,
-            "downloads": downloads,
-        }
+    def __init__(self, token: str, **options: Unpack[ClientOptions]) -> None:
+        """The same options as :class:`AsyncVanceClient`."""
+        kwargs: dict[str, Any] = dict(options)
         self._loop = _LoopThread()
         try:
             self._async = self._loop.run(_build(token, kwargs))

@@ -71,13 +71,13 @@ class Job:
 class Capabilities:
     """What an API can and cannot do; the engine branches on these, never on the API's name."""
 
-    charges_on_download: bool  # the credits go at the first download (web), not at completion
-    can_cancel: bool  # a job can be canceled, and its reserved credits come back
-    idempotent_create: bool  # an Idempotency-Key makes a retried creation find the same job
-    reserves_credits: bool  # a running job's credits are reserved: the balance already excludes them
-    collectable_elsewhere: bool  # another process (a trigger, a resumed task) can fetch the results
-    answers_on_submit: bool  # the result comes with the submission: nothing to poll
-    has_usage_history: bool  # the service lists past charges (else only manifests know them)
+    charges_on_download: bool = False  # the credits go at the first download (web), not at completion
+    can_cancel: bool = False  # a job can be canceled, and its reserved credits come back
+    idempotent_create: bool = False  # an Idempotency-Key makes a retried creation find the same job
+    reserves_credits: bool = False  # a running job's credits are reserved: the balance already excludes them
+    collectable_elsewhere: bool = True  # another process (a trigger, a resumed task) can fetch the results
+    answers_on_submit: bool = False  # the result comes with the submission: nothing to poll
+    has_usage_history: bool = False  # the service lists past charges (else only manifests know them)
     image_formats: tuple[str, ...] = ("jpg", "png")
     max_image_bytes: int | None = None
     max_image_pixels: int | None = None

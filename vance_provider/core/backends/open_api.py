@@ -75,13 +75,9 @@ HINTS = {
 class OpenApiBackend(Backend):
     api = "open"
     capabilities = Capabilities(
-        charges_on_download=False,
         can_cancel=True,
         idempotent_create=True,
         reserves_credits=True,
-        collectable_elsewhere=True,
-        answers_on_submit=False,
-        has_usage_history=False,
         image_formats=("jpg", "png", "webp"),
         max_image_bytes=200 * 1024 * 1024,
     )

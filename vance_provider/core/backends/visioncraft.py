@@ -85,13 +85,8 @@ class _Held:
 class VisionCraftBackend(Backend):
     api = "visioncraft"
     capabilities = Capabilities(
-        charges_on_download=False,
-        can_cancel=False,
-        idempotent_create=False,
-        reserves_credits=False,
         collectable_elsewhere=False,  # results live in the submitting process only
         answers_on_submit=True,
-        has_usage_history=False,
         image_formats=("jpg", "png", "webp"),
     )
     default_base_url = "https://visioncraft-rs24.koyeb.app"

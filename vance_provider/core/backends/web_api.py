@@ -61,11 +61,6 @@ class WebApiBackend(Backend):
     api = "web"
     capabilities = Capabilities(
         charges_on_download=True,
-        can_cancel=False,
-        idempotent_create=False,
-        reserves_credits=False,
-        collectable_elsewhere=True,
-        answers_on_submit=False,
         has_usage_history=True,
         image_formats=("jpg", "png"),
         max_image_bytes=10 * 1024 * 1024,
