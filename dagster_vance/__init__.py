@@ -11,10 +11,11 @@ from .assets import (
     build_credit_usage_schedule,
     build_enhanced_dataset_asset,
     dataset_props,
+    vance_dataset_asset,
 )
 from .checks import MediaInfo, OutputReport, probe, verify_output, verify_outputs
 from .component import VanceDatasetComponent
-from .resources import VanceAIResource
+from .resources import VanceAIResource, VanceStorageResource, storage_options_of
 from .sensors import build_new_files_sensor
 from .translator import VanceDatasetProps, VanceTranslator
 
@@ -26,6 +27,7 @@ __all__ = [
     "VanceDatasetComponent",
     "VanceDatasetProps",
     "VanceRunConfig",
+    "VanceStorageResource",
     "VanceTranslator",
     "build_credit_usage_asset",
     "build_credit_usage_schedule",
@@ -33,6 +35,8 @@ __all__ = [
     "build_new_files_sensor",
     "dataset_props",
     "probe",
+    "storage_options_of",
+    "vance_dataset_asset",
     "verify_output",
     "verify_outputs",
 ]

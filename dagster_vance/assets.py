@@ -29,7 +29,7 @@ how many of them talk to the account at once across runs. Set its limit with
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
@@ -59,22 +59,21 @@ from .checks import (
     preview_table,
     verify_outputs,
 )
-from .resources import ManifestRef, VanceAIResource
+from .resources import ManifestRef, VanceAIResource, storage_options_of
 from .translator import (
     CHECK_ACCOUNTED,
     CHECK_BUDGET,
     CHECK_OUTPUTS,
+    PROPS_METADATA_KEY,
     VanceDatasetProps,
     VanceTranslator,
     location_metadata,
+    secret_option_names,
     strip_query,
 )
 
 FailurePolicy = Literal["fail", "continue", "fail_fast"]
 DEFAULT_POOL = "vanceai"
-
-# The factory's products and what they were built from (for the sensor and usage factories).
-_DATASETS: dict[int, tuple[dg.AssetsDefinition, VanceDatasetProps]] = {}
 
 
 class VanceRunConfig(dg.Config):
@@ -87,16 +86,22 @@ class VanceRunConfig(dg.Config):
 
 
 def dataset_props(asset: dg.AssetsDefinition) -> VanceDatasetProps:
-    """What :func:`build_enhanced_dataset_asset` built ``asset`` from."""
-    found = _DATASETS.get(id(asset))
-    if found is None:
-        matches = [p for a, p in _DATASETS.values() if a.keys == asset.keys]
-        if not matches:
-            raise dg.DagsterInvariantViolationError(
-                f"{asset.key.to_user_string()} was not built by build_enhanced_dataset_asset"
-            )
-        return matches[-1]
-    return found[1]
+    """What an enhanced dataset asset was built from: read from its spec's ``vance/dataset``
+    metadata (so it survives copies, ``with_attributes`` and code-location reloads)."""
+    value = dataset_spec(asset).metadata[PROPS_METADATA_KEY]
+    data = value.value if isinstance(value, dg.MetadataValue) else value
+    return VanceDatasetProps.from_json(data)
+
+
+def dataset_spec(asset: dg.AssetsDefinition) -> dg.AssetSpec:
+    """The spec of the enhanced dataset in ``asset`` (also when a run selected only its checks)."""
+    for spec in asset.specs:
+        if PROPS_METADATA_KEY in (spec.metadata or {}):
+            return spec
+    raise dg.DagsterInvariantViolationError(
+        f"{asset.key.to_user_string()} is not an enhanced dataset (built by vance_dataset_asset or "
+        "build_enhanced_dataset_asset)"
+    )
 
 
 def _check_tool(tool: str, config: Mapping[str, Any] | None, jconfig: Any, output_format: str | None) -> None:
@@ -141,6 +146,7 @@ def build_enhanced_dataset_asset(
     timeout: float | None = None,
     description: str | None = None,
     resource_key: str = "vanceai",
+    storage_resource_key: str | None = None,
     retry_policy: dg.RetryPolicy | None = None,
     preview_rows: int = 5,
     allow_empty: bool = True,
@@ -158,8 +164,11 @@ def build_enhanced_dataset_asset(
         max_concurrency: jobs in flight in one run (also bounded by the resource's).
         credit_budget: credits one run may spend; over it the run fails before paying anything
             (``on_insufficient_credits="fail"``) or stops submitting (``"partial"``).
-        storage_options: fsspec options of the source and destination (e.g. S3 endpoint, keys);
-            never written to metadata.
+        storage_options: fsspec options of the source and destination without secrets (an S3
+            endpoint, a region); they are part of the asset's definition. Credentials are refused
+            here: bind a storage resource and name it in ``storage_resource_key``.
+        storage_resource_key: the key of a :class:`VanceStorageResource` (or dagster-aws's
+            ``S3Resource``) that holds the store's credentials, read at run time (``dg.EnvVar``).
         partitions: ``"per_file"`` (or your own ``DynamicPartitionsDefinition``) for one partition
             per input file; pair it with :func:`dagster_vance.build_new_files_sensor`. ``source`` must
             then be a folder or prefix.
@@ -178,10 +187,96 @@ def build_enhanced_dataset_asset(
     Returns:
         An ``AssetsDefinition`` with the checks ``outputs_valid``, ``inputs_accounted_for`` and, with
         a budget, ``credits_within_budget``. Select only the checks to re-run them from the manifest.
+
+    Write the asset's body yourself with :func:`vance_dataset_asset` (the same arguments).
+    """
+    decorator = vance_dataset_asset(
+        name=name,
+        source=source,
+        destination=destination,
+        tool=tool,
+        config=config,
+        output_format=output_format,
+        max_concurrency=max_concurrency,
+        credit_budget=credit_budget,
+        storage_options=storage_options,
+        partitions=partitions,
+        group_name=group_name,
+        pool=pool,
+        translator=translator,
+        jconfig=jconfig,
+        on_failure=on_failure,
+        on_insufficient_credits=on_insufficient_credits,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        description=description,
+        resource_key=resource_key,
+        storage_resource_key=storage_resource_key,
+        retry_policy=retry_policy,
+        preview_rows=preview_rows,
+        allow_empty=allow_empty,
+        _default_body=True,
+    )
+
+    def _enhanced_dataset(context: dg.AssetExecutionContext, config: VanceRunConfig) -> Iterator[Any]:
+        resource: VanceAIResource = getattr(context.resources, resource_key)
+        yield from resource.materialize_dataset(context, config=config)
+
+    return decorator(_enhanced_dataset)
+
+
+def vance_dataset_asset(
+    *,
+    name: str,
+    source: str | Sequence[str],
+    destination: str,
+    tool: str,
+    config: Mapping[str, Any] | None = None,
+    output_format: str | None = None,
+    max_concurrency: int = 8,
+    credit_budget: float | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    partitions: Literal["per_file"] | dg.DynamicPartitionsDefinition | None = None,
+    group_name: str | None = "vanceai",
+    pool: str | None = DEFAULT_POOL,
+    translator: VanceTranslator | None = None,
+    jconfig: Mapping[str, Any] | str | None = None,
+    on_failure: FailurePolicy = "fail",
+    on_insufficient_credits: Literal["fail", "partial"] = "fail",
+    poll_interval: float = 2.0,
+    timeout: float | None = None,
+    description: str | None = None,
+    resource_key: str = "vanceai",
+    storage_resource_key: str | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
+    preview_rows: int = 5,
+    allow_empty: bool = True,
+    _default_body: bool = False,
+) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+    """Decorate your own body of an enhanced dataset asset (as ``@fivetran_assets`` does); it calls
+    :meth:`VanceAIResource.materialize_dataset`. The arguments are those of
+    :func:`build_enhanced_dataset_asset`; the dataset is carried in the asset spec's metadata
+    (``vance/dataset``, no secret in it)::
+
+        @vance_dataset_asset(name="photos_x2", source="s3://in/photos/", destination="s3://out/x2/",
+                             tool="upscale", config={"scale": 2}, storage_resource_key="vance_storage")
+        def photos_x2(context: dg.AssetExecutionContext, vanceai: VanceAIResource):
+            yield from vanceai.materialize_dataset(context)
+
+    Resources the body names as parameters are bound by Dagster as for any asset (a body that names
+    none is given the resources under ``resource_key`` and ``storage_resource_key``). A body that
+    names its resources names the storage resource too and passes it: ``storage=storage``.
     """
     if on_failure not in ("fail", "continue", "fail_fast"):
         raise dg.DagsterInvalidDefinitionError(
             f"on_failure must be fail, continue or fail_fast, got {on_failure!r}"
+        )
+    secrets = secret_option_names(storage_options)
+    if secrets:  # the definitions (and the UI, and the run's snapshot) would hold them
+        raise dg.DagsterInvalidDefinitionError(
+            f"{name}: storage_options must not hold credentials ({', '.join(secrets)}): bind a "
+            "VanceStorageResource (or dagster-aws's S3Resource) with dg.EnvVar(...) values and pass "
+            "its key as storage_resource_key"
         )
     _check_tool(tool, config, jconfig, output_format)
     partitions_def: dg.DynamicPartitionsDefinition | None
@@ -204,50 +299,49 @@ def build_enhanced_dataset_asset(
         destination=destination,
         tool=tool,
         config=dict(config) if config else None,
-        jconfig=jconfig,
+        jconfig=dict(jconfig) if isinstance(jconfig, Mapping) else jconfig,
         output_format=output_format,
         max_concurrency=max_concurrency,
         credit_budget=credit_budget,
         partitioned=partitions_def is not None,
         group_name=group_name,
         description=description,
-        storage_options=storage_options,
+        storage_options=dict(storage_options) if storage_options else None,
+        resource_key=resource_key,
+        storage_resource_key=storage_resource_key,
+        on_failure=on_failure,
+        on_insufficient_credits=on_insufficient_credits,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        preview_rows=preview_rows,
+        allow_empty=allow_empty,
     )
     translator = translator or VanceTranslator()
     spec = translator.get_asset_spec(props)
+    spec = spec.merge_attributes(metadata={PROPS_METADATA_KEY: dg.MetadataValue.json(props.to_json())})
     if partitions_def is not None:
         spec = spec.replace_attributes(partitions_def=partitions_def)
     key = spec.key
     check_specs = list(translator.get_check_specs(props, key))
+    resource_keys = {resource_key} | ({storage_resource_key} if storage_resource_key else set())
 
-    @dg.multi_asset(
-        name=key.to_python_identifier(),
-        specs=[spec],
-        check_specs=check_specs,
-        can_subset=True,
-        required_resource_keys={resource_key},
-        pool=pool,
-        retry_policy=retry_policy,
-        op_tags={"vanceai/tool": tool},
-    )
-    def _enhanced_dataset(context: dg.AssetExecutionContext, config: VanceRunConfig) -> Iterator[Any]:
-        resource: VanceAIResource = getattr(context.resources, resource_key)
-        yield from _materialize(
-            context,
-            config,
-            resource,
-            props,
-            key,
-            on_failure=on_failure,
-            on_insufficient_credits=on_insufficient_credits,
-            poll_interval=poll_interval,
-            timeout=timeout,
-            preview_rows=preview_rows,
-            allow_empty=allow_empty,
-        )
+    def decorate(fn: Callable[..., Any]) -> dg.AssetsDefinition:
+        import inspect
 
-    _DATASETS[id(_enhanced_dataset)] = (_enhanced_dataset, props)
-    return _enhanced_dataset
+        # Dagster takes resources either as the body's parameters or as required keys, never both.
+        takes_resources = any(p != "config" for p in list(inspect.signature(fn).parameters)[1:])
+        return dg.multi_asset(
+            name=key.to_python_identifier() if _default_body else fn.__name__,
+            specs=[spec],
+            check_specs=check_specs,
+            can_subset=True,
+            required_resource_keys=None if takes_resources else resource_keys,
+            pool=pool,
+            retry_policy=retry_policy,
+            op_tags={"vanceai/tool": tool},
+        )(fn)
+
+    return decorate
 
 
 # --- the materialization ----------------------------------------------------------------------
@@ -327,22 +421,18 @@ def _materialize(
     props: VanceDatasetProps,
     key: dg.AssetKey,
     *,
-    on_failure: FailurePolicy,
-    on_insufficient_credits: Literal["fail", "partial"],
-    poll_interval: float,
-    timeout: float | None,
-    preview_rows: int,
-    allow_empty: bool,
+    credentials: Mapping[str, Any] | None = None,
 ) -> Iterator[Any]:
+    on_failure, preview_rows = props.on_failure, props.preview_rows
     partition_key = context.partition_key if props.partitioned else None
     source, destination, manifest_url = _target(props, partition_key)
-    so = dict(props.storage_options) if props.storage_options else None
+    so = props.storage_options_with(credentials)
     try:
         call = _tool_call(resource, props)
     except VanceError as exc:
         raise _failure(exc) from None
     if key not in context.selected_asset_keys:  # only the checks were selected: read, never pay
-        yield from _checks_only(context, props, key, call, source, destination, manifest_url)
+        yield from _checks_only(context, props, key, call, source, destination, manifest_url, so)
         return
 
     budget = run_config.credit_budget if run_config.credit_budget is not None else props.credit_budget
@@ -355,13 +445,13 @@ def _materialize(
         output_format=props.output_format,
         max_concurrency=props.max_concurrency,
         credit_budget=budget,
-        poll_interval=poll_interval,
+        poll_interval=props.poll_interval,
         on_failure=on_failure,
-        on_insufficient_credits=on_insufficient_credits,
+        on_insufficient_credits=props.on_insufficient_credits,
         force=run_config.force,
-        timeout=timeout,
+        timeout=props.timeout,
         storage_options=so,
-        allow_empty=allow_empty,
+        allow_empty=props.allow_empty,
     )
     where = f" (partition {partition_key})" if partition_key else ""
     context.log.info(
@@ -438,10 +528,10 @@ def _checks_only(
     source: str | list[str],
     destination: str,
     manifest_url: str | None,
+    so: dict[str, Any] | None,
 ) -> Iterator[dg.AssetCheckResult]:
     from vance_provider.core.batch import ItemResult
 
-    so = dict(props.storage_options) if props.storage_options else None
     url = manifest_url or Manifest.for_destination(destination).url
     items = items_from_manifests([url], so)
     known = {i.source for i in items}
@@ -495,7 +585,9 @@ def _metadata(
         "vance/failed": result.failed,
         "vance/skipped": result.skipped,
         "vance/processed_this_run": processed,
+        "vance/cached": sum(1 for i in result.items if i.cached),
         "vance/credits_spent": dg.MetadataValue.float(float(round(result.credits_spent, 6))),
+        "vance/credits_saved": dg.MetadataValue.float(float(round(result.credits_saved, 6))),
         "vance/elapsed_s": dg.MetadataValue.float(round(result.elapsed, 3)),
         "vance/output": location_metadata(destination),
         "vance/manifest": location_metadata(result.manifest),
@@ -551,7 +643,8 @@ def build_credit_usage_asset(
         group_name=group_name,
         deps=deps,
         io_manager_key=io_manager_key,
-        required_resource_keys={resource_key},
+        required_resource_keys={resource_key}
+        | {p.storage_resource_key for p in props if p.storage_resource_key},
         kinds={"vanceai", "pandas"},
         description=description
         or "VanceAI credit usage: one row per charge or job, totals per tool and day.",
@@ -562,7 +655,13 @@ def build_credit_usage_asset(
         refs: list[ManifestRef] = list(manifests)
         for p in props:
             try:
-                refs += [(url, p.storage_options) for url in p.existing_manifests()]
+                credentials = (
+                    storage_options_of(getattr(context.resources, p.storage_resource_key))
+                    if p.storage_resource_key
+                    else None
+                )
+                options = p.storage_options_with(credentials)
+                refs += [(url, options) for url in p.existing_manifests(options)]
             except Exception as exc:  # a store we cannot list would make the report silently short
                 raise dg.Failure(
                     description=f"VanceAI usage: cannot list the manifests of {p.name} under "

@@ -69,7 +69,13 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
     )
     storage_options: dict[str, Any] | None = Field(
         default=None,
-        description="fsspec options without secrets (endpoint_url, region); keys come from the environment.",
+        description="fsspec options without secrets (endpoint_url, region); credentials come from the "
+        "storage resource (storage_resource_key) or the environment. Keys here are refused.",
+    )
+    storage_resource_key: str | None = Field(
+        default=None,
+        description="The key of a VanceStorageResource (or dagster-aws S3Resource) holding the store's "
+        "credentials, bound once for the project (dg.EnvVar values).",
     )
     partitions: Literal["per_file"] | None = Field(
         default=None, description="per_file: one dynamic partition per input file, added by a sensor."
@@ -119,6 +125,7 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
             poll_interval=self.poll_interval,
             description=self.description,
             resource_key=self.resource_key,
+            storage_resource_key=self.storage_resource_key,
         )
         sensors = []
         if self.partitions == "per_file" and self.sensor_interval_seconds is not None:

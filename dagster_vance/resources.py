@@ -72,6 +72,12 @@ class VanceAIResource(dg.ConfigurableResource):
         default=8,
         description="Upper bound of jobs one run keeps in flight (each asset may ask for fewer).",
     )
+    cache: str | None = Field(
+        default=None,
+        description="A result cache (fsspec URL, e.g. s3://bucket/vance-cache/) shared by every dataset "
+        "this resource runs: an input already enhanced with the same tool and config is copied for 0 "
+        "credits. It is reached with the dataset's storage options (its storage resource).",
+    )
 
     _client: VanceClient | None = PrivateAttr(default=None)
 
@@ -162,9 +168,55 @@ class VanceAIResource(dg.ConfigurableResource):
             spec,
             max_concurrency=max(1, min(spec.max_concurrency, self.max_concurrency or 1)),
             manifest=manifest_url or spec.manifest,
+            cache=spec.cache or self.cache or None,
         )
         with self.get_client() as client:  # the batch carries its own storage options
             return client.run_batch(spec, on_progress)
+
+    def materialize_dataset(
+        self,
+        context: dg.AssetExecutionContext,
+        *,
+        storage: Any = None,
+        config: Any = None,
+    ) -> Iterator[Any]:
+        """The body of an enhanced dataset asset: run (or resume) its batch, then yield its
+        ``MaterializeResult`` and check results. The dataset comes from the asset's spec (an asset
+        built with :func:`dagster_vance.vance_dataset_asset` or the factory), so your own body can
+        do work around it::
+
+            @vance_dataset_asset(name="photos_x2", source="s3://in/", destination="s3://out/",
+                                 tool="upscale", config={"scale": 2})
+            def photos_x2(context: dg.AssetExecutionContext, vanceai: VanceAIResource,
+                          storage: VanceStorageResource):
+                context.log.info("before")
+                yield from vanceai.materialize_dataset(context, storage=storage)
+
+        Args:
+            storage: a :class:`VanceStorageResource`, dagster-aws's ``S3Resource`` or a mapping of
+                fsspec options holding the store's credentials (default: the resource bound under
+                the dataset's ``storage_resource_key``, if any).
+            config: a :class:`dagster_vance.VanceRunConfig` (``force``, ``credit_budget``).
+        """
+        from .assets import VanceRunConfig, _materialize, dataset_props, dataset_spec
+
+        props = dataset_props(context.assets_def)
+        if storage is None and props.storage_resource_key:
+            storage = getattr(context.resources, props.storage_resource_key, None)
+            if storage is None:
+                raise dg.DagsterInvariantViolationError(
+                    f"{props.name} takes its storage credentials from the resource "
+                    f"{props.storage_resource_key!r}: name it as a parameter of the asset's body and "
+                    "pass it as storage=..."
+                )
+        yield from _materialize(
+            context,
+            config if config is not None else VanceRunConfig(),
+            self,
+            props,
+            dataset_spec(context.assets_def).key,
+            credentials=storage_options_of(storage),
+        )
 
     def usage_report(self, manifests: Iterable[ManifestRef] = ()) -> pd.DataFrame:
         """The account's usage as a typed DataFrame (see ``vance_provider.core.credits``).
@@ -177,3 +229,98 @@ class VanceAIResource(dg.ConfigurableResource):
         ]
         with self.get_client() as client:
             return client.usage_report(refs)
+
+
+class VanceStorageResource(dg.ConfigurableResource):
+    """Where a dataset's inputs and outputs live: credentials and options of an object store.
+
+    Bind it under a key and name that key in the asset (``storage_resource_key="vance_storage"``),
+    so keys come from ``dg.EnvVar`` at run time and never sit in the definitions. dagster-aws's
+    ``S3Resource`` is accepted in its place (the same field names). Without a storage resource,
+    s3fs and the other fsspec stores read the usual environment (``AWS_*``, profiles, roles).
+
+    Example::
+
+        defs = dg.Definitions(
+            assets=[build_enhanced_dataset_asset("photos_x2", source="s3://in/", destination="s3://out/",
+                                                 tool="upscale", storage_resource_key="vance_storage")],
+            resources={
+                "vanceai": VanceAIResource(api_token=dg.EnvVar("VANCE_API_TOKEN")),
+                "vance_storage": VanceStorageResource(
+                    endpoint_url="http://minio:9000",
+                    aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+                    aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
+                ),
+            },
+        )
+    """
+
+    endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible endpoint (MinIO, Ceph, a local moto server)."
+    )
+    region_name: str | None = Field(default=None, description="The AWS region, e.g. eu-west-1.")
+    profile_name: str | None = Field(default=None, description="A profile of the AWS config files.")
+    aws_access_key_id: str | None = Field(
+        default=None, repr=False, description="Access key id; pass dg.EnvVar('AWS_ACCESS_KEY_ID')."
+    )
+    aws_secret_access_key: str | None = Field(
+        default=None, repr=False, description="Secret access key; pass dg.EnvVar('AWS_SECRET_ACCESS_KEY')."
+    )
+    aws_session_token: str | None = Field(
+        default=None, repr=False, description="Session token of temporary credentials (EnvVar)."
+    )
+    use_unsigned_session: bool = Field(default=False, description="Anonymous access (public buckets).")
+    verify: bool | None = Field(default=None, description="Verify TLS certificates (None: the default).")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More fsspec options for other stores or settings (merged last), e.g. "
+        "{'config_kwargs': {'max_pool_connections': 50}}.",
+    )
+
+    def get_storage_options(self) -> dict[str, Any]:
+        """The fsspec options (secrets included: never log or store them)."""
+        return s3_options_from(self) | dict(self.storage_options or {})
+
+
+def s3_options_from(resource: Any) -> dict[str, Any]:
+    """s3fs options from a resource with the S3 configuration fields (ours or dagster-aws's)."""
+    options: dict[str, Any] = {}
+    if getattr(resource, "use_unsigned_session", False):
+        options["anon"] = True
+    if getattr(resource, "profile_name", None):
+        options["profile"] = resource.profile_name
+    if getattr(resource, "aws_access_key_id", None):
+        options["key"] = resource.aws_access_key_id
+    if getattr(resource, "aws_secret_access_key", None):
+        options["secret"] = resource.aws_secret_access_key
+    if getattr(resource, "aws_session_token", None):
+        options["token"] = resource.aws_session_token
+    if getattr(resource, "use_ssl", True) is False:
+        options["use_ssl"] = False
+    client_kwargs = {
+        k: getattr(resource, k) for k in ("endpoint_url", "region_name") if getattr(resource, k, None)
+    }
+    if getattr(resource, "verify", None) is not None:
+        client_kwargs["verify"] = resource.verify
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    if getattr(resource, "max_attempts", None):
+        options["config_kwargs"] = {"retries": {"max_attempts": int(resource.max_attempts)}}
+    return options
+
+
+def storage_options_of(storage: Any) -> dict[str, Any] | None:
+    """fsspec options from a storage resource: ours, dagster-aws's ``S3Resource`` (or anything with
+    ``get_storage_options()`` or the S3 configuration fields), a mapping, or None."""
+    if storage is None:
+        return None
+    if isinstance(storage, Mapping):
+        return dict(storage)
+    if callable(getattr(storage, "get_storage_options", None)):
+        return dict(storage.get_storage_options())
+    if hasattr(storage, "aws_access_key_id") or hasattr(storage, "endpoint_url"):  # dagster-aws S3Resource
+        return s3_options_from(storage)
+    raise dg.DagsterInvariantViolationError(
+        f"a {type(storage).__name__} cannot give storage options: bind a VanceStorageResource or "
+        "dagster-aws's S3Resource"
+    )

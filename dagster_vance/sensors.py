@@ -19,6 +19,7 @@ from fsspec.core import url_to_fs
 from vance_provider.core.storage import list_sources
 
 from .assets import dataset_props
+from .resources import storage_options_of
 
 INVALID_KEY_PARTS = ("...", "\a", "\b", "\f", "\n", "\r", "\t", "\v", "\0")
 
@@ -59,13 +60,19 @@ def build_new_files_sensor(
 
     @dg.sensor(
         name=name or f"{key.to_python_identifier()}_new_files",
+        required_resource_keys={props.storage_resource_key} if props.storage_resource_key else None,
         asset_selection=[key],
         minimum_interval_seconds=minimum_interval_seconds,
         default_status=default_status,
         description=f"Adds a partition of {key.to_user_string()} for each new file under {source} and runs it.",
     )
     def _new_files(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        options: dict[str, Any] = dict(props.storage_options or {})
+        credentials = (
+            storage_options_of(getattr(context.resources, props.storage_resource_key))
+            if props.storage_resource_key
+            else None
+        )
+        options: dict[str, Any] = props.storage_options_with(credentials) or {}
         fs, _ = url_to_fs(source, **options)
         fs.invalidate_cache()  # object-store listings are cached per process
         files = list_sources(source, None, options)

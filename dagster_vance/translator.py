@@ -49,10 +49,48 @@ def location_metadata(url: str) -> dg.MetadataValue:
     return dg.MetadataValue.url(clean)
 
 
+#: The asset spec's metadata key that carries a dataset's :class:`VanceDatasetProps` (as JSON).
+PROPS_METADATA_KEY = "vance/dataset"
+
+#: Option names that hold credentials: refused in definitions (bind a storage resource instead).
+SECRET_OPTION_NAMES = frozenset(
+    {
+        "key",
+        "secret",
+        "token",
+        "password",
+        "aws_access_key_id",
+        "aws_secret_access_key",
+        "aws_session_token",
+        "access_key",
+        "secret_key",
+        "session_token",
+        "account_key",
+        "sas_token",
+        "client_secret",
+        "credentials",
+        "connection_string",
+    }
+)
+
+
+def secret_option_names(options: Mapping[str, Any] | None, prefix: str = "") -> list[str]:
+    """The (dotted) names of credential-bearing entries in fsspec options, nested ones included."""
+    found: list[str] = []
+    for name, value in (options or {}).items():
+        dotted = f"{prefix}{name}"
+        if str(name).lower() in SECRET_OPTION_NAMES and value not in (None, ""):
+            found.append(dotted)
+        elif isinstance(value, Mapping):
+            found += secret_option_names(value, dotted + ".")
+    return found
+
+
 @dataclass(frozen=True)
 class VanceDatasetProps:
-    """Everything the factory knows about one enhanced dataset (no secrets but ``storage_options``,
-    which is kept out of ``repr`` and never written to metadata)."""
+    """Everything one enhanced dataset is built from. It holds no secret: credentials come from a
+    storage resource at run time (``storage_resource_key``), so the props can be carried in the
+    asset spec's metadata (``vance/dataset``) and read back by sensors, reports and asset bodies."""
 
     name: str
     source: str | tuple[str, ...]
@@ -66,7 +104,37 @@ class VanceDatasetProps:
     partitioned: bool = False
     group_name: str | None = "vanceai"
     description: str | None = None
-    storage_options: Mapping[str, Any] | None = field(default=None, repr=False, compare=False)
+    storage_options: Mapping[str, Any] | None = field(default=None, compare=False)
+    resource_key: str = "vanceai"
+    storage_resource_key: str | None = None
+    on_failure: Literal["fail", "continue", "fail_fast"] = "fail"
+    on_insufficient_credits: Literal["fail", "partial"] = "fail"
+    poll_interval: float = 2.0
+    timeout: float | None = None
+    preview_rows: int = 5
+    allow_empty: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON (for the asset spec's metadata)."""
+        from dataclasses import asdict
+
+        data = asdict(self)
+        data["source"] = self.source if isinstance(self.source, str) else list(self.source)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> VanceDatasetProps:
+        from dataclasses import fields
+
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("source"), list):
+            values["source"] = tuple(values["source"])
+        return cls(**values)
+
+    def storage_options_with(self, credentials: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The dataset's own (non-secret) options with a storage resource's over them."""
+        return merge_options(self.storage_options, credentials)
 
     @property
     def media(self) -> Literal["image", "video"]:
@@ -82,13 +150,15 @@ class VanceDatasetProps:
 
         return join(join(self.destination, PARTITION_MANIFESTS), safe_name(partition_key) + ".json")
 
-    def existing_manifests(self) -> list[str]:
-        """Manifest URLs that exist now (one, or one per materialized partition)."""
+    def existing_manifests(self, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+        """Manifest URLs that exist now (one, or one per materialized partition); the store is
+        reached with ``storage_options`` (default: the dataset's own)."""
         from fsspec.core import url_to_fs
 
         from vance_provider.core.storage import full_url
 
-        fs, path = url_to_fs(self.destination, **dict(self.storage_options or {}))
+        options = storage_options if storage_options is not None else self.storage_options
+        fs, path = url_to_fs(self.destination, **dict(options or {}))
         fs.invalidate_cache()
         base = path.rstrip("/")
         found = []
@@ -101,6 +171,20 @@ class VanceDatasetProps:
                 if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")
             ]
         return found
+
+
+def merge_options(base: Mapping[str, Any] | None, over: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """fsspec options ``over`` merged over ``base`` (``client_kwargs`` and ``config_kwargs`` merged
+    key by key); None when both are empty."""
+    if not base and not over:
+        return None
+    merged: dict[str, Any] = dict(base or {})
+    for name, value in (over or {}).items():
+        if name in ("client_kwargs", "config_kwargs") and isinstance(value, Mapping):
+            merged[name] = {**dict(merged.get(name) or {}), **dict(value)}
+        else:
+            merged[name] = value
+    return merged
 
 
 class VanceTranslator:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -21,7 +20,7 @@ def test_second_folder_served_from_cache(api, sim, vance_conn, make_image, tmp_p
     enhance = dag.get_task("enhance")
     enhance.deferrable = False
     enhance.poll_interval = 0.05
-    enhance.cache = "{{ '%s' }}" % cache  # a templated field
+    enhance.cache = "{{ '" + str(cache) + "' }}"  # a templated field
 
     first = dag.test(run_conf={"source": str(tmp_path / "in_a"), "destination": str(tmp_path / "out_a")})
     assert ti_states(first) == {"check_credits": "success", "enhance": "success"}

@@ -66,16 +66,30 @@ def images(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+S3_KEY, S3_SECRET = "AKIAVANCETEST", "vance-test-s3-secret-4f2a"
+
+
 @pytest.fixture
-def s3(s3_server: str) -> dict[str, Any]:
-    """A fresh bucket: ``{"bucket": name, "options": storage_options, "fs": s3fs filesystem}``."""
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A fresh bucket: ``{"bucket": name, "options": full storage_options, "fs": s3fs filesystem,
+    "public": the options without secrets (for the definitions), "storage": a VanceStorageResource
+    whose keys come from EnvVar}``. Bind ``storage`` under ``"vance_storage"``."""
     import s3fs
 
-    options = {"client_kwargs": {"endpoint_url": s3_server}, "key": "testing", "secret": "testing"}
+    from dagster_vance import VanceStorageResource
+
+    monkeypatch.setenv("VANCE_TEST_S3_KEY", S3_KEY)
+    monkeypatch.setenv("VANCE_TEST_S3_SECRET", S3_SECRET)
+    public = {"client_kwargs": {"endpoint_url": s3_server}}
+    options = {**public, "key": S3_KEY, "secret": S3_SECRET}
     fs = s3fs.S3FileSystem(**options)
     bucket = f"vance-{uuid.uuid4().hex[:10]}"
     fs.mkdir(bucket)
-    return {"bucket": bucket, "options": options, "fs": fs}
+    storage = VanceStorageResource(
+        aws_access_key_id=dg.EnvVar("VANCE_TEST_S3_KEY"),
+        aws_secret_access_key=dg.EnvVar("VANCE_TEST_S3_SECRET"),
+    )
+    return {"bucket": bucket, "options": options, "fs": fs, "public": public, "storage": storage}
 
 
 def put_images(fs: Any, prefix: str, n: int, start: int = 0, width: int = 64, height: int = 48) -> list[str]:

@@ -43,14 +43,17 @@ def test_usage_equals_the_ledger_on_both_apis(
         f"s3://{s3['bucket']}/in/",
         f"s3://{s3['bucket']}/out/",
         "denoise",
-        storage_options=s3["options"],
+        storage_options=s3["public"],
+        storage_resource_key="vance_storage",
         poll_interval=0.05,
     )
     usage = build_credit_usage_asset(datasets=[local, remote])
     assert usage.asset_deps[usage.key] == {local.key, remote.key}
 
     result = dg.materialize(
-        [local, remote, usage], instance=instance, resources={"vanceai": vance_resource(sim)}
+        [local, remote, usage],
+        instance=instance,
+        resources={"vanceai": vance_resource(sim), "vance_storage": s3["storage"]},
     )
     assert result.success
     df = result.output_for_node("vanceai_credit_usage")

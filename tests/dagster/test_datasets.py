@@ -12,15 +12,22 @@ from PIL import Image
 
 from dagster_vance import build_enhanced_dataset_asset
 from tests.conftest import image_bytes
-from tests.dagster.conftest import checks, materialization, put_images, scan_for, vance_resource
+from tests.dagster.conftest import S3_SECRET, checks, materialization, put_images, scan_for, vance_resource
 from vance_provider.core.manifest import MANIFEST_NAME
 from vance_provider.sim import SimulatorServer
 
 pytestmark = pytest.mark.dagster
 
 
-def run(assets: list[Any], sim: SimulatorServer, instance: dg.DagsterInstance, **kwargs: Any) -> Any:
-    return dg.materialize(assets, resources={"vanceai": vance_resource(sim)}, instance=instance, **kwargs)
+def run(
+    assets: list[Any],
+    sim: SimulatorServer,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    bound = {"vanceai": vance_resource(sim), **(resources or {})}
+    return dg.materialize(assets, resources=bound, instance=instance, **kwargs)
 
 
 def decoded(data: bytes) -> Image.Image:
@@ -96,11 +103,12 @@ def test_s3_both_apis(
         "upscale",
         {"scale": 2},
         output_format="png",
-        storage_options=s3["options"],
+        storage_options=s3["public"],  # no secret in the definitions
+        storage_resource_key="vance_storage",  # keys from EnvVar, at run time
         poll_interval=0.05,
     )
 
-    result = run([photos], sim, instance)
+    result = run([photos], sim, instance, {"vance_storage": s3["storage"]})
     assert result.success
     fs.invalidate_cache()
     assert decoded(fs.cat(f"{bucket}/enhanced/sub/p0.png")).size == (128, 96)
@@ -112,9 +120,10 @@ def test_s3_both_apis(
     assert md["vance/manifest"] == f"s3://{bucket}/enhanced/{MANIFEST_NAME}"
     assert (md["vance/done"], md["vance/credits_spent"]) == (2, 2.0)
     assert all(c.passed for c in checks(result).values())
-    assert "testing" not in str(md)  # storage options never reach metadata
+    assert S3_SECRET not in str(md)  # storage credentials never reach metadata
+    assert scan_for(instance, S3_SECRET) == []  # nor the run's config, snapshot or events
 
-    again = run([photos], sim, instance)
+    again = run([photos], sim, instance, {"vance_storage": s3["storage"]})
     assert materialization(again, "s3_photos")["vance/credits_spent"] == 0.0
     assert len(sim.state.charges()) == 2 and sim.state.double_charges() == []
 

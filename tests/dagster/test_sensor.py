@@ -20,23 +20,30 @@ def tick(
     sensor: dg.SensorDefinition, instance: dg.DagsterInstance, defs: dg.Definitions, cursor: str | None
 ) -> Any:
     """Evaluate one tick, and apply its partition requests as the daemon would."""
-    context = dg.build_sensor_context(
-        instance=instance, instance_ref=instance.get_ref(), cursor=cursor, definitions=defs
-    )
-    data = sensor.evaluate_tick(context)
+    with dg.build_sensor_context(
+        instance=instance,
+        instance_ref=instance.get_ref(),
+        cursor=cursor,
+        definitions=defs,
+        resources=dict(defs.resources or {}),  # what the daemon binds from the definitions
+    ) as context:
+        data = sensor.evaluate_tick(context)
     for request in data.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return data
 
 
 def materialize_partitions(
-    asset: dg.AssetsDefinition, keys: list[str], sim: SimulatorServer, instance: dg.DagsterInstance
+    asset: dg.AssetsDefinition,
+    keys: list[str],
+    sim: SimulatorServer,
+    instance: dg.DagsterInstance,
+    resources: dict[str, Any] | None = None,
 ) -> list[dg.ExecuteInProcessResult]:
     results = []
     for key in keys:
-        result = dg.materialize(
-            [asset], partition_key=key, instance=instance, resources={"vanceai": vance_resource(sim)}
-        )
+        bound = {"vanceai": vance_resource(sim), **(resources or {})}
+        result = dg.materialize([asset], partition_key=key, instance=instance, resources=bound)
         assert result.success
         results.append(result)
     return results
@@ -110,16 +117,18 @@ def test_sensor_on_s3(
         f"s3://{bucket}/in/",
         f"s3://{bucket}/out/",
         "upscale",
-        storage_options=s3["options"],
+        storage_options=s3["public"],
+        storage_resource_key="vance_storage",
         partitions="per_file",
         poll_interval=0.05,
     )
     sensor = build_new_files_sensor(photos)
-    defs = dg.Definitions(assets=[photos], sensors=[sensor], resources={"vanceai": vance_resource(sim)})
+    resources = {"vanceai": vance_resource(sim), "vance_storage": s3["storage"]}
+    defs = dg.Definitions(assets=[photos], sensors=[sensor], resources=resources)
 
     first = tick(sensor, instance, defs, None)
     assert sorted(r.partition_key for r in first.run_requests) == ["p0.jpg", "p1.jpg"]
-    materialize_partitions(photos, ["p0.jpg"], sim, instance)
+    materialize_partitions(photos, ["p0.jpg"], sim, instance, {"vance_storage": s3["storage"]})
     fs.invalidate_cache()
     assert fs.exists(f"{bucket}/out/p0.jpg") and not fs.exists(f"{bucket}/out/p1.jpg")
 
