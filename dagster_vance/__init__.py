@@ -19,6 +19,16 @@ from .resources import VanceAIResource, VanceStorageResource, storage_options_of
 from .sensors import build_new_files_sensor
 from .translator import VanceDatasetProps, VanceTranslator
 
+try:  # Dagster's library registry (shown by `dagster-webserver` and in telemetry), as integrations do
+    from dagster_shared.libraries import DagsterLibraryRegistry
+except ImportError:  # pragma: no cover - older Dagster
+    from dagster._core.libraries import DagsterLibraryRegistry  # type: ignore[no-redef]
+
+from vance_provider import __version__
+
+# Not a dagster-io package: its version does not follow Dagster's, so no version check.
+DagsterLibraryRegistry.register("dagster-vance", __version__, is_dagster_package=False)
+
 __all__ = [
     "DEFAULT_POOL",
     "MediaInfo",
@@ -29,6 +39,7 @@ __all__ = [
     "VanceRunConfig",
     "VanceStorageResource",
     "VanceTranslator",
+    "__version__",
     "build_credit_usage_asset",
     "build_credit_usage_schedule",
     "build_enhanced_dataset_asset",

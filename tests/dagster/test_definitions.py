@@ -57,6 +57,7 @@ def test_example_loads_without_token_or_network(monkeypatch: pytest.MonkeyPatch,
         "s3_clips_x2",
         "vanceai_credit_usage",
         "visioncraft_photos_x2",
+        "photos_yaml_x2",  # defs/photos_yaml_x2/defs.yaml, the component beside the Python assets
     }
     for key in ("photos_x2", "clips_x2", "s3_photos_x2", "s3_clips_x2"):
         node = graph.get(dg.AssetKey(key))
@@ -170,8 +171,7 @@ def test_example_visioncraft_asset_materializes(sim, tmp_path, monkeypatch) -> N
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = dg.materialize(
-        [module.visioncraft_photos_x2],
-        resources={"visioncraft": module.defs.resources["visioncraft"]},
+        [module.defs.resolve_assets_def("visioncraft_photos_x2")],  # resources bound by the project's defs
         instance=dg.DagsterInstance.ephemeral(),
     )
     assert result.success
@@ -181,3 +181,28 @@ def test_example_visioncraft_asset_materializes(sim, tmp_path, monkeypatch) -> N
         with Image.open(out) as img:
             assert img.width > 40
     assert all(DEMO_VISIONCRAFT_TOKEN not in r.url for r in sim.state.requests)
+
+
+def test_dg_check_defs_validates_the_project() -> None:
+    """The example is a real `dg` project: a defs/ folder with a defs.yaml component beside Python assets."""
+    assert (PROJECT / "src" / "vance_example" / "defs" / "photos_yaml_x2" / "defs.yaml").is_file()
+    assert (PROJECT / "src" / "vance_example" / "defs" / "datasets.py").is_file()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VANCE_", "DAGSTER_HOME"))}
+    proc = subprocess.run(
+        [str(DAGSTER.parent / "dg"), "check", "defs", "--use-active-venv"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "All definitions loaded successfully" in proc.stdout + proc.stderr
+
+
+def test_registered_with_dagsters_library_registry() -> None:
+    from dagster_shared.libraries import DagsterLibraryRegistry
+
+    import dagster_vance
+
+    assert DagsterLibraryRegistry.get()["dagster-vance"] == dagster_vance.__version__

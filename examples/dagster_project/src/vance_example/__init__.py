@@ -1,0 +1,1 @@
+"""The VanceAI example project (a `dg` project): its definitions are the `defs/` folder."""
