@@ -553,6 +553,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("VANCE_CACHE"),
         help="a result cache (fsspec URL, or VANCE_CACHE): results already paid for are copied, not paid again",
     )
+    s = command("status", "show jobs: their ids, or those of a batch", cmd_status)
+    s.add_argument("job_ids", nargs="*", help="job ids")
+    s.add_argument(
+        "--manifest", action="append", default=[], help="a batch's folder or manifest: show its jobs"
+    )
+    command("credits", "show the credit balance (costs nothing)", cmd_credits)
+    r = command("report", "write the credit-usage report (CSV or Parquet) and print its summary", cmd_report)
+    r.add_argument(
+        "--out", required=True, type=_report_path, help="usage.csv or usage.parquet (any fsspec URL)"
+    )
+    r.add_argument(
+        "--manifest",
+        action="append",
+        default=[],
+        help="a batch's folder or manifest, for its inputs, outputs and job ids (repeatable; "
+        "the Open API keeps no history, so its charges come only from these)",
+    )
     c = command("cache", "the result cache: statistics and pruning (docs/cache.md)", cmd_cache)
     actions = c.add_subparsers(dest="cache_command", required=True, metavar="ACTION", parser_class=_Parser)
     for name, text in (
@@ -571,23 +588,6 @@ def build_parser() -> argparse.ArgumentParser:
                 "--older-than", required=True, type=_age, metavar="AGE", help="90d, 12h, 30m, 2w, 1d12h"
             )
             a.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
-    s = command("status", "show jobs: their ids, or those of a batch", cmd_status)
-    s.add_argument("job_ids", nargs="*", help="job ids")
-    s.add_argument(
-        "--manifest", action="append", default=[], help="a batch's folder or manifest: show its jobs"
-    )
-    command("credits", "show the credit balance (costs nothing)", cmd_credits)
-    r = command("report", "write the credit-usage report (CSV or Parquet) and print its summary", cmd_report)
-    r.add_argument(
-        "--out", required=True, type=_report_path, help="usage.csv or usage.parquet (any fsspec URL)"
-    )
-    r.add_argument(
-        "--manifest",
-        action="append",
-        default=[],
-        help="a batch's folder or manifest, for its inputs, outputs and job ids (repeatable; "
-        "the Open API keeps no history, so its charges come only from these)",
-    )
     return p
 
 

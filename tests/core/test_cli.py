@@ -244,7 +244,7 @@ MISTAKES: dict[str, Mistake] = {
     "unknown-command": Mistake(
         ["upscale", "photos/"],
         cli.EXIT_USAGE,
-        "error: argument COMMAND: invalid choice: 'upscale' (choose from 'enhance', 'status', 'credits', 'report')",
+        "error: argument COMMAND: invalid choice: 'upscale' (choose from 'enhance', 'status', 'credits', 'report', 'cache')",
     ),
     "negative-budget": Mistake(
         ["enhance", "{tmp}/in", "{tmp}/out", "--tool", "upscale", "--budget", "-1"],
