@@ -1,7 +1,8 @@
 """A batch under injected faults on every endpoint: nothing lost, nothing corrupt, nothing paid twice.
 
 CI runs a small size; ``make soak`` (VANCE_SOAK=1) runs 1000+ jobs per API and writes the
-counts to bench/results/soak.json.
+counts to bench/results/soak.json. The same holds for a tight per-key rate limit: CI runs a few
+jobs in scaled time, the soak 300 jobs at 2 requests/s and 60 jobs at 60 a minute, in real time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN
+from tests.reliability.test_rate_limits import check, run_tight
 from vance_provider.core import BatchSpec, RetryPolicy, VanceClient
 from vance_provider.sim import Faults, SimConfig, SimulatorServer
 
@@ -106,3 +108,36 @@ def test_batch_under_twenty_percent_faults(api: str, tmp_path: Path) -> None:
         data[api] = stats
         RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(stats))
+
+
+#: name -> (requests per window, window in seconds, jobs, concurrency, first poll interval)
+TIGHT = (
+    {"2_per_s": (2, 1.0, 300, 16, 0.5), "60_per_min": (60, 60.0, 60, 8, 2.0)}
+    if SOAK
+    else {"2_per_s_scaled": (2, 0.05, 30, 16, 0.05)}  # 20 times faster: a few seconds
+)
+
+
+@pytest.mark.timeout(3600 if SOAK else 300)
+@pytest.mark.parametrize("api", ["open", "web"])
+def test_batch_under_a_tight_rate_limit(api: str, tmp_path: Path) -> None:
+    """No item fails because of a 429 and none is paid twice; the soak records 429s per job."""
+    runs = {}
+    for case, (limit, window, jobs, concurrency, poll) in TIGHT.items():
+        stats = run_tight(
+            api,
+            tmp_path / case,
+            limit=limit,
+            window=window,
+            jobs=jobs,
+            concurrency=concurrency,
+            poll_interval=poll,
+        )
+        print(json.dumps(stats))
+        check(stats)
+        runs[f"{api}_{case}"] = stats
+    if SOAK:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data.setdefault("tight_rate_limit", {}).update(runs)
+        RESULTS.write_text(json.dumps(data, indent=2) + "\n")

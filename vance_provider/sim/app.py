@@ -51,7 +51,7 @@ class SimMiddleware:
         async def logging_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 rec.status = message["status"]
-                limits = scope.get("sim_ratelimit")  # every answer to a keyed call carries the window
+                limits = scope.get("sim_ratelimit")  # rate_headers="always": every keyed answer has them
                 if limits and message["status"] != 429:
                     names = {k.lower() for k, _ in message.get("headers", [])}
                     extra = [
@@ -144,9 +144,10 @@ async def run_scheduler(sim: SimState) -> None:
 
 async def deliver_webhook(sim: SimState, job: Job) -> None:
     """POST the result to the job's webhook; two more attempts on a status >= 400."""
-    body = {"code": 200, "data": {"trans_id": job.id, "status": web_api.STATUS[job.status]}}
+    data: dict[str, Any] = {"trans_id": job.id, "status": web_api.STATUS[job.status]}
     if job.result_info:
-        body["data"]["filesize"] = str(job.result_info["size"])
+        data["filesize"] = str(job.result_info["size"])
+    body = {"code": 200, "data": data}
     async with httpx.AsyncClient(timeout=10) as client:
         for attempt in range(3):
             status = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 DEMO_WEB_TOKEN = "demo0123456789abcdef0123456789ab"
 DEMO_OPEN_KEY = "sk_live_demo0123456789abcdef0123456789"
@@ -80,9 +81,15 @@ class SimConfig:
     result_sync_window: float = 0.0  # Open API /result answers 202 for this long after success
     web_sync_wait: float = 0.0  # web transform answers "finish" if done within this
     # Limits
-    rate_limit: int = 0  # requests per ``rate_window`` per key; 0 = unlimited
+    # ``rate_limit`` requests per ``rate_window`` per key, in fixed windows aligned to the epoch
+    # (0 = unlimited). A 429 rate_limited carries Retry-After and X-RateLimit-Limit/-Remaining/
+    # -Reset; ``rate_headers="always"`` puts the X-RateLimit-* headers on every answer too,
+    # "on_429" only on the 429 (all the documents promise). Times are whole seconds when the
+    # window is, else milliseconds: a window of 0.05 s is a 1 s window 20 times faster.
+    rate_limit: int = 0
     rate_window: float = 1.0
-    web_rate_limit: bool = False  # apply the rate limit to the web API too
+    rate_headers: Literal["always", "on_429"] = "always"
+    web_rate_limit: bool = False  # apply the rate limit to the web API too (HTTP 429, same headers)
     max_concurrent_images: int = 16  # per account, in flight (queued + processing)
     max_concurrent_videos: int = 4
     upload_ttl: float = 24 * 3600.0

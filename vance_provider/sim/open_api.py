@@ -11,10 +11,9 @@ import asyncio
 import hashlib
 import ipaddress
 import json
-import math
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -120,17 +119,11 @@ def authenticate(request: Request) -> AccountState | JSONResponse:
         return error(401, "invalid_api_key")
     record_of(request).account = acc.spec.name
     if sim.config.rate_limit:
-        allowed, limit, remaining, reset = sim.take_rate(key)
-        request.scope["sim_ratelimit"] = {
-            "X-RateLimit-Limit": str(limit),
-            "X-RateLimit-Remaining": str(remaining),
-            "X-RateLimit-Reset": str(reset),
-        }
+        allowed, limits = sim.take_rate(key)
         if not allowed:
-            retry = max(1, math.ceil(reset - sim.clock.now()))  # whole seconds, as HTTP has them
-            return error(
-                429, "rate_limited", headers={**request.scope["sim_ratelimit"], "Retry-After": str(retry)}
-            )
+            return error(429, "rate_limited", headers=limits)
+        if sim.config.rate_headers == "always":  # every answer carries the window (see SimMiddleware)
+            request.scope["sim_ratelimit"] = limits
     return acc
 
 
@@ -254,7 +247,7 @@ async def create_job(request: Request) -> Response:
     problem = check_config(tool, config)
     if problem:
         return error(400, "invalid_parameter", problem)
-    media = "video" if tool in VIDEO_TOOLS else "image"
+    media: Literal["image", "video"] = "video" if tool in VIDEO_TOOLS else "image"
     output_format = fields.get("output_format") or "jpg"
     if media == "image" and output_format not in ("jpg", "png", "webp"):
         return error(400, "invalid_parameter", "output_format must be jpg, png or webp.")

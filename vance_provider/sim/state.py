@@ -218,19 +218,32 @@ class SimState:
         return hmac.compare_digest(self.sign(what, expires), signature)
 
     # --- rate limit ---------------------------------------------------------------
-    def take_rate(self, key: str) -> tuple[bool, int, int, int]:
-        """Fixed-window limit per key: (allowed, limit, remaining, reset_epoch)."""
+    def take_rate(self, key: str) -> tuple[bool, dict[str, str]]:
+        """Fixed windows aligned to the epoch, per key: (allowed, the X-RateLimit-* headers, with
+        Retry-After when refused). Whole seconds when the window is, else milliseconds."""
         limit, window = self.config.rate_limit, self.config.rate_window
         now = self.clock.now()
         with self.lock:
-            start, count = self.rate_windows.get(key, (now, 0))
-            if now - start >= window:
-                start, count = now, 0
-            reset = math.ceil(start + window)  # epoch seconds: when this window ends
-            if count >= limit:
-                return False, limit, 0, reset
-            self.rate_windows[key] = (start, count + 1)
-            return True, limit, limit - count - 1, reset
+            start = math.floor(now / window) * window
+            seen, count = self.rate_windows.get(key, (start, 0))
+            count = count if seen == start else 0
+            allowed = count < limit
+            if allowed:
+                self.rate_windows[key] = (start, count + 1)
+        whole = float(window).is_integer()
+        reset = start + window  # epoch seconds: when this window ends
+
+        def secs(t: float) -> str:
+            return str(round(t)) if whole else f"{t:.3f}"
+
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(max(0, limit - count - 1) if allowed else 0),
+            "X-RateLimit-Reset": secs(reset),
+        }
+        if not allowed:  # whole seconds, as HTTP has them (unless the window is time-scaled)
+            headers["Retry-After"] = str(max(1, math.ceil(reset - now))) if whole else secs(reset - now)
+        return allowed, headers
 
     # --- credits ------------------------------------------------------------------
     def _record(self, job: Job, kind: str, amount: float) -> None:

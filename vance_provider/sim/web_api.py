@@ -75,6 +75,13 @@ def authenticate(request: Request, fields: dict[str, Any]) -> AccountState | JSO
     if acc is None:
         return err(30001, "Invalid API token")
     record_of(request).account = acc.spec.name
+    if sim.config.rate_limit and sim.config.web_rate_limit:
+        # Undocumented for this API: limited as a gateway would, HTTP 429 and the Open API's headers.
+        allowed, limits = sim.take_rate(f"web:{token}")
+        if not allowed:
+            return JSONResponse({"code": 429, "msg": "Too Many Requests"}, status_code=429, headers=limits)
+        if sim.config.rate_headers == "always":
+            request.scope["sim_ratelimit"] = limits
     return acc
 
 
