@@ -685,3 +685,25 @@ def test_a_damaged_manifest_stops_the_batch_before_spending(
         client.run_batch(batch_spec(str(tmp_path / "in"), str(tmp_path / "out")))
     assert uploads(sim) == []
     assert (tmp_path / "out" / MANIFEST_NAME).read_text() == '{"version": 1, "items": ['  # left for a human
+
+
+def test_the_accounts_concurrency_limit_shrinks_the_batch(
+    sim_factory: Callable[..., SimulatorServer],
+    client_factory: Callable[..., VanceClient],
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """Open API: the batch asks for 8 at once, the account allows 2. Each 429 "concurrency limit"
+    shrinks the batch's own limit (the client tells it), the client waits the limit out, and
+    every item is done and paid once: no item fails for it."""
+    sim = sim_factory(max_concurrent_images=2, time_per_job=0.1)
+    make_inputs(make_image, [f"k{i}.jpg" for i in range(10)])
+    client = client_factory(sim, "open")
+    heard: list[int] = []
+    client.aio.backend.gate.on_concurrency_limit.append(lambda: heard.append(1))
+    result = client.run_batch(batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=8))
+    assert result.done == 10 and result.failed == 0
+    assert sum(charges(sim)) == 10 and sim.state.double_charges() == []
+    refused = sum(1 for r in list(sim.state.requests) if r.status == 429)
+    assert refused >= 1 and len(heard) == refused  # every refusal reached the batch's limiter
+    assert len(client.aio.backend.gate.on_concurrency_limit) == 1  # the batch's listener is gone

@@ -596,6 +596,9 @@ class BatchRunner:
         a bug), the TaskGroup cancels its siblings, and the manifest is written before we return."""
         stop_flusher = asyncio.Event()
         flusher = asyncio.create_task(self._flush_periodically(stop_flusher))
+        # A 429 "concurrency limit" anywhere in the client shrinks this batch's own limit at once.
+        listeners = self.client.backend.gate.on_concurrency_limit
+        listeners.append(self.limit.shrink)
         try:
             async with asyncio.timeout(self.spec.timeout), asyncio.TaskGroup() as group:
                 for item in work:
@@ -606,6 +609,7 @@ class BatchRunner:
                 hint="rerun it to resume: submitted jobs are kept in the manifest",
             ) from None
         finally:
+            listeners.remove(self.limit.shrink)
             stop_flusher.set()
             await asyncio.shield(flusher)
             self.manifest.touch()
@@ -807,8 +811,9 @@ class BatchRunner:
                     continue
                 break
             except ConcurrencyLimitedError:
-                self.limit.shrink()
-                await asyncio.sleep(1.0)
+                # The client waited out the account's concurrency limit until its deadline.
+                self.committed -= estimate
+                raise
             except InsufficientCreditsError as exc:
                 self.committed -= estimate
                 self._stop("the account ran out of credits")
@@ -819,7 +824,7 @@ class BatchRunner:
                 raise
         else:
             self.committed -= estimate
-            raise ConcurrencyLimitedError("the account's concurrency limit stayed full")
+            raise VanceError("the service kept answering with ended jobs for new submissions")
         item.set(ItemState.SUBMITTED, job_id=job.id)
         self._submitted_at[item.source] = time.monotonic()
         self._recorded[item.source] = self.manifest.touch()
