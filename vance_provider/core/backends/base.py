@@ -437,7 +437,7 @@ class Backend:
         """
         opts = self.downloads
         deadline_at = None if opts.deadline is None else time.monotonic() + opts.deadline
-        async for attempt in retrying(self.retry):
+        async for attempt in retrying(self.retry, paced=gated):
             with attempt:
                 left = None if deadline_at is None else deadline_at - time.monotonic()
                 if left is not None and left <= 0:
@@ -482,11 +482,14 @@ class Backend:
     ) -> str:
         opts = self.downloads
         limit = expected_size if expected_size is not None else opts.max_bytes
-        if gated:
-            await self.gate.wait()
+        sent = await self.gate.wait() if gated else None
         self.calls[name] += 1
         try:
             async with request() as response:
+                if gated:  # the web download is an API call: its answer teaches the gate too
+                    limited = response.status_code == 429
+                    wait = self.retry_after(response) if limited else None
+                    self.gate.observe(response.headers, sent, limited=limited, retry_after=wait)
                 what = f"{self.api} API {name}"
                 body = _Paced(response.aiter_bytes(), opts.min_rate, opts.stall_window, what)
                 try:
