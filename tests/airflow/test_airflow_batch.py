@@ -110,17 +110,33 @@ def _created_jobs(server) -> list[str]:
     return [r.created_job for r in server.state.requests if r.created_job]
 
 
+def _peak_in_flight(server) -> int:
+    """The exact peak of jobs on the service, from its own record of when each existed."""
+    with server.state.lock:
+        events = sorted(
+            [(j.created_at, 1) for j in server.state.jobs.values()]
+            + [(j.finished_at or float("inf"), -1) for j in server.state.jobs.values()]
+        )  # at equal times an end (-1) sorts before a start (+1)
+    in_flight = [0]
+    for _, step in events:
+        in_flight.append(in_flight[-1] + step)
+    return max(in_flight)
+
+
 @pytest.mark.parametrize("api", ["open", "web"])
-def test_deferrable_waves_bound_concurrency(api, sim, vance_conn, make_image, tmp_path) -> None:
-    vance_conn(api)
+def test_deferrable_window_runs_in_the_trigger(api, sim, vance_conn, make_image, tmp_path) -> None:
+    """One deferral for the whole batch: the worker prepares and starts the first window, the
+    trigger keeps ``max_concurrency`` jobs on the service until the end, then the task summarises."""
+    token = vance_conn(api)
     for i in range(5):
         make_image(f"w/in/p{i}.jpg", 32, 24)
     op = _operator(tmp_path / "w" / "in", tmp_path / "w" / "out", max_concurrency=2)
-    summary, waves = _drive(op, _context())
-    assert [len(w) for w in waves] == [2, 2, 1]
-    assert summary["done"] == 5 and summary["credits_spent"] == 5.0
-    assert len(set(_created_jobs(sim))) == 5
+    summary, deferrals = _drive(op, _context())
+    assert [len(d) for d in deferrals] == [2]  # one deferral; the first window was already running
+    assert summary["done"] == 5 and summary["credits_spent"] == 5.0 and summary["total"] == 5
+    assert len(set(_created_jobs(sim))) == 5 and _peak_in_flight(sim) == 2
     assert len(sim.state.charges()) == 5 and not sim.state.double_charges()
+    assert token not in repr(summary)
 
 
 def test_retry_after_deferral_resumes_without_resubmitting(
@@ -175,7 +191,7 @@ def test_timeout_cancels_open_api_jobs(deferrable, sim_factory, vance_conn, make
     )
 
 
-def test_budget_stops_submissions_across_waves(sim, vance_conn, make_image, tmp_path) -> None:
+def test_budget_stops_submissions_in_the_trigger(sim, vance_conn, make_image, tmp_path) -> None:
     from vance_provider.airflow_compat import AirflowFailException
 
     vance_conn("open")
@@ -188,8 +204,8 @@ def test_budget_stops_submissions_across_waves(sim, vance_conn, make_image, tmp_
     op = _operator(
         src, tmp_path / "b" / "out2", credit_budget=2, on_insufficient_credits="partial", max_concurrency=1
     )
-    summary, waves = _drive(op, _context())
-    assert len(waves) == 2
+    summary, deferrals = _drive(op, _context())
+    assert len(deferrals) == 1  # the trigger carries the run's spending across the window
     assert (summary["done"], summary["skipped"], summary["credits_spent"]) == (2, 2, 2.0)
     assert summary["stopped"] and "budget" in summary["stopped"]
     assert len(sim.state.charges()) == 2

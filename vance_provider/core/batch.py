@@ -569,21 +569,120 @@ class BatchRunner:
                 raise
             # Jobs resumed from the manifest will be paid for in this run too: they count against the
             # budget. The Open API balance already excludes what they reserved, so add that back.
-            resumed = sum(
-                self.estimate(i) for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED)
-            )
-            self.committed += resumed
-            if self.caps.reserves_credits:
-                self.available += resumed
+            self.count_in_flight(work)
             await self.manifest.flush()
             await self._run_all(work)
         finally:
             await self.close()
+        return self.result(time.monotonic() - started)
+
+    # --- a batch handed from one process to another (prepare here, run the window there) --------
+    # The worker: prepare() -> preflight() -> count_in_flight() -> submit_ahead() -> close().
+    # The other process (an Airflow trigger): resume() -> run_window(). The manifest is the only
+    # state that travels: run_window() can be interrupted (a triggerer restart) and resumed again.
+    def count_in_flight(self, work: list[ManifestItem]) -> None:
+        """Count the jobs already on the service (resumed from the manifest) against the budget.
+        The Open API balance already excludes what they reserved: that is added back."""
+        resumed = sum(
+            self.estimate(i) for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED)
+        )
+        self.committed += resumed
+        if self.caps.reserves_credits:
+            self.available += resumed
+
+    async def submit_ahead(self, work: list[ManifestItem], limit: int | None = None) -> list[ManifestItem]:
+        """Submit up to ``limit`` (default: ``max_concurrency``, less the jobs already in flight)
+        pending items at once, within the budget and the balance, and write the manifest: their
+        jobs run while the batch is handed on. Returns the items submitted."""
+        in_flight = sum(1 for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))
+        room = max(0, (limit or self.spec.max_concurrency) - in_flight)
+        chosen = [i for i in work if i.state == ItemState.PENDING][:room]
+
+        async def one(item: ManifestItem) -> None:
+            try:
+                await self.submit_item(item)
+            except VanceError as exc:
+                item.set(ItemState.FAILED, error=exc.message, error_code=str(exc.code or type(exc).__name__))
+            if item.state in (ItemState.FAILED, ItemState.SKIPPED):
+                self.finish_item(item)
+
+        await asyncio.gather(*(one(i) for i in chosen))
+        self.manifest.touch()
+        await self.manifest.flush()
+        return [i for i in chosen if i.state == ItemState.SUBMITTED]
+
+    async def resume(self) -> list[ManifestItem]:
+        """Pick up a batch that :meth:`prepare` planned, possibly in another process, from its
+        manifest alone: take the lease (or re-enter it: same ``spec.owner``), read the manifest,
+        list the inputs once (their sizes, and which items belong to this run), and return this
+        run's unfinished items (pending, submitted, succeeded). Inputs are not checked again, and
+        what this run has failed or skipped stays so. The credits this run already paid (its
+        charges in the manifest) count against the budget, the jobs in flight are committed, and
+        the balance is read once. Spends nothing; follow with :meth:`run_window`."""
+        spec, so = self.spec, self.spec.storage_options
+        if not self.lease.held:
+            await asyncio.to_thread(self.lease.acquire, spec.lock_timeout)
+        try:
+            await asyncio.to_thread(self.manifest.load)
+            self.ignored = []
+            listed = await asyncio.to_thread(list_sources, spec.source, None, so, self.ignored)
+            chash = call_hash(self.call)
+            self.sources, self._sizes, work = [], {}, []
+            p = self.progress
+            for src in listed:
+                item = self.manifest.items.get(src.url)
+                if item is None or item.call != chash or item.fingerprint != src.fingerprint:
+                    continue  # new or changed since the batch was prepared: the next run's work
+                self.sources.append(src.url)
+                self._sizes[src.url] = src.size
+                if item.state in (ItemState.PENDING, ItemState.SUBMITTED, ItemState.SUCCEEDED):
+                    if item.state == ItemState.PENDING and not item.idempotency_key:
+                        item.idempotency_key = self._key(item)  # requeued after a cancel
+                    work.append(item)
+                elif item.state == ItemState.DONE:
+                    p.done += 1
+                elif item.state == ItemState.SKIPPED:
+                    p.skipped += 1
+                    self._stop((item.error or "stopped").removeprefix("not submitted: "))
+                else:
+                    p.failed += 1
+                    if spec.on_failure == "fail_fast":
+                        self._stop(f"fail_fast: {item.source} failed")
+            p.total = len(self.sources)
+            self.spent = sum(
+                float(c.get("credits") or 0.0)
+                for s in self.sources
+                for c in self.manifest.items[s].charges
+                if spec.owner and c.get("run") == self.run_id
+            )
+            if any(i.state == ItemState.PENDING for i in work) and not self.stop_reason:
+                # The balance read now excludes what this run has paid: the budget check counts it.
+                self.available = (await self.client.balance()).available + self.spent
+            self.count_in_flight(work)
+            return work
+        except BaseException:
+            await self.close()
+            raise
+
+    async def run_window(self, work: list[ManifestItem]) -> BatchResult:
+        """Run prepared or resumed work to its end: a sliding window of ``max_concurrency`` jobs
+        (a finished job's slot goes to the next item at once), the manifest kept current. Releases
+        the lease, also when interrupted; the manifest then holds every job id for a resume."""
+        started = time.monotonic()
+        try:
+            await self.manifest.flush()
+            await self._run_all(work)
+        finally:
+            await self.close()
+        return self.result(time.monotonic() - started)
+
+    def result(self, elapsed: float = 0.0) -> BatchResult:
+        """The batch's result as the manifest has it now, for the inputs of this run."""
         items = [item_result(self.manifest.items[s]) for s in self.sources]
         return BatchResult(
             items,
             self.spent,
-            time.monotonic() - started,
+            elapsed,
             self.manifest.url,
             self.stop_reason,
             self.client.request_counts,

@@ -200,6 +200,10 @@ def _deadline(op: BaseOperator, timeout: Any, started: float) -> tuple[float | N
     return own, None if own is None else "timeout"
 
 
+def _seconds(timeout: float | timedelta) -> float:
+    return timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+
+
 def _defer_timeout(end_time: float | None) -> timedelta | None:
     return None if end_time is None else timedelta(seconds=max(0.0, end_time - time.time()) + DEFER_MARGIN)
 
@@ -529,22 +533,27 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         )
 
     def execute(self, context: Context) -> Any:
+        import dataclasses
+
         from vance_provider.core.errors import WaitTimeoutError
-        from vance_provider.operators._batch_steps import batch_step
+        from vance_provider.core.window import hand_off
 
         spec = self.spec(context)
         self._push_link(context)
-        self.log.info(
-            "VanceAI batch: %s -> %s (%s, up to %d in flight, %s)",
-            self.source,
-            self.destination,
-            self.tool,
-            spec.max_concurrency,
-            "deferrable" if self.deferrable else "in the worker",
-        )
         with vance_errors(), self.hook.get_client() as client:
             self._api = client.api
-            if not self.deferrable:
+            deferrable = self.deferrable and self._can_defer(client)
+            self.log.info(
+                "VanceAI batch: %s -> %s (%s, up to %d in flight, %s)",
+                self.source,
+                self.destination,
+                self.tool,
+                spec.max_concurrency,
+                "deferrable: the window runs in the triggerer" if deferrable else "in the worker",
+            )
+            if not deferrable:
+                if spec.timeout is None and self.timeout is not None:  # a deferrable task run here
+                    spec = dataclasses.replace(spec, timeout=_seconds(self.timeout))
                 try:
                     result = self._run_in_worker(client, spec)
                 except (TimeoutError, WaitTimeoutError):
@@ -556,9 +565,63 @@ class VanceAIEnhanceOperator(_VanceAIBase):
                 return self._finish(context, result)
             started = time.time()
             self._requeue_canceled(client, spec)
-            step = client.run(batch_step(client.aio, spec, first=True, started=started))
+            # Prepared and checked once here; the first window of jobs starts before the deferral.
+            handed = client.run(hand_off(client.aio, spec))
+        if handed.result is not None:
+            return self._finish(context, handed.result)
         end_time, reason = _deadline(self, self.timeout, started)
-        return self._next(context, step, end_time, reason)
+        self._defer_batch(spec, handed, started, end_time, reason)
+
+    def _can_defer(self, client: VanceClient) -> bool:
+        """Whether the triggerer can run this batch: the backend's results must be collectable
+        from another process, and the storage reachable without a secret in the trigger."""
+        if not client.capabilities.collectable_elsewhere:
+            self.log.warning(
+                "VanceAI batch: the %s API keeps results in the process that submitted the jobs, so "
+                "the triggerer could not collect them: running the batch in the worker, not deferred",
+                client.api,
+            )
+            return False
+        if self.storage_options and shareable_storage_options(self.storage_options) is None:
+            self.log.warning(
+                "VanceAI batch: storage_options hold a secret, which must not travel to the triggerer "
+                "(use storage_conn_id): running the batch in the worker, not deferred"
+            )
+            return False
+        return True
+
+    def _defer_batch(
+        self, spec: BatchSpec, handed: Any, started: float, end_time: float | None, reason: str | None
+    ) -> None:
+        """Hand the batch's window to the triggerer: the spec as plain data, no token, no secret."""
+        import dataclasses
+
+        from vance_provider.triggers.vanceai import VanceAIBatchTrigger
+
+        secret = ("storage_options", "cache_storage_options", "timeout", "fresh")
+        batch = {k: v for k, v in dataclasses.asdict(spec).items() if k not in secret}
+        self.log.info(
+            "VanceAI batch: %d job(s) in flight, %d to submit; deferring: the triggerer runs the rest",
+            len(handed.job_ids),
+            handed.pending,
+        )
+        self.defer(
+            trigger=VanceAIBatchTrigger(
+                self.vanceai_conn_id,
+                handed.job_ids,
+                batch=batch,
+                manifest=handed.manifest,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                end_time=end_time,
+                carry={"started": started, "end_time": end_time, "reason": reason},
+                storage_conn_id=self.storage_conn_id or None,
+                storage_options=shareable_storage_options(self.storage_options),
+            ),
+            method_name="execute_complete",
+            kwargs={"reason": reason},
+            timeout=_defer_timeout(end_time),
+        )
 
     def _run_in_worker(self, client: VanceClient, spec: BatchSpec) -> BatchResult:
         """The whole batch in this process; ``on_kill`` (a kill, or ``execution_timeout``) stops it."""
@@ -614,7 +677,10 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         client.run(requeue())
 
     def execute_complete(self, context: Context, event: dict[str, Any], reason: str | None = None) -> Any:
-        from vance_provider.operators._batch_steps import batch_step
+        """The triggerer ran the batch: apply the failure policy to its summary, or handle its end."""
+        import dataclasses
+
+        from vance_provider.core.window import hand_off
 
         carry = event.get("carry") or {}
         end_time = carry.get("end_time")
@@ -637,16 +703,16 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             if event["status"] != "success":
                 raise AirflowException(f"VanceAI batch: {event['message']}")
             self.log.info("VanceAI batch: %s", event["message"])
-            step = client.run(
-                batch_step(
-                    client.aio,
-                    spec,
-                    first=False,
-                    spent=float(carry.get("spent", 0.0)),
-                    started=carry.get("started"),
-                )
-            )
-        return self._next(context, step, end_time, reason)
+            if "summary" not in event:  # a trigger of an older version waited for one wave only
+                handed = client.run(hand_off(client.aio, dataclasses.replace(spec, fresh=False)))
+                if handed.result is None:
+                    started = float(carry.get("started") or time.time())
+                    self._defer_batch(spec, handed, started, end_time, reason)
+                return self._finish(context, handed.result)
+        summary = dict(event["summary"])
+        if carry.get("started"):
+            summary["elapsed_s"] = round(time.time() - float(carry["started"]), 2)
+        return self._conclude(context, summary)
 
     def _emit_asset_events(self, context: Context, summary: dict[str, Any]) -> None:
         """The counts as the extra of the outlet Asset's event; an ``AssetAlias`` outlet gets an event
@@ -716,55 +782,28 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         if url and ti is not None:
             ti.xcom_push(key=LINK_XCOM_KEY, value=url)
 
-    def _next(self, context: Context, step: Any, end_time: float | None, reason: str | None = None) -> Any:
-        if step.result is not None:
-            return self._finish(context, step.result)
-        from vance_provider.triggers.vanceai import VanceAIBatchTrigger
-
-        self.log.info(
-            "VanceAI batch: %d job(s) in flight, %d waiting; deferring", len(step.job_ids), step.remaining
-        )
-        trigger = VanceAIBatchTrigger(
-            self.vanceai_conn_id,
-            step.job_ids,
-            manifest=step.manifest,
-            poll_interval=self.poll_interval,
-            max_poll_interval=self.max_poll_interval,
-            end_time=end_time,
-            carry={**step.carry(), "end_time": end_time, "reason": reason},
-            storage_conn_id=self.storage_conn_id or None,
-            storage_options=shareable_storage_options(self.storage_options),
-        )
-        self.defer(
-            trigger=trigger,
-            method_name="execute_complete",
-            kwargs={"reason": reason},
-            timeout=_defer_timeout(end_time),
-        )
-
     def _finish(self, context: Context, result: BatchResult) -> dict[str, Any]:
-        from vance_provider.core.errors import BatchFailedError
+        return self._conclude(context, result.summary(max_outputs=MAX_XCOM_ITEMS))
 
-        summary = result.summary(max_outputs=MAX_XCOM_ITEMS)
-        failures = summary.get("failures") or {}
-        if len(failures) > MAX_XCOM_ITEMS:
-            summary["failures"] = dict(list(failures.items())[:MAX_XCOM_ITEMS])
+    def _conclude(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
+        """Log the counts, emit the asset event and lineage, apply ``on_failure``; the XCom."""
         self.log.info(
             "VanceAI batch: %d done, %d failed, %d skipped of %d; %g credits spent; manifest %s",
-            result.done,
-            result.failed,
-            result.skipped,
-            len(result.items),
-            result.credits_spent,
-            result.manifest,
+            summary["done"],
+            summary["failed"],
+            summary["skipped"],
+            summary["total"],
+            summary["credits_spent"],
+            summary["manifest"],
         )
         self._emit_asset_events(context, summary)
         self._record_lineage(summary)
-        try:
-            result.raise_for_failures(self.on_failure)  # type: ignore[arg-type]
-        except BatchFailedError as exc:
+        if self.on_failure != "continue" and summary["failed"]:
             context["ti"].xcom_push(key="summary", value=summary)
-            raise AirflowException(str(exc)) from None
+            source, error = next(iter((summary.get("failures") or {}).items()), ("?", "?"))
+            raise AirflowException(
+                f"{summary['failed']} of {summary['total']} item(s) failed; first: {source}: {error}"
+            )
         return summary
 
 

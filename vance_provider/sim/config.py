@@ -78,6 +78,10 @@ class SimConfig:
     time_per_job: float = 0.1
     time_per_megapixel: float = 0.0
     time_per_video_second: float = 0.2
+    # Spread of job times: each job's time is multiplied by a log-normal factor of mean 1 and
+    # this sigma (0 = every job takes the same time; 1.0 = a long tail, the slowest of 16 jobs
+    # about 4x the mean), drawn from its own RNG seeded by ``faults.seed``.
+    time_spread: float = 0.0
     result_sync_window: float = 0.0  # Open API /result answers 202 for this long after success
     web_sync_wait: float = 0.0  # web transform answers "finish" if done within this
     # Limits

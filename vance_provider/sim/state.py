@@ -318,7 +318,15 @@ class SimState:
             job.reserved = job.cost
             self._record(job, "reserve", job.cost)
         job.status, job.phase, job.started_at = "processing", "processing", now
-        job.finish_at = now + job.processing_time
+        job.finish_at = now + job.processing_time * self._spread_factor()
+
+    def _spread_factor(self) -> float:
+        """A job's time factor: log-normal, mean 1, sigma ``config.time_spread`` (1.0 when 0)."""
+        sigma = self.config.time_spread
+        if sigma <= 0:
+            return 1.0
+        rng = self.__dict__.setdefault("_spread_rng", random.Random(self.config.faults.seed + 7919))
+        return math.exp(rng.gauss(0.0, sigma) - sigma * sigma / 2)
 
     def _fail(self, job: Job, code: str, message: str) -> None:
         acc = self.accounts[job.account]

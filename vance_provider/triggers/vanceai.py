@@ -1,10 +1,15 @@
-"""Triggers that wait for VanceAI jobs in the triggerer, without holding a worker slot.
+"""Triggers for VanceAI in the triggerer, without holding a worker slot.
 
-They only poll: a triggerer restart rebuilds them from ``serialize()`` (connection id, job ids,
-poll interval, deadline - never a token) and they carry on, submitting nothing. Each yields
-exactly one ``TriggerEvent`` and returns:
+* :class:`VanceAIJobTrigger` waits for jobs (it only polls, submitting nothing);
+* :class:`VanceAIBatchTrigger` runs a batch's sliding window (submit, poll, download, record),
+  with the batch manifest as its durable state.
 
-    {"status": "success" | "error" | "timeout", "message": str, "job_ids": [...], ...}
+A triggerer restart rebuilds them from ``serialize()`` (connection id, job ids or the batch's
+plain settings, poll interval, deadline - never a token, never a storage secret) and they carry
+on: the batch trigger resumes from the manifest and pays nothing twice. Each yields exactly one
+``TriggerEvent`` and returns:
+
+    {"status": "success" | "error" | "timeout", "message": str, ...}
 
 When a user marks the deferred task failed or succeeded, or clears it, the trigger cancels its
 Open API jobs (they would run and bill for nothing) and, for a batch, records them in the
@@ -125,25 +130,32 @@ class _VanceAITrigger(BaseTrigger):
         try:
             hook = VanceAIHook(self.conn_id, caller="airflow-triggerer")
             async with hook.async_client() as client:
-                done, pending = await poll_jobs(
-                    client,
-                    self.job_ids,
-                    poll_interval=self.poll_interval,
-                    max_poll_interval=self.max_poll_interval,
-                    end_time=self.end_time,
-                    stop_on_failure=self.stop_on_failure,
-                    log=self.log,
-                )
-                api = client.api
+                payload = await self.work(client)
         except asyncio.CancelledError:
             # Airflow < 3.3 has no on_kill for triggers: find out whether a user stopped the task.
             if not TRIGGER_ON_KILL and self.cancel_on_kill and await self._task_was_stopped():
                 await self.on_kill()
             raise
         except Exception as exc:
-            yield TriggerEvent({"status": "error", "message": safe_message(exc), "job_ids": self.job_ids})
+            yield TriggerEvent(self.error_payload(exc))
             return
-        yield TriggerEvent(self.event_payload(done, pending, api))
+        yield TriggerEvent(payload)
+
+    async def work(self, client: AsyncVanceClient) -> dict[str, Any]:
+        """Wait for the jobs; the event's payload."""
+        done, pending = await poll_jobs(
+            client,
+            self.job_ids,
+            poll_interval=self.poll_interval,
+            max_poll_interval=self.max_poll_interval,
+            end_time=self.end_time,
+            stop_on_failure=self.stop_on_failure,
+            log=self.log,
+        )
+        return self.event_payload(done, pending, client.api)
+
+    def error_payload(self, exc: BaseException) -> dict[str, Any]:
+        return {"status": "error", "message": safe_message(exc), "job_ids": self.job_ids}
 
     async def _task_was_stopped(self) -> bool:
         """Airflow < 3.3: the task is no longer deferred (marked failed/succeeded, cleared)."""
@@ -242,19 +254,28 @@ class VanceAIJobTrigger(_VanceAITrigger):
 
 
 class VanceAIBatchTrigger(_VanceAITrigger):
-    """Wait until every job of a batch wave is terminal; failures are reported, not fatal here.
+    """Run a batch's sliding window in the triggerer: submit, poll, download and record every
+    remaining item of a batch the operator prepared, keeping ``max_concurrency`` jobs on the
+    service the whole time; one event when the batch is finished (or timed out, or failed).
 
-    The operator then stores the results and applies its failure policy. ``manifest`` (the
-    batch manifest's URL) is informational: the trigger never reads storage. ``carry`` is small
-    plain state of the operator (credits spent so far, start time, deadline) handed back in the
-    event, so it survives a triggerer restart and runners that drop ``next_kwargs``.
+    ``batch`` holds the batch's settings as plain data (``BatchSpec`` fields, never a token and
+    never storage options holding a secret: those come from ``storage_conn_id`` here). The
+    manifest beside the outputs is the trigger's durable state: rebuilt after a triggerer restart,
+    it resumes from it (:func:`vance_provider.core.window.run_elsewhere`) and pays nothing twice.
+    It holds the batch's lease with the operator's owner id while it runs.
+
+    ``job_ids`` are the jobs the operator submitted before deferring (informational). A trigger
+    without ``batch`` (serialized by an older version) only waits for ``job_ids``, as before;
+    the operator then hands the rest of the batch to a new trigger. ``carry`` is small plain
+    state of the operator (start time, deadline) handed back in the event.
     """
 
     def __init__(
         self,
         conn_id: str,
-        job_ids: list[str] | str,
+        job_ids: list[str] | str | None = None,
         *,
+        batch: dict[str, Any] | None = None,
         manifest: str | None = None,
         poll_interval: float = 5.0,
         max_poll_interval: float = 60.0,
@@ -266,12 +287,13 @@ class VanceAIBatchTrigger(_VanceAITrigger):
     ) -> None:
         super().__init__(
             conn_id,
-            job_ids,
+            list(job_ids or []),
             poll_interval=poll_interval,
             max_poll_interval=max_poll_interval,
             end_time=end_time,
             cancel_on_kill=cancel_on_kill,
         )
+        self.batch = None if batch is None else dict(batch)
         self.manifest = manifest
         self.carry = dict(carry or {})
         self.storage_conn_id = storage_conn_id
@@ -280,30 +302,109 @@ class VanceAIBatchTrigger(_VanceAITrigger):
     def _kwargs(self) -> dict[str, Any]:
         return {
             **super()._kwargs(),
+            "batch": self.batch,
             "manifest": self.manifest,
             "carry": self.carry,
             "storage_conn_id": self.storage_conn_id,
             "storage_options": self.storage_options,
         }
 
-    async def record_killed(self, job_ids: list[str]) -> None:
-        """Mark the canceled jobs' items pending in the manifest: the next run submits only those.
+    def __repr__(self) -> str:
+        what = f"batch={self.manifest!r}" if self.batch is not None else f"jobs={len(self.job_ids)}"
+        return f"{type(self).__name__}(conn_id={self.conn_id!r}, {what})"
 
-        The storage comes from ``storage_conn_id`` or the secret-free ``storage_options`` the
-        operator passed (options holding keys never travel through the trigger table); when the
-        manifest cannot be written the next run finds the jobs canceled and submits them again.
-        """
-        if not job_ids or not self.manifest:
-            return
+    async def _options(self) -> dict[str, Any] | None:
         from asgiref.sync import sync_to_async
 
-        from vance_provider.core.cancel import mark_canceled
-        from vance_provider.core.manifest import Manifest
         from vance_provider.hooks.vanceai import storage_options_from_connection
 
+        options = await sync_to_async(storage_options_from_connection)(self.storage_conn_id)
+        return {**(options or {}), **(self.storage_options or {})} or None
+
+    def spec(self, options: dict[str, Any] | None) -> Any:
+        """The batch's ``BatchSpec``: never archived afresh here, the deadline as its timeout."""
+        from vance_provider.core import BatchSpec
+
+        assert self.batch is not None
+        timeout = None if self.end_time is None else max(0.01, self.end_time - time.time())
+        return BatchSpec(**{**self.batch, "storage_options": options, "fresh": False, "timeout": timeout})
+
+    async def work(self, client: AsyncVanceClient) -> dict[str, Any]:
+        if self.batch is None:
+            payload = await super().work(client)
+            payload.pop("jobs", None)
+            return {**payload, "manifest": self.manifest, "carry": self.carry}
+        from vance_provider.core.errors import WaitTimeoutError
+        from vance_provider.core.window import run_elsewhere
+
+        spec = self.spec(await self._options())
+        self.log.info(
+            "VanceAI batch: running the window in the triggerer (up to %d job(s) at once), manifest %s",
+            spec.max_concurrency,
+            self.manifest,
+        )
         try:
-            options = await sync_to_async(storage_options_from_connection)(self.storage_conn_id)
-            options = {**(options or {}), **(self.storage_options or {})} or None
+            result = await run_elsewhere(client, spec)
+        except WaitTimeoutError as exc:
+            return {
+                "status": "timeout",
+                "message": f"the batch did not finish before its deadline ({safe_message(exc)})",
+                "manifest": self.manifest,
+                "carry": self.carry,
+            }
+        from vance_provider.operators.vanceai import MAX_XCOM_ITEMS
+
+        summary = result.summary(max_outputs=MAX_XCOM_ITEMS)
+        return {
+            "status": "success",
+            "message": f"{result.done} done, {result.failed} failed, {result.skipped} skipped "
+            f"of {len(result.items)}; {result.credits_spent:g} credits",
+            "summary": summary,
+            "manifest": self.manifest,
+            "carry": self.carry,
+        }
+
+    def error_payload(self, exc: BaseException) -> dict[str, Any]:
+        return {**super().error_payload(exc), "manifest": self.manifest, "carry": self.carry}
+
+    async def on_kill(self) -> None:
+        """The task was stopped by a user while deferred: cancel the batch's jobs in flight (Open
+        API) and mark them pending in the manifest, so the next run submits exactly those again.
+
+        Airflow calls this after ``run()`` was cancelled: the window has written the manifest and
+        released the lease by then. The storage comes from ``storage_conn_id`` or the secret-free
+        ``storage_options`` the operator passed; when the manifest cannot be written, the next run
+        finds the jobs canceled and submits them again.
+        """
+        if self.batch is None:
+            await super().on_kill()
+            return
+        if not self.cancel_on_kill or self.killed is not None:
+            return
+        from vance_provider.core.batch import manifest_for
+        from vance_provider.core.cancel import cancel_manifest_jobs
+        from vance_provider.hooks.vanceai import VanceAIHook
+
+        self.killed = []
+        try:
+            options = await self._options()
+            manifest = await asyncio.to_thread(manifest_for(self.spec(options)).load)
+            async with VanceAIHook(self.conn_id, caller="airflow-triggerer").async_client() as client:
+                self.killed = await cancel_manifest_jobs(client, manifest)
+        except Exception as exc:
+            self.log.warning("could not cancel the VanceAI batch's jobs: %s", safe_message(exc))
+            return
+        self.log.info("the task was stopped: canceled %d VanceAI job(s)", len(self.killed))
+
+    async def record_killed(self, job_ids: list[str]) -> None:
+        """An older trigger (``job_ids`` only): mark the canceled jobs' items pending in the manifest."""
+        if not job_ids or not self.manifest:
+            return
+        from vance_provider.core.cancel import mark_canceled
+        from vance_provider.core.manifest import Manifest
+
+        try:
+            options = await self._options()
             manifest = await asyncio.to_thread(Manifest(self.manifest, options).load)
             if mark_canceled(manifest, job_ids):
                 await manifest.flush()
@@ -314,12 +415,3 @@ class VanceAIBatchTrigger(_VanceAITrigger):
                 "canceled and submits them again",
                 safe_message(exc),
             )
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        async for event in super().run():
-            yield TriggerEvent({**event.payload, "manifest": self.manifest, "carry": self.carry})
-
-    def event_payload(self, done: dict[str, Job], pending: list[str], api: str) -> dict[str, Any]:
-        payload = super().event_payload(done, pending, api)
-        payload.pop("jobs", None)
-        return payload
