@@ -17,6 +17,7 @@ from vance_provider.core.credits import (
     COLUMNS,
     SUMMARY_COLUMNS,
     join_web_history,
+    records_from_manifests,
     summary_markdown,
     summary_text,
     usage_summary,
@@ -269,19 +270,19 @@ def test_summary_counts_items_charges_and_credits() -> None:
     assert list(summary.columns) == list(SUMMARY_COLUMNS)
     assert {c: str(t) for c, t in summary.dtypes.items()} == SUMMARY_COLUMNS
     assert summary.astype(object).values.tolist() == [
-        ["open", "video_upscale", 1, 1, 1, 2.0],
-        ["open", "all", 1, 1, 1, 2.0],
-        ["web", "sharpen", 1, 1, 1, 2.0],
-        ["web", "upscale", 1, 2, 3, 3.0],
-        ["web", "all", 2, 3, 4, 5.0],
-        ["all", "all", 3, 4, 5, 7.0],
+        ["open", "video_upscale", 1, 1, 1, 2.0, 0.0],
+        ["open", "all", 1, 1, 1, 2.0, 0.0],
+        ["web", "sharpen", 1, 1, 1, 2.0, 0.0],
+        ["web", "upscale", 1, 2, 3, 3.0, 0.0],
+        ["web", "all", 2, 3, 4, 5.0, 0.0],
+        ["all", "all", 3, 4, 5, 7.0, 0.0],
     ]
     text = summary_text(summary)
     assert text.splitlines()[0].split() == list(SUMMARY_COLUMNS)
     md = summary_markdown(summary)
-    assert "| web | upscale | 1 | 2 | 3 | 3 |" in md and md.endswith("**Total: 7 credits**")
+    assert "| web | upscale | 1 | 2 | 3 | 3 | 0 |" in md and md.endswith("**Total: 7 credits**")
     empty = usage_summary(usage_frame([]))
-    assert empty.astype(object).values.tolist() == [["all", "all", 0, 0, 0, 0.0]]
+    assert empty.astype(object).values.tolist() == [["all", "all", 0, 0, 0, 0.0, 0.0]]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -324,3 +325,27 @@ def test_empty_report_is_typed() -> None:
     assert df.empty and list(df.columns) == list(COLUMNS)
     assert str(df["timestamp"].dtype) == "datetime64[ns, UTC]" and df["credits"].dtype == "float64"
     assert totals(df) == {"total": 0.0, "per_tool": {}, "per_api": {}, "per_day": {}}
+
+
+def test_results_served_by_the_cache_are_items_not_charges(tmp_path: Path) -> None:
+    """A cached item: a `cached` row of 0 credits with what it saved; counted as an item, not a charge."""
+    from vance_provider.core.manifest import ItemState, Manifest, ManifestItem
+
+    m = Manifest(str(tmp_path / "m.json"))
+    m.meta = {"identity": {"api": "open", "tool": "upscale"}}
+    paid = ManifestItem(
+        "in/a.jpg", "f", "c", output="out/a.jpg", state=ItemState.DONE, job_id="j1", credits=1.0
+    )
+    paid.charges = [{"job_id": "j1", "credits": 1.0, "at": 1.7e9}]
+    cached = ManifestItem(
+        "in/b.jpg", "f", "c", output="out/b.jpg", state=ItemState.DONE, cached=True, saved=2.0
+    )
+    m.items["in/a.jpg"], m.items["in/b.jpg"] = paid, cached
+    m.save()
+    df = usage_frame(records_from_manifests([m.url]))
+    assert df[["source", "kind", "credits", "saved"]].astype(object).values.tolist() == [
+        ["in/a.jpg", "charge", 1.0, 0.0],
+        ["in/b.jpg", "cached", 0.0, 2.0],
+    ]  # in time order: the charge (2023) before the cache hit (now)
+    total = usage_summary(df).iloc[-1]
+    assert (total["items"], total["charges"], total["credits"], total["saved"]) == (2, 1, 1.0, 2.0)

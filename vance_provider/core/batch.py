@@ -481,7 +481,15 @@ class BatchRunner:
                     return False
             if hit is None:
                 return False
-            item.set(ItemState.DONE, output=hit.output, credits=0.0, cached=True, error=None, error_code=None)
+            item.set(
+                ItemState.DONE,
+                output=hit.output,
+                credits=0.0,
+                cached=True,
+                saved=hit.credits_saved,
+                error=None,
+                error_code=None,
+            )
             self.credits_saved += hit.credits_saved
             self.progress.done += 1
             return True

@@ -44,6 +44,7 @@ COLUMNS = {
     "job_id": "string",
     "batch": "string",
     "run": "string",
+    "saved": "float64",
 }
 SUMMARY_COLUMNS = {
     "api": "string",
@@ -52,6 +53,7 @@ SUMMARY_COLUMNS = {
     "items": "int64",
     "charges": "int64",
     "credits": "float64",
+    "saved": "float64",
 }
 ALL = "all"  # the api / tool of the summary's subtotal and total rows
 
@@ -126,6 +128,23 @@ def records_from_manifests(
             )
             tool = row.get("tool") or str(meta.get("tool") or "")
             item = SimpleNamespace(source=row.get("source"), output=row.get("output"))
+            if row.get("cached") and row.get("state") == ItemState.DONE:  # served by the cache: no charge
+                records.append(
+                    UsageRecord(
+                        timestamp=_iso(float(row.get("updated_at") or 0.0)),
+                        tool=our_tool(tool, api),
+                        kind="cached",
+                        credits=0.0,
+                        balance=None,
+                        source=item.source,
+                        job_id=None,
+                        api=api,
+                        vendor_tool=vendor_tool(tool, api),
+                        output=item.output,
+                        batch=url,
+                        saved=float(row.get("saved") or 0.0),
+                    )
+                )
             for c in charges:
                 at = c.get("charged_at") or c["at"]
                 records.append(
@@ -290,10 +309,12 @@ async def usage_report(
     Open API: the charges recorded in ``manifests`` and those this client saw. Charges recorded
     in manifests of another API than the client's are included as recorded.
     """
-    recorded = records_from_manifests(manifests, storage_options)
+    everything = records_from_manifests(manifests, storage_options)
+    cached = [r for r in everything if r.kind == "cached"]  # no charge: the service knows nothing of them
+    recorded = [r for r in everything if r.kind != "cached"]
     own = list(await client.usage())
     if client.api == "web":
-        rows = join_web_history(own, [r for r in recorded if r.api == "web"])
+        rows = join_web_history(own, [r for r in recorded if r.api == "web"]) + cached
         rows += [r for r in recorded if r.api != "web"]
     else:
         ids = {r.job_id for r in recorded if r.api == client.api}
@@ -302,7 +323,7 @@ async def usage_report(
             for r in own
             if r.job_id not in ids
         ]
-        rows = recorded + seen
+        rows = recorded + cached + seen
     return usage_frame(rows)
 
 
@@ -343,8 +364,9 @@ def usage_summary(df: pd.DataFrame) -> pd.DataFrame:
             "tool": tool,
             "batches": int(part["batch"].nunique()),
             "items": int(part["_item"].nunique()),
-            "charges": len(part),
+            "charges": int((part["kind"] != "cached").sum()),
             "credits": round(float(part["credits"].sum()), 3),
+            "saved": round(float(part["saved"].sum()), 3),
         }
 
     rows = []
@@ -366,7 +388,7 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     cols = list(SUMMARY_COLUMNS)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for rec in summary.to_dict("records"):
-        cells = [f"{rec[c]:g}" if c == "credits" else str(rec[c]) for c in cols]
+        cells = [f"{rec[c]:g}" if c in ("credits", "saved") else str(rec[c]) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     total = float(summary["credits"].iloc[-1]) if len(summary) else 0.0
     return "\n".join([*lines, "", f"**Total: {total:g} credits**"])

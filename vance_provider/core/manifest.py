@@ -53,6 +53,7 @@ class ManifestItem:
     media_info: dict[str, Any] | None = None  # a video's size and duration, sent so the service prices it
     input_sha256: str | None = None  # of the input's bytes, when a result cache is used
     cached: bool = False  # the output was copied from the result cache (0 credits)
+    saved: float = 0.0  # what the cached result cost when it was paid for
     updated_at: float = field(default_factory=time.time)
 
     @classmethod

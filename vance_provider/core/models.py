@@ -109,3 +109,4 @@ class UsageRecord:
     output: str | None = None  # where the result was stored
     batch: str | None = None  # the batch's manifest URL
     run: str | None = None  # the run that paid, where the engine recorded it
+    saved: float = 0.0  # a result served from the cache: what it cost when it was paid for
