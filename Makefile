@@ -36,6 +36,7 @@ compat: $(UV)
 lint: env
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy vance_provider dagster_vance
 
 bench: env
 	$(VENV)/bin/python -m bench.run

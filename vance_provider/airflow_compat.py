@@ -21,12 +21,12 @@ from airflow import __version__ as AIRFLOW_VERSION
 try:  # Airflow >= 3.1
     from airflow.sdk import BaseHook
 except ImportError:  # Airflow 3.0
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef]
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined]
 
 try:  # Airflow >= 3.1
     from airflow.sdk import conf
 except ImportError:  # Airflow 3.0
-    from airflow.configuration import conf  # type: ignore[no-redef]
+    from airflow.configuration import conf  # type: ignore[no-redef,assignment]
 
 try:  # Airflow >= 3.1
     from airflow.sdk.exceptions import (
@@ -48,7 +48,7 @@ except ImportError:  # Airflow 3.0
 try:  # Airflow >= 3.1
     from airflow.sdk.bases.skipmixin import SkipMixin
 except ImportError:  # Airflow 3.0
-    from airflow.providers.standard.utils.skipmixin import SkipMixin  # type: ignore[no-redef]
+    from airflow.providers.standard.utils.skipmixin import SkipMixin  # type: ignore[no-redef,assignment]
 
 from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink
 from airflow.triggers.base import BaseTrigger, TriggerEvent

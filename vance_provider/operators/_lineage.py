@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -103,13 +104,13 @@ def operator_lineage(inputs: list[str], outputs: list[str], facet: dict[str, Any
     )
 
 
-def hook_lineage(hook: Any, inputs: list[str], outputs: list[str]) -> None:
+def hook_lineage(hook: Any, inputs: Collection[str], outputs: Collection[str]) -> None:
     """Report the inputs and outputs to Airflow's hook lineage collector (where Airflow has one)."""
     try:
         try:
             from airflow.sdk.lineage import get_hook_lineage_collector
         except ImportError:  # Airflow 3.0
-            from airflow.lineage.hook import get_hook_lineage_collector
+            from airflow.lineage.hook import get_hook_lineage_collector  # type: ignore[no-redef]
         collector = get_hook_lineage_collector()
         for url in inputs:
             collector.add_input_asset(context=hook, uri=_asset_uri(url))
