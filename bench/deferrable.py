@@ -32,10 +32,8 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-# The provider's code under test (BENCH_CODE_ROOT: another checkout, say the previous design);
-# the simulator always runs from this one. BENCH_LABEL names the result keys (dag_test_<label>).
-CODE = Path(os.environ.get("BENCH_CODE_ROOT") or ROOT)
-LABEL = os.environ.get("BENCH_LABEL", "")
+CODE = ROOT  # (an editable install of the provider wins over PYTHONPATH: no other checkout here)
+LABEL = os.environ.get("BENCH_LABEL", "")  # names the result keys (dag_test_<label>)
 ENV = {
     "SIZES": [int(n) for n in os.environ.get("BENCH_SIZES", "200,1000").split(",")],
     "T": float(os.environ.get("BENCH_T", "0.25")),
