@@ -151,7 +151,10 @@ def test_open_result_not_ready_is_retried(
 
 
 def test_open_download_uses_the_terminal_answers_signed_link(
-    sim: SimulatorServer, client_factory: Callable[..., VanceClient], make_image: Callable[..., Path], tmp_path: Path
+    sim: SimulatorServer,
+    client_factory: Callable[..., VanceClient],
+    make_image: Callable[..., Path],
+    tmp_path: Path,
 ) -> None:
     client = client_factory(sim, "open")
     job = client.wait(client.submit(str(make_image("s.jpg", 16, 16)), "upscale").id, poll_interval=0.05)

@@ -119,7 +119,15 @@ def test_report_matches_the_ledger(demo: dict) -> None:
     assert web["balance"].notna().all() and web["balance"].is_monotonic_decreasing
     assert set(zip(web["tool"], web["vendor_tool"], strict=True)) == {("upscale", "enlarge3")}
     summary = pd.read_csv(out / "credit_summary.csv")
-    assert list(summary.iloc[-1]) == ["all", "all", 4, len(df), len(df), df["credits"].sum(), 0.0]  # nothing cached
+    assert list(summary.iloc[-1]) == [
+        "all",
+        "all",
+        4,
+        len(df),
+        len(df),
+        df["credits"].sum(),
+        0.0,
+    ]  # nothing cached
     assert "Credits in the usage report" in demo["stdout"]
     match = re.search(
         r"usage report:\s*([\d.]+);\s*charged by the simulator's\s+ledger:\s*([\d.]+)", demo["stdout"]

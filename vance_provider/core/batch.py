@@ -591,9 +591,7 @@ class BatchRunner:
     def count_in_flight(self, work: list[ManifestItem]) -> None:
         """Count the jobs already on the service (resumed from the manifest) against the budget.
         The Open API balance already excludes what they reserved: that is added back."""
-        resumed = sum(
-            self.estimate(i) for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED)
-        )
+        resumed = sum(self.estimate(i) for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))
         self.committed += resumed
         if self.caps.reserves_credits:
             self.available += resumed

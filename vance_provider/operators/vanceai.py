@@ -134,7 +134,7 @@ class VanceAIDestinationLink(BaseOperatorLink):
 
     name = "VanceAI outputs"
 
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:  # type: ignore[override]
         try:
             from airflow.sdk.execution_time.xcom import XCom
         except ImportError:  # pragma: no cover - older layouts
@@ -707,7 +707,8 @@ class VanceAIEnhanceOperator(_VanceAIBase):
                 handed = client.run(hand_off(client.aio, dataclasses.replace(spec, fresh=False)))
                 if handed.result is None:
                     started = float(carry.get("started") or time.time())
-                    self._defer_batch(spec, handed, started, end_time, reason)
+                    self._defer_batch(spec, handed, started, end_time, reason)  # raises TaskDeferred
+                assert handed.result is not None
                 return self._finish(context, handed.result)
         summary = dict(event["summary"])
         if carry.get("started"):
