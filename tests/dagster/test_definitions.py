@@ -188,8 +188,15 @@ def test_dg_check_defs_validates_the_project() -> None:
     assert (PROJECT / "src" / "vance_example" / "defs" / "photos_yaml_x2" / "defs.yaml").is_file()
     assert (PROJECT / "src" / "vance_example" / "defs" / "datasets.py").is_file()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VANCE_", "DAGSTER_HOME"))}
+    # This environment is the project's: dg >= 1.12 asks for it with --use-active-venv, 1.11 uses
+    # the active (first on PATH) environment anyway.
+    dg_bin = DAGSTER.parent / "dg"
+    env.update(
+        PATH=f"{dg_bin.parent}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(dg_bin.parent.parent)
+    )
+    flags = subprocess.run([str(dg_bin), "check", "defs", "--help"], capture_output=True, text=True).stdout
     proc = subprocess.run(
-        [str(DAGSTER.parent / "dg"), "check", "defs", "--use-active-venv"],
+        [str(dg_bin), "check", "defs", *(["--use-active-venv"] if "--use-active-venv" in flags else [])],
         cwd=PROJECT,
         env=env,
         capture_output=True,
