@@ -12,6 +12,7 @@ manifest, and the rerun submits only those, charging every input exactly once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import sys
 import time
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -79,6 +81,13 @@ def _rerun_pays_once(server, src, dst, canceled: set[str], *, deferrable: bool) 
     assert len(new) == N - (len(before) - len(canceled))  # only the canceled (or never sent) ones
 
 
+def _manifest_job_ids(manifest: Path) -> set[str]:
+    try:
+        return {i["job_id"] for i in json.loads(manifest.read_text())["items"] if i.get("job_id")}
+    except (FileNotFoundError, ValueError, KeyError):
+        return set()
+
+
 def test_killed_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> None:
     server = sim_factory(time_per_job=600.0)
     vance_conn("open", server=server)
@@ -92,7 +101,11 @@ def test_killed_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> 
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
-    while len(_running(server)) < 2:  # two jobs in flight (max_concurrency=2): kill the task now
+    # Two jobs in flight (max_concurrency=2) and their ids in the task's manifest (it has their
+    # answers: a job whose answer is still on the wire at the kill is found again by its key on
+    # the rerun, not canceled): kill the task now.
+    manifest = dst / "_vance_manifest.json"
+    while len(_running(server)) < 2 or len(_manifest_job_ids(manifest)) < 2:
         assert worker.poll() is None, "the task finished before the kill"
         assert time.monotonic() < deadline
         time.sleep(0.01)
