@@ -12,7 +12,6 @@ manifest, and the rerun submits only those, charging every input exactly once.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -20,11 +19,11 @@ import sys
 import time
 from collections import Counter
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from tests.airflow.helpers import load_dag, ti_states, xcom
+from tests.core.helpers import manifest_job_ids
 
 RUN_TASK = """
 import sys
@@ -81,13 +80,6 @@ def _rerun_pays_once(server, src, dst, canceled: set[str], *, deferrable: bool) 
     assert len(new) == N - (len(before) - len(canceled))  # only the canceled (or never sent) ones
 
 
-def _manifest_job_ids(manifest: Path) -> set[str]:
-    try:
-        return {i["job_id"] for i in json.loads(manifest.read_text())["items"] if i.get("job_id")}
-    except (FileNotFoundError, ValueError, KeyError):
-        return set()
-
-
 def test_killed_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> None:
     server = sim_factory(time_per_job=600.0)
     vance_conn("open", server=server)
@@ -105,7 +97,7 @@ def test_killed_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> 
     # answers: a job whose answer is still on the wire at the kill is found again by its key on
     # the rerun, not canceled): kill the task now.
     manifest = dst / "_vance_manifest.json"
-    while len(_running(server)) < 2 or len(_manifest_job_ids(manifest)) < 2:
+    while len(_running(server)) < 2 or len(manifest_job_ids(manifest)) < 2:
         assert worker.poll() is None, "the task finished before the kill"
         assert time.monotonic() < deadline
         time.sleep(0.01)

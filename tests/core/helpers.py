@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 from vance_provider.sim import SimulatorServer
 from vance_provider.sim.state import RequestRecord
@@ -42,3 +44,11 @@ def charged_jobs(sim: SimulatorServer) -> Counter[str]:
 
 def count_status(sim: SimulatorServer, status: int, path_prefix: str = "") -> int:
     return sum(1 for r in list(sim.state.requests) if r.status == status and r.path.startswith(path_prefix))
+
+
+def manifest_job_ids(manifest: Path) -> set[str]:
+    """Job ids a batch's manifest on disk holds: what the client has written down (none yet: empty)."""
+    try:
+        return {i["job_id"] for i in json.loads(manifest.read_text())["items"] if i.get("job_id")}
+    except (FileNotFoundError, ValueError, KeyError):
+        return set()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.core.conftest import TOKENS, async_client, batch_spec, image_size
-from tests.core.helpers import charged_jobs, charges, created_jobs, uploads
+from tests.core.helpers import charged_jobs, charges, created_jobs, manifest_job_ids, uploads
 from vance_provider.core import BatchResult, BatchSpec, ItemState, Progress, VanceClient, run_batch
 from vance_provider.core.errors import (
     BatchFailedError,
@@ -451,13 +451,6 @@ def test_balance_drained_mid_batch(
 
 
 # --- interrupted and timed-out batches ----------------------------------------------------------
-def recorded_job_ids(manifest: Path) -> list[str]:
-    try:
-        return [i["job_id"] for i in json.loads(manifest.read_text())["items"] if i["job_id"]]
-    except (FileNotFoundError, ValueError):
-        return []
-
-
 async def interrupt_batch(
     client: Any, spec: BatchSpec, sim: SimulatorServer, jobs: int, recorded: bool = False
 ) -> None:
@@ -467,7 +460,7 @@ async def interrupt_batch(
     while len(created_jobs(sim)) < jobs:
         await asyncio.sleep(0.01)
     manifest = Path(spec.destination) / MANIFEST_NAME
-    while recorded and len(recorded_job_ids(manifest)) < jobs:
+    while recorded and len(manifest_job_ids(manifest)) < jobs:
         await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

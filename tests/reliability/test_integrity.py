@@ -25,7 +25,7 @@ import pytest
 from tests.conftest import image_bytes
 from tests.core import conftest as core_fixtures
 from tests.core.conftest import FAST_RETRY, TOKENS, batch_spec
-from tests.core.helpers import charged_jobs, charges, created_jobs, uploads
+from tests.core.helpers import charged_jobs, charges, created_jobs, manifest_job_ids, uploads
 from vance_provider.core import BatchSpec, ItemState, VanceClient
 from vance_provider.core.errors import (
     BudgetExceededError,
@@ -508,13 +508,6 @@ def test_an_over_budget_refusal_leaves_no_output_folder(
 
 
 # --- 5. a stopped batch leaves every submitted job in its manifest --------------------------------
-def _job_ids(manifest: Path) -> set[str]:
-    try:
-        return {i["job_id"] for i in json.loads(manifest.read_text())["items"] if i["job_id"]}
-    except (FileNotFoundError, ValueError, KeyError):
-        return set()
-
-
 CTRL_C = """
 import os, sys
 from vance_provider.core import BatchSpec, VanceClient
@@ -540,13 +533,13 @@ def test_ctrl_c_leaves_every_submitted_job_in_the_manifest(
     deadline = time.monotonic() + 60
     manifest = tmp_path / "out" / MANIFEST_NAME
     # The event: the batch's own periodic write shows it has received three jobs' answers.
-    while len(flushed := _job_ids(manifest)) < 3:
+    while len(flushed := manifest_job_ids(manifest)) < 3:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode != 0 and "KeyboardInterrupt" in out
-    recorded = _job_ids(manifest)
+    recorded = manifest_job_ids(manifest)
     first_run = set(created_jobs(sim))
     assert flushed <= recorded <= first_run  # nothing received is lost by the interruption
     # A job whose create answer was still on the wire at Ctrl-C cannot be recorded; the Open API
