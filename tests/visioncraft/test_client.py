@@ -43,17 +43,17 @@ def test_selecting_the_vendor(vc: VanceClient, sim: SimulatorServer) -> None:
 def test_option_lists_are_fetched_once(vc: VanceClient, sim: SimulatorServer) -> None:
     for kind in ("models", "samplers", "loras", "models_xl", "samplers_xl", "schedulers_xl",
                  "img2img_schedulers", "img2img_refiners", "models_llm", "models_llm_premium"):  # fmt: skip
-        assert vc.visioncraft_options(kind)
-    vc.visioncraft_options("models")
+        assert vc.visioncraft.options(kind)
+    vc.visioncraft.options("models")
     assert sum(1 for r in sim.state.requests if r.path == "/models") == 1
-    vc.visioncraft_options("models", refresh=True)
+    vc.visioncraft.options("models", refresh=True)
     assert sum(1 for r in sim.state.requests if r.path == "/models") == 2
     with pytest.raises(InvalidConfigError):
-        vc.visioncraft_options("nope")
+        vc.visioncraft.options("nope")
 
 
 def test_generate_several_images(vc: VanceClient, tmp_path: Path) -> None:
-    job, outputs = vc.generate(
+    job, outputs = vc.visioncraft.generate(
         "Beautiful landscape",
         str(tmp_path / "land.png"),
         model="anything_V5",
@@ -87,7 +87,7 @@ def test_generate_is_validated_before_any_request(
     vc: VanceClient, sim: SimulatorServer, tmp_path: Path, options: dict[str, object], match: str
 ) -> None:
     with pytest.raises(InvalidConfigError, match=match):
-        vc.generate("x", str(tmp_path / "o"), **options)
+        vc.visioncraft.generate("x", str(tmp_path / "o"), **options)
     assert posts(sim) == []
 
 
@@ -95,27 +95,33 @@ def test_generate_xl_and_the_free_models(
     vc_factory: Callable[..., VanceClient], sim: SimulatorServer, tmp_path: Path
 ) -> None:
     free = vc_factory()
-    job, out = free.generate_xl("a dog", str(tmp_path / "xl"), width=128, height=64, scheduler="karras")
+    job, out = free.visioncraft.generate_xl(
+        "a dog", str(tmp_path / "xl"), width=128, height=64, scheduler="karras"
+    )
     assert (
         out.endswith("xl.png") and Image.open(out).size == (128, 64) and job.size == Path(out).stat().st_size
     )
     with pytest.raises(SubscriptionRequiredError) as info:  # the service refuses a paid model
-        free.generate_xl("a dog", str(tmp_path / "paid"), model="sdxl-base", width=64, height=64)
+        free.visioncraft.generate_xl("a dog", str(tmp_path / "paid"), model="sdxl-base", width=64, height=64)
     assert info.value.status_code == 403 and "subscription" in str(info.value)
     before = len(posts(sim))
     known_free = vc_factory(premium=False)  # told the key is free: refused locally, nothing sent
     with pytest.raises(SubscriptionRequiredError):
-        known_free.generate_xl("a dog", str(tmp_path / "paid"), model="sdxl-base")
+        known_free.visioncraft.generate_xl("a dog", str(tmp_path / "paid"), model="sdxl-base")
     assert len(posts(sim)) == before
     with pytest.raises(InvalidConfigError, match="width"):
-        free.generate_xl("a dog", str(tmp_path / "x"), width=2048)
+        free.visioncraft.generate_xl("a dog", str(tmp_path / "x"), width=2048)
     paid = vc_factory(PREMIUM, premium=True)
-    _, out = paid.generate_xl("a dog", str(tmp_path / "paid.png"), model="sdxl-base", width=64, height=64)
+    _, out = paid.visioncraft.generate_xl(
+        "a dog", str(tmp_path / "paid.png"), model="sdxl-base", width=64, height=64
+    )
     assert Image.open(out).size == (64, 64)
 
 
 def test_text_to_gif(vc: VanceClient, tmp_path: Path) -> None:
-    job, out = vc.text_to_gif("waves", str(tmp_path / "anim"), sampler="Euler", steps=20, cfg_scale=5)
+    job, out = vc.visioncraft.text_to_gif(
+        "waves", str(tmp_path / "anim"), sampler="Euler", steps=20, cfg_scale=5
+    )
     assert out.endswith("anim.gif")
     assert Image.open(out).n_frames > 1 and job.tool == "text_to_gif"
 
@@ -124,12 +130,12 @@ def test_image_to_video_for_subscribers(
     vc_factory: Callable[..., VanceClient], make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
     src = make_image("still.png", 64, 48)
-    job, out = vc_factory(PREMIUM).image_to_video(str(src), str(tmp_path / "clip"))
+    job, out = vc_factory(PREMIUM).visioncraft.image_to_video(str(src), str(tmp_path / "clip"))
     assert out.endswith("clip.mp4") and job.media == "video"
     with av.open(out) as container:
         assert container.streams.video[0].codec_context.name == "h264"
     with pytest.raises(SubscriptionRequiredError):
-        vc_factory(FREE).image_to_video(str(src), str(tmp_path / "no"))
+        vc_factory(FREE).visioncraft.image_to_video(str(src), str(tmp_path / "no"))
 
 
 def test_upscale_and_img2img_as_jobs(
@@ -175,29 +181,31 @@ def test_tool_validation(vc: VanceClient, sim: SimulatorServer, make_image: Call
 
 def test_llm_chats(vc_factory: Callable[..., VanceClient]) -> None:
     free = vc_factory()
-    answer = free.llm("mistral-7b-instruct", [{"role": "user", "content": "What is the meaning of life?"}])
+    answer = free.visioncraft.llm(
+        "mistral-7b-instruct", [{"role": "user", "content": "What is the meaning of life?"}]
+    )
     assert "meaning of life" in answer["response"]
     with pytest.raises(InvalidConfigError):
-        free.llm("gpt-3-5", [{"role": "user", "content": "x"}])
+        free.visioncraft.llm("gpt-3-5", [{"role": "user", "content": "x"}])
     with pytest.raises(SubscriptionRequiredError):
-        free.premium_llm("gpt-3-5-turbo", "Hello!")
+        free.visioncraft.premium_llm("gpt-3-5-turbo", "Hello!")
     paid = vc_factory(PREMIUM)
-    first = paid.premium_llm("gpt-3-5-turbo", "Hello!")
-    second = paid.premium_llm("gpt-3-5-turbo", "Again", chat_id=first["chat_id"])
+    first = paid.visioncraft.premium_llm("gpt-3-5-turbo", "Hello!")
+    second = paid.visioncraft.premium_llm("gpt-3-5-turbo", "Again", chat_id=first["chat_id"])
     assert second["turn"] == 2
     with pytest.raises(NotFoundError):
-        paid.premium_llm("gpt-3-5-turbo", "Again", chat_id="chat_unknown")
+        paid.visioncraft.premium_llm("gpt-3-5-turbo", "Again", chat_id="chat_unknown")
 
 
 def test_bad_and_unsubscribed_keys(
     vc_factory: Callable[..., VanceClient], sim_factory: Callable[..., SimulatorServer], tmp_path: Path
 ) -> None:
     with pytest.raises(AuthenticationError) as info:
-        vc_factory("not-a-key").text_to_gif("x", str(tmp_path / "a"), sampler="Euler")
+        vc_factory("not-a-key").visioncraft.text_to_gif("x", str(tmp_path / "a"), sampler="Euler")
     assert info.value.status_code == 401 and "not-a-key" not in str(info.value)
     server = sim_factory(visioncraft_unsubscribed=[FREE])
     with pytest.raises(AuthenticationError, match="Telegram") as info:
-        vc_factory(FREE, server).text_to_gif("x", str(tmp_path / "b"), sampler="Euler")
+        vc_factory(FREE, server).visioncraft.text_to_gif("x", str(tmp_path / "b"), sampler="Euler")
     assert info.value.status_code == 403 and FREE not in str(info.value)
 
 
@@ -206,17 +214,19 @@ def test_rate_limit_is_waited_out_and_retried(
 ) -> None:
     server = sim_factory(visioncraft_rate_limit=2, rate_window=1.0)
     client = vc_factory(FREE, server)
-    outs = [client.text_to_gif(f"p{i}", str(tmp_path / f"g{i}"), sampler="Euler")[1] for i in range(3)]
+    outs = [
+        client.visioncraft.text_to_gif(f"p{i}", str(tmp_path / f"g{i}"), sampler="Euler")[1] for i in range(3)
+    ]
     assert all(Path(o).exists() for o in outs)
     statuses = [r.status for r in server.state.requests if r.path == "/generate-gif"]
     assert statuses.count(429) >= 1 and statuses.count(200) == 3
     # With no retries left, the typed error comes through, with the service's Retry-After.
     slow = sim_factory(visioncraft_rate_limit=2, rate_window=30.0)
     strict = vc_factory(FREE, slow, retry=RetryPolicy(max_attempts=1))
-    strict.text_to_gif("a", str(tmp_path / "h1"), sampler="Euler")
-    strict.text_to_gif("b", str(tmp_path / "h2"), sampler="Euler")
+    strict.visioncraft.text_to_gif("a", str(tmp_path / "h1"), sampler="Euler")
+    strict.visioncraft.text_to_gif("b", str(tmp_path / "h2"), sampler="Euler")
     with pytest.raises(RateLimitedError) as info:
-        strict.text_to_gif("c", str(tmp_path / "h3"), sampler="Euler")
+        strict.visioncraft.text_to_gif("c", str(tmp_path / "h3"), sampler="Euler")
     assert info.value.retry_after and info.value.retry_after >= 1
 
 
@@ -237,7 +247,7 @@ def test_other_vendors_refuse_visioncraft_operations(sim: SimulatorServer, tmp_p
         VanceClient(OPEN_KEY, base_url=sim.base_url) as client,
         pytest.raises(InvalidConfigError, match="visioncraft"),
     ):
-        client.generate("x", str(tmp_path / "o"), model="anything_V5", sampler="Euler")
+        client.visioncraft.generate("x", str(tmp_path / "o"), model="anything_V5", sampler="Euler")
 
 
 def test_answers_in_base64_and_errors_with_http_200(vc: VanceClient, tmp_path: Path) -> None:
@@ -258,3 +268,15 @@ def test_answers_in_base64_and_errors_with_http_200(vc: VanceClient, tmp_path: P
     assert isinstance(error, AuthenticationError) or "Invalid token" in str(error)
     ok = httpx.Response(200, json={"images": ["http://x/a.png"]}, request=request)
     assert backend.map_error("generate", ok) is None
+
+
+def test_visioncraft_calls_live_on_their_own_sub_client(vc: VanceClient, sim: SimulatorServer) -> None:
+    from vance_provider.sim import DEMO_OPEN_KEY
+
+    assert not hasattr(vc, "generate") and not hasattr(vc.aio, "llm")  # not on the general client
+    assert repr(vc.visioncraft) == f"VisionCraft(base_url={sim.base_url!r})"
+    with VanceClient(DEMO_OPEN_KEY, base_url=sim.base_url) as other:
+        with pytest.raises(InvalidConfigError, match="speaks the 'open' API") as info:
+            other.visioncraft  # noqa: B018 - the property is the check
+        assert "api='visioncraft'" in str(info.value)
+    assert not [r for r in sim.state.requests if r.method == "POST"]

@@ -20,5 +20,5 @@ def test_resource_builds_a_visioncraft_client(sim: SimulatorServer) -> None:
         pytest.skip(f"VanceAIResource does not accept api='visioncraft' yet: {exc}")
     with resource.get_client() as client:
         assert client.api == "visioncraft"
-        assert "sdxl-turbo" in client.visioncraft_options("models_xl")
+        assert "sdxl-turbo" in client.visioncraft.options("models_xl")
     assert posts(sim) == []

@@ -33,19 +33,19 @@ def test_the_key_stays_in_the_body(
     client = vc_factory(token)
     src = str(make_image("in.jpg"))
     jobs = [
-        client.generate("x", str(tmp_path / "a"), model="anything_V5", sampler="Euler")[0],
-        client.generate_xl("x", str(tmp_path / "b"), width=64, height=64)[0],
-        client.text_to_gif("x", str(tmp_path / "c"), sampler="Euler")[0],
-        client.image_to_video(src, str(tmp_path / "d"))[0],
+        client.visioncraft.generate("x", str(tmp_path / "a"), model="anything_V5", sampler="Euler")[0],
+        client.visioncraft.generate_xl("x", str(tmp_path / "b"), width=64, height=64)[0],
+        client.visioncraft.text_to_gif("x", str(tmp_path / "c"), sampler="Euler")[0],
+        client.visioncraft.image_to_video(src, str(tmp_path / "d"))[0],
         client.enhance(src, str(tmp_path / "e"), "upscale")[0],
         client.enhance(src, str(tmp_path / "f"), "img2img", {"prompt": "x"})[0],
     ]
-    client.llm("mistral-7b-instruct", [{"role": "user", "content": "hi"}])
-    client.premium_llm("gpt-3-5-turbo", "hi")
+    client.visioncraft.llm("mistral-7b-instruct", [{"role": "user", "content": "hi"}])
+    client.visioncraft.premium_llm("gpt-3-5-turbo", "hi")
     result = client.run_batch(BatchSpec(source=src, destination=str(tmp_path / "batch"), tool="upscale"))
     assert result.done == 1
     with pytest.raises(AuthenticationError) as info:
-        vc_factory(token + "x").text_to_gif("x", str(tmp_path / "g"), sampler="Euler")
+        vc_factory(token + "x").visioncraft.text_to_gif("x", str(tmp_path / "g"), sampler="Euler")
 
     assert len(sim.state.requests) > 20
     for record in sim.state.requests:

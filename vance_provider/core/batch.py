@@ -44,6 +44,7 @@ from .inputs import check_input
 from .lease import BatchLease
 from .manifest import ItemState, Manifest, ManifestItem
 from .models import Job, JobStatus
+from .polling import poll_jobs
 from .secrets import redact
 from .storage import (
     MEDIA_EXTENSIONS,
@@ -965,32 +966,22 @@ class BatchRunner:
         if self.caps.answers_on_submit:  # the result came with the submission: nothing to wait for
             return await self.client.get_job(item.job_id)
         started = self._submitted_at.get(item.source, time.monotonic())
-        # First look when jobs like this one usually finish; then back off.
-        await asyncio.sleep(max(0.0, started + self.latency.value - time.monotonic()))
-        # A job still running at the first look is usually nearly done: look again soon, then back off.
-        interval = max(0.05, min(self.spec.poll_interval, self.latency.value) / 4)
-        deadline = None if not self.spec.timeout else time.monotonic() + self.spec.timeout
-        polls = 0
-        while True:
-            job = await self.client.get_job(item.job_id)
-            polls += 1
-            if job.status.terminal:
-                if item.source in self._submitted_at:
-                    self.latency.observe(time.monotonic() - started, first_poll_hit=polls == 1)
-                return job
-            if deadline and time.monotonic() > deadline:
-                raise WaitTimeoutError(f"job {item.job_id} did not finish within {self.spec.timeout:g} s")
-            await asyncio.sleep(_next_look(job, time.monotonic() - started, interval))
-            interval = min(self.spec.max_poll_interval, interval * 1.5)
-
-
-def _next_look(job: Job, elapsed: float, interval: float) -> float:
-    """When to look again: where the service reports progress, when the job should be done
-    (a little after, so one look suffices); else after ``interval``."""
-    progress = job.progress or 0
-    if job.phase in (None, "processing") and 5 <= progress < 100:
-        return min(interval * 4, max(0.02, elapsed * (100 - progress) / progress * 1.1))
-    return interval
+        result = await poll_jobs(
+            self.client.get_job,
+            [item.job_id],
+            # First look when jobs like this one usually finish; a job still running then is
+            # usually nearly done: look again soon, then back off.
+            first_delay=started + self.latency.value - time.monotonic(),
+            started=started,
+            interval=min(self.spec.poll_interval, self.latency.value) / 4,
+            max_interval=self.spec.max_poll_interval,
+            deadline=time.time() + self.spec.timeout if self.spec.timeout else None,
+        )
+        if result.pending:
+            raise WaitTimeoutError(f"job {item.job_id} did not finish within {self.spec.timeout:g} s")
+        if item.source in self._submitted_at:
+            self.latency.observe(time.monotonic() - started, first_poll_hit=result.looks == 1)
+        return result.done[item.job_id]
 
 
 def describe_unexpected(exc: BaseException) -> str:

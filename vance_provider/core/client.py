@@ -22,7 +22,6 @@ from .backends import Backend, OpenApiBackend, VisionCraftBackend, WebApiBackend
 from .backends.base import DownloadOptions
 from .errors import (
     ConfigurationError,
-    InvalidConfigError,
     InvalidInputError,
     JobFailedError,
     WaitTimeoutError,
@@ -39,6 +38,7 @@ if TYPE_CHECKING:  # the batch engine and pandas load only when used
 
     from .batch import BatchResult, BatchSpec, Progress
     from .credits import ManifestRef
+    from .visioncraft import AsyncVisionCraft, VisionCraft
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -292,30 +292,24 @@ class AsyncVanceClient:
         max_interval: float = 15.0,
         on_update: Callable[[Job], Awaitable[None] | None] | None = None,
     ) -> list[Job]:
-        """Poll many jobs until all are terminal, backing off gently for slow ones."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done: dict[str, Job] = {}
-        interval = poll_interval
-        pending = list(job_ids)
-        while pending:
-            jobs = await asyncio.gather(*(self.get_job(j) for j in pending))
-            for job in jobs:
-                if on_update is not None:
-                    result = on_update(job)
-                    if asyncio.iscoroutine(result):
-                        await result
-                if job.status.terminal:
-                    done[job.id] = job
-            pending = [j for j in pending if j not in done]
-            if not pending:
-                break
-            if deadline is not None and time.monotonic() + interval > deadline:
-                raise WaitTimeoutError(
-                    f"{len(pending)} job(s) not finished before the deadline: {', '.join(pending[:5])}"
-                )
-            await asyncio.sleep(interval)
-            interval = min(max_interval, interval * 1.5)
-        return [done[j] for j in job_ids]
+        """Poll many jobs until all are terminal, backing off gently for slow ones
+        (:func:`~vance_provider.core.polling.poll_jobs`); :class:`WaitTimeoutError` after ``timeout``."""
+        from .polling import poll_jobs
+
+        deadline = None if timeout is None else time.time() + timeout
+        result = await poll_jobs(
+            self.get_job,
+            job_ids,
+            interval=poll_interval,
+            max_interval=max_interval,
+            deadline=deadline,
+            on_update=on_update,
+        )
+        if result.pending:
+            raise WaitTimeoutError(
+                f"{len(result.pending)} job(s) not finished before the deadline: {', '.join(result.pending[:5])}"
+            )
+        return [result.done[j] for j in job_ids]
 
     async def download(
         self, job: Job | str, dest: str, *, storage_options: dict[str, Any] | None = None
@@ -352,66 +346,12 @@ class AsyncVanceClient:
         job = await self.wait(job.id, poll_interval=poll_interval, timeout=timeout)
         return job, await self.download(job, dest)
 
-    # --- VisionCraft single-job operations (api="visioncraft") --------------------------------
-    def _vc(self, what: str) -> VisionCraftBackend:
-        if not isinstance(self.backend, VisionCraftBackend):
-            raise InvalidConfigError(
-                f"{what} is a VisionCraft operation", hint="create the client with api='visioncraft'"
-            )
-        return self.backend
+    @property
+    def visioncraft(self) -> AsyncVisionCraft:
+        """VisionCraft's own calls (``generate``, ``llm``, …); raises on another API."""
+        from .visioncraft import AsyncVisionCraft
 
-    async def visioncraft_options(self, kind: str, *, refresh: bool = False) -> list[str]:
-        """A VisionCraft option list: models, samplers, loras, models_xl, samplers_xl,
-        schedulers_xl, img2img_schedulers, img2img_refiners, models_llm, models_llm_premium."""
-        return await self._vc("visioncraft_options").list_options(kind, refresh=refresh)
-
-    async def generate(
-        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
-    ) -> tuple[Job, list[str]]:
-        """Stable Diffusion 1.x: ``model``, ``sampler``, ``image_count`` (1-5), ``negative_prompt``,
-        ``cfg_scale``, ``steps``, ``loras``. Writes the n-th image to ``<dest stem>_<n>``;
-        returns the job and every output URL."""
-        vc = self._vc("generate")
-        job = await vc.generate(prompt, **options)
-        return job, await vc.download_all(job, dest, storage_options)
-
-    async def generate_xl(
-        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
-    ) -> tuple[Job, str]:
-        """Stable Diffusion XL: ``model``, ``sampler``, ``scheduler``, ``width``, ``height``,
-        ``negative_prompt``, ``refiner``."""
-        vc = self._vc("generate_xl")
-        job = await vc.generate_xl(prompt, **options)
-        return job, await vc.download(job, dest, storage_options)
-
-    async def text_to_gif(
-        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
-    ) -> tuple[Job, str]:
-        """Text to GIF: ``sampler``, ``negative_prompt``, ``cfg_scale``, ``steps``."""
-        vc = self._vc("text_to_gif")
-        job = await vc.text_to_gif(prompt, **options)
-        return job, await vc.download(job, dest, storage_options)
-
-    async def image_to_video(
-        self, source: str, dest: str, *, storage_options: dict[str, Any] | None = None
-    ) -> tuple[Job, str]:
-        """Image to video (VisionCraft subscribers): an MP4 from one image."""
-        vc = self._vc("image_to_video")
-        so = vc.options(storage_options)
-        sources = await asyncio.to_thread(list_sources, source, None, so)
-        if len(sources) != 1:
-            raise InvalidInputError("image_to_video takes exactly one image", source=str(source))
-        await asyncio.to_thread(check_input, sources[0].url, sources[0].size, "image", self.api, so)
-        job = await vc.image_to_video(sources[0].url, storage_options)
-        return job, await vc.download(job, dest, storage_options)
-
-    async def llm(self, model: str, messages: list[dict[str, str]]) -> Any:
-        """VisionCraft's free LLM chat; the service's answer as is."""
-        return await self._vc("llm").llm(model, messages)
-
-    async def premium_llm(self, model: str, message: str, chat_id: str | None = None) -> Any:
-        """VisionCraft's premium LLM chat (subscribers); the answer carries a ``chat_id``."""
-        return await self._vc("premium_llm").premium_llm(model, message, chat_id)
+        return AsyncVisionCraft(self)
 
     # --- credits ------------------------------------------------------------------------------
     async def balance(self) -> Balance:
@@ -628,26 +568,12 @@ class VanceClient:
     def check_call(self, call: ToolCall) -> None:
         self.run(self._async.check_call(call))
 
-    def visioncraft_options(self, kind: str, **kwargs: Any) -> list[str]:
-        return self.run(self._async.visioncraft_options(kind, **kwargs))
+    @property
+    def visioncraft(self) -> VisionCraft:
+        """VisionCraft's own calls, blocking (see :class:`~vance_provider.core.visioncraft.VisionCraft`)."""
+        from .visioncraft import VisionCraft
 
-    def generate(self, prompt: str, dest: str, **kwargs: Any) -> tuple[Job, list[str]]:
-        return self.run(self._async.generate(prompt, dest, **kwargs))
-
-    def generate_xl(self, prompt: str, dest: str, **kwargs: Any) -> tuple[Job, str]:
-        return self.run(self._async.generate_xl(prompt, dest, **kwargs))
-
-    def text_to_gif(self, prompt: str, dest: str, **kwargs: Any) -> tuple[Job, str]:
-        return self.run(self._async.text_to_gif(prompt, dest, **kwargs))
-
-    def image_to_video(self, source: str, dest: str, **kwargs: Any) -> tuple[Job, str]:
-        return self.run(self._async.image_to_video(source, dest, **kwargs))
-
-    def llm(self, model: str, messages: list[dict[str, str]]) -> Any:
-        return self.run(self._async.llm(model, messages))
-
-    def premium_llm(self, model: str, message: str, chat_id: str | None = None) -> Any:
-        return self.run(self._async.premium_llm(model, message, chat_id))
+        return VisionCraft(self._async.visioncraft, self.run)
 
     def balance(self) -> Balance:
         return self.run(self._async.balance())

@@ -45,47 +45,6 @@ def safe_message(exc: BaseException) -> str:
     return f"{type(exc).__name__} while polling VanceAI"
 
 
-async def poll_jobs(
-    client: AsyncVanceClient,
-    job_ids: list[str],
-    *,
-    poll_interval: float,
-    max_poll_interval: float,
-    end_time: float | None,
-    stop_on_failure: bool,
-    log: Any = None,
-) -> tuple[dict[str, Job], list[str]]:
-    """Poll until every job is terminal (or one failed, if ``stop_on_failure``), or until ``end_time``.
-
-    The first look comes after ``poll_interval``; later looks back off by 1.5x up to
-    ``max_poll_interval`` and never sleep past the deadline. Returns (terminal jobs, still pending).
-    """
-    from vance_provider.core import JobStatus
-
-    done: dict[str, Job] = {}
-    pending = list(dict.fromkeys(job_ids))
-    interval = max(0.05, poll_interval)
-    while pending:
-        jobs = await asyncio.gather(*(client.get_job(j) for j in pending))
-        for job in jobs:
-            if job.status.terminal:
-                done[job.id] = job
-        pending = [j for j in pending if j not in done]
-        failed = [j for j in done.values() if j.status is not JobStatus.SUCCEEDED]
-        if not pending or (stop_on_failure and failed):
-            break
-        now = time.time()
-        if end_time is not None and now >= end_time:
-            break
-        if log is not None:
-            log.info(
-                "VanceAI: %d of %d job(s) finished; next look in %.1fs", len(done), len(job_ids), interval
-            )
-        await asyncio.sleep(interval if end_time is None else max(0.0, min(interval, end_time - now)))
-        interval = min(max_poll_interval, interval * 1.5)
-    return done, pending
-
-
 class _VanceAITrigger(BaseTrigger):
     stop_on_failure = False
 
@@ -143,16 +102,18 @@ class _VanceAITrigger(BaseTrigger):
 
     async def work(self, client: AsyncVanceClient) -> dict[str, Any]:
         """Wait for the jobs; the event's payload."""
-        done, pending = await poll_jobs(
-            client,
+        from vance_provider.core.polling import poll_jobs
+
+        result = await poll_jobs(
+            client.get_job,
             self.job_ids,
-            poll_interval=self.poll_interval,
-            max_poll_interval=self.max_poll_interval,
-            end_time=self.end_time,
+            interval=self.poll_interval,
+            max_interval=self.max_poll_interval,
+            deadline=self.end_time,
             stop_on_failure=self.stop_on_failure,
             log=self.log,
         )
-        return self.event_payload(done, pending, client.api)
+        return self.event_payload(result.done, result.pending, client.api)
 
     def error_payload(self, exc: BaseException) -> dict[str, Any]:
         return {"status": "error", "message": safe_message(exc), "job_ids": self.job_ids}

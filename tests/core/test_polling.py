@@ -1,0 +1,105 @@
+"""The one polling loop (``core.polling.poll_jobs``) on a fake clock: no server, no real sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from vance_provider.core import polling
+from vance_provider.core.models import Job, JobStatus
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(round(delay, 3))
+        self.now += delay
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
+    fake = FakeClock()
+    monkeypatch.setattr(polling, "time", fake)
+    monkeypatch.setattr(polling.asyncio, "sleep", fake.sleep)
+    yield fake
+
+
+def job(job_id: str, status: JobStatus, progress: int | None = None) -> Job:
+    return Job(
+        id=job_id, api="open", tool="upscale", status=status, raw_status=status.value, progress=progress
+    )
+
+
+def scripted(answers: dict[str, list[Job]]):  # type: ignore[no-untyped-def]
+    calls: list[str] = []
+
+    async def get_job(job_id: str) -> Job:
+        calls.append(job_id)
+        seq = answers[job_id]
+        return seq.pop(0) if len(seq) > 1 else seq[0]
+
+    return get_job, calls
+
+
+def test_backs_off_and_stops_looking_at_finished_jobs(clock: FakeClock) -> None:
+    get_job, calls = scripted(
+        {
+            "a": [job("a", JobStatus.SUCCEEDED)],
+            "b": [job("b", JobStatus.PROCESSING)] * 3 + [job("b", JobStatus.SUCCEEDED)],
+        }
+    )
+    result = asyncio.run(polling.poll_jobs(get_job, ["a", "b", "a"], interval=1.0, max_interval=2.0))
+    assert set(result.done) == {"a", "b"} and result.pending == [] and result.looks == 4
+    assert calls == ["a", "b", "b", "b", "b"]  # a duplicate id is looked at once; a finished job no more
+    assert clock.sleeps == [1.0, 1.5, 2.0]  # 1.5x back-off up to max_interval
+
+
+def test_the_last_look_is_at_the_deadline_and_what_runs_is_pending(clock: FakeClock) -> None:
+    get_job, _ = scripted({"a": [job("a", JobStatus.PROCESSING)], "b": [job("b", JobStatus.SUCCEEDED)]})
+    result = asyncio.run(
+        polling.poll_jobs(get_job, ["a", "b"], interval=4.0, max_interval=60.0, deadline=clock.now + 5)
+    )
+    assert result.pending == ["a"] and list(result.done) == ["b"]
+    assert clock.sleeps == [4.0, 1.0] and clock.now == pytest.approx(1005.0)  # never past the deadline
+
+
+def test_stop_on_failure_returns_at_the_first_failed_job(clock: FakeClock) -> None:
+    get_job, _ = scripted(
+        {
+            "a": [job("a", JobStatus.PROCESSING), job("a", JobStatus.FAILED)],
+            "b": [job("b", JobStatus.PROCESSING)],
+        }
+    )
+    result = asyncio.run(
+        polling.poll_jobs(get_job, ["a", "b"], interval=1.0, max_interval=1.0, stop_on_failure=True)
+    )
+    assert [j.id for j in result.failed] == ["a"] and result.pending == ["b"] and result.looks == 2
+
+
+def test_reported_progress_brings_the_next_look_forward(clock: FakeClock) -> None:
+    # 50 % done after 2 s: about 2 s more (x1.1), capped at 4x the interval.
+    get_job, _ = scripted({"a": [job("a", JobStatus.PROCESSING, progress=50), job("a", JobStatus.SUCCEEDED)]})
+    result = asyncio.run(polling.poll_jobs(get_job, ["a"], interval=1.0, max_interval=10.0, first_delay=2.0))
+    assert result.looks == 2 and clock.sleeps == [2.0, 2.2]
+
+
+def test_on_update_sees_every_answer(clock: FakeClock) -> None:
+    seen: list[str] = []
+
+    async def note(j: Job) -> None:
+        seen.append(f"{j.id}:{j.status.value}")
+
+    get_job, _ = scripted({"a": [job("a", JobStatus.PROCESSING), job("a", JobStatus.SUCCEEDED)]})
+    asyncio.run(polling.poll_jobs(get_job, ["a"], interval=1.0, max_interval=1.0, on_update=note))
+    assert seen == ["a:processing", "a:succeeded"]

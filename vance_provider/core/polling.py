@@ -1,0 +1,89 @@
+"""The one polling loop: the client's ``wait_all``, the batch engine and the Airflow triggers
+all wait for jobs through :func:`poll_jobs`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .models import Job, JobStatus
+
+
+@dataclass
+class PollResult:
+    done: dict[str, Job] = field(default_factory=dict)  # terminal jobs by id
+    pending: list[str] = field(default_factory=list)  # still running at the deadline (or at a stop)
+    looks: int = 0  # rounds of GETs made
+
+    @property
+    def failed(self) -> list[Job]:
+        return [j for j in self.done.values() if j.status is not JobStatus.SUCCEEDED]
+
+
+async def poll_jobs(
+    get_job: Callable[[str], Awaitable[Job]],
+    job_ids: Sequence[str],
+    *,
+    interval: float,
+    max_interval: float,
+    first_delay: float = 0.0,
+    started: float | None = None,
+    deadline: float | None = None,
+    stop_on_failure: bool = False,
+    on_update: Callable[[Job], Awaitable[None] | None] | None = None,
+    log: Any = None,
+) -> PollResult:
+    """Look at the jobs until every one is terminal, one failed (``stop_on_failure``) or the
+    ``deadline`` (a ``time.time()`` value) passed; returns what was seen.
+
+    The first look comes after ``first_delay``. Later looks back off by 1.5x up to
+    ``max_interval``, come sooner when the service's progress says a job is about to finish, and
+    never sleep past the deadline (the last look is made at it). ``started`` (``time.monotonic()``,
+    default now) is when the jobs began, for the progress estimate.
+    """
+    started = time.monotonic() if started is None else started
+    result = PollResult(pending=list(dict.fromkeys(job_ids)))
+    if first_delay > 0:
+        await asyncio.sleep(_capped(first_delay, deadline))
+    interval = max(0.05, interval)
+    while result.pending:
+        jobs = await asyncio.gather(*(get_job(j) for j in result.pending))
+        result.looks += 1
+        for job in jobs:
+            if on_update is not None:
+                update = on_update(job)
+                if asyncio.iscoroutine(update):
+                    await update
+            if job.status.terminal:
+                result.done[job.id] = job
+        running = [j for j in jobs if not j.status.terminal]
+        result.pending = [j.id for j in running]
+        if not running or (stop_on_failure and result.failed):
+            break
+        if deadline is not None and time.time() >= deadline:
+            break
+        elapsed = time.monotonic() - started
+        wait = _capped(min(next_look(j, elapsed, interval) for j in running), deadline)
+        if log is not None:
+            log.info(
+                "VanceAI: %d of %d job(s) finished; next look in %.1fs", len(result.done), len(job_ids), wait
+            )
+        await asyncio.sleep(wait)
+        interval = min(max_interval, interval * 1.5)
+    return result
+
+
+def next_look(job: Job, elapsed: float, interval: float) -> float:
+    """When to look again: where the service reports progress, when the job should be done
+    (a little after, so one look suffices); else after ``interval``."""
+    progress = job.progress or 0
+    if job.phase in (None, "processing") and 5 <= progress < 100:
+        return min(interval * 4, max(0.02, elapsed * (100 - progress) / progress * 1.1))
+    return interval
+
+
+def _capped(delay: float, deadline: float | None) -> float:
+    return delay if deadline is None else max(0.0, min(delay, deadline - time.time()))

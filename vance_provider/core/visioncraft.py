@@ -1,0 +1,135 @@
+"""VisionCraft's own calls (image generation, GIFs, image to video, LLM chat), off the general client.
+
+They exist only on VisionCraft, so they live on a sub-client: ``client.visioncraft`` (async) or
+``VanceClient(...).visioncraft`` (blocking). Asking for it on another API raises at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .backends import VisionCraftBackend
+from .errors import InvalidConfigError, InvalidInputError
+from .inputs import check_input
+from .storage import list_sources
+
+if TYPE_CHECKING:
+    from .client import AsyncVanceClient
+    from .models import Job
+
+T = TypeVar("T")
+
+
+def visioncraft_backend(client: AsyncVanceClient) -> VisionCraftBackend:
+    if not isinstance(client.backend, VisionCraftBackend):
+        raise InvalidConfigError(
+            f"the VisionCraft calls need a VisionCraft client, this one speaks the {client.api!r} API",
+            hint="create the client with api='visioncraft'",
+        )
+    return client.backend
+
+
+class AsyncVisionCraft:
+    """VisionCraft-only operations of an :class:`~vance_provider.core.client.AsyncVanceClient`."""
+
+    def __init__(self, client: AsyncVanceClient) -> None:
+        self._client = client
+        self._vc = visioncraft_backend(client)
+
+    def __repr__(self) -> str:
+        return f"AsyncVisionCraft(base_url={self._vc.base_url!r})"
+
+    async def options(self, kind: str, *, refresh: bool = False) -> list[str]:
+        """An option list: models, samplers, loras, models_xl, samplers_xl, schedulers_xl,
+        img2img_schedulers, img2img_refiners, models_llm, models_llm_premium (fetched once)."""
+        return await self._vc.list_options(kind, refresh=refresh)
+
+    async def generate(
+        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[Job, list[str]]:
+        """Stable Diffusion 1.x: ``model``, ``sampler``, ``image_count`` (1-5), ``negative_prompt``,
+        ``cfg_scale``, ``steps``, ``loras``. Writes the n-th image to ``<dest stem>_<n>``;
+        returns the job and every output URL."""
+        job = await self._vc.generate(prompt, **options)
+        return job, await self._vc.download_all(job, dest, storage_options)
+
+    async def generate_xl(
+        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[Job, str]:
+        """Stable Diffusion XL: ``model``, ``sampler``, ``scheduler``, ``width``, ``height``,
+        ``negative_prompt``, ``refiner``."""
+        job = await self._vc.generate_xl(prompt, **options)
+        return job, await self._vc.download(job, dest, storage_options)
+
+    async def text_to_gif(
+        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[Job, str]:
+        """Text to GIF: ``sampler``, ``negative_prompt``, ``cfg_scale``, ``steps``."""
+        job = await self._vc.text_to_gif(prompt, **options)
+        return job, await self._vc.download(job, dest, storage_options)
+
+    async def image_to_video(
+        self, source: str, dest: str, *, storage_options: dict[str, Any] | None = None
+    ) -> tuple[Job, str]:
+        """Image to video (subscribers): an MP4 from one image."""
+        so = self._vc.options(storage_options)
+        sources = await asyncio.to_thread(list_sources, source, None, so)
+        if len(sources) != 1:
+            raise InvalidInputError("image_to_video takes exactly one image", source=str(source))
+        await asyncio.to_thread(check_input, sources[0].url, sources[0].size, "image", self._client.api, so)
+        job = await self._vc.image_to_video(sources[0].url, storage_options)
+        return job, await self._vc.download(job, dest, storage_options)
+
+    async def llm(self, model: str, messages: list[dict[str, str]]) -> Any:
+        """The free LLM chat; the service's answer as is."""
+        return await self._vc.llm(model, messages)
+
+    async def premium_llm(self, model: str, message: str, chat_id: str | None = None) -> Any:
+        """The premium LLM chat (subscribers); the answer carries a ``chat_id``."""
+        return await self._vc.premium_llm(model, message, chat_id)
+
+
+class VisionCraft:
+    """The blocking twin of :class:`AsyncVisionCraft` (``VanceClient(...).visioncraft``)."""
+
+    def __init__(self, aio: AsyncVisionCraft, run: Any) -> None:
+        self.aio = aio
+        self._run = run
+
+    def __repr__(self) -> str:
+        return repr(self.aio).removeprefix("Async")
+
+    def _do(self, coro: Coroutine[Any, Any, T]) -> T:
+        result: T = self._run(coro)
+        return result
+
+    def options(self, kind: str, *, refresh: bool = False) -> list[str]:
+        return self._do(self.aio.options(kind, refresh=refresh))
+
+    def generate(
+        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[Job, list[str]]:
+        return self._do(self.aio.generate(prompt, dest, storage_options=storage_options, **options))
+
+    def generate_xl(
+        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[Job, str]:
+        return self._do(self.aio.generate_xl(prompt, dest, storage_options=storage_options, **options))
+
+    def text_to_gif(
+        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
+    ) -> tuple[Job, str]:
+        return self._do(self.aio.text_to_gif(prompt, dest, storage_options=storage_options, **options))
+
+    def image_to_video(
+        self, source: str, dest: str, *, storage_options: dict[str, Any] | None = None
+    ) -> tuple[Job, str]:
+        return self._do(self.aio.image_to_video(source, dest, storage_options=storage_options))
+
+    def llm(self, model: str, messages: list[dict[str, str]]) -> Any:
+        return self._do(self.aio.llm(model, messages))
+
+    def premium_llm(self, model: str, message: str, chat_id: str | None = None) -> Any:
+        return self._do(self.aio.premium_llm(model, message, chat_id))
