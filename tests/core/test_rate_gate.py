@@ -298,3 +298,29 @@ async def test_no_retries_means_none_for_429s_either() -> None:
         with pytest.raises(RateLimitedError) as info:
             await _call(client)
     assert len(sent) == 1 and info.value.retry_after == pytest.approx(0.01)
+
+
+# --- rate pressure: how close the key is to its limit (where the engine aims its first polls) ------
+async def test_pressure_is_the_share_of_the_allowed_rate_in_use() -> None:
+    vt = VirtualTime()
+    gate = vt.gate()
+    assert gate.pressure() == 0.0  # no limit known: nothing binds
+
+    def answer(remaining: int) -> httpx.Headers:
+        return httpx.Headers(
+            {
+                "X-RateLimit-Limit": "100",
+                "X-RateLimit-Remaining": str(remaining),
+                "X-RateLimit-Reset": f"{EPOCH + 10:.3f}",
+            }
+        )
+
+    gate.observe(answer(99))  # 100 per 10 s: 10 calls a second allowed
+    for _ in range(10):  # 5 calls a second for 2 s
+        vt.now += 0.2
+        gate.observe(answer(98), await gate.wait())
+    assert gate.pressure() == pytest.approx(0.5)
+    vt.now += 2.5
+    assert gate.pressure() == 0.0  # nothing sent lately
+    gate.observe(answer(0), await gate.wait())
+    assert gate.pressure() == 1.0  # the window is spent: calls wait for its reset

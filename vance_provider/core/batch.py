@@ -20,7 +20,6 @@ import math
 import os
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -233,31 +232,49 @@ class AdaptiveLimit:
 
 
 class LatencyEstimate:
-    """When to look first: a high percentile of how long jobs take, so nearly every first look
-    finds its job done (a missed look costs a request and, when rate-bound, a turn).
+    """When to look first at a job: the time by which a share ``q`` of jobs have finished.
 
-    A job found still running at its first look, then done at a later one, brackets its length:
-    those lengths are the samples, and the first look goes to their 95th percentile. Until a few
-    are known it looks early (a quarter of the poll interval) to learn them. A first look that
-    finds its job done may have waited too long: the estimate creeps down (0.2 % per hit), so
-    it follows jobs that get faster.
+    Every first look tells whether its job was done by then, with no bias from which jobs
+    happen to be measured; so the point is tracked by stochastic approximation: a little
+    earlier after each hit, later after each miss, and the share of hits settles at ``q``.
+    ``q`` follows the key's rate pressure (``pressure()``, 0 to 1): 0.97 when the request rate
+    binds (a missed look costs a turn of the rate budget, while slots are not what limits),
+    0.8 when it does not (a missed look costs only a second look soon after, aimed by the
+    service's progress where it reports one; a late look holds a slot the service could use).
+    Until a few jobs have been missed, the point jumps to the longest job seen, from a quarter
+    of the poll interval at first.
     """
 
-    LEARN = 5  # samples before the percentile is trusted
+    LEARN = 5  # misses before the stochastic approximation takes over
+    STEP = 0.05  # log-step: a miss moves the point up by up to 5 %
+    LOW, HIGH = 0.8, 0.995  # the share of first looks that should find the job done
 
-    def __init__(self, initial: float) -> None:
+    def __init__(self, initial: float, pressure: Callable[[], float] = lambda: 1.0) -> None:
         self.value = initial / 4
-        self.samples: deque[float] = deque(maxlen=64)
+        self.pressure = pressure
+        self.misses = 0
+
+    @property
+    def target(self) -> float:
+        return self.LOW + (self.HIGH - self.LOW) * self._pressure()
+
+    def repoll(self, poll_interval: float) -> float:
+        """The wait before a second look: short while requests are cheap, longer as they bind."""
+        return min(poll_interval, self.value) * (0.1 + 0.15 * self._pressure())
+
+    def _pressure(self) -> float:
+        return min(1.0, max(0.0, self.pressure()))
 
     def observe(self, seconds: float, first_poll_hit: bool) -> None:
-        if first_poll_hit:
-            learning = len(self.samples) < self.LEARN
-            self.value = max(0.02, self.value * (0.97 if learning else 0.998))
+        """``seconds``: from the job's creation to the look that found it done."""
+        if self.misses < self.LEARN:
+            if first_poll_hit:
+                self.value = max(0.02, self.value * 0.97)
+            else:
+                self.misses += 1
+                self.value = max(self.value, seconds)
             return
-        self.samples.append(seconds)
-        if len(self.samples) >= self.LEARN:
-            ranked = sorted(self.samples)
-            self.value = max(self.value, ranked[round(0.95 * (len(ranked) - 1))])
+        self.value = max(0.02, self.value * math.exp(self.STEP * (self.target - first_poll_hit)))
 
 
 def call_hash(call: ToolCall) -> str:
@@ -315,7 +332,7 @@ class BatchRunner:
         self.caps = client.capabilities
         self.lease = BatchLease(self.manifest.url, spec.storage_options, owner=spec.owner)
         self.limit = AdaptiveLimit(spec.max_concurrency)
-        self.latency = LatencyEstimate(spec.poll_interval)
+        self.latency = LatencyEstimate(spec.poll_interval, client.backend.gate.pressure)
         self.stop_reason: str | None = None
         self.spent = 0.0
         self.committed = 0.0  # estimated credits of jobs submitted but not yet charged
@@ -973,14 +990,14 @@ class BatchRunner:
             # usually nearly done: look again soon, then back off.
             first_delay=started + self.latency.value - time.monotonic(),
             started=started,
-            interval=min(self.spec.poll_interval, self.latency.value) / 4,
+            interval=self.latency.repoll(self.spec.poll_interval),
             max_interval=self.spec.max_poll_interval,
             deadline=time.time() + self.spec.timeout if self.spec.timeout else None,
         )
         if result.pending:
             raise WaitTimeoutError(f"job {item.job_id} did not finish within {self.spec.timeout:g} s")
         if item.source in self._submitted_at:
-            self.latency.observe(time.monotonic() - started, first_poll_hit=result.looks == 1)
+            self.latency.observe(result.last_look_at - started, first_poll_hit=result.looks == 1)
         return result.done[item.job_id]
 
 

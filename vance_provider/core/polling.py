@@ -17,6 +17,7 @@ class PollResult:
     done: dict[str, Job] = field(default_factory=dict)  # terminal jobs by id
     pending: list[str] = field(default_factory=list)  # still running at the deadline (or at a stop)
     looks: int = 0  # rounds of GETs made
+    last_look_at: float = 0.0  # time.monotonic() when the last round was sent
 
     @property
     def failed(self) -> list[Job]:
@@ -48,8 +49,9 @@ async def poll_jobs(
     result = PollResult(pending=list(dict.fromkeys(job_ids)))
     if first_delay > 0:
         await asyncio.sleep(_capped(first_delay, deadline))
-    interval = max(0.05, interval)
+    interval = max(0.02, interval)
     while result.pending:
+        result.last_look_at = time.monotonic()
         jobs = await asyncio.gather(*(get_job(j) for j in result.pending))
         result.looks += 1
         for job in jobs:

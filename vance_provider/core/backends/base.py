@@ -174,6 +174,24 @@ class RateGate:
             until = max(until, self.reset_at)
         self._hold(until, block=True)
 
+    def pressure(self) -> float:
+        """How close the key's request rate is to its limit, 0 to 1: the share of the allowed rate
+        used over the last couple of seconds (1 while calls wait for a window to reset; 0 while
+        no limit is known)."""
+        now = self._clock()
+        if now < self.not_before or (
+            self.remaining is not None and self.remaining <= 0 and now < self.reset_at
+        ):
+            return 1.0
+        if not self.limit or not self.window:
+            return 0.0
+        span, recent = min(self.window, 2.0), 0
+        for sent in reversed(self._sent):  # the newest last
+            if sent < now - span:
+                break
+            recent += 1
+        return min(1.0, recent / span / (self.limit / self.window))
+
     def refused_for_concurrency(self) -> None:
         """A ``429 concurrency_limit_exceeded``: the account's jobs in flight, not the key's rate,
         so no other call waits; the refused one retries after ``Retry-After``."""

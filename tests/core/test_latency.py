@@ -1,0 +1,67 @@
+"""Where the batch engine looks first at a job (``LatencyEstimate``), on drawn job lengths: no
+server, no clock. Each first look either finds its job done (the length is at most the look's
+time) or not; the share that do must settle at the target for the key's rate pressure."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+
+from vance_provider.core.batch import LatencyEstimate
+
+
+def first_looks(estimate: LatencyEstimate, lengths: list[float]) -> list[bool]:
+    hits = []
+    for length in lengths:
+        hit = length <= estimate.value
+        # A miss is seen done at a second look a little after the job ended.
+        estimate.observe(estimate.value if hit else length * 1.05, first_poll_hit=hit)
+        hits.append(hit)
+    return hits
+
+
+@pytest.mark.parametrize(
+    ("pressure", "spread"), [(0.0, 0.05), (0.0, 0.6), (1.0, 0.05), (1.0, 0.6), (0.5, 0.3)]
+)
+def test_the_share_of_first_looks_that_find_the_job_done_settles_at_the_target(
+    pressure: float, spread: float
+) -> None:
+    rng = random.Random(17)
+    lengths = [rng.lognormvariate(math.log(0.27), spread) for _ in range(30_000)]
+    estimate = LatencyEstimate(0.5, lambda: pressure)
+    hits = first_looks(estimate, lengths)
+    steady = statistics.fmean(hits[5_000:])
+    assert estimate.target == pytest.approx(0.8 + 0.195 * pressure)
+    assert steady == pytest.approx(estimate.target, abs=0.015)
+
+
+def test_when_requests_are_cheap_the_first_look_is_not_held_to_the_slowest_jobs() -> None:
+    """With spread job lengths, a rate-bound key looks late (a missed look costs a turn of the rate
+    budget); an idle one looks near the 80th percentile and keeps its slots turning."""
+    rng = random.Random(3)
+    lengths = [rng.lognormvariate(math.log(1.0), 0.6) for _ in range(20_000)]
+    ranked = sorted(lengths)
+    idle, bound = LatencyEstimate(0.5, lambda: 0.0), LatencyEstimate(0.5, lambda: 1.0)
+    first_looks(idle, lengths)
+    first_looks(bound, lengths)
+    p80, p99 = ranked[int(0.8 * len(ranked))], ranked[int(0.99 * len(ranked))]
+    assert idle.value < 0.5 * bound.value
+    assert 0.7 * p80 < idle.value < 1.3 * p80 and bound.value > 0.7 * p99
+
+
+def test_the_estimate_follows_jobs_that_get_faster_and_slower() -> None:
+    estimate = LatencyEstimate(0.5, lambda: 1.0)
+    first_looks(estimate, [0.5] * 3_000)
+    slow = estimate.value
+    first_looks(estimate, [0.25] * 20_000)
+    assert estimate.value < 0.6 * slow  # crept down (a hit moves it down a little)
+    first_looks(estimate, [1.0] * 200)
+    assert estimate.value >= 1.0  # a run of misses moves it up fast
+
+
+def test_second_looks_come_sooner_while_requests_are_cheap() -> None:
+    idle, bound = LatencyEstimate(2.0, lambda: 0.0), LatencyEstimate(2.0, lambda: 1.0)
+    assert idle.repoll(2.0) == pytest.approx(0.05) and bound.repoll(2.0) == pytest.approx(0.125)
