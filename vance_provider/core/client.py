@@ -8,12 +8,13 @@ notebooks (which may already run a loop) get the same behaviour as triggers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
 import httpx
@@ -41,6 +42,8 @@ if TYPE_CHECKING:  # the batch engine and pandas load only when used
     from .visioncraft import AsyncVisionCraft, VisionCraft
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 log = logging.getLogger(__name__)
 ApiChoice = Literal["auto", "web", "open", "visioncraft"]
 
@@ -424,6 +427,20 @@ class _LoopThread:
         self.loop.close()
 
 
+def blocking(
+    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[Any, P], R]:
+    """The blocking twin of an async method, with its signature and docstring: it runs the
+    method against ``self.aio`` on the owner's private loop (``self.run``)."""
+
+    @functools.wraps(method)
+    def twin(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        result: R = self.run(method(self.aio, *args, **kwargs))
+        return result
+
+    return twin
+
+
 class VanceClient:
     """The blocking twin of :class:`AsyncVanceClient`: the same methods, without ``await``."""
 
@@ -474,99 +491,17 @@ class VanceClient:
         """Run any coroutine of the async client on this client's loop."""
         return self._loop.run(coro)
 
-    def submit(
-        self,
-        source: str,
-        tool: str | ToolCall,
-        config: dict[str, Any] | None = None,
-        *,
-        output_format: str | None = None,
-        jconfig: dict[str, Any] | str | None = None,
-        idempotency_key: str | None = None,
-        storage_options: dict[str, Any] | None = None,
-    ) -> Job:
-        return self.run(
-            self._async.submit(
-                source,
-                tool,
-                config,
-                output_format=output_format,
-                jconfig=jconfig,
-                idempotency_key=idempotency_key,
-                storage_options=storage_options,
-            )
-        )
-
-    def get_job(self, job_id: str) -> Job:
-        return self.run(self._async.get_job(job_id))
-
-    def wait(
-        self,
-        job_id: str,
-        *,
-        poll_interval: float = 2.0,
-        timeout: float | None = None,
-        raise_on_failure: bool = True,
-    ) -> Job:
-        return self.run(
-            self._async.wait(
-                job_id, poll_interval=poll_interval, timeout=timeout, raise_on_failure=raise_on_failure
-            )
-        )
-
-    def wait_all(
-        self,
-        job_ids: list[str],
-        *,
-        poll_interval: float = 2.0,
-        timeout: float | None = None,
-        max_interval: float = 15.0,
-        on_update: Callable[[Job], Awaitable[None] | None] | None = None,
-    ) -> list[Job]:
-        return self.run(
-            self._async.wait_all(
-                job_ids,
-                poll_interval=poll_interval,
-                timeout=timeout,
-                max_interval=max_interval,
-                on_update=on_update,
-            )
-        )
-
-    def download(self, job: Job | str, dest: str, *, storage_options: dict[str, Any] | None = None) -> str:
-        return self.run(self._async.download(job, dest, storage_options=storage_options))
-
-    def cancel(self, job_id: str) -> Job:
-        return self.run(self._async.cancel(job_id))
-
-    def delete(self, job_id: str) -> None:
-        self.run(self._async.delete(job_id))
-
-    def enhance(
-        self,
-        source: str,
-        dest: str,
-        tool: str,
-        config: dict[str, Any] | None = None,
-        *,
-        output_format: str | None = None,
-        poll_interval: float = 1.0,
-        timeout: float | None = None,
-    ) -> tuple[Job, str]:
-        return self.run(
-            self._async.enhance(
-                source,
-                dest,
-                tool,
-                config,
-                output_format=output_format,
-                poll_interval=poll_interval,
-                timeout=timeout,
-            )
-        )
-
-    def check_call(self, call: ToolCall) -> None:
-        self.run(self._async.check_call(call))
+    submit = blocking(AsyncVanceClient.submit)
+    get_job = blocking(AsyncVanceClient.get_job)
+    wait = blocking(AsyncVanceClient.wait)
+    wait_all = blocking(AsyncVanceClient.wait_all)
+    download = blocking(AsyncVanceClient.download)
+    cancel = blocking(AsyncVanceClient.cancel)
+    delete = blocking(AsyncVanceClient.delete)
+    enhance = blocking(AsyncVanceClient.enhance)
+    check_call = blocking(AsyncVanceClient.check_call)
+    balance = blocking(AsyncVanceClient.balance)
+    usage = blocking(AsyncVanceClient.usage)
 
     @property
     def visioncraft(self) -> VisionCraft:
@@ -574,12 +509,6 @@ class VanceClient:
         from .visioncraft import VisionCraft
 
         return VisionCraft(self._async.visioncraft, self.run)
-
-    def balance(self) -> Balance:
-        return self.run(self._async.balance())
-
-    def usage(self) -> list[UsageRecord]:
-        return self.run(self._async.usage())
 
     def run_batch(
         self, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None

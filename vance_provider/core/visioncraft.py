@@ -7,10 +7,11 @@ They exist only on VisionCraft, so they live on a sub-client: ``client.visioncra
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .backends import VisionCraftBackend
+from .client import blocking
 from .errors import InvalidConfigError, InvalidInputError
 from .inputs import check_input
 from .storage import list_sources
@@ -18,8 +19,6 @@ from .storage import list_sources
 if TYPE_CHECKING:
     from .client import AsyncVanceClient
     from .models import Job
-
-T = TypeVar("T")
 
 
 def visioncraft_backend(client: AsyncVanceClient) -> VisionCraftBackend:
@@ -94,42 +93,17 @@ class AsyncVisionCraft:
 class VisionCraft:
     """The blocking twin of :class:`AsyncVisionCraft` (``VanceClient(...).visioncraft``)."""
 
-    def __init__(self, aio: AsyncVisionCraft, run: Any) -> None:
+    def __init__(self, aio: AsyncVisionCraft, run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
         self.aio = aio
-        self._run = run
+        self.run = run  # the owning VanceClient's loop
 
     def __repr__(self) -> str:
         return repr(self.aio).removeprefix("Async")
 
-    def _do(self, coro: Coroutine[Any, Any, T]) -> T:
-        result: T = self._run(coro)
-        return result
-
-    def options(self, kind: str, *, refresh: bool = False) -> list[str]:
-        return self._do(self.aio.options(kind, refresh=refresh))
-
-    def generate(
-        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
-    ) -> tuple[Job, list[str]]:
-        return self._do(self.aio.generate(prompt, dest, storage_options=storage_options, **options))
-
-    def generate_xl(
-        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
-    ) -> tuple[Job, str]:
-        return self._do(self.aio.generate_xl(prompt, dest, storage_options=storage_options, **options))
-
-    def text_to_gif(
-        self, prompt: str, dest: str, *, storage_options: dict[str, Any] | None = None, **options: Any
-    ) -> tuple[Job, str]:
-        return self._do(self.aio.text_to_gif(prompt, dest, storage_options=storage_options, **options))
-
-    def image_to_video(
-        self, source: str, dest: str, *, storage_options: dict[str, Any] | None = None
-    ) -> tuple[Job, str]:
-        return self._do(self.aio.image_to_video(source, dest, storage_options=storage_options))
-
-    def llm(self, model: str, messages: list[dict[str, str]]) -> Any:
-        return self._do(self.aio.llm(model, messages))
-
-    def premium_llm(self, model: str, message: str, chat_id: str | None = None) -> Any:
-        return self._do(self.aio.premium_llm(model, message, chat_id))
+    options = blocking(AsyncVisionCraft.options)
+    generate = blocking(AsyncVisionCraft.generate)
+    generate_xl = blocking(AsyncVisionCraft.generate_xl)
+    text_to_gif = blocking(AsyncVisionCraft.text_to_gif)
+    image_to_video = blocking(AsyncVisionCraft.image_to_video)
+    llm = blocking(AsyncVisionCraft.llm)
+    premium_llm = blocking(AsyncVisionCraft.premium_llm)
