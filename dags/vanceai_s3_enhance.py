@@ -3,8 +3,9 @@
 - ``source`` / ``destination`` come from the Airflow Variables ``vanceai_source`` and
   ``vanceai_destination`` when set, else from the DAG params (overridable per run).
 - The VanceAI token is in the connection ``vanceai_default`` (password). S3 credentials come from
-  the connection named by the Variable ``vanceai_storage_conn_id`` (login/password, extras
-  ``endpoint_url``/``region_name``), or from the usual ``AWS_*`` environment variables.
+  the AWS connection named by the Variable ``vanceai_storage_conn_id`` (login/password, or any
+  other form Airflow takes, such as ``role_arn``; extras ``endpoint_url``/``region_name``), or from
+  the usual ``AWS_*`` environment variables.
 - "New files only" needs no bookkeeping here: the batch manifest beside the outputs records what
   is done, so each run submits only the inputs it has not seen, and a retried run pays nothing twice.
 

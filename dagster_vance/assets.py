@@ -30,24 +30,19 @@ how many of them talk to the account at once across runs. Set its limit with
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import fields, replace
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, Required, TypedDict, Unpack
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from vance_provider.core import BatchResult, BatchSpec, Progress, ToolCall, resolve, totals
-from vance_provider.core.credits import summary_markdown, usage_summary
-from vance_provider.core.errors import (
-    AuthenticationError,
-    BudgetExceededError,
-    ConfigurationError,
-    InsufficientCreditsError,
-    InvalidInputError,
-    VanceError,
-)
+from vance_provider.core.credits import ManifestRef, summary_markdown, usage_summary
+from vance_provider.core.errors import PERMANENT_ERRORS, VanceError
 from vance_provider.core.manifest import ItemState, Manifest
+from vance_provider.core.models import API_NAMES
 from vance_provider.core.secrets import redact
 from vance_provider.core.storage import join, list_sources, safe_name
 
@@ -59,7 +54,7 @@ from .checks import (
     preview_table,
     verify_outputs,
 )
-from .resources import ManifestRef, VanceAIResource, storage_options_of
+from .resources import VanceAIResource, storage_options_of
 from .translator import (
     CHECK_ACCOUNTED,
     CHECK_BUDGET,
@@ -107,15 +102,9 @@ def dataset_spec(asset: dg.AssetsDefinition) -> dg.AssetSpec:
 def _check_tool(tool: str, config: Mapping[str, Any] | None, jconfig: Any, output_format: str | None) -> None:
     """Fail at load time for a tool or config that no API accepts (no token is needed for this)."""
     errors = []
-    for api in ("web", "open"):
+    for api in API_NAMES:
         try:
-            resolve(
-                tool,
-                dict(config or {}),
-                api=api,
-                output_format=output_format,
-                jconfig=jconfig if api == "web" else None,
-            )
+            resolve(tool, dict(config or {}), api=api, output_format=output_format, jconfig=jconfig)
             return
         except VanceError as exc:
             errors.append(f"{api} API: {exc}")
@@ -124,32 +113,56 @@ def _check_tool(tool: str, config: Mapping[str, Any] | None, jconfig: Any, outpu
     )
 
 
+class DatasetOptions(TypedDict, total=False):
+    """The options of an enhanced dataset beyond its name, source, destination, tool and config:
+    keyword arguments of :func:`build_enhanced_dataset_asset` and :func:`vance_dataset_asset`.
+    Those not given take the defaults of :class:`VanceDatasetProps` (``pool``: ``vanceai``)."""
+
+    output_format: str | None
+    max_concurrency: int
+    credit_budget: float | None
+    storage_options: Mapping[str, Any] | None
+    partitions: Literal["per_file"] | dg.DynamicPartitionsDefinition | None
+    group_name: str | None
+    pool: str | None
+    translator: VanceTranslator | None
+    jconfig: Mapping[str, Any] | str | None
+    on_failure: FailurePolicy
+    on_insufficient_credits: Literal["fail", "partial"]
+    poll_interval: float
+    timeout: float | None
+    description: str | None
+    resource_key: str
+    storage_resource_key: str | None
+    retry_policy: dg.RetryPolicy | None
+    preview_rows: int
+    allow_empty: bool
+
+
+class Dataset(DatasetOptions):
+    """An enhanced dataset: ``source`` enhanced by ``tool`` into ``destination``, and its options
+    (the keyword arguments of :func:`vance_dataset_asset`)."""
+
+    name: Required[str]
+    source: Required[str | Sequence[str]]
+    destination: Required[str]
+    tool: Required[str]
+    config: NotRequired[Mapping[str, Any] | None]
+
+
+#: The options that are part of the dataset's props (the others shape only its asset).
+_PROPS_OPTIONS = frozenset(f.name for f in fields(VanceDatasetProps)) & frozenset(
+    DatasetOptions.__annotations__
+)
+
+
 def build_enhanced_dataset_asset(
     name: str,
     source: str | Sequence[str],
     destination: str,
     tool: str,
     config: Mapping[str, Any] | None = None,
-    output_format: str | None = None,
-    max_concurrency: int = 8,
-    credit_budget: float | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    partitions: Literal["per_file"] | dg.DynamicPartitionsDefinition | None = None,
-    group_name: str | None = "vanceai",
-    pool: str | None = DEFAULT_POOL,
-    translator: VanceTranslator | None = None,
-    *,
-    jconfig: Mapping[str, Any] | str | None = None,
-    on_failure: FailurePolicy = "fail",
-    on_insufficient_credits: Literal["fail", "partial"] = "fail",
-    poll_interval: float = 2.0,
-    timeout: float | None = None,
-    description: str | None = None,
-    resource_key: str = "vanceai",
-    storage_resource_key: str | None = None,
-    retry_policy: dg.RetryPolicy | None = None,
-    preview_rows: int = 5,
-    allow_empty: bool = True,
+    **options: Unpack[DatasetOptions],
 ) -> dg.AssetsDefinition:
     """An asset whose materialization is ``source`` enhanced by a VanceAI ``tool`` into ``destination``.
 
@@ -190,69 +203,17 @@ def build_enhanced_dataset_asset(
 
     Write the asset's body yourself with :func:`vance_dataset_asset` (the same arguments).
     """
-    decorator = vance_dataset_asset(
-        name=name,
-        source=source,
-        destination=destination,
-        tool=tool,
-        config=config,
-        output_format=output_format,
-        max_concurrency=max_concurrency,
-        credit_budget=credit_budget,
-        storage_options=storage_options,
-        partitions=partitions,
-        group_name=group_name,
-        pool=pool,
-        translator=translator,
-        jconfig=jconfig,
-        on_failure=on_failure,
-        on_insufficient_credits=on_insufficient_credits,
-        poll_interval=poll_interval,
-        timeout=timeout,
-        description=description,
-        resource_key=resource_key,
-        storage_resource_key=storage_resource_key,
-        retry_policy=retry_policy,
-        preview_rows=preview_rows,
-        allow_empty=allow_empty,
-        _default_body=True,
-    )
+    dataset = Dataset(name=name, source=source, destination=destination, tool=tool, config=config, **options)
+    props, decorate = _dataset_asset(dataset)
 
     def _enhanced_dataset(context: dg.AssetExecutionContext, config: VanceRunConfig) -> Iterator[Any]:
-        resource: VanceAIResource = getattr(context.resources, resource_key)
+        resource: VanceAIResource = getattr(context.resources, props.resource_key)
         yield from resource.materialize_dataset(context, config=config)
 
-    return decorator(_enhanced_dataset)
+    return decorate(_enhanced_dataset, default_body=True)
 
 
-def vance_dataset_asset(
-    *,
-    name: str,
-    source: str | Sequence[str],
-    destination: str,
-    tool: str,
-    config: Mapping[str, Any] | None = None,
-    output_format: str | None = None,
-    max_concurrency: int = 8,
-    credit_budget: float | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    partitions: Literal["per_file"] | dg.DynamicPartitionsDefinition | None = None,
-    group_name: str | None = "vanceai",
-    pool: str | None = DEFAULT_POOL,
-    translator: VanceTranslator | None = None,
-    jconfig: Mapping[str, Any] | str | None = None,
-    on_failure: FailurePolicy = "fail",
-    on_insufficient_credits: Literal["fail", "partial"] = "fail",
-    poll_interval: float = 2.0,
-    timeout: float | None = None,
-    description: str | None = None,
-    resource_key: str = "vanceai",
-    storage_resource_key: str | None = None,
-    retry_policy: dg.RetryPolicy | None = None,
-    preview_rows: int = 5,
-    allow_empty: bool = True,
-    _default_body: bool = False,
-) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
+def vance_dataset_asset(**dataset: Unpack[Dataset]) -> Callable[[Callable[..., Any]], dg.AssetsDefinition]:
     """Decorate your own body of an enhanced dataset asset (as ``@fivetran_assets`` does); it calls
     :meth:`VanceAIResource.materialize_dataset`. The arguments are those of
     :func:`build_enhanced_dataset_asset`; the dataset is carried in the asset spec's metadata
@@ -267,9 +228,36 @@ def vance_dataset_asset(
     none is given the resources under ``resource_key`` and ``storage_resource_key``). A body that
     names its resources names the storage resource too and passes it: ``storage=storage``.
     """
-    if on_failure not in ("fail", "continue", "fail_fast"):
+    return _dataset_asset(dataset)[1]
+
+
+def _dataset_asset(options: Dataset) -> tuple[VanceDatasetProps, Callable[..., dg.AssetsDefinition]]:
+    """The dataset's props (checked), and the decorator that makes its asset of a body (named
+    after the body, or after the asset's key for the factory's own body)."""
+    # As for any function: a misspelt or a missing argument must not pass unnoticed.
+    unknown = sorted(set(options) - set(Dataset.__annotations__))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s) for an enhanced dataset: {', '.join(unknown)}")
+    missing = sorted(Dataset.__required_keys__ - set(options))
+    if missing:
+        raise TypeError(f"an enhanced dataset needs the argument(s) {', '.join(missing)}")
+    name, source, tool = options["name"], options["source"], options["tool"]
+    config, destination = options.get("config"), options["destination"]
+    storage_options, jconfig = options.get("storage_options"), options.get("jconfig")
+    given: dict[str, Any] = {k: v for k, v in options.items() if k in _PROPS_OPTIONS}
+    given.update(
+        name=name,
+        source=source if isinstance(source, str) else tuple(source),
+        destination=destination,
+        tool=tool,
+        config=dict(config) if config else None,
+        jconfig=dict(jconfig) if isinstance(jconfig, Mapping) else jconfig,
+        storage_options=dict(storage_options) if storage_options else None,
+    )
+    props = VanceDatasetProps(**given)
+    if props.on_failure not in ("fail", "continue", "fail_fast"):
         raise dg.DagsterInvalidDefinitionError(
-            f"on_failure must be fail, continue or fail_fast, got {on_failure!r}"
+            f"on_failure must be fail, continue or fail_fast, got {props.on_failure!r}"
         )
     secrets = secret_option_names(storage_options)
     if secrets:  # the definitions (and the UI, and the run's snapshot) would hold them
@@ -278,7 +266,8 @@ def vance_dataset_asset(
             "VanceStorageResource (or dagster-aws's S3Resource) with dg.EnvVar(...) values and pass "
             "its key as storage_resource_key"
         )
-    _check_tool(tool, config, jconfig, output_format)
+    _check_tool(tool, config, jconfig, props.output_format)
+    partitions = options.get("partitions")
     partitions_def: dg.DynamicPartitionsDefinition | None
     if partitions == "per_file":
         partitions_def = dg.DynamicPartitionsDefinition(name=f"{name}_files")
@@ -292,56 +281,36 @@ def vance_dataset_asset(
         raise dg.DagsterInvalidDefinitionError(
             "per-file partitions need source to be one folder or bucket prefix"
         )
+    props = replace(props, partitioned=partitions_def is not None)
 
-    props = VanceDatasetProps(
-        name=name,
-        source=source if isinstance(source, str) else tuple(source),
-        destination=destination,
-        tool=tool,
-        config=dict(config) if config else None,
-        jconfig=dict(jconfig) if isinstance(jconfig, Mapping) else jconfig,
-        output_format=output_format,
-        max_concurrency=max_concurrency,
-        credit_budget=credit_budget,
-        partitioned=partitions_def is not None,
-        group_name=group_name,
-        description=description,
-        storage_options=dict(storage_options) if storage_options else None,
-        resource_key=resource_key,
-        storage_resource_key=storage_resource_key,
-        on_failure=on_failure,
-        on_insufficient_credits=on_insufficient_credits,
-        poll_interval=poll_interval,
-        timeout=timeout,
-        preview_rows=preview_rows,
-        allow_empty=allow_empty,
-    )
-    translator = translator or VanceTranslator()
+    translator = options.get("translator") or VanceTranslator()
     spec = translator.get_asset_spec(props)
     spec = spec.merge_attributes(metadata={PROPS_METADATA_KEY: dg.MetadataValue.json(props.to_json())})
     if partitions_def is not None:
         spec = spec.replace_attributes(partitions_def=partitions_def)
     key = spec.key
     check_specs = list(translator.get_check_specs(props, key))
-    resource_keys = {resource_key} | ({storage_resource_key} if storage_resource_key else set())
+    resource_keys = {props.resource_key} | (
+        {props.storage_resource_key} if props.storage_resource_key else set()
+    )
 
-    def decorate(fn: Callable[..., Any]) -> dg.AssetsDefinition:
+    def decorate(fn: Callable[..., Any], default_body: bool = False) -> dg.AssetsDefinition:
         import inspect
 
         # Dagster takes resources either as the body's parameters or as required keys, never both.
         takes_resources = any(p != "config" for p in list(inspect.signature(fn).parameters)[1:])
         return dg.multi_asset(
-            name=key.to_python_identifier() if _default_body else fn.__name__,
+            name=key.to_python_identifier() if default_body else fn.__name__,
             specs=[spec],
             check_specs=check_specs,
             can_subset=True,
             required_resource_keys=None if takes_resources else resource_keys,
-            pool=pool,
-            retry_policy=retry_policy,
+            pool=options.get("pool", DEFAULT_POOL),
+            retry_policy=options.get("retry_policy"),
             op_tags={"vanceai/tool": tool},
         )(fn)
 
-    return decorate
+    return props, decorate
 
 
 # --- the materialization ----------------------------------------------------------------------
@@ -388,19 +357,9 @@ class _ProgressLog:
 
 def _failure(exc: VanceError) -> dg.Failure:
     """A Dagster failure from a core error; retrying helps only for what may pass next time."""
-    permanent = isinstance(
-        exc,
-        (
-            InvalidInputError,
-            BudgetExceededError,
-            InsufficientCreditsError,
-            AuthenticationError,
-            ConfigurationError,
-        ),
-    )
     return dg.Failure(
         description=f"VanceAI: {type(exc).__name__}: {strip_query(redact(str(exc)))}",
-        allow_retries=not permanent,
+        allow_retries=not isinstance(exc, PERMANENT_ERRORS),
     )
 
 

@@ -220,19 +220,9 @@ def outputs_check(
     bad = [r for r in reports if not r.ok]
     metadata: dict[str, Any] = {"vance/checked": len(reports), "vance/invalid": len(bad)}
     if bad:
-        metadata["vance/problems"] = dg.MetadataValue.md(
-            _table(
-                [(r.source, r.output or "", r.problem or "") for r in bad[:max_rows]],
-                ("input", "output", "problem"),
-            )
-        )
-    return dg.AssetCheckResult(
-        asset_key=asset_key,
-        check_name=CHECK_OUTPUTS,
-        passed=not bad,
-        metadata=metadata,
-        severity=dg.AssetCheckSeverity.ERROR,
-    )
+        rows = [(r.source, r.output or "", r.problem or "") for r in bad[:max_rows]]
+        metadata["vance/problems"] = dg.MetadataValue.md(_table(rows, ("input", "output", "problem")))
+    return _error_check(asset_key, CHECK_OUTPUTS, not bad, metadata)
 
 
 def accounted_check(
@@ -253,19 +243,22 @@ def accounted_check(
         "vance/unaccounted": len(unaccounted),
     }
     if unaccounted:
-        metadata["vance/unaccounted_inputs"] = dg.MetadataValue.md(
-            _table([(i.source, i.state) for i in unaccounted[:max_rows]], ("input", "state"))
-        )
+        rows = [(i.source, i.state) for i in unaccounted[:max_rows]]
+        metadata["vance/unaccounted_inputs"] = dg.MetadataValue.md(_table(rows, ("input", "state")))
     if reasons:
-        metadata["vance/reasons"] = dg.MetadataValue.md(
-            _table(
-                [(i.source, i.state, i.error or "") for i in reasons[:max_rows]], ("input", "state", "reason")
-            )
-        )
+        why = [(i.source, i.state, i.error or "") for i in reasons[:max_rows]]
+        metadata["vance/reasons"] = dg.MetadataValue.md(_table(why, ("input", "state", "reason")))
+    return _error_check(asset_key, CHECK_ACCOUNTED, not unaccounted, metadata)
+
+
+def _error_check(
+    asset_key: dg.AssetKey, check_name: str, passed: bool, metadata: dict[str, Any]
+) -> dg.AssetCheckResult:
+    """A check whose failure is an error: the dataset is not what it should be."""
     return dg.AssetCheckResult(
         asset_key=asset_key,
-        check_name=CHECK_ACCOUNTED,
-        passed=not unaccounted,
+        check_name=check_name,
+        passed=passed,
         metadata=metadata,
         severity=dg.AssetCheckSeverity.ERROR,
     )

@@ -27,7 +27,9 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from .assets import DEFAULT_POOL, build_enhanced_dataset_asset
+from vance_provider.defaults import DEFAULT_MAX_CONCURRENCY
+
+from .assets import DEFAULT_POOL, DatasetOptions, build_enhanced_dataset_asset
 from .sensors import build_new_files_sensor
 
 #: What ``dg scaffold defs dagster_vance.VanceDatasetComponent <path>`` writes into ``defs.yaml``.
@@ -63,7 +65,9 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
     tool: str = Field(description="A friendly tool (upscale, denoise, remove_bg, ...) or a vendor tool name.")
     config: dict[str, Any] | None = Field(default=None, description="The tool's options, e.g. {scale: 2}.")
     output_format: str | None = Field(default=None, description="jpg, png or webp (Open API).")
-    max_concurrency: int = Field(default=8, description="Jobs in flight at once in one run.")
+    max_concurrency: int = Field(
+        default=DEFAULT_MAX_CONCURRENCY, description="Jobs in flight at once in one run."
+    )
     credit_budget: float | None = Field(
         default=None, description="Stop submitting once this many credits would be spent in one run."
     )
@@ -107,25 +111,13 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
             storage_options["client_kwargs"] = {k: v for k, v in client_kwargs.items() if v not in (None, "")}
             if not storage_options["client_kwargs"]:
                 del storage_options["client_kwargs"]
+        # The component's fields that are options of the factory, under the same names.
+        options: dict[str, Any] = {
+            k: getattr(self, k) for k in DatasetOptions.__annotations__ if k in type(self).model_fields
+        }
+        options["storage_options"] = storage_options or None
         asset = build_enhanced_dataset_asset(
-            self.name,
-            self.source,
-            self.destination,
-            self.tool,
-            self.config,
-            output_format=self.output_format,
-            max_concurrency=self.max_concurrency,
-            credit_budget=self.credit_budget,
-            storage_options=storage_options or None,
-            partitions=self.partitions,
-            group_name=self.group_name,
-            pool=self.pool,
-            on_failure=self.on_failure,
-            on_insufficient_credits=self.on_insufficient_credits,
-            poll_interval=self.poll_interval,
-            description=self.description,
-            resource_key=self.resource_key,
-            storage_resource_key=self.storage_resource_key,
+            self.name, self.source, self.destination, self.tool, self.config, **options
         )
         sensors = []
         if self.partitions == "per_file" and self.sensor_interval_seconds is not None:

@@ -28,9 +28,9 @@ import pandas as pd
 from pydantic import Field, PrivateAttr, field_validator
 
 from vance_provider.core import AsyncVanceClient, BatchResult, BatchSpec, Progress, RetryPolicy, VanceClient
-from vance_provider.core.models import Balance
-
-ManifestRef = str | tuple[str, Mapping[str, Any] | None]
+from vance_provider.core.credits import ManifestRef
+from vance_provider.core.models import API_CHOICES, Balance
+from vance_provider.defaults import DEFAULT_API, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 
 
 def _caller() -> str:
@@ -60,16 +60,16 @@ class VanceAIResource(dg.ConfigurableResource):
         description="Override the service URL: the simulator (http://127.0.0.1:8765), a proxy or a regional host.",
     )
     api: str = Field(
-        default="auto",
+        default=DEFAULT_API,
         description="'web' (web API v1), 'open' (Open API v1), or 'auto': sk_live_ keys use the Open API.",
     )
-    timeout: float = Field(default=30.0, description="Seconds to wait for one HTTP answer.")
+    timeout: float = Field(default=DEFAULT_TIMEOUT, description="Seconds to wait for one HTTP answer.")
     max_retries: int = Field(
-        default=5,
+        default=DEFAULT_MAX_RETRIES,
         description="Retries of one retryable call (429, 5xx, dropped connections) with jittered backoff.",
     )
     max_concurrency: int = Field(
-        default=8,
+        default=DEFAULT_MAX_CONCURRENCY,
         description="Upper bound of jobs one run keeps in flight (each asset may ask for fewer).",
     )
     cache: str | None = Field(
@@ -84,8 +84,8 @@ class VanceAIResource(dg.ConfigurableResource):
     @field_validator("api")
     @classmethod
     def _check_api(cls, value: str) -> str:
-        if value not in ("auto", "web", "open", "visioncraft"):
-            raise ValueError(f"api must be 'auto', 'web', 'open' or 'visioncraft', got {value!r}")
+        if value not in API_CHOICES:
+            raise ValueError(f"api must be one of {', '.join(map(repr, API_CHOICES))}, got {value!r}")
         return value
 
     @field_validator("max_concurrency", "max_retries")
@@ -224,11 +224,8 @@ class VanceAIResource(dg.ConfigurableResource):
         Web API: the service's full history. Open API (which keeps no history): the charges of
         the finished jobs recorded in ``manifests``; each is a URL or ``(url, storage_options)``.
         """
-        refs = [
-            ref if isinstance(ref, str) else (ref[0], dict(ref[1]) if ref[1] else None) for ref in manifests
-        ]
         with self.get_client() as client:
-            return client.usage_report(refs)
+            return client.usage_report(manifests)
 
 
 class VanceStorageResource(dg.ConfigurableResource):

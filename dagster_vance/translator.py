@@ -18,19 +18,12 @@ import dagster as dg
 
 from vance_provider.core.manifest import MANIFEST_NAME
 from vance_provider.core.storage import join
-from vance_provider.core.tools import FRIENDLY, OPEN_TOOLS
+from vance_provider.core.tools import media_of
 
 CHECK_OUTPUTS = "outputs_valid"
 CHECK_ACCOUNTED = "inputs_accounted_for"
 CHECK_BUDGET = "credits_within_budget"
 PARTITION_MANIFESTS = "_vance_partitions"
-
-
-def media_of_tool(tool: str) -> Literal["image", "video"]:
-    open_tool = FRIENDLY[tool][1] if tool in FRIENDLY else tool
-    if open_tool in OPEN_TOOLS:
-        return OPEN_TOOLS[open_tool][0]
-    return "image"
 
 
 _QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]+)\?[^\s'\"]*", re.IGNORECASE)
@@ -138,7 +131,7 @@ class VanceDatasetProps:
 
     @property
     def media(self) -> Literal["image", "video"]:
-        return media_of_tool(self.tool)
+        return media_of(self.tool)
 
     @property
     def manifest_url(self) -> str:

@@ -37,6 +37,8 @@ from .core.errors import (
     TransportError,
     VanceError,
 )
+from .core.models import API_CHOICES, API_NAMES, API_TITLES
+from .defaults import DEFAULT_API, DEFAULT_MAX_CONCURRENCY
 
 EXIT_OK = 0
 EXIT_FAILED_ITEMS = 1
@@ -55,7 +57,6 @@ EXIT_CODES = {
     EXIT_SERVICE: "the service or the network failed (after retries); rerun to resume",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); rerun the same command to resume",
 }
-API_NAMES = {"web": "web API v1", "open": "Open API v1", "visioncraft": "VisionCraft"}
 # The service's endpoint names, as the library's messages give them, in the words of a user.
 OPERATIONS = {
     "point": "balance",
@@ -94,7 +95,7 @@ CLI_WORDS: list[tuple[str, str]] = [
     (r"the connection's password", "VANCE_API_TOKEN"),
     (r"the connection's host", "VANCE_BASE_URL"),
 ]
-_API_OP = re.compile(r"\b(web|open|visioncraft) API ([\w/]+):", re.I)
+_API_OP = re.compile(rf"\b({'|'.join(API_NAMES)}) API ([\w/]+):", re.I)
 
 
 class CliError(Exception):
@@ -113,7 +114,7 @@ def cli_words(text: str) -> str:
     def op(m: re.Match[str]) -> str:
         if m[2] not in OPERATIONS:  # "web API tools: ..." is words already
             return m[0]
-        return f"{API_NAMES.get(m[1].lower(), m[1])} ({OPERATIONS[m[2]]}):"
+        return f"{API_TITLES.get(m[1].lower(), m[1])} ({OPERATIONS[m[2]]}):"
 
     return _API_OP.sub(op, text)
 
@@ -396,7 +397,7 @@ def cmd_report(args: argparse.Namespace, ui: Ui) -> int:
     manifests = _manifests(args.manifest)
     with _client(args) as client:
         df = client.usage_report(manifests)
-        api = client.api
+        api, caps = client.api, client.capabilities
     write_report(df, args.out)
     summary = usage_summary(df)
     table = Table(title="credits used")
@@ -407,10 +408,10 @@ def cmd_report(args: argparse.Namespace, ui: Ui) -> int:
     ui.out.print(table)
     total = float(summary["credits"].iloc[-1])
     ui.out.print(f"{len(df)} charge(s), {total:g} credits, written to {escape(args.out)}")
-    if api == "open" and not manifests:
+    if caps.charges_credits and not caps.has_usage_history and not manifests:
         ui.err.print(
-            "note: the Open API keeps no history; give --manifest with your batches' folders "
-            "to include what they paid"
+            f"note: the {API_TITLES[api]} keeps no history; give --manifest with your "
+            "batches' folders to include what they paid"
         )
     return EXIT_OK
 
@@ -444,34 +445,24 @@ def _report_path(value: str) -> str:
     return value
 
 
-def _credits(value: str) -> float:
-    try:
-        credits = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of credits") from None
-    if not credits >= 0 or credits == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value!r}: give 0 or more credits")
-    return credits
+def _number(kind: Callable[[str], float], what: str, least: float, give: str, finite: bool = False) -> Any:
+    """An argparse type: the text as ``kind``, at least ``least`` (and not infinite, if ``finite``)."""
+
+    def parse(value: str) -> float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+        if not number >= least or (finite and number == float("inf")):
+            raise argparse.ArgumentTypeError(f"{value!r}: give {give}")
+        return number
+
+    return parse
 
 
-def _positive(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number of 1 or more")
-    return number
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
-    if not seconds >= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: give 0 or more seconds")
-    return seconds
+_credits = _number(float, "a number of credits", 0, "0 or more credits", finite=True)
+_positive = _number(int, "a whole number", 1, "a whole number of 1 or more")
+_seconds = _number(float, "a number of seconds", 0, "0 or more seconds")
 
 
 def cmd_cache(args: argparse.Namespace, ui: Ui) -> int:
@@ -512,8 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--api",
-        choices=("auto", "web", "open", "visioncraft"),
-        default="auto",
+        choices=API_CHOICES,
+        default=DEFAULT_API,
         help="which API; auto: sk_live_ keys use the Open API v1, other tokens the web API v1",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -530,7 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scale", type=int, help="shortcut for --config '{\"scale\": N}'")
     e.add_argument("--config", help="tool options as a JSON object, e.g. '{\"scale\": 4}'")
     e.add_argument("--output-format", choices=("jpg", "png", "webp"))
-    e.add_argument("--max-concurrency", type=_positive, default=8, help="jobs in flight at once")
+    e.add_argument(
+        "--max-concurrency", type=_positive, default=DEFAULT_MAX_CONCURRENCY, help="jobs in flight at once"
+    )
     e.add_argument("--poll-interval", type=float, default=1.0, help="seconds before the first status poll")
     e.add_argument("--budget", type=_credits, help="spend at most this many credits")
     e.add_argument(

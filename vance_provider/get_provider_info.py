@@ -1,26 +1,52 @@
 """Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
 
-Kept free of imports: Airflow calls it on every ``providers list`` and UI start.
+Kept free of heavy imports (it reads only :mod:`vance_provider.defaults`): Airflow calls it on
+every ``providers list`` and UI start.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from vance_provider.defaults import (
+    API_CHOICES,
+    DEFAULT_API,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+)
+
+__all__ = ["API_CHOICES", "CONN_FIELDS", "INTEGRATION", "UI_FIELD_BEHAVIOUR", "get_provider_info"]
+
 INTEGRATION = "VanceAI"
-#: The one list of APIs a connection may name (the form, the hook's check and the docs use it).
-API_CHOICES = ("auto", "web", "open", "visioncraft")
 #: The connection form's extra fields. Airflow >= 3.2 reads them from here; on 3.0 and 3.1 the
 #: hook builds the same fields as WTForms widgets from this mapping.
 CONN_FIELDS = {
     "api": {
         "label": "API",
         "description": "'web' (web API v1), 'open' (Open API v1, sk_live_ keys), 'visioncraft' or 'auto'",
-        "schema": {"type": ["string", "null"], "default": "auto", "enum": list(API_CHOICES)},
+        "schema": {"type": ["string", "null"], "default": DEFAULT_API, "enum": list(API_CHOICES)},
     },
-    "timeout": {"label": "Timeout (seconds)", "schema": {"type": ["number", "null"], "default": 30}},
-    "max_retries": {"label": "Max retries", "schema": {"type": ["integer", "null"], "default": 5}},
+    "timeout": {
+        "label": "Timeout (seconds)",
+        "schema": {"type": ["number", "null"], "default": int(DEFAULT_TIMEOUT)},
+    },
+    "max_retries": {
+        "label": "Max retries",
+        "schema": {"type": ["integer", "null"], "default": DEFAULT_MAX_RETRIES},
+    },
     "max_concurrency": {
         "label": "Max concurrent jobs per task",
-        "schema": {"type": ["integer", "null"], "default": 8},
+        "schema": {"type": ["integer", "null"], "default": DEFAULT_MAX_CONCURRENCY},
+    },
+}
+#: How the form shows the standard fields; the hook's ``get_ui_field_behaviour`` says the same.
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden-fields": ["schema", "port", "login"],
+    "relabeling": {"password": "API Token", "host": "Base URL (optional)"},
+    "placeholders": {
+        "host": "https://api-service.vanceai.com (default for the API)",
+        "password": "web API token, or an sk_live_ Open API key",
     },
 }
 
@@ -57,14 +83,7 @@ def get_provider_info() -> dict:
                 # Declarative form fields (Airflow >= 3.2 reads these instead of importing the hook);
                 # the hook's get_connection_form_widgets/get_ui_field_behaviour say the same.
                 "conn-fields": CONN_FIELDS,
-                "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login"],
-                    "relabeling": {"password": "API Token", "host": "Base URL (optional)"},
-                    "placeholders": {
-                        "host": "https://api-service.vanceai.com (default for the API)",
-                        "password": "web API token, or an sk_live_ Open API key",
-                    },
-                },
+                "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
             }
         ],
         "extra-links": ["vance_provider.operators.vanceai.VanceAIDestinationLink"],

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
-import subprocess
-import sys
+from typing import Any
 
 import pytest
 
@@ -49,28 +48,30 @@ def test_provider_info_matches_schema() -> None:
         importlib.resources.files("airflow").joinpath("provider_info.schema.json").read_text()
     )
     jsonschema.validate(get_provider_info(), schema)
-    assert providers_manager  # the module that reads it
+    # The module that reads it found the entry point and kept every field (it adds its defaults).
+    info = get_provider_info()
+    provider = providers_manager.ProvidersManager().providers["vance-pipelines"]
+    assert {k: provider.data.get(k) for k in info} == info and provider.version == "0.1.0"
 
 
-def test_airflow_providers_list_shows_the_provider() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "airflow", "providers", "list", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    # Airflow 3.0 prints its log lines on stdout too: the JSON is the last line.
-    listing = next(line for line in reversed(out.stdout.splitlines()) if line.startswith("[{"))
-    providers = {p["package_name"]: p for p in json.loads(listing)}
+def test_airflow_providers_list_shows_the_provider(capsys: pytest.CaptureFixture[str]) -> None:
+    """``airflow providers list`` and ``airflow providers hooks``: the CLI's own parser and commands,
+    in-process (``python -m airflow`` does just this, after ~10 s of starting a new interpreter)."""
+    from airflow.cli import cli_parser
+
+    def airflow_cli(*argv: str) -> Any:
+        args = cli_parser.get_parser().parse_args(list(argv))
+        capsys.readouterr()
+        args.func(args)
+        out = capsys.readouterr().out
+        # Airflow 3.0 prints its log lines on stdout too: the JSON is the last line.
+        return json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("[{")))
+
+    providers = {p["package_name"]: p for p in airflow_cli("providers", "list", "-o", "json")}
     assert providers["vance-pipelines"]["version"] == "0.1.0"
-    hooks = subprocess.run(
-        [sys.executable, "-m", "airflow", "providers", "hooks", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "vance_provider.hooks.vanceai.VanceAIHook" in hooks.stdout
+    hooks = {h["connection_type"]: h for h in airflow_cli("providers", "hooks", "-o", "json")}
+    assert hooks["vanceai"]["class"] == "vance_provider.hooks.vanceai.VanceAIHook"
+    assert hooks["vanceai"]["package_name"] == "vance-pipelines"
 
 
 def test_connection_ui_metadata() -> None:
@@ -156,41 +157,3 @@ def test_test_connection_unreachable(vance_conn, sim_factory) -> None:
     token = vance_conn("open", server=server, extra={"max_retries": 0, "timeout": 2})
     ok, message = VanceAIHook().test_connection()
     assert not ok and token not in message
-
-
-def test_storage_options_from_connection(monkeypatch) -> None:
-    from vance_provider.hooks.vanceai import storage_options_from_connection
-
-    assert storage_options_from_connection(None) is None
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_S3_TEST",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "AKIA",
-                "password": "secret",
-                "extra": {"endpoint_url": "http://127.0.0.1:9", "region_name": "eu-west-1"},
-            }
-        ),
-    )
-    assert storage_options_from_connection("s3_test") == {
-        "key": "AKIA",
-        "secret": "secret",
-        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9", "region_name": "eu-west-1"},
-    }
-
-
-def test_storage_connection_refuses_what_s3fs_cannot_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vance_provider.core.errors import ConfigurationError
-    from vance_provider.hooks.vanceai import storage_options_from_connection
-
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_S3_ROLE",
-        json.dumps({"conn_type": "aws", "extra": {"role_arn": "arn:aws:iam::1:role/r"}}),
-    )
-    with pytest.raises(ConfigurationError, match="role_arn"):
-        storage_options_from_connection("s3_role")
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_S3_PROFILE", json.dumps({"conn_type": "aws", "extra": {"profile_name": "prod"}})
-    )
-    assert storage_options_from_connection("s3_profile") == {"profile": "prod"}

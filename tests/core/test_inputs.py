@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from PIL import Image
 from tests.conftest import image_bytes
 from tests.core.helpers import uploads
 from vance_provider.core import VanceClient
-from vance_provider.core import inputs as inputs_module
+from vance_provider.core.backends import WebApiBackend
 from vance_provider.core.errors import (
     FileTooLargeError,
     InvalidInputError,
@@ -115,6 +116,13 @@ def test_over_10_mb_on_the_web_api(
     assert (info.format, info.width, info.height) == ("png", 1900, 1900)
 
 
+def _web_limit(monkeypatch: pytest.MonkeyPatch, **limits: int) -> None:
+    """The web API's capabilities with other input limits (what ``check_input`` reads)."""
+    monkeypatch.setattr(
+        WebApiBackend, "capabilities", dataclasses.replace(WebApiBackend.capabilities, **limits)
+    )
+
+
 def test_web_size_limit_constant_is_what_is_checked(
     monkeypatch: pytest.MonkeyPatch,
     sim: SimulatorServer,
@@ -122,7 +130,7 @@ def test_web_size_limit_constant_is_what_is_checked(
     make_image: Callable[..., Path],
 ) -> None:
     src = make_image("small.jpg", 32, 24)
-    monkeypatch.setattr(inputs_module, "WEB_MAX_BYTES", src.stat().st_size - 1)
+    _web_limit(monkeypatch, max_image_bytes=src.stat().st_size - 1)
     with pytest.raises(FileTooLargeError, match=f"{src.stat().st_size} bytes is over"):
         client_factory(sim, "web").submit(str(src), "upscale")
     assert_nothing_sent(sim)
@@ -146,7 +154,7 @@ def test_pixel_limit_constant_is_what_is_checked(
     client_factory: Callable[..., VanceClient],
     make_image: Callable[..., Path],
 ) -> None:
-    monkeypatch.setattr(inputs_module, "WEB_MAX_PIXELS", 32 * 24 - 1)
+    _web_limit(monkeypatch, max_image_pixels=32 * 24 - 1)
     with pytest.raises(TooManyPixelsError, match="32x24"):
         client_factory(sim, "web").submit(str(make_image("px.jpg", 32, 24)), "upscale")
     assert_nothing_sent(sim)

@@ -32,7 +32,7 @@ import pytest
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN, image_bytes
 from vance_provider.core.tools import FRIENDLY, OPEN_TOOLS, WEB_MODULES
-from vance_provider.demo_data import make_dataset
+from vance_provider.demo.data import make_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -212,7 +212,7 @@ def test_shell_commands(
     (work / "my_photos").mkdir()
     for i in range(2):
         (work / "my_photos" / f"mine{i}.jpg").write_bytes(image_bytes(32, 24))
-    if "photos/" in text and "demo_data" not in text:
+    if "photos/" in text and "vance_provider.demo.data" not in text:
         make_dataset(work / "photos", video=False)
     _s3_inputs(s3_server)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VANCE_", "AIRFLOW", "DAGSTER"))}

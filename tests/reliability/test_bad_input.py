@@ -3,6 +3,7 @@ before any upload or credit is spent, and the rest of a batch is not lost."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from tests.conftest import OPEN_KEY, WEB_TOKEN, image_bytes
 from vance_provider.core import BatchSpec, VanceClient
 from vance_provider.core import errors as E
-from vance_provider.core import inputs as inputs_mod
+from vance_provider.core.backends import WebApiBackend
 
 UPLOAD_PATHS = ("/web_api/v1/upload", "/web_api/v1/transform", "/api/v1/jobs", "/api/v1/uploads")
 
@@ -128,12 +129,13 @@ def test_video_to_image_tool(sim: Any, test_video: Path) -> None:
 
 @pytest.mark.parametrize(
     "limit,value,error",
-    [("WEB_MAX_BYTES", 100, E.FileTooLargeError), ("WEB_MAX_PIXELS", 100, E.TooManyPixelsError)],
+    [("max_image_bytes", 100, E.FileTooLargeError), ("max_image_pixels", 100, E.TooManyPixelsError)],
 )
 def test_web_limits(
     limit: str, value: int, error: type, sim: Any, make_image: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inputs_mod, limit, value)
+    limits = dataclasses.replace(WebApiBackend.capabilities, **{limit: value})
+    monkeypatch.setattr(WebApiBackend, "capabilities", limits)
     path = make_image("big.png", 120, 90)
     with VanceClient(WEB_TOKEN, base_url=sim.base_url) as client, pytest.raises(error) as info:
         client.submit(str(path), "upscale", {"scale": 2})

@@ -186,19 +186,18 @@ class HashingReader:
             self._hash.update(memoryview(data)[self._hashed - pos :])
             self._hashed = end
 
-    def read(self, size: int = -1) -> bytes:
+    def _passed(self, data: bytes) -> bytes:
+        """``data``, just read at the current position: hashed (once), and the position moved on."""
         pos = self._pos
-        data = self._fh.read(size)
         self._pos = pos + len(data)
         self._feed(pos, data)
         return data
 
+    def read(self, size: int = -1) -> bytes:
+        return self._passed(self._fh.read(size))
+
     def readline(self, size: int = -1) -> bytes:
-        pos = self._pos
-        data = self._fh.readline(size)
-        self._pos = pos + len(data)
-        self._feed(pos, data)
-        return data
+        return self._passed(self._fh.readline(size))
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(memoryview(buffer)))

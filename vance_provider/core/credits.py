@@ -16,15 +16,16 @@ import bisect
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from .backends import capabilities_of
 from .client import AsyncVanceClient
 from .manifest import ItemState, Manifest
 from .models import ApiName, UsageRecord
-from .tools import FRIENDLY, WEB_MODULES
+from .tools import OWN_TOOLS, VENDOR_NAMES
 
 if TYPE_CHECKING:  # pandas is imported when a report is made, not when the package is
     import pandas as pd
@@ -63,25 +64,27 @@ CLOCK_SKEW = 5.0  # seconds the service's clock may run ahead of ours
 MAX_STORE_DELAY = 3600.0  # seconds between the charged download and the stored result
 MAX_CANDIDATES = 500  # history records looked at per charge (nearest first)
 
-ManifestRef = str | tuple[str, dict[str, Any] | None]
+#: A batch manifest: its URL, or ``(url, storage_options)`` for manifests on different stores.
+ManifestRef = str | tuple[str, Mapping[str, Any] | None]
 
-_WEB_TO_OURS = {web: ours for ours, (web, _) in FRIENDLY.items() if web}
-_OPEN_TO_OURS = {open_: ours for ours, (_, open_) in FRIENDLY.items() if open_}
+_OURS = {
+    api: {vendor: ours for ours, vendor in names.items() if vendor} for api, names in VENDOR_NAMES.items()
+}
 
 
 def our_tool(name: str, api: str) -> str:
     """Our name for a tool the vendor names (``enlarge3`` -> ``upscale``); unknown names are kept."""
-    table = _WEB_TO_OURS if api == "web" else _OPEN_TO_OURS if api == "open" else {}
-    return table.get(name, name)
+    return _OURS.get(api, {}).get(name, name)
 
 
 def vendor_tool(name: str, api: str) -> str | None:
     """The vendor's name of one of our tools (``upscale`` -> ``enlarge3`` on the web API)."""
-    if name in FRIENDLY:
-        web, open_ = FRIENDLY[name]
-        return web if api == "web" else open_ if api == "open" else name
-    if api == "web":
-        return name if name in WEB_MODULES else None
+    names = VENDOR_NAMES.get(api, {})
+    if name in names:
+        return names[name]
+    own = OWN_TOOLS.get(api)
+    if own is not None:
+        return name if name in own else None
     return name or None
 
 
@@ -110,10 +113,15 @@ def records_from_manifests(
     """
     records = []
     for ref in urls:
-        url, options = ref if isinstance(ref, tuple) else (ref, storage_options)
+        if isinstance(ref, tuple):
+            url, given = ref
+            options = dict(given) if given else None
+        else:
+            url, options = ref, storage_options
         stored_meta, rows = Manifest(url, options).rows()  # plain rows: no items to build
         meta = {**stored_meta, **(stored_meta.get("identity") or {})}  # older manifests: no identity
         api: ApiName = meta.get("api") or "open"
+        charged_on_download = capabilities_of(api).charges_on_download
         for row in rows:
             charges = row.get("charges") or (
                 [
@@ -151,7 +159,7 @@ def records_from_manifests(
                     UsageRecord(
                         timestamp=_iso(float(at)),
                         tool=our_tool(tool, api),
-                        kind="download" if api == "web" else "charge",
+                        kind="download" if charged_on_download else "charge",
                         credits=float(c["credits"]),
                         balance=None,
                         source=item.source,
@@ -241,7 +249,7 @@ def join_web_history(history: list[UsageRecord], recorded: Iterable[UsageRecord]
             )
             stamps.append(at)
         else:
-            rows.append(dataclasses.replace(h, tool=our_tool(h.tool, "web"), vendor_tool=h.tool, source=None))
+            rows.append(dataclasses.replace(h, tool=our_tool(h.tool, h.api), vendor_tool=h.tool, source=None))
             stamps.append(times[i])
     later: float | None = None
     for k in range(len(rows) - 1, -1, -1):  # each charge no later than the next one
@@ -313,9 +321,9 @@ async def usage_report(
     cached = [r for r in everything if r.kind == "cached"]  # no charge: the service knows nothing of them
     recorded = [r for r in everything if r.kind != "cached"]
     own = list(await client.usage())
-    if client.api == "web":
-        rows = join_web_history(own, [r for r in recorded if r.api == "web"]) + cached
-        rows += [r for r in recorded if r.api != "web"]
+    if client.capabilities.has_usage_history:  # the service's history, completed from the manifests
+        rows = join_web_history(own, [r for r in recorded if r.api == client.api]) + cached
+        rows += [r for r in recorded if r.api != client.api]
     else:
         ids = {r.job_id for r in recorded if r.api == client.api}
         seen = [

@@ -204,3 +204,14 @@ class JobFailedError(VanceError):
     def __init__(self, job_id: str, code: str | int | None, message: str) -> None:
         self.job_id = job_id
         super().__init__(f"job {job_id} failed: {message}", code=code)
+
+
+#: Errors no retry can fix (the settings, an input, the credits, the token): the Airflow tasks
+#: fail without retrying, the Dagster steps fail with retries off.
+PERMANENT_ERRORS: tuple[type[VanceError], ...] = (
+    ConfigurationError,
+    InvalidInputError,
+    BudgetExceededError,
+    InsufficientCreditsError,
+    AuthenticationError,
+)

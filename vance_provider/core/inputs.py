@@ -18,10 +18,6 @@ from .errors import (
 from .models import ApiName, Media
 from .storage import read_head
 
-WEB_MAX_BYTES = 10 * 1024 * 1024
-WEB_MAX_PIXELS = 34_000_000
-OPEN_MAX_IMAGE_BYTES = 200 * 1024 * 1024
-OPEN_MAX_VIDEO_BYTES = 5261334937
 VIDEO_FORMATS = {"mp4", "mov", "mkv", "webm", "avi"}
 
 
@@ -71,8 +67,12 @@ def check_input(
 ) -> InputInfo:
     """Raise a typed error naming the file and the limit, or describe the input.
 
+    The formats and limits are those of ``api`` (its backend's :class:`~.models.Capabilities`).
     ``want_sha256``: also the SHA-256 of its bytes (for the result cache), hashed while the image
     is decoded, so it costs no second read."""
+    from .backends import capabilities_of  # the backends read this module's sniffer: import late
+
+    caps = capabilities_of(api)
     if size == 0:
         raise UnreadableInputError("the file is empty", source=url)
     try:
@@ -101,33 +101,34 @@ def check_input(
             hint="use an image tool such as upscale",
         )
     if is_video:
-        if size > OPEN_MAX_VIDEO_BYTES:
+        if caps.max_video_bytes is not None and size > caps.max_video_bytes:
             raise FileTooLargeError(
-                f"{size} bytes is over the {OPEN_MAX_VIDEO_BYTES}-byte upload limit", source=url
+                f"{size} bytes is over the {caps.max_video_bytes}-byte upload limit", source=url
             )
         width, height, duration = probe_video(url, fmt, storage_options)
         digest = _sha256(url, storage_options) if want_sha256 else None
         return InputInfo(url, fmt, "video", size, width, height, duration, digest)
-    allowed = ("jpg", "png") if api == "web" else ("jpg", "png", "webp")
+    allowed = caps.image_formats
     if fmt not in allowed:
         raise UnsupportedFormatError(
             f"{fmt} is not accepted by the {api} API",
             source=url,
             hint="convert it to " + " or ".join(a.upper() for a in allowed),
         )
-    limit = WEB_MAX_BYTES if api == "web" else OPEN_MAX_IMAGE_BYTES
-    if size > limit:
+    limit = caps.max_image_bytes
+    if limit is not None and size > limit:
         raise FileTooLargeError(
             f"{size} bytes is over the {limit // (1024 * 1024)} MB limit of the {api} API",
             source=url,
             hint="compress or resize it",
         )
     (width, height), digest = decode_image(url, fmt, storage_options, want_sha256=want_sha256)
-    if api == "web" and width * height > WEB_MAX_PIXELS:
+    pixels = caps.max_image_pixels
+    if pixels is not None and width * height > pixels:
         raise TooManyPixelsError(
-            f"{width}x{height} is {width * height / 1e6:.1f} MP, over the 34 MP limit",
+            f"{width}x{height} is {width * height / 1e6:.1f} MP, over the {pixels / 1e6:g} MP limit",
             source=url,
-            hint="resize it below 34 megapixels",
+            hint=f"resize it below {pixels / 1e6:g} megapixels",
         )
     return InputInfo(url, fmt, "image", size, width, height, sha256=digest)
 

@@ -6,7 +6,13 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-ApiName = Literal["web", "open", "visioncraft"]
+# The APIs (one list for every face) live in a module that imports nothing: the provider's
+# metadata reads them without loading the engine.
+from ..defaults import API_CHOICES as API_CHOICES
+from ..defaults import API_NAMES as API_NAMES
+from ..defaults import API_TITLES as API_TITLES
+from ..defaults import ApiName as ApiName
+
 Media = Literal["image", "video"]
 
 
@@ -78,9 +84,11 @@ class Capabilities:
     collectable_elsewhere: bool = True  # another process (a trigger, a resumed task) can fetch the results
     answers_on_submit: bool = False  # the result comes with the submission: nothing to poll
     has_usage_history: bool = False  # the service lists past charges (else only manifests know them)
-    image_formats: tuple[str, ...] = ("jpg", "png")
-    max_image_bytes: int | None = None
-    max_image_pixels: int | None = None
+    charges_credits: bool = True  # jobs cost credits (else a subscription: every job costs 0)
+    image_formats: tuple[str, ...] = ("jpg", "png")  # the images it takes (by their content)
+    max_image_bytes: int | None = None  # the largest image file it takes (None: no limit checked)
+    max_image_pixels: int | None = None  # the most pixels an image may have (None: no limit)
+    max_video_bytes: int | None = None  # the largest video upload (None: no limit checked)
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from ..defaults import DEFAULT_MAX_RETRIES
 from .errors import ConcurrencyLimitedError, RateLimitedError, VanceError
 
-DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_MAX_ATTEMPTS = DEFAULT_MAX_RETRIES + 1  # the first try, then the retries
 DEFAULT_RATE_LIMIT_DEADLINE = 300.0
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ accepted as is, after the same checks.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidConfigError, UnknownToolError
-from .models import ApiName, Media
+from .errors import ConfigurationError, InvalidConfigError, UnknownToolError
+from .models import API_TITLES, ApiName, Media
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,15 @@ FRIENDLY: dict[str, tuple[str | None, str | None]] = {
     "video_face_enhance": (None, "video_face_enhance"),
 }
 
+#: Our tool names on the APIs that name them otherwise: ours -> the API's (None where it lacks one).
+VENDOR_NAMES: dict[str, dict[str, str | None]] = {
+    "web": {ours: web for ours, (web, _) in FRIENDLY.items()},
+    "open": {ours: open_ for ours, (_, open_) in FRIENDLY.items()},
+}
+#: The APIs whose own tool names are a closed list: another name there is not one tool (a web
+#: API workflow's name, say).
+OWN_TOOLS: dict[str, Collection[str]] = {"web": WEB_MODULES.keys()}
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -280,10 +290,12 @@ class ToolCall:
         a video is assumed to be :data:`UNKNOWN_VIDEO_SECONDS` long, so a budget errs on the safe side.
         The service's own estimate replaces this one as soon as a job is created.
         """
-        if self.api == "visioncraft":
+        from .backends import capabilities_of  # the backends import this module: import late
+
+        if not capabilities_of(self.api).charges_credits:
             return 0.0  # a subscription, not credits: nothing is counted per job
-        if self.api == "web":
-            steps = _steps(self.jconfig or {})
+        if self.jconfig is not None:  # a web API module or workflow
+            steps = _steps(self.jconfig)
             return 2.0 if any(s.get("module") == "sharpen3" for s in steps) else 1.0
         config = self.open_config or {}
         if self.media == "image":
@@ -465,59 +477,67 @@ def resolve(
     """Turn a tool name and config into a validated call for ``api`` (raises before any upload)."""
     if config is not None and not isinstance(config, dict):
         raise InvalidConfigError(f"{tool}: the config must be a mapping, got {type(config).__name__}")
-    config = dict(config or {})
-    if api == "web":
-        if jconfig is not None:
-            parsed = validate_jconfig(jconfig)
-            return ToolCall(
-                "web",
-                tool or str(parsed.get("name")),
-                "image",
-                jconfig=parsed,
-                scale=web_scale(parsed),
-                output_format=_web_format(parsed),
-            )
-        module = FRIENDLY[tool][0] if tool in FRIENDLY else tool if tool in WEB_MODULES else None
-        if module is None:
-            where = (
-                "is not on the web API v1; it exists on the Open API v1 (api='open')"
-                if tool in FRIENDLY or tool in OPEN_TOOLS
-                else "is unknown"
-            )
-            raise UnknownToolError(
-                f"tool {tool!r} {where}",
-                hint="web API tools: "
-                + ", ".join(sorted({t for t, (w, _) in FRIENDLY.items() if w} | set(WEB_MODULES))),
-            )
-        if tool == "upscale" and "scale" in config and config["scale"] not in (2, 4, 6, 8):
-            raise InvalidConfigError(
-                f"upscale: scale={config['scale']!r} is not allowed on the web API", hint="use 2, 4, 6 or 8"
-            )
-        if output_format:
-            config.setdefault("out_params", {})["format"] = (
-                "jpg" if output_format == "jpeg" else output_format
-            )
-        built = {"name": WEB_JOB_NAME.get(module, module), "config": _web_step(module, config)}
-        parsed = validate_jconfig(built)
+    if api not in RESOLVERS:
+        raise ConfigurationError(f"unknown API {api!r}", hint="use one of " + ", ".join(RESOLVERS))
+    return RESOLVERS[api](tool, dict(config or {}), output_format, jconfig)
+
+
+def _resolve_web(
+    tool: str, config: dict[str, Any], output_format: str | None, jconfig: dict[str, Any] | str | None
+) -> ToolCall:
+    if jconfig is not None:
+        parsed = validate_jconfig(jconfig)
         return ToolCall(
-            "web", tool, "image", jconfig=parsed, scale=web_scale(parsed), output_format=_web_format(parsed)
+            "web",
+            tool or str(parsed.get("name")),
+            "image",
+            jconfig=parsed,
+            scale=web_scale(parsed),
+            output_format=_web_format(parsed),
         )
+    module = FRIENDLY[tool][0] if tool in FRIENDLY else tool if tool in WEB_MODULES else None
+    if module is None:
+        known = sorted({t for t, (w, _) in FRIENDLY.items() if w} | set(WEB_MODULES))
+        raise _unknown_tool(tool, "web", "open", tool in FRIENDLY or tool in OPEN_TOOLS, "web API", known)
+    if tool == "upscale" and "scale" in config and config["scale"] not in (2, 4, 6, 8):
+        raise InvalidConfigError(
+            f"upscale: scale={config['scale']!r} is not allowed on the web API", hint="use 2, 4, 6 or 8"
+        )
+    if output_format:
+        config.setdefault("out_params", {})["format"] = "jpg" if output_format == "jpeg" else output_format
+    built = {"name": WEB_JOB_NAME.get(module, module), "config": _web_step(module, config)}
+    parsed = validate_jconfig(built)
+    return ToolCall(
+        "web", tool, "image", jconfig=parsed, scale=web_scale(parsed), output_format=_web_format(parsed)
+    )
+
+
+def _unknown_tool(
+    tool: str, api: str, other: str, on_other: bool, label: str, known: list[str]
+) -> UnknownToolError:
+    """A tool ``api`` lacks: where it exists instead (``other``, if ``on_other``), and the tools
+    ``api`` (``label`` in the hint) has."""
+    where = f"is not on the {API_TITLES[api]}; it exists on the {API_TITLES[other]} (api={other!r})"
+    return UnknownToolError(
+        f"tool {tool!r} {where if on_other else 'is unknown'}", hint=f"{label} tools: " + ", ".join(known)
+    )
+
+
+def _no_jconfig(jconfig: dict[str, Any] | str | None) -> None:
     if jconfig is not None:
         raise InvalidConfigError(
             "jconfig is for the web API v1 only", hint="use tool= and config= on the Open API"
         )
-    if api == "visioncraft":
-        return _resolve_visioncraft(tool, config, output_format)
+
+
+def _resolve_open(
+    tool: str, config: dict[str, Any], output_format: str | None, jconfig: dict[str, Any] | str | None
+) -> ToolCall:
+    _no_jconfig(jconfig)
     open_tool = FRIENDLY[tool][1] if tool in FRIENDLY else tool if tool in OPEN_TOOLS else None
     if open_tool is None:
-        where = (
-            "is not on the Open API v1; it exists on the web API v1 (api='web')"
-            if tool in FRIENDLY or tool in WEB_MODULES
-            else "is unknown"
-        )
-        raise UnknownToolError(
-            f"tool {tool!r} {where}", hint="Open API tools: " + ", ".join(sorted(OPEN_TOOLS))
-        )
+        on_web = tool in FRIENDLY or tool in WEB_MODULES
+        raise _unknown_tool(tool, "open", "web", on_web, "Open API", sorted(OPEN_TOOLS))
     media, schema = OPEN_TOOLS[open_tool]
     _check_params(config, schema, open_tool)
     if open_tool == "custom" and not str(config.get("prompt", "")).strip():
@@ -541,7 +561,10 @@ def resolve(
     )
 
 
-def _resolve_visioncraft(tool: str, config: dict[str, Any], output_format: str | None) -> ToolCall:
+def _resolve_visioncraft(
+    tool: str, config: dict[str, Any], output_format: str | None, jconfig: dict[str, Any] | str | None
+) -> ToolCall:
+    _no_jconfig(jconfig)
     if tool not in VISIONCRAFT_TOOLS:
         raise UnknownToolError(
             f"tool {tool!r} is not a VisionCraft batch tool",
@@ -567,6 +590,14 @@ def _resolve_visioncraft(tool: str, config: dict[str, Any], output_format: str |
         output_format=output_format,
         scale=1,  # the service picks the upscale factor
     )
+
+
+#: Each API's catalogue: its tool names and options, checked before anything is uploaded.
+RESOLVERS: dict[str, Callable[[str, dict[str, Any], str | None, dict[str, Any] | str | None], ToolCall]] = {
+    "web": _resolve_web,
+    "open": _resolve_open,
+    "visioncraft": _resolve_visioncraft,
+}
 
 
 def _web_format(jconfig: dict[str, Any]) -> str | None:

@@ -21,15 +21,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from vance_provider.airflow_compat import AIRFLOW_V, BaseHook
+from vance_provider.defaults import DEFAULT_API, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from vance_provider.hooks.storage import storage_options_from_connection  # noqa: F401 (storage_conn_id)
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
 
     from vance_provider.core import AsyncVanceClient, VanceClient
 
-DEFAULT_TIMEOUT = 30.0
-DEFAULT_MAX_RETRIES = 5
-DEFAULT_MAX_CONCURRENCY = 8
 _EXTRA_KEYS = ("api", "timeout", "max_retries", "max_concurrency")
 
 
@@ -51,9 +50,9 @@ def _caller() -> str:
 def connection_settings(conn: Connection) -> dict[str, Any]:
     """The connection's non-secret client settings, validated (safe to log)."""
     from vance_provider.core.errors import ConfigurationError
-    from vance_provider.get_provider_info import API_CHOICES
+    from vance_provider.core.models import API_CHOICES
 
-    api = str(_extra(conn, "api") or "auto").strip().lower()
+    api = str(_extra(conn, "api") or DEFAULT_API).strip().lower()
     if api not in API_CHOICES:
         raise ConfigurationError(
             f"connection {conn.conn_id!r}: extra 'api' must be one of {', '.join(API_CHOICES)}, got {api!r}"
@@ -221,15 +220,13 @@ class VanceAIHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The provider info's ``ui-field-behaviour``, with placeholders for the extra fields."""
+        from vance_provider.get_provider_info import UI_FIELD_BEHAVIOUR as ui
+
         return {
-            "hidden_fields": ["schema", "port", "login"],
-            "relabeling": {"password": "API Token", "host": "Base URL (optional)"},
-            "placeholders": {
-                "host": "https://api-service.vanceai.com (default for the API)",
-                "password": "web API token, or an sk_live_ Open API key",
-                "api": "auto",
-                "timeout": str(int(DEFAULT_TIMEOUT)),
-            },
+            "hidden_fields": list(ui["hidden-fields"]),
+            "relabeling": dict(ui["relabeling"]),
+            "placeholders": {**ui["placeholders"], "api": DEFAULT_API, "timeout": str(int(DEFAULT_TIMEOUT))},
         }
 
 
@@ -249,46 +246,3 @@ def conn_fields_to_widgets(fields: dict[str, Any]) -> dict[str, Any]:
         else:
             widgets[name] = StringField(spec["label"], **kwargs)
     return widgets
-
-
-#: AWS connection extras that s3fs cannot honour: refused rather than silently dropped.
-UNUSABLE_AWS_EXTRAS = frozenset(
-    {"role_arn", "assume_role_method", "assume_role_kwargs", "external_id", "aws_iam_role", "saml_config"}
-)
-
-
-def storage_options_from_connection(conn_id: str | None) -> dict[str, Any] | None:
-    """fsspec options for S3-compatible storage from an Airflow connection, or None (use the env).
-
-    ``login``/``password`` are the access key id and secret; extras ``endpoint_url``,
-    ``region_name`` and ``session_token`` are honoured, and an extra ``storage_options``
-    mapping is merged in as is. Without a connection, s3fs reads the usual ``AWS_*`` variables.
-    """
-    if not conn_id:
-        return None
-    from vance_provider.core.errors import ConfigurationError
-
-    conn = BaseHook.get_connection(conn_id)
-    extra = dict(conn.extra_dejson or {})
-    unusable = sorted(k for k in extra if k in UNUSABLE_AWS_EXTRAS)
-    if unusable:  # never fall back silently to other (environment) credentials
-        raise ConfigurationError(
-            f"storage connection {conn_id!r}: extra(s) {', '.join(unusable)} cannot be used for the "
-            "VanceAI inputs and outputs",
-            hint="use access keys (login/password, optional session_token) or profile_name, or give "
-            "storage_options explicitly",
-        )
-    options: dict[str, Any] = {}
-    if extra.get("profile_name"):
-        options["profile"] = extra["profile_name"]
-    if conn.login:
-        options["key"] = conn.login
-    if conn.password:
-        options["secret"] = conn.password
-    if extra.get("session_token"):
-        options["token"] = extra["session_token"]
-    client_kwargs = {k: extra[k] for k in ("endpoint_url", "region_name") if extra.get(k)}
-    if client_kwargs:
-        options["client_kwargs"] = client_kwargs
-    options.update(extra.get("storage_options") or {})
-    return options

@@ -8,13 +8,22 @@ are imported only when a task runs, so DAG files that use these operators parse 
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from vance_provider._common import (
+    MAX_XCOM_ITEMS,
+    VanceAITaskMixin,
+    cancel_jobs,
+    defer_timeout,
+    ends_at,
+    parse_list,
+    seconds,
+    vance_errors,
+)
 from vance_provider.airflow_compat import (
     AirflowException,
     AirflowFailException,
@@ -24,7 +33,6 @@ from vance_provider.airflow_compat import (
     BaseOperator,
     BaseOperatorLink,
     SkipMixin,
-    conf,
 )
 from vance_provider.hooks.vanceai import VanceAIHook, storage_options_from_connection
 
@@ -34,52 +42,7 @@ if TYPE_CHECKING:
 
     from vance_provider.core import BatchResult, BatchSpec, Job, VanceClient
 
-UI_COLOR = "#6C4DFF"
-UI_FGCOLOR = "#FFFFFF"
 FAILURE_POLICIES = ("continue", "fail", "fail_fast")
-MAX_XCOM_ITEMS = 50
-DEFER_MARGIN = 120.0  # Airflow's own deferral timeout comes after the trigger's deadline
-
-
-def parse_list(value: Any) -> list[str]:
-    """A value, a list, or the text of a rendered list (``"['a', 'b']"``) or of ``a,b``."""
-    import ast
-
-    if value is None or value == "":
-        return []
-    if isinstance(value, str):
-        text = value.strip()
-        if not text.startswith("["):
-            return [s.strip() for s in text.split(",") if s.strip()]
-        value = ast.literal_eval(text)
-    return [str(v) for v in value]
-
-
-def default_deferrable() -> bool:
-    return conf.getboolean("operators", "default_deferrable", fallback=False)
-
-
-@contextlib.contextmanager
-def vance_errors() -> Iterator[None]:
-    """Errors no retry can fix (configuration, inputs, credits) fail the task without retrying."""
-    from vance_provider.core.errors import (
-        AuthenticationError,
-        BudgetExceededError,
-        ConfigurationError,
-        InsufficientCreditsError,
-        InvalidInputError,
-    )
-
-    try:
-        yield
-    except (
-        ConfigurationError,
-        InvalidInputError,
-        BudgetExceededError,
-        InsufficientCreditsError,
-        AuthenticationError,
-    ) as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
 def asset_uri(destination: str) -> str:
@@ -149,10 +112,7 @@ class VanceAIDestinationLink(BaseOperatorLink):
         return "" if destination is None or "{{" in str(destination) else console_url(destination)
 
 
-class _VanceAIBase(BaseOperator):
-    ui_color = UI_COLOR
-    ui_fgcolor = UI_FGCOLOR
-
+class _VanceAIBase(VanceAITaskMixin, BaseOperator):
     def __init__(
         self,
         *,
@@ -182,30 +142,15 @@ class _VanceAIBase(BaseOperator):
         )
 
 
-def _parse_end_time(timeout: float | timedelta | None, started: float | None = None) -> float | None:
-    if timeout is None:
-        return None
-    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-    return (started or time.time()) + seconds
-
-
 def _deadline(op: BaseOperator, timeout: Any, started: float) -> tuple[float | None, str | None]:
     """The wait's deadline: the operator's ``timeout`` or the task's ``execution_timeout``, whichever
     comes first (Airflow does not count deferred time against ``execution_timeout``: we do), and
     which one it is."""
-    own = _parse_end_time(timeout, started)
-    execution = _parse_end_time(op.execution_timeout, started)
+    own = ends_at(timeout, started)
+    execution = ends_at(op.execution_timeout, started)
     if execution is not None and (own is None or execution <= own):
         return execution, "execution_timeout"
     return own, None if own is None else "timeout"
-
-
-def _seconds(timeout: float | timedelta) -> float:
-    return timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
-
-
-def _defer_timeout(end_time: float | None) -> timedelta | None:
-    return None if end_time is None else timedelta(seconds=max(0.0, end_time - time.time()) + DEFER_MARGIN)
 
 
 # --- one job ---------------------------------------------------------------------------------------
@@ -256,7 +201,7 @@ class VanceAISubmitJobOperator(_VanceAIBase):
         self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
         self.timeout, self.cancel_on_timeout = timeout, cancel_on_timeout
         self.idempotency_key = idempotency_key
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.deferrable = self.deferrable_or_default(deferrable)
 
     def execute(self, context: Context) -> Any:
         from vance_provider.core import JobStatus
@@ -287,7 +232,7 @@ class VanceAISubmitJobOperator(_VanceAIBase):
                 return job.id
             if job.status.terminal or not self.deferrable:
                 try:  # (execution_timeout is Airflow's own here: it calls on_kill, which cancels)
-                    own_end = _parse_end_time(self.timeout, started)
+                    own_end = ends_at(self.timeout, started)
                     remaining = None if own_end is None else max(0.0, own_end - time.time())
                     job = client.wait(
                         job.id, poll_interval=self.poll_interval, timeout=remaining, raise_on_failure=False
@@ -309,7 +254,7 @@ class VanceAISubmitJobOperator(_VanceAIBase):
             ),
             method_name="execute_complete",
             kwargs={"reason": reason},
-            timeout=_defer_timeout(end_time),
+            timeout=defer_timeout(end_time),
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any], reason: str | None = None) -> Any:
@@ -369,24 +314,6 @@ class VanceAISubmitJobOperator(_VanceAIBase):
 
         lineage = getattr(self, "_lineage", None) or {"inputs": [self.source], "outputs": [], "facet": None}
         return operator_lineage(lineage["inputs"], lineage["outputs"], lineage["facet"])
-
-
-def cancel_jobs(client: VanceClient, job_ids: list[str], log: Any) -> list[str]:
-    """Cancel jobs on the Open API (the web API cannot cancel; its jobs cost nothing until downloaded)."""
-    from vance_provider.core.errors import VanceError
-
-    if client.api != "open":
-        log.warning("the VanceAI web API cannot cancel jobs; they are not charged unless downloaded")
-        return []
-    canceled = []
-    for job_id in job_ids:
-        try:
-            client.cancel(job_id)
-            canceled.append(job_id)
-        except VanceError as exc:
-            log.warning("could not cancel VanceAI job %s: %s", job_id, exc)
-    log.info("canceled %d VanceAI job(s)", len(canceled))
-    return canceled
 
 
 # --- a batch ---------------------------------------------------------------------------------------
@@ -488,7 +415,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         self.on_failure, self.on_insufficient_credits, self.force = on_failure, on_insufficient_credits, force
         self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
         self.timeout, self.cancel_on_timeout = timeout, cancel_on_timeout
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.deferrable = self.deferrable_or_default(deferrable)
         self.fresh, self.lock_timeout = fresh, lock_timeout
         self.cache = cache
 
@@ -511,7 +438,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
     def spec(self, context: Context | None = None) -> BatchSpec:
         from vance_provider.core import BatchSpec
 
-        timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else self.timeout
+        timeout = None if self.timeout is None else seconds(self.timeout)
         return BatchSpec(
             source=self.source,
             destination=self.destination,
@@ -553,7 +480,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             )
             if not deferrable:
                 if spec.timeout is None and self.timeout is not None:  # a deferrable task run here
-                    spec = dataclasses.replace(spec, timeout=_seconds(self.timeout))
+                    spec = dataclasses.replace(spec, timeout=seconds(self.timeout))
                 try:
                     result = self._run_in_worker(client, spec)
                 except (TimeoutError, WaitTimeoutError):
@@ -599,7 +526,9 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         from vance_provider.triggers.vanceai import VanceAIBatchTrigger
 
         secret = ("storage_options", "cache_storage_options", "timeout", "fresh")
-        batch = {k: v for k, v in dataclasses.asdict(spec).items() if k not in secret}
+        # Live credentials (a storage_conn_id's session) are neither copied nor handed on.
+        plain = dataclasses.replace(spec, storage_options=None, cache_storage_options=None)
+        batch = {k: v for k, v in dataclasses.asdict(plain).items() if k not in secret}
         self.log.info(
             "VanceAI batch: %d job(s) in flight, %d to submit; deferring: the triggerer runs the rest",
             len(handed.job_ids),
@@ -620,7 +549,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             ),
             method_name="execute_complete",
             kwargs={"reason": reason},
-            timeout=_defer_timeout(end_time),
+            timeout=defer_timeout(end_time),
         )
 
     def _run_in_worker(self, client: VanceClient, spec: BatchSpec) -> BatchResult:
@@ -757,8 +686,8 @@ class VanceAIEnhanceOperator(_VanceAIBase):
     def _timed_out(self, client: VanceClient, spec: BatchSpec) -> None:
         if not self.cancel_on_timeout:
             return
-        if client.api != "open":
-            self.log.warning("the VanceAI web API cannot cancel jobs; a retry resumes them")
+        if not client.capabilities.can_cancel:
+            self.log.warning("the VanceAI %s API cannot cancel jobs; a retry resumes them", client.api)
             return
         canceled = self._cancel_in_flight(client, spec)
         self.log.info("canceled %d VanceAI job(s); a retry submits them afresh", len(canceled))

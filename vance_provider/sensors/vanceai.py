@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 
+from vance_provider._common import VanceAITaskMixin, cancel_jobs, defer_timeout, ends_at, parse_list
 from vance_provider.airflow_compat import AirflowException, AirflowSensorTimeout
 from vance_provider.hooks.vanceai import VanceAIHook
-from vance_provider.operators.vanceai import UI_COLOR, UI_FGCOLOR, cancel_jobs, default_deferrable, parse_list
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class VanceAIJobSensor(BaseSensorOperator):
+class VanceAIJobSensor(VanceAITaskMixin, BaseSensorOperator):
     """Succeed when every job has succeeded; fail as soon as one fails or is canceled.
 
     In deferrable mode the waiting happens in the triggerer
@@ -31,8 +29,6 @@ class VanceAIJobSensor(BaseSensorOperator):
     """
 
     template_fields: Sequence[str] = ("job_ids",)
-    ui_color = UI_COLOR
-    ui_fgcolor = UI_FGCOLOR
 
     def __init__(
         self,
@@ -47,7 +43,7 @@ class VanceAIJobSensor(BaseSensorOperator):
         super().__init__(**kwargs)
         self.job_ids = job_ids
         self.vanceai_conn_id = vanceai_conn_id
-        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.deferrable = self.deferrable_or_default(deferrable)
         self.cancel_on_timeout = cancel_on_timeout
         self.max_poll_interval = max_poll_interval
 
@@ -88,8 +84,7 @@ class VanceAIJobSensor(BaseSensorOperator):
 
         from vance_provider.triggers.vanceai import VanceAIJobTrigger
 
-        timeout = self.timeout.total_seconds() if isinstance(self.timeout, timedelta) else float(self.timeout)
-        end_time = time.time() + timeout
+        end_time = ends_at(self.timeout)
         self.defer(
             trigger=VanceAIJobTrigger(
                 self.vanceai_conn_id,
@@ -99,7 +94,7 @@ class VanceAIJobSensor(BaseSensorOperator):
                 end_time=end_time,
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=timeout + 120),
+            timeout=defer_timeout(end_time),
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> None:

@@ -135,6 +135,7 @@ async def run_scheduler(sim: SimState) -> None:
         with sim.lock:
             sim.due_for_start()
             due = sim.due_for_finish()
+            sim.ticks += 1
         for job in due:
             task = asyncio.create_task(finish(job))
             pending.add(task)

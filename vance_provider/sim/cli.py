@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from .config import DEMO_OPEN_KEY, DEMO_VISIONCRAFT_TOKEN, DEMO_WEB_TOKEN, Account, Faults, SimConfig
 from .server import SimulatorServer
@@ -69,21 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(a: argparse.Namespace) -> SimConfig:
+    """The flags named after a setting (``--queue-delay`` -> ``queue_delay``) pass as they are;
+    the account and the faults are built from theirs."""
+    settings = {f.name: getattr(a, f.name) for f in dataclasses.fields(SimConfig) if hasattr(a, f.name)}
     return SimConfig(
         accounts=[Account(credits=a.credits, web_tokens=[a.web_token], open_keys=[a.open_key])],
-        queue_delay=a.queue_delay,
-        time_per_job=a.time_per_job,
-        time_per_megapixel=a.time_per_megapixel,
-        time_per_video_second=a.time_per_video_second,
-        rate_limit=a.rate_limit,
-        rate_window=a.rate_window,
-        max_concurrent_images=a.max_concurrent_images,
-        max_concurrent_videos=a.max_concurrent_videos,
-        result_sync_window=a.result_sync_window,
         faults=Faults.uniform(a.fault_rate, seed=a.seed),
-        allow_loopback_urls=a.allow_loopback_urls,
-        allow_http_webhooks=a.allow_http_webhooks,
-        admin_routes=a.admin_routes,
+        **settings,
     )
 
 

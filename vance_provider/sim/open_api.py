@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import json
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -127,6 +128,35 @@ def authenticate(request: Request) -> AccountState | JSONResponse:
     return acc
 
 
+def keyed(
+    handler: Callable[[Request, AccountState], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint that takes the key: ``handler`` gets the account once the key is checked."""
+
+    async def endpoint(request: Request) -> Response:
+        acc = authenticate(request)
+        if isinstance(acc, JSONResponse):
+            return acc
+        return await handler(request, acc)
+
+    return endpoint
+
+
+def own_job(
+    handler: Callable[[Request, Job], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint about one job (``{job_id}``) of the key's account: a 404 for any other."""
+
+    @keyed
+    async def endpoint(request: Request, acc: AccountState) -> Response:
+        job = _own_job(state_of(request), acc, request.path_params["job_id"])
+        if job is None:
+            return error(404, "job_not_found")
+        return await handler(request, job)
+
+    return endpoint
+
+
 # --- tools and costs ------------------------------------------------------------------
 def check_config(tool: str, config: dict[str, Any]) -> str | None:
     def boolean(key: str) -> str | None:
@@ -215,11 +245,9 @@ def signed_result_url(sim: SimState, job: Job, request: Request) -> str:
 
 
 # --- routes ---------------------------------------------------------------------------
-async def create_job(request: Request) -> Response:
+@keyed
+async def create_job(request: Request, acc: AccountState) -> Response:
     sim = state_of(request)
-    acc = authenticate(request)
-    if isinstance(acc, JSONResponse):
-        return acc
     ctype = request.headers.get("content-type", "")
     fields: dict[str, Any]
     if ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www-form-urlencoded"):
@@ -471,14 +499,9 @@ async def _fetch_source(sim: SimState, job: Job, url: str) -> None:
         job.source_pending = False
 
 
-async def get_job(request: Request) -> Response:
+@own_job
+async def get_job(request: Request, job: Job) -> Response:
     sim = state_of(request)
-    acc = authenticate(request)
-    if isinstance(acc, JSONResponse):
-        return acc
-    job = _own_job(sim, acc, request.path_params["job_id"])
-    if job is None:
-        return error(404, "job_not_found")
     headers = dict(request.scope.get("sim_ratelimit") or {})
     if sim.config.poll_retry_after and job.status not in {"succeeded", "failed", "canceled"}:
         headers["Retry-After"] = str(sim.config.poll_retry_after)  # a hint for the next poll
@@ -493,14 +516,9 @@ def _own_job(sim: SimState, acc: AccountState, job_id: str) -> Job | None:
     return job
 
 
-async def get_result(request: Request) -> Response:
+@own_job
+async def get_result(request: Request, job: Job) -> Response:
     sim = state_of(request)
-    acc = authenticate(request)
-    if isinstance(acc, JSONResponse):
-        return acc
-    job = _own_job(sim, acc, request.path_params["job_id"])
-    if job is None:
-        return error(404, "job_not_found")
     if job.status in {"failed", "canceled"}:
         return error(400, "invalid_parameter", f"The job is {job.status} and has no result.")
     ready_at = (job.finished_at or 0) + sim.config.result_sync_window
@@ -509,20 +527,34 @@ async def get_result(request: Request) -> Response:
     return RedirectResponse(signed_result_url(sim, job, request), status_code=302)
 
 
-def check_presigned(request: Request, what: str, expires_param: str, signature_param: str) -> Response | None:
-    """Like S3: a presigned URL takes no Authorization header, a valid signature, and is not expired."""
-    sim = state_of(request)
-    if "authorization" in request.headers:
-        return storage_error(400, "InvalidArgument", "Only one auth mechanism allowed")
-    try:
-        expires = int(request.query_params.get(expires_param, "0"))
-    except ValueError:
-        expires = 0
-    if not sim.check_signature(what, expires, request.query_params.get(signature_param, "")):
-        return storage_error(403, "SignatureDoesNotMatch", SIGNATURE_MISMATCH)
-    if sim.clock.now() > expires:
-        return storage_error(403, "AccessDenied", "Request has expired")
-    return None
+def presigned(
+    kind: str, id_param: str, expires_param: str, signature_param: str
+) -> Callable[[Callable[[Request, str], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+    """A storage URL of a ``kind``, like S3's presigned ones: it takes no Authorization header, a
+    valid signature, and is not expired. The handler gets the id (the path's ``id_param``)."""
+
+    def wrap(
+        handler: Callable[[Request, str], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            sim, name = state_of(request), request.path_params[id_param]
+            if "authorization" in request.headers:
+                return storage_error(400, "InvalidArgument", "Only one auth mechanism allowed")
+            try:
+                expires = int(request.query_params.get(expires_param, "0"))
+            except ValueError:
+                expires = 0
+            if not sim.check_signature(
+                f"{kind}/{name}", expires, request.query_params.get(signature_param, "")
+            ):
+                return storage_error(403, "SignatureDoesNotMatch", SIGNATURE_MISMATCH)
+            if sim.clock.now() > expires:
+                return storage_error(403, "AccessDenied", "Request has expired")
+            return await handler(request, name)
+
+        return endpoint
+
+    return wrap
 
 
 SIGNATURE_MISMATCH = (
@@ -531,13 +563,10 @@ SIGNATURE_MISMATCH = (
 )
 
 
-async def result_file(request: Request) -> Response:
+@presigned("result", "job_id", "expires", "sign")
+async def result_file(request: Request, job_id: str) -> Response:
     """The signed result URL ('another host'): no Authorization header allowed."""
     sim = state_of(request)
-    job_id = request.path_params["job_id"]
-    refused = check_presigned(request, f"result/{job_id}", "expires", "sign")
-    if refused:
-        return refused
     with sim.lock:
         job = sim.jobs.get(job_id)
     if job is None or job.result is None or job.deleted:
@@ -548,14 +577,9 @@ async def result_file(request: Request) -> Response:
     )
 
 
-async def cancel_job(request: Request) -> Response:
+@own_job
+async def cancel_job(request: Request, job: Job) -> Response:
     sim = state_of(request)
-    acc = authenticate(request)
-    if isinstance(acc, JSONResponse):
-        return acc
-    job = _own_job(sim, acc, request.path_params["job_id"])
-    if job is None:
-        return error(404, "job_not_found")
     with sim.lock:
         if job.status in {"succeeded", "failed", "canceled"}:
             return error(409, "not_cancelable", f"The job is already {job.status}.")
@@ -563,11 +587,9 @@ async def cancel_job(request: Request) -> Response:
     return JSONResponse({"job_id": job.id, "status": "canceled"})
 
 
-async def delete_job(request: Request) -> Response:
+@keyed
+async def delete_job(request: Request, acc: AccountState) -> Response:
     sim = state_of(request)
-    acc = authenticate(request)
-    if isinstance(acc, JSONResponse):
-        return acc
     with sim.lock:
         job = sim.jobs.get(request.path_params["job_id"])
         if job is None or job.api != "open" or job.account != acc.spec.name:
@@ -582,11 +604,9 @@ async def delete_job(request: Request) -> Response:
     return JSONResponse({"job_id": job.id, "deleted": True})
 
 
-async def create_upload(request: Request) -> Response:
+@keyed
+async def create_upload(request: Request, acc: AccountState) -> Response:
     sim = state_of(request)
-    acc = authenticate(request)
-    if isinstance(acc, JSONResponse):
-        return acc
     try:
         body = await request.json()
         assert isinstance(body, dict)
@@ -627,13 +647,10 @@ async def create_upload(request: Request) -> Response:
     )
 
 
-async def put_upload(request: Request) -> Response:
+@presigned("upload", "upload_id", "X-Amz-Expires", "X-Amz-Signature")
+async def put_upload(request: Request, upload_id: str) -> Response:
     """The presigned PUT: raw bytes streamed to disk, no auth header, single object."""
     sim = state_of(request)
-    upload_id = request.path_params["upload_id"]
-    refused = check_presigned(request, f"upload/{upload_id}", "X-Amz-Expires", "X-Amz-Signature")
-    if refused:
-        return refused
     with sim.lock:
         up = sim.uploads.get(upload_id)
     if up is None:
@@ -662,10 +679,8 @@ async def put_upload(request: Request) -> Response:
     return Response(status_code=200, headers={"ETag": f'"{digest.hexdigest()}"'})
 
 
-async def credits(request: Request) -> Response:
-    acc = authenticate(request)
-    if isinstance(acc, JSONResponse):
-        return acc
+@keyed
+async def credits(request: Request, acc: AccountState) -> Response:
     return JSONResponse(
         {"balance": round(acc.balance, 3), "used": round(acc.used, 3), "frozen": round(acc.frozen, 3)},
         headers=request.scope.get("sim_ratelimit"),

@@ -170,6 +170,9 @@ class SimState:
         self.webhook_deliveries: list[dict[str, Any]] = []
         self.rate_windows: dict[str, tuple[float, int]] = {}
         self.visioncraft_chats: dict[str, int] = {}  # premium LLM chat_id -> turns
+        # Passes of the job scheduler so far: a test that moved the clock waits for two more, and
+        # knows the scheduler has looked at every job since (what did not change, will not).
+        self.ticks = 0
 
     # --- identity -------------------------------------------------------------
     def new_id(self, prefix: str = "", nbytes: int = 16) -> str:
@@ -328,23 +331,23 @@ class SimState:
         rng = self.__dict__.setdefault("_spread_rng", random.Random(self.config.faults.seed + 7919))
         return math.exp(rng.gauss(0.0, sigma) - sigma * sigma / 2)
 
-    def _fail(self, job: Job, code: str, message: str) -> None:
+    def _end(self, job: Job, status: str, *, paid: bool = False) -> None:
+        """The job ends in ``status``: its reserved credits are spent (``paid``) or given back."""
         acc = self.accounts[job.account]
         if job.reserved:
             acc.frozen -= job.reserved
-            self._record(job, "refund", job.reserved)
+            if paid:
+                acc.used += job.reserved
+            self._record(job, "confirm" if paid else "refund", job.reserved)
             job.reserved = 0.0
-        job.status, job.phase = "failed", None
+        job.status, job.phase, job.finished_at = status, None, self.clock.now()
+
+    def _fail(self, job: Job, code: str, message: str) -> None:
+        self._end(job, "failed")
         job.error_code, job.error_message = code, message
-        job.finished_at = self.clock.now()
 
     def cancel(self, job: Job) -> None:
-        acc = self.accounts[job.account]
-        if job.reserved:
-            acc.frozen -= job.reserved
-            self._record(job, "refund", job.reserved)
-            job.reserved = 0.0
-        job.status, job.phase, job.finished_at = "canceled", None, self.clock.now()
+        self._end(job, "canceled")
 
     def due_for_finish(self) -> list[Job]:
         """Jobs whose processing time is over; the caller renders them outside the lock."""
@@ -375,15 +378,8 @@ class SimState:
                 )
                 self._fail(job, code, msg)
                 return
-            acc = self.accounts[job.account]
-            if job.reserved:
-                acc.frozen -= job.reserved
-                acc.used += job.reserved
-                self._record(job, "confirm", job.reserved)
-                job.reserved = 0.0
-            job.status, job.phase = "succeeded", None
             job.result, job.result_info = result, info
-            job.finished_at = self.clock.now()
+            self._end(job, "succeeded", paid=True)
 
     def charge_download(self, job: Job) -> bool:
         """Web API: the first download of a result costs credits; later ones are free."""

@@ -14,6 +14,7 @@ import io
 import ipaddress
 import json
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -83,6 +84,22 @@ def authenticate(request: Request, fields: dict[str, Any]) -> AccountState | JSO
         if sim.config.rate_headers == "always":
             request.scope["sim_ratelimit"] = limits
     return acc
+
+
+def keyed(
+    handler: Callable[[Request, dict[str, Any], AccountState], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint that takes the token: ``handler`` gets the request's fields (form or query) and
+    the account, once the token is checked (else the error answers)."""
+
+    async def endpoint(request: Request) -> Response:
+        fields = await form_or_query(request)
+        acc = authenticate(request, fields)
+        if isinstance(acc, JSONResponse):
+            return acc
+        return await handler(request, fields, acc)
+
+    return endpoint
 
 
 def parse_jconfig(raw: str) -> dict[str, Any] | JSONResponse:
@@ -172,12 +189,9 @@ def output_size(w: int, h: int, steps: list[dict[str, Any]]) -> tuple[int, int]:
     return w, h
 
 
-async def upload(request: Request) -> Response:
+@keyed
+async def upload(request: Request, fields: dict[str, Any], acc: AccountState) -> Response:
     sim = state_of(request)
-    fields = await form_or_query(request)
-    acc = authenticate(request, fields)
-    if isinstance(acc, JSONResponse):
-        return acc
     file = fields.get("file")
     if file is None or isinstance(file, str):
         return required("file")
@@ -218,12 +232,9 @@ def webhook_allowed(url: str, allow_http: bool) -> bool:
     return False
 
 
-async def transform(request: Request) -> Response:
+@keyed
+async def transform(request: Request, fields: dict[str, Any], acc: AccountState) -> Response:
     sim = state_of(request)
-    fields = await form_or_query(request)
-    acc = authenticate(request, fields)
-    if isinstance(acc, JSONResponse):
-        return acc
     for name in ("uid", "jconfig"):
         if not fields.get(name):
             return required(name)
@@ -285,17 +296,32 @@ def _job_for(request: Request, fields: dict[str, Any], acc: AccountState) -> Job
     return job
 
 
-async def progress(request: Request) -> Response:
+def about_job(
+    unknown: tuple[int, str],
+) -> Callable[[Callable[[Request, Job], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
+    """An endpoint about one of the account's jobs (``trans_id``); ``unknown`` is the error for any
+    other job."""
+
+    def wrap(
+        handler: Callable[[Request, Job], Awaitable[Response]],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        @keyed
+        async def endpoint(request: Request, fields: dict[str, Any], acc: AccountState) -> Response:
+            if not fields.get("trans_id"):
+                return required("trans_id")
+            job = _job_for(request, fields, acc)
+            if job is None:
+                return err(*unknown)
+            return await handler(request, job)
+
+        return endpoint
+
+    return wrap
+
+
+@about_job((10001, "Illegal Parameter"))
+async def progress(request: Request, job: Job) -> Response:
     sim = state_of(request)
-    fields = await form_or_query(request)
-    acc = authenticate(request, fields)
-    if isinstance(acc, JSONResponse):
-        return acc
-    if not fields.get("trans_id"):
-        return required("trans_id")
-    job = _job_for(request, fields, acc)
-    if job is None:
-        return err(10001, "Illegal Parameter")
     data: dict[str, Any] = {"status": web_status(sim, job)}
     if job.status == "succeeded" and job.result_info:
         data["filesize"] = str(job.result_info["size"])
@@ -308,16 +334,10 @@ async def progress(request: Request) -> Response:
     return answer
 
 
-async def download(request: Request) -> Response:
+@about_job((10011, "Invalid download link"))
+async def download(request: Request, job: Job) -> Response:
     sim = state_of(request)
-    fields = await form_or_query(request)
-    acc = authenticate(request, fields)
-    if isinstance(acc, JSONResponse):
-        return acc
-    if not fields.get("trans_id"):
-        return required("trans_id")
-    job = _job_for(request, fields, acc)
-    if job is None or job.status != "succeeded" or job.result is None:
+    if job.status != "succeeded" or job.result is None:
         return err(10011, "Invalid download link")
     if not sim.charge_download(job):
         return err(30004, "Insufficient credits")
@@ -339,19 +359,17 @@ async def point(request: Request) -> Response:
         if config.web_point_post_answer == "missing_token":  # it reads the query string only
             return err(config.web_missing_token_code, {"api_token": ["The api token field is required."]})
         return Response("Method Not Allowed", status_code=405)
-    fields = await form_or_query(request)
-    acc = authenticate(request, fields)
-    if isinstance(acc, JSONResponse):
-        return acc
+    return await _balance(request)
+
+
+@keyed
+async def _balance(request: Request, fields: dict[str, Any], acc: AccountState) -> Response:
     return ok({"max_num": fmt3(acc.spec.credits), "used_num": fmt3(acc.used + acc.frozen)})
 
 
-async def points_record(request: Request) -> Response:
+@keyed
+async def points_record(request: Request, fields: dict[str, Any], acc: AccountState) -> Response:
     sim = state_of(request)
-    fields = await form_or_query(request)
-    acc = authenticate(request, fields)
-    if isinstance(acc, JSONResponse):
-        return acc
     try:
         page = max(1, int(fields.get("page", 1)))
         limit = max(1, min(100, int(fields.get("limit", 20))))

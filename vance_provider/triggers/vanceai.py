@@ -146,7 +146,7 @@ class _VanceAITrigger(BaseTrigger):
         self.killed = []
         try:
             async with VanceAIHook(self.conn_id, caller="airflow-triggerer").async_client() as client:
-                if client.api != "open":
+                if not client.capabilities.can_cancel:
                     self.log.warning(
                         "the VanceAI %s API cannot cancel jobs: %d left running (not charged unless "
                         "downloaded; the next run collects them)",
@@ -313,7 +313,7 @@ class VanceAIBatchTrigger(_VanceAITrigger):
                 "manifest": self.manifest,
                 "carry": self.carry,
             }
-        from vance_provider.operators.vanceai import MAX_XCOM_ITEMS
+        from vance_provider._common import MAX_XCOM_ITEMS
 
         summary = result.summary(max_outputs=MAX_XCOM_ITEMS)
         return {

@@ -242,6 +242,32 @@ def _rate_headers(headers: Mapping[str, str]) -> tuple[int | None, int | None, f
     return (limit if limit and limit > 0 else None), remaining, reset
 
 
+@dataclass(frozen=True)
+class _Fetch:
+    """One download of :meth:`Backend.stream_to`: what it is called, how to start it, where it goes."""
+
+    name: str
+    request: Callable[[], Any]
+    dest: str
+    expected_size: int | None
+    ext_for: Callable[[httpx.Response], str]
+    storage_options: dict[str, Any] | None
+    gated: bool
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One job to create: the input, the tool call, the idempotency key (where the API has them),
+    the storage options, and what :meth:`Backend.stage` uploaded ahead of it (if anything)."""
+
+    source: str
+    size: int
+    call: Any  # a ToolCall
+    idempotency_key: str | None
+    storage_options: dict[str, Any] | None = None
+    staged: str | None = None
+
+
 class Backend:
     """Base of the API backends. Subclasses implement the verbs and ``map_error``."""
 
@@ -464,7 +490,7 @@ class Backend:
                 try:
                     async with scope:
                         return await self._stream_once(
-                            name, request, dest, expected_size, ext_for, storage_options, gated
+                            _Fetch(name, request, dest, expected_size, ext_for, storage_options, gated)
                         )
                 except TimeoutError:
                     if scope.expired():
@@ -488,22 +514,15 @@ class Backend:
             hint="the service sent something else than the job's result; a rerun fetches it again",
         )
 
-    async def _stream_once(
-        self,
-        name: str,
-        request: Callable[[], Any],
-        dest: str,
-        expected_size: int | None,
-        ext_for: Callable[[httpx.Response], str],
-        storage_options: dict[str, Any] | None,
-        gated: bool,
-    ) -> str:
+    async def _stream_once(self, fetch: _Fetch) -> str:
+        """One attempt of :meth:`stream_to`."""
+        name, dest, expected_size, gated = fetch.name, fetch.dest, fetch.expected_size, fetch.gated
         opts = self.downloads
         limit = expected_size if expected_size is not None else opts.max_bytes
         sent = await self.gate.wait() if gated else None
         self.calls[name] += 1
         try:
-            async with request() as response:
+            async with fetch.request() as response:
                 if gated:  # the web download is an API call: its answer teaches the gate too
                     limited = response.status_code == 429
                     wait = self.retry_after(response) if limited else None
@@ -531,8 +550,8 @@ class Backend:
                         )
                     if not head:
                         raise TruncatedDownloadError(f"{self.api} API {name}: the download is empty")
-                    final = dest if _has_media_ext(dest) else f"{dest}.{fmt or ext_for(response)}"
-                    writer = AtomicWriter(final, self.options(storage_options))
+                    final = dest if _has_media_ext(dest) else f"{dest}.{fmt or fetch.ext_for(response)}"
+                    writer = AtomicWriter(final, self.options(fetch.storage_options))
                     await asyncio.to_thread(writer.open)
                     try:
                         received, buffer, chunk = 0, bytearray(), head
@@ -597,6 +616,10 @@ class Backend:
         storage_options: dict[str, Any] | None = None,
         staged: str | None = None,
     ) -> Job:
+        """Create the job of one input (each backend's :meth:`create`)."""
+        return await self.create(Submission(source, size, call, idempotency_key, storage_options, staged))
+
+    async def create(self, submission: Submission) -> Job:
         raise NotImplementedError
 
     async def check_call(self, call: Any) -> None:

@@ -31,7 +31,7 @@ from ..errors import (
 from ..models import Balance, Capabilities, Job, JobStatus
 from ..storage import iter_file
 from ..tools import ToolCall
-from .base import Backend, ext_from_response
+from .base import Backend, Submission, ext_from_response
 
 BY_CODE: dict[str, type[APIError]] = {
     "invalid_api_key": AuthenticationError,
@@ -80,6 +80,7 @@ class OpenApiBackend(Backend):
         reserves_credits=True,
         image_formats=("jpg", "png", "webp"),
         max_image_bytes=200 * 1024 * 1024,
+        max_video_bytes=5261334937,
     )
     default_base_url = "https://cloud-vanceai.vanceai.com/api/v1"
 
@@ -170,19 +171,14 @@ class OpenApiBackend(Backend):
             result_url=data.get("result_url") if isinstance(data.get("result_url"), str) else None,
         )
 
-    async def submit(
-        self,
-        source: str,
-        size: int,
-        call: ToolCall,
-        idempotency_key: str | None,
-        storage_options: dict[str, Any] | None = None,
-        staged: str | None = None,
-    ) -> Job:
-        headers = {**self._auth, **({"Idempotency-Key": idempotency_key} if idempotency_key else {})}
+    async def create(self, submission: Submission) -> Job:
+        source, call, key = submission.source, submission.call, submission.idempotency_key
+        storage_options = submission.storage_options
+        headers = {**self._auth, **({"Idempotency-Key": key} if key else {})}
         url = f"{self.base_url}/jobs"
         if call.media == "video":
-            upload_id = staged or await self._upload_video(source, size, storage_options)
+            staged = submission.staged
+            upload_id = staged or await self._upload_video(source, submission.size, storage_options)
             body = {"upload_id": upload_id, "tool": call.open_tool, "config": call.open_config or {}}
             response = await self.call("create_job", lambda: self.http.post(url, json=body, headers=headers))
             return self._job(self.parse_json("create_job", response))

@@ -45,7 +45,7 @@ from ..inputs import sniff
 from ..models import Balance, Capabilities, Job, JobStatus, Media
 from ..storage import AtomicWriter
 from ..tools import ToolCall
-from .base import EXT_BY_TYPE, Backend, _has_media_ext, ext_from_response
+from .base import EXT_BY_TYPE, Backend, Submission, _has_media_ext, ext_from_response
 
 # The option lists the API serves (GET, no key).
 LISTS: dict[str, str] = {
@@ -87,7 +87,9 @@ class VisionCraftBackend(Backend):
     capabilities = Capabilities(
         collectable_elsewhere=False,  # results live in the submitting process only
         answers_on_submit=True,
+        charges_credits=False,  # a subscription: every job costs 0 credits
         image_formats=("jpg", "png", "webp"),
+        max_image_bytes=MAX_SOURCE_BYTES,
     )
     default_base_url = "https://visioncraft-rs24.koyeb.app"
     max_held = 256  # finished results kept for download (oldest dropped first)
@@ -281,19 +283,12 @@ class VisionCraftBackend(Backend):
             if "refiner" in cfg:
                 await self._check_in("img2img_refiners", cfg["refiner"], "img2img refiner")
 
-    async def submit(
-        self,
-        source: str,
-        size: int,
-        call: ToolCall,
-        idempotency_key: str | None,
-        storage_options: dict[str, Any] | None = None,
-        staged: str | None = None,
-    ) -> Job:
+    async def create(self, submission: Submission) -> Job:
+        call, idempotency_key = submission.call, submission.idempotency_key
         if idempotency_key and self._by_key.get(idempotency_key) in self._held:
             return self._held[self._by_key[idempotency_key]].job  # asked before: same job, no new call
         await self.check_call(call)
-        image = await self._read_b64(source, storage_options)
+        image = await self._read_b64(submission.source, submission.storage_options)
         if call.open_tool == "upscale":
             response = await self._post("upscale", "/upscale", {"image": image})
             job = await self._hold(call.tool, "image", "upscale", response)
@@ -395,16 +390,9 @@ class VisionCraftBackend(Backend):
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                     raise InvalidConfigError(f"visioncraft: the weight of LoRA {name!r} must be a number")
                 await self._check_in("loras", name, "LoRA")
-        body: dict[str, Any] = {
-            "model": model,
-            "sampler": sampler,
-            "prompt": prompt,
-            "image_count": image_count,
-        }
+        body = {"model": model, "sampler": sampler, "prompt": prompt, "image_count": image_count}
         body.update(_present(negative_prompt=negative_prompt, cfg_scale=cfg_scale, steps=steps, loras=loras))
-        return await self._hold(
-            "generate", "image", "generate", await self._post("generate", "/generate", body)
-        )
+        return await self._generate("generate", "generate", body)
 
     async def generate_xl(
         self,
@@ -443,9 +431,7 @@ class VisionCraftBackend(Backend):
             "refiner": refiner,
         }
         body.update(_present(negative_prompt=negative_prompt))
-        return await self._hold(
-            "generate_xl", "image", "generate-xl", await self._post("generate_xl", "/generate-xl", body)
-        )
+        return await self._generate("generate_xl", "generate-xl", body)
 
     async def text_to_gif(
         self,
@@ -465,9 +451,7 @@ class VisionCraftBackend(Backend):
         await self._check_in("samplers", sampler, "sampler")
         body: dict[str, Any] = {"sampler": sampler, "prompt": prompt}
         body.update(_present(negative_prompt=negative_prompt, cfg_scale=cfg_scale, steps=steps))
-        return await self._hold(
-            "text_to_gif", "image", "generate-gif", await self._post("text_to_gif", "/generate-gif", body)
-        )
+        return await self._generate("text_to_gif", "generate-gif", body)
 
     async def image_to_video(self, source: str, storage_options: dict[str, Any] | None = None) -> Job:
         """Image to video (``POST /img2video``, subscribers only), answered as MP4 bytes."""
@@ -476,8 +460,11 @@ class VisionCraftBackend(Backend):
                 "visioncraft: image to video is for subscribers", hint=PREMIUM_HINT
             )
         image = await self._read_b64(source, storage_options)
-        response = await self._post("image_to_video", "/img2video", {"image": image})
-        return await self._hold("image_to_video", "video", "img2video", response)
+        return await self._generate("image_to_video", "img2video", {"image": image}, "video")
+
+    async def _generate(self, name: str, path: str, body: dict[str, Any], media: Media = "image") -> Job:
+        """``POST /<path>``; the answer held as a finished job."""
+        return await self._hold(name, media, path, await self._post(name, f"/{path}", body))
 
     async def llm(self, model: str, messages: list[dict[str, str]]) -> Any:
         """Free LLM chat (``POST /llm``); returns the service's answer as is."""

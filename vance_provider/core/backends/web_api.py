@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..models import WEB_STATUS, Balance, Capabilities, Job, JobStatus, UsageRecord
 from ..tools import ToolCall
-from .base import Backend, ext_from_response
+from .base import Backend, Submission, ext_from_response
 
 log = logging.getLogger(__name__)
 
@@ -80,25 +80,14 @@ class WebApiBackend(Backend):
         return {"api_token": self.token.reveal(), **{k: v for k, v in fields.items() if v is not None}}
 
     def map_error(self, name: str, response: httpx.Response) -> VanceError | None:
-        if response.status_code == 429:
-            return RateLimitedError(
-                f"web API {name}: rate limited",
-                code=429,
-                status_code=429,
-                retry_after=self.retry_after(response),
-            )
-        if response.status_code >= 500:
-            return ServerError(
-                f"web API {name}: HTTP {response.status_code}",
-                code=response.status_code,
-                status_code=response.status_code,
-                retry_after=self.retry_after(response),
-            )
-        if response.status_code >= 400:
-            return APIError(
-                f"web API {name}: HTTP {response.status_code}",
-                code=response.status_code,
-                status_code=response.status_code,
+        status = response.status_code
+        if status >= 400:  # the web API's own errors come as HTTP 200 with a code (below)
+            cls = RateLimitedError if status == 429 else ServerError if status >= 500 else APIError
+            what = "rate limited" if status == 429 else f"HTTP {status}"
+            return cls(
+                f"web API {name}: {what}",
+                code=status,
+                status_code=status,
                 retry_after=self.retry_after(response),
             )
         # Every answer but a result file is JSON, errors included (HTTP 200 with a code), whatever
@@ -170,22 +159,16 @@ class WebApiBackend(Backend):
 
         return str(self._data("upload", await self.call("upload", send_upload), ("uid",))["uid"])
 
-    async def submit(
-        self,
-        source: str,
-        size: int,
-        call: ToolCall,
-        idempotency_key: str | None,
-        storage_options: dict[str, Any] | None = None,
-        staged: str | None = None,
-    ) -> Job:
+    async def create(self, submission: Submission) -> Job:
         """Upload (unless ``staged`` holds the uid) then transform. The web API has no idempotency
         keys, but it charges only on download, so a transform repeated after a lost answer costs nothing."""
-        uid = staged or await self.stage(source, size, call, storage_options)
-        data = await self._post(
-            "transform", "transform", ("trans_id",), uid=uid, jconfig=json.dumps(call.jconfig)
+        uid = submission.staged or await self.stage(
+            submission.source, submission.size, submission.call, submission.storage_options
         )
-        return self._job(data["trans_id"], data, call.tool)
+        data = await self._post(
+            "transform", "transform", ("trans_id",), uid=uid, jconfig=json.dumps(submission.call.jconfig)
+        )
+        return self._job(data["trans_id"], data, submission.call.tool)
 
     def _job(self, trans_id: str, data: dict[str, Any], tool: str = "") -> Job:
         raw = str(data.get("status", "waiting"))

@@ -104,11 +104,11 @@ def make_dataset(folder: Path, video: bool = True) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m vance_provider.demo_data FOLDER [--video]``: sample inputs to try things on."""
+    """``python -m vance_provider.demo.data FOLDER [--video]``: sample inputs to try things on."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m vance_provider.demo_data",
+        prog="python -m vance_provider.demo.data",
         description="Write the demo's 12 sample images (and, with --video, a 2-second clip) into a folder.",
     )
     parser.add_argument("folder", type=Path, help="where to write them (created if missing)")

@@ -6,17 +6,21 @@ its input is drawn twice as large; a video is a strip of frames before and after
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
+
+from ..core.models import API_TITLES
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv")
 MARGIN, GAP, CAPTION = 24, 16, 24  # pixels
 INK, BLUE, GREY = (30, 30, 30), (20, 60, 150), (110, 110, 110)
 BY = "\u00d7"  # the multiplication sign of "160x200"
-APIS = {"web": "web API", "open": "Open API", "visioncraft": "VisionCraft"}
 
 
 def _font(size: int, bold: bool = False) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -139,7 +143,7 @@ def _describe(folder: Path) -> str:
     except (OSError, ValueError):
         return folder.name
     ident = {**meta, **(meta.get("identity") or {})}
-    api = {"web": "web API v1", "open": "Open API v1"}.get(ident.get("api", ""), ident.get("api", ""))
+    api = API_TITLES.get(ident.get("api", ""), ident.get("api", ""))
     return f"{folder.name}: {ident.get('tool', '?')} on the {api}" if api else folder.name
 
 
@@ -230,60 +234,61 @@ def contact_sheet(pairs: list[tuple[Path, Path]], out: Path, width: int = 1500) 
     return out
 
 
-def _plt():  # type: ignore[no-untyped-def]
+API_COLORS = {"web": "#4C72B0", "open": "#DD8452", "visioncraft": "#55A868"}
+
+
+@contextmanager
+def _chart(out: Path) -> Iterator[Any]:
+    """The axes of a chart, written to ``out`` once the block has drawn on them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
+    try:
+        yield ax
+        ax.spines[["top", "right"]].set_visible(False)
+        fig.tight_layout()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
 
 
 def credits_chart(df: pd.DataFrame, out: Path) -> Path:
     """A bar chart of the credits spent per tool (our names) and API."""
-    plt = _plt()
     spent = df[df["credits"] > 0].groupby(["api", "tool"])["credits"].sum().sort_values()
-    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
-    labels = [f"{tool} ({APIS.get(api, api)})" for api, tool in spent.index]
-    colors = ["#4C72B0" if api == "web" else "#DD8452" for api, _ in spent.index]
-    bars = ax.barh(labels, spent.values, color=colors)
-    ax.bar_label(bars, fmt="%g", padding=3)
-    ax.set_xlabel("credits")
-    ax.set_title(f"Credits spent per tool: {spent.sum():g} in all")
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    with _chart(out) as ax:
+        labels = [f"{tool} ({API_TITLES.get(api, api)})" for api, tool in spent.index]
+        colors = [API_COLORS.get(api, API_COLORS["open"]) for api, _ in spent.index]
+        bars = ax.barh(labels, spent.values, color=colors)
+        ax.bar_label(bars, fmt="%g", padding=3)
+        ax.set_xlabel("credits")
+        ax.set_title(f"Credits spent per tool: {spent.sum():g} in all")
     return out
 
 
 def credits_over_time_chart(df: pd.DataFrame, out: Path) -> Path:
     """Credits spent over time: the running total per API and in all, one step per charge."""
-    plt = _plt()
     charged = df[df["credits"] > 0].sort_values("timestamp", kind="stable")
-    fig, ax = plt.subplots(figsize=(7, 3.8), dpi=110)
-    if len(charged):
-        start = charged["timestamp"].iloc[0]
-        seconds = (charged["timestamp"] - start).dt.total_seconds()
-        ax.step(seconds, charged["credits"].cumsum(), where="post", color="#333333", label="all", lw=2)
-        for api, color in (("web", "#4C72B0"), ("open", "#DD8452"), ("visioncraft", "#55A868")):
-            part = charged["api"] == api
-            if part.any():
-                ax.step(
-                    seconds[part],
-                    charged.loc[part, "credits"].cumsum(),
-                    where="post",
-                    color=color,
-                    label=APIS[api],
-                )
-        ax.set_xlabel(f"seconds since the first charge ({start:%Y-%m-%d %H:%M:%S} UTC)")
-        ax.legend(frameon=False, loc="upper left")
-    ax.set_ylabel("credits spent")
-    ax.set_title("Credits spent over time")
-    ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+    with _chart(out) as ax:
+        if len(charged):
+            start = charged["timestamp"].iloc[0]
+            seconds = (charged["timestamp"] - start).dt.total_seconds()
+            ax.step(seconds, charged["credits"].cumsum(), where="post", color="#333333", label="all", lw=2)
+            for api, color in API_COLORS.items():
+                part = charged["api"] == api
+                if part.any():
+                    ax.step(
+                        seconds[part],
+                        charged.loc[part, "credits"].cumsum(),
+                        where="post",
+                        color=color,
+                        label=API_TITLES[api],
+                    )
+            ax.set_xlabel(f"seconds since the first charge ({start:%Y-%m-%d %H:%M:%S} UTC)")
+            ax.legend(frameon=False, loc="upper left")
+        ax.set_ylabel("credits spent")
+        ax.set_title("Credits spent over time")
     return out

@@ -21,7 +21,7 @@ in ``<out>/logs``. The child writes its result (summary rows and notes) as JSON 
 
 Run one step by hand (the simulator must be running)::
 
-    python -m vance_provider.demo_faces dagster --base-url http://127.0.0.1:8765 \\
+    python -m vance_provider.demo.faces dagster --base-url http://127.0.0.1:8765 \\
         --inputs demo-output/input --out demo-output --home /tmp/dh --result /tmp/dagster.json
 """
 
@@ -42,9 +42,10 @@ from typing import Any
 
 from rich.console import Console
 
-from .sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN, SimulatorServer
+from ..core.models import API_TITLES
+from ..sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN, SimulatorServer
 
-# Airflow and Dagster are imported only in the child processes; without them demo.py falls back to
+# Airflow and Dagster are imported only in the child processes; without them the demo falls back to
 # the core engine (it catches this ImportError).
 _MISSING = [
     name for name in ("airflow", "dagster", "dagster_vance") if importlib.util.find_spec(name) is None
@@ -53,16 +54,22 @@ if _MISSING:
     raise ImportError(f"{', '.join(_MISSING)} not installed")
 
 console = Console()
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEP_TIMEOUT = 300.0  # seconds; the steps take a few seconds each on a 2-core machine
 DAG_ID = "vanceai_demo_enhance"
 # Images a background removal suits (plain backgrounds), and images worth a cartoon.
 REMOVE_BG = ("portrait_face.jpg", "face_small.jpg", "product_shot.png", "tiny_icon.png")
 CARTOONIZE = ("landscape_wide.jpg", "sunset.jpg", "pattern_a.jpg", "old_photo_gray.png")
 ENV_WEB, ENV_OPEN = "VANCE_DEMO_WEB_TOKEN", "VANCE_DEMO_OPEN_KEY"
+TOKEN_ENV = {"web": ENV_WEB, "open": ENV_OPEN}
+# The Dagster step's datasets: (API, what, inputs, tool, credit budget, jobs in flight).
+DATASETS = (
+    ("web", "images", "*.[jp][pn]g", "upscale", 50, 8),
+    ("open", "video", "*.mp4", "video_upscale", 20, 2),
+)
 
 
-# --- the steps, as demo.py calls them ----------------------------------------------------------------
+# --- the steps, as the demo calls them ----------------------------------------------------------------
 def step_dagster(sim: SimulatorServer, inputs: Path, out: Path) -> list[dict[str, Any]]:
     """Materialize the demo's Dagster assets in a temporary instance (in a child process)."""
     return _run_child("dagster", sim, inputs, out)
@@ -89,7 +96,7 @@ def _run_child(face: str, sim: SimulatorServer, inputs: Path, out: Path) -> list
     cmd = [
         sys.executable,
         "-m",
-        "vance_provider.demo_faces",
+        "vance_provider.demo.faces",
         face,
         "--base-url",
         sim.base_url,
@@ -168,36 +175,25 @@ def _dagster(base_url: str, inputs: Path, out: Path, home: Path) -> dict[str, An
 
     from dagster_vance import VanceAIResource, build_credit_usage_asset, build_enhanced_dataset_asset
 
-    images = build_enhanced_dataset_asset(
-        "images_x2",
-        source=str(inputs / "*.[jp][pn]g"),
-        destination=str(out / "dagster_images_x2"),
-        tool="upscale",
-        config={"scale": 2},
-        credit_budget=50,
-        poll_interval=0.3,
-        resource_key="vanceai_web",
-        description="The demo's images, upscaled x2 on the VanceAI web API.",
-    )
-    video = build_enhanced_dataset_asset(
-        "video_x2",
-        source=str(inputs / "*.mp4"),
-        destination=str(out / "dagster_video_x2"),
-        tool="video_upscale",
-        config={"scale": 2},
-        credit_budget=20,
-        max_concurrency=2,
-        poll_interval=0.3,
-        resource_key="vanceai_open",
-        description="The demo's video, upscaled x2 on the VanceAI Open API.",
-    )
-    web_usage = build_credit_usage_asset("web_credit_usage", datasets=[images], resource_key="vanceai_web")
-    open_usage = build_credit_usage_asset("open_credit_usage", datasets=[video], resource_key="vanceai_open")
-    resources = {
-        "vanceai_web": VanceAIResource(api_token=dg.EnvVar(ENV_WEB), base_url=base_url, api="web"),
-        "vanceai_open": VanceAIResource(api_token=dg.EnvVar(ENV_OPEN), base_url=base_url, api="open"),
-    }
-    assets = [images, video, web_usage, open_usage]
+    datasets, reports, resources = [], [], {}
+    for api, what, pattern, tool, budget, concurrency in DATASETS:
+        key = f"vanceai_{api}"
+        dataset = build_enhanced_dataset_asset(
+            f"{what}_x2",
+            source=str(inputs / pattern),
+            destination=str(out / f"dagster_{what}_x2"),
+            tool=tool,
+            config={"scale": 2},
+            credit_budget=budget,
+            max_concurrency=concurrency,
+            poll_interval=0.3,
+            resource_key=key,
+            description=f"The demo's {what}, upscaled x2 on the VanceAI {API_TITLES[api]}.",
+        )
+        datasets.append(dataset)
+        reports.append(build_credit_usage_asset(f"{api}_credit_usage", datasets=[dataset], resource_key=key))
+        resources[key] = VanceAIResource(api_token=dg.EnvVar(TOKEN_ENV[api]), base_url=base_url, api=api)
+    assets = [*datasets, *reports]
     defs = dg.Definitions(assets=assets, resources=resources)
     defs.resolve_all_job_defs()  # the definitions load, as `dagster definitions validate` would check
 
@@ -206,23 +202,14 @@ def _dagster(base_url: str, inputs: Path, out: Path, home: Path) -> dict[str, An
         if not result.success:
             raise SystemExit("the Dagster run failed (see the events above)")
         checks = result.get_asset_check_evaluations()
-        usage = {name: result.output_for_node(name) for name in ("web_credit_usage", "open_credit_usage")}
+        usage = {name: result.output_for_node(name) for name in (r.key.to_user_string() for r in reports)}
         rows = []
         for event in result.get_asset_materialization_events():
-            md: dict[str, Any] = {k: v.value for k, v in event.materialization.metadata.items()}
-            if "vance/done" not in md:
-                continue
-            rows.append(
-                {
-                    "face": "Dagster",
-                    "dataset": event.materialization.asset_key.to_user_string(),
-                    "api": md["vance/api"],
-                    "done": md["vance/done"],
-                    "failed": md["vance/failed"],
-                    "skipped": md["vance/skipped"],
-                    "credits_spent": float(md["vance/credits_spent"]),
-                }
-            )
+            md = {k.removeprefix("vance/"): v.value for k, v in event.materialization.metadata.items()}
+            if "done" in md:
+                rows.append(
+                    _row("Dagster", event.materialization.asset_key.to_user_string(), str(md["api"]), md)
+                )
         runs = len(instance.get_runs())
     passed = sum(c.passed for c in checks)
     usage_note = ", ".join(f"{name} {df['credits'].sum():g} credits" for name, df in usage.items())
@@ -285,9 +272,9 @@ def airflow_demo_dag() -> Any:
     return dag
 
 
-DAG_FILE = '''"""The `make demo` DAG (defined in vance_provider.demo_faces)."""
+DAG_FILE = '''"""The `make demo` DAG (defined in vance_provider.demo.faces)."""
 
-from vance_provider.demo_faces import airflow_demo_dag
+from vance_provider.demo.faces import airflow_demo_dag
 
 dag = airflow_demo_dag()
 '''
@@ -334,26 +321,25 @@ def _airflow(base_url: str, inputs: Path, out: Path, home: Path) -> dict[str, An
     if str(dr.state) != "success" or set(states.values()) != {"success"}:
         raise SystemExit(f"the Airflow DAG run {dr.state}: {states}")
     check = _xcom(dr, "check_credits")
-    rows = []
-    for tool in ("remove_bg", "cartoonize"):
-        summary = _xcom(dr, tool)
-        rows.append(
-            {
-                "face": "Airflow",
-                "dataset": tool,
-                "api": check["api"],
-                "done": summary["done"],
-                "failed": summary["failed"],
-                "skipped": summary["skipped"],
-                "credits_spent": float(summary["credits_spent"]),
-            }
-        )
+    rows = [_row("Airflow", tool, check["api"], _xcom(dr, tool)) for tool in ("remove_bg", "cartoonize")]
     notes = [
         f"metadata DB (SQLite, temporary AIRFLOW_HOME) migrated in {migrated:.1f}s",
         f"dag.test() of {DAG_ID}: " + ", ".join(states) + " succeeded",
         f"credit check: {check['available']:g} credits available, {check['needed']:g} needed",
     ]
     return {"rows": rows, "notes": notes}
+
+
+def _row(face: str, dataset: str, api: str, counts: dict[str, Any]) -> dict[str, Any]:
+    """A row of the demo's summary table, from a batch's counts (an XCom, or an asset's metadata)."""
+    done = {k: counts[k] for k in ("done", "failed", "skipped")}
+    return {
+        "face": face,
+        "dataset": dataset,
+        "api": api,
+        **done,
+        "credits_spent": float(counts["credits_spent"]),
+    }
 
 
 def _ti_states(dr: Any) -> dict[str, str]:

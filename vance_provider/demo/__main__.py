@@ -23,11 +23,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .core import VanceClient, write_report
-from .core.credits import usage_summary
-from .demo_data import make_dataset
-from .demo_pictures import contact_sheet, credits_chart, credits_over_time_chart
-from .sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN, SimConfig, SimulatorServer
+from ..core import VanceClient, write_report
+from ..core.credits import usage_summary
+from ..sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN, SimConfig, SimulatorServer
+from .data import make_dataset
+from .pictures import contact_sheet, credits_chart, credits_over_time_chart
 
 console = Console()
 Step = Callable[[SimulatorServer, Path, Path], list[dict[str, Any]]]
@@ -35,7 +35,7 @@ Step = Callable[[SimulatorServer, Path, Path], list[dict[str, Any]]]
 
 def step_core(sim: SimulatorServer, inputs: Path, out: Path) -> list[dict[str, Any]]:
     """Fallback when Airflow or Dagster is missing: the same batches through the core engine."""
-    from .core import BatchSpec
+    from ..core import BatchSpec
 
     rows = []
     for token, name, tool, config, pattern in (
@@ -53,7 +53,7 @@ def step_core(sim: SimulatorServer, inputs: Path, out: Path) -> list[dict[str, A
 def _steps() -> list[tuple[str, Step]]:
     steps: list[tuple[str, Step]] = []
     try:
-        from .demo_faces import step_airflow, step_dagster
+        from .faces import step_airflow, step_dagster
 
         steps += [("Dagster", step_dagster), ("Airflow", step_airflow)]
     except ImportError as exc:
