@@ -12,7 +12,8 @@ ApiName = Literal["web", "open", "visioncraft"]
 #: The APIs, each behind one backend (``core/backends``): the one list every face offers.
 API_NAMES: tuple[ApiName, ...] = get_args(ApiName)
 #: What a client, a connection, a resource or the CLI may name: an API, or ``auto`` (by the token).
-API_CHOICES: tuple[str, ...] = ("auto", *API_NAMES)
+ApiChoice = Literal["auto", ApiName]
+API_CHOICES: tuple[str, ...] = get_args(ApiChoice)
 #: The APIs' names in prose (messages, tables, charts).
 API_TITLES: dict[str, str] = {"web": "web API v1", "open": "Open API v1", "visioncraft": "VisionCraft"}
 

@@ -14,12 +14,12 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
 import httpx
 
-from .backends import Backend, OpenApiBackend, VisionCraftBackend, WebApiBackend
+from .backends import BACKENDS, WebApiBackend
 from .backends.base import DownloadOptions
 from .errors import (
     ConfigurationError,
@@ -28,7 +28,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .inputs import check_input
-from .models import ApiName, Balance, Capabilities, Job, JobStatus, UsageRecord
+from .models import API_CHOICES, ApiChoice, ApiName, Balance, Capabilities, Job, JobStatus, UsageRecord
 from .retry import RetryPolicy
 from .secrets import Secret
 from .storage import list_sources
@@ -45,19 +45,20 @@ T = TypeVar("T")
 R = TypeVar("R")
 P = ParamSpec("P")
 log = logging.getLogger(__name__)
-ApiChoice = Literal["auto", "web", "open", "visioncraft"]
 
 
 def detect_api(token: str, api: str = "auto") -> ApiName:
-    """``sk_live_`` keys belong to the Open API v1; anything else to the web API v1.
+    """The API named, or with ``api="auto"`` the one the key's shape says: ``sk_live_`` keys belong
+    to the Open API v1, anything else to the web API v1.
 
     VisionCraft keys have no recognisable shape: select that vendor with ``api="visioncraft"``.
     """
-    if api in ("web", "open", "visioncraft"):
-        return api  # type: ignore[return-value]
+    if api in BACKENDS:
+        return BACKENDS[api].api
     if api != "auto":
-        raise ConfigurationError(f"api must be 'web', 'open', 'visioncraft' or 'auto', got {api!r}")
-    return "open" if token.startswith("sk_live_") else "web"
+        raise ConfigurationError(f"api must be one of {', '.join(API_CHOICES)}; got {api!r}")
+    by_key = [b.api for b in BACKENDS.values() if b.token_prefix and token.startswith(b.token_prefix)]
+    return by_key[0] if by_key else WebApiBackend.api
 
 
 def normalize_base_url(base_url: str | None, api: ApiName) -> str | None:
@@ -77,9 +78,7 @@ def normalize_base_url(base_url: str | None, api: ApiName) -> str | None:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise ConfigurationError(f"base_url {base_url!r} has an invalid port") from None
-    path = parts.path.rstrip("/")
-    if not path and api != "visioncraft":  # VisionCraft's API lives at the host's root
-        path = "/web_api/v1" if api == "web" else "/api/v1"
+    path = parts.path.rstrip("/") or urlsplit(BACKENDS[api].default_base_url).path.rstrip("/")
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
@@ -139,10 +138,8 @@ class AsyncVanceClient:
         self.api: ApiName = detect_api(token, api)
         self._token = Secret(token)
         self.storage_options = storage_options
-        cls: type[Backend] = {"open": OpenApiBackend, "visioncraft": VisionCraftBackend}.get(
-            self.api, WebApiBackend
-        )
-        extra: dict[str, Any] = {"premium": premium} if self.api == "visioncraft" else {}
+        cls = BACKENDS[self.api]
+        extra: dict[str, Any] = {"premium": premium} if "premium" in cls.extra_options else {}
         self.backend = cls(
             self._token,
             **extra,
@@ -260,7 +257,10 @@ class AsyncVanceClient:
         return job
 
     def _note_charge(self, job: Job) -> None:
-        if job.api == "open" and job.status is JobStatus.SUCCEEDED and job.id not in self.charges:
+        caps = self.capabilities
+        if caps.has_usage_history or not caps.charges_credits or caps.charges_on_download:
+            return  # the service lists its charges, or a finished job costs nothing by itself
+        if job.status is JobStatus.SUCCEEDED and job.id not in self.charges:
             self.charges[job.id] = UsageRecord(
                 timestamp=str(job.raw.get("finished_at") or ""),
                 tool=job.tool,
@@ -269,7 +269,7 @@ class AsyncVanceClient:
                 balance=None,
                 source=None,
                 job_id=job.id,
-                api="open",
+                api=job.api,
             )
 
     async def wait(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from ..defaults import API_CHOICES as API_CHOICES
 from ..defaults import API_NAMES as API_NAMES
 from ..defaults import API_TITLES as API_TITLES
+from ..defaults import ApiChoice as ApiChoice
 from ..defaults import ApiName as ApiName
 
 Media = Literal["image", "video"]

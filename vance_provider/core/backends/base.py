@@ -272,8 +272,10 @@ class Backend:
     """Base of the API backends. Subclasses implement the verbs and ``map_error``."""
 
     api: ApiName
-    default_base_url: str
+    default_base_url: str  # its path is the API's path on a host (VisionCraft: the host's root)
     capabilities: Capabilities  # what this API can do; the engine branches on it
+    token_prefix: str | None = None  # keys of this API start so (``api="auto"`` picks it by the key)
+    extra_options: tuple[str, ...] = ()  # client options only this backend takes
 
     def __init__(
         self,

@@ -83,6 +83,7 @@ class OpenApiBackend(Backend):
         max_video_bytes=5261334937,
     )
     default_base_url = "https://cloud-vanceai.vanceai.com/api/v1"
+    token_prefix = "sk_live_"
 
     expect = {
         "create_job": (dict, ("job_id",)),

@@ -92,6 +92,7 @@ class VisionCraftBackend(Backend):
         max_image_bytes=MAX_SOURCE_BYTES,
     )
     default_base_url = "https://visioncraft-rs24.koyeb.app"
+    extra_options = ("premium",)
     max_held = 256  # finished results kept for download (oldest dropped first)
 
     def __init__(self, *args: Any, premium: bool | None = None, **kwargs: Any) -> None:
