@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .backends import BACKENDS, WebApiBackend
+from .backends import BACKENDS, Backend, WebApiBackend
 from .backends.base import DownloadOptions
 from .errors import (
     ConfigurationError,
@@ -97,7 +97,44 @@ class ClientOptions(TypedDict, total=False):
     downloads: DownloadOptions | dict[str, Any] | None
 
 
-class AsyncVanceClient:
+class _ClientFacts:
+    """What both clients say about themselves, read from their backend; and tool validation."""
+
+    backend: Backend
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(api={self.api!r}, base_url={self.base_url!r})"
+
+    @property
+    def api(self) -> ApiName:
+        return self.backend.api
+
+    @property
+    def base_url(self) -> str:
+        return self.backend.base_url
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this client's API can do (see :class:`Capabilities`)."""
+        return self.backend.capabilities
+
+    @property
+    def request_counts(self) -> dict[str, int]:
+        return dict(self.backend.calls)
+
+    def tool_call(
+        self,
+        tool: str,
+        config: dict[str, Any] | None = None,
+        *,
+        output_format: str | None = None,
+        jconfig: dict[str, Any] | str | None = None,
+    ) -> ToolCall:
+        """Validate a tool and its config for this client's API (raises before any upload)."""
+        return resolve(tool, config, api=self.api, output_format=output_format, jconfig=jconfig)
+
+
+class AsyncVanceClient(_ClientFacts):
     """Async client for VanceAI (both APIs).
 
     >>> async with AsyncVanceClient(token, base_url=sim.base_url) as client:
@@ -135,15 +172,15 @@ class AsyncVanceClient:
             raise ConfigurationError(
                 "no API token given", hint="set VANCE_API_TOKEN or the connection's password"
             )
-        self.api: ApiName = detect_api(token, api)
+        api_name = detect_api(token, api)
         self._token = Secret(token)
         self.storage_options = storage_options
-        cls = BACKENDS[self.api]
+        cls = BACKENDS[api_name]
         extra: dict[str, Any] = {"premium": premium} if "premium" in cls.extra_options else {}
         self.backend = cls(
             self._token,
             **extra,
-            base_url=normalize_base_url(base_url, self.api),
+            base_url=normalize_base_url(base_url, api_name),
             timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
             retry=retry or RetryPolicy(),
             max_connections=max_connections,
@@ -154,22 +191,6 @@ class AsyncVanceClient:
         self.backend.downloads = _download_options(downloads)
         self.charges: dict[str, UsageRecord] = {}  # Open API: what each finished job cost
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(api={self.api!r}, base_url={self.base_url!r})"
-
-    @property
-    def base_url(self) -> str:
-        return self.backend.base_url
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What this client's API can do (see :class:`Capabilities`)."""
-        return self.backend.capabilities
-
-    @property
-    def request_counts(self) -> dict[str, int]:
-        return dict(self.backend.calls)
-
     async def __aenter__(self) -> AsyncVanceClient:
         return self
 
@@ -178,18 +199,6 @@ class AsyncVanceClient:
 
     async def aclose(self) -> None:
         await self.backend.aclose()
-
-    # --- tools --------------------------------------------------------------------------------
-    def tool_call(
-        self,
-        tool: str,
-        config: dict[str, Any] | None = None,
-        *,
-        output_format: str | None = None,
-        jconfig: dict[str, Any] | str | None = None,
-    ) -> ToolCall:
-        """Validate a tool and its config for this client's API (raises before any upload)."""
-        return resolve(tool, config, api=self.api, output_format=output_format, jconfig=jconfig)
 
     # --- jobs ---------------------------------------------------------------------------------
     async def submit(
@@ -441,7 +450,7 @@ def blocking(
     return twin
 
 
-class VanceClient:
+class VanceClient(_ClientFacts):
     """The blocking twin of :class:`AsyncVanceClient`: the same methods, without ``await``."""
 
     def __init__(self, token: str, **options: Unpack[ClientOptions]) -> None:
@@ -454,38 +463,13 @@ class VanceClient:
             self._loop.stop()  # a bad setting must not leave a loop thread behind
             raise
 
-    def __repr__(self) -> str:
-        return f"VanceClient(api={self.api!r}, base_url={self.base_url!r})"
-
     @property
-    def api(self) -> ApiName:
-        return self._async.api
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._async.capabilities
-
-    @property
-    def base_url(self) -> str:
-        return self._async.base_url
+    def backend(self) -> Backend:  # type: ignore[override]
+        return self._async.backend
 
     @property
     def aio(self) -> AsyncVanceClient:
         return self._async
-
-    @property
-    def request_counts(self) -> dict[str, int]:
-        return self._async.request_counts
-
-    def tool_call(
-        self,
-        tool: str,
-        config: dict[str, Any] | None = None,
-        *,
-        output_format: str | None = None,
-        jconfig: dict[str, Any] | str | None = None,
-    ) -> ToolCall:
-        return self._async.tool_call(tool, config, output_format=output_format, jconfig=jconfig)
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run any coroutine of the async client on this client's loop."""
