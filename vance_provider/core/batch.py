@@ -586,24 +586,31 @@ class BatchRunner:
     # --- running --------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
         started = time.monotonic()
-        work = await self.prepare()
+        work = await self.start()
         try:
-            try:
-                await self.preflight(work)
-            except BaseException:
-                await self.close(undo_empty=True)
-                raise
-            # Jobs resumed from the manifest will be paid for in this run too: they count against the
-            # budget. The Open API balance already excludes what they reserved, so add that back.
-            self.count_in_flight(work)
             await self.manifest.flush()
             await self._run_all(work)
         finally:
             await self.close()
         return self.result(time.monotonic() - started)
 
+    async def start(self) -> list[ManifestItem]:
+        """``prepare()``, ``preflight()`` (a refused batch leaves no empty files behind), and the
+        jobs resumed from the manifest counted against the budget: how ``run()`` and a hand-off begin.
+        The caller ``close()``s the runner."""
+        work = await self.prepare()
+        try:
+            await self.preflight(work)
+        except BaseException:
+            await self.close(undo_empty=True)
+            raise
+        # Jobs resumed from the manifest will be paid for in this run too: they count against the
+        # budget. The Open API balance already excludes what they reserved, so add that back.
+        self.count_in_flight(work)
+        return work
+
     # --- a batch handed from one process to another (prepare here, run the window there) --------
-    # The worker: prepare() -> preflight() -> count_in_flight() -> submit_ahead() -> close().
+    # The worker: start() -> submit_ahead() -> close().
     # The other process (an Airflow trigger): resume() -> run_window(). The manifest is the only
     # state that travels: run_window() can be interrupted (a triggerer restart) and resumed again.
     def count_in_flight(self, work: list[ManifestItem]) -> None:

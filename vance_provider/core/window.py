@@ -59,14 +59,8 @@ async def hand_off(client: AsyncVanceClient, spec: BatchSpec, *, submit_ahead: b
             hint="run this batch in one process (in Airflow: deferrable=False)",
         )
     runner = BatchRunner(client, spec)
-    work = await runner.prepare()
+    work = await runner.start()
     try:
-        try:
-            await runner.preflight(work)
-        except BaseException:
-            await runner.close(undo_empty=True)
-            raise
-        runner.count_in_flight(work)
         if submit_ahead:
             await runner.submit_ahead(work)
         runner.manifest.touch()
