@@ -8,7 +8,8 @@ and that are used when present:
   clears it or marks it succeeded (:data:`TRIGGER_ON_KILL`). On older versions the triggers
   detect the same situation themselves (see ``vance_provider.triggers.vanceai``).
 * the task state store (``context["task_state_store"]``): :func:`task_state_store` returns it,
-  or ``None`` with one log line.
+  or ``None`` with one log line. ``VanceAISubmitJobOperator`` keeps its job id there, so a retry
+  waits for the earlier try's job instead of submitting again (batches keep theirs in the manifest).
 """
 
 from __future__ import annotations

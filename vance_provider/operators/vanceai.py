@@ -33,6 +33,7 @@ from vance_provider.airflow_compat import (
     BaseOperator,
     BaseOperatorLink,
     SkipMixin,
+    task_state_store,
 )
 from vance_provider.hooks.vanceai import VanceAIHook, storage_options_from_connection
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from vance_provider.core import BatchResult, BatchSpec, Job, VanceClient
 
 FAILURE_POLICIES = ("continue", "fail", "fail_fast")
+#: Airflow >= 3.3: the key under which the submit operator keeps its job id in the task state store.
+JOB_STATE_KEY = "vanceai_job_id"
 
 
 def asset_uri(destination: str) -> str:
@@ -209,14 +212,17 @@ class VanceAISubmitJobOperator(_VanceAIBase):
 
         started = time.time()
         end_time, reason = _deadline(self, self.timeout, started)
+        store = task_state_store(context)
         with vance_errors(), self.hook.get_client() as client:
-            job = client.submit(
-                self.source,
-                self.tool,
-                self.config,
-                output_format=self.output_format,
-                idempotency_key=self.idempotency_key,
-            )
+            job = earlier = self._earlier_job(client, store)
+            if job is None:
+                job = client.submit(
+                    self.source,
+                    self.tool,
+                    self.config,
+                    output_format=self.output_format,
+                    idempotency_key=self.idempotency_key,
+                )
             if job.status in (JobStatus.FAILED, JobStatus.CANCELED) and self.idempotency_key is None:
                 # The idempotency key found an earlier try's job, which failed: submit afresh.
                 ti = context["ti"]
@@ -226,7 +232,10 @@ class VanceAISubmitJobOperator(_VanceAIBase):
                     self.source, self.tool, self.config, output_format=self.output_format, idempotency_key=key
                 )
             self._job_id = job.id
-            self.log.info("VanceAI job %s submitted (%s, %s API)", job.id, job.tool, client.api)
+            if store is not None and job is not earlier:
+                store.set(JOB_STATE_KEY, job.id)  # a retry of this task finds the job again
+            if job is not earlier:
+                self.log.info("VanceAI job %s submitted (%s, %s API)", job.id, job.tool, client.api)
             context["ti"].xcom_push(key="job_id", value=job.id)
             if not self.wait_for_completion:
                 return job.id
@@ -256,6 +265,27 @@ class VanceAISubmitJobOperator(_VanceAIBase):
             kwargs={"reason": reason},
             timeout=defer_timeout(end_time),
         )
+
+    def _earlier_job(self, client: VanceClient, store: Any) -> Job | None:
+        """Airflow >= 3.3: the job an earlier try of this task submitted, when it can still be used
+        (running, or succeeded): a retry waits for it instead of submitting again. That matters most
+        on the web API, which has no idempotency key; elsewhere the key finds the same job anyway."""
+        from vance_provider.core import JobStatus
+        from vance_provider.core.errors import VanceError
+
+        job_id = store.get(JOB_STATE_KEY) if store is not None else None
+        if not job_id:
+            return None
+        try:
+            job = client.get_job(str(job_id))
+        except VanceError as exc:  # expired, deleted, another key: submit afresh
+            self.log.info("the earlier try's VanceAI job %s is gone (%s): submitting again", job_id, exc.code)
+            return None
+        if job.status in (JobStatus.FAILED, JobStatus.CANCELED):
+            self.log.info("the earlier try's VanceAI job %s %s: submitting again", job.id, job.status.value)
+            return None
+        self.log.info("reattaching to VanceAI job %s from an earlier try (%s)", job.id, job.status.value)
+        return job
 
     def execute_complete(self, context: Context, event: dict[str, Any], reason: str | None = None) -> Any:
         job_id = event["job_ids"][0]
