@@ -239,7 +239,7 @@ class LatencyEstimate:
     earlier after each hit, later after each miss, and the share of hits settles at ``q``.
     ``q`` follows the key's rate pressure (``pressure()``, 0 to 1): 0.97 when the request rate
     binds (a missed look costs a turn of the rate budget, while slots are not what limits),
-    0.8 when it does not (a missed look costs only a second look soon after, aimed by the
+    0.65 when it does not (a missed look costs only a second look soon after, aimed by the
     service's progress where it reports one; a late look holds a slot the service could use).
     Until a few jobs have been missed, the point jumps to the longest job seen, from a quarter
     of the poll interval at first.
@@ -247,7 +247,7 @@ class LatencyEstimate:
 
     LEARN = 5  # misses before the stochastic approximation takes over
     STEP = 0.05  # log-step: a miss moves the point up by up to 5 %
-    LOW, HIGH = 0.8, 0.995  # the share of first looks that should find the job done
+    LOW, HIGH = 0.65, 0.995  # the share of first looks that should find the job done
 
     def __init__(self, initial: float, pressure: Callable[[], float] = lambda: 1.0) -> None:
         self.value = initial / 4
@@ -260,7 +260,7 @@ class LatencyEstimate:
 
     def repoll(self, poll_interval: float) -> float:
         """The wait before a second look: short while requests are cheap, longer as they bind."""
-        return min(poll_interval, self.value) * (0.1 + 0.15 * self._pressure())
+        return min(poll_interval, self.value) * (0.08 + 0.17 * self._pressure())
 
     def _pressure(self) -> float:
         return min(1.0, max(0.0, self.pressure()))
