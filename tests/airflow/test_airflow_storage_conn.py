@@ -195,6 +195,7 @@ def test_role_arn_is_assumed_and_refreshed(
 def test_unsupported_connection_type_fails_before_anything(
     sim, vance_conn, make_image, tmp_path, monkeypatch
 ) -> None:
+    from vance_provider.airflow_compat import AirflowFailException
     from vance_provider.core.errors import ConfigurationError
 
     vance_conn("open")
@@ -204,8 +205,9 @@ def test_unsupported_connection_type_fails_before_anything(
         json.dumps({"conn_type": "ftp", "host": "127.0.0.1", "login": "media", "password": SECRET}),
     )
     op = _operator(tmp_path / "u" / "in", tmp_path / "u" / "out", storage_conn_id="ftp_media")
-    with pytest.raises(ConfigurationError) as refused:
+    with pytest.raises(AirflowFailException) as refused:  # no retry can fix it: the task fails at once
         _drive(op, _context())
+    assert isinstance(refused.value.__cause__, ConfigurationError)
     text = str(refused.value)
     assert "'ftp_media'" in text and "'ftp'" in text and "aws" in text and SECRET not in text
     assert not sim.state.requests and not sim.state.charges()  # nothing uploaded, nothing paid

@@ -495,7 +495,8 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         from vance_provider.core.errors import WaitTimeoutError
         from vance_provider.core.window import hand_off
 
-        spec = self.spec(context)
+        with vance_errors():  # a storage connection that cannot be used fails the task at once
+            spec = self.spec(context)
         self._push_link(context)
         with vance_errors(), self.hook.get_client() as client:
             self._api = client.api
@@ -644,7 +645,8 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         carry = event.get("carry") or {}
         end_time = carry.get("end_time")
         reason = reason or carry.get("reason")
-        spec = self.spec(context)
+        with vance_errors():
+            spec = self.spec(context)
         with vance_errors(), self.hook.get_client() as client:
             self._api = client.api
             expired = reason == "execution_timeout" and end_time is not None and time.time() >= end_time
