@@ -14,10 +14,12 @@ import atexit
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,7 @@ def _populate_dags_folder() -> None:
 _populate_dags_folder()
 atexit.register(shutil.rmtree, HOME, True)
 
+from tests.airflow.helpers import PRISTINE_DB  # noqa: E402
 from tests.conftest import OPEN_KEY, WEB_TOKEN  # noqa: E402
 
 TOKENS = {"open": OPEN_KEY, "web": WEB_TOKEN}
@@ -81,6 +84,11 @@ def airflow_db() -> Path:
     )
     if proc.returncode:
         raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    with (
+        closing(sqlite3.connect(HOME / "airflow.db")) as db,
+        closing(sqlite3.connect(HOME / PRISTINE_DB)) as copy,
+    ):
+        db.backup(copy)  # the WAL's pages too, if the migration left any
     from airflow.models.pool import Pool
 
     Pool.create_or_update_pool(

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.airflow.helpers import all_xcoms, asset_events, load_dag, rendered_fields, ti_states, xcom
+from tests.core.helpers import release_held_jobs
 
 
 @pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
@@ -160,7 +161,7 @@ def test_retry_after_deferral_resumes_without_resubmitting(
         retry.execute(context)
     assert sorted(again.value.trigger.job_ids) == sorted(first.value.trigger.job_ids)  # the same jobs
     assert _created_jobs(sim) == submitted  # nothing submitted again
-    sim.state.clock.advance(600)  # now they finish
+    release_held_jobs(sim, 600.0)  # now they finish
     event = asyncio.run(anext(again.value.trigger.run()))
     summary = retry.execute_complete(context, event=event.payload, **again.value.kwargs or {})
     assert summary["done"] == 3 and summary["credits_spent"] == 3.0

@@ -108,6 +108,8 @@ def test_trigger_holds_the_batch_lease(sim_factory, vance_conn, make_image, tmp_
             if any(r.method == "GET" and "/jobs/" in r.path for r in list(server.state.requests)):
                 break  # the trigger has resumed the batch and looks at its job
             await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the trigger never looked at its job")
         other = _operator(src, dst, deferrable=False)
         other_context = _context()
         other_context["ti"].run_id = "another-run"

@@ -1,9 +1,15 @@
 """A real Airflow deployment on loopback: API server, scheduler (LocalExecutor), DAG processor and
 triggerer as separate processes sharing a SQLite metadata DB, against the simulator.
 
-A deferrable batch is triggered; while its task is deferred the triggerer is killed (SIGKILL) and a
-new one started. The new triggerer adopts the trigger (rebuilt from ``serialize()``), the task
-resumes, and the run succeeds with every job submitted and charged exactly once.
+A deferrable batch is triggered; while its task is deferred the triggerer holding the trigger is
+killed (SIGKILL). A second triggerer, started beside the first, adopts the trigger (rebuilt from
+``serialize()``), the task resumes, and the run succeeds with every job submitted and charged
+exactly once.
+
+The simulator holds the jobs (their time runs on its clock) until the other triggerer has adopted
+the trigger: only it can see them finish, on however slow a machine, and nobody waits for a job
+time chosen to outlast the restart. The deployment starts from a copy of the session's freshly
+migrated metadata DB instead of migrating its own.
 """
 
 from __future__ import annotations
@@ -18,19 +24,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 
-from tests.airflow.helpers import ROOT
+from tests.airflow.helpers import PRISTINE_DB, ROOT
 from tests.conftest import OPEN_KEY, fast_config, image_bytes
 from vance_provider.sim import SimulatorServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 E2E_DAGS = Path(__file__).resolve().parent / "e2e_dags"
 DAG_ID = "vt_e2e_deferrable"
+HOLD = 3600.0  # seconds of the simulator's clock a job takes until the test releases it
 
 
 def _free_port() -> int:
@@ -78,16 +87,27 @@ class Deployment:
             }
         )
         self.env = env
+        self.api = f"http://127.0.0.1:{port}"
 
-    def airflow(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "airflow", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        """Create a DAG run through the API server, as ``airflow dags trigger`` would (without
+        starting a new interpreter for it); returns its run id."""
+
+        def post() -> str | None:
+            try:
+                token = httpx.get(f"{self.api}/auth/token", timeout=30).json()["access_token"]
+                answer = httpx.post(
+                    f"{self.api}/api/v2/dags/{dag_id}/dagRuns",
+                    json={"logical_date": None, "conf": conf},
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=30,
+                )
+            except httpx.TransportError:
+                return None  # the API server is not listening yet
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["dag_run_id"])
+
+        return self.wait(post, 180, "the API server to create the DAG run")
 
     def start(self, name: str, *args: str) -> None:
         log = (self.home / f"{name}.log").open("ab")
@@ -101,21 +121,31 @@ class Deployment:
         log.close()
 
     def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.procs.pop(name)
+        self.stop_many([name], sig)
+
+    def stop_many(self, names: list[str], sig: int = signal.SIGTERM) -> None:
+        """Signal every one first, then wait for them together (SIGKILL those still there after 20 s)."""
+        procs = [self.procs.pop(name) for name in names]
         for s in (sig, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, s)  # the process group this test started (the component and its children)
-            except ProcessLookupError:
+            for proc in procs:
+                try:
+                    # the process group this test started (the component and its children)
+                    os.killpg(proc.pid, s)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 20
+            for proc in procs:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            procs = [proc for proc in procs if proc.poll() is None]
+            if not procs:
                 return
-            try:
-                proc.wait(20)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
     def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
+        """At the end of the test: nothing of theirs is looked at any more."""
+        self.stop_many(list(self.procs), signal.SIGKILL)
 
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         con = sqlite3.connect(self.home / "airflow.db", timeout=30)
@@ -146,12 +176,18 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[tuple[Deployment, SimulatorServer]]:
+def deployment(tmp_path: Path, airflow_db: Path) -> Iterator[tuple[Deployment, SimulatorServer]]:
     home = tmp_path / "airflow"
     (home / "dags").mkdir(parents=True)
     shutil.copy(E2E_DAGS / f"{DAG_ID}.py", home / "dags")
-    # Jobs take 15 s: long enough to kill and replace the triggerer while the task is deferred.
-    with SimulatorServer(fast_config(time_per_job=15.0)) as sim:
+    # The session's metadata DB as `airflow db migrate` left it (before any test used it).
+    with (
+        closing(sqlite3.connect(airflow_db / PRISTINE_DB)) as pristine,
+        closing(sqlite3.connect(home / "airflow.db")) as copy,
+    ):
+        pristine.backup(copy)
+    # The jobs run until the test moves the simulator's clock (after the triggerer restart).
+    with SimulatorServer(fast_config(time_per_job=HOLD)) as sim:
         dep = Deployment(home, sim)
         try:
             yield dep, sim
@@ -161,22 +197,22 @@ def deployment(tmp_path: Path) -> Iterator[tuple[Deployment, SimulatorServer]]:
 
 def test_triggerer_restart_while_deferred(deployment, tmp_path) -> None:
     dep, sim = deployment
-    migrate = dep.airflow("db", "migrate")
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
-        dep.start(name, name)
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer-a"):
+        dep.start(name, name.removesuffix("-a"))
+    triggerer_jobs = "select id from job where job_type = 'TriggererJob' order by id"
+    dep.wait(lambda: dep.query(triggerer_jobs), 180, "the first triggerer to start")
+    # A second triggerer beside it (it boots while the task runs): when the one holding the
+    # trigger dies, the other adopts it.
+    dep.start("triggerer-b", "triggerer")
     dep.wait(lambda: dep.query("select 1 from dag where dag_id = ?", DAG_ID), 180, "the DAG to be parsed")
 
     src, dst = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for i in range(3):
         (src / f"p{i}.jpg").write_bytes(image_bytes(32, 24))
-    run = dep.airflow(
-        "dags", "trigger", DAG_ID, "-c", json.dumps({"source": str(src), "destination": str(dst)})
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_id = dep.trigger(DAG_ID, {"source": str(src), "destination": str(dst)})
 
-    # Deferred, and the first triggerer has adopted the trigger and polled at least once.
+    # Deferred, and a triggerer has adopted the trigger and polled at least once.
     dep.wait(
         lambda: dep.query("select 1 from task_instance where dag_id = ? and state = 'deferred'", DAG_ID),
         180,
@@ -198,13 +234,29 @@ def test_triggerer_restart_while_deferred(deployment, tmp_path) -> None:
     created = [r.created_job for r in sim.state.requests if r.created_job]
     assert len(created) == 3
 
-    dep.stop("triggerer", signal.SIGKILL)  # a crash, not a graceful shutdown
-    dep.start("triggerer-2", "triggerer")
-    seen = {first}
+    # Both triggerers up (their job rows, in the order they were started): which one holds it?
+    def both_triggerers() -> list[int]:
+        ids = [i for (i,) in dep.query(triggerer_jobs)]
+        return ids if len(ids) == 2 else []
+
+    ids = dep.wait(both_triggerers, 180, "the second triggerer to start")
+    assert len(ids) == 2 and first in ids
+    holder, survivor = ("triggerer-a", "triggerer-b") if first == ids[0] else ("triggerer-b", "triggerer-a")
+    other = ids[1] if first == ids[0] else ids[0]
+
+    dep.stop(holder, signal.SIGKILL)  # a crash, not a graceful shutdown
+    assert all(j.status == "processing" for j in sim.state.jobs.values())  # held: still running
+    dep.wait(
+        lambda: dep.query("select 1 from trigger where triggerer_id = ?", other),
+        120,
+        "the other triggerer to adopt the trigger",
+    )
+    # Only now do the jobs finish: whoever sees them done is the triggerer that adopted it.
+    assert not sim.state.charges() and all(j.status == "processing" for j in sim.state.jobs.values())
+    sim.state.config.time_per_job = 0.05
+    sim.state.clock.advance(HOLD)
 
     def finished() -> Any:
-        for (triggerer_id,) in dep.query("select triggerer_id from trigger where triggerer_id is not null"):
-            seen.add(triggerer_id)
         return [
             s
             for (s,) in dep.query("select state from dag_run where dag_id = ?", DAG_ID)
@@ -212,8 +264,8 @@ def test_triggerer_restart_while_deferred(deployment, tmp_path) -> None:
         ]
 
     states = dep.wait(finished, 240, "the DAG run to finish")
-    assert states == ["success"], "\n".join(dep.log_tail(n) for n in ("scheduler", "triggerer-2"))
-    assert len(seen) >= 2, "the new triggerer did not adopt the trigger"
+    assert dep.query("select run_id from dag_run where dag_id = ?", DAG_ID) == [(run_id,)]
+    assert states == ["success"], "\n".join(dep.log_tail(n) for n in ("scheduler", survivor))
     assert dep.query("select state, try_number from task_instance where dag_id = ?", DAG_ID) == [
         ("success", 1)
     ]

@@ -62,7 +62,12 @@ def _check_stopped(server, dst, canceled_at_least: int = 1) -> set[str]:
     # Canceled jobs' items are pending again; an item whose turn came while the stop was under way
     # is skipped without a job ("not submitted: the task was stopped"): both are submitted next run.
     for item in manifest.items.values():
-        assert item.state == ItemState.PENDING or (item.state == ItemState.SKIPPED and not item.job_id), item
+        assert item.state == ItemState.PENDING or (item.state == ItemState.SKIPPED and not item.job_id), (
+            item.state,
+            item.error,
+            item.error_code,
+            item.job_id,
+        )
     return canceled
 
 

@@ -15,6 +15,9 @@ from vance_provider.sim import SimulatorServer
 TOKENS = {"web": WEB_TOKEN, "open": OPEN_KEY}
 # Retries as the default policy does them, only with tiny delays (Retry-After is still honoured).
 FAST_RETRY = RetryPolicy(max_attempts=10, initial=0.01, max_delay=0.05)
+# A running video is polled every 5 s at most (the Open API's advice for minutes-long renders); the
+# simulator's clips take a fraction of a second. tests/reliability/test_protocol.py checks the pace.
+FAST_VIDEO_POLL = 0.05
 
 
 @pytest.fixture(params=["web", "open"])
@@ -39,6 +42,7 @@ def client_factory() -> Iterator[Callable[..., VanceClient]]:
         kwargs.setdefault("base_url", server.base_url)
         token = kwargs.pop("token", TOKENS[api])
         client = VanceClient(token, **kwargs)
+        client.aio.backend.video_poll_interval = FAST_VIDEO_POLL
         clients.append(client)
         return client
 
@@ -51,7 +55,9 @@ def async_client(server: SimulatorServer, api: str, **kwargs: Any) -> AsyncVance
     kwargs.setdefault("timeout", 10.0)
     kwargs.setdefault("retry", FAST_RETRY)
     kwargs.setdefault("base_url", server.base_url)
-    return AsyncVanceClient(kwargs.pop("token", TOKENS[api]), **kwargs)
+    client = AsyncVanceClient(kwargs.pop("token", TOKENS[api]), **kwargs)
+    client.backend.video_poll_interval = FAST_VIDEO_POLL
+    return client
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -52,3 +53,15 @@ def manifest_job_ids(manifest: Path) -> set[str]:
         return {i["job_id"] for i in json.loads(manifest.read_text())["items"] if i.get("job_id")}
     except (FileNotFoundError, ValueError, KeyError):
         return set()
+
+
+def release_held_jobs(sim: SimulatorServer, hold: float, timeout: float = 30.0) -> None:
+    """Jobs held by a long ``time_per_job`` (``hold`` seconds of the simulator's clock) finish now,
+    and new jobs are quick. The clock jumps once the simulator has started every held job: a job
+    still queued would start after the jump, its end ``hold`` seconds later again."""
+    deadline = time.monotonic() + timeout
+    while any(j.status == "queued" for j in list(sim.state.jobs.values())):
+        assert time.monotonic() < deadline, "the simulator did not start the held jobs"
+        time.sleep(0.01)
+    sim.state.config.time_per_job = 0.05
+    sim.state.clock.advance(hold)

@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from tests.core.conftest import TOKENS, async_client, batch_spec, image_size
-from tests.core.helpers import charged_jobs, charges, created_jobs, manifest_job_ids, uploads
+from tests.core.helpers import (
+    charged_jobs,
+    charges,
+    created_jobs,
+    manifest_job_ids,
+    release_held_jobs,
+    uploads,
+)
 from vance_provider.core import BatchResult, BatchSpec, ItemState, Progress, VanceClient, run_batch
 from vance_provider.core.errors import (
     BatchFailedError,
@@ -411,10 +418,10 @@ def test_balance_runs_out(
         batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), on_insufficient_credits="partial")
     )
     assert result.done == 3 and result.done + result.skipped + result.failed == 6
-    for item in result.items:
-        if item.state != "done":
-            assert item.error  # with a reason
-    assert result.stopped
+    assert "balance" in result.stopped  # the batch says why it stopped; the items not sent, too
+    assert {(i.state, i.error) for i in result.items if i.state != "done"} == {
+        ("skipped", f"not submitted: {result.stopped}")
+    }
     assert sum(charges(sim)) == 3.0 and sim.state.balance() == 0.0  # nothing beyond the balance
 
 
@@ -451,17 +458,22 @@ def test_balance_drained_mid_batch(
 
 
 # --- interrupted and timed-out batches ----------------------------------------------------------
+HOLD = 600.0  # a job's time on the simulator's clock: it runs until the test releases it
+
+
 async def interrupt_batch(
     client: Any, spec: BatchSpec, sim: SimulatorServer, jobs: int, recorded: bool = False
 ) -> None:
     """Run the batch until the service has ``jobs`` jobs (and, with ``recorded``, until the
     manifest on disk holds their ids: the client has read the answers), then cancel it."""
     task = asyncio.create_task(run_batch(client, spec))
-    while len(created_jobs(sim)) < jobs:
-        await asyncio.sleep(0.01)
     manifest = Path(spec.destination) / MANIFEST_NAME
-    while recorded and len(manifest_job_ids(manifest)) < jobs:
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(30):  # the events, however slow the machine; never a hang
+        while len(created_jobs(sim)) < jobs:
+            assert not task.done(), task
+            await asyncio.sleep(0.01)
+        while recorded and len(manifest_job_ids(manifest)) < jobs:
+            await asyncio.sleep(0.01)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -470,16 +482,17 @@ async def interrupt_batch(
 async def test_interrupted_batch_resumes_with_the_same_jobs(
     api: str, sim_factory: Callable[..., SimulatorServer], make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
-    sim = sim_factory(time_per_job=1.0)
+    sim = sim_factory(time_per_job=HOLD)
     make_inputs(make_image, [f"s{n}.jpg" for n in range(4)])
     spec = batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=2)
     async with async_client(sim, api) as client:
-        # the client has read both answers (the jobs take 1 s) before the interruption
+        # the client has read both answers (the jobs are held) before the interruption
         await interrupt_batch(client, spec, sim, jobs=2, recorded=True)
     saved = manifest_items(tmp_path / "out")
     submitted = {s: m["job_id"] for s, m in saved.items() if m["state"] == "submitted"}
     assert len(submitted) == 2 and all(submitted.values())
     assert {m["state"] for s, m in saved.items() if s not in submitted} == {"pending"}
+    release_held_jobs(sim, HOLD)
     async with async_client(sim, api) as client:
         result = await run_batch(client, dataclasses.replace(spec, max_concurrency=4))
     assert result.done == 4
@@ -495,13 +508,15 @@ async def test_lost_manifest_is_recovered_by_idempotency_replay(
     sim_factory: Callable[..., SimulatorServer], make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
     """Open API: a crash between job creation and the manifest write loses nothing."""
-    sim = sim_factory(time_per_job=1.0)
+    sim = sim_factory(time_per_job=HOLD)
     make_inputs(make_image, [f"s{n}.jpg" for n in range(3)])
     spec = batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=2)
     async with async_client(sim, "open") as client:
         await interrupt_batch(client, spec, sim, jobs=2)
     first_jobs = created_jobs(sim)
+    assert len(first_jobs) == 2  # held: the window never moved on
     (tmp_path / "out" / MANIFEST_NAME).unlink()
+    release_held_jobs(sim, HOLD)
     async with async_client(sim, "open") as client:
         result = await run_batch(client, dataclasses.replace(spec, max_concurrency=4))
     assert result.done == 3
@@ -516,11 +531,13 @@ async def test_lost_manifest_is_recovered_by_idempotency_replay(
 async def test_resumed_jobs_count_against_the_budget(
     api: str, sim_factory: Callable[..., SimulatorServer], make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
-    sim = sim_factory(time_per_job=0.6)
+    sim = sim_factory(time_per_job=HOLD)
     make_inputs(make_image, [f"s{n}.jpg" for n in range(4)])
     spec = batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=2)
     async with async_client(sim, api) as client:
-        await interrupt_batch(client, spec, sim, jobs=2)
+        await interrupt_batch(client, spec, sim, jobs=2, recorded=True)
+    assert len(created_jobs(sim)) == 2  # held: the window never moved on
+    release_held_jobs(sim, HOLD)
     budget = batch_spec(
         str(tmp_path / "in"),
         str(tmp_path / "out"),
@@ -541,7 +558,7 @@ def test_timeout_raises_a_typed_error_and_the_rerun_resumes(
     make_image: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    sim = sim_factory(time_per_job=2.0)
+    sim = sim_factory(time_per_job=HOLD)  # no job can finish within the timeout, however slow the machine
     make_inputs(make_image, ["a.jpg", "b.jpg"])
     client = client_factory(sim, api)
     with pytest.raises(WaitTimeoutError, match=r"did not finish within 0\.8 s") as info:
@@ -550,6 +567,7 @@ def test_timeout_raises_a_typed_error_and_the_rerun_resumes(
     saved = manifest_items(tmp_path / "out")
     submitted = {s: m["job_id"] for s, m in saved.items() if m["state"] == "submitted"}
     assert submitted and set(submitted.values()) <= set(created_jobs(sim))
+    release_held_jobs(sim, HOLD)
     result = client.run_batch(batch_spec(str(tmp_path / "in"), str(tmp_path / "out")))
     assert result.done == 2
     for item in result.items:

@@ -21,9 +21,10 @@ import pytest
 
 from tests.conftest import fast_config, image_bytes
 from tests.core.conftest import TOKENS, image_size
-from tests.core.helpers import created_jobs
+from tests.core.helpers import created_jobs, release_held_jobs
 from vance_provider import cli
-from vance_provider.core import BatchSpec, VanceClient
+from vance_provider.core import BatchSpec, RetryPolicy, VanceClient
+from vance_provider.core import client as client_module
 from vance_provider.core.manifest import MANIFEST_NAME
 from vance_provider.sim import Account, SimulatorServer
 from vance_provider.sim.cli import banner
@@ -171,8 +172,7 @@ def test_ctrl_c_says_what_is_safe_and_the_rerun_resumes(
     ]
     assert stdout == ""
 
-    sim.state.config.time_per_job = 0.05  # new jobs are quick; those in flight finish now
-    sim.state.clock.advance(120)
+    release_held_jobs(sim, 60.0)  # those in flight finish now; new jobs are quick
     code, stdout, stderr = run(args, env, cwd=tmp_path)
     assert code == 0, stderr
     assert len(created_jobs(sim)) == 5 and sim.state.double_charges() == []
@@ -400,6 +400,8 @@ def test_mistakes(
         base = m.base_url
     for key in [k for k in os.environ if k.startswith("VANCE_")] + ["COLUMNS"]:
         monkeypatch.delenv(key, raising=False)
+    # The default retries with tiny delays: a dead service is given up on at once, not in 15 s.
+    monkeypatch.setattr(client_module, "RetryPolicy", lambda: RetryPolicy(initial=0.01, max_delay=0.05))
     if m.token is not None:
         monkeypatch.setenv("VANCE_API_TOKEN", TOKENS.get(m.token, m.token))
     monkeypatch.setenv("VANCE_BASE_URL", base)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from tests.core.conftest import FAST_RETRY, TOKENS, async_client
-from tests.core.helpers import count_status, created_jobs, uploads
+from tests.core.helpers import count_status, created_jobs, release_held_jobs, uploads
 from vance_provider.core import Job, JobStatus, RetryPolicy, ToolCall, VanceClient
 from vance_provider.core.backends import OpenApiBackend, WebApiBackend
 from vance_provider.core.errors import (
@@ -183,11 +185,12 @@ def test_open_cancel_and_delete(
     client_factory: Callable[..., VanceClient],
     make_image: Callable[..., Path],
 ) -> None:
-    sim = sim_factory(time_per_job=5.0, queue_delay=0.0)
+    sim = sim_factory(time_per_job=600.0, queue_delay=0.0)  # it runs until canceled
     client = client_factory(sim, "open")
     job = client.submit(str(make_image("a.jpg", 16, 16)), "upscale")
-    deadline = time.monotonic() + 5
-    while client.get_job(job.id).status is not JobStatus.PROCESSING and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while client.get_job(job.id).status is not JobStatus.PROCESSING:  # started: credits reserved
+        assert time.monotonic() < deadline, "the job did not start"
         time.sleep(0.02)
     canceled = client.cancel(job.id)
     assert canceled.status is JobStatus.CANCELED
@@ -268,16 +271,46 @@ def test_concurrency_limit(
 ) -> None:
     """One job in flight at a time: the Open API answers 429 concurrency_limit_exceeded (retried after
     Retry-After), the web API keeps the job ``busy`` (polled as queued)."""
-    sim = sim_factory(max_concurrent_images=1, queue_delay=0.5, time_per_job=0.5)
+    # A job ends only when the test moves the simulator's clock: the first one holds the slot until
+    # the second has been refused (Open API) or seen waiting for it (web API).
+    hold = 600.0
+    sim = sim_factory(max_concurrent_images=1, time_per_job=hold)
     client = client_factory(sim, api)
-    jobs = [client.submit(str(make_image(f"c{i}.jpg", 16, 16)), "upscale") for i in range(2)]
+    first = client.submit(str(make_image("c0.jpg", 16, 16)), "upscale")
+
+    def release() -> None:
+        sim.state.config.time_per_job = 0.05  # the first job ends; the second, created later, is quick
+        sim.state.clock.advance(hold)
+
+    def release_after_the_refusal() -> None:
+        deadline = time.monotonic() + 30
+        while not any(r.status == 429 and r.path == "/api/v1/jobs" for r in list(sim.state.requests)):
+            assert time.monotonic() < deadline, "the second job was never refused"
+            time.sleep(0.01)
+        release_held_jobs(sim, hold)  # once the first has started (else it would start held again)
+
+    if api == "open":
+        releaser = threading.Thread(target=release_after_the_refusal, daemon=True)
+        releaser.start()
+        second = client.submit(str(make_image("c1.jpg", 16, 16)), "upscale")  # retried after its 429
+        releaser.join(30)
+    else:
+        second = client.submit(str(make_image("c1.jpg", 16, 16)), "upscale")
     seen: list[str] = []
+    released: set[str] = set()
+
+    def on_update(job: Any) -> None:
+        seen.append(job.raw_status)
+        # Web: the second job seen ready with the slot taken (the first started) ends the first;
+        # seen running, itself.
+        started = sim.state.jobs[first.id].status != "queued"
+        ours = job.id == second.id and job.raw_status in ("busy", "process")
+        if ours and started and job.raw_status not in released:
+            released.add(job.raw_status)
+            release()
+
     done = client.wait_all(
-        [j.id for j in jobs],
-        poll_interval=0.05,
-        max_interval=0.1,
-        timeout=30,
-        on_update=lambda j: seen.append(j.raw_status),
+        [first.id, second.id], poll_interval=0.05, max_interval=0.1, timeout=30, on_update=on_update
     )
     assert [j.status for j in done] == [JobStatus.SUCCEEDED] * 2
     assert len(set(created_jobs(sim))) == 2

@@ -3,6 +3,7 @@
 import asyncio
 
 import dagster as dg
+import pydantic
 import pytest
 
 from dagster_vance import VanceAIResource
@@ -21,7 +22,7 @@ def test_repr_and_str_hide_the_token() -> None:
 
 
 def test_api_is_validated() -> None:
-    with pytest.raises(Exception, match="api must be"):
+    with pytest.raises(pydantic.ValidationError, match=r"api must be one of .*, got 'soap'"):
         VanceAIResource(api_token="x", api="soap")
     assert VanceAIResource(api_token=TOKENS["open"]).api_name == "open"
     assert VanceAIResource(api_token=TOKENS["web"]).api_name == "web"

@@ -2,7 +2,8 @@
 by what they are, and the smaller edges of the vendors' documents (issue 12, sections 2-5).
 
 Every case runs against the simulator with the knob that makes it happen, on both APIs where
-it applies.
+it applies; the polling pace, the client's own rule about the answers it gets, against canned
+answers (``httpx.MockTransport``).
 """
 
 from __future__ import annotations
@@ -356,55 +357,87 @@ def test_a_pasted_token_is_stripped(
     assert all(r.status == 200 for r in sim.state.requests)
 
 
-def test_poll_answers_with_retry_after_set_the_next_poll(
-    api: str, sim_factory: Callable[..., SimulatorServer], make_image: Callable[..., Path]
-) -> None:
+# The polling pace is the client's own rule about the answers it gets: canned answers
+# (httpx.MockTransport) show it as well as a simulator would, without a job to upload and run.
+def running_job_client(
+    api: str, *, retry_after: str | None = None, media: str = "image"
+) -> tuple[VanceClient, list[httpx.Request], list[float]]:
+    """A client whose every answer about job ``job_1`` says it is running (with ``Retry-After``
+    when given) until it is canceled, the requests it sent, and the waits it asked for (none is
+    really waited)."""
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        canceled = any(r.url.path.endswith("/cancel") for r in sent)
+        if canceled:
+            return httpx.Response(200, json={"job_id": "job_1", "status": "canceled", "media": media})
+        if api == "web":
+            return httpx.Response(200, json={"code": 200, "data": {"status": "process"}}, headers=headers)
+        body = {
+            "job_id": "job_1",
+            "status": "processing",
+            "phase": "processing",
+            "progress": 10,
+            "tool": "upscale" if media == "image" else "video_upscale",
+            "media": media,
+            "result_url": None,
+            "result": None,
+            "error": None,
+            "credits_estimated": 1.0,
+            "credits_charged": 1.0,
+            "created_at": "2026-01-01T00:00:00Z",
+            "finished_at": None,
+        }
+        return httpx.Response(200, json=body, headers=headers)
+
+    client = VanceClient(
+        TOKENS[api], api=api, base_url="http://vance.test", retry=FAST, transport=httpx.MockTransport(answer)
+    )
+    waits: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    client.aio.backend._sleep = no_sleep  # type: ignore[method-assign]
+    return client, sent, waits
+
+
+def test_poll_answers_with_retry_after_set_the_next_poll(api: str) -> None:
     """``Retry-After`` on a job status answer (HTTP 200, not a 429) is a hint for the next poll:
     the client waits that long before asking about the job again, whichever loop polls."""
-    sim = sim_factory(poll_retry_after=7, time_per_job=30.0)
-    with client_for(sim, api) as client:
+    client, sent, waits = running_job_client(api, retry_after="7")
+    with client:
         backend = client.aio.backend
-        waits: list[float] = []
-
-        async def no_sleep(seconds: float) -> None:
-            waits.append(seconds)
-
-        backend._sleep = no_sleep  # type: ignore[method-assign]
-        job = client.submit(str(make_image("in.jpg")), "upscale", {"scale": 2})
-        job = client.get_job(job.id)
+        job = client.get_job("job_1")
         assert not job.status.terminal and waits == []
         assert 6.0 < backend.next_poll_in(job.id) <= 7.0
         client.get_job(job.id)
         assert len(waits) == 1 and 6.0 < waits[0] <= 7.0
         assert backend.next_poll_in("someone-else") == 0.0
+    assert len(sent) == 2
 
 
-def test_polls_without_a_hint_are_not_slowed(
-    api: str, sim_factory: Callable[..., SimulatorServer], make_image: Callable[..., Path]
-) -> None:
-    sim = sim_factory(time_per_job=30.0)
-    with client_for(sim, api) as client:
-        job = client.get_job(client.submit(str(make_image("in.jpg")), "upscale", {"scale": 2}).id)
+def test_polls_without_a_hint_are_not_slowed(api: str) -> None:
+    client, _, waits = running_job_client(api)
+    with client:
+        job = client.get_job("job_1")
         assert not job.status.terminal and client.aio.backend.next_poll_in(job.id) == 0.0
+        client.get_job(job.id)
+    assert waits == []
 
 
-def test_video_jobs_are_polled_on_the_slower_schedule(
-    sim_factory: Callable[..., SimulatorServer], test_video: Path
-) -> None:
+def test_video_jobs_are_polled_on_the_slower_schedule() -> None:
     """The Open API suggests 5-10 s between polls of a video (about 2 s for an image)."""
-    sim = sim_factory(time_per_video_second=60.0)
-    with client_for(sim, "open") as client:
+    client, sent, waits = running_job_client("open", media="video")
+    with client:
         backend = client.aio.backend
-        waits: list[float] = []
-
-        async def no_sleep(seconds: float) -> None:
-            waits.append(seconds)
-
-        backend._sleep = no_sleep  # type: ignore[method-assign]
-        job = client.get_job(client.submit(str(test_video), "video_upscale", {"scale": 2}).id)
+        job = client.get_job("job_1")
         assert job.media == "video" and not job.status.terminal
         assert backend.video_poll_interval - 1 < backend.next_poll_in(job.id) <= backend.video_poll_interval
         client.get_job(job.id)
         client.cancel(job.id)  # a cancel looks at the job at once: not paced
         assert len(waits) == 1 and backend.video_poll_interval - 1 < waits[0] <= backend.video_poll_interval
         assert backend.next_poll_in(job.id) == 0.0  # canceled: terminal, nothing to wait for
+    assert "/api/v1/jobs/job_1/cancel" in [r.url.path for r in sent]

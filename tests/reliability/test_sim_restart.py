@@ -62,8 +62,9 @@ async def test_a_batch_resumed_across_a_restart_keeps_every_result_its_own(
         on_failure="continue",
         timeout=120,
     )
-    # First life: jobs take long enough that the run is interrupted with jobs in flight.
-    first = SimulatorServer(fast_config(time_per_job=2.0)).start()
+    # First life: no job ends (their time runs on the simulator's clock, which nobody moves), so
+    # the run is interrupted with every job it sent in flight.
+    first = SimulatorServer(fast_config(time_per_job=600.0)).start()
     port = first.port
     try:
         async with AsyncVanceClient(TOKENS[api], base_url=first.base_url, retry=FAST) as client:

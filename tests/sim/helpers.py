@@ -43,6 +43,19 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, interval: flo
     poll(condition, bool, timeout, interval)
 
 
+# A job delay on the simulator's clock that no test outlives: the job waits (or runs) until the
+# test moves the clock (``server.state.clock.advance``), so each state is seen, however slow the
+# machine, and nobody waits for it in real time.
+HOLD = 600.0
+
+
+def scheduler_passes(server: Any, passes: int = 2) -> None:
+    """Wait until the simulator's scheduler has made ``passes`` more passes over its jobs (two: one
+    begun after the caller's change, whatever the clock says, has looked at every job)."""
+    start = server.state.ticks
+    wait_for(lambda: server.state.ticks >= start + passes)
+
+
 def decode(data: bytes) -> Image.Image:
     img = Image.open(io.BytesIO(data))
     img.load()

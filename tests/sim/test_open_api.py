@@ -14,7 +14,17 @@ import httpx
 import pytest
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN, image_bytes
-from tests.sim.helpers import Open, bearer, decode, local_server, open_error, wait_for
+from tests.sim.helpers import (
+    HOLD,
+    Open,
+    bearer,
+    decode,
+    local_server,
+    open_error,
+    poll,
+    scheduler_passes,
+    wait_for,
+)
 from vance_provider.sim import Account, Faults, SimulatorServer
 from vance_provider.sim.processing import make_test_video
 
@@ -275,15 +285,17 @@ def test_video_tool_with_multipart_image_is_400(shared_api: Open, tool: str) -> 
 
 # --- polling and results --------------------------------------------------------------------
 def test_job_goes_queued_processing_succeeded(sim_factory: Factory, connect: Connect) -> None:
-    api = api_for(sim_factory(queue_delay=0.3, time_per_job=0.5), connect)
+    """Each state seen by a poll: the job moves on only when the test moves the simulator's clock."""
+    server = sim_factory(queue_delay=HOLD, time_per_job=HOLD)
+    api = api_for(server, connect)
     job_id = api.create("upscale", {"scale": 2})
-    bodies: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        bodies.append(api.get(job_id))
-        if bodies[-1]["status"] == "succeeded":
-            break
-        time.sleep(0.02)
+    bodies = [api.get(job_id)]  # queued: its delay has not passed
+    server.state.clock.advance(HOLD)  # ready: the scheduler starts it
+    bodies.append(poll(lambda: api.get(job_id), lambda b: b["status"] != "queued"))
+    server.state.clock.advance(HOLD / 2)  # half way
+    bodies.append(api.get(job_id))
+    server.state.clock.advance(HOLD)  # past its end: the scheduler renders it
+    bodies.append(poll(lambda: api.get(job_id), lambda b: b["status"] != "processing"))
     order = [b["status"] for i, b in enumerate(bodies) if i == 0 or bodies[i - 1]["status"] != b["status"]]
     assert order == ["queued", "processing", "succeeded"]
     for body in bodies:
@@ -294,7 +306,7 @@ def test_job_goes_queued_processing_succeeded(sim_factory: Factory, connect: Con
     assert all(b["progress"] == 0 and b["result"] is None and b["finished_at"] is None for b in queued)
     assert all(b["phase"] == "processing" and b["progress"] <= 99 for b in processing)
     progress = [b["progress"] for b in processing]
-    assert progress == sorted(progress) and progress[-1] > 0
+    assert progress == sorted(progress) and 40 <= progress[-1] <= 60  # half way
     done = bodies[-1]
     assert done["progress"] == 100 and done["error"] is None
     assert set(done["result"]) == {"width", "height", "size"}
@@ -382,16 +394,30 @@ def test_result_not_ready_before_finish_and_during_sync_window(
     assert api.client.get(path, headers=api.headers).status_code == 302
 
 
+def test_poll_retry_after_only_while_the_job_runs(sim_factory: Factory, connect: Connect) -> None:
+    """The ``poll_retry_after`` knob: a hint for the next poll on answers about a running job."""
+    server = sim_factory(poll_retry_after=7, time_per_job=HOLD)
+    api = api_for(server, connect)
+    job_id = api.create()
+    api.wait_status(job_id, "processing")  # started: its end is on the clock
+    running = api.client.get(f"/api/v1/jobs/{job_id}", headers=api.headers)
+    assert running.json()["status"] == "processing" and running.headers["retry-after"] == "7"
+    server.state.clock.advance(HOLD)
+    assert api.wait(job_id)["status"] == "succeeded"
+    done = api.client.get(f"/api/v1/jobs/{job_id}", headers=api.headers)
+    assert "retry-after" not in done.headers
+
+
 # --- cancel and delete --------------------------------------------------------------------------
 def test_cancel_queued_job(sim_factory: Factory, connect: Connect) -> None:
-    server = sim_factory(queue_delay=5)
+    server = sim_factory(queue_delay=HOLD)
     api = api_for(server, connect)
     job_id = api.create()
     resp = api.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=api.headers)
     assert resp.status_code == 200 and resp.json() == {"job_id": job_id, "status": "canceled"}
     assert api.get(job_id)["status"] == "canceled"
-    server.state.clock.advance(10)  # past its start time: a canceled job never starts
-    time.sleep(0.1)
+    server.state.clock.advance(2 * HOLD)  # past its start time: a canceled job never starts
+    scheduler_passes(server)
     assert api.get(job_id)["status"] == "canceled"
     assert ledger(server) == []  # nothing was reserved, nothing to refund
     assert api.credits() == {"balance": 1000.0, "used": 0.0, "frozen": 0.0}
@@ -400,7 +426,7 @@ def test_cancel_queued_job(sim_factory: Factory, connect: Connect) -> None:
 
 
 def test_cancel_processing_job_refunds_the_reservation(sim_factory: Factory, connect: Connect) -> None:
-    server = sim_factory(time_per_job=5)
+    server = sim_factory(time_per_job=HOLD)
     api = api_for(server, connect)
     job_id = api.create()
     api.wait_status(job_id, "processing")
@@ -425,7 +451,7 @@ def test_cancel_finished_or_unknown_job(shared_api: Open) -> None:
 
 
 def test_delete_in_progress_job_cancels_first(sim_factory: Factory, connect: Connect) -> None:
-    server = sim_factory(time_per_job=5)
+    server = sim_factory(time_per_job=HOLD)
     api = api_for(server, connect)
     job_id = api.create()
     api.wait_status(job_id, "processing")
@@ -455,7 +481,7 @@ def test_delete_finished_job_removes_its_result(sim: SimulatorServer, api: Open)
 
 
 def test_other_accounts_job_is_not_found(sim_factory: Factory, connect: Connect) -> None:
-    server = sim_factory(**two_accounts(time_per_job=5))
+    server = sim_factory(**two_accounts(time_per_job=HOLD))
     mine, theirs = api_for(server, connect), api_for(server, connect, OTHER_KEY)
     job_id = mine.create()
     for method, path in [("GET", ""), ("GET", "/result"), ("POST", "/cancel"), ("DELETE", "")]:
@@ -599,13 +625,15 @@ def test_credits_shape(api: Open) -> None:
 
 
 def test_credits_reserved_at_start_and_confirmed_on_success(sim_factory: Factory, connect: Connect) -> None:
-    server = sim_factory(queue_delay=0.5, time_per_job=0.5)
+    server = sim_factory(queue_delay=HOLD, time_per_job=HOLD)
     api = api_for(server, connect)
     job_id = api.create()
     assert ledger(server) == [] and api.credits() == {"balance": 1000.0, "used": 0.0, "frozen": 0.0}
+    server.state.clock.advance(HOLD)  # it starts
     api.wait_status(job_id, "processing")
     assert ledger(server, job_id) == [("reserve", 1.0)]
     assert api.credits() == {"balance": 999.0, "used": 0.0, "frozen": 1.0}
+    server.state.clock.advance(HOLD)  # it ends
     assert api.wait(job_id)["credits_charged"] == 1.0
     assert ledger(server, job_id) == [("reserve", 1.0), ("confirm", 1.0)]
     assert api.credits() == {"balance": 999.0, "used": 1.0, "frozen": 0.0}
@@ -756,16 +784,20 @@ def test_put_over_max_bytes_is_413(sim_factory: Factory, connect: Connect) -> No
 
 
 def test_video_phases_upload_sync_process(sim_factory: Factory, connect: Connect, test_video: Path) -> None:
-    api = api_for(sim_factory(time_per_job=0.0, time_per_video_second=1.5), connect)
+    """A poll in each phase: the test moves the simulator's clock through the job's time."""
+    server = sim_factory(time_per_job=0.0, time_per_video_second=HOLD)
+    api = api_for(server, connect)
     upload_id = api.upload_video(test_video.read_bytes())
     job_id = api.submit_json({"upload_id": upload_id, "tool": "video_hdr"}).json()["job_id"]
-    bodies = []
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    bodies = [api.wait_status(job_id, "processing")]  # just started: uploading
+    job = server.state.jobs[job_id]
+    assert job.started_at is not None and job.finish_at is not None
+    length = job.finish_at - job.started_at
+    for fraction in (0.2, 0.3, 0.3):  # syncing (0.15-0.25), then processing, further on
+        server.state.clock.advance(fraction * length)
         bodies.append(api.get(job_id))
-        if bodies[-1]["status"] in {"succeeded", "failed"}:
-            break
-        time.sleep(0.02)
+    server.state.clock.advance(length)
+    bodies.append(api.wait(job_id))
     assert bodies[-1]["status"] == "succeeded", bodies[-1]
     processing = [b for b in bodies if b["status"] == "processing"]
     phases = [

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import re
-import time
 from collections.abc import Callable
 
 import httpx
@@ -17,13 +16,14 @@ from tests.conftest import WEB_TOKEN, image_bytes
 from tests.sim.helpers import (
     DENOISE,
     ENLARGE_2X,
+    HOLD,
     SHARPEN,
     WEB_STATUSES,
-    WEB_TERMINAL,
     Web,
     decode,
     enlarge,
     local_server,
+    poll,
     single,
     step,
     wait_for,
@@ -326,26 +326,32 @@ def test_matting_with_bg_color_is_opaque(shared_web: Web) -> None:
 def test_statuses_include_busy_when_slots_are_full(
     sim_factory: Callable[..., SimulatorServer], connect: Connect
 ) -> None:
-    web = web_for(sim_factory(max_concurrent_images=1, queue_delay=0.1, time_per_job=0.3), connect)
+    """One processing slot, four jobs: the test moves the simulator's clock one job time at a
+    time, and a poll sees each job waiting, then busy (ready, the slot taken), in process, done."""
+    server = sim_factory(max_concurrent_images=1, queue_delay=HOLD, time_per_job=HOLD)
+    web = web_for(server, connect)
     ids, seen = [], set()
     for _ in range(4):
         body = web.transform(web.uid(), enlarge(2)).json()
         assert body["code"] == 200
         seen.add(body["data"]["status"])
         ids.append(body["data"]["trans_id"])
-    busy_jobs: set[str] = set()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        statuses = {t: web.progress(t)["status"] for t in ids}
-        seen |= set(statuses.values())
-        busy_jobs |= {t for t, s in statuses.items() if s == "busy"}
-        if all(s in WEB_TERMINAL for s in statuses.values()):
-            break
-        time.sleep(0.02)
-    assert seen <= WEB_STATUSES
-    assert {"waiting", "process", "busy", "finish"} <= seen
-    assert len(busy_jobs) >= 2
-    assert all(web.progress(t)["status"] == "finish" for t in ids)
+    assert seen == {"waiting"}  # their delay has not passed
+    history: dict[str, list[str]] = {t: ["waiting"] for t in ids}
+    for running in [*ids, None]:
+        server.state.clock.advance(HOLD)  # the job in process ends, the next one starts
+        statuses = poll(
+            lambda: {t: web.progress(t)["status"] for t in ids},
+            lambda s, running=running: (
+                (s[running] == "process") if running else set(s.values()) == {"finish"}
+            ),
+        )
+        for t, status in statuses.items():
+            if history[t][-1] != status:
+                history[t].append(status)
+    assert history[ids[0]] == ["waiting", "process", "finish"]
+    assert all(history[t] == ["waiting", "busy", "process", "finish"] for t in ids[1:])
+    assert {s for h in history.values() for s in h} <= WEB_STATUSES
 
 
 def test_web_sync_wait_answers_finish_at_once(
@@ -541,6 +547,21 @@ def test_http_webhook_switch_allows_loopback_only(
         web_error(web.transform(uid, enlarge(2), webhook="http://example.invalid/hook"), 10001)
 
 
+def test_poll_retry_after_only_while_the_job_runs(
+    sim_factory: Callable[..., SimulatorServer], connect: Connect
+) -> None:
+    """The ``poll_retry_after`` knob: a hint for the next poll on answers about a running job."""
+    server = sim_factory(poll_retry_after=7, time_per_job=HOLD)
+    web = web_for(server, connect)
+    trans_id = web.start(enlarge(2))
+    poll(lambda: web.progress(trans_id), lambda d: d["status"] == "process")  # its end is on the clock
+    running = web.post("progress", trans_id=trans_id)
+    assert running.json()["data"]["status"] == "process" and running.headers["retry-after"] == "7"
+    server.state.clock.advance(HOLD)
+    assert web.wait(trans_id)["status"] == "finish"
+    assert "retry-after" not in web.post("progress", trans_id=trans_id).headers
+
+
 @pytest.mark.parametrize(
     ("script", "default", "expected"),
     [
@@ -563,8 +584,9 @@ def test_webhook_delivery_and_retries(
     web = web_for(server, connect)
     with local_server(script, default) as hook:
         trans_id = web.start(enlarge(2), webhook=f"{hook.url}/hook")
-        wait_for(lambda: len(hook.received) >= len(expected))
-        time.sleep(0.3)  # room for a (wrong) extra attempt
+        # The delivery is over (no attempt left to make, right or wrong) once it has begun and
+        # the simulator counts none in flight.
+        wait_for(lambda: len(hook.received) >= 1 and server.state.webhooks_in_flight == 0)
         assert len(hook.received) == len(expected)
     deliveries = [d for d in server.state.webhook_deliveries if d["trans_id"] == trans_id]
     assert [d["status"] for d in deliveries] == expected

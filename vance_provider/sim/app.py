@@ -149,20 +149,26 @@ async def deliver_webhook(sim: SimState, job: Job) -> None:
     if job.result_info:
         data["filesize"] = str(job.result_info["size"])
     body = {"code": 200, "data": data}
-    async with httpx.AsyncClient(timeout=10) as client:
-        for attempt in range(3):
-            status = 0
-            try:
-                status = (await client.post(str(job.webhook), json=body)).status_code
-            except httpx.HTTPError:
+    with sim.lock:
+        sim.webhooks_in_flight += 1
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for attempt in range(3):
                 status = 0
-            with sim.lock:
-                sim.webhook_deliveries.append(
-                    {"trans_id": job.id, "url": job.webhook, "attempt": attempt + 1, "status": status}
-                )
-            if 0 < status < 400:
-                return
-            await asyncio.sleep(sim.config.webhook_retry_delay)
+                try:
+                    status = (await client.post(str(job.webhook), json=body)).status_code
+                except httpx.HTTPError:
+                    status = 0
+                with sim.lock:
+                    sim.webhook_deliveries.append(
+                        {"trans_id": job.id, "url": job.webhook, "attempt": attempt + 1, "status": status}
+                    )
+                if 0 < status < 400:
+                    return
+                await asyncio.sleep(sim.config.webhook_retry_delay)
+    finally:
+        with sim.lock:
+            sim.webhooks_in_flight -= 1
 
 
 def admin_routes(sim: SimState) -> list[Route]:

@@ -173,6 +173,7 @@ class SimState:
         # Passes of the job scheduler so far: a test that moved the clock waits for two more, and
         # knows the scheduler has looked at every job since (what did not change, will not).
         self.ticks = 0
+        self.webhooks_in_flight = 0  # deliveries (with their retries) not over yet
 
     # --- identity -------------------------------------------------------------
     def new_id(self, prefix: str = "", nbytes: int = 16) -> str:

@@ -22,7 +22,7 @@ with DAG(
         tool="upscale",
         config={"scale": 2},
         deferrable=True,
-        poll_interval=1,
-        max_poll_interval=2,
+        poll_interval=0.5,
+        max_poll_interval=1,
         timeout=600,
     )
