@@ -54,9 +54,22 @@ def env_for(sim: SimulatorServer | None, token: str | None, columns: bool = True
     return env
 
 
+def _as_from_a_terminal() -> None:
+    # A child inherits an ignored SIGINT, and Python then never turns Ctrl-C into KeyboardInterrupt.
+    # Code run earlier in this pytest process (Airflow's) may leave SIGINT ignored; a user's
+    # terminal does not.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [VANCE, *args], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [VANCE, *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_from_a_terminal,
     )
 
 
