@@ -111,7 +111,7 @@ def run_tight(
     return stats
 
 
-def check(stats: dict[str, Any]) -> None:
+def check(stats: dict[str, Any], *, window: float) -> None:
     """What a tight limit must never cost: an item, or a second charge."""
     assert stats["failed"] == 0 and stats["failed_by_429"] == 0, stats
     assert stats["done"] == stats["jobs"]
@@ -119,9 +119,11 @@ def check(stats: dict[str, Any]) -> None:
     assert stats["charged_jobs"] == stats["jobs"]  # exactly one charge per stored output
     assert stats["jobs_per_idempotency_key_max"] <= 1  # a refused create made no job
     assert stats["limited_429"] > 0  # the limit really bit
-    # Loose (timing-dependent, with room to spare; before the gate it was 4-5 per job): the first
-    # burst, sent before anything is known (up to one per concurrent call), learning, and jitter.
-    assert stats["limited_429"] <= 2 * stats["concurrency"] + stats["jobs"] / 3, stats
+    # How many 429s depends on when requests land in the server's windows: bounded only where a
+    # window is long against the machine's jitter (the soak's 1 s and 60 s windows; before the gate
+    # it was 4-5 per job): the first burst, sent before anything is known, learning, and jitter.
+    if window >= 1.0:
+        assert stats["limited_429"] <= 2 * stats["concurrency"] + stats["jobs"] / 3, stats
 
 
 @pytest.mark.slow
@@ -131,7 +133,7 @@ def test_tight_rate_limit_loses_nothing(api: str, case: str, tmp_path: Path) -> 
     limit, window, jobs, concurrency = SCALED[case]
     stats = run_tight(api, tmp_path, limit=limit, window=window, jobs=jobs, concurrency=concurrency)
     print(stats)
-    check(stats)
+    check(stats, window=window)
 
 
 def test_rate_headers_only_on_the_429(sim_factory: Any) -> None:
