@@ -52,6 +52,15 @@ def _operator(src: Path, dst: Path, **kwargs: Any) -> Any:
     )
 
 
+def _open_api_and_input(sim_factory: Any, vance_conn: Any, tmp_path: Path) -> tuple[Any, Path]:
+    """A quick simulator behind the Open API connection, and one input image."""
+    sim = sim_factory()
+    vance_conn("open", server=sim)
+    src = tmp_path / "in.jpg"
+    Image.new("RGB", (32, 32), "teal").save(src)
+    return sim, src
+
+
 @pytest.mark.parametrize("api", ["web", "open"])
 def test_a_retry_reattaches_to_the_earlier_try_s_job(
     api: str, sim_factory: Any, vance_conn: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -85,10 +94,7 @@ def test_an_earlier_job_that_is_gone_is_submitted_again(
 ) -> None:
     from vance_provider.operators.vanceai import JOB_STATE_KEY
 
-    sim = sim_factory()
-    vance_conn("open", server=sim)
-    src = tmp_path / "in.jpg"
-    Image.new("RGB", (32, 32), "teal").save(src)
+    sim, src = _open_api_and_input(sim_factory, vance_conn, tmp_path)
     store = _Store()
     store.set(JOB_STATE_KEY, "job_that_does_not_exist")
     record = _operator(src, tmp_path / "out.jpg").execute({"ti": _TI(2), "task_state_store": store})
@@ -100,9 +106,6 @@ def test_without_a_store_each_try_submits_as_before(
     sim_factory: Any, vance_conn: Any, tmp_path: Path
 ) -> None:
     """Airflow < 3.3 has no task state store: the job is submitted as before."""
-    sim = sim_factory()
-    vance_conn("open", server=sim)
-    src = tmp_path / "in.jpg"
-    Image.new("RGB", (32, 32), "teal").save(src)
+    sim, src = _open_api_and_input(sim_factory, vance_conn, tmp_path)
     record = _operator(src, tmp_path / "out.jpg").execute({"ti": _TI(1)})
     assert created_jobs(sim) == [record["id"]]
