@@ -137,7 +137,8 @@ def test_an_unannounced_oversize_is_cut_while_streaming(
     assert f"past {job.size} bytes" in str(info.value)
     assert client.request_counts[DOWNLOAD_CALL[api]] == 1
     assert sim.state.faults_injected["oversize"] == 1
-    assert len(writers) == 1 and writers[0].written <= job.size
+    # A result smaller than a write chunk is cut before the target is even opened.
+    assert len(writers) <= 1 and all(w.written <= job.size for w in writers)
     assert no_files(tmp_path / "out")
 
 

@@ -225,9 +225,25 @@ class AtomicWriter:
         self._fh = self.fs.open(self.tmp_path, "wb")
         return self
 
+    @property
+    def is_open(self) -> bool:
+        return self._fh is not None
+
     def write(self, data: bytes) -> None:
         self._fh.write(data)
         self.written += len(data)
+
+    def put(self, data: bytes) -> None:
+        """Write ``data``, opening the target first if this is the first write."""
+        if self._fh is None:
+            self.open()
+        self.write(data)
+
+    def finish(self, data: bytes, expected_size: int | None = None) -> str:
+        """Write the last ``data`` (opening the target if nothing was written yet), then publish."""
+        if data or self._fh is None:
+            self.put(data)
+        return self.commit(expected_size)
 
     def commit(self, expected_size: int | None = None) -> str:
         if expected_size is not None and self.written != expected_size:

@@ -161,6 +161,9 @@ class SimState:
         self.workdir = Path(tempfile.mkdtemp(prefix="vance-sim-"))
         self.accounts = {a.name: AccountState(a) for a in config.accounts}
         self.jobs: dict[str, Job] = {}
+        # Jobs still queued or processing, in creation order: what each scheduler tick and each
+        # concurrency check looks at (every job ever made would make a tick cost grow with them).
+        self.active: dict[str, Job] = {}
         self.uploads: dict[str, Upload] = {}
         self.web_uploads: dict[str, WebUpload] = {}
         self.idempotency: dict[tuple[str, str], Idem] = {}
@@ -261,11 +264,8 @@ class SimState:
     def in_flight(self, account: str, media: str) -> int:
         return sum(
             1
-            for j in self.jobs.values()
-            if j.account == account
-            and j.media == media
-            and j.status in {"queued", "processing"}
-            and not j.deleted
+            for j in self.active.values()
+            if j.account == account and j.media == media and not j.deleted
         )
 
     # --- scheduler ------------------------------------------------------------------
@@ -275,6 +275,8 @@ class SimState:
                 job.planned_failure = "processing_failed"
                 self.faults_injected["fail_job"] += 1
             self.jobs[job.id] = job
+            if job.status in ("queued", "processing"):
+                self.active[job.id] = job
             return job
 
     def due_for_start(self) -> None:
@@ -282,10 +284,10 @@ class SimState:
         now = self.clock.now()
         cfg = self.config
         running: dict[tuple[str, str], int] = defaultdict(int)
-        for j in self.jobs.values():
+        for j in self.active.values():
             if j.status == "processing":
                 running[(j.account, j.media)] += 1
-        for j in sorted(self.jobs.values(), key=lambda j: j.created_at):
+        for j in list(self.active.values()):  # creation order
             if j.status != "queued" or j.source_pending or now < j.ready_at:
                 continue
             cap = cfg.max_concurrent_images if j.media == "image" else cfg.max_concurrent_videos
@@ -342,6 +344,7 @@ class SimState:
             self._record(job, "confirm" if paid else "refund", job.reserved)
             job.reserved = 0.0
         job.status, job.phase, job.finished_at = status, None, self.clock.now()
+        self.active.pop(job.id, None)
 
     def _fail(self, job: Job, code: str, message: str) -> None:
         self._end(job, "failed")
@@ -355,7 +358,7 @@ class SimState:
         now = self.clock.now()
         due = [
             j
-            for j in self.jobs.values()
+            for j in self.active.values()
             if j.status == "processing"
             and not j.finalizing
             and j.finish_at is not None

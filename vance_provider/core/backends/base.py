@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import httpx
+from fsspec.core import url_to_fs
 
 from ... import __version__
 from ..errors import (
@@ -35,7 +35,7 @@ from ..inputs import sniff
 from ..models import ApiName, Balance, Capabilities, Job
 from ..retry import RetryPolicy, parse_retry_after, retrying
 from ..secrets import Secret, redact
-from ..storage import AtomicWriter
+from ..storage import AtomicWriter, is_local
 
 log = logging.getLogger(__name__)
 
@@ -452,8 +452,15 @@ class Backend:
         self, url: str, storage_options: dict[str, Any] | None = None
     ) -> AsyncIterator[Any]:
         """A seekable file object over any fsspec URL, opened fresh for each attempt."""
-        so = self.options(storage_options)
-        fh = await asyncio.to_thread(lambda: fsspec.open(url, "rb", **(so or {})).open())
+        fs, path = url_to_fs(url, **(self.options(storage_options) or {}))
+        if is_local(fs):  # opening and closing a local file does not block: no thread hop each
+            fh = open(path, "rb")  # noqa: SIM115
+            try:
+                yield fh
+            finally:
+                fh.close()
+            return
+        fh = await asyncio.to_thread(fs.open, path, "rb")
         try:
             yield fh
         finally:
@@ -553,8 +560,9 @@ class Backend:
                     if not head:
                         raise TruncatedDownloadError(f"{self.api} API {name}: the download is empty")
                     final = dest if _has_media_ext(dest) else f"{dest}.{fmt or fetch.ext_for(response)}"
+                    # Storage is touched in whole chunks, each in one thread hop: a result smaller
+                    # than a chunk is opened, written and published in a single hop.
                     writer = AtomicWriter(final, self.options(fetch.storage_options))
-                    await asyncio.to_thread(writer.open)
                     try:
                         received, buffer, chunk = 0, bytearray(), head
                         while chunk:
@@ -565,15 +573,14 @@ class Backend:
                                 )
                             buffer += chunk
                             if len(buffer) >= _WRITE_CHUNK:
-                                await asyncio.to_thread(writer.write, bytes(buffer))
+                                await asyncio.to_thread(writer.put, bytes(buffer))
                                 buffer.clear()
                             chunk = await body.next()
-                        if buffer:
-                            await asyncio.to_thread(writer.write, bytes(buffer))
                         size = declared if declared is not None else expected_size
-                        return await asyncio.to_thread(writer.commit, size)
+                        return await asyncio.to_thread(writer.finish, bytes(buffer), size)
                     except BaseException:
-                        await asyncio.to_thread(writer.abort)
+                        if writer.is_open:
+                            await asyncio.to_thread(writer.abort)
                         raise
                 finally:
                     await body.aclose()
