@@ -263,9 +263,7 @@ class SimState:
 
     def in_flight(self, account: str, media: str) -> int:
         return sum(
-            1
-            for j in self.active.values()
-            if j.account == account and j.media == media and not j.deleted
+            1 for j in self.active.values() if j.account == account and j.media == media and not j.deleted
         )
 
     # --- scheduler ------------------------------------------------------------------
