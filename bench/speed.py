@@ -1,6 +1,6 @@
 """Batch speed against the service's ceiling: the engine beside a baseline engine, the bound and a floor.
 
-    python -m bench.speed [--baseline-ref REF]
+    python -m bench.speed [--baseline-ref REF] [--rounds 3] [--apis open,web]
 
 For each API, in one run and against the same simulator settings (each in its own process):
 - **bound**: what the service allows at best. Open API: max(N·T/C, 2·N/R), the protocol's minimum
@@ -44,7 +44,8 @@ import sys, time
 from vance_provider.sim import Account, SimConfig, SimulatorServer
 t, c, r, tick, port = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 cfg = SimConfig(accounts=[Account(credits=1e9)], queue_delay=0.0, time_per_job=t, max_concurrent_images=c,
-                rate_limit=r * int(sys.argv[6]), rate_window=float(sys.argv[6]), tick=tick, web_rate_limit=False)
+                rate_limit=r * int(sys.argv[6]), rate_window=float(sys.argv[6]), tick=tick, web_rate_limit=False,
+                admin_routes=True)
 with SimulatorServer(cfg, port=port):
     print("ready", flush=True)
     sys.stdin.read()
@@ -77,6 +78,17 @@ class Sim:
 
     def __enter__(self) -> Sim:
         return self
+
+    def steady_requests_per_job(self) -> float:
+        """HTTP requests per job in the steady state: every request the simulator received while
+        the middle 80 % of the jobs were created (learning at the start and the tail left out),
+        divided by the jobs created then."""
+        log = httpx.get(f"{self.url}/_sim/requests", timeout=60).json()
+        created = sorted(r["at"] for r in log if r.get("created_job"))
+        lo, hi = created[len(created) // 10], created[9 * len(created) // 10]
+        jobs = sum(1 for at in created if lo <= at < hi)
+        requests = sum(1 for r in log if lo <= r["at"] < hi and not r["path"].startswith("/_sim"))
+        return round(requests / max(1, jobs), 2)
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc.stdin
@@ -205,8 +217,15 @@ def worktree(ref: str, where: Path) -> Path:
     return where
 
 
+def median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median makespan, with every run's makespan beside it."""
+    ranked = sorted(results, key=lambda one: one["makespan_s"])
+    return {**ranked[len(ranked) // 2], "makespans_s": [one["makespan_s"] for one in results]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each, interleaved; the median is kept")
     parser.add_argument("--baseline-ref", default="f89e956", help="git ref of the baseline engine")
     parser.add_argument("--apis", default="open,web")
     args = parser.parse_args()
@@ -219,6 +238,7 @@ def main() -> None:
             "R_per_s": r,
             "sim_tick_s": tick,
             "baseline_ref": args.baseline_ref,
+            "rounds": args.rounds,
         },
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -229,13 +249,23 @@ def main() -> None:
             for api in args.apis.split(","):
                 bound = max(n * t / c, 2 * n / r) if api == "open" else n * t / c
                 row: dict[str, Any] = {"bound_s": round(bound, 2)}
-                with Sim(t, c, r, tick) as sim:
-                    row["floor"] = asyncio.run(floor(api, sim, src, n, t, c, r))
-                for name, path in (("baseline", base), ("engine", ROOT)):
+                runs: dict[str, list[dict[str, Any]]] = {"floor": [], "baseline": [], "engine": []}
+                for k in range(args.rounds):  # interleaved, so that the machine's drift hits all three
                     with Sim(t, c, r, tick) as sim:
-                        row[name] = engine(api, sim, src, Path(tmp) / f"{name}-{api}", c, path)
-                for name in ("floor", "baseline", "engine"):
+                        cpu0 = time.process_time()
+                        one = asyncio.run(floor(api, sim, src, n, t, c, r))
+                        one["client_cpu_ms_per_job"] = round((time.process_time() - cpu0) * 1000 / n, 2)
+                        one["steady_http_requests_per_job"] = sim.steady_requests_per_job()
+                        runs["floor"].append(one)
+                    for name, path in (("baseline", base), ("engine", ROOT)):
+                        with Sim(t, c, r, tick) as sim:
+                            one = engine(api, sim, src, Path(tmp) / f"{name}-{api}-{k}", c, path)
+                            one["steady_http_requests_per_job"] = sim.steady_requests_per_job()
+                            runs[name].append(one)
+                for name, results in runs.items():
+                    row[name] = median_run(results)
                     row[name]["vs_bound"] = round(row[name]["makespan_s"] / bound, 2)
+                for name in runs:
                     row[name]["vs_floor"] = round(row[name]["makespan_s"] / row["floor"]["makespan_s"], 2)
                 out[api] = row
                 print(api, json.dumps(row, indent=1), flush=True)

@@ -65,3 +65,29 @@ def test_the_estimate_follows_jobs_that_get_faster_and_slower() -> None:
 def test_second_looks_come_sooner_while_requests_are_cheap() -> None:
     idle, bound = LatencyEstimate(2.0, lambda: 0.0), LatencyEstimate(2.0, lambda: 1.0)
     assert idle.repoll(2.0) == pytest.approx(0.04) and bound.repoll(2.0) == pytest.approx(0.125)
+
+
+def waves(in_flight: int, rounds: int = 400) -> list[float]:
+    """``in_flight`` jobs looked at with the same point, their answers all arriving a job later,
+    as in a batch: the point after each wave."""
+    rng = random.Random(5)
+    estimate = LatencyEstimate(0.5, lambda: 0.0)
+    points = []
+    for _ in range(rounds):
+        point = estimate.value
+        lengths = [0.254 + rng.expovariate(1 / 0.006) for _ in range(16)]
+        for length in lengths:
+            hit = length <= point
+            estimate.observe(point if hit else length * 1.05, first_poll_hit=hit, in_flight=in_flight)
+        points.append(estimate.value)
+    return sorted(points[100:])
+
+
+def test_answers_that_arrive_together_do_not_make_the_point_swing() -> None:
+    """16 jobs share each point and answer together: one full step per answer swung it between
+    0.8x and 1.6x of the jobs' length; a step shared by the jobs in flight keeps it in a narrow band
+    at the target."""
+    shared, full = waves(in_flight=16), waves(in_flight=1)
+    p10, p90 = shared[len(shared) // 10], shared[9 * len(shared) // 10]
+    assert p90 / p10 < 1.05 and 0.25 < p10 and p90 < 0.28
+    assert full[9 * len(full) // 10] / full[len(full) // 10] > 1.3
