@@ -101,3 +101,42 @@ def test_journal_on_an_object_store(s3: Any, monkeypatch: pytest.MonkeyPatch) ->
     fs.invalidate_cache()
     assert len(fs.ls(f"{bucket}/out/_vance_manifest.json.journal")) == 1
     assert Manifest(url, so).load().items["s3"].credits == 2.0
+
+
+def test_a_cancelled_flush_finishes_its_write_before_the_next_one_starts(tmp_path: Path) -> None:
+    """Ctrl-C during a periodic write, then the final write: the two never overlap, so an older
+    snapshot cannot land after the newer one."""
+    import threading
+
+    m = filled(str(tmp_path / "m.json"), 3)
+    release, started = threading.Event(), threading.Event()
+    order: list[str] = []
+    real = m._write
+
+    def slow_write(items: list[ManifestItem]) -> None:
+        order.append(f"start {len(order)}")
+        if not started.is_set():
+            started.set()
+            release.wait(10)
+        real(items)
+        order.append("end")
+
+    m._write = slow_write  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        first = asyncio.create_task(m.flush())
+        await asyncio.to_thread(started.wait, 10)
+        first.cancel()
+        m.items["s1"].set(ItemState.SUBMITTED, job_id="j1")
+        m.touch()
+        final = asyncio.create_task(m.flush(compact=True))
+        await asyncio.sleep(0)  # the final flush is waiting for the lock, not writing
+        assert order == ["start 0"]
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await final
+
+    asyncio.run(scenario())
+    assert order == ["start 0", "end", "start 2", "end"]
+    assert Manifest(str(tmp_path / "m.json")).load().items["s1"].job_id == "j1"

@@ -444,14 +444,7 @@ class BatchRunner:
             elif item.state in (ItemState.FAILED, ItemState.SKIPPED, ItemState.DONE):
                 # A job that failed on the service is refunded: retry it as a new submission. After
                 # any other failure (say, a lost answer) the same key finds the same job again.
-                item.set(
-                    ItemState.PENDING,
-                    job_id=None,
-                    error=None,
-                    error_code=None,
-                    job_failed=False,
-                    generation=item.generation + item.job_failed,
-                )
+                item.settle(ItemState.PENDING, job_id=None, generation=item.generation + item.job_failed)
             if item.state == ItemState.PENDING:
                 try:
                     info = await asyncio.to_thread(
@@ -506,15 +499,7 @@ class BatchRunner:
                     return False
             if hit is None:
                 return False
-            item.set(
-                ItemState.DONE,
-                output=hit.output,
-                credits=0.0,
-                cached=True,
-                saved=hit.credits_saved,
-                error=None,
-                error_code=None,
-            )
+            item.settle(ItemState.DONE, output=hit.output, credits=0.0, cached=True, saved=hit.credits_saved)
             self.credits_saved += hit.credits_saved
             self.progress.done += 1
             return True
@@ -872,12 +857,10 @@ class BatchRunner:
         cost = float(job.credits_charged) if job.credits_charged is not None else self.estimate(item)
         self.spent += cost
         self.committed -= self.estimate(item)
-        item.set(
+        item.settle(
             ItemState.DONE,
             output=final,
             credits=cost,
-            error=None,
-            error_code=None,
             charges=[
                 *item.charges,
                 {"job_id": job.id, "credits": cost, "at": time.time(), "run": self.run_id},

@@ -40,15 +40,7 @@ def can_cancel(client: AsyncVanceClient) -> bool:
 
 
 def _requeue(item: ManifestItem) -> None:
-    item.set(
-        ItemState.PENDING,
-        job_id=None,
-        idempotency_key=None,
-        generation=item.generation + 1,
-        error=None,
-        error_code=None,
-        job_failed=False,
-    )
+    item.settle(ItemState.PENDING, job_id=None, idempotency_key=None, generation=item.generation + 1)
 
 
 async def cancel_manifest_jobs(

@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -89,6 +90,10 @@ class ManifestItem:
         for k, v in changes.items():
             setattr(self, k, v)
         self.updated_at = time.time()
+
+    def settle(self, state: ItemState, **changes: Any) -> None:
+        """``set``, with the last error (and whether the service failed the job) cleared."""
+        self.set(state, **{"error": None, "error_code": None, "job_failed": False, **changes})
 
 
 _FIELDS = frozenset(f.name for f in fields(ManifestItem))
@@ -339,10 +344,21 @@ class Manifest:
             )
             try:
                 if whole:
-                    await asyncio.to_thread(self._write, list(self.items.values()))
+                    await _to_the_end(self._write, list(self.items.values()))
                 else:
-                    await asyncio.to_thread(self._append, [self.items[s] for s in dirty if s in self.items])
+                    await _to_the_end(self._append, [self.items[s] for s in dirty if s in self.items])
             except BaseException:
                 self._dirty |= dirty  # not written: still to write
                 raise
             self._saved = max(self._saved, version)
+
+
+async def _to_the_end(write: Callable[[list[ManifestItem]], None], items: list[ManifestItem]) -> None:
+    """Run ``write`` in a thread; a cancelled caller (Ctrl-C) still waits for it to end before the
+    lock is released, so two writes never overlap and an older snapshot never lands last."""
+    task = asyncio.ensure_future(asyncio.to_thread(write, items))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        raise

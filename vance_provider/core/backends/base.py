@@ -175,9 +175,10 @@ class RateGate:
         self._hold(until, block=True)
 
     def pressure(self) -> float:
-        """How close the key's request rate is to its limit, 0 to 1: the share of the allowed rate
-        used over the last couple of seconds (1 while calls wait for a window to reset; 0 while
-        no limit is known)."""
+        """How close the key's request rate is to its limit, 0 to 1: the share of the rate the gate
+        allows itself (``MARGIN`` under the key's) used over the last couple of seconds; 1 while
+        calls wait for a window to reset, 0 while no limit is known. Measured against the key's
+        own rate, a gate pacing at its margin read 0.91, never "bound"."""
         now = self._clock()
         if now < self.not_before or (
             self.remaining is not None and self.remaining <= 0 and now < self.reset_at
@@ -190,7 +191,7 @@ class RateGate:
             if sent < now - span:
                 break
             recent += 1
-        return min(1.0, recent / span / (self.limit / self.window))
+        return min(1.0, recent / span * self.interval)
 
     def refused_for_concurrency(self) -> None:
         """A ``429 concurrency_limit_exceeded``: the account's jobs in flight, not the key's rate,
