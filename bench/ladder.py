@@ -33,7 +33,9 @@ LADDER = [
     ("1af394f", "first look at the 90th percentile of observed lengths, re-look by reported progress"),
     ("27fba1e", "manifest journal from 2000 items; first look at the 95th percentile of bracketed lengths"),
     ("6f477e0", "engine import without rich/click; plain-row credit report"),
-    ("HEAD", "first look by stochastic approximation of a rate-aware share of hits; one polling loop"),
+    ("d8dca8a", "first look by stochastic approximation of a rate-aware share of hits; one polling loop"),
+    ("HEAD", "the first look's step shared by the jobs in flight; rate pressure against the gate's own "
+             "pace; local sources opened without a thread hop, small results stored in one"),
 ]  # fmt: skip
 
 

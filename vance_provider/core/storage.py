@@ -226,6 +226,10 @@ class AtomicWriter:
         return self
 
     @property
+    def local(self) -> bool:
+        return is_local(self.fs)
+
+    @property
     def is_open(self) -> bool:
         return self._fh is not None
 

@@ -450,10 +450,17 @@ class Backend:
 
     @contextlib.asynccontextmanager
     async def open_source(
-        self, url: str, storage_options: dict[str, Any] | None = None
+        self, url: str, storage_options: dict[str, Any] | None = None, size: int | None = None
     ) -> AsyncIterator[Any]:
-        """A seekable file object over any fsspec URL, opened fresh for each attempt."""
+        """A seekable file object over any fsspec URL, opened fresh for each attempt; or, when
+        ``size`` says the file is small, its bytes (an upload of bytes is one write, and cheaper
+        to send than a file read in chunks)."""
         fs, path = url_to_fs(url, **(self.options(storage_options) or {}))
+        if size is not None and 0 < size <= SMALL_SOURCE:
+            data = await _read_head(fs, path, SMALL_SOURCE + 1)
+            if len(data) <= SMALL_SOURCE:  # (a file that grew since it was listed is streamed)
+                yield data
+                return
         if is_local(fs):  # opening and closing a local file does not block: no thread hop each
             fh = open(path, "rb")  # noqa: SIM115
             try:
@@ -466,6 +473,17 @@ class Backend:
             yield fh
         finally:
             await asyncio.to_thread(fh.close)
+
+    async def post_file(
+        self, url: str, data: dict[str, Any], files: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """A multipart POST. A small file (bytes, see :meth:`open_source`) goes in one body, rendered
+        first: httpx would write each part to the socket on its own, and on loopback each write
+        costs the receiver's work as well."""
+        request = self.http.build_request("POST", url, data=data, files=files, headers=headers)
+        if all(isinstance(f[1], bytes) for f in files.values()):
+            await request.aread()
+        return await self.http.send(request)
 
     # --- streaming a result to storage ------------------------------------------------------
     #: Bounds of every download (see :class:`DownloadOptions`); the client sets its own.
@@ -578,6 +596,10 @@ class Backend:
                                 buffer.clear()
                             chunk = await body.next()
                         size = declared if declared is not None else expected_size
+                        if not writer.is_open and writer.local and len(buffer) <= _INLINE_WRITE:
+                            # A small file on local disk is written in microseconds: a thread hop
+                            # costs more (the worker's wake-up and the GIL handed back and forth).
+                            return writer.finish(bytes(buffer), size)
                         return await asyncio.to_thread(writer.finish, bytes(buffer), size)
                     except BaseException:
                         if writer.is_open:
@@ -665,6 +687,17 @@ _FILE_TYPES = ("application/octet-stream", "binary/octet-stream")
 _SNIFF_BYTES = 64  # enough for every magic number the sniffer knows
 _ERROR_BODY_MAX = 64 * 1024  # an error answer is read this far, never further
 _WRITE_CHUNK = 1 << 20  # writes to storage in bounded chunks (1 MiB)
+_INLINE_WRITE = 256 << 10  # a result up to this size, for local disk, is written on the loop
+SMALL_SOURCE = 1 << 20  # inputs up to this size are read whole and uploaded as bytes
+
+
+async def _read_head(fs: Any, path: str, n: int) -> bytes:
+    """The first ``n`` bytes of a file: read at once on local disk (no thread hop for a small
+    read), in a thread elsewhere."""
+    if is_local(fs):
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    return bytes(await asyncio.to_thread(fs.cat_file, path, 0, n))
 
 
 @dataclass(frozen=True)

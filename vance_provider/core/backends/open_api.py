@@ -191,8 +191,8 @@ class OpenApiBackend(Backend):
         }
 
         async def send() -> httpx.Response:
-            async with self.open_source(source, storage_options) as fh:
-                return await self.http.post(url, data=form, files={"image": (name, fh)}, headers=headers)
+            async with self.open_source(source, storage_options, submission.size) as fh:
+                return await self.post_file(url, form, {"image": (name, fh)}, headers)
 
         return self._job(self.parse_json("create_job", await self.call("create_job", send)))
 

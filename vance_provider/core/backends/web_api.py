@@ -154,8 +154,8 @@ class WebApiBackend(Backend):
         url = f"{self.base_url}/upload"
 
         async def send_upload() -> httpx.Response:
-            async with self.open_source(source, storage_options) as fh:  # httpx streams it in 64 KiB chunks
-                return await self.http.post(url, data=self._form(job="ai"), files={"file": (name, fh)})
+            async with self.open_source(source, storage_options, size) as fh:  # a big one is streamed
+                return await self.post_file(url, self._form(job="ai"), {"file": (name, fh)})
 
         return str(self._data("upload", await self.call("upload", send_upload), ("uid",))["uid"])
 
