@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,7 +126,8 @@ def engine(api: str, sim: Sim, src: Path, dst: Path, c: int, pythonpath: Path) -
 async def floor(api: str, sim: Sim, src: Path, n: int, t: float, c: int, r: int) -> dict[str, Any]:
     """The minimal client: it knows T and the limits. Inputs are uploaded ahead (C at most), C jobs
     are in flight, API calls are spaced at the rate limit, each job is polled at T (plus a tick),
-    then every 20 ms, and the result is downloaded outside the job slot."""
+    then every 20 ms, and the result is downloaded outside the job slot and stored in a folder."""
+    out = Path(tempfile.mkdtemp(prefix="floor-"))
     files = sorted(src.glob("*.jpg"))[:n]  # noqa: ASYNC240 - set-up, before the clock starts
     blobs = {f: f.read_bytes() for f in files}
     uploads, slots = asyncio.Semaphore(c), asyncio.Semaphore(c)
@@ -193,10 +195,11 @@ async def floor(api: str, sim: Sim, src: Path, n: int, t: float, c: int, r: int)
             slots.release()
         if api == "web":
             await paced()
-            await http.post("/web_api/v1/download", data={**web, "trans_id": job})
+            answer = await http.post("/web_api/v1/download", data={**web, "trans_id": job})
         else:
             requests_storage.append(1)
-            await http.get(link)
+            answer = await http.get(link)
+        (out / f"{f.stem}.jpg").write_bytes(answer.content)
 
     requests_storage: list[int] = []
     t0 = time.perf_counter()
@@ -204,6 +207,7 @@ async def floor(api: str, sim: Sim, src: Path, n: int, t: float, c: int, r: int)
     async with httpx.AsyncClient(base_url=sim.url, timeout=60, limits=limits) as http:
         await asyncio.gather(*(one(http, f) for f in files))
     wall = time.perf_counter() - t0
+    shutil.rmtree(out)
     total = requests + len(requests_storage)
     return {"makespan_s": round(wall, 2), "http_requests_per_job": round(total / len(files), 2)}
 
