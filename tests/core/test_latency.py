@@ -67,11 +67,13 @@ def test_second_looks_come_sooner_while_requests_are_cheap() -> None:
     assert idle.repoll(2.0) == pytest.approx(0.04) and bound.repoll(2.0) == pytest.approx(0.125)
 
 
-def waves(in_flight: int, rounds: int = 400) -> list[float]:
+def waves(
+    in_flight: int, rounds: int = 400, pressure: float = 0.0, hits: list[bool] | None = None
+) -> list[float]:
     """``in_flight`` jobs looked at with the same point, their answers all arriving a job later,
-    as in a batch: the point after each wave."""
+    as in a batch: the point after each wave (``hits``: each first look's outcome)."""
     rng = random.Random(5)
-    estimate = LatencyEstimate(0.5, lambda: 0.0)
+    estimate = LatencyEstimate(0.5, lambda: pressure)
     points = []
     for _ in range(rounds):
         point = estimate.value
@@ -79,6 +81,8 @@ def waves(in_flight: int, rounds: int = 400) -> list[float]:
         for length in lengths:
             hit = length <= point
             estimate.observe(point if hit else length * 1.05, first_poll_hit=hit, in_flight=in_flight)
+            if hits is not None:
+                hits.append(hit)
         points.append(estimate.value)
     return sorted(points[100:])
 
@@ -91,3 +95,12 @@ def test_answers_that_arrive_together_do_not_make_the_point_swing() -> None:
     p10, p90 = shared[len(shared) // 10], shared[9 * len(shared) // 10]
     assert p90 / p10 < 1.05 and p10 > 0.25 and p90 < 0.28
     assert full[9 * len(full) // 10] / full[len(full) // 10] > 1.3
+
+
+def test_when_the_rate_binds_misses_stay_rare_with_many_jobs_in_flight() -> None:
+    """At full pressure the step is not divided: a miss moves the point up at once, so after a
+    short start almost every first look finds its job done (each miss would cost a request)."""
+    hits: list[bool] = []
+    waves(in_flight=16, rounds=70, pressure=1.0, hits=hits)
+    steady = hits[10 * 16 :]
+    assert sum(steady) / len(steady) >= 0.99

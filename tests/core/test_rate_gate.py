@@ -325,6 +325,33 @@ async def test_pressure_is_the_share_of_the_allowed_rate_in_use() -> None:
         gate.observe(answer(98), await gate.wait())
     assert gate.pressure() == pytest.approx(1.0, abs=0.06)
     vt.now += 2.5
-    assert gate.pressure() == 0.0  # nothing sent lately
+    # Nothing sent lately: what is left is the window's own pace (a third of it spent in 3/4 of it).
+    assert 0.0 < gate.pressure() < 0.6
     gate.observe(answer(0), await gate.wait())
     assert gate.pressure() == 1.0  # the window is spent: calls wait for its reset
+
+
+async def test_a_window_spent_faster_than_it_runs_reads_as_bound() -> None:
+    """The gate spends a window's remaining requests without pacing, so over the last couple of
+    seconds the rate can look low while the window's budget runs out: that reads as bound too."""
+    vt = VirtualTime()
+    gate = vt.gate()
+
+    def answer(remaining: int) -> httpx.Headers:
+        return httpx.Headers(
+            {
+                "X-RateLimit-Limit": "100",
+                "X-RateLimit-Remaining": str(remaining),
+                "X-RateLimit-Reset": f"{EPOCH + 10:.3f}",
+            }
+        )
+
+    gate.observe(answer(99))  # 100 per 10 s
+    for left in range(98, 38, -1):  # 60 calls in the first 2 s
+        vt.now += 2 / 60
+        gate.observe(answer(left), await gate.wait())
+    vt.now += 2.5  # then nothing for a while: 60 % of the budget gone in 45 % of the window
+    assert gate.pressure() == 1.0
+    gate.observe(answer(39))
+    vt.now += 2.0  # 60 % gone in 65 % of the window: no longer ahead of its pace
+    assert 0.8 < gate.pressure() < 1.0

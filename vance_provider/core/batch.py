@@ -244,10 +244,13 @@ class LatencyEstimate:
     Until a few jobs have been missed, the point jumps to the longest job seen, from a quarter
     of the poll interval at first.
 
-    The step is divided by the number of jobs in flight: they were all looked at with the same
-    point, so their answers arrive together, a job's length after the point was set. A full step
-    per answer made the point swing between 0.8x and 1.6x of the jobs' length (measured: 200 to
-    400 ms for 0.254 s jobs at 16 in flight, the first look 46 ms late on average).
+    While requests are cheap the step is divided by the number of jobs in flight: they were all
+    looked at with the same point, so their answers arrive together, a job's length after the
+    point was set. A full step per answer made the point swing between 0.8x and 1.6x of the jobs'
+    length (measured: 200 to 400 ms for 0.254 s jobs at 16 in flight, the first look 46 ms late on
+    average). When the rate binds the point sits in the thin tail of the lengths, where a full
+    step does not swing, and a miss must move it up at once (each costs a turn of the rate budget):
+    the step is divided less as the pressure grows, not at all at 1.
     """
 
     LEARN = 5  # misses before the stochastic approximation takes over
@@ -280,7 +283,7 @@ class LatencyEstimate:
                 self.misses += 1
                 self.value = max(self.value, seconds)
             return
-        step = self.STEP / max(1, in_flight)
+        step = self.STEP / max(1.0, 1 + (in_flight - 1) * (1 - self._pressure()))
         self.value = max(0.02, self.value * math.exp(step * (self.target - first_poll_hit)))
 
 

@@ -191,7 +191,18 @@ class RateGate:
             if sent < now - span:
                 break
             recent += 1
-        return min(1.0, recent / span * self.interval)
+        return min(1.0, max(recent / span * self.interval, self._window_pace(now)))
+
+    def _window_pace(self, now: float) -> float:
+        """The share of the current window's requests spent, over the share of its time gone (the
+        gate spends what a window has left without pacing, in bursts that then wait for its reset:
+        over a couple of seconds the rate can look low while the window's budget runs out)."""
+        if self.remaining is None or not self.limit or now >= self.reset_at:
+            return 0.0
+        gone = self.window - (self.reset_at - now)
+        if gone < min(2.0, self.window / 4):  # too early in the window to tell
+            return 0.0
+        return (self.limit - self.remaining) / self.limit / (gone / self.window)
 
     def refused_for_concurrency(self) -> None:
         """A ``429 concurrency_limit_exceeded``: the account's jobs in flight, not the key's rate,
