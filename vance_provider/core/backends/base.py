@@ -705,10 +705,15 @@ SMALL_SOURCE = 1 << 20  # inputs up to this size are read whole and uploaded as 
 async def _read_head(fs: Any, path: str, n: int) -> bytes:
     """The first ``n`` bytes of a file: read at once on local disk (no thread hop for a small
     read), in a thread elsewhere."""
+
+    def read() -> bytes:
+        with fs.open(path, "rb") as fh:  # (a ranged cat_file past the end is refused by some stores)
+            return bytes(fh.read(n))
+
     if is_local(fs):
         with open(path, "rb") as fh:
             return fh.read(n)
-    return bytes(await asyncio.to_thread(fs.cat_file, path, 0, n))
+    return await asyncio.to_thread(read)
 
 
 @dataclass(frozen=True)
