@@ -581,13 +581,7 @@ class BatchRunner:
     # --- running --------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
         started = time.monotonic()
-        work = await self.start()
-        try:
-            await self.manifest.flush()
-            await self._run_all(work)
-        finally:
-            await self.close()
-        return self.result(time.monotonic() - started)
+        return await self.run_window(await self.start(), started)
 
     async def start(self) -> list[ManifestItem]:
         """``prepare()``, ``preflight()`` (a refused batch leaves no empty files behind), and the
@@ -690,11 +684,12 @@ class BatchRunner:
             await self.close()
             raise
 
-    async def run_window(self, work: list[ManifestItem]) -> BatchResult:
+    async def run_window(self, work: list[ManifestItem], started: float | None = None) -> BatchResult:
         """Run prepared or resumed work to its end: a sliding window of ``max_concurrency`` jobs
         (a finished job's slot goes to the next item at once), the manifest kept current. Releases
-        the lease, also when interrupted; the manifest then holds every job id for a resume."""
-        started = time.monotonic()
+        the lease, also when interrupted; the manifest then holds every job id for a resume.
+        ``started`` (``time.monotonic()``): when the batch began, for its elapsed time."""
+        started = time.monotonic() if started is None else started
         try:
             await self.manifest.flush()
             await self._run_all(work)
