@@ -5,7 +5,8 @@
 Near-zero job time (the simulator's jobs take ~0 s, no rate limit), so what is measured is the
 engine's own work per item. The manifest's writes are counted by wrapping the one function every
 bookkeeping write goes through; storage requests by counting the calls that would each be one
-request on an object store (list, stat, open, move, delete, mkdir) on the local filesystem. Results: bench/results/scale.json, each N beside the first.
+request on an object store (list, stat, open, move, delete, mkdir) on the local filesystem.
+Results: bench/results/scale.json, each N beside the first.
 """
 
 from __future__ import annotations

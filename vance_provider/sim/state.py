@@ -285,7 +285,7 @@ class SimState:
         for j in self.active.values():
             if j.status == "processing":
                 running[(j.account, j.media)] += 1
-        for j in list(self.active.values()):  # creation order
+        for j in list(self.active.values()):  # creation order; a copy, as _start may end a job
             if j.status != "queued" or j.source_pending or now < j.ready_at:
                 continue
             cap = cfg.max_concurrent_images if j.media == "image" else cfg.max_concurrent_videos
