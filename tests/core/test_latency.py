@@ -104,3 +104,30 @@ def test_when_the_rate_binds_misses_stay_rare_with_many_jobs_in_flight() -> None
     waves(in_flight=16, rounds=70, pressure=1.0, hits=hits)
     steady = hits[10 * 16 :]
     assert sum(steady) / len(steady) >= 0.99
+
+
+def looked_at(length: float, first: float, interval: float) -> tuple[float, float | None]:
+    """When the engine's looks (``first``, then backing off by 1.5x) find a job of ``length``
+    done, and when the look before saw it running (``None``: the first look found it done)."""
+    before, look = None, first
+    while look < length:
+        before, look = look, look + interval
+        interval *= 1.5
+    return look, before
+
+
+def test_the_first_misses_teach_where_jobs_end_not_when_a_backed_off_look_saw_it() -> None:
+    """The first jobs are looked at far too early, then at backed-off intervals: the look that
+    finds each one done comes up to an interval late (0.29 s for 0.254 s jobs). The point is
+    learned from where the jobs ended (between the last two looks), so it starts near their
+    length and not at the late looks (it then took ~300 jobs to come down)."""
+    rng = random.Random(11)
+    estimate = LatencyEstimate(0.5, lambda: 0.0)
+    seen, start = [], estimate.value
+    for _ in range(16):  # the first wave: every job looked at with the starting point
+        length = 0.254 + rng.expovariate(1 / 0.004)
+        look, before = looked_at(length, start, 0.02)
+        seen.append(look)
+        estimate.observe(look, first_poll_hit=before is None, in_flight=16, running_at=before)
+    assert min(seen) > 1.12 * 0.256  # the looks that found them done overshoot...
+    assert 0.85 * 0.256 < estimate.value < 1.05 * 0.256  # ...the point does not

@@ -63,6 +63,8 @@ def test_backs_off_and_stops_looking_at_finished_jobs(clock: FakeClock) -> None:
     assert set(result.done) == {"a", "b"} and result.pending == [] and result.looks == 4
     assert calls == ["a", "b", "b", "b", "b"]  # a duplicate id is looked at once; a finished job no more
     assert clock.sleeps == [1.0, 1.5, 2.0]  # 1.5x back-off up to max_interval
+    # b ended between the last two looks (its end is learned from them)
+    assert (result.previous_look_at, result.last_look_at) == (1002.5, 1004.5)
 
 
 def test_the_last_look_is_at_the_deadline_and_what_runs_is_pending(clock: FakeClock) -> None:

@@ -18,9 +18,11 @@ import hashlib
 import logging
 import math
 import os
+import statistics
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
@@ -39,7 +41,7 @@ from .errors import (
     VanceError,
     WaitTimeoutError,
 )
-from .inputs import check_input
+from .inputs import InputInfo, check_input
 from .lease import BatchLease
 from .manifest import ItemState, Manifest, ManifestItem
 from .models import Job, JobStatus
@@ -241,8 +243,11 @@ class LatencyEstimate:
     binds (a missed look costs a turn of the rate budget, while slots are not what limits),
     0.65 when it does not (a missed look costs only a second look soon after, aimed by the
     service's progress where it reports one; a late look holds a slot the service could use).
-    Until a few jobs have been missed, the point jumps to the longest job seen, from a quarter
-    of the poll interval at first.
+    Until a few jobs have been missed, the point is learned from the misses, from a quarter of
+    the poll interval at first: each missed job ended between the last look that saw it running
+    and the one that found it done, so the point goes to the median of those midpoints. (The
+    look that found it done alone overshoots by up to a backed-off interval: the point then took
+    ~300 jobs to come down, 0.33 s against 0.25 s jobs, ~0.7 s of a 1000-job batch.)
 
     While requests are cheap the step is divided by the number of jobs in flight: they were all
     looked at with the same point, so their answers arrive together, a job's length after the
@@ -261,6 +266,7 @@ class LatencyEstimate:
         self.value = initial / 4
         self.pressure = pressure
         self.misses = 0
+        self._ends: list[float] = []  # while learning: where each missed job likely ended
 
     @property
     def target(self) -> float:
@@ -273,15 +279,19 @@ class LatencyEstimate:
     def _pressure(self) -> float:
         return min(1.0, max(0.0, self.pressure()))
 
-    def observe(self, seconds: float, first_poll_hit: bool, in_flight: int = 1) -> None:
-        """``seconds``: from the job's creation to the look that found it done; ``in_flight``:
-        how many jobs share the point (the batch's concurrency)."""
+    def observe(
+        self, seconds: float, first_poll_hit: bool, in_flight: int = 1, running_at: float | None = None
+    ) -> None:
+        """``seconds``: from the job's creation to the look that found it done; ``running_at``:
+        to the look before it, which saw it running (a miss); ``in_flight``: how many jobs share
+        the point (the batch's concurrency)."""
         if self.misses < self.LEARN:
             if first_poll_hit:
                 self.value = max(0.02, self.value * 0.97)
             else:
                 self.misses += 1
-                self.value = max(self.value, seconds)
+                self._ends.append(seconds if running_at is None else (running_at + seconds) / 2)
+                self.value = max(0.02, statistics.median(self._ends))
             return
         step = self.STEP / max(1.0, 1 + (in_flight - 1) * (1 - self._pressure()))
         self.value = max(0.02, self.value * math.exp(step * (self.target - first_poll_hit)))
@@ -448,31 +458,31 @@ class BatchRunner:
                 # A job that failed on the service is refunded: retry it as a new submission. After
                 # any other failure (say, a lost answer) the same key finds the same job again.
                 item.settle(ItemState.PENDING, job_id=None, generation=item.generation + item.job_failed)
-            if item.state == ItemState.PENDING:
-                try:
-                    info = await asyncio.to_thread(
-                        check_input,
-                        src.url,
-                        src.size,
-                        self.call.media,
-                        self.client.api,
-                        so,
-                        want_sha256=self.cache is not None and item.input_sha256 is None,
-                    )
-                    if is_local(dest_fs) and item.output:
-                        await asyncio.to_thread(_make_parent, item.output)
-                except Exception as exc:  # whatever went wrong with this one input: it alone fails
-                    self._fail_early(item, exc)
-                    continue
-                item.estimate = self.call.estimate(info.duration) if info.media == "video" else None
-                item.media_info = (
-                    {"source_width": info.width, "source_height": info.height, "duration": info.duration}
-                    if info.media == "video" and info.width and info.height and info.duration
-                    else None
-                )
-                item.idempotency_key = self._key(item)
-                item.input_sha256 = item.input_sha256 or info.sha256
             work.append(item)
+        pending = [i for i in work if i.state == ItemState.PENDING]
+        checked = await asyncio.to_thread(
+            check_inputs,
+            [(i.source, self._sizes[i.source], self.cache is not None and i.input_sha256 is None) for i in pending],
+            self.call.media,
+            self.client.api,
+            so,
+            [i.output or "" for i in pending] if is_local(dest_fs) else None,
+        )
+        refused: set[str] = set()
+        for item, info in zip(pending, checked, strict=True):
+            if isinstance(info, Exception):  # whatever went wrong with this one input: it alone fails
+                self._fail_early(item, info)
+                refused.add(item.source)
+                continue
+            item.estimate = self.call.estimate(info.duration) if info.media == "video" else None
+            item.media_info = (
+                {"source_width": info.width, "source_height": info.height, "duration": info.duration}
+                if info.media == "video" and info.width and info.height and info.duration
+                else None
+            )
+            item.idempotency_key = self._key(item)
+            item.input_sha256 = item.input_sha256 or info.sha256
+        work = [i for i in work if i.source not in refused]
         self.manifest.touch()
         self.progress.total = len(sources)
         if self.cache is not None:
@@ -993,7 +1003,10 @@ class BatchRunner:
             raise WaitTimeoutError(f"job {item.job_id} did not finish within {self.spec.timeout:g} s")
         if item.source in self._submitted_at:
             self.latency.observe(
-                result.last_look_at - started, first_poll_hit=result.looks == 1, in_flight=self.limit.limit
+                result.last_look_at - started,
+                first_poll_hit=result.looks == 1,
+                in_flight=self.limit.limit,
+                running_at=result.previous_look_at - started if result.looks > 1 else None,
             )
         return result.done[item.job_id]
 
@@ -1018,6 +1031,44 @@ def _list_outputs(fs: Any, path: str) -> set[str]:
                 pass
             found.discard(p)
     return found
+
+
+def check_inputs(
+    inputs: list[tuple[str, int, bool]],
+    media: Any,
+    api: Any,
+    storage_options: dict[str, Any] | None,
+    local_outputs: list[str] | None,
+) -> list[InputInfo | Exception]:
+    """Check every input (url, size, whether its SHA-256 is wanted) in one call from the event
+    loop: a thread hop per input cost ~0.3 s per 1000 inputs before the first job. Remote inputs
+    are read 16 at a time. ``local_outputs``: the outputs' folders are made too (once each)."""
+
+    def one(entry: tuple[str, int, bool]) -> InputInfo | Exception:
+        url, size, want_sha256 = entry
+        try:
+            return check_input(url, size, media, api, storage_options, want_sha256=want_sha256)
+        except Exception as exc:
+            return exc
+
+    if inputs and not is_local(url_to_fs(inputs[0][0], **(storage_options or {}))[0]):
+        with ThreadPoolExecutor(16, thread_name_prefix="vance-check") as pool:
+            results = list(pool.map(one, inputs))
+    else:  # local disk: threads do not make decoding faster here (measured)
+        results = [one(entry) for entry in inputs]
+    folders: dict[str, Exception | None] = {}
+    for k, output in enumerate(local_outputs or []):
+        if isinstance(results[k], Exception):
+            continue
+        parent = os.path.dirname(output)
+        if parent not in folders:
+            try:
+                _make_parent(output)
+                folders[parent] = None
+            except Exception as exc:
+                folders[parent] = exc
+        results[k] = folders[parent] or results[k]
+    return results
 
 
 def _make_parent(output: str) -> None:

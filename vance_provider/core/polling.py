@@ -18,6 +18,7 @@ class PollResult:
     pending: list[str] = field(default_factory=list)  # still running at the deadline (or at a stop)
     looks: int = 0  # rounds of GETs made
     last_look_at: float = 0.0  # time.monotonic() when the last round was sent
+    previous_look_at: float = 0.0  # ... and the round before it
 
     @property
     def failed(self) -> list[Job]:
@@ -51,7 +52,7 @@ async def poll_jobs(
         await asyncio.sleep(_capped(first_delay, deadline))
     interval = max(0.02, interval)
     while result.pending:
-        result.last_look_at = time.monotonic()
+        result.previous_look_at, result.last_look_at = result.last_look_at, time.monotonic()
         jobs = await asyncio.gather(*(get_job(j) for j in result.pending))
         result.looks += 1
         for job in jobs:
