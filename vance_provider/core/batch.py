@@ -462,7 +462,10 @@ class BatchRunner:
         pending = [i for i in work if i.state == ItemState.PENDING]
         checked = await asyncio.to_thread(
             check_inputs,
-            [(i.source, self._sizes[i.source], self.cache is not None and i.input_sha256 is None) for i in pending],
+            [
+                (i.source, self._sizes[i.source], self.cache is not None and i.input_sha256 is None)
+                for i in pending
+            ],
             self.call.media,
             self.client.api,
             so,
