@@ -8,6 +8,10 @@ VENV := .venv
 export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Installed packages get their bytecode now, as pip does: uv leaves it out by default, and where
+# PYTHONDONTWRITEBYTECODE is set every process compiled Airflow, httpx, ... afresh at import
+# (`import vance_provider.core, httpcore, anyio`: 0.32 -> 0.19 s; each task start pays it).
+export UV_COMPILE_BYTECODE := 1
 PYTEST_ARGS ?=
 
 .PHONY: env demo test compat lint bench soak docs clean

@@ -24,7 +24,8 @@ def first_looks(estimate: LatencyEstimate, lengths: list[float]) -> list[bool]:
 
 
 @pytest.mark.parametrize(
-    ("pressure", "spread"), [(0.0, 0.05), (0.0, 0.6), (1.0, 0.05), (1.0, 0.6), (0.5, 0.3)]
+    ("pressure", "spread"),
+    [(0.0, 0.05), (0.0, 0.6), (1.0, 0.05), (1.0, 0.6), (0.5, 0.3), (0.92, 0.3)],
 )
 def test_the_share_of_first_looks_that_find_the_job_done_settles_at_the_target(
     pressure: float, spread: float
@@ -34,7 +35,7 @@ def test_the_share_of_first_looks_that_find_the_job_done_settles_at_the_target(
     estimate = LatencyEstimate(0.5, lambda: pressure)
     hits = first_looks(estimate, lengths)
     steady = statistics.fmean(hits[5_000:])
-    assert estimate.target == pytest.approx(0.65 + 0.345 * pressure)
+    assert estimate.target == pytest.approx(0.65 + 0.345 * min(1.0, pressure / 0.9))
     assert steady == pytest.approx(estimate.target, abs=0.015)
 
 
@@ -131,3 +132,10 @@ def test_the_first_misses_teach_where_jobs_end_not_when_a_backed_off_look_saw_it
         estimate.observe(look, first_poll_hit=before is None, in_flight=16, running_at=before)
     assert min(seen) > 1.12 * 0.256  # the looks that found them done overshoot...
     assert 0.85 * 0.256 < estimate.value < 1.05 * 0.256  # ...the point does not
+
+
+def test_a_key_used_at_nine_tenths_of_its_pace_counts_as_bound() -> None:
+    """A rate-bound batch's rate breathes with its slots (it read 0.93 on average): from 0.9 on,
+    the first look aims as high as at full pressure, so second looks stay rare."""
+    assert LatencyEstimate(0.5, lambda: 0.93).target == LatencyEstimate(0.5, lambda: 1.0).target == 0.995
+    assert LatencyEstimate(0.5, lambda: 0.45).target == pytest.approx(0.65 + 0.345 / 2)
