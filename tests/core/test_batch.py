@@ -179,9 +179,17 @@ def test_unicode_output_names(
     assert stems["café"] == 2  # NFD and NFC spellings of one name: both kept, distinct
 
 
+@pytest.mark.parametrize("chunk", [256, 2], ids=["one-chunk", "chunks-of-2"])
 def test_one_bad_input_fails_alone(
-    api: str, sim: SimulatorServer, client: VanceClient, make_image: Callable[..., Path], tmp_path: Path
+    api: str,
+    sim: SimulatorServer,
+    client: VanceClient,
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+    chunk: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("vance_provider.core.batch.CHECK_CHUNK", chunk)  # inputs checked per hop
     make_inputs(make_image, ["ok1.jpg", "ok2.png", "ok3.jpg"])
     (tmp_path / "in" / "broken.jpg").write_bytes(b"garbage, not a picture")
     good = (tmp_path / "in" / "ok1.jpg").read_bytes()
