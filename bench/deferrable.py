@@ -459,7 +459,10 @@ def bench_repeat() -> dict[str, Any]:
                     shutil.copy(p, keep / p.name)
                 for p in (home / "logs").rglob("*"):
                     if p.is_file() and f"run_id={run['run_id']}" in str(p):
-                        shutil.copy(p, keep / p.name)
+                        rel = p.relative_to(home / "logs")  # the task's log per try, the trigger's
+                        (keep / "task" / rel).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(p, keep / "task" / rel)
+                (keep / "run.json").write_text(json.dumps(run, indent=2))
         dump = sim.dump()
         return {
             "N": n,

@@ -34,8 +34,10 @@ LADDER = [
     ("27fba1e", "manifest journal from 2000 items; first look at the 95th percentile of bracketed lengths"),
     ("6f477e0", "engine import without rich/click; plain-row credit report"),
     ("d8dca8a", "first look by stochastic approximation of a rate-aware share of hits; one polling loop"),
-    ("HEAD", "the first look's step shared by the jobs in flight; rate pressure against the gate's own "
-             "pace; local sources opened without a thread hop, small results stored in one"),
+    ("7347dd7", "the first look's step shared by the jobs in flight; rate pressure against the gate's "
+                "own pace; local sources opened without a thread hop, small results stored in one"),
+    ("HEAD", "the first look learned from where the first missed jobs ended; inputs checked in one "
+             "thread hop per 256; a rate used at 0.9 of the gate's pace counts as binding"),
 ]  # fmt: skip
 
 

@@ -21,6 +21,7 @@ UI_COLOR = "#6C4DFF"
 UI_FGCOLOR = "#FFFFFF"
 MAX_XCOM_ITEMS = 50  # output URLs in a batch's XCom and in its trigger's event
 DEFER_MARGIN = 120.0  # Airflow's own deferral timeout comes after the trigger's deadline
+RESUME_MARGIN = 3.0  # after the supervisor's wake-up, for the scheduler's loop to read the exit
 
 
 def parse_list(value: Any) -> list[str]:
@@ -51,6 +52,24 @@ def ends_at(timeout: float | timedelta | None, started: float | None = None) -> 
 def defer_timeout(end_time: float | None) -> timedelta | None:
     """Airflow's own timeout of a deferral whose trigger gives up at ``end_time``: a little later."""
     return None if end_time is None else timedelta(seconds=max(0.0, end_time - time.time()) + DEFER_MARGIN)
+
+
+def resume_after() -> float:
+    """When a task that defers now may resume (epoch seconds), for its trigger's event.
+
+    The worker that defers ends its try with success in the executor's eyes, and the resumed
+    task keeps the try number. Airflow's task supervisor notices that worker's exit only at its
+    next wake-up, up to ``[workers] min_heartbeat_interval`` (5 s) later, and the scheduler reads
+    the report in its next loop. Up to Airflow 3.3.2, a report read while the resumed task is
+    queued or running fails it as "killed externally" (apache/airflow#67287, #72716): in a real
+    deployment 5 of 34 deferrable batches of 100-200 images that the triggerer finished within
+    that window failed so (issue 17 §7). Read while the task is still deferred, it is ignored.
+    ``[vanceai] resume_after_deferral`` sets the wait (0: none).
+    """
+    setting = conf.get("vanceai", "resume_after_deferral", fallback="") or ""
+    if setting.strip():
+        return time.time() + float(setting)
+    return time.time() + conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0) + RESUME_MARGIN
 
 
 def default_deferrable() -> bool:

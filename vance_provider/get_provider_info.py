@@ -87,4 +87,23 @@ def get_provider_info() -> dict:
             }
         ],
         "extra-links": ["vance_provider.operators.vanceai.VanceAIDestinationLink"],
+        "config": {
+            "vanceai": {
+                "description": "The VanceAI provider's settings.",
+                "options": {
+                    "resume_after_deferral": {
+                        "description": "Seconds a deferred VanceAI task waits, at least, before it "
+                        "resumes (its trigger holds back an early event). Airflow up to 3.3.2 fails a "
+                        "task that resumes before the scheduler has read the exit of the worker that "
+                        "deferred it, which can come [workers] min_heartbeat_interval late "
+                        "(apache/airflow#67287, #72716). Empty: that interval plus 3 seconds. 0: no wait "
+                        "(an Airflow with both fixes, or dag.test()).",
+                        "version_added": "0.1.0",
+                        "type": "float",
+                        "example": "0",
+                        "default": "",
+                    }
+                },
+            }
+        },
     }

@@ -21,6 +21,7 @@ from vance_provider._common import (
     defer_timeout,
     ends_at,
     parse_list,
+    resume_after,
     seconds,
     vance_errors,
 )
@@ -260,6 +261,7 @@ class VanceAISubmitJobOperator(_VanceAIBase):
                 poll_interval=self.poll_interval,
                 max_poll_interval=self.max_poll_interval,
                 end_time=end_time,
+                resume_after=resume_after(),
             ),
             method_name="execute_complete",
             kwargs={"reason": reason},
@@ -577,6 +579,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
                 carry={"started": started, "end_time": end_time, "reason": reason},
                 storage_conn_id=self.storage_conn_id or None,
                 storage_options=shareable_storage_options(self.storage_options),
+                resume_after=resume_after(),
             ),
             method_name="execute_complete",
             kwargs={"reason": reason},

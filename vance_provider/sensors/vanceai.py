@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 
-from vance_provider._common import VanceAITaskMixin, cancel_jobs, defer_timeout, ends_at, parse_list
+from vance_provider._common import (
+    VanceAITaskMixin,
+    cancel_jobs,
+    defer_timeout,
+    ends_at,
+    parse_list,
+    resume_after,
+)
 from vance_provider.airflow_compat import AirflowException, AirflowSensorTimeout
 from vance_provider.hooks.vanceai import VanceAIHook
 
@@ -92,6 +99,7 @@ class VanceAIJobSensor(VanceAITaskMixin, BaseSensorOperator):
                 poll_interval=self.poke_interval,
                 max_poll_interval=self.max_poll_interval,
                 end_time=end_time,
+                resume_after=resume_after(),
             ),
             method_name="execute_complete",
             timeout=defer_timeout(end_time),

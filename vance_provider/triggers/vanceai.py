@@ -18,6 +18,10 @@ manifest so the next run submits exactly those again. Airflow 3.3 tells the trig
 and cancels only if the task is no longer deferred (a triggerer restart or rebalance leaves the
 task deferred: the jobs keep running for the next triggerer). A trigger timeout cancels nothing
 here: the operator resumes, and cancels or not by its own settings.
+
+An event never comes before ``resume_after`` (set by the operator when it defers: see
+:func:`vance_provider._common.resume_after`): Airflow up to 3.3.2 fails a task that resumes
+before the scheduler has seen the exit of the worker that deferred it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ def safe_message(exc: BaseException) -> str:
     return f"{type(exc).__name__} while polling VanceAI"
 
 
+async def wait_until(when: float) -> None:
+    """Sleep until ``when`` (epoch seconds)."""
+    await asyncio.sleep(max(0.0, when - time.time()))
+
+
 class _VanceAITrigger(BaseTrigger):
     stop_on_failure = False
 
@@ -57,6 +66,7 @@ class _VanceAITrigger(BaseTrigger):
         max_poll_interval: float = 60.0,
         end_time: float | None = None,
         cancel_on_kill: bool = True,
+        resume_after: float | None = None,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
@@ -65,6 +75,7 @@ class _VanceAITrigger(BaseTrigger):
         self.max_poll_interval = float(max_poll_interval)
         self.end_time = None if end_time is None else float(end_time)
         self.cancel_on_kill = bool(cancel_on_kill)
+        self.resume_after = None if resume_after is None else float(resume_after)
         self.killed: list[str] | None = None  # the job ids canceled by on_kill, once it ran
 
     def _kwargs(self) -> dict[str, Any]:
@@ -75,6 +86,7 @@ class _VanceAITrigger(BaseTrigger):
             "max_poll_interval": self.max_poll_interval,
             "end_time": self.end_time,
             "cancel_on_kill": self.cancel_on_kill,
+            "resume_after": self.resume_after,
         }
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -96,8 +108,14 @@ class _VanceAITrigger(BaseTrigger):
                 await self.on_kill()
             raise
         except Exception as exc:
-            yield TriggerEvent(self.error_payload(exc))
-            return
+            payload = self.error_payload(exc)
+        if self.resume_after is not None and self.resume_after > time.time():
+            self.log.info(
+                "VanceAI: done; resuming the task at %s, once the scheduler has seen the deferring "
+                "worker exit",
+                time.strftime("%H:%M:%S", time.localtime(self.resume_after)),
+            )
+            await wait_until(self.resume_after)
         yield TriggerEvent(payload)
 
     async def work(self, client: AsyncVanceClient) -> dict[str, Any]:
@@ -245,6 +263,7 @@ class VanceAIBatchTrigger(_VanceAITrigger):
         cancel_on_kill: bool = True,
         storage_conn_id: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        resume_after: float | None = None,
     ) -> None:
         super().__init__(
             conn_id,
@@ -253,6 +272,7 @@ class VanceAIBatchTrigger(_VanceAITrigger):
             max_poll_interval=max_poll_interval,
             end_time=end_time,
             cancel_on_kill=cancel_on_kill,
+            resume_after=resume_after,
         )
         self.batch = None if batch is None else dict(batch)
         self.manifest = manifest
