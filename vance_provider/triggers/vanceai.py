@@ -111,8 +111,8 @@ class _VanceAITrigger(BaseTrigger):
             payload = self.error_payload(exc)
         if self.resume_after is not None and self.resume_after > time.time():
             self.log.info(
-                "VanceAI: done; resuming the task at %s, once the scheduler has seen the deferring "
-                "worker exit",
+                "VanceAI: done; the task resumes at %s, once the scheduler has seen the worker that "
+                "handed it over exit ([vanceai] resume_after_deferral)",
                 time.strftime("%H:%M:%S", time.localtime(self.resume_after)),
             )
             await wait_until(self.resume_after)
