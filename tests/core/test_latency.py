@@ -81,7 +81,9 @@ def waves(
         lengths = [0.254 + rng.expovariate(1 / 0.006) for _ in range(16)]
         for length in lengths:
             hit = length <= point
-            estimate.observe(point if hit else length * 1.05, first_poll_hit=hit, in_flight=in_flight)
+            estimate.observe(
+                point if hit else length * 1.05, first_poll_hit=hit, in_flight=in_flight, point=point
+            )
             if hits is not None:
                 hits.append(hit)
         points.append(estimate.value)
@@ -139,3 +141,24 @@ def test_a_key_used_at_nine_tenths_of_its_pace_counts_as_bound() -> None:
     the first look aims as high as at full pressure, so second looks stay rare."""
     assert LatencyEstimate(0.5, lambda: 0.93).target == LatencyEstimate(0.5, lambda: 1.0).target == 0.995
     assert LatencyEstimate(0.5, lambda: 0.45).target == pytest.approx(0.65 + 0.345 / 2)
+
+
+def test_a_wave_of_misses_raises_the_point_once_not_once_per_miss() -> None:
+    """At full pressure a miss moves the point a full step; 16 misses of one wave (looked at with
+    the same point, answering together) moved it 16 times: 0.30 s became 0.40 s for 0.255 s jobs
+    and, at 99.5 % hits, came down by 0.03 % per hit for the rest of the batch. A miss now raises
+    it at most one step above the point its job used, or to where its job ended."""
+    estimate = LatencyEstimate(0.5, lambda: 1.0)
+    first_looks(estimate, [0.25] * 50)  # learned: the point sits at the jobs' length
+    point = estimate.value
+    for _ in range(16):  # the wave: every job ran 2 % longer than the point, found 20 ms late
+        estimate.observe(
+            point * 1.02 + 0.02, first_poll_hit=False, in_flight=16, running_at=point, point=point
+        )
+    assert estimate.value <= point * math.exp(estimate.STEP)
+    assert estimate.value >= point * 1.02  # ...and at least where they ended
+    unbounded = LatencyEstimate(0.5, lambda: 1.0)
+    unbounded.value, unbounded.misses = point, estimate.LEARN
+    for _ in range(16):  # without the point: the old full step per miss
+        unbounded.observe(point * 1.02 + 0.02, first_poll_hit=False, in_flight=16)
+    assert unbounded.value > 2 * point
