@@ -36,8 +36,9 @@ LADDER = [
     ("d8dca8a", "first look by stochastic approximation of a rate-aware share of hits; one polling loop"),
     ("7347dd7", "the first look's step shared by the jobs in flight; rate pressure against the gate's "
                 "own pace; local sources opened without a thread hop, small results stored in one"),
-    ("HEAD", "the first look learned from where the first missed jobs ended; inputs checked in one "
-             "thread hop per 256; a rate used at 0.9 of the gate's pace counts as binding"),
+    ("097b5f5", "the first look learned from where the first missed jobs ended; inputs checked in one "
+                "thread hop per 256; a rate used at 0.9 of the gate's pace counts as binding"),
+    ("HEAD", "a wave of missed first looks raises the point once, not once per miss"),
 ]  # fmt: skip
 
 
