@@ -180,7 +180,7 @@ def test_a_trigger_holds_its_event_until_resume_after(
         seen.append(f"wait {when}")
 
     monkeypatch.setattr(module, "wait_until", wait_until)
-    later = time.time() + 600
+    later = time.time() + 30
     trigger = module.VanceAIJobTrigger("vanceai_default", job_ids, poll_interval=0.05, resume_after=later)
     path, kwargs = trigger.serialize()
     assert kwargs["resume_after"] == later
@@ -197,6 +197,13 @@ def test_a_trigger_holds_its_event_until_resume_after(
     rebuilt.resume_after = time.time() - 1
     asyncio.run(events())
     assert seen == [outcome]
+    # A worker clock far ahead holds the event a minute at most.
+    seen.clear()
+    rebuilt.resume_after = time.time() + 3600
+    before = time.time()
+    asyncio.run(events())
+    held = float(seen[0].split()[1])
+    assert before + 60 <= held <= time.time() + 60 and seen[1:] == [outcome]
 
 
 @pytest.mark.parametrize("task", ["batch", "job", "sensor"])

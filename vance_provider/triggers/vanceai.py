@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from vance_provider.core import AsyncVanceClient, Job
 
 MAX_REPORTED_JOBS = 50  # keep events (stored in the metadata DB) small
+MAX_RESUME_HOLD = 60.0  # seconds an event is held back for resume_after, at most
 
 
 def safe_message(exc: BaseException) -> str:
@@ -115,7 +116,8 @@ class _VanceAITrigger(BaseTrigger):
                 "handed it over exit ([vanceai] resume_after_deferral)",
                 time.strftime("%H:%M:%S", time.localtime(self.resume_after)),
             )
-            await wait_until(self.resume_after)
+            # At most a minute: a worker whose clock runs ahead must not hold the task for long.
+            await wait_until(min(self.resume_after, time.time() + MAX_RESUME_HOLD))
         yield TriggerEvent(payload)
 
     async def work(self, client: AsyncVanceClient) -> dict[str, Any]:
