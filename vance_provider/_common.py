@@ -66,9 +66,14 @@ def resume_after() -> float:
     that window failed so (issue 17 §7). Read while the task is still deferred, it is ignored.
     ``[vanceai] resume_after_deferral`` sets the wait (0: none).
     """
-    setting = conf.get("vanceai", "resume_after_deferral", fallback="") or ""
-    if setting.strip():
-        return time.time() + float(setting)
+    setting = (conf.get("vanceai", "resume_after_deferral", fallback="") or "").strip()
+    if setting:
+        try:
+            return time.time() + float(setting)
+        except ValueError:
+            raise ValueError(
+                f"[vanceai] resume_after_deferral must be a number of seconds (or empty), not {setting!r}"
+            ) from None
     return time.time() + conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0) + RESUME_MARGIN
 
 

@@ -154,6 +154,9 @@ def test_resume_after_waits_for_the_deferring_workers_exit_to_be_read(monkeypatc
     before = time.time()
     when = resume_after()
     assert before + 1.5 <= when <= time.time() + 1.5
+    monkeypatch.setenv("AIRFLOW__VANCEAI__RESUME_AFTER_DEFERRAL", "5s")
+    with pytest.raises(ValueError, match=r"resume_after_deferral must be a number of seconds .* not '5s'"):
+        resume_after()
 
 
 @pytest.mark.parametrize("outcome", ["success", "error"])

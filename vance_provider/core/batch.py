@@ -296,10 +296,11 @@ class LatencyEstimate:
         the point (the batch's concurrency); ``point``: the point its first look used.
 
         A miss moves the point at most one full step above the point that job used, or to where
-        the job ended if that is later: the misses of one wave, answering together, raise it once. (At full pressure each raised it a full step:
-        a wave of misses as the pressure rose took 0.30 s to 0.40 s for 0.255 s jobs, and at 99.5 %
-        hits the point came down by 0.03 % per hit, so slots were held 40 % too long for the rest
-        of the batch: 1 run in 4 took 22-24 s, not 19.5.)"""
+        the job ended if that is later: the misses of one wave, answering together, raise it
+        once. (At full pressure each raised it a full step: a wave of misses as the pressure rose
+        took it from 0.30 s to 0.40 s for 0.255 s jobs, and at 99.5 % hits it came down by 0.03 %
+        per hit, so slots were held 40 % too long for the rest of the batch: 1 run in 4 took
+        22-24 s, not 19.5.)"""
         if self.misses < self.LEARN:
             if first_poll_hit:
                 self.value = max(0.02, self.value * 0.97)
