@@ -6,6 +6,8 @@ modules can import them without running that setup twice.
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -135,3 +137,23 @@ def jobs_finish_after_first_look(sim: Any, hold: float = 600.0) -> Iterator[None
     finally:
         stop.set()
         thread.join(5)
+
+
+def rebuild_trigger(trigger: Any) -> tuple[Any, dict[str, Any]]:
+    """The trigger as the triggerer rebuilds it from ``serialize()`` (kwargs as plain JSON), and
+    those kwargs."""
+    path, kwargs = trigger.serialize()
+    json.dumps(kwargs)  # plain JSON, as the triggerer table stores it
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)(**kwargs), kwargs
+
+
+def submit_jobs(vance_conn: Any, api: str, make_image: Any, n: int = 2) -> list[str]:
+    """``n`` upscale jobs submitted through ``vanceai_default`` (set to ``api``): their ids."""
+    from vance_provider.hooks.vanceai import VanceAIHook
+
+    vance_conn(api)
+    hook = VanceAIHook()
+    ids = [hook.client.submit(str(make_image(f"t{i}.jpg")), "upscale", {"scale": 2}).id for i in range(n)]
+    hook.close()
+    return ids

@@ -3,42 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import time
 
 import pytest
 
+from tests.airflow.helpers import rebuild_trigger, submit_jobs
 from tests.conftest import fast_config
 from vance_provider.sim import Faults, SimulatorServer
 from vance_provider.triggers.vanceai import VanceAIBatchTrigger, VanceAIJobTrigger
-
-
-def _rebuild(trigger):
-    path, kwargs = trigger.serialize()
-    json.dumps(kwargs)  # plain JSON, as the triggerer table stores it
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)(**kwargs), kwargs
 
 
 async def _events(trigger) -> list:
     return [event async for event in trigger.run()]
 
 
-def _submit(vance_conn, api: str, make_image, n: int = 2) -> list[str]:
-    from vance_provider.hooks.vanceai import VanceAIHook
-
-    vance_conn(api)
-    hook = VanceAIHook()
-    ids = [hook.client.submit(str(make_image(f"t{i}.jpg")), "upscale", {"scale": 2}).id for i in range(n)]
-    hook.close()
-    return ids
-
-
 @pytest.mark.parametrize("cls", [VanceAIJobTrigger, VanceAIBatchTrigger])
 @pytest.mark.parametrize("api", ["open", "web"])
 def test_serialize_round_trip_and_run(cls, api, sim, vance_conn, make_image) -> None:
-    ids = _submit(vance_conn, api, make_image)
+    ids = submit_jobs(vance_conn, api, make_image)
     token = vance_conn(api)
     extra = (
         {"manifest": "file:///tmp/x/_vance_manifest.json", "carry": {"spent": 1.0}}
@@ -48,7 +31,7 @@ def test_serialize_round_trip_and_run(cls, api, sim, vance_conn, make_image) -> 
     trigger = cls(
         "vanceai_default", ids, poll_interval=0.05, max_poll_interval=0.2, end_time=time.time() + 60, **extra
     )
-    rebuilt, kwargs = _rebuild(trigger)
+    rebuilt, kwargs = rebuild_trigger(trigger)
     assert token not in json.dumps(kwargs)
     assert kwargs["job_ids"] == ids and kwargs["conn_id"] == "vanceai_default"
     assert rebuilt.serialize() == trigger.serialize()

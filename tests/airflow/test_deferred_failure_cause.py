@@ -43,7 +43,7 @@ from unittest.mock import MagicMock
 import pytest
 from packaging.version import Version
 
-from tests.airflow.helpers import load_dag, ti_states, xcom
+from tests.airflow.helpers import load_dag, rebuild_trigger, submit_jobs, ti_states, xcom
 from vance_provider.airflow_compat import AIRFLOW_VERSION
 
 
@@ -165,14 +165,11 @@ def test_a_trigger_holds_its_event_until_resume_after(
 ) -> None:
     """The jobs are done at once, yet the event waits for ``resume_after`` (survives a triggerer
     restart: it is serialized); an error event waits too."""
-    import importlib
-
     from vance_provider.hooks.vanceai import VanceAIHook
     from vance_provider.triggers import vanceai as module
 
-    vance_conn("open")
+    job_ids = submit_jobs(vance_conn, "open", make_image, n=1)
     hook = VanceAIHook()
-    job_ids = [hook.client.submit(str(make_image("a.jpg")), "upscale", {"scale": 2}).id]
     hook.client.wait(job_ids[0], poll_interval=0.05)
     hook.close()
     if outcome == "error":
@@ -185,9 +182,8 @@ def test_a_trigger_holds_its_event_until_resume_after(
     monkeypatch.setattr(module, "wait_until", wait_until)
     later = time.time() + 30
     trigger = module.VanceAIJobTrigger("vanceai_default", job_ids, poll_interval=0.05, resume_after=later)
-    path, kwargs = trigger.serialize()
+    rebuilt, kwargs = rebuild_trigger(trigger)
     assert kwargs["resume_after"] == later
-    rebuilt = getattr(importlib.import_module(path.rpartition(".")[0]), path.rpartition(".")[2])(**kwargs)
 
     async def events() -> None:
         async for event in rebuilt.run():
@@ -235,12 +231,9 @@ def test_every_deferral_sets_resume_after(task, sim, vance_conn, make_image, tmp
             task_id="t", source=str(tmp_path / "in" / "p0.jpg"), tool="upscale", deferrable=True
         )
     else:
-        from vance_provider.hooks.vanceai import VanceAIHook
-
-        hook = VanceAIHook()
-        job_id = hook.client.submit(str(tmp_path / "in" / "p0.jpg"), "upscale", {"scale": 2}).id
-        hook.close()
-        op = VanceAIJobSensor(task_id="t", job_ids=[job_id], deferrable=True)
+        op = VanceAIJobSensor(
+            task_id="t", job_ids=submit_jobs(vance_conn, "open", make_image, n=1), deferrable=True
+        )
     before = time.time()
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context={"ti": MagicMock()})  # the job id pushed to XCom: not looked at here

@@ -44,7 +44,7 @@ from .errors import (
 from .inputs import InputInfo, check_input
 from .lease import BatchLease
 from .manifest import ItemState, Manifest, ManifestItem
-from .models import Job, JobStatus
+from .models import ApiName, Job, JobStatus, Media
 from .polling import poll_jobs
 from .secrets import redact
 from .storage import (
@@ -301,18 +301,18 @@ class LatencyEstimate:
         took it from 0.30 s to 0.40 s for 0.255 s jobs, and at 99.5 % hits it came down by 0.03 %
         per hit, so slots were held 40 % too long for the rest of the batch: 1 run in 4 took
         22-24 s, not 19.5.)"""
+        ended = seconds if running_at is None else (running_at + seconds) / 2  # a miss's likely end
         if self.misses < self.LEARN:
             if first_poll_hit:
                 self.value = max(0.02, self.value * 0.97)
             else:
                 self.misses += 1
-                self._ends.append(seconds if running_at is None else (running_at + seconds) / 2)
+                self._ends.append(ended)
                 self.value = max(0.02, statistics.median(self._ends))
             return
         step = self.STEP / max(1.0, 1 + (in_flight - 1) * (1 - self._pressure()))
         moved = self.value * math.exp(step * (self.target - first_poll_hit))
         if not first_poll_hit and point is not None:
-            ended = seconds if running_at is None else (running_at + seconds) / 2
             moved = min(moved, max(self.value, ended, point * math.exp(self.STEP * self.target)))
         self.value = max(0.02, moved)
 
@@ -1066,8 +1066,8 @@ CHECK_CHUNK = 256  # inputs checked per thread hop
 
 def check_inputs(
     inputs: list[tuple[str, int, bool]],
-    media: Any,
-    api: Any,
+    media: Media,
+    api: ApiName,
     storage_options: dict[str, Any] | None,
     local_outputs: list[str] | None,
 ) -> list[InputInfo | Exception]:
