@@ -40,8 +40,12 @@ ENV = {
     k: float(os.environ.get(f"BENCH_{k}", d))
     for k, d in {"N": 1000, "T": 0.25, "C": 16, "R": 100, "TICK": 0.005}.items()
 }
+# The simulator's process runs without the cyclic garbage collector: its full collections paused
+# the scheduler 40-60 ms a few times a run, so every job in flight ended that much late, a stall
+# of the stand-in and not of the service (the floor and the engines meet the same simulator).
 SIM = """
-import sys, time
+import gc, sys, time
+gc.disable()
 from vance_provider.sim import Account, SimConfig, SimulatorServer
 t, c, r, tick, port = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
 cfg = SimConfig(accounts=[Account(credits=1e9)], queue_delay=0.0, time_per_job=t, max_concurrent_images=c,
@@ -81,21 +85,42 @@ class Sim:
         return self
 
     def steady_requests_per_job(self) -> float:
-        """HTTP requests per job in the steady state: every request the simulator received while
-        the middle 80 % of the jobs were created (learning at the start and the tail left out),
-        divided by the jobs created then."""
+        """HTTP requests per job in the steady state, over the middle 80 % of the jobs by creation
+        (learning at the start and the tail left out).
+
+        Where the log names each request's job (Open API: ``/jobs/{id}``, ``/storage/results/{id}``)
+        each of these jobs' own requests are counted, and only jobs created after the key's first
+        rate window: the simulator's windows are aligned to the clock, so the first is a part of a
+        window with a whole window's budget, and requests do not bind then. Otherwise (web API: the
+        job is named in the form body) every request received while those jobs were created is
+        counted."""
         log = httpx.get(f"{self.url}/_sim/requests", timeout=60).json()
-        created = sorted(r["at"] for r in log if r.get("created_job"))
-        lo, hi = created[len(created) // 10], created[9 * len(created) // 10]
-        jobs = sum(1 for at in created if lo <= at < hi)
-        requests = sum(1 for r in log if lo <= r["at"] < hi and not r["path"].startswith("/_sim"))
-        return round(requests / max(1, jobs), 2)
+        created = sorted((r["at"], r["created_job"]) for r in log if r.get("created_job"))
+        middle = created[len(created) // 10 : 9 * len(created) // 10]
+        first_reset = (log[0]["at"] // RATE_WINDOW + 1) * RATE_WINDOW
+        jobs = {job for at, job in middle if at >= first_reset}
+        if not any(r["path"].startswith("/api/v1/jobs/") for r in log) or not jobs:
+            lo, hi = middle[0][0], middle[-1][0]
+            requests = sum(1 for r in log if lo <= r["at"] <= hi and not r["path"].startswith("/_sim"))
+            return round(requests / len(middle), 3)
+        return round(sum(1 for r in log if job_of(r) in jobs) / len(jobs), 3)
 
     def __exit__(self, *exc: object) -> None:
         assert self.proc.stdin
         self.proc.stdin.close()
         self.proc.terminate()
         self.proc.wait(20)
+
+
+def job_of(request: dict[str, Any]) -> str | None:
+    """The job a logged request was about: the one it created, or the one its path names."""
+    if request.get("created_job"):
+        return str(request["created_job"])
+    parts = request["path"].split("/")
+    for name in ("jobs", "results"):
+        if name in parts[:-1]:
+            return parts[parts.index(name) + 1]
+    return None
 
 
 def engine(api: str, sim: Sim, src: Path, dst: Path, c: int, pythonpath: Path) -> dict[str, Any]:

@@ -35,7 +35,8 @@ def test_the_share_of_first_looks_that_find_the_job_done_settles_at_the_target(
     estimate = LatencyEstimate(0.5, lambda: pressure)
     hits = first_looks(estimate, lengths)
     steady = statistics.fmean(hits[5_000:])
-    assert estimate.target == pytest.approx(0.65 + 0.345 * min(1.0, pressure / 0.9))
+    low, high = LatencyEstimate.LOW, LatencyEstimate.HIGH
+    assert estimate.target == pytest.approx(low + (high - low) * min(1.0, pressure / LatencyEstimate.BOUND))
     assert steady == pytest.approx(estimate.target, abs=0.015)
 
 
@@ -139,8 +140,9 @@ def test_the_first_misses_teach_where_jobs_end_not_when_a_backed_off_look_saw_it
 def test_a_key_used_at_nine_tenths_of_its_pace_counts_as_bound() -> None:
     """A rate-bound batch's rate breathes with its slots (it read 0.93 on average): from 0.9 on,
     the first look aims as high as at full pressure, so second looks stay rare."""
-    assert LatencyEstimate(0.5, lambda: 0.93).target == LatencyEstimate(0.5, lambda: 1.0).target == 0.995
-    assert LatencyEstimate(0.5, lambda: 0.45).target == pytest.approx(0.65 + 0.345 / 2)
+    low, high = LatencyEstimate.LOW, LatencyEstimate.HIGH
+    assert LatencyEstimate(0.5, lambda: 0.93).target == LatencyEstimate(0.5, lambda: 1.0).target == high
+    assert LatencyEstimate(0.5, lambda: 0.45).target == pytest.approx(low + (high - low) / 2)
 
 
 def test_a_wave_of_misses_raises_the_point_once_not_once_per_miss() -> None:

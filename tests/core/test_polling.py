@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -31,7 +32,9 @@ class FakeClock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClock]:
     fake = FakeClock()
     monkeypatch.setattr(polling, "time", fake)
-    monkeypatch.setattr(polling.asyncio, "sleep", fake.sleep)
+    # Only polling's view of asyncio: patching asyncio.sleep itself reached other tests' loops.
+    fake_asyncio = SimpleNamespace(sleep=fake.sleep, gather=asyncio.gather, iscoroutine=asyncio.iscoroutine)
+    monkeypatch.setattr(polling, "asyncio", fake_asyncio)
     yield fake
 
 
@@ -94,6 +97,25 @@ def test_reported_progress_brings_the_next_look_forward(clock: FakeClock) -> Non
     get_job, _ = scripted({"a": [job("a", JobStatus.PROCESSING, progress=50), job("a", JobStatus.SUCCEEDED)]})
     result = asyncio.run(polling.poll_jobs(get_job, ["a"], interval=1.0, max_interval=10.0, first_delay=2.0))
     assert result.looks == 2 and clock.sleeps == [2.0, 2.2]
+
+
+def test_a_first_delay_that_grew_while_waiting_is_kept(clock: FakeClock) -> None:
+    """The batch engine's point can rise while a job runs (another job's look missed): the first
+    look comes by the point at the time of the look, not the one read when the job was made."""
+    get_job, _ = scripted({"a": [job("a", JobStatus.SUCCEEDED)]})
+    point = {"value": 0.25}
+    started = clock.now
+
+    def first_delay() -> float:
+        left = started + point["value"] - clock.now
+        point["value"] = 0.3  # raised once, while this job waited
+        return left
+
+    result = asyncio.run(
+        polling.poll_jobs(get_job, ["a"], interval=1.0, max_interval=1.0, first_delay=first_delay)
+    )
+    assert clock.sleeps == [0.25, 0.05] and result.looks == 1
+    assert result.first_look_at == result.last_look_at == pytest.approx(started + 0.3)
 
 
 def test_on_update_sees_every_answer(clock: FakeClock) -> None:

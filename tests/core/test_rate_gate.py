@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import OPEN_KEY
 from vance_provider.core import AsyncVanceClient, RetryPolicy
 from vance_provider.core.backends.base import RateGate
+from vance_provider.core.batch import LatencyEstimate
 from vance_provider.core.errors import RateLimitedError, ServerError
 
 EPOCH = 1_800_000_000.0  # wall time at the start of every virtual run (a window boundary)
@@ -355,3 +356,32 @@ async def test_a_window_spent_faster_than_it_runs_reads_as_bound() -> None:
     gate.observe(answer(39))
     vt.now += 2.0  # 60 % gone in 65 % of the window: no longer ahead of its pace
     assert 0.8 < gate.pressure() < 1.0
+
+
+def window_answer(remaining: int, reset: float) -> httpx.Headers:
+    return httpx.Headers(
+        {
+            "X-RateLimit-Limit": "100",
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": f"{reset:.3f}",
+        }
+    )
+
+
+@pytest.mark.parametrize(("windows_later", "bound"), [(1, True), (3, False)])
+async def test_just_after_a_reset_a_key_that_spent_the_last_window_reads_as_bound(
+    windows_later: int, bound: bool
+) -> None:
+    """A key that spent its window before the reset waited for it, so just after the reset its
+    recent rate looks low and the new window is too young to tell (it read 0.67, and the engine
+    aimed its first looks lower for a second and a half after each reset). The window just ended
+    says it: spent. A window that does not follow it (the key rested meanwhile) says nothing."""
+    vt = VirtualTime()
+    gate = vt.gate()
+    gate.observe(window_answer(99, EPOCH + 10))  # 100 per 10 s
+    for left in range(98, -1, -1):  # the budget spent in 8 s...
+        vt.now += 8 / 99
+        gate.observe(window_answer(left, EPOCH + 10), await gate.wait())
+    vt.now = 100 + 10 * windows_later + 0.3  # ...then nothing until just after a reset
+    gate.observe(window_answer(99, EPOCH + 10 * (windows_later + 1)), await gate.wait())
+    assert (gate.pressure() >= LatencyEstimate.BOUND) is bound

@@ -260,7 +260,7 @@ class LatencyEstimate:
 
     LEARN = 5  # misses before the stochastic approximation takes over
     STEP = 0.05  # log-step: a miss moves the point up by up to 5 %
-    LOW, HIGH = 0.65, 0.995  # the share of first looks that should find the job done
+    LOW, HIGH = 0.65, 0.999  # the share of first looks that should find the job done
     BOUND = 0.9  # the rate pressure from which the rate counts as binding
 
     def __init__(self, initial: float, pressure: Callable[[], float] = lambda: 1.0) -> None:
@@ -1014,13 +1014,14 @@ class BatchRunner:
         if self.caps.answers_on_submit:  # the result came with the submission: nothing to wait for
             return await self.client.get_job(item.job_id)
         started = self._submitted_at.get(item.source, time.monotonic())
-        point = self.latency.value
         result = await poll_jobs(
             self.client.get_job,
             [item.job_id],
-            # First look when jobs like this one usually finish; a job still running then is
-            # usually nearly done: look again soon, then back off.
-            first_delay=started + point - time.monotonic(),
+            # First look when jobs like this one usually finish, by the point at the time of the
+            # look: a miss meanwhile may have raised it (read once at creation, the jobs in flight
+            # when the rate began to bind all looked too early and missed together). A job still
+            # running then is usually nearly done: look again soon, then back off.
+            first_delay=lambda: started + self.latency.value - time.monotonic(),
             started=started,
             interval=self.latency.repoll(self.spec.poll_interval),
             max_interval=self.spec.max_poll_interval,
@@ -1034,7 +1035,7 @@ class BatchRunner:
                 first_poll_hit=result.looks == 1,
                 in_flight=self.limit.limit,
                 running_at=result.previous_look_at - started if result.looks > 1 else None,
-                point=point,
+                point=result.first_look_at - started,
             )
         return result.done[item.job_id]
 

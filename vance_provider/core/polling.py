@@ -17,6 +17,7 @@ class PollResult:
     done: dict[str, Job] = field(default_factory=dict)  # terminal jobs by id
     pending: list[str] = field(default_factory=list)  # still running at the deadline (or at a stop)
     looks: int = 0  # rounds of GETs made
+    first_look_at: float = 0.0  # time.monotonic() when the first round was sent
     last_look_at: float = 0.0  # time.monotonic() when the last round was sent
     previous_look_at: float = 0.0  # ... and the round before it
 
@@ -31,7 +32,7 @@ async def poll_jobs(
     *,
     interval: float,
     max_interval: float,
-    first_delay: float = 0.0,
+    first_delay: float | Callable[[], float] = 0.0,
     started: float | None = None,
     deadline: float | None = None,
     stop_on_failure: bool = False,
@@ -41,18 +42,22 @@ async def poll_jobs(
     """Look at the jobs until every one is terminal, one failed (``stop_on_failure``) or the
     ``deadline`` (a ``time.time()`` value) passed; returns what was seen.
 
-    The first look comes after ``first_delay``. Later looks back off by 1.5x up to
+    The first look comes after ``first_delay``; a callable (the time left) is asked again on
+    waking, so a delay that grew meanwhile is kept (the batch engine's point can rise while a job runs). Later looks back off by 1.5x up to
     ``max_interval``, come sooner when the service's progress says a job is about to finish, and
     never sleep past the deadline (the last look is made at it). ``started`` (``time.monotonic()``,
     default now) is when the jobs began, for the progress estimate.
     """
     started = time.monotonic() if started is None else started
     result = PollResult(pending=list(dict.fromkeys(job_ids)))
-    if first_delay > 0:
-        await asyncio.sleep(_capped(first_delay, deadline))
+    first_at = time.monotonic() + (0.0 if callable(first_delay) else first_delay)
+    delay = first_delay if callable(first_delay) else lambda: first_at - time.monotonic()
+    while (wait := _capped(delay(), deadline)) > 0:
+        await asyncio.sleep(wait)
     interval = max(0.02, interval)
     while result.pending:
         result.previous_look_at, result.last_look_at = result.last_look_at, time.monotonic()
+        result.first_look_at = result.first_look_at or result.last_look_at
         jobs = await asyncio.gather(*(get_job(j) for j in result.pending))
         result.looks += 1
         for job in jobs:

@@ -87,6 +87,7 @@ class RateGate:
         self.blocked_at = -math.inf  # monotonic: when the current block began
         self._skew = 0.0  # how far the server's clock is ahead of ours (beyond a second)
         self._gap = math.inf  # the shortest time seen from one window's reset to a later one's
+        self._last_spent = 0.0  # the share of the previous window's requests that were spent
         self._paced_since = math.inf  # monotonic: since when the gate knows a rate to pace by
         self.epoch = 0  # +1 whenever the schedule is redone: slots taken before are void
         self.limited = 0  # 429 rate_limited answers seen
@@ -200,8 +201,8 @@ class RateGate:
         if self.remaining is None or not self.limit or now >= self.reset_at:
             return 0.0
         gone = self.window - (self.reset_at - now)
-        if gone < min(2.0, self.window / 4):  # too early in the window to tell
-            return 0.0
+        if gone < min(2.0, self.window / 4):  # too early in the window to tell: as the last one
+            return self._last_spent
         return (self.limit - self.remaining) / self.limit / (gone / self.window)
 
     def refused_for_concurrency(self) -> None:
@@ -232,6 +233,11 @@ class RateGate:
         if self.reset is None or reset > self.reset + 1e-3:  # a newer window
             if self.reset is not None:
                 self._gap = min(self._gap, reset - self.reset)
+                # The share of the window just ended that was spent, if this one follows it (just
+                # after a reset, a key spent to the reset read 0.67: its calls had waited for it).
+                left, limit = self.remaining, self.limit
+                follows = reset - self.reset <= 1.5 * self.window
+                self._last_spent = 1 - left / limit if follows and left is not None and limit else 0.0
             self.reset, self.reset_at, self.remaining = reset, now + (reset - wall), remaining
         elif remaining is not None:  # the same window, answers out of order: trust the lowest
             self.remaining = remaining if self.remaining is None else min(self.remaining, remaining)
