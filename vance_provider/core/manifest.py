@@ -134,7 +134,7 @@ class Manifest:
     loads the same state.
     """
 
-    JOURNAL_FROM = 2000
+    JOURNAL_FROM = 256
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
         self.url = url
