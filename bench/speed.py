@@ -247,9 +247,14 @@ def worktree(ref: str, where: Path) -> Path:
 
 
 def median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median makespan, with every run's makespan beside it."""
+    """The run with the median makespan, with every run's makespan and steady-state requests per
+    job beside it."""
     ranked = sorted(results, key=lambda one: one["makespan_s"])
-    return {**ranked[len(ranked) // 2], "makespans_s": [one["makespan_s"] for one in results]}
+    return {
+        **ranked[len(ranked) // 2],
+        "makespans_s": [one["makespan_s"] for one in results],
+        "steady_http_requests_per_job_by_run": [one["steady_http_requests_per_job"] for one in results],
+    }
 
 
 def main() -> None:
