@@ -301,6 +301,16 @@ async def test_no_retries_means_none_for_429s_either() -> None:
     assert len(sent) == 1 and info.value.retry_after == pytest.approx(0.01)
 
 
+def window_answer(remaining: int, reset: float) -> httpx.Headers:
+    return httpx.Headers(
+        {
+            "X-RateLimit-Limit": "100",
+            "X-RateLimit-Remaining": str(remaining),
+            "X-RateLimit-Reset": f"{reset:.3f}",
+        }
+    )
+
+
 # --- rate pressure: how close the key is to its limit (where the engine aims its first polls) ------
 async def test_pressure_is_the_share_of_the_allowed_rate_in_use() -> None:
     vt = VirtualTime()
@@ -308,13 +318,7 @@ async def test_pressure_is_the_share_of_the_allowed_rate_in_use() -> None:
     assert gate.pressure() == 0.0  # no limit known: nothing binds
 
     def answer(remaining: int) -> httpx.Headers:
-        return httpx.Headers(
-            {
-                "X-RateLimit-Limit": "100",
-                "X-RateLimit-Remaining": str(remaining),
-                "X-RateLimit-Reset": f"{EPOCH + 10:.3f}",
-            }
-        )
+        return window_answer(remaining, EPOCH + 10)
 
     gate.observe(answer(99))  # 100 per 10 s: 10 calls a second allowed
     for _ in range(10):  # 5 calls a second for 2 s
@@ -339,13 +343,7 @@ async def test_a_window_spent_faster_than_it_runs_reads_as_bound() -> None:
     gate = vt.gate()
 
     def answer(remaining: int) -> httpx.Headers:
-        return httpx.Headers(
-            {
-                "X-RateLimit-Limit": "100",
-                "X-RateLimit-Remaining": str(remaining),
-                "X-RateLimit-Reset": f"{EPOCH + 10:.3f}",
-            }
-        )
+        return window_answer(remaining, EPOCH + 10)
 
     gate.observe(answer(99))  # 100 per 10 s
     for left in range(98, 38, -1):  # 60 calls in the first 2 s
@@ -356,16 +354,6 @@ async def test_a_window_spent_faster_than_it_runs_reads_as_bound() -> None:
     gate.observe(answer(39))
     vt.now += 2.0  # 60 % gone in 65 % of the window: no longer ahead of its pace
     assert 0.8 < gate.pressure() < 1.0
-
-
-def window_answer(remaining: int, reset: float) -> httpx.Headers:
-    return httpx.Headers(
-        {
-            "X-RateLimit-Limit": "100",
-            "X-RateLimit-Remaining": str(remaining),
-            "X-RateLimit-Reset": f"{reset:.3f}",
-        }
-    )
 
 
 @pytest.mark.parametrize(("windows_later", "bound"), [(1, True), (3, False)])
