@@ -239,8 +239,9 @@ class LatencyEstimate:
     Every first look tells whether its job was done by then, with no bias from which jobs
     happen to be measured; so the point is tracked by stochastic approximation: a little
     earlier after each hit, later after each miss, and the share of hits settles at ``q``.
-    ``q`` follows the key's rate pressure (``pressure()``, 0 to 1): 0.97 when the request rate
-    binds (a missed look costs a turn of the rate budget, while slots are not what limits),
+    ``q`` follows the key's rate pressure (``pressure()``, 0 to 1): 0.999 when the request rate
+    binds (a missed look costs a turn of the rate budget, while slots are not what limits; at
+    0.995, one first look in 200 missed by design),
     0.65 when it does not (a missed look costs only a second look soon after, aimed by the
     service's progress where it reports one; a late look holds a slot the service could use).
     Until a few jobs have been missed, the point is learned from the misses, from a quarter of
