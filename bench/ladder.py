@@ -38,7 +38,10 @@ LADDER = [
                 "own pace; local sources opened without a thread hop, small results stored in one"),
     ("097b5f5", "the first look learned from where the first missed jobs ended; inputs checked in one "
                 "thread hop per 256; a rate used at 0.9 of the gate's pace counts as binding"),
-    ("HEAD", "a wave of missed first looks raises the point once, not once per miss"),
+    ("a4ce89d", "a wave of missed first looks raises the point once, not once per miss"),
+    ("d91a37a", "the first look reads the point when it is due; 99.9 % hits when the rate binds; just "
+                "after a reset the rate pressure reads the window that ended"),
+    ("HEAD", "the manifest a journal of changed items from 256 items (was 2000)"),
 ]  # fmt: skip
 
 
