@@ -301,7 +301,8 @@ async def test_no_retries_means_none_for_429s_either() -> None:
     assert len(sent) == 1 and info.value.retry_after == pytest.approx(0.01)
 
 
-def window_answer(remaining: int, reset: float) -> httpx.Headers:
+def window_answer(remaining: int, reset: float = EPOCH + 10) -> httpx.Headers:
+    """An answer's rate headers: 100 requests per window, ``remaining`` left until ``reset``."""
     return httpx.Headers(
         {
             "X-RateLimit-Limit": "100",
@@ -317,22 +318,19 @@ async def test_pressure_is_the_share_of_the_allowed_rate_in_use() -> None:
     gate = vt.gate()
     assert gate.pressure() == 0.0  # no limit known: nothing binds
 
-    def answer(remaining: int) -> httpx.Headers:
-        return window_answer(remaining, EPOCH + 10)
-
-    gate.observe(answer(99))  # 100 per 10 s: 10 calls a second allowed
+    gate.observe(window_answer(99))  # 100 per 10 s: 10 calls a second allowed
     for _ in range(10):  # 5 calls a second for 2 s
         vt.now += 0.2
-        gate.observe(answer(98), await gate.wait())
+        gate.observe(window_answer(98), await gate.wait())
     assert gate.pressure() == pytest.approx(0.5 * RateGate.MARGIN)  # of the rate it paces itself to
     for _ in range(25):  # at the gate's own pace for 2 s and more: bound
         vt.now += gate.interval
-        gate.observe(answer(98), await gate.wait())
+        gate.observe(window_answer(98), await gate.wait())
     assert gate.pressure() == pytest.approx(1.0, abs=0.06)
     vt.now += 2.5
     # Nothing sent lately: what is left is the window's own pace (a third of it spent in 3/4 of it).
     assert 0.0 < gate.pressure() < 0.6
-    gate.observe(answer(0), await gate.wait())
+    gate.observe(window_answer(0), await gate.wait())
     assert gate.pressure() == 1.0  # the window is spent: calls wait for its reset
 
 
@@ -342,16 +340,13 @@ async def test_a_window_spent_faster_than_it_runs_reads_as_bound() -> None:
     vt = VirtualTime()
     gate = vt.gate()
 
-    def answer(remaining: int) -> httpx.Headers:
-        return window_answer(remaining, EPOCH + 10)
-
-    gate.observe(answer(99))  # 100 per 10 s
+    gate.observe(window_answer(99))  # 100 per 10 s
     for left in range(98, 38, -1):  # 60 calls in the first 2 s
         vt.now += 2 / 60
-        gate.observe(answer(left), await gate.wait())
+        gate.observe(window_answer(left), await gate.wait())
     vt.now += 2.5  # then nothing for a while: 60 % of the budget gone in 45 % of the window
     assert gate.pressure() == 1.0
-    gate.observe(answer(39))
+    gate.observe(window_answer(39))
     vt.now += 2.0  # 60 % gone in 65 % of the window: no longer ahead of its pace
     assert 0.8 < gate.pressure() < 1.0
 

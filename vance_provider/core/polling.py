@@ -46,8 +46,8 @@ async def poll_jobs(
     waking, so a delay that grew meanwhile is kept (the batch engine's point can rise while a job
     runs). Later looks back off by 1.5x up to ``max_interval``, come sooner when the service's
     progress says a job is about to finish, and never sleep past the deadline (the last look is
-    made at it). ``started`` (``time.monotonic()``,
-    default now) is when the jobs began, for the progress estimate.
+    made at it). ``started`` (``time.monotonic()``, default now) is when the jobs began, for the
+    progress estimate.
     """
     started = time.monotonic() if started is None else started
     result = PollResult(pending=list(dict.fromkeys(job_ids)))
