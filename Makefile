@@ -1,6 +1,7 @@
 # Every target creates or updates the environment itself: on a fresh machine with
 # Python 3.11 and pip, `make demo` and `make test` are all a newcomer types.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The interpreter's real path: a pyenv shim's path would make uv rebuild .venv on every target.
+PYTHON ?= $(shell "$$(command -v python3.11 || command -v python3)" -c 'import sys; print(sys.executable)')
 UV_VERSION := 0.13.8
 TOOLS := .tools
 UV := $(TOOLS)/bin/uv
@@ -14,7 +15,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_COMPILE_BYTECODE := 1
 PYTEST_ARGS ?=
 
-.PHONY: env demo test compat lint bench soak docs clean
+.PHONY: env demo test compat compat-lock lint bench soak docs clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -31,11 +32,15 @@ test: env
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
 # The Airflow suite on the lowest and highest supported Airflow, the Dagster suite on the lowest
-# and highest supported Dagster: four virtualenvs in .compat/, built from the registry with uv.
-# `make compat COMPAT_ENVS="airflow-lowest"` runs one of them.
+# and highest supported Dagster: four virtualenvs in .compat/, each installed from its committed
+# lock in .ci/compat/. `make compat COMPAT_ENVS="airflow-lowest"` runs one of them;
+# `make compat-lock` re-resolves the locks from the registry (run it on purpose, then commit).
 COMPAT_ENVS ?=
 compat: $(UV)
 	UV=$(UV) PYTHON=$(PYTHON) bash .ci/compat.sh $(COMPAT_ENVS)
+
+compat-lock: $(UV)
+	UV=$(UV) PYTHON=$(PYTHON) bash .ci/compat.sh --lock $(COMPAT_ENVS)
 
 lint: env
 	$(VENV)/bin/ruff check .

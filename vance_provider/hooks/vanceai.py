@@ -158,25 +158,21 @@ class VanceAIHook(BaseHook):
         if "client" in self.__dict__:
             self.__dict__.pop("client").close()
 
-    async def aget_vance_connection(self) -> Connection:
-        """The connection, fetched without blocking the event loop (triggerer-safe)."""
-        if "connection" in self.__dict__:
-            return self.__dict__["connection"]
-        aget = getattr(self, "aget_connection", None)
-        if aget is not None:
-            conn = await aget(self.vanceai_conn_id)
-        else:  # pragma: no cover - older task SDKs
-            from asgiref.sync import sync_to_async
-
-            conn = await sync_to_async(self.get_connection)(self.vanceai_conn_id)
-        self.__dict__["connection"] = conn
-        return conn
-
     async def get_async_client(self) -> AsyncVanceClient:
-        """A new async client (an async context manager); for triggers."""
+        """A new async client (an async context manager); for triggers.
+
+        The connection is fetched and read in a worker thread: in a triggerer, ``get_connection``
+        and ``extra_dejson`` (which masks secrets) talk to the supervisor through synchronous
+        calls that raise when made on the event loop (Airflow 3.0's ``AsyncToSync`` error).
+        """
+        from asgiref.sync import sync_to_async
+
         from vance_provider.core import AsyncVanceClient
 
-        token, kwargs = self._client_args(await self.aget_vance_connection())
+        def client_args() -> tuple[str, dict[str, Any]]:
+            return self._client_args(self.connection)
+
+        token, kwargs = await sync_to_async(client_args)()
         return AsyncVanceClient(token, **kwargs)
 
     @asynccontextmanager
