@@ -5,8 +5,9 @@ when the balance is short, skips the batch instead of failing half way (``on_ins
 use ``"fail"`` to make the run fail). The batch itself stops submitting once its
 ``credit_budget`` would be exceeded. ``deferrable`` follows ``[operators] default_deferrable``.
 
-Run it with other folders: ``airflow dags trigger vanceai_credit_checked_batch -c
-'{"source": "s3://bucket/in/", "destination": "s3://bucket/out/"}'``.
+Every field of the trigger form reaches the tasks: run it with other folders or another budget
+with ``airflow dags trigger vanceai_credit_checked_batch -c '{"source": "s3://bucket/in/",
+"destination": "s3://bucket/out/", "credit_budget": 50}'``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,18 @@ with DAG(
     start_date=datetime(2025, 1, 1),
     catchup=False,
     params={
-        "source": Param("s3://vance-demo/incoming/", type="string"),
-        "destination": Param("s3://vance-demo/enhanced-2x/", type="string"),
-        "credit_budget": Param(500, type="number", description="most credits one run may spend"),
+        "source": Param(
+            "s3://vance-demo/incoming/", type="string", description="fsspec URL, prefix or glob of the inputs"
+        ),
+        "destination": Param(
+            "s3://vance-demo/enhanced-2x/", type="string", description="fsspec prefix for the outputs"
+        ),
+        "credit_budget": Param(
+            500,
+            type="number",
+            minimum=0,
+            description="most credits one run may spend: over it, the batch fails before paying anything",
+        ),
     },
     tags=["vanceai", "example"],
 ) as dag:
@@ -44,7 +54,7 @@ with DAG(
         destination="{{ params.destination }}",
         tool="upscale",
         config={"scale": 2},
-        credit_budget=500,
+        credit_budget="{{ params.credit_budget }}",
         max_concurrency=8,
         poll_interval=5,
         # The destination is templated: an alias gets an asset event for the rendered URL.

@@ -28,8 +28,16 @@ with DAG(
     start_date=datetime(2025, 1, 1),
     catchup=False,
     params={
-        "shards": Param(["s3://vance-demo/incoming/a/", "s3://vance-demo/incoming/b/"], type="array"),
-        "destination": Param("s3://vance-demo/enhanced-sharded", type="string"),
+        "shards": Param(
+            ["s3://vance-demo/incoming/a/", "s3://vance-demo/incoming/b/"],
+            type="array",
+            description="one prefix per shard: each becomes one mapped task",
+        ),
+        "destination": Param(
+            "s3://vance-demo/enhanced-sharded",
+            type="string",
+            description="fsspec prefix; shard n writes under <destination>/shard-n/",
+        ),
     },
     tags=["vanceai", "example"],
 ) as dag:

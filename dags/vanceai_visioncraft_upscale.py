@@ -20,8 +20,12 @@ with DAG(
     start_date=datetime(2025, 1, 1),
     catchup=False,
     params={
-        "source": Param("s3://vance-demo/incoming/", type="string"),
-        "destination": Param("s3://vance-demo/visioncraft-x2/", type="string"),
+        "source": Param(
+            "s3://vance-demo/incoming/", type="string", description="fsspec URL, prefix or glob of the inputs"
+        ),
+        "destination": Param(
+            "s3://vance-demo/visioncraft-x2/", type="string", description="fsspec prefix for the outputs"
+        ),
     },
     tags=["vanceai", "visioncraft", "example"],
 ) as dag:

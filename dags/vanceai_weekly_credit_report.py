@@ -26,8 +26,16 @@ with DAG(
     catchup=False,
     params={
         "reports": Param("s3://vance-demo/reports", type="string", description="where the reports go"),
-        "manifests": Param(["s3://vance-demo/enhanced/_vance_manifest.json"], type="array"),
-        "window": Param("interval", enum=["interval", "all"]),
+        "manifests": Param(
+            ["s3://vance-demo/enhanced/_vance_manifest.json"],
+            type="array",
+            description="batch manifests whose charges are counted (the Open API keeps no history)",
+        ),
+        "window": Param(
+            "interval",
+            enum=["interval", "all"],
+            description="interval: this run's week; all: the whole history",
+        ),
     },
     tags=["vanceai", "example"],
 ) as dag:

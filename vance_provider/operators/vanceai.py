@@ -72,6 +72,19 @@ def console_url(destination: str | None) -> str:
     return ""
 
 
+def credit_budget(value: Any) -> float | None:
+    """A budget given as a number or rendered from a template (``"50"``); empty means none."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
+        return None
+    try:
+        budget = float(value)
+    except (TypeError, ValueError):
+        raise AirflowFailException(f"credit_budget must be a number, got {value!r}") from None
+    if budget < 0:
+        raise AirflowFailException(f"credit_budget must not be negative, got {budget:g}")
+    return budget
+
+
 LINK_XCOM_KEY = "vanceai_outputs_url"
 SECRET_OPTION_WORDS = ("key", "secret", "token", "password", "credential", "session", "profile")
 
@@ -378,7 +391,8 @@ class VanceAIEnhanceOperator(_VanceAIBase):
     :param tool: a friendly tool (``upscale``, ``denoise``, ...) or a vendor tool/module name.
     :param config: the tool's options, e.g. ``{"scale": 4}``.
     :param max_concurrency: jobs in flight at once (default: the connection's ``max_concurrency``).
-    :param credit_budget: stop submitting once this many credits would be spent.
+    :param credit_budget: stop submitting once this many credits would be spent (templated: a
+        number, or a template such as ``"{{ params.credit_budget }}"``; empty means no budget).
     :param on_failure: ``fail`` (default), ``fail_fast`` (stop submitting at the first failure) or
         ``continue`` (succeed and report failures in the summary).
     :param on_insufficient_credits: ``fail`` before spending anything, or ``partial``.
@@ -402,6 +416,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         "output_format",
         "storage_conn_id",
         "cache",
+        "credit_budget",
     )
     template_fields_renderers = {"config": "json", "jconfig": "json"}
     operator_extra_links = (VanceAIDestinationLink(),)
@@ -479,7 +494,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             jconfig=self.jconfig,
             output_format=self.output_format,
             max_concurrency=self.max_concurrency or self.hook.settings["max_concurrency"],
-            credit_budget=self.credit_budget,
+            credit_budget=credit_budget(self.credit_budget),
             poll_interval=self.poll_interval,
             max_poll_interval=self.max_poll_interval,
             on_failure=self.on_failure,  # type: ignore[arg-type]

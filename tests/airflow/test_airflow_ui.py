@@ -1,0 +1,81 @@
+"""What users see in the Airflow UI: the trigger form's params reach the tasks, the connection form
+is complete, the extra link leads to the outputs and the return value says where the preview is."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.airflow.helpers import EXAMPLE_DAGS, dagbag_class, load_dag, rendered_fields, ti_states, xcom
+
+
+def _uses(task, name: str) -> bool:
+    """Whether ``task`` reads the param ``name``: in a templated field, or in a ``@task``'s body."""
+    pattern = re.compile(rf"params\W{{1,4}}{name}\b")  # params.x, params["x"], context["params"]["x"]
+    for field in task.template_fields:
+        if pattern.search(repr(getattr(task, field, None))):
+            return True
+    for attr in ("partial_kwargs", "expand_input"):  # mapped operators keep their arguments here
+        if pattern.search(repr(getattr(task, attr, None))):
+            return True
+    python_callable = getattr(task, "python_callable", None)
+    return python_callable is not None and bool(pattern.search(inspect.getsource(python_callable)))
+
+
+def test_every_param_of_every_example_dag_reaches_a_task() -> None:
+    bag = dagbag_class()(dag_folder=str(EXAMPLE_DAGS))
+    assert bag.import_errors == {}
+    unused = {
+        (dag_id, name)
+        for dag_id, dag in bag.dags.items()
+        for name in dag.params
+        if not any(_uses(task, name) for task in dag.tasks)
+    }
+    assert unused == set()
+
+
+def test_credit_budget_typed_at_trigger_time_bounds_the_run(sim, vance_conn, make_image, tmp_path) -> None:
+    """The trigger form's ``credit_budget`` is what the run may spend: 2 credits cannot pay for
+    3 upscales (the batch fails before paying anything); the default 500 can."""
+    vance_conn("open")
+    for i in range(3):
+        make_image(f"in/photo_{i}.jpg", 32, 24)
+    conf = {"source": str(tmp_path / "in"), "destination": str(tmp_path / "out")}
+    dag = load_dag("vanceai_credit_checked_batch")
+    dag.get_task("enhance").poll_interval = 0.1
+
+    tight = dag.test(run_conf={**conf, "credit_budget": 2})
+    assert ti_states(tight) == {"check_credits": "success", "enhance": "failed"}
+    assert sim.state.charges() == []
+    [enhance_fields] = [f for f in rendered_fields(tight) if "credit_budget" in f]
+    assert enhance_fields["credit_budget"] == "2"
+
+    dag = load_dag("vanceai_credit_checked_batch")  # dag.test() renders into the task objects
+    dag.get_task("enhance").poll_interval = 0.1
+    dr = dag.test(run_conf=conf)  # the form's default
+    assert ti_states(dr) == {"check_credits": "success", "enhance": "success"}
+    assert xcom(dr, "enhance")["credits_spent"] == 3.0
+    assert len(sim.state.charges()) == 3
+
+
+def test_a_budget_that_is_not_a_number_fails_by_name() -> None:
+    from airflow.exceptions import AirflowFailException
+
+    from vance_provider.operators.vanceai import credit_budget
+
+    assert credit_budget("50") == 50.0 and credit_budget(7) == 7.0
+    assert credit_budget("") is None and credit_budget(None) is None and credit_budget("None") is None
+    with pytest.raises(AirflowFailException, match="credit_budget must be a number, got 'lots'"):
+        credit_budget("lots")
+    with pytest.raises(AirflowFailException, match="must not be negative"):
+        credit_budget("-1")
+
+
+def test_the_example_dags_say_what_each_param_is() -> None:
+    for path in sorted(Path(EXAMPLE_DAGS).glob("*.py")):
+        dag = load_dag(path.stem)
+        for name, param in dag.params.items():
+            assert param.description, f"{path.stem}: param {name!r} has no description"
