@@ -1,6 +1,7 @@
 """The few Airflow names that moved between Airflow 3.0 and 3.3, imported from one place.
 
-``airflow.sdk`` is used where it has the name; the older location otherwise. Nothing else
+They come from ``apache-airflow-providers-common-compat`` (``airflow.providers.common.compat.sdk``),
+which picks ``airflow.sdk`` where it has the name and the older location otherwise. Nothing else
 differs for this provider between 3.0, 3.1, 3.2 and 3.3, except two things that only 3.3 has
 and that are used when present:
 
@@ -17,42 +18,28 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow import __version__ as AIRFLOW_VERSION
+from vance_provider.supported_airflow import require_supported_airflow
 
-try:  # Airflow >= 3.1
-    from airflow.sdk import BaseHook
-except ImportError:  # Airflow 3.0
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined]
+require_supported_airflow()
 
-try:  # Airflow >= 3.1
-    from airflow.sdk import conf
-except ImportError:  # Airflow 3.0
-    from airflow.configuration import conf  # type: ignore[no-redef,assignment]
+from airflow import __version__ as AIRFLOW_VERSION  # noqa: E402
 
-try:  # Airflow >= 3.1
-    from airflow.sdk.exceptions import (
-        AirflowException,
-        AirflowFailException,
-        AirflowSensorTimeout,
-        AirflowTaskTimeout,
-        TaskDeferred,
-    )
-except ImportError:  # Airflow 3.0
-    from airflow.exceptions import (  # type: ignore[no-redef]
-        AirflowException,
-        AirflowFailException,
-        AirflowSensorTimeout,
-        AirflowTaskTimeout,
-        TaskDeferred,
-    )
-
-try:  # Airflow >= 3.1
-    from airflow.sdk.bases.skipmixin import SkipMixin
-except ImportError:  # Airflow 3.0
-    from airflow.providers.standard.utils.skipmixin import SkipMixin  # type: ignore[no-redef,assignment]
-
-from airflow.sdk import Asset, AssetAlias, BaseOperator, BaseOperatorLink
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+# The names that moved between Airflow 3.0 and 3.3, from Airflow's own compatibility provider.
+from airflow.providers.common.compat.sdk import (  # noqa: E402
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    AirflowTaskTimeout,
+    Asset,
+    AssetAlias,
+    BaseHook,
+    BaseOperator,
+    BaseOperatorLink,
+    SkipMixin,
+    TaskDeferred,
+    conf,
+)
+from airflow.triggers.base import BaseTrigger, TriggerEvent  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -19,40 +19,54 @@ from vance_provider.defaults import (
 __all__ = ["API_CHOICES", "CONN_FIELDS", "INTEGRATION", "UI_FIELD_BEHAVIOUR", "get_provider_info"]
 
 INTEGRATION = "VanceAI"
-#: The connection form's extra fields. Airflow >= 3.2 reads them from here; on 3.0 and 3.1 the
-#: hook builds the same fields as WTForms widgets from this mapping.
+#: The connection form's extra fields, each with help text under it. Airflow >= 3.2 reads them
+#: from here; on 3.0 and 3.1 the hook builds the same fields as WTForms widgets from this mapping.
 CONN_FIELDS = {
     "api": {
         "label": "API",
-        "description": "'web' (web API v1), 'open' (Open API v1, sk_live_ keys), 'visioncraft' or 'auto'",
+        "description": "Which VanceAI API the token is for: 'web' (web API v1), 'open' (Open API v1), "
+        "'visioncraft', or 'auto' (the default: an sk_live_ key uses the Open API, any other token the "
+        "web API).",
         "schema": {"type": ["string", "null"], "default": DEFAULT_API, "enum": list(API_CHOICES)},
     },
     "timeout": {
         "label": "Timeout (seconds)",
-        "schema": {"type": ["number", "null"], "default": int(DEFAULT_TIMEOUT)},
+        "description": f"Seconds to wait for one HTTP answer from VanceAI (default {DEFAULT_TIMEOUT:g}). "
+        "A batch as a whole is bounded by the task's own timeout, not by this.",
+        "schema": {"type": ["number", "null"], "default": int(DEFAULT_TIMEOUT), "exclusiveMinimum": 0},
     },
     "max_retries": {
         "label": "Max retries",
-        "schema": {"type": ["integer", "null"], "default": DEFAULT_MAX_RETRIES},
+        "description": "Retries of one call that may pass next time (HTTP 429 and 5xx, dropped "
+        f"connections), with jittered backoff and Retry-After honoured (default {DEFAULT_MAX_RETRIES}; "
+        "0: no retry). Job creation carries an Idempotency-Key, so a retry never pays twice.",
+        "schema": {"type": ["integer", "null"], "default": DEFAULT_MAX_RETRIES, "minimum": 0},
     },
     "max_concurrency": {
         "label": "Max concurrent jobs per task",
-        "schema": {"type": ["integer", "null"], "default": DEFAULT_MAX_CONCURRENCY},
+        "description": "Jobs one batch task keeps in flight when the operator does not say "
+        f"(default {DEFAULT_MAX_CONCURRENCY}). To bound the whole account across tasks, use a pool.",
+        "schema": {"type": ["integer", "null"], "default": DEFAULT_MAX_CONCURRENCY, "minimum": 1},
     },
 }
 #: How the form shows the standard fields; the hook's ``get_ui_field_behaviour`` says the same.
+#: Airflow's form takes a label and a placeholder for these (no help text), so the placeholder
+#: carries the help.
 UI_FIELD_BEHAVIOUR: dict[str, Any] = {
     "hidden-fields": ["schema", "port", "login"],
     "relabeling": {"password": "API Token", "host": "Base URL (optional)"},
     "placeholders": {
-        "host": "https://api-service.vanceai.com (default for the API)",
-        "password": "web API token, or an sk_live_ Open API key",
+        "host": "empty: VanceAI's own URL for the API; http://127.0.0.1:8765 for the simulator",
+        "password": "web API token (My Account > API), or an Open API key sk_live_...",
     },
 }
 
 
 def get_provider_info() -> dict:
     from vance_provider import __version__
+    from vance_provider.supported_airflow import require_supported_airflow
+
+    require_supported_airflow()  # Airflow 2.x: refused here by name, not later by an ImportError
 
     return {
         "package-name": "vance-pipelines",

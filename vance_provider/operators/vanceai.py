@@ -37,6 +37,7 @@ from vance_provider.airflow_compat import (
     task_state_store,
 )
 from vance_provider.hooks.vanceai import VanceAIHook, storage_options_from_connection
+from vance_provider.object_storage import adopt_object_storage
 
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
@@ -211,6 +212,7 @@ class VanceAISubmitJobOperator(_VanceAIBase):
         deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        source, destination = adopt_object_storage(kwargs, source, destination)
         super().__init__(**kwargs)
         self.source, self.tool, self.config = source, tool, config
         self.output_format, self.destination = output_format, destination
@@ -453,6 +455,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             )
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        source, destination = adopt_object_storage(kwargs, source, destination)
         if "outlets" not in kwargs and isinstance(destination, str) and "{{" not in destination:
             kwargs["outlets"] = [Asset(uri=asset_uri(destination))]
         super().__init__(**kwargs)
@@ -825,6 +828,7 @@ class VanceAICreditCheckOperator(_VanceAIBase, SkipMixin):
             raise ValueError(f"on_insufficient must be 'fail' or 'skip', got {on_insufficient!r}")
         if min_credits is None and (source is None or tool is None):
             raise ValueError("give min_credits, or source and tool to estimate from")
+        source, destination = adopt_object_storage(kwargs, source, destination)
         super().__init__(**kwargs)
         self.source, self.tool, self.config, self.destination = source, tool, config, destination
         self.min_credits, self.margin, self.on_insufficient = min_credits, margin, on_insufficient
