@@ -79,3 +79,50 @@ def test_the_example_dags_say_what_each_param_is() -> None:
         dag = load_dag(path.stem)
         for name, param in dag.params.items():
             assert param.description, f"{path.stem}: param {name!r} has no description"
+
+
+# --- the connection form ------------------------------------------------------------------------
+def _documented_extras() -> list[str]:
+    """The connection extras docs/configuration.md lists (its "extras:" line)."""
+    text = (Path(EXAMPLE_DAGS).parent / "docs" / "configuration.md").read_text()
+    [line] = [ln for ln in text.splitlines() if ln.lstrip("- ").startswith("extras:")]
+    return re.findall(r"`([a-z_]+)`", line.split("(")[0] + line.split(")")[-1])
+
+
+def test_connection_form_as_the_ui_gets_it() -> None:
+    """What the Airflow UI's API serves for the VanceAI form: every documented extra is a field
+    with help text, and the standard fields carry their help in the placeholder (the only text
+    Airflow's form shows for them)."""
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    HookMetaService.hook_meta_data.cache_clear()
+    [meta] = [m for m in HookMetaService.hook_meta_data() if m.connection_type == "vanceai"]
+    extras = meta.extra_fields or {}
+    documented = _documented_extras()
+    assert documented == ["api", "timeout", "max_retries", "max_concurrency"]
+    assert set(documented) <= set(extras)
+    for name in documented:
+        field = extras[name]
+        assert field["schema"]["title"], name
+        assert len(field["description"] or "") > 40, f"{name}: no help text"
+    from vance_provider.defaults import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES
+
+    assert extras["max_retries"]["value"] == DEFAULT_MAX_RETRIES
+    assert extras["max_concurrency"]["value"] == DEFAULT_MAX_CONCURRENCY
+    std = meta.standard_fields
+    assert std.password.title == "API Token" and "sk_live_" in std.password.placeholder
+    assert std.host.title == "Base URL (optional)" and "simulator" in std.host.placeholder
+    assert std.login.hidden and std.port.hidden and std.url_schema.hidden
+
+
+def test_form_fields_on_airflow_before_3_2_say_the_same() -> None:
+    """Airflow 3.0/3.1 build the form from the hook's WTForms widgets: the same help texts."""
+    pytest.importorskip("wtforms")
+    from vance_provider.get_provider_info import CONN_FIELDS
+    from vance_provider.hooks.vanceai import VanceAIHook, conn_fields_to_widgets
+
+    widgets = conn_fields_to_widgets(CONN_FIELDS)
+    for name, spec in CONN_FIELDS.items():
+        assert widgets[name].kwargs["description"] == spec["description"]
+    placeholders = VanceAIHook.get_ui_field_behaviour()["placeholders"]
+    assert {"host", "password", "timeout", "max_retries", "max_concurrency"} <= set(placeholders)

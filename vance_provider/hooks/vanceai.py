@@ -222,7 +222,13 @@ class VanceAIHook(BaseHook):
         return {
             "hidden_fields": list(ui["hidden-fields"]),
             "relabeling": dict(ui["relabeling"]),
-            "placeholders": {**ui["placeholders"], "api": DEFAULT_API, "timeout": str(int(DEFAULT_TIMEOUT))},
+            "placeholders": {
+                **ui["placeholders"],
+                "api": DEFAULT_API,
+                "timeout": str(int(DEFAULT_TIMEOUT)),
+                "max_retries": str(DEFAULT_MAX_RETRIES),
+                "max_concurrency": str(DEFAULT_MAX_CONCURRENCY),
+            },
         }
 
 
