@@ -10,24 +10,36 @@ from typing import Any
 
 from vance_provider.defaults import (
     API_CHOICES,
-    DEFAULT_API,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
 )
 
-__all__ = ["API_CHOICES", "CONN_FIELDS", "INTEGRATION", "UI_FIELD_BEHAVIOUR", "get_provider_info"]
+__all__ = [
+    "API_CHOICES",
+    "CONN_FIELDS",
+    "FORM_API_VALUES",
+    "INTEGRATION",
+    "UI_FIELD_BEHAVIOUR",
+    "get_provider_info",
+]
 
 INTEGRATION = "VanceAI"
+#: The ``api`` extra as the form stores it, and the API each names. Airflow hands every string
+#: extra of a connection to its secrets masker when it fetches the connection, and warns
+#: "Skipping masking for a secret as it's too short (<5 chars)" for ``open``, ``web`` or ``auto``;
+#: so the form offers names of five characters or more, and leaves the field empty for ``auto``.
+#: The hook reads both spellings.
+FORM_API_VALUES = {"open_api": "open", "web_api": "web", "visioncraft": "visioncraft"}
 #: The connection form's extra fields, each with help text under it. Airflow >= 3.2 reads them
 #: from here; on 3.0 and 3.1 the hook builds the same fields as WTForms widgets from this mapping.
 CONN_FIELDS = {
     "api": {
         "label": "API",
-        "description": "Which VanceAI API the token is for: 'web' (web API v1), 'open' (Open API v1), "
-        "'visioncraft', or 'auto' (the default: an sk_live_ key uses the Open API, any other token the "
-        "web API).",
-        "schema": {"type": ["string", "null"], "default": DEFAULT_API, "enum": list(API_CHOICES)},
+        "description": "Which API the token is for: web_api (VanceAI web API v1), open_api (VanceAI "
+        "Open API v1) or visioncraft. Empty: chosen by the token (an sk_live_ key uses the Open API, "
+        "any other token the web API).",
+        "schema": {"type": ["string", "null"], "default": None, "enum": list(FORM_API_VALUES)},
     },
     "timeout": {
         "label": "Timeout (seconds)",

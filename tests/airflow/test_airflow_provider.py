@@ -85,14 +85,18 @@ def test_connection_ui_metadata() -> None:
     from vance_provider.hooks.vanceai import conn_fields_to_widgets
 
     [conn_type] = get_provider_info()["connection-types"]
-    assert conn_type["conn-fields"]["api"]["schema"]["enum"] == list(API_CHOICES)
+    from vance_provider.get_provider_info import FORM_API_VALUES
+
+    # The form's values name every API (empty: auto), each long enough for Airflow's masker.
+    assert conn_type["conn-fields"]["api"]["schema"]["enum"] == list(FORM_API_VALUES)
+    assert {*FORM_API_VALUES.values(), "auto"} == set(API_CHOICES)
     assert "visioncraft" in API_CHOICES
     # Airflow >= 3.2 reads conn-fields; the hook's WTForms method exists only where it is read.
     assert ("get_connection_form_widgets" in VanceAIHook.__dict__) == (AIRFLOW_V < (3, 2))
     pytest.importorskip("wtforms")
     widgets = conn_fields_to_widgets(CONN_FIELDS)
     assert set(widgets) == {"api", "timeout", "max_retries", "max_concurrency"}
-    assert widgets["api"].kwargs["choices"] == list(API_CHOICES)  # one source for the choices
+    assert widgets["api"].kwargs["choices"] == list(FORM_API_VALUES)  # one source for the choices
 
 
 @pytest.mark.parametrize("api", ["open", "web"])

@@ -4,6 +4,7 @@ is complete, the extra link leads to the outputs and the return value says where
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from pathlib import Path
 
@@ -37,10 +38,17 @@ def test_every_param_of_every_example_dag_reaches_a_task() -> None:
     assert unused == set()
 
 
-def test_credit_budget_typed_at_trigger_time_bounds_the_run(sim, vance_conn, make_image, tmp_path) -> None:
+def test_credit_budget_typed_at_trigger_time_bounds_the_run(
+    sim, vance_conn, make_image, tmp_path, caplog
+) -> None:
     """The trigger form's ``credit_budget`` is what the run may spend: 2 credits cannot pay for
-    3 upscales (the batch fails before paying anything); the default 500 can."""
-    vance_conn("open")
+    3 upscales (the batch fails before paying anything); the default 500 can. A successful run
+    with a connection as the form saves it logs no warning about a secret too short to mask."""
+    from airflow.sdk._shared.secrets_masker.secrets_masker import SecretsMasker
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(SecretsMasker, "_has_warned_short_secret", False)  # it warns once a process
+    vance_conn("open", extra={"api": "open_api"})  # as the connection form stores it
     for i in range(3):
         make_image(f"in/photo_{i}.jpg", 32, 24)
     conf = {"source": str(tmp_path / "in"), "destination": str(tmp_path / "out")}
@@ -59,6 +67,8 @@ def test_credit_budget_typed_at_trigger_time_bounds_the_run(sim, vance_conn, mak
     assert ti_states(dr) == {"check_credits": "success", "enhance": "success"}
     assert xcom(dr, "enhance")["credits_spent"] == 3.0
     assert len(sim.state.charges()) == 3
+    assert not [r for r in caplog.records if "too short" in r.getMessage()]
+    monkeypatch.undo()
 
 
 def test_a_budget_that_is_not_a_number_fails_by_name() -> None:
@@ -79,6 +89,30 @@ def test_the_example_dags_say_what_each_param_is() -> None:
         dag = load_dag(path.stem)
         for name, param in dag.params.items():
             assert param.description, f"{path.stem}: param {name!r} has no description"
+
+
+def test_connection_settings_register_no_short_value_for_masking(monkeypatch) -> None:
+    from airflow.sdk import Connection
+    from airflow.sdk._shared.secrets_masker.secrets_masker import SecretsMasker
+
+    from vance_provider.hooks.vanceai import connection_settings
+
+    added: list[object] = []
+    monkeypatch.setattr(SecretsMasker, "add_mask", lambda self, secret, name=None: added.append(secret))
+    conn = Connection(
+        conn_id="v", conn_type="vanceai", password="x" * 32, extra='{"api": "web", "timeout": 9}'
+    )
+    settings = connection_settings(conn)
+    assert (settings["api"], settings["timeout"]) == ("web", 9.0)
+    assert added == []  # the hook hands no extra to the masker (Airflow masks the password)
+    for stored, api in {"open_api": "open", "web_api": "web", "open": "open", "": "auto"}.items():
+        conn = Connection(conn_id="v", conn_type="vanceai", extra=json.dumps({"api": stored}))
+        assert connection_settings(conn)["api"] == api
+    broken = Connection(conn_id="v", conn_type="vanceai", extra="{api: web")
+    from vance_provider.core.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="'v': its extra is not valid JSON"):
+        connection_settings(broken)
 
 
 # --- the connection form ------------------------------------------------------------------------

@@ -32,9 +32,32 @@ if TYPE_CHECKING:
 _EXTRA_KEYS = ("api", "timeout", "max_retries", "max_concurrency")
 
 
+def _extras(conn: Connection) -> dict[str, Any]:
+    """The connection's extras, parsed here rather than through ``extra_dejson``: that hands every
+    string value to Airflow's secrets masker, which warns "Skipping masking for a secret as it's
+    too short" for ``"open"`` or ``"web"``. None of these settings is a secret (the token is the
+    password, which Airflow masks when it fetches the connection)."""
+    import json
+
+    from vance_provider.core.errors import ConfigurationError
+
+    raw = conn.extra
+    if not raw:
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    try:
+        extra = json.loads(raw)
+    except ValueError:
+        raise ConfigurationError(f"connection {conn.conn_id!r}: its extra is not valid JSON") from None
+    if not isinstance(extra, dict):
+        raise ConfigurationError(f"connection {conn.conn_id!r}: its extra must be a JSON object")
+    return extra
+
+
 def _extra(conn: Connection, key: str) -> Any:
     """A plain extra key, or the ``extra__vanceai__`` form older UIs wrote."""
-    extra = conn.extra_dejson or {}
+    extra = _extras(conn)
     value = extra.get(key)
     if value in (None, ""):
         value = extra.get(f"extra__vanceai__{key}")
@@ -51,11 +74,14 @@ def connection_settings(conn: Connection) -> dict[str, Any]:
     """The connection's non-secret client settings, validated (safe to log)."""
     from vance_provider.core.errors import ConfigurationError
     from vance_provider.core.models import API_CHOICES
+    from vance_provider.get_provider_info import FORM_API_VALUES
 
     api = str(_extra(conn, "api") or DEFAULT_API).strip().lower()
+    api = FORM_API_VALUES.get(api, api)  # the form's spelling (open_api) or the short one (open)
     if api not in API_CHOICES:
         raise ConfigurationError(
-            f"connection {conn.conn_id!r}: extra 'api' must be one of {', '.join(API_CHOICES)}, got {api!r}"
+            f"connection {conn.conn_id!r}: extra 'api' must be one of {', '.join(API_CHOICES)} "
+            f"(or {', '.join(FORM_API_VALUES)}), got {api!r}"
         )
     try:
         timeout = float(_extra(conn, "timeout") or DEFAULT_TIMEOUT)
