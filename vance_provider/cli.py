@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console
@@ -37,7 +39,9 @@ from .core.errors import (
     TransportError,
     VanceError,
 )
-from .core.models import API_CHOICES, API_NAMES, API_TITLES
+from .core.models import API_CHOICES, API_NAMES, API_TITLES, credits_text
+from .core.secrets import redact, redact_url
+from .core.storage import StorageUnavailableError
 from .defaults import DEFAULT_API, DEFAULT_MAX_CONCURRENCY
 
 EXIT_OK = 0
@@ -47,6 +51,8 @@ EXIT_CREDITS = 3
 EXIT_LOCKED = 4
 EXIT_SERVICE = 5
 EXIT_INTERRUPTED = 130
+EXIT_HANGUP = 129  # 128 + SIGHUP
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXIT_CODES = {
     EXIT_OK: "done",
     EXIT_FAILED_ITEMS: "the command ran, but some items failed (listed on stderr)",
@@ -56,6 +62,9 @@ EXIT_CODES = {
     EXIT_LOCKED: "another run is working on this batch (see --wait-lock)",
     EXIT_SERVICE: "the service or the network failed (after retries); rerun to resume",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); rerun the same command to resume",
+    EXIT_HANGUP: "stopped by SIGHUP (a closed terminal), as by Ctrl-C; rerun the same command to resume",
+    EXIT_TERMINATED: "stopped by SIGTERM (Airflow, Kubernetes, kill), as by Ctrl-C; rerun the same "
+    "command to resume",
 }
 # The service's endpoint names, as the library's messages give them, in the words of a user.
 OPERATIONS = {
@@ -83,6 +92,8 @@ CLI_WORDS: list[tuple[str, str]] = [
     (r"\bfresh=True \(--fresh\)", "--fresh"),
     (r"\bfresh=True\b", "--fresh"),
     (r"\bforce=True\b", "--force"),
+    (r"\boverwrite=True \(--overwrite\)", "--overwrite"),
+    (r"\(?cache_optional=True, --cache-optional\)?", "--cache-optional"),
     (r"\bmax_concurrency\b", "--max-concurrency"),
     (r"\boutput_format\b", "--output-format"),
     (r"\bpoll_interval\b", "--poll-interval"),
@@ -155,9 +166,9 @@ class Ui:
         if isinstance(exc, (VanceError, CliError)):
             message, hint = cli_words(exc.message), cli_words(exc.hint) if exc.hint else None
         else:
-            message, hint = f"{type(exc).__name__}: {exc}", None
-        if isinstance(exc, TransportError) and base_url:
-            message += f" at {base_url}"
+            message, hint = redact(f"{type(exc).__name__}: {exc}"), None
+        if isinstance(exc, TransportError) and not isinstance(exc, StorageUnavailableError) and base_url:
+            message += f" at {redact_url(base_url)}"
             hint = hint or (
                 "is the service running at that address? Check VANCE_BASE_URL and the network "
                 "(for the local simulator: vance-sim serve)"
@@ -276,6 +287,8 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
         fresh=args.fresh,
         lock_timeout=args.wait_lock,
         cache=args.cache,
+        cache_optional=args.cache_optional,
+        overwrite=args.overwrite,
     )
     token = _token()
     bar = Progress(
@@ -290,7 +303,15 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
         disable=not ui.err.is_terminal,  # piped or in a file: no bar, only the results
     )
 
+    received: list[int] = []
+
     async def run() -> Any:
+        # SIGTERM (Airflow, Kubernetes, systemd) and SIGHUP (a closed terminal) stop the batch as
+        # Ctrl-C does: no new job, the jobs in flight kept in the manifest, the lease released.
+        with stop_on_signals(received):
+            return await run_client()
+
+    async def run_client() -> Any:
         async with AsyncVanceClient(token, **_client_options(args)) as client:
             args.base_url = client.base_url
             task = None
@@ -301,7 +322,7 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
                     bar.start()
                     task = bar.add_task(escape(args.tool), total=p.total, credits="0")
                 done = p.done + p.failed + p.skipped
-                bar.update(task, total=p.total, completed=done, credits=f"{p.credits_spent:g}")
+                bar.update(task, total=p.total, completed=done, credits=credits_text(p.credits_spent))
 
             try:
                 return await run_batch(client, spec, on_progress)
@@ -313,6 +334,12 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
     except KeyboardInterrupt:
         ui.err.print(escape(_interrupted(manifest_for(spec))))
         return EXIT_INTERRUPTED
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        name = signal.Signals(received[0]).name
+        ui.err.print(escape(_interrupted(manifest_for(spec), name)))
+        return 128 + received[0]
     table = Table(title=f"vance enhance: {escape(args.tool)}")
     for col in ("done", "failed", "skipped", "credits", "seconds"):
         table.add_column(col, justify="right")
@@ -320,7 +347,7 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
         str(result.done),
         str(result.failed),
         str(result.skipped),
-        f"{result.credits_spent:g}",
+        credits_text(result.credits_spent),
         f"{result.elapsed:.1f}",
     )
     ui.out.print(table)
@@ -333,23 +360,52 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
         ui.err.print(f"stopped early: {escape(cli_words(result.stopped))}")
     cached = sum(1 for i in result.items if i.cached)
     if cached:
-        ui.err.print(f"from the cache: {cached} item(s), {result.credits_saved:g} credits saved")
+        ui.err.print(f"from the cache: {cached} item(s), {credits_text(result.credits_saved)} credits saved")
     ui.err.print(f"manifest: {escape(result.manifest)}")
     return EXIT_FAILED_ITEMS if result.failed else EXIT_OK
 
 
-def _interrupted(manifest: Any) -> str:
-    """One line after Ctrl-C: what is safe, and how to resume."""
+@contextlib.contextmanager
+def stop_on_signals(received: list[int]) -> Iterator[None]:
+    """Within a running event loop: SIGTERM and SIGHUP cancel the current task (as Ctrl-C does)
+    and are noted in ``received``. Outside the main thread, or where the loop cannot take signal
+    handlers, nothing changes."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    installed = []
+    for sig in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+        if sig is None or task is None:
+            continue
+
+        def stop(sig: int = sig) -> None:
+            if not received:  # the first signal stops the batch; the rest wait for it to stop
+                received.append(sig)
+                task.cancel()
+
+        try:
+            loop.add_signal_handler(sig, stop)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _interrupted(manifest: Any, by: str = "") -> str:
+    """One line after Ctrl-C (or ``by`` a signal): what is safe, and how to resume."""
     from .core.manifest import ItemState
 
+    what = f"stopped by {by}" if by else "interrupted"
     try:
         items = list(manifest.load().items.values())
     except Exception:
-        return "interrupted; run the same command again to resume"
+        return f"{what}; run the same command again to resume"
     stored = sum(1 for i in items if i.state == ItemState.DONE)
     flying = sum(1 for i in items if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED) and i.job_id)
     return (
-        f"interrupted: {stored} of {len(items)} item(s) stored, {flying} job(s) in flight kept in "
+        f"{what}: {stored} of {len(items)} item(s) stored, {flying} job(s) in flight kept in "
         f"{manifest.url}; run the same command again to resume (nothing is paid twice)"
     )
 
@@ -387,7 +443,9 @@ def cmd_status(args: argparse.Namespace, ui: Ui) -> int:
 def cmd_credits(args: argparse.Namespace, ui: Ui) -> int:
     with _client(args) as client:
         b = client.balance()
-    ui.out.print(f"available {b.available:g}  used {b.used:g}  frozen {b.frozen:g}  ({client.api} API)")
+    ui.out.print(
+        f"available {credits_text(b.available)}  used {credits_text(b.used)}  frozen {credits_text(b.frozen)}  ({client.api} API)"
+    )
     return EXIT_OK
 
 
@@ -404,10 +462,10 @@ def cmd_report(args: argparse.Namespace, ui: Ui) -> int:
     for col in summary.columns:
         table.add_column(col, justify="right" if col not in ("api", "tool") else "left")
     for rec in summary.to_dict("records"):
-        table.add_row(*(f"{v:g}" if isinstance(v, float) else escape(str(v)) for v in rec.values()))
+        table.add_row(*(credits_text(v) if isinstance(v, float) else escape(str(v)) for v in rec.values()))
     ui.out.print(table)
     total = float(summary["credits"].iloc[-1])
-    ui.out.print(f"{len(df)} charge(s), {total:g} credits, written to {escape(args.out)}")
+    ui.out.print(f"{len(df)} charge(s), {credits_text(total)} credits, written to {escape(args.out)}")
     if caps.charges_credits and not caps.has_usage_history and not manifests:
         ui.err.print(
             f"note: the {API_TITLES[api]} keeps no history; give --manifest with your "
@@ -465,6 +523,14 @@ _positive = _number(int, "a whole number", 1, "a whole number of 1 or more")
 _seconds = _number(float, "a number of seconds", 0, "0 or more seconds")
 
 
+def _interval(value: str) -> float:
+    """A poll interval: a finite number of seconds over 0."""
+    seconds = _seconds(value)
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value!r}: give a number of seconds over 0, such as 2")
+    return seconds
+
+
 def cmd_cache(args: argparse.Namespace, ui: Ui) -> int:
     from .core.cache import ResultCache
 
@@ -478,7 +544,7 @@ def cmd_cache(args: argparse.Namespace, ui: Ui) -> int:
     else:
         st = cache.stats()
         ui.out.print(
-            f"{st.entries} entries, {st.bytes} bytes; {st.hits} hits saved {st.credits_saved:g} credits"
+            f"{st.entries} entries, {st.bytes} bytes; {st.hits} hits saved {credits_text(st.credits_saved)} credits"
         )
     return EXIT_OK
 
@@ -524,14 +590,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--max-concurrency", type=_positive, default=DEFAULT_MAX_CONCURRENCY, help="jobs in flight at once"
     )
-    e.add_argument("--poll-interval", type=float, default=1.0, help="seconds before the first status poll")
+    e.add_argument(
+        "--poll-interval", type=_interval, default=1.0, help="seconds before the first status poll (over 0)"
+    )
     e.add_argument("--budget", type=_credits, help="spend at most this many credits")
     e.add_argument(
         "--partial", action="store_true", help="when credits or --budget are short, do what they cover"
     )
     e.add_argument("--force", action="store_true", help="redo inputs already done (pays again)")
     e.add_argument(
-        "--fresh", action="store_true", help="start the batch afresh: the old manifest is archived beside it"
+        "--fresh",
+        action="store_true",
+        help="start the batch afresh: the old manifest is archived beside it; the outputs already in "
+        "the destination are kept (refused if an output would replace one, unless --overwrite)",
+    )
+    e.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow outputs to replace files already in the destination that this batch did not "
+        "write (another batch's paid results, say)",
     )
     e.add_argument(
         "--wait-lock",
@@ -545,6 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         default=os.environ.get("VANCE_CACHE"),
         help="a result cache (fsspec URL, or VANCE_CACHE): results already paid for are copied, not paid again",
+    )
+    e.add_argument(
+        "--cache-optional",
+        action="store_true",
+        help="if the --cache cannot be used (a file, read-only), run without it instead of refusing",
     )
     s = command("status", "show jobs: their ids, or those of a batch", cmd_status)
     s.add_argument("job_ids", nargs="*", help="job ids")

@@ -352,8 +352,9 @@ MISTAKES: dict[str, Mistake] = {
         cli.EXIT_USAGE,
         "error: the manifest {tmp}/out/_vance_manifest.json belongs to another batch: its tool is "
         "'upscale', this run's is 'denoise'",
-        hint="hint: write to another destination (or another manifest), or start afresh with --fresh, "
-        "which archives the old manifest",
+        hint="hint: write this batch to another destination; or start afresh with --fresh: the old "
+        "manifest is archived and the outputs already there are kept (a new output is never written "
+        "over one of them unless --overwrite says so)",
         setup=_upscaled,
     ),
     "manifest-garbled": Mistake(

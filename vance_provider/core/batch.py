@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from fsspec.core import url_to_fs
 
-from .cache import ResultCache, key_for_call
+from .cache import CacheUnusableError, ResultCache, key_for_call, sha256_of
 from .client import AsyncVanceClient, default_idempotency_key
 from .errors import (
     BatchFailedError,
@@ -44,12 +44,13 @@ from .errors import (
 from .inputs import InputInfo, check_input
 from .lease import BatchLease
 from .manifest import ItemState, Manifest, ManifestItem
-from .models import ApiName, Job, JobStatus, Media
+from .models import ApiName, Job, JobStatus, Media, credits_text
 from .polling import poll_jobs
-from .secrets import redact
+from .secrets import redact, redact_options
 from .storage import (
     MEDIA_EXTENSIONS,
     PARTIAL_MARK,
+    OutputExistsError,
     SourceFile,
     check_no_overlap,
     check_outputs_apart,
@@ -59,10 +60,24 @@ from .storage import (
     join,
     list_sources,
     safe_name,
+    storage_failure,
 )
 from .tools import ToolCall
 
 log = logging.getLogger("vance_provider.batch")
+# BatchSpec fields that may carry a credential: shown redacted in its repr.
+_REDACTED_FIELDS = frozenset(
+    {
+        "storage_options",
+        "cache_storage_options",
+        "source",
+        "destination",
+        "manifest",
+        "cache",
+        "config",
+        "jconfig",
+    }
+)
 FailurePolicy = Literal["continue", "fail", "fail_fast"]
 
 
@@ -90,6 +105,17 @@ class BatchSpec:
     owner: str | None = None  # a stable id of this run (say, an Airflow run id): it may re-enter its lease
     cache: str | None = None  # a result cache (fsspec URL): results already paid for are copied, not paid
     cache_storage_options: dict[str, Any] | None = None  # default: storage_options
+    cache_optional: bool = False  # a cache that cannot be used is a warning, not a refusal
+    overwrite: bool = False  # write over files already in the destination that are not this batch's
+
+    def __repr__(self) -> str:  # never a credential: storage options and URLs are redacted
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _REDACTED_FIELDS:
+                value = redact_options(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         budget = self.credit_budget
@@ -111,6 +137,24 @@ class BatchSpec:
             raise InvalidConfigError(
                 f"max_concurrency must be a whole number of 1 or more, got {self.max_concurrency!r}"
             )
+        for name in ("poll_interval", "max_poll_interval"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise InvalidConfigError(
+                    f"{name} must be a number of seconds over 0, got {value!r}",
+                    hint="for example 2 (seconds); the service advises about 2 s for images, 5-10 s for video",
+                )
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or not self.timeout > 0
+        ):
+            raise InvalidConfigError(f"timeout must be a number of seconds over 0, got {self.timeout!r}")
         if not isinstance(self.lock_timeout, (int, float)) or not self.lock_timeout >= 0:
             raise InvalidConfigError(f"lock_timeout must be 0 or more seconds, got {self.lock_timeout!r}")
 
@@ -395,6 +439,7 @@ class BatchRunner:
         self.credits_saved = 0.0
         self.run_id = spec.owner or uuid.uuid4().hex[:12]  # which run paid for a charge (credit report)
         self._created_destination = False
+        self._listed = False  # the sources were listed: a store failure after this is the destination's
 
     def estimate(self, item: ManifestItem) -> float:
         """What the item is expected to cost: the service's estimate once known, else ours."""
@@ -402,11 +447,38 @@ class BatchRunner:
 
     # --- planning (nothing is uploaded or charged here) ----------------------------------------
     async def prepare(self) -> list[ManifestItem]:
-        """List, check and plan; take the batch's lease and read its manifest. Spends nothing."""
+        """List, check and plan; take the batch's lease and read its manifest. Spends nothing.
+        A store that cannot be reached is a :class:`StorageUnavailableError` (not the store's
+        own exception)."""
+        try:
+            return await self._prepare()
+        except Exception as exc:
+            first = self.spec.source if isinstance(self.spec.source, str) else self.spec.source[0]
+            where = self.spec.destination if self._listed else first
+            if (unreachable := storage_failure(exc, where)) is not None:
+                raise unreachable from None
+            raise
+
+    async def _check_cache(self) -> None:
+        """A cache the user asked for must be usable before anything is spent; an optional one
+        that is not is left out of this run, with a warning."""
+        if self.cache is None:
+            return
+        try:
+            await asyncio.to_thread(self.cache.check_usable)
+        except CacheUnusableError as exc:
+            if not self.spec.cache_optional:
+                raise
+            log.warning("running without the result cache: %s", exc.message)
+            self.cache = None
+
+    async def _prepare(self) -> list[ManifestItem]:
         spec, so = self.spec, self.spec.storage_options
+        self._listed = False
         await asyncio.to_thread(check_no_overlap, spec.source, spec.destination, so)
         self.ignored = []
         sources = await asyncio.to_thread(list_sources, spec.source, None, so, self.ignored)
+        self._listed = True
         if not sources and not spec.allow_empty:
             raise InvalidInputError(
                 "no input files found (JPG, PNG, WEBP or video)",
@@ -418,6 +490,7 @@ class BatchRunner:
             dest_fs.exists, dest_path
         )
         await asyncio.to_thread(check_writable, spec.destination, so)
+        await self._check_cache()
         if not self.lease.held:
             await asyncio.to_thread(self.lease.acquire, spec.lock_timeout)
         try:
@@ -441,8 +514,12 @@ class BatchRunner:
                 "tool": self.call.tool,
                 "config": chash,
                 "api": self.client.api,
-            }
+            },
+            shown={"config": self._config_shown()},
         )
+        self.manifest.check_outputs(spec.destination)  # a hand-edited manifest: refused before any spend
+        own_outputs = {i.output for i in self.manifest.items.values() if i.output}
+        await self._recognise_touched(sources, chash)
         outputs = plan_outputs(
             sources,
             spec.destination,
@@ -454,9 +531,10 @@ class BatchRunner:
         self.sources = [s.url for s in sources]
         self._sizes = {s.url: s.size for s in sources}
         work: list[ManifestItem] = []
+        self._refuse_overwrites(sources, outputs, own_outputs, present, dest_fs)
         for src in sources:
             item = self.manifest.items.get(src.url)
-            same_input = item is not None and item.fingerprint == src.fingerprint and item.call == chash
+            same_input = item is not None and same_listing(item, src) and item.call == chash
             if item is None or not same_input or (spec.force and item.state == ItemState.DONE):
                 generation = (item.generation + 1) if item is not None else 0
                 item = ManifestItem(
@@ -486,10 +564,9 @@ class BatchRunner:
             chunk = pending[at : at + CHECK_CHUNK]
             checked += await asyncio.to_thread(
                 check_inputs,
-                [
-                    (i.source, self._sizes[i.source], self.cache is not None and i.input_sha256 is None)
-                    for i in chunk
-                ],
+                # The SHA-256 of every input is recorded (hashed as it is decoded): a file touched
+                # later, same bytes, is then recognised as the same input and costs nothing.
+                [(i.source, self._sizes[i.source], i.input_sha256 is None) for i in chunk],
                 self.call.media,
                 self.client.api,
                 so,
@@ -515,6 +592,78 @@ class BatchRunner:
         if self.cache is not None:
             work = await self._serve_from_cache(work)
         return work
+
+    def _config_shown(self) -> Any:
+        """The batch's settings as the user gave them, for a refusal that shows what differs."""
+        spec = self.spec
+        shown: dict[str, Any] = {"config": redact_options(spec.config or {})}
+        if spec.jconfig is not None:
+            shown["jconfig"] = redact_options(spec.jconfig)
+        if spec.output_format:
+            shown["output_format"] = spec.output_format
+        return shown
+
+    async def _recognise_touched(self, sources: list[SourceFile], chash: str) -> None:
+        """Inputs listed with another fingerprint (a new mtime, a store's multipart ETag) but the
+        same size are hashed: the same bytes as recorded make them the same input (``listed_as``
+        records the new listing), so a touched file, a copy without ``-p`` or a restore from a
+        backup costs nothing. Another size, or other bytes, is another input."""
+        candidates = [
+            (src, item)
+            for src in sources
+            if (item := self.manifest.items.get(src.url)) is not None
+            and item.call == chash
+            and not same_listing(item, src)
+            and item.input_sha256
+            and fingerprint_size(item.fingerprint) == src.size
+        ]
+        if not candidates:
+            return
+        digests = await asyncio.to_thread(
+            hash_inputs, [src.url for src, _ in candidates], self.spec.storage_options
+        )
+        same = 0
+        for (src, item), digest in zip(candidates, digests, strict=True):
+            if digest is not None and digest == item.input_sha256:
+                item.listed_as = src.fingerprint
+                same += 1
+        if same:
+            self.manifest.touch()
+            log.info("%d input(s) touched but unchanged (same bytes): kept as they were", same)
+
+    def _refuse_overwrites(
+        self,
+        sources: list[SourceFile],
+        outputs: dict[str, str],
+        own: set[str],
+        present: set[str],
+        dest_fs: Any,
+    ) -> None:
+        """Refuse, before any spend, a batch that would write over files already in the
+        destination that its manifest does not record as its own: another batch's paid results
+        (say, after ``fresh=True``), or the user's files. ``overwrite=True`` allows it."""
+        if self.spec.overwrite:
+            return
+        # A web API output's extension is known only at the download: compare names without it.
+        mine = {_stem(dest_fs._strip_protocol(o)) for o in own}
+        there = {p.lower() for p in present}
+        there_stems = {_stem(p) for p in present}
+        clashes = []
+        for src in sources:
+            path = dest_fs._strip_protocol(outputs[src.url])
+            stem = _stem(path)
+            taken = stem in there_stems if stem == path.lower() else path.lower() in there
+            if taken and stem not in mine:
+                clashes.append((src.url, outputs[src.url]))
+        if clashes:
+            first_src, first_out = clashes[0]
+            raise OutputExistsError(
+                f"{len(clashes)} output(s) would be written over files already in the destination "
+                f"that this batch did not write; the first: {first_out} (for {first_src})",
+                hint="they may be another batch's paid results: write this batch to another "
+                "destination, or move those files aside; to replace them, pass overwrite=True "
+                "(--overwrite)",
+            )
 
     async def _serve_from_cache(self, work: list[ManifestItem]) -> list[ManifestItem]:
         """Copy what the cache already holds to its outputs (0 credits); the rest is still to do."""
@@ -602,15 +751,15 @@ class BatchRunner:
         budget = self.spec.credit_budget
         if budget is not None and need > budget and self.spec.on_insufficient_credits == "fail":
             raise BudgetExceededError(
-                f"the batch needs about {need:g} credits for {len(unpaid)} item(s), "
-                f"over its budget of {budget:g}",
+                f"the batch needs about {credits_text(need)} credits for {len(unpaid)} item(s), "
+                f"over its budget of {credits_text(budget)}",
                 hint="raise credit_budget, shrink the batch, or use on_insufficient_credits='partial'",
             )
         balance = await self.client.balance()
         if need > balance.available and self.spec.on_insufficient_credits == "fail":
             raise InsufficientCreditsError(
-                f"the batch needs about {need:g} credits for {len(unpaid)} item(s); "
-                f"the balance is {balance.available:g}",
+                f"the batch needs about {credits_text(need)} credits for {len(unpaid)} item(s); "
+                f"the balance is {credits_text(balance.available)}",
                 hint="top up, shrink the batch, or use on_insufficient_credits='partial'",
             )
         self.available = balance.available
@@ -688,7 +837,7 @@ class BatchRunner:
             p = self.progress
             for src in listed:
                 item = self.manifest.items.get(src.url)
-                if item is None or item.call != chash or item.fingerprint != src.fingerprint:
+                if item is None or item.call != chash or not same_listing(item, src):
                     continue  # new or changed since the batch was prepared: the next run's work
                 self.sources.append(src.url)
                 self._sizes[src.url] = src.size
@@ -762,7 +911,7 @@ class BatchRunner:
                     group.create_task(self.run_item(item))
         except TimeoutError:
             raise WaitTimeoutError(
-                f"the batch did not finish within {self.spec.timeout:g} s",
+                f"the batch did not finish within {credits_text(self.spec.timeout)} s",
                 hint="rerun it to resume: submitted jobs are kept in the manifest",
             ) from None
         finally:
@@ -913,7 +1062,7 @@ class BatchRunner:
         """Why one more job of ``estimate`` credits may not start, if it may not."""
         budget = self.spec.credit_budget
         if budget is not None and self.spent + self.committed + estimate > budget + 1e-9:
-            return f"the credit budget of {budget:g} is reached"
+            return f"the credit budget of {credits_text(budget)} is reached"
         if self.spent + self.committed + estimate > self.available + 1e-9:
             return "the balance would not cover more jobs"
         return None
@@ -995,7 +1144,7 @@ class BatchRunner:
 
     async def _cancel_over_budget(self, item: ManifestItem, job: Job) -> None:
         """The service priced the job over what the budget has left: cancel it (refunded in full)."""
-        why = f"the credit budget of {self.spec.credit_budget:g} is reached"
+        why = f"the credit budget of {credits_text(self.spec.credit_budget)} is reached"
         self._stop(why)
         try:
             await self.client.cancel(job.id)
@@ -1029,7 +1178,9 @@ class BatchRunner:
             deadline=time.time() + self.spec.timeout if self.spec.timeout else None,
         )
         if result.pending:
-            raise WaitTimeoutError(f"job {item.job_id} did not finish within {self.spec.timeout:g} s")
+            raise WaitTimeoutError(
+                f"job {item.job_id} did not finish within {credits_text(self.spec.timeout)} s"
+            )
         if item.source in self._submitted_at:
             self.latency.observe(
                 result.last_look_at - started,
@@ -1039,6 +1190,38 @@ class BatchRunner:
                 point=result.first_look_at - started,
             )
         return result.done[item.job_id]
+
+
+def same_listing(item: ManifestItem, src: SourceFile) -> bool:
+    """The input is listed as the manifest knows it (or as it was last seen with the same bytes)."""
+    return src.fingerprint in (item.fingerprint, item.listed_as)
+
+
+def _stem(path: str) -> str:
+    """``path`` without a media extension, lower-cased (``out/a.JPG`` and ``out/a`` are one name)."""
+    p = PurePosixPath(path)
+    return str(p.with_suffix("") if p.suffix.lower() in MEDIA_EXTENSIONS else p).lower()
+
+
+def fingerprint_size(fingerprint: str) -> int | None:
+    """The size recorded in a fingerprint (``<size>:<etag or mtime>``), if it has one."""
+    head = fingerprint.split(":", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def hash_inputs(urls: list[str], storage_options: dict[str, Any] | None) -> list[str | None]:
+    """The SHA-256 of each input (``None`` where it cannot be read); remote ones 16 at a time."""
+
+    def one(url: str) -> str | None:
+        try:
+            return sha256_of(url, storage_options)
+        except Exception:
+            return None
+
+    if urls and not is_local(url_to_fs(urls[0], **(storage_options or {}))[0]):
+        with ThreadPoolExecutor(16, thread_name_prefix="vance-hash") as pool:
+            return list(pool.map(one, urls))
+    return [one(u) for u in urls]
 
 
 def describe_unexpected(exc: BaseException) -> str:

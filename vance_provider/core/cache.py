@@ -46,9 +46,9 @@ from typing import Any, Literal
 import fsspec
 from fsspec.core import url_to_fs
 
-from .errors import InvalidConfigError, VanceError
+from .errors import ConfigurationError, InvalidConfigError, VanceError
 from .inputs import sniff
-from .secrets import redact
+from .secrets import redact, redact_url
 from .storage import CHUNK, PARTIAL_MARK, AtomicWriter, full_url, is_local, write_bytes_atomic
 from .tools import ToolCall
 
@@ -80,6 +80,11 @@ _BLOB = re.compile(r"^[0-9a-f]{12}\.[a-z0-9]{1,5}$")
 
 class CacheError(VanceError):
     """The result cache cannot do what was asked (the batch can still run without it)."""
+
+
+class CacheUnusableError(CacheError, ConfigurationError):
+    """The result cache the batch was given cannot be used (a file where its folder should be, a
+    read-only mount, no permission). Raised before anything is spent, unless the cache is optional."""
 
 
 class CacheCorruptError(CacheError):
@@ -408,7 +413,33 @@ class ResultCache:
         self.root = f"{path.rstrip('/')}/{LAYOUT}"
 
     def __repr__(self) -> str:  # never the storage options: they may hold credentials
-        return f"ResultCache({self.url!r})"
+        return f"ResultCache({redact_url(self.url)!r})"
+
+    def check_usable(self) -> None:
+        """Write and remove a probe under the cache's folder: a :class:`CacheUnusableError` if the
+        cache cannot be written (a regular file at its URL, a read-only mount, no permission)."""
+        base = self.root.rsplit("/", 1)[0]
+        hint = (
+            "give a folder you can write (--cache URL, or VANCE_CACHE), or make the cache optional "
+            "(cache_optional=True, --cache-optional) to run without it when it cannot be used"
+        )
+        try:
+            is_file = self.fs.isfile(base)
+        except Exception:
+            is_file = False
+        if is_file:
+            raise CacheUnusableError(
+                f"the result cache {redact_url(self.url)} is a file, not a folder", hint=hint
+            )
+        probe = f"{self.root}/.vance-probe-{uuid.uuid4().hex[:8]}"
+        try:
+            write_bytes_atomic(self._url(probe), b"ok", self.storage_options)
+            self.fs.rm(probe)
+        except Exception as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise CacheUnusableError(
+                f"the result cache {redact_url(self.url)} cannot be written ({reason})", hint=hint
+            ) from None
 
     # --- paths
     def _entry_dir(self, digest: str) -> str:

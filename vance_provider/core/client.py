@@ -30,7 +30,7 @@ from .errors import (
 from .inputs import check_input
 from .models import API_CHOICES, ApiChoice, ApiName, Balance, Capabilities, Job, JobStatus, UsageRecord
 from .retry import RetryPolicy
-from .secrets import Secret
+from .secrets import Secret, redact_url
 from .storage import list_sources
 from .tools import ToolCall, resolve
 
@@ -71,13 +71,13 @@ def normalize_base_url(base_url: str | None, api: ApiName) -> str | None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
-            f"base_url {base_url!r} is not an http(s) URL",
+            f"base_url {redact_url(base_url)!r} is not an http(s) URL",
             hint="e.g. https://api-service.vanceai.com or http://127.0.0.1:8765",
         )
     try:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
-        raise ConfigurationError(f"base_url {base_url!r} has an invalid port") from None
+        raise ConfigurationError(f"base_url {redact_url(base_url)!r} has an invalid port") from None
     path = parts.path.rstrip("/") or urlsplit(BACKENDS[api].default_base_url).path.rstrip("/")
     return f"{parts.scheme}://{parts.netloc}{path}"
 
@@ -102,8 +102,8 @@ class _ClientFacts:
 
     backend: Backend
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(api={self.api!r}, base_url={self.base_url!r})"
+    def __repr__(self) -> str:  # never a password of the base URL (http://user:pass@host)
+        return f"{type(self).__name__}(api={self.api!r}, base_url={redact_url(self.base_url)!r})"
 
     @property
     def api(self) -> ApiName:
@@ -174,6 +174,8 @@ class AsyncVanceClient(_ClientFacts):
             )
         api_name = detect_api(token, api)
         self._token = Secret(token)
+        if base_url and (password := urlsplit(base_url.strip()).password):
+            self._base_url_password = Secret(password)  # redacted from every log and error, as a token
         self.storage_options = storage_options
         cls = BACKENDS[api_name]
         extra: dict[str, Any] = {"premium": premium} if "premium" in cls.extra_options else {}

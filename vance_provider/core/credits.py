@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .backends import capabilities_of
 from .client import AsyncVanceClient
 from .manifest import ItemState, Manifest
-from .models import ApiName, UsageRecord
+from .models import ApiName, UsageRecord, credits_text
 from .tools import OWN_TOOLS, VENDOR_NAMES
 
 if TYPE_CHECKING:  # pandas is imported when a report is made, not when the package is
@@ -388,7 +388,7 @@ def usage_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 def summary_text(summary: pd.DataFrame) -> str:
     """The summary as aligned plain text (for logs and terminals)."""
-    return summary.to_string(index=False, formatters={"credits": "{:g}".format})
+    return summary.to_string(index=False, formatters={"credits": credits_text})
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
@@ -396,10 +396,10 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     cols = list(SUMMARY_COLUMNS)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for rec in summary.to_dict("records"):
-        cells = [f"{rec[c]:g}" if c in ("credits", "saved") else str(rec[c]) for c in cols]
+        cells = [credits_text(rec[c]) if c in ("credits", "saved") else str(rec[c]) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     total = float(summary["credits"].iloc[-1]) if len(summary) else 0.0
-    return "\n".join([*lines, "", f"**Total: {total:g} credits**"])
+    return "\n".join([*lines, "", f"**Total: {credits_text(total)} credits**"])
 
 
 def write_report(df: pd.DataFrame, url: str, storage_options: dict[str, Any] | None = None) -> str:

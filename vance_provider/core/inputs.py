@@ -16,7 +16,7 @@ from .errors import (
     UnsupportedFormatError,
 )
 from .models import ApiName, Media
-from .storage import read_head
+from .storage import broken_link, read_head
 
 VIDEO_FORMATS = {"mp4", "mov", "mkv", "webm", "avi"}
 
@@ -74,6 +74,8 @@ def check_input(
 
     caps = capabilities_of(api)
     if size == 0:
+        if (why := broken_link(url)) is not None:
+            raise UnreadableInputError(why, source=url, hint="fix or remove the link")
         raise UnreadableInputError("the file is empty", source=url)
     try:
         head = read_head(url, 64, storage_options)

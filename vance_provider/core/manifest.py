@@ -19,6 +19,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from .errors import ManifestError, ManifestMismatchError
+from .secrets import redact
 from .storage import join, write_bytes_atomic
 
 MANIFEST_NAME = "_vance_manifest.json"
@@ -52,7 +53,8 @@ class ManifestItem:
     charges: list[dict[str, Any]] = field(default_factory=list)  # every job paid for: job_id, credits, at
     estimate: float | None = None  # expected credits when they depend on the input (video), else None
     media_info: dict[str, Any] | None = None  # a video's size and duration, sent so the service prices it
-    input_sha256: str | None = None  # of the input's bytes, when a result cache is used
+    input_sha256: str | None = None  # of the input's bytes: a file touched (same bytes) is the same input
+    listed_as: str | None = None  # the listing's fingerprint of the same bytes, after the file was touched
     cached: bool = False  # the output was copied from the result cache (0 credits)
     saved: float = 0.0  # what the cached result cost when it was paid for
     updated_at: float = field(default_factory=time.time)
@@ -246,24 +248,65 @@ class Manifest:
             "which archives it, or move it away",
         )
 
-    def check_identity(self, identity: dict[str, Any]) -> None:
+    def check_outputs(self, destination: str) -> None:
+        """Refuse items a hand edit has made unsafe, before anything is spent: every output lies
+        inside ``destination`` (no ``..``), belongs to one item only, and an item whose job ended
+        well (succeeded or done) has one. A :class:`ManifestError` names the item."""
+        prefix = destination.rstrip("/") + "/"
+        owners: dict[str, str] = {}
+        for source, item in self.items.items():
+            out = item.output
+            if out is None or out == "":
+                if item.state in (ItemState.SUCCEEDED, ItemState.DONE):
+                    raise self._bad_item(source, f"it is {item.state.value} but has no output")
+                continue
+            if not isinstance(out, str):
+                raise self._bad_item(source, f"its output is a {type(out).__name__}, not a path")
+            rel = out[len(prefix) :] if out.startswith(prefix) else None
+            parts = rel.replace("\\", "/").split("/") if rel else []
+            if rel is None or not rel or any(p in ("", ".", "..") for p in parts):
+                raise self._bad_item(source, f"its output {out} is not inside the destination {destination}")
+            other = owners.setdefault(out.lower(), source)
+            if other != source:
+                raise self._bad_item(source, f"its output {out} is also the output of {other}")
+
+    def _bad_item(self, source: str, what: str) -> ManifestError:
+        return ManifestError(
+            f"the manifest {self.url} cannot be used: the item {source}: {what}",
+            hint="nothing was spent; the manifest was edited by hand? Restore it, remove that item "
+            "from it (its input is then done again), or start afresh with fresh=True (--fresh), "
+            "which archives it",
+        )
+
+    def check_identity(self, identity: dict[str, Any], shown: dict[str, Any] | None = None) -> None:
         """Refuse a manifest written for another batch; record ``identity`` in a new one.
 
-        ``identity``: source, destination, tool, config (a fingerprint), api. Manifests written
-        before identities were recorded are checked on the fields they have (tool, api, destination).
+        ``identity``: source, destination, tool, config (a fingerprint), api. ``shown``: readable
+        values of fields that are fingerprints (the config as the user gave it), kept beside them
+        so that a refusal shows what differs, not two hashes. Manifests written before identities
+        were recorded are checked on the fields they have (tool, api, destination).
         """
         known = self.meta.get("identity") or {
             k: self.meta[k] for k in ("tool", "api", "destination") if k in self.meta
         }
+        known_shown = self.meta.get("shown") if isinstance(self.meta.get("shown"), dict) else {}
+        shown = shown or {}
         for field_name, value in identity.items():
             if field_name in known and value is not None and known[field_name] not in (None, value):
+                before, now = known_shown.get(field_name), shown.get(field_name)
+                if before is None or now is None or before == now:
+                    before, now = known[field_name], value
                 raise ManifestMismatchError(
                     f"the manifest {self.url} belongs to another batch: its {field_name} is "
-                    f"{known[field_name]!r}, this run's is {value!r}",
-                    hint="write to another destination (or another manifest), or start afresh with "
-                    "fresh=True (--fresh), which archives the old manifest",
+                    f"{redact(_show(before))}, this run's is {redact(_show(now))}",
+                    hint="write this batch to another destination; or start afresh with fresh=True "
+                    "(--fresh): the old manifest is archived and the outputs already there are kept "
+                    "(a new output is never written over one of them unless overwrite=True "
+                    "(--overwrite) says so)",
                 )
         self.meta["identity"] = identity
+        if shown:
+            self.meta["shown"] = shown
 
     def archive(self) -> str | None:
         """Move the manifest aside (``fresh=True``); returns where it went, if there was one."""
@@ -351,6 +394,13 @@ class Manifest:
                 self._dirty |= dirty  # not written: still to write
                 raise
             self._saved = max(self._saved, version)
+
+
+def _show(value: Any) -> str:
+    """A value of an identity as a message shows it: a text quoted, anything else as JSON."""
+    if isinstance(value, str):
+        return repr(value)
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 async def _to_the_end(write: Callable[[list[ManifestItem]], None], items: list[ManifestItem]) -> None:

@@ -17,6 +17,15 @@ from ..defaults import ApiName as ApiName
 Media = Literal["image", "video"]
 
 
+def credits_text(value: float) -> str:
+    """A number of credits (or seconds) as a message shows it: exact to 9 decimals, without
+    float noise or a trailing ``.0``: 2.9999999 stays 2.9999999 (``:g`` showed 3), 0.1 + 0.2 is 0.3."""
+    number = round(float(value), 9)
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return repr(number)
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"
     PROCESSING = "processing"

@@ -95,3 +95,34 @@ def _install_filter() -> None:
     f = RedactingFilter()
     for name in ("httpx", "httpcore", "httpcore.http11", "httpcore.connection", "vance_provider"):
         logging.getLogger(name).addFilter(f)
+
+
+# Keys of storage options (fsspec, s3fs, gcsfs, adlfs, botocore) whose values are credentials.
+_SECRET_KEY = re.compile(
+    r"secret|token|password|passwd|credential|private|session|signature|sas|account_key|"
+    r"connection_string|^key$|access_key|api_key|auth",
+    re.I,
+)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without the password of a ``scheme://user:password@host`` part (``user:***@``),
+    and known tokens redacted."""
+    text = re.sub(r"(?<=://)([^/@:\s]*):([^/@\s]*)@", r"\1:***@", str(url))
+    return redact(text)
+
+
+def redact_options(value: object, key: str = "") -> object:
+    """A copy of storage options fit for a repr: every credential's value is ``'***'`` (at any
+    depth: ``client_kwargs``, ``config_kwargs``), URLs lose their passwords, known tokens go."""
+    if isinstance(value, dict):
+        return {k: redact_options(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact_options(v, key) for v in value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if key and _SECRET_KEY.search(key):
+        return "***"
+    if isinstance(value, str):
+        return redact_url(value)
+    return f"<{type(value).__name__}>"  # an object (a session, a credentials provider): not shown

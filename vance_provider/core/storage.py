@@ -14,7 +14,15 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from .errors import ConfigurationError, InvalidInputError, TruncatedDownloadError, UnreadableInputError
+from .errors import (
+    ConfigurationError,
+    InvalidInputError,
+    TransportError,
+    TruncatedDownloadError,
+    UnreadableInputError,
+    VanceError,
+)
+from .secrets import redact_url
 
 CHUNK = 1 << 20  # bounded buffer for streaming (1 MiB)
 # Listed from folders and globs; unsupported kinds (gif, bmp, ...) are listed too, so the
@@ -36,6 +44,65 @@ MEDIA_EXTENSIONS = {
     ".tiff",
     ".heic",
 }
+
+
+class OutputExistsError(ConfigurationError):
+    """Outputs of this batch would be written over files already in the destination that its
+    manifest does not record as its own (another batch's paid results, say). Nothing was spent."""
+
+
+class StorageUnavailableError(TransportError):
+    """The store (an S3 endpoint, say) cannot be reached: nothing was read, written or spent."""
+
+
+# Names (in an exception's class hierarchy) of "no connection" errors from botocore, aiobotocore,
+# aiohttp, urllib3, requests and the standard library: matched by name, nothing extra imported.
+_UNREACHABLE = {
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "ProxyConnectionError",
+    "ClientConnectorError",
+    "ClientConnectionError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+    "NewConnectionError",
+    "MaxRetryError",
+    "ConnectionError",
+    "ConnectionRefusedError",
+    "ConnectionResetError",
+    "TimeoutError",
+    "gaierror",
+}
+
+
+def storage_failure(exc: BaseException, url: str) -> VanceError | None:
+    """A typed error for a store that cannot be reached (``exc`` or any exception it wraps), else
+    ``None``. The message names the store's endpoint without its credentials."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, VanceError):
+            return None
+        if any(k.__name__ in _UNREACHABLE for k in type(cause).__mro__):
+            where = _endpoint_of(cause)
+            return StorageUnavailableError(
+                f"the storage of {redact_url(url)} cannot be reached"
+                + (f" at {redact_url(where)}" if where else "")
+                + f" ({type(cause).__name__})",
+                hint="check the endpoint URL (endpoint_url in the storage options, AWS_ENDPOINT_URL), "
+                "the network and the proxy; nothing was spent, run the same command again to resume",
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _endpoint_of(exc: BaseException) -> str | None:
+    kwargs = getattr(exc, "kwargs", None)
+    if isinstance(kwargs, dict) and kwargs.get("endpoint_url"):
+        return str(kwargs["endpoint_url"])
+    return None
 
 
 @dataclass(frozen=True)
@@ -112,9 +179,12 @@ def list_sources(
                 reason = (
                     "hidden file"
                     if name.startswith(".")
-                    else None
-                    if PurePosixPath(p).suffix.lower() in exts
-                    else "not an image or video (by its extension)"
+                    else _linked_folder(fs, p, info)
+                    or (
+                        None
+                        if PurePosixPath(p).suffix.lower() in exts
+                        else "not an image or video (by its extension)"
+                    )
                 )
                 if reason:
                     if ignored is not None:
@@ -123,6 +193,25 @@ def list_sources(
             rel = p[len(base) :].lstrip("/") if p.startswith(base) else name
             found[u] = SourceFile(u, int(info.get("size") or 0), _fingerprint(info), rel)
     return list(found.values())
+
+
+def _linked_folder(fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]) -> str | None:
+    """Why a listed entry that is a symbolic link to a folder is not taken (links are not followed:
+    a link may loop, or lead out of the source)."""
+    if not info.get("islink") or not is_local(fs) or not os.path.isdir(path):
+        return None
+    return (
+        f"a symbolic link to the folder {info.get('destination') or os.path.realpath(path)}: links to "
+        "folders are not followed (give that folder as a source of its own)"
+    )
+
+
+def broken_link(url: str) -> str | None:
+    """If ``url`` is a local symbolic link whose target does not exist, say so (else ``None``)."""
+    fs, path = url_to_fs(url)
+    if not is_local(fs) or not os.path.islink(path) or os.path.exists(path):
+        return None
+    return f"a broken symbolic link: its target {os.readlink(path)} does not exist"
 
 
 def glob_base(path: str) -> str:
@@ -370,6 +459,8 @@ def check_writable(prefix: str, storage_options: dict[str, Any] | None = None) -
         fs, path = url_to_fs(probe, **(storage_options or {}))
         fs.rm(path)
     except Exception as exc:
+        if (unreachable := storage_failure(exc, prefix)) is not None:
+            raise unreachable from None
         raise InvalidInputError(
             f"the destination is not writable ({type(exc).__name__})",
             source=prefix,
