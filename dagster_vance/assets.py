@@ -41,6 +41,7 @@ from pydantic import Field
 from vance_provider.core import BatchResult, BatchSpec, Progress, ToolCall, resolve, totals
 from vance_provider.core.credits import ManifestRef, summary_markdown, usage_summary
 from vance_provider.core.errors import PERMANENT_ERRORS, VanceError
+from vance_provider.core.lease import new_owner
 from vance_provider.core.manifest import ItemState, Manifest
 from vance_provider.core.models import API_NAMES
 from vance_provider.core.secrets import redact
@@ -325,6 +326,14 @@ def _target(props: VanceDatasetProps, partition_key: str | None) -> tuple[str | 
     return join(props.source, partition_key), dest, props.partition_manifest_url(partition_key)
 
 
+def _attempt(context: dg.AssetExecutionContext) -> str:
+    """Which attempt of the step this is (a retry is another attempt: never the same lease owner)."""
+    try:
+        return f"retry{context.retry_number}"
+    except Exception:  # a context without one (a direct invocation)
+        return "retry0"
+
+
 def _manifest_states(url: str, storage_options: dict[str, Any] | None) -> dict[str, tuple[str, str | None]]:
     """Each input's (state, job id) before a run, to tell what the run itself processed."""
     try:
@@ -411,6 +420,12 @@ def _materialize(
         timeout=props.timeout,
         storage_options=so,
         allow_empty=props.allow_empty,
+        # A lease per attempt of this run; a partition's inputs are its own, so it has its own lease
+        # (partitions of one destination run side by side).
+        owner=new_owner(
+            "dagster", context.run_id, key.to_user_string(), partition_key or "", _attempt(context)
+        ),
+        lease_scope=f"partition:{partition_key}" if partition_key is not None else None,
     )
     where = f" (partition {partition_key})" if partition_key else ""
     context.log.info(

@@ -42,7 +42,7 @@ from .errors import (
     WaitTimeoutError,
 )
 from .inputs import InputInfo, check_input
-from .lease import BatchLease
+from .lease import BatchLease, LeaseLostError, fence_writes
 from .manifest import ItemState, Manifest, ManifestItem
 from .models import ApiName, Job, JobStatus, Media, credits_text
 from .polling import poll_jobs
@@ -103,6 +103,7 @@ class BatchSpec:
     fresh: bool = False  # archive an existing manifest and start the batch afresh
     lock_timeout: float = 0.0  # seconds to wait for another run's lease on the batch; 0 = fail at once
     owner: str | None = None  # a stable id of this run (say, an Airflow run id): it may re-enter its lease
+    lease_scope: str | None = None  # runs with disjoint inputs by construction (a partition): own lease
     cache: str | None = None  # a result cache (fsspec URL): results already paid for are copied, not paid
     cache_storage_options: dict[str, Any] | None = None  # default: storage_options
     cache_optional: bool = False  # a cache that cannot be used is a warning, not a refusal
@@ -415,7 +416,12 @@ class BatchRunner:
         )
         self.manifest = manifest_for(spec)
         self.caps = client.capabilities
-        self.lease = BatchLease(self.manifest.url, spec.storage_options, owner=spec.owner)
+        # One lease per destination, whatever the manifest's path; the manifest is written only
+        # while it is held, and every job created or paid for is fenced by it (see lease.py).
+        self.lease = BatchLease.for_batch(
+            spec.destination, spec.storage_options, scope=spec.lease_scope, owner=spec.owner
+        )
+        fence_writes(self.manifest, self.lease)
         self.limit = AdaptiveLimit(spec.max_concurrency)
         self.latency = LatencyEstimate(spec.poll_interval, client.backend.gate.pressure)
         self.stop_reason: str | None = None
@@ -1023,6 +1029,7 @@ class BatchRunner:
         """Store a succeeded job's result under the item's output name and record what it cost."""
         if self.caps.charges_on_download:  # the job id must be durable before anything is paid
             await self.manifest.flush_until(self._recorded.get(item.source, 0))
+            await self._fence()  # a download is a payment here
         try:
             final = await self.client.download(
                 job, item.output or "", storage_options=self.spec.storage_options
@@ -1052,6 +1059,14 @@ class BatchRunner:
         )
         self.limit.grow()
         await self._store_in_cache(item, job, final, cost)
+
+    async def _fence(self) -> None:
+        """Stop before paying for anything once another run has taken the batch's lease."""
+        try:
+            await asyncio.to_thread(self.lease.fence)
+        except LeaseLostError as exc:
+            self._stop(exc.message)
+            raise
 
     def _stop(self, reason: str) -> None:
         if not self.stop_reason:
@@ -1100,6 +1115,7 @@ class BatchRunner:
             call = dataclasses.replace(call, open_config={**(call.open_config or {}), **item.media_info})
         for _ in range(10):
             try:
+                await self._fence()
                 job = await self.client.submit_checked(
                     item.source,
                     self._sizes.get(item.source, 0),

@@ -479,7 +479,14 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         options: dict[str, Any] = {"fresh": self.fresh, "lock_timeout": self.lock_timeout}
         ti = (context or {}).get("ti")
         if ti is not None:
-            options["owner"] = f"airflow:{ti.dag_id}:{ti.task_id}:{ti.run_id}:{ti.map_index}"
+            from vance_provider.core.lease import new_owner
+
+            # Unique per attempt (try number, host, pid, a random part): a retry never re-enters the
+            # lease of an earlier try that still runs; the trigger of this try gets it with the spec.
+            try_number = getattr(ti, "try_number", None)
+            options["owner"] = new_owner(
+                "airflow", ti.dag_id, ti.task_id, ti.run_id, ti.map_index, f"try{try_number}"
+            )
         wanted = {k: v for k, v in options.items() if k in names}
         if (self.fresh or self.lock_timeout) and not {"fresh", "lock_timeout"} <= names:
             raise AirflowFailException("fresh and lock_timeout need a newer vance_provider.core")
