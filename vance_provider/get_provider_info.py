@@ -117,6 +117,15 @@ def get_provider_info() -> dict:
             "vanceai": {
                 "description": "The VanceAI provider's settings.",
                 "options": {
+                    "preview": {
+                        "description": "Whether a VanceAI batch task writes a before/after contact sheet "
+                        "of its first outputs beside them (_vance_preview.jpg, a few small thumbnails) "
+                        "and returns its URL as 'preview'. False for private data: no picture is made.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
                     "resume_after_deferral": {
                         "description": "Seconds a deferred VanceAI task waits, at least, before it "
                         "resumes (its trigger holds back an early event). Airflow up to 3.3.2 fails a "
@@ -128,7 +137,7 @@ def get_provider_info() -> dict:
                         "type": "float",
                         "example": "0",
                         "default": "",
-                    }
+                    },
                 },
             }
         },

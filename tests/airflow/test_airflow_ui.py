@@ -160,3 +160,53 @@ def test_form_fields_on_airflow_before_3_2_say_the_same() -> None:
         assert widgets[name].kwargs["description"] == spec["description"]
     placeholders = VanceAIHook.get_ui_field_behaviour()["placeholders"]
     assert {"host", "password", "timeout", "max_retries", "max_concurrency"} <= set(placeholders)
+
+
+# --- the extra link and the preview ------------------------------------------------------------
+def test_outputs_link_for_every_kind_of_destination(tmp_path) -> None:
+    from vance_provider.operators.vanceai import outputs_url
+
+    assert outputs_url("s3://bucket/out/x2/") == (
+        "https://s3.console.aws.amazon.com/s3/buckets/bucket?prefix=out/x2/"
+    )
+    assert outputs_url("gs://bucket/out/").startswith("https://console.cloud.google.com/storage/browser/")
+    assert outputs_url(str(tmp_path / "out")) == (tmp_path / "out").as_uri()
+    assert outputs_url("relative/out/") == (Path.cwd() / "relative" / "out").as_uri() + "/"
+    assert outputs_url("file:///data/out") == "file:///data/out"
+    assert outputs_url("memory://bucket/out") == "memory://bucket/out"
+    assert outputs_url("https://user:pw@files.example/out?sig=abc") == "https://user:***@files.example/out"
+    assert outputs_url("") == ""
+
+
+@pytest.mark.parametrize("preview", [True, False])
+def test_local_batch_links_its_outputs_and_returns_its_preview(
+    preview, sim, vance_conn, make_image, tmp_path, monkeypatch, caplog
+) -> None:
+    from PIL import Image
+
+    from tests.airflow.helpers import all_xcoms
+
+    vance_conn("open", extra={"api": "open_api"})
+    if not preview:
+        monkeypatch.setenv("AIRFLOW__VANCEAI__PREVIEW", "False")
+    for i in range(3):
+        make_image(f"in/photo_{i}.jpg", 64, 48)
+    dst = tmp_path / "out"
+    dag = load_dag("vanceai_credit_checked_batch")
+    dag.get_task("enhance").poll_interval = 0.1
+    dr = dag.test(run_conf={"source": str(tmp_path / "in"), "destination": str(dst)})
+    assert ti_states(dr) == {"check_credits": "success", "enhance": "success"}
+    link = dst.as_uri()
+    assert xcom(dr, "enhance", key="vanceai_outputs_url") == link
+    assert xcom(dr, "enhance", key="_link_VanceAIDestinationLink") == link
+    summary = xcom(dr, "enhance")
+    sheet = dst / "_vance_preview.jpg"
+    if not preview:
+        assert summary["preview"] is None and not sheet.exists()
+    else:
+        assert summary["preview"] == str(sheet)
+        with Image.open(sheet) as img:
+            assert img.format == "JPEG" and max(img.size) <= 1200
+        assert sheet.stat().st_size < 200_000
+    assert not [r for r in caplog.records if "XCom not found" in r.getMessage()]
+    assert {k for _, k, _ in all_xcoms(dr)} >= {"vanceai_outputs_url", "return_value"}

@@ -73,6 +73,26 @@ def console_url(destination: str | None) -> str:
     return ""
 
 
+def outputs_url(destination: str | None) -> str:
+    """Where the extra link leads for a destination of any kind: the cloud console for S3 and GCS,
+    a ``file://`` URL for a local folder, else the destination's own URL (without a query string
+    or a password)."""
+    if not destination:
+        return ""
+    url = console_url(destination)
+    if url and not destination.startswith(("http://", "https://")):
+        return url
+    if "://" not in destination or destination.startswith("file://"):
+        import os
+        from pathlib import Path
+
+        path = destination.removeprefix("file://")
+        return Path(os.path.abspath(path)).as_uri() + ("/" if path.endswith("/") else "")
+    from vance_provider.core.secrets import redact_url
+
+    return redact_url(destination.split("?", 1)[0])
+
+
 def credit_budget(value: Any) -> float | None:
     """A budget given as a number or rendered from a template (``"50"``); empty means none."""
     if value is None or (isinstance(value, str) and value.strip() in ("", "None")):
@@ -107,10 +127,11 @@ def shareable_storage_options(options: dict[str, Any] | None) -> dict[str, Any] 
 
 
 class VanceAIDestinationLink(BaseOperatorLink):
-    """'VanceAI outputs': the destination in the cloud console (S3 / GCS), when it has one.
+    """'VanceAI outputs': the destination in the cloud console (S3 / GCS), a ``file://`` URL for a
+    local folder, or the destination's own URL for other stores.
 
-    The task pushes the console URL of its *rendered* destination to XCom when it starts, so a
-    templated destination (``s3://out/{{ ds }}/``) links to the right place.
+    The task pushes the link of its *rendered* destination to XCom when it starts, so a templated
+    destination (``s3://out/{{ ds }}/``) links to the right place.
     """
 
     name = "VanceAI outputs"
@@ -127,7 +148,7 @@ class VanceAIDestinationLink(BaseOperatorLink):
         if url:
             return str(url)
         destination = getattr(operator, "destination", None)
-        return "" if destination is None or "{{" in str(destination) else console_url(destination)
+        return "" if destination is None or "{{" in str(destination) else outputs_url(str(destination))
 
 
 class _VanceAIBase(VanceAITaskMixin, BaseOperator):
@@ -766,14 +787,35 @@ class VanceAIEnhanceOperator(_VanceAIBase):
         return client.run(cancel())
 
     def _push_link(self, context: Context) -> None:
-        """The rendered destination's console URL, for the operator extra link."""
-        url = console_url(self.destination)
+        """The rendered destination's link (any kind of destination), for the operator extra link."""
+        url = outputs_url(self.destination)
         ti = context.get("ti") if hasattr(context, "get") else None
         if url and ti is not None:
             ti.xcom_push(key=LINK_XCOM_KEY, value=url)
 
     def _finish(self, context: Context, result: BatchResult) -> dict[str, Any]:
         return self._conclude(context, result.summary(max_outputs=MAX_XCOM_ITEMS))
+
+    def _preview(self, summary: dict[str, Any]) -> str | None:
+        """A before/after contact sheet of the first outputs, written beside them
+        (``_vance_preview.jpg``); its URL for the return value. ``[vanceai] preview = False``
+        turns it off (private data); it is kept as it is when this run enhanced nothing."""
+        from vance_provider.airflow_compat import conf
+        from vance_provider.core.preview import PREVIEW_NAME, pairs_from_manifest, write_contact_sheet
+        from vance_provider.core.storage import exists, join
+
+        if not conf.getboolean("vanceai", "preview", fallback=True) or not summary.get("done"):
+            return None
+        options = self.hook.storage_options
+        try:
+            existing = join(self.destination, PREVIEW_NAME)
+            if not summary.get("credits_spent") and not summary.get("cached") and exists(existing, options):
+                return existing
+            pairs = pairs_from_manifest(summary["manifest"], options)
+            return write_contact_sheet(pairs, self.destination, options)
+        except Exception as exc:  # a preview never fails the batch
+            self.log.warning("VanceAI batch: no preview written (%s)", type(exc).__name__)
+            return None
 
     def _conclude(self, context: Context, summary: dict[str, Any]) -> dict[str, Any]:
         """Log the counts, emit the asset event and lineage, apply ``on_failure``; the XCom."""
@@ -786,6 +828,7 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             summary["credits_spent"],
             summary["manifest"],
         )
+        summary["preview"] = self._preview(summary)
         self._emit_asset_events(context, summary)
         self._record_lineage(summary)
         if self.on_failure != "continue" and summary["failed"]:
