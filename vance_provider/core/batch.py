@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -434,6 +435,7 @@ class BatchRunner:
         self._submitted_at: dict[str, float] = {}
         self._recorded: dict[str, int] = {}  # manifest change that recorded each item's job id
         self._budget_lock = asyncio.Lock()  # one video at a time until the service prices it
+        self._canceled_over_budget: dict[str, str] = {}  # source -> why its running job was canceled
         self._uploads = asyncio.Semaphore(spec.max_concurrency)  # inputs uploaded ahead of a job slot
         self._downloads = asyncio.Semaphore(spec.max_concurrency)  # results being stored
         self._sizes: dict[str, int] = {}  # input sizes, from the listing
@@ -1007,9 +1009,45 @@ class BatchRunner:
             item.source, size, self.call, storage_options=self.spec.storage_options
         )
 
+    async def _look_at_video(self, item: ManifestItem, job_id: str) -> Job:
+        """One look at a video job. The service measures the video itself (never trusting its
+        header) and shows the authoritative charge (``credits_charged``, reserved) once the job is
+        processing: that figure replaces every estimate at once, and a job it puts over the budget
+        is canceled (the reservation is refunded in full)."""
+        job = await self.client.get_job(job_id)
+        if job.status.terminal or not job.credits_charged or float(job.credits_charged) <= 0:
+            return job
+        figure = float(job.credits_charged)
+        if figure != self.estimate(item):
+            self.committed += figure - self.estimate(item)
+            item.estimate = figure
+            self.manifest.touch()
+        budget = self.spec.credit_budget
+        if budget is None or self.spent + self.committed <= budget + 1e-9 or not self.caps.can_cancel:
+            return job
+        why = f"the credit budget of {credits_text(budget)} is reached"
+        self._stop(why)
+        try:
+            await self.client.cancel(job.id)
+        except VanceError as exc:
+            log.warning("could not cancel job %s over the budget: %s", job.id, exc)
+            return job  # it runs and is paid: the budget is exceeded by this one job at most
+        self._canceled_over_budget[item.source] = (
+            f"not submitted: {why} (the service measured the video at {credits_text(figure)} "
+            "credits; the job was canceled, not charged)"
+        )
+        return dataclasses.replace(job, status=JobStatus.CANCELED, raw_status="canceled")
+
     async def _await_terminal(self, item: ManifestItem) -> Job | None:
         """Poll until the job ends; a failed job is recorded here (refunded), a good one returned."""
         job = await self._poll(item)
+        if (why := self._canceled_over_budget.pop(item.source, None)) is not None:
+            self.committed -= self.estimate(item)
+            item.set(ItemState.SKIPPED, job_id=None, error=why)
+            item.generation += 1  # a later run makes a new submission
+            item.idempotency_key = self._key(item)
+            self._submitted_at.pop(item.source, None)
+            return None
         if job.status is not JobStatus.SUCCEEDED:
             self.committed -= self.estimate(item)
             item.set(
@@ -1180,14 +1218,20 @@ class BatchRunner:
         if self.caps.answers_on_submit:  # the result came with the submission: nothing to wait for
             return await self.client.get_job(item.job_id)
         started = self._submitted_at.get(item.source, time.monotonic())
+        get_job = self.client.get_job
+        point: Callable[[], float] = lambda: self.latency.value  # noqa: E731
+        if item.estimate is not None:  # a video: its true price is known once the service measured it
+            get_job = functools.partial(self._look_at_video, item)
+            if self.spec.credit_budget is not None:  # look early enough to cancel it, if need be
+                point = lambda: min(self.latency.value, self.spec.poll_interval)  # noqa: E731
         result = await poll_jobs(
-            self.client.get_job,
+            get_job,
             [item.job_id],
             # First look when jobs like this one usually finish, by the point at the time of the
             # look: a miss meanwhile may have raised it (read once at creation, the jobs in flight
             # when the rate began to bind all looked too early and missed together). A job still
             # running then is usually nearly done: look again soon, then back off.
-            first_delay=lambda: started + self.latency.value - time.monotonic(),
+            first_delay=lambda: started + point() - time.monotonic(),
             started=started,
             interval=self.latency.repoll(self.spec.poll_interval),
             max_interval=self.spec.max_poll_interval,

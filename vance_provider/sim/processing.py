@@ -136,10 +136,14 @@ def probe_video(path: Path) -> VideoInfo:
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        duration = float(container.duration / 1_000_000) if container.duration else 0.0
-        if not duration and stream.duration and stream.time_base:
-            duration = float(stream.duration * stream.time_base)
+        header = float(container.duration / 1_000_000) if container.duration else 0.0
+        if not header and stream.duration and stream.time_base:
+            header = float(stream.duration * stream.time_base)
         fps = float(stream.average_rate or 25)
+        # Measured from the content, as the service does (it never trusts the header): the span of
+        # the packets' timestamps, the last frame's length included. A header that says otherwise
+        # (a 6 s clip whose header claims 0.1 s) changes nothing.
+        duration = _measured_seconds(container, stream, fps) or header
         return VideoInfo(
             stream.codec_context.width,
             stream.codec_context.height,
@@ -148,6 +152,23 @@ def probe_video(path: Path) -> VideoInfo:
             stream.codec_context.name,
             fps,
         )
+
+
+def _measured_seconds(container: Any, stream: Any, fps: float) -> float:
+    """The video's length from its packets (demuxed, not decoded): last end minus first start."""
+    first = end = None
+    frames = 0
+    for packet in container.demux(stream):
+        if packet.pts is None:
+            continue
+        frames += 1
+        first = packet.pts if first is None else min(first, packet.pts)
+        stop = packet.pts + (packet.duration or 0)
+        end = stop if end is None else max(end, stop)
+    if first is None or end is None or not stream.time_base:
+        return 0.0
+    seconds = float((end - first) * stream.time_base)
+    return seconds if seconds > 0 else frames / fps
 
 
 def process_video(src: Path, dst: Path, tool: str, config: dict[str, Any]) -> VideoInfo:
