@@ -137,6 +137,7 @@ class DatasetOptions(TypedDict, total=False):
     storage_resource_key: str | None
     retry_policy: dg.RetryPolicy | None
     preview_rows: int
+    preview: bool
     allow_empty: bool
 
 
@@ -197,6 +198,11 @@ def build_enhanced_dataset_asset(
         resource_key: the key of the :class:`VanceAIResource`.
         retry_policy: a Dagster retry policy; a retried step resumes from the manifest.
         allow_empty: an empty source materializes an empty dataset (``False``: the run fails).
+        preview: small before/after thumbnails of the first ``preview_rows`` outputs in the
+            materialization's ``vance/preview``, and a contact sheet ``_vance_preview.jpg`` beside
+            the outputs (``vance/preview_image``). ``False`` for private data: the preview is then
+            names and sizes only, and no picture is written (the resource's ``previews`` turns
+            them off for every dataset).
 
     Returns:
         An ``AssetsDefinition`` with the checks ``outputs_valid``, ``inputs_accounted_for`` and, with
@@ -286,7 +292,7 @@ def _dataset_asset(options: Dataset) -> tuple[VanceDatasetProps, Callable[..., d
 
     translator = options.get("translator") or VanceTranslator()
     spec = translator.get_asset_spec(props)
-    spec = spec.merge_attributes(metadata={PROPS_METADATA_KEY: dg.MetadataValue.json(props.to_json())})
+    spec = spec.merge_attributes(metadata={PROPS_METADATA_KEY: dg.MetadataValue.json(props.user_json())})
     if partitions_def is not None:
         spec = spec.replace_attributes(partitions_def=partitions_def)
     key = spec.key
@@ -344,20 +350,26 @@ def _manifest_states(url: str, storage_options: dict[str, Any] | None) -> dict[s
 
 
 class _ProgressLog:
-    """Progress to ``context.log``: about every tenth item, at most every few seconds, and the last."""
+    """Progress to ``context.log``, throttled for big batches: a line each time another tenth of
+    the items has finished, or after ``every_s`` seconds with progress, and the last item's.
+    1000 items make about ten lines; the summary after the batch is logged apart."""
 
-    def __init__(self, context: dg.AssetExecutionContext, every_s: float = 5.0) -> None:
+    def __init__(self, context: dg.AssetExecutionContext, every_s: float = 30.0) -> None:
         self.context, self.every_s = context, every_s
-        self.last_at = 0.0
+        self.last_at = time.monotonic()
+        self.logged = -1  # the finished count of the last line
         self._lock = threading.Lock()
 
     def __call__(self, p: Progress) -> None:
         with self._lock:
             finished = p.done + p.failed + p.skipped
-            step = max(1, p.total // 10)
+            if finished == self.logged or p.total <= 0:
+                return
+            step = max(1, -(-p.total // 10))
             now = time.monotonic()
-            if finished == p.total or finished % step == 0 or now - self.last_at >= self.every_s:
-                self.last_at = now
+            crossed = finished // step > max(self.logged, 0) // step
+            if finished == p.total or crossed or now - self.last_at >= self.every_s:
+                self.last_at, self.logged = now, finished
                 self.context.log.info(
                     f"VanceAI: {finished}/{p.total} finished ({p.done} done, {p.failed} failed, "
                     f"{p.skipped} skipped), {p.credits_spent:g} credits spent in this run"
@@ -445,6 +457,7 @@ def _materialize(
     except VanceError:
         remaining = None
     reports = verify_outputs(result.items, call, so)
+    previews = props.preview and resource.previews
     metadata = _metadata(
         result,
         reports,
@@ -455,7 +468,11 @@ def _materialize(
         processed,
         partition_key,
         preview_rows,
+        previews=previews,
+        storage_options=so,
     )
+    if previews and processed:
+        metadata.update(_contact_sheet(context, result, destination, so))
     context.log.info(
         f"VanceAI: {result.done} done, {result.failed} failed, {result.skipped} skipped; "
         f"{result.credits_spent:g} credits in {result.elapsed:.1f} s"
@@ -526,6 +543,23 @@ def _checks_only(
     yield from _check_results(context, key, items, reports, None, None)
 
 
+def _contact_sheet(
+    context: dg.AssetExecutionContext,
+    result: BatchResult,
+    destination: str,
+    storage_options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """A contact sheet of the first outputs, written beside them; its location as metadata."""
+    from vance_provider.core.preview import pairs_of, write_contact_sheet
+
+    try:
+        url = write_contact_sheet(pairs_of(result.items), destination, storage_options)
+    except Exception as exc:  # a preview never fails the materialization
+        context.log.warning(f"VanceAI: no contact sheet written ({type(exc).__name__})")
+        return {}
+    return {"vance/preview_image": location_metadata(url)} if url else {}
+
+
 def storage_uri(destination: str) -> str:
     """The destination as a URI without credentials or query (``file://`` for local paths)."""
     import os
@@ -550,6 +584,9 @@ def _metadata(
     processed: int,
     partition_key: str | None,
     preview_rows: int,
+    *,
+    previews: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     md: dict[str, Any] = {
         "vance/api": api,
@@ -574,7 +611,9 @@ def _metadata(
     if partition_key is not None:
         md["vance/partition"] = partition_key
     if reports:
-        md["vance/preview"] = dg.MetadataValue.md(preview_table(reports, preview_rows))
+        md["vance/preview"] = dg.MetadataValue.md(
+            preview_table(reports, preview_rows, thumbnails=previews, storage_options=storage_options)
+        )
     if result.stopped:
         md["vance/stopped"] = strip_query(redact(result.stopped))
     problems = [i for i in result.items if i.state in (ItemState.FAILED, ItemState.SKIPPED)]
@@ -623,8 +662,16 @@ def build_credit_usage_asset(
         description=description
         or "VanceAI credit usage: one row per charge or job, totals per tool and day.",
         metadata={"dagster/column_schema": credit_report_schema()},
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_USAGE_MATCHES,
+                asset=name,
+                description="The report's credits for the datasets' batches equal what their "
+                "manifests recorded as spent (nothing lost or counted twice).",
+            )
+        ],
     )
-    def _credit_usage(context: dg.AssetExecutionContext) -> dg.Output[pd.DataFrame]:
+    def _credit_usage(context: dg.AssetExecutionContext) -> Iterator[Any]:
         resource: VanceAIResource = getattr(context.resources, resource_key)
         refs: list[ManifestRef] = list(manifests)
         for p in props:
@@ -653,25 +700,88 @@ def build_credit_usage_asset(
         metadata: dict[str, Any] = {
             "vance/api": resource.api_name,
             "vance/credits_total": dg.MetadataValue.float(float(t["total"])),
-            "vance/per_tool": dg.MetadataValue.json({str(k): float(v) for k, v in t["per_tool"].items()}),
-            "vance/per_day": dg.MetadataValue.json({str(k): float(v) for k, v in t["per_day"].items()}),
+            "vance/per_tool": _totals_table("tool", t["per_tool"]),
+            "vance/per_day": _totals_table("day", t["per_day"]),
             "vance/summary": dg.MetadataValue.md(summary_markdown(usage_summary(df))),
             "vance/manifests": len(refs),
             "dagster/row_count": len(df),
-            "dagster/column_schema": dg.TableSchema(
-                columns=[dg.TableColumn(str(c), str(df[c].dtype)) for c in df.columns]
-            ),
+            "dagster/column_schema": credit_report_schema([str(c) for c in df.columns], df),
         }
-        return dg.Output(df, metadata=metadata)
+        yield dg.Output(df, metadata=metadata)
+        yield _usage_check(name, df, refs)
 
     return _credit_usage
 
 
-def credit_report_schema() -> dg.TableSchema:
-    """The credit report's columns (``vance_provider.core.credits.COLUMNS``) as a Dagster table schema."""
+CHECK_USAGE_MATCHES = "matches_datasets_spend"
+
+#: What each column of the credit report holds (``vance_provider.core.credits.COLUMNS``).
+CREDIT_COLUMN_DESCRIPTIONS = {
+    "timestamp": "When the charge was made (UTC; to the microsecond where the batch recorded it).",
+    "api": "web (VanceAI web API v1), open (Open API v1) or visioncraft.",
+    "tool": "Our name of the tool: upscale, denoise, remove_bg, ...",
+    "vendor_tool": "The vendor's name of the tool: the web API module (enlarge3) or the Open API tool.",
+    "kind": "download (the web API charges a result's first download), charge (the Open API charges a "
+    "job that succeeded) or cached (served by the result cache, 0 credits).",
+    "credits": "What the charge cost.",
+    "balance": "The balance right after the charge, where the API says (web API only).",
+    "source": "The input, as the batch was given it (path or URL).",
+    "output": "Where its result was stored.",
+    "job_id": "The vendor's job id.",
+    "batch": "The batch it belongs to: the URL of its manifest.",
+    "run": "The run that paid for it, where the engine recorded one.",
+    "saved": "On a cached row: what the result cost when it was paid for; else 0.",
+}
+
+
+def _totals_table(label: str, totals_by: Mapping[Any, Any]) -> dg.MetadataValue:
+    """Credits per tool or per day as a table of two columns, largest tool first or days in order."""
+    items = [(str(k), float(v)) for k, v in totals_by.items()]
+    items.sort(key=(lambda kv: kv[0]) if label == "day" else (lambda kv: (-kv[1], kv[0])))
+    return dg.MetadataValue.table(
+        records=[dg.TableRecord({label: k, "credits": v}) for k, v in items],
+        schema=dg.TableSchema(columns=[dg.TableColumn(label, "string"), dg.TableColumn("credits", "float")]),
+    )
+
+
+def _usage_check(name: str, df: pd.DataFrame, refs: Sequence[ManifestRef]) -> dg.AssetCheckResult:
+    """The report's credits for the datasets' batches against what their manifests recorded."""
+    from vance_provider.core.credits import records_from_manifests
+
+    urls = {ref[0] if isinstance(ref, tuple) else ref for ref in refs}
+    recorded = sum(r.credits for r in records_from_manifests(refs)) if refs else 0.0
+    reported = float(df.loc[df["batch"].isin(urls), "credits"].sum()) if len(df) else 0.0
+    return dg.AssetCheckResult(
+        asset_key=dg.AssetKey(name),
+        check_name=CHECK_USAGE_MATCHES,
+        passed=abs(reported - recorded) < 1e-6,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "vance/reported_for_datasets": dg.MetadataValue.float(round(reported, 6)),
+            "vance/recorded_in_manifests": dg.MetadataValue.float(round(float(recorded), 6)),
+            "vance/manifests": len(urls),
+        },
+    )
+
+
+def credit_report_schema(
+    columns: Sequence[str] | None = None, df: pd.DataFrame | None = None
+) -> dg.TableSchema:
+    """The credit report's columns (``vance_provider.core.credits.COLUMNS``, or ``columns`` with the
+    types of ``df``) as a Dagster table schema, each with its description."""
     from vance_provider.core.credits import COLUMNS
 
-    return dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in COLUMNS.items()])
+    names = list(columns) if columns is not None else list(COLUMNS)
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name,
+                str(df[name].dtype) if df is not None and name in df else str(COLUMNS.get(name, "string")),
+                description=CREDIT_COLUMN_DESCRIPTIONS.get(name),
+            )
+            for name in names
+        ]
+    )
 
 
 def build_credit_usage_schedule(

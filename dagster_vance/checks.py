@@ -29,6 +29,7 @@ from fsspec.core import url_to_fs
 
 from vance_provider.core.batch import ItemResult
 from vance_provider.core.manifest import ItemState, Manifest
+from vance_provider.core.preview import INLINE_SIDE, MAX_INLINE_BYTES, inline_image, thumbnail
 from vance_provider.core.tools import ToolCall
 
 from .translator import CHECK_ACCOUNTED, CHECK_BUDGET, CHECK_OUTPUTS, strip_query
@@ -274,9 +275,35 @@ def budget_check(asset_key: dg.AssetKey, spent: float, budget: float) -> dg.Asse
     )
 
 
-def preview_table(reports: Sequence[OutputReport], max_rows: int = 5) -> str:
-    """A few outputs, for the materialization's metadata: input -> output, dimensions."""
-    rows = [
-        (PurePosixPath(r.source).name, PurePosixPath(r.output or "").name, r.dims) for r in reports[:max_rows]
-    ]
-    return _table(rows, ("input", "output", "dims"))
+def preview_table(
+    reports: Sequence[OutputReport],
+    max_rows: int = 5,
+    *,
+    thumbnails: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    max_bytes: int = MAX_INLINE_BYTES,
+) -> str:
+    """A few outputs, for the materialization's metadata: input -> output, dimensions and, with
+    ``thumbnails``, small before and after pictures inline (the table stays under ``max_bytes``;
+    rows past it show no picture)."""
+    shown = list(reports[:max_rows])
+    rows = [(PurePosixPath(r.source).name, PurePosixPath(r.output or "").name, r.dims) for r in shown]
+    if not thumbnails:
+        return _table(rows, ("input", "output", "dims"))
+    header = ("input", "output", "dims", "before", "after")
+    used = len(_table(rows, header))
+    pictures = []
+    for report in shown:
+        cells = ("-", "-")
+        if used < max_bytes:
+            before = thumbnail(report.source, storage_options, INLINE_SIDE)
+            after = thumbnail(report.output, storage_options, INLINE_SIDE) if report.output else None
+            drawn = tuple(inline_image(t) if t else "-" for t in (before, after))
+            if used + sum(map(len, drawn)) <= max_bytes:
+                cells, used = drawn, used + sum(map(len, drawn))
+        pictures.append(cells)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (name, out, dims), (before, after) in zip(rows, pictures, strict=True):
+        text = [strip_query(str(c)).replace("|", "\\|").replace("\n", " ") for c in (name, out, dims)]
+        lines.append("| " + " | ".join([*text, before, after]) + " |")
+    return "\n".join(lines)

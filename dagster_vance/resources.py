@@ -3,7 +3,12 @@
 The resource holds described configuration only; :meth:`VanceAIResource.get_client` builds the
 core's client, which knows nothing of Dagster. The token is a secret: pass it with
 ``dg.EnvVar("VANCE_API_TOKEN")`` so that only the variable's *name* is stored in the run's
-configuration, and it never shows in ``repr``, logs or metadata.
+configuration, and it never shows in ``repr``, logs or metadata. The classes' docstrings are
+single paragraphs because Dagster shows them, as Markdown, as the resources' descriptions; the
+examples are here.
+
+Bound the jobs in flight across runs with a Dagster concurrency pool: the dataset assets run in
+the pool ``vanceai`` (``dagster instance concurrency set vanceai 2``).
 
 Example::
 
@@ -14,6 +19,25 @@ Example::
                                           tool="upscale", config={"scale": 4})
     defs = dg.Definitions(assets=[photos],
                           resources={"vanceai": VanceAIResource(api_token=dg.EnvVar("VANCE_API_TOKEN"))})
+
+``VanceStorageResource``: bind it under a key and name that key in the asset
+(``storage_resource_key="vance_storage"``), so keys come from ``dg.EnvVar`` at run time and never
+sit in the definitions. dagster-aws's ``S3Resource`` is accepted in its place (the same field
+names). Without a storage resource, s3fs and the other fsspec stores read the usual environment
+(``AWS_*``, profiles, roles)::
+
+    defs = dg.Definitions(
+        assets=[build_enhanced_dataset_asset("photos_x2", source="s3://in/", destination="s3://out/",
+                                             tool="upscale", storage_resource_key="vance_storage")],
+        resources={
+            "vanceai": VanceAIResource(api_token=dg.EnvVar("VANCE_API_TOKEN")),
+            "vance_storage": VanceStorageResource(
+                endpoint_url="http://minio:9000",
+                aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+                aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
+            ),
+        },
+    )
 """
 
 from __future__ import annotations
@@ -38,18 +62,10 @@ def _caller() -> str:
 
 
 class VanceAIResource(dg.ConfigurableResource):
-    """A VanceAI account (web API v1 or Open API v1) for assets, checks and sensors.
-
-    Bound the jobs in flight across runs with a Dagster concurrency pool: the dataset assets run
-    in the pool ``vanceai`` (``dagster instance concurrency set vanceai 2``).
-
-    Example::
-
-        defs = dg.Definitions(
-            assets=[...],
-            resources={"vanceai": VanceAIResource(api_token=dg.EnvVar("VANCE_API_TOKEN"), max_concurrency=8)},
-        )
-    """
+    """A VanceAI account (web API v1, Open API v1 or VisionCraft) for the enhanced datasets, the
+    credit report, checks and sensors. Pass the token as an environment variable (dg.EnvVar), so
+    that only its name is stored. The dataset assets run in the Dagster concurrency pool vanceai,
+    which bounds how many talk to the account at once across runs."""
 
     api_token: str = Field(
         repr=False,
@@ -77,6 +93,13 @@ class VanceAIResource(dg.ConfigurableResource):
         description="A result cache (fsspec URL, e.g. s3://bucket/vance-cache/) shared by every dataset "
         "this resource runs: an input already enhanced with the same tool and config is copied for 0 "
         "credits. It is reached with the dataset's storage options (its storage resource).",
+    )
+
+    previews: bool = Field(
+        default=True,
+        description="Before/after thumbnails in the materializations of the datasets this resource "
+        "runs, and a contact sheet beside their outputs. False for private data: no picture is "
+        "drawn or written (each dataset can also turn its own off with preview=False).",
     )
 
     _client: VanceClient | None = PrivateAttr(default=None)
@@ -229,28 +252,9 @@ class VanceAIResource(dg.ConfigurableResource):
 
 
 class VanceStorageResource(dg.ConfigurableResource):
-    """Where a dataset's inputs and outputs live: credentials and options of an object store.
-
-    Bind it under a key and name that key in the asset (``storage_resource_key="vance_storage"``),
-    so keys come from ``dg.EnvVar`` at run time and never sit in the definitions. dagster-aws's
-    ``S3Resource`` is accepted in its place (the same field names). Without a storage resource,
-    s3fs and the other fsspec stores read the usual environment (``AWS_*``, profiles, roles).
-
-    Example::
-
-        defs = dg.Definitions(
-            assets=[build_enhanced_dataset_asset("photos_x2", source="s3://in/", destination="s3://out/",
-                                                 tool="upscale", storage_resource_key="vance_storage")],
-            resources={
-                "vanceai": VanceAIResource(api_token=dg.EnvVar("VANCE_API_TOKEN")),
-                "vance_storage": VanceStorageResource(
-                    endpoint_url="http://minio:9000",
-                    aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
-                    aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"),
-                ),
-            },
-        )
-    """
+    """Where a dataset's inputs and outputs live: the credentials and options of an object store
+    (S3 or S3-compatible such as MinIO), read from environment variables at run time. Name its key
+    in a dataset's storage_resource_key; dagster-aws's S3Resource is accepted in its place."""
 
     endpoint_url: str | None = Field(
         default=None, description="An S3-compatible endpoint (MinIO, Ceph, a local moto server)."

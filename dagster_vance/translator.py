@@ -106,14 +106,27 @@ class VanceDatasetProps:
     timeout: float | None = None
     preview_rows: int = 5
     allow_empty: bool = True
+    preview: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON (for the asset spec's metadata)."""
+        """Plain JSON of every field."""
         from dataclasses import asdict
 
         data = asdict(self)
         data["source"] = self.source if isinstance(self.source, str) else list(self.source)
         return data
+
+    def user_json(self) -> dict[str, Any]:
+        """What the user set, as plain JSON: the dataset's name, source, destination and tool, and
+        every option that differs from its default (the asset spec's ``vance/dataset``; it reads
+        back with :meth:`from_json`)."""
+        from dataclasses import fields
+
+        data = self.to_json()
+        always = ("name", "source", "destination", "tool")
+        return {
+            f.name: data[f.name] for f in fields(self) if f.name in always or data[f.name] != _default_of(f)
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VanceDatasetProps:
@@ -164,6 +177,12 @@ class VanceDatasetProps:
                 if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")
             ]
         return found
+
+
+def _default_of(f: Any) -> Any:
+    from dataclasses import MISSING
+
+    return f.default if f.default is not MISSING else None
 
 
 def merge_options(base: Mapping[str, Any] | None, over: Mapping[str, Any] | None) -> dict[str, Any] | None:

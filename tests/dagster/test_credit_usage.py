@@ -63,7 +63,8 @@ def test_usage_equals_the_ledger_on_both_apis(
     assert df["credits"].sum() == sum(e.amount for e in charges)  # exactly, not approximately
     md = materialization(result, "vanceai_credit_usage")
     assert md["vance/api"] == api and md["vance/credits_total"] == 5.0
-    per_tool = md["vance/per_tool"]
+    per_tool = {r.data["tool"]: r.data["credits"] for r in md["vance/per_tool"].records}
+    assert list(per_tool) == ["upscale", "denoise"]  # a table, the largest first
     if api == "open":
         assert per_tool == {"upscale": 3.0, "denoise": 2.0}
         assert sorted(df["job_id"]) == sorted(e.job_id for e in charges)
@@ -71,10 +72,14 @@ def test_usage_equals_the_ledger_on_both_apis(
     else:  # the web API's history names its modules; the manifests give our tool names beside them
         assert per_tool == {"upscale": 3.0, "denoise": 2.0}
         assert "enlarge3" in set(df["vendor_tool"])
-    assert sum(md["vance/per_day"].values()) == 5.0
+    assert sum(r.data["credits"] for r in md["vance/per_day"].records) == 5.0
     assert "**Total: 5 credits**" in md["vance/summary"]
     assert md["dagster/row_count"] == len(df)
     assert [c.name for c in md["dagster/column_schema"].columns] == list(df.columns)
+    assert all(c.description for c in md["dagster/column_schema"].columns)  # all 13 described
+    # The report's credits for the datasets' batches equal what their manifests recorded.
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "matches_datasets_spend"]
+    assert check.passed and check.metadata["vance/recorded_in_manifests"].value == 5.0
     # The default IO manager pickled it into the instance's storage.
     assert Path(md["path"]).exists()
 
