@@ -11,16 +11,20 @@ from typing import Any
 
 
 def _is_object_storage_path(value: Any) -> bool:
-    # Duck-typed: the class lives in airflow.io (3.0) or airflow.sdk.io (3.1+).
-    return hasattr(value, "conn_id") and hasattr(value, "protocol") and hasattr(value, "path")
+    # Duck-typed: a universal_pathlib path (Airflow's ObjectStoragePath is one on every version).
+    return (
+        type(value).__name__ == "ObjectStoragePath" and hasattr(value, "protocol") and hasattr(value, "path")
+    )
 
 
 def _url(path: Any) -> tuple[str, str | None]:
+    # Airflow >= 3.1 has ``conn_id``; 3.0 keeps it in the storage options.
+    conn_id = getattr(path, "conn_id", None) or (getattr(path, "storage_options", None) or {}).get("conn_id")
     protocol = path.protocol or "file"
     location = str(path.path)
     if protocol == "file":
-        return location if location.startswith("/") else f"file://{location}", path.conn_id
-    return f"{protocol}://{location}", path.conn_id
+        return location if location.startswith("/") else f"file://{location}", conn_id
+    return f"{protocol}://{location}", conn_id
 
 
 def adopt_object_storage(kwargs: dict[str, Any], *values: Any) -> list[Any]:

@@ -1,10 +1,15 @@
 """A real Airflow deployment on loopback: API server, scheduler (LocalExecutor), DAG processor and
-triggerer as separate processes sharing a SQLite metadata DB, against the simulator.
+triggerer as separate processes sharing a SQLite metadata DB, against the simulator. `make compat`
+runs these on the lowest and the highest supported Airflow.
 
-A deferrable batch is triggered; while its task is deferred the triggerer holding the trigger is
-killed (SIGKILL). A second triggerer, started beside the first, adopts the trigger (rebuilt from
-``serialize()``), the task resumes, and the run succeeds with every job submitted and charged
-exactly once.
+* A deferrable batch is triggered; while its task is deferred the triggerer holding the trigger is
+  killed (SIGKILL). A second triggerer, started beside the first, adopts the trigger (rebuilt from
+  ``serialize()``), the task resumes, and the run succeeds with every job submitted and charged
+  exactly once.
+* A deferred batch is marked failed through the API: its jobs are canceled (Airflow 3.3 calls the
+  trigger's ``on_kill``; on 3.0-3.2 the cancelled trigger reads its task's state), nothing is
+  charged, and the manifest has the items pending for the next run. The same while the trigger
+  holds its event back for the resume (a batch past its deadline, jobs still in flight).
 
 The simulator holds the jobs (their time runs on its clock) until the other triggerer has adopted
 the trigger: only it can see them finish, on however slow a machine, and nobody waits for a job
@@ -49,7 +54,7 @@ def _free_port() -> int:
 
 
 class Deployment:
-    def __init__(self, home: Path, sim: SimulatorServer) -> None:
+    def __init__(self, home: Path, sim: SimulatorServer, **settings: str) -> None:
         self.home = home
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         port = _free_port()
@@ -84,6 +89,7 @@ class Deployment:
                     }
                 ),
                 "PYTHONPATH": str(ROOT),
+                **settings,
             }
         )
         self.env = env
@@ -108,6 +114,17 @@ class Deployment:
             return str(answer.json()["dag_run_id"])
 
         return self.wait(post, 180, "the API server to create the DAG run")
+
+    def mark_failed(self, dag_id: str, run_id: str, task_id: str) -> None:
+        """What a user's "Mark as failed" in the UI does."""
+        token = httpx.get(f"{self.api}/auth/token", timeout=30).json()["access_token"]
+        answer = httpx.patch(
+            f"{self.api}/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}",
+            json={"new_state": "failed"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
 
     def start(self, name: str, *args: str) -> None:
         log = (self.home / f"{name}.log").open("ab")
@@ -170,14 +187,18 @@ class Deployment:
             f"timed out waiting for {what}\n" + "\n".join(self.log_tail(n) for n in self.procs)
         )
 
+    def task_log_has(self, text: str) -> bool:
+        """Whether a task or trigger log (files under ``logs/dag_id=...``) has ``text``."""
+        return any(
+            text in p.read_text(errors="replace") for p in (self.home / "logs").glob("dag_id=*/**/*.log")
+        )
+
     def log_tail(self, name: str, chars: int = 3000) -> str:
         path = self.home / f"{name}.log"
         return f"--- {name} ---\n" + (path.read_text(errors="replace")[-chars:] if path.exists() else "")
 
 
-@pytest.fixture
-def deployment(tmp_path: Path, airflow_db: Path) -> Iterator[tuple[Deployment, SimulatorServer]]:
-    home = tmp_path / "airflow"
+def _start_deployment(home: Path, airflow_db: Path, sim: SimulatorServer, **settings: str) -> Deployment:
     (home / "dags").mkdir(parents=True)
     shutil.copy(E2E_DAGS / f"{DAG_ID}.py", home / "dags")
     # The session's metadata DB as `airflow db migrate` left it (before any test used it).
@@ -186,9 +207,14 @@ def deployment(tmp_path: Path, airflow_db: Path) -> Iterator[tuple[Deployment, S
         closing(sqlite3.connect(home / "airflow.db")) as copy,
     ):
         pristine.backup(copy)
+    return Deployment(home, sim, **settings)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, airflow_db: Path) -> Iterator[tuple[Deployment, SimulatorServer]]:
     # The jobs run until the test moves the simulator's clock (after the triggerer restart).
     with SimulatorServer(fast_config(time_per_job=HOLD)) as sim:
-        dep = Deployment(home, sim)
+        dep = _start_deployment(tmp_path / "airflow", airflow_db, sim)
         try:
             yield dep, sim
         finally:
@@ -278,3 +304,91 @@ def test_triggerer_restart_while_deferred(deployment, tmp_path) -> None:
     for out in outputs:
         with Image.open(out) as img:
             assert img.size == (64, 48)
+
+
+def _inputs(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(n):
+        (src / f"p{i}.jpg").write_bytes(image_bytes(32, 24))
+    return src, dst
+
+
+def _assert_stopped_and_pending(dep: Deployment, sim: SimulatorServer, dst: Path, dag_id: str) -> None:
+    """Every job canceled, nothing charged, the task failed, every item pending in the manifest."""
+    from vance_provider.core.manifest import ItemState, Manifest
+
+    def all_canceled() -> bool:
+        jobs = list(sim.state.jobs.values())
+        return bool(jobs) and all(j.status == "canceled" for j in jobs)
+
+    dep.wait(all_canceled, 120, "the batch's jobs to be canceled")
+    assert not sim.state.charges()
+    assert dep.query("select state from task_instance where dag_id = ?", dag_id) == [("failed",)]
+    manifest = Manifest.for_destination(str(dst)).load()
+    canceled = set(sim.state.jobs)
+
+    def pending() -> bool:
+        items = Manifest.for_destination(str(dst)).load().items.values()
+        return all(i.state == ItemState.PENDING and i.job_id not in canceled for i in items)
+
+    # The manifest is written by the trigger's cancel right after the cancel requests.
+    dep.wait(pending, 60, "the canceled items to be pending in the manifest")
+    assert len(manifest.items) == len(canceled)
+
+
+def _wait_deferred_and_polled(dep: Deployment, sim: SimulatorServer, dag_id: str) -> None:
+    dep.wait(
+        lambda: dep.query("select 1 from task_instance where dag_id = ? and state = 'deferred'", dag_id),
+        180,
+        "the task to defer",
+    )
+    dep.wait(
+        lambda: dep.query("select triggerer_id from trigger where triggerer_id is not null"),
+        60,
+        "a triggerer to adopt the trigger",
+    )
+    polls = sum(1 for r in sim.state.requests if r.method == "GET" and "/jobs/" in r.path)
+    dep.wait(
+        lambda: sum(1 for r in sim.state.requests if r.method == "GET" and "/jobs/" in r.path) > polls,
+        60,
+        "the triggerer to poll",
+    )
+
+
+def test_marked_failed_while_deferred(deployment, tmp_path) -> None:
+    dep, sim = deployment
+    for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
+        dep.start(name, name)
+    dep.wait(lambda: dep.query("select 1 from dag where dag_id = ?", DAG_ID), 180, "the DAG to be parsed")
+    src, dst = _inputs(tmp_path, 3)
+    run_id = dep.trigger(DAG_ID, {"source": str(src), "destination": str(dst)})
+    _wait_deferred_and_polled(dep, sim, DAG_ID)
+    assert len(sim.state.jobs) == 3 and all(j.status == "processing" for j in sim.state.jobs.values())
+
+    dep.mark_failed(DAG_ID, run_id, "enhance")
+    _assert_stopped_and_pending(dep, sim, dst, DAG_ID)
+
+
+def test_marked_failed_during_the_resume_hold(tmp_path, airflow_db) -> None:
+    """The batch passes its 3 s deadline with its jobs in flight; the trigger holds the timeout event
+    (here for up to a minute, [vanceai] resume_after_deferral) and the user marks the task failed."""
+    dag_id = "vt_e2e_deadline"
+    with SimulatorServer(fast_config(time_per_job=HOLD)) as sim:
+        dep = _start_deployment(
+            tmp_path / "airflow", airflow_db, sim, AIRFLOW__VANCEAI__RESUME_AFTER_DEFERRAL="3600"
+        )
+        try:
+            for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
+                dep.start(name, name)
+            dep.wait(
+                lambda: dep.query("select 1 from dag where dag_id = ?", dag_id), 180, "the DAG to be parsed"
+            )
+            src, dst = _inputs(tmp_path, 3)
+            run_id = dep.trigger(dag_id, {"source": str(src), "destination": str(dst)})
+            dep.wait(lambda: dep.task_log_has("the task resumes at"), 120, "the trigger to hold its event")
+            assert len(sim.state.jobs) == 3 and all(j.status == "processing" for j in sim.state.jobs.values())
+            dep.mark_failed(dag_id, run_id, "enhance")
+            _assert_stopped_and_pending(dep, sim, dst, dag_id)
+        finally:
+            dep.stop_all()

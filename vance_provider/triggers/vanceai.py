@@ -97,28 +97,37 @@ class _VanceAITrigger(BaseTrigger):
         return f"{type(self).__name__}(conn_id={self.conn_id!r}, jobs={len(self.job_ids)})"
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            payload = await self._payload()
+            await self._hold_until_resume()
+        except asyncio.CancelledError:
+            # Airflow < 3.3 has no on_kill for triggers: find out whether a user stopped the task.
+            # A stop during the resume hold counts too: a timed-out batch still has jobs in flight.
+            if not TRIGGER_ON_KILL and self.cancel_on_kill and await self._task_was_stopped():
+                await self.on_kill()
+            raise
+        yield TriggerEvent(payload)
+
+    async def _payload(self) -> dict[str, Any]:
         from vance_provider.hooks.vanceai import VanceAIHook
 
         try:
             hook = VanceAIHook(self.conn_id, caller="airflow-triggerer")
             async with hook.async_client() as client:
-                payload = await self.work(client)
-        except asyncio.CancelledError:
-            # Airflow < 3.3 has no on_kill for triggers: find out whether a user stopped the task.
-            if not TRIGGER_ON_KILL and self.cancel_on_kill and await self._task_was_stopped():
-                await self.on_kill()
-            raise
+                return await self.work(client)
         except Exception as exc:
-            payload = self.error_payload(exc)
-        if self.resume_after is not None and self.resume_after > time.time():
-            self.log.info(
-                "VanceAI: done; the task resumes at %s, once the scheduler has seen the worker that "
-                "handed it over exit ([vanceai] resume_after_deferral)",
-                time.strftime("%H:%M:%S", time.localtime(self.resume_after)),
-            )
-            # At most a minute: a worker whose clock runs ahead must not hold the task for long.
-            await wait_until(min(self.resume_after, time.time() + MAX_RESUME_HOLD))
-        yield TriggerEvent(payload)
+            return self.error_payload(exc)
+
+    async def _hold_until_resume(self) -> None:
+        if self.resume_after is None or self.resume_after <= time.time():
+            return
+        self.log.info(
+            "VanceAI: done; the task resumes at %s, once the scheduler has seen the worker that "
+            "handed it over exit ([vanceai] resume_after_deferral)",
+            time.strftime("%H:%M:%S", time.localtime(self.resume_after)),
+        )
+        # At most a minute: a worker whose clock runs ahead must not hold the task for long.
+        await wait_until(min(self.resume_after, time.time() + MAX_RESUME_HOLD))
 
     async def work(self, client: AsyncVanceClient) -> dict[str, Any]:
         """Wait for the jobs; the event's payload."""
