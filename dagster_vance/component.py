@@ -13,24 +13,113 @@
       partitions: per_file          # one partition per file, and a sensor that adds them
       storage_options:
         client_kwargs: {endpoint_url: "{{ env.AWS_ENDPOINT_URL }}"}
+      vanceai:                      # the account, bound under resource_key (default vanceai)
+        api_token: "{{ env.VANCE_API_TOKEN }}"
+        base_url: "{{ env.VANCE_BASE_URL }}"
+      translation:                  # the asset's attributes, as for Dagster's own components
+        group_name: media
+        key: "media/{{ props.name }}"
 
-The component builds the asset (and its sensor) with :func:`build_enhanced_dataset_asset`; bind the
-``vanceai`` resource once for the project, e.g. in ``defs/resources.py``::
+``vanceai`` takes the fields of :class:`~dagster_vance.VanceAIResource`. An ``api_token`` written
+as ``"{{ env.NAME }}"`` is read from the environment when a run starts (as ``dg.EnvVar``): only the
+variable's name is stored, and ``dg check defs`` passes without the secret. Leave ``vanceai`` out to
+use a resource bound once for the project, e.g. in ``defs/resources.py``::
 
     @dg.definitions
     def resources():
         return dg.Definitions(resources={"vanceai": VanceAIResource(api_token=dg.EnvVar("VANCE_API_TOKEN"))})
+
+Two components that bind different accounts need different ``resource_key`` values. A required
+attribute (``name``, ``source``, ``destination``, ``tool``) that reads an unset environment
+variable fails the load with the variables' names.
 """
 
-from typing import Any, Literal
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 import dagster as dg
-from pydantic import Field
+from dagster.components.resolved.errors import ResolutionException
+from dagster.components.utils.translation import TranslationFn, TranslationFnResolver
+from pydantic import BaseModel, Field
 
 from vance_provider.defaults import DEFAULT_MAX_CONCURRENCY
 
 from .assets import DEFAULT_POOL, DatasetOptions, build_enhanced_dataset_asset
+from .resources import VanceAIResource
 from .sensors import build_new_files_sensor
+from .translator import VanceDatasetProps, VanceTranslator
+
+#: ``{{ env.NAME }}`` or ``{{ env('NAME') }}`` (without a default) in a YAML attribute.
+_ENV_REF = re.compile(r"\{\{\s*env(?:\.(\w+)|\(\s*['\"](\w+)['\"]\s*\))\s*\}\}")
+_ENV_ONLY = re.compile(r"^\s*\{\{\s*env(?:\.(\w+)|\(\s*['\"](\w+)['\"]\s*\))\s*\}\}\s*$")
+#: The attributes a dataset cannot do without.
+_REQUIRED = ("name", "source", "destination", "tool")
+
+
+def _env_names(value: Any) -> list[str]:
+    """The environment variables a YAML value reads, nested values included."""
+    if isinstance(value, str):
+        return [a or b for a, b in _ENV_REF.findall(value)]
+    if isinstance(value, Mapping):
+        return [n for v in value.values() for n in _env_names(v)]
+    if isinstance(value, list | tuple):
+        return [n for v in value for n in _env_names(v)]
+    return []
+
+
+class VanceAIResourceModel(dg.Model):
+    """The ``vanceai`` block: the fields of :class:`~dagster_vance.VanceAIResource`."""
+
+    api_token: str = Field(
+        description='The token or Open API key, as "{{ env.VANCE_API_TOKEN }}": read when a run starts, '
+        "only the variable's name is stored."
+    )
+    base_url: str | None = Field(
+        default=None, description="The simulator's or a proxy's URL; empty: VanceAI's."
+    )
+    api: str | None = Field(default=None, description="web, open, visioncraft or auto (by the token).")
+    timeout: float | None = Field(default=None, description="Seconds to wait for one HTTP answer.")
+    max_retries: int | None = Field(default=None, description="Retries of one retryable call.")
+    max_concurrency: int | None = Field(default=None, description="Jobs one run keeps in flight, at most.")
+    cache: str | None = Field(default=None, description="A result cache (fsspec URL).")
+    previews: bool | None = Field(
+        default=None, description="Before/after thumbnails; false for private data."
+    )
+
+
+_RESOURCES: dict[tuple[str, str], VanceAIResource] = {}
+
+
+def resolve_vanceai(context: Any, model: Any) -> VanceAIResource | None:
+    """The ``vanceai`` block as a resource; an ``api_token`` that reads one environment variable
+    becomes ``dg.EnvVar`` (never rendered). Equal blocks give one resource object, so components
+    sharing an account can bind it under the same key."""
+    if model is None:
+        return None
+    raw = model.model_dump() if isinstance(model, BaseModel) else dict(model)
+    token = raw.pop("api_token", None)
+    only = _ENV_ONLY.match(token) if isinstance(token, str) else None
+    values = {k: context.resolve_value(v) for k, v in raw.items() if v is not None}
+    values = {k: v for k, v in values.items() if v not in (None, "")}
+    api_token: Any = dg.EnvVar(only.group(1) or only.group(2)) if only else context.resolve_value(token)
+    if not api_token:
+        raise ResolutionException('vanceai.api_token is empty: write it as "{{ env.VANCE_API_TOKEN }}"')
+    key = (repr(api_token), repr(sorted(values.items())))
+    if key not in _RESOURCES:
+        _RESOURCES[key] = VanceAIResource(api_token=api_token, **values)
+    return _RESOURCES[key]
+
+
+class _TranslatedVanceTranslator(VanceTranslator):
+    """The component's ``translation`` over the default spec."""
+
+    def __init__(self, translation: TranslationFn[VanceDatasetProps]) -> None:
+        self.translation = translation
+
+    def get_asset_spec(self, props: VanceDatasetProps) -> dg.AssetSpec:
+        return self.translation(super().get_asset_spec(props), props)
+
 
 #: What ``dg scaffold defs dagster_vance.VanceDatasetComponent <path>`` writes into ``defs.yaml``.
 SCAFFOLD_ATTRIBUTES: dict[str, Any] = {
@@ -103,6 +192,50 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
     poll_interval: float = Field(default=2.0, description="Seconds between status polls (backs off).")
     description: str | None = Field(default=None, description="The asset's description.")
     resource_key: str = Field(default="vanceai", description="The key of the VanceAIResource to use.")
+    preview: bool = Field(
+        default=True,
+        description="Before/after thumbnails in the materialization and a contact sheet beside the "
+        "outputs; false for private data.",
+    )
+    vanceai: Annotated[
+        VanceAIResource | None,
+        dg.Resolver(
+            resolve_vanceai, model_field_type=VanceAIResourceModel | None, inject_before_resolve=False
+        ),
+    ] = Field(
+        default=None,
+        description='The VanceAI account, bound under resource_key: api_token (as "{{ env.VANCE_API_TOKEN }}"), '
+        "base_url, api, ... Leave it out to use a resource bound elsewhere in the project.",
+    )
+    translation: Annotated[
+        TranslationFn[VanceDatasetProps] | None,
+        TranslationFnResolver[VanceDatasetProps](lambda props: {"props": props, "data": props}),
+    ] = Field(
+        default=None,
+        description="The asset's attributes (key, group_name, owners, tags, metadata, ...) over the "
+        "default ones; templates see the dataset as props (props.name, props.tool, ...).",
+    )
+
+    @classmethod
+    def load(cls, attributes: BaseModel | None, context: dg.ComponentLoadContext) -> "VanceDatasetComponent":
+        """Fail with the names of the unset environment variables a required attribute reads,
+        rather than with the validation error of an empty value."""
+        if attributes is not None:
+            raw = attributes.model_dump() if isinstance(attributes, BaseModel) else dict(attributes)
+            import os
+
+            missing = {
+                name: [v for v in _env_names(raw.get(name)) if not os.environ.get(v)] for name in _REQUIRED
+            }
+            missing = {k: v for k, v in missing.items() if v}
+            if missing:
+                names = sorted({v for vs in missing.values() for v in vs})
+                where = ", ".join(f"{k} ({', '.join(v)})" for k, v in missing.items())
+                raise ResolutionException(
+                    f"VanceDatasetComponent: environment variable(s) {', '.join(names)} not set; "
+                    f"they are read by {where}. Set them and load again."
+                )
+        return super().load(attributes, context)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         storage_options = {k: v for k, v in (self.storage_options or {}).items() if v not in (None, "", {})}
@@ -116,6 +249,8 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
             k: getattr(self, k) for k in DatasetOptions.__annotations__ if k in type(self).model_fields
         }
         options["storage_options"] = storage_options or None
+        if self.translation is not None:
+            options["translator"] = _TranslatedVanceTranslator(self.translation)
         asset = build_enhanced_dataset_asset(
             self.name, self.source, self.destination, self.tool, self.config, **options
         )
@@ -124,4 +259,5 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
             sensors.append(
                 build_new_files_sensor(asset, minimum_interval_seconds=self.sensor_interval_seconds)
             )
-        return dg.Definitions(assets=[asset], sensors=sensors)
+        resources = {self.resource_key: self.vanceai} if self.vanceai is not None else {}
+        return dg.Definitions(assets=[asset], sensors=sensors, resources=resources)

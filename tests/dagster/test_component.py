@@ -126,3 +126,80 @@ def test_dg_lists_the_component_and_scaffolds_a_useful_defs_yaml(tmp_path: Path)
     # Every field is described (dg's schema and docs show these).
     fields = VanceDatasetComponent.model_fields
     assert all(f.description for f in fields.values()), [n for n, f in fields.items() if not f.description]
+
+
+def test_yaml_dataset_with_its_resource_and_translation(
+    sim: SimulatorServer,
+    instance: dg.DagsterInstance,
+    use_token: Any,
+    images: Any,
+    tmp_path: Path,
+    monkeypatch: Any,
+) -> None:
+    """The account and the asset's attributes in YAML, as Dagster's own integration components take
+    them: the token stays an environment variable (only its name is stored)."""
+    token = use_token("open")
+    images("in", 2)
+    monkeypatch.setenv("VANCE_BASE_URL", sim.base_url)
+    monkeypatch.setenv("PHOTOS_ROOT", str(tmp_path))
+    attributes = {
+        "name": "yaml_photos",
+        "source": "{{ env.PHOTOS_ROOT }}/in",
+        "destination": "{{ env.PHOTOS_ROOT }}/out",
+        "tool": "upscale",
+        "config": {"scale": 2},
+        "poll_interval": 0.05,
+        "vanceai": {"api_token": "{{ env.VANCE_API_TOKEN }}", "base_url": "{{ env.VANCE_BASE_URL }}"},
+        "translation": {"group_name": "media", "key": "media/{{ props.name }}", "owners": ["team:photo"]},
+    }
+    with create_defs_folder_sandbox() as sandbox:
+        sandbox.scaffold_component(
+            component_cls=VanceDatasetComponent,
+            defs_yaml_contents={"type": "dagster_vance.VanceDatasetComponent", "attributes": attributes},
+        )
+        with sandbox.build_component_tree() as tree:
+            defs = tree.build_defs()
+    key = dg.AssetKey(["media", "yaml_photos"])
+    asset = defs.resolve_assets_def(key)
+    spec = asset.specs_by_key[key]
+    assert spec.group_name == "media" and spec.owners == ["team:photo"]
+    assert "vanceai" in spec.kinds  # the default spec's attributes stay unless translated
+    resource = (defs.resources or {})["vanceai"]
+    assert isinstance(resource.api_token, dg.EnvVar) and resource.api_token.env_var_name == "VANCE_API_TOKEN"
+    assert token not in repr(defs.resources)
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance)
+    assert result.success
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == key]
+    assert event.materialization.metadata["vance/done"].value == 2
+    assert len(sim.state.charges()) == 2
+
+
+def test_unset_environment_variables_are_named(tmp_path: Path, monkeypatch: Any) -> None:
+    from dagster.components.resolved.errors import ResolutionException
+
+    monkeypatch.delenv("VANCE_SOURCE", raising=False)
+    monkeypatch.delenv("VANCE_DESTINATION", raising=False)
+    from dagster_vance.component import SCAFFOLD_ATTRIBUTES
+
+    with create_defs_folder_sandbox() as sandbox:
+        sandbox.scaffold_component(
+            component_cls=VanceDatasetComponent,
+            defs_yaml_contents={
+                "type": "dagster_vance.VanceDatasetComponent",
+                "attributes": SCAFFOLD_ATTRIBUTES,
+            },
+        )
+        with pytest.raises(Exception) as raised, sandbox.build_component_tree() as tree:
+            tree.build_defs()
+    text = "".join(str(e) for e in _chain(raised.value))
+    assert "VANCE_DESTINATION, VANCE_SOURCE not set" in text
+    assert "source (VANCE_SOURCE), destination (VANCE_DESTINATION)" in text
+    assert isinstance(next(e for e in _chain(raised.value) if "not set" in str(e)), ResolutionException)
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    found = []
+    while exc is not None and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found

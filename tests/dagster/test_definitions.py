@@ -2,6 +2,7 @@
 its assets run in a real Dagster instance against the simulator."""
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -185,8 +186,8 @@ def test_example_visioncraft_asset_materializes(sim, tmp_path, monkeypatch) -> N
 
 def test_dg_check_defs_validates_the_project() -> None:
     """The example is a real `dg` project: a defs/ folder with a defs.yaml component beside Python assets."""
-    assert (PROJECT / "src" / "vance_example" / "defs" / "photos_yaml_x2" / "defs.yaml").is_file()
-    assert (PROJECT / "src" / "vance_example" / "defs" / "datasets.py").is_file()
+    assert (PROJECT / "vance_example" / "defs" / "photos_yaml_x2" / "defs.yaml").is_file()
+    assert (PROJECT / "vance_example" / "defs" / "datasets.py").is_file()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VANCE_", "DAGSTER_HOME"))}
     # This environment is the project's: dg >= 1.12 asks for it with --use-active-venv, 1.11 uses
     # the active (first on PATH) environment anyway.
@@ -205,6 +206,55 @@ def test_dg_check_defs_validates_the_project() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "All definitions loaded successfully" in proc.stdout + proc.stderr
+
+
+def _dg(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    dg_bin = DAGSTER.parent / "dg"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VANCE_", "DAGSTER_HOME"))}
+    base.update(
+        PATH=f"{dg_bin.parent}{os.pathsep}{base.get('PATH', '')}", VIRTUAL_ENV=str(dg_bin.parent.parent)
+    )
+    return subprocess.run(
+        [str(dg_bin), *args],
+        cwd=PROJECT,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_the_example_lists_the_component_once() -> None:
+    proc = _dg("list", "components", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    items = json.loads(proc.stdout)
+    items = items["items"] if isinstance(items, dict) else items
+    listed = [c["key"] for c in items if "VanceDatasetComponent" in c["key"]]
+    assert listed == ["dagster_vance.VanceDatasetComponent"]
+
+
+def test_dg_launch_runs_an_asset_of_the_example(sim: Any, tmp_path: Path) -> None:
+    """`dg launch --assets ...` from the project's folder: the project's package imports (no
+    ModuleNotFoundError) and the asset materializes against the simulator."""
+    from tests.conftest import OPEN_KEY
+
+    data = tmp_path / "data"
+    (data / "photos").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (40 + i, 30), (i * 60, 90, 160)).save(data / "photos" / f"p{i}.jpg")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        "VANCE_API_TOKEN": OPEN_KEY,
+        "VANCE_BASE_URL": sim.base_url,
+        "VANCE_EXAMPLE_DATA": str(data),
+        "DAGSTER_HOME": str(home),
+    }
+    proc = _dg("launch", "--assets", "photos_x2", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "RUN_SUCCESS" in proc.stdout + proc.stderr
+    assert sorted(p.name for p in (data / "photos_x2").glob("p*.jpg")) == ["p0.jpg", "p1.jpg"]
+    assert (data / "photos_x2" / "_vance_preview.jpg").is_file()
 
 
 def test_registered_with_dagsters_library_registry() -> None:

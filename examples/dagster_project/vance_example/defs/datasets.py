@@ -34,7 +34,7 @@ from dagster_vance import (
     build_new_files_sensor,
 )
 
-PROJECT = Path(__file__).resolve().parents[3]  # examples/dagster_project
+PROJECT = Path(__file__).resolve().parents[2]  # examples/dagster_project
 DATA = Path(os.environ.get("VANCE_EXAMPLE_DATA") or PROJECT / "data")
 S3 = os.environ.get("VANCE_EXAMPLE_S3_PREFIX", "s3://vance-example").rstrip("/")
 
