@@ -1067,7 +1067,7 @@ class BatchRunner:
         """Store a succeeded job's result under the item's output name and record what it cost."""
         if self.caps.charges_on_download:  # the job id must be durable before anything is paid
             await self.manifest.flush_until(self._recorded.get(item.source, 0))
-            await self._fence()  # a download is a payment here
+        await self._fence()  # a download is a payment (web API) and a write into the destination
         try:
             final = await self.client.download(
                 job, item.output or "", storage_options=self.spec.storage_options
