@@ -187,18 +187,16 @@ class VanceAIHook(BaseHook):
     async def get_async_client(self) -> AsyncVanceClient:
         """A new async client (an async context manager); for triggers.
 
-        The connection is fetched and read in a worker thread: in a triggerer, ``get_connection``
-        and ``extra_dejson`` (which masks secrets) talk to the supervisor through synchronous
-        calls that raise when made on the event loop (Airflow 3.0's ``AsyncToSync`` error).
+        The connection is fetched and read in a worker thread, to its end
+        (:mod:`vance_provider.triggerer_calls` says why).
         """
-        from asgiref.sync import sync_to_async
-
         from vance_provider.core import AsyncVanceClient
+        from vance_provider.triggerer_calls import call_in_thread
 
         def client_args() -> tuple[str, dict[str, Any]]:
             return self._client_args(self.connection)
 
-        token, kwargs = await sync_to_async(client_args)()
+        token, kwargs = await call_in_thread(client_args)
         return AsyncVanceClient(token, **kwargs)
 
     @asynccontextmanager

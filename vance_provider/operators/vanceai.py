@@ -398,6 +398,13 @@ class VanceAIEnhanceOperator(_VanceAIBase):
     ``max_concurrency`` jobs are in flight: the task submits a wave, defers until the wave is
     done, then stores its results and submits the next wave.
 
+    Marking the task failed or clearing it while it is deferred cancels its jobs in flight (Open
+    API; web API jobs cannot be canceled and cost nothing until downloaded) and leaves their
+    items pending for the next run: Airflow 3.3 calls the trigger's ``on_kill``;
+    on 3.0-3.2 the cancelled trigger reads its task's state and cancels when the task is no
+    longer deferred, also while it holds its event for the resume. A triggerer restart or
+    rebalance cancels nothing.
+
     To bound the account's concurrency across tasks and DAGs, put every VanceAI task in one pool
     (``pool="vanceai", pool_slots=max_concurrency``, pool size = the account's job limit, with
     ``include_deferred`` on). To scale out, map over shards - each with its own destination,

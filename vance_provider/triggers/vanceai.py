@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from vance_provider.airflow_compat import TRIGGER_ON_KILL, BaseTrigger, TriggerEvent
+from vance_provider.triggerer_calls import call_in_thread, to_the_end
 
 if TYPE_CHECKING:
     from vance_provider.core import AsyncVanceClient, Job
@@ -103,8 +104,9 @@ class _VanceAITrigger(BaseTrigger):
         except asyncio.CancelledError:
             # Airflow < 3.3 has no on_kill for triggers: find out whether a user stopped the task.
             # A stop during the resume hold counts too: a timed-out batch still has jobs in flight.
-            if not TRIGGER_ON_KILL and self.cancel_on_kill and await self._task_was_stopped():
-                await self.on_kill()
+            # The triggerer repeats its cancel while this runs: it must not cut the cancels short.
+            if not TRIGGER_ON_KILL and self.cancel_on_kill:
+                await to_the_end(self._cancel_jobs_if_task_stopped())
             raise
         yield TriggerEvent(payload)
 
@@ -147,6 +149,10 @@ class _VanceAITrigger(BaseTrigger):
     def error_payload(self, exc: BaseException) -> dict[str, Any]:
         return {"status": "error", "message": safe_message(exc), "job_ids": self.job_ids}
 
+    async def _cancel_jobs_if_task_stopped(self) -> None:
+        if await self._task_was_stopped():
+            await self.on_kill()
+
     async def _task_was_stopped(self) -> bool:
         """Airflow < 3.3: the task is no longer deferred (marked failed/succeeded, cleared)."""
         ti = getattr(self, "task_instance", None)
@@ -154,10 +160,13 @@ class _VanceAITrigger(BaseTrigger):
             return False
         try:
             from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-            from asgiref.sync import sync_to_async
 
-            states = await sync_to_async(RuntimeTaskInstance.get_task_states)(
-                dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id], map_index=ti.map_index
+            states = await call_in_thread(
+                RuntimeTaskInstance.get_task_states,
+                dag_id=ti.dag_id,
+                task_ids=[ti.task_id],
+                run_ids=[ti.run_id],
+                map_index=ti.map_index,
             )
             state = next(iter(states.get(ti.run_id, {}).values()), None)
         except Exception as exc:  # unknown: leave the jobs running, the next run collects them
@@ -306,11 +315,9 @@ class VanceAIBatchTrigger(_VanceAITrigger):
         return f"{type(self).__name__}(conn_id={self.conn_id!r}, {what})"
 
     async def _options(self) -> dict[str, Any] | None:
-        from asgiref.sync import sync_to_async
-
         from vance_provider.hooks.vanceai import storage_options_from_connection
 
-        options = await sync_to_async(storage_options_from_connection)(self.storage_conn_id)
+        options = await call_in_thread(storage_options_from_connection, self.storage_conn_id)
         return {**(options or {}), **(self.storage_options or {})} or None
 
     def spec(self, options: dict[str, Any] | None) -> Any:
