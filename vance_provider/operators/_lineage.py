@@ -14,7 +14,9 @@ from collections.abc import Collection
 from typing import Any
 from urllib.parse import urlsplit
 
-FACET_SCHEMA = "https://github.com/example/vance-pipelines/blob/main/docs/lineage.md#the-vanceai-run-facet"
+#: The facet's JSON Schema, published with the documentation (docs/schemas/) and shipped in the
+#: package (operators/schemas/); the two files are the same.
+FACET_SCHEMA = "https://vance-pipelines.readthedocs.io/en/latest/schemas/vanceai-run-facet.json#/$defs/VanceAIRunFacet"
 GLOB_CHARS = "*?["
 MEDIA_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".mp4", ".mov", ".m4v", ".webm", ".avi", ".mkv")
 

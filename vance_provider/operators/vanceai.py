@@ -383,6 +383,10 @@ class VanceAISubmitJobOperator(_VanceAIBase):
         lineage = getattr(self, "_lineage", None) or {"inputs": [self.source], "outputs": [], "facet": None}
         return operator_lineage(lineage["inputs"], lineage["outputs"], lineage["facet"])
 
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """OpenLineage for a failed run: the same datasets and facet, as far as the job got."""
+        return self.get_openlineage_facets_on_complete(task_instance)
+
 
 # --- a batch ---------------------------------------------------------------------------------------
 class VanceAIEnhanceOperator(_VanceAIBase):
@@ -770,6 +774,10 @@ class VanceAIEnhanceOperator(_VanceAIBase):
             "facet": None,
         }
         return operator_lineage(lineage["inputs"], lineage["outputs"], lineage["facet"])
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """OpenLineage for a failed run: the same datasets, and the facet's counts of what failed."""
+        return self.get_openlineage_facets_on_complete(task_instance)
 
     def _timed_out(self, client: VanceClient, spec: BatchSpec) -> None:
         if not self.cancel_on_timeout:
