@@ -208,6 +208,12 @@ class VanceTranslator:
             f"{props.media.capitalize()}s from `{strip_query(source)}` enhanced with VanceAI `{props.tool}` "
             f"into `{strip_query(props.destination)}`."
         )
+        if props.partitioned and not props.description:
+            description += (
+                f" One partition per input file, added by the sensor `{props.name}_new_files`: until "
+                "that sensor has run, the asset has no partition (the catalog shows 0 partitions, "
+                "which means nothing was listed yet, not that all is done)."
+            )
         return dg.AssetSpec(
             key=[props.name],
             group_name=props.group_name,

@@ -1,4 +1,4 @@
-"""Entry point for ``dagster dev -f`` / ``dagster definitions validate -f``: the `dg` project's definitions.
+"""Entry point for ``dagster dev -w workspace.yaml`` (or ``-f``): the `dg` project's definitions.
 
 This folder is a `dg` project (``pyproject.toml``, ``vance_example/defs/``): the Python assets
 are in ``defs/datasets.py``, a dataset declared in YAML in ``defs/photos_yaml_x2/defs.yaml``. Check

@@ -263,3 +263,34 @@ def test_registered_with_dagsters_library_registry() -> None:
     import dagster_vance
 
     assert DagsterLibraryRegistry.get()["dagster-vance"] == dagster_vance.__version__
+
+
+@pytest.mark.parametrize("prefix", [None, "s3://my-bucket/vance"])
+def test_the_per_file_dataset_is_not_an_empty_green_square(
+    monkeypatch: pytest.MonkeyPatch, prefix: str | None
+) -> None:
+    """s3_photos_x2 has no partition until its sensor lists the files: the sensor is on once an S3
+    prefix is given, and the description says what "0 partitions" means."""
+    if prefix:
+        monkeypatch.setenv("VANCE_EXAMPLE_S3_PREFIX", prefix)
+    else:
+        monkeypatch.delenv("VANCE_EXAMPLE_S3_PREFIX", raising=False)
+    defs = load_example().defs
+    sensor = defs.resolve_sensor_def("s3_photos_x2_new_files")
+    wanted = dg.DefaultSensorStatus.RUNNING if prefix else dg.DefaultSensorStatus.STOPPED
+    assert sensor.default_status == wanted
+    spec = defs.resolve_assets_def("s3_photos_x2").specs_by_key[dg.AssetKey("s3_photos_x2")]
+    assert "s3_photos_x2_new_files" in (spec.description or "") and "0 partitions" in (spec.description or "")
+
+
+def test_workspace_names_the_code_location_as_the_project_does() -> None:
+    """`dagster dev -w workspace.yaml` and `dg dev` name the location alike: no name-mismatch warning."""
+    import tomllib
+
+    import yaml
+
+    workspace = yaml.safe_load((PROJECT / "workspace.yaml").read_text())
+    [entry] = workspace["load_from"]
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["dg"]["project"]
+    assert entry["python_file"]["location_name"] == project["code_location_name"] == "vance_example"
+    assert (PROJECT / entry["python_file"]["relative_path"]).is_file()

@@ -108,7 +108,17 @@ visioncraft_photos_x2 = build_enhanced_dataset_asset(
 def defs() -> dg.Definitions:
     return dg.Definitions(
         assets=[*datasets, credit_usage, visioncraft_photos_x2],
-        sensors=[build_new_files_sensor(s3_photos_x2, minimum_interval_seconds=120)],
+        sensors=[
+            build_new_files_sensor(
+                s3_photos_x2,
+                minimum_interval_seconds=120,
+                # On once an S3 prefix is given: s3_photos_x2's partitions (one per file) then
+                # appear as the files do, instead of an empty "0 partitions".
+                default_status=dg.DefaultSensorStatus.RUNNING
+                if os.environ.get("VANCE_EXAMPLE_S3_PREFIX")
+                else dg.DefaultSensorStatus.STOPPED,
+            )
+        ],
         schedules=[build_credit_usage_schedule(credit_usage, cron_schedule="0 6 * * *")],
         resources={
             "vanceai": VanceAIResource(
