@@ -39,6 +39,7 @@ from .errors import (
     InsufficientCreditsError,
     InvalidConfigError,
     InvalidInputError,
+    ManifestError,
     VanceError,
     WaitTimeoutError,
 )
@@ -682,6 +683,7 @@ class BatchRunner:
         async def serve(item: ManifestItem) -> bool:
             if item.state != ItemState.PENDING or not item.input_sha256 or self.spec.force:
                 return False
+            self._check_inside(item)
             key = key_for_call(item.input_sha256, self.call)
             async with gate:
                 try:
@@ -838,6 +840,7 @@ class BatchRunner:
             await asyncio.to_thread(self.lease.acquire, spec.lock_timeout)
         try:
             await asyncio.to_thread(self.manifest.load)
+            self.manifest.check_outputs(spec.destination)
             self.ignored = []
             listed = await asyncio.to_thread(list_sources, spec.source, None, so, self.ignored)
             chash = call_hash(self.call)
@@ -1068,6 +1071,7 @@ class BatchRunner:
         if self.caps.charges_on_download:  # the job id must be durable before anything is paid
             await self.manifest.flush_until(self._recorded.get(item.source, 0))
         await self._fence()  # a download is a payment (web API) and a write into the destination
+        self._check_inside(item)
         try:
             final = await self.client.download(
                 job, item.output or "", storage_options=self.spec.storage_options
@@ -1105,6 +1109,19 @@ class BatchRunner:
         except LeaseLostError as exc:
             self._stop(exc.message)
             raise
+
+    def _check_inside(self, item: ManifestItem) -> None:
+        """Nothing is ever written outside the destination (a last guard: manifests are checked
+        when they are read)."""
+        prefix = self.spec.destination.rstrip("/") + "/"
+        out = item.output or ""
+        rest = out[len(prefix) :] if out.startswith(prefix) else ""
+        if not rest or ".." in rest.replace("\\", "/").split("/"):
+            raise ManifestError(
+                f"{item.source}: its output {out or None!r} is not inside the destination "
+                f"{self.spec.destination}; nothing was written",
+                hint="the manifest was edited? Start afresh with fresh=True (--fresh)",
+            )
 
     def _stop(self, reason: str) -> None:
         if not self.stop_reason:

@@ -164,7 +164,9 @@ def list_sources(
         else:
             if not fs.exists(path):
                 raise UnreadableInputError(
-                    "the source does not exist", source=url, hint="check the URL and the storage credentials"
+                    "the source does not exist",
+                    source=redact_url(url),
+                    hint="check the URL and the storage credentials",
                 )
             base = path.rsplit("/", 1)[0]
             matches = {path: {**fs.info(path), "explicit": True}}
@@ -463,6 +465,6 @@ def check_writable(prefix: str, storage_options: dict[str, Any] | None = None) -
             raise unreachable from None
         raise InvalidInputError(
             f"the destination is not writable ({type(exc).__name__})",
-            source=prefix,
+            source=redact_url(prefix),
             hint="check the path, its permissions and the storage credentials",
         ) from None
