@@ -506,3 +506,40 @@ def test_a_budget_is_shown_as_it_was_given(
         )
     )
     assert result.done == 2 and "budget of 2.9999999" in (result.stopped or "")
+
+
+def test_a_second_manifest_on_the_same_destination_never_overwrites_paid_outputs(
+    api: str, sim: SimulatorServer, client: VanceClient, tmp_path: Path
+) -> None:
+    photos(tmp_path / "a", 2)
+    photos(tmp_path / "b", 2, shade=9)
+    dest = tmp_path / "out"
+    client.run_batch(batch_spec(str(tmp_path / "a"), str(dest)))
+    paid = outputs_of(dest)
+    other = str(tmp_path / "elsewhere" / "manifest.json")
+    with pytest.raises(OutputExistsError):
+        client.run_batch(batch_spec(str(tmp_path / "b"), str(dest), manifest=other))
+    assert outputs_of(dest) == paid and sum(charges(sim)) == 2 and len(created_jobs(sim)) == 2
+
+
+def test_the_cli_refusal_names_the_safe_choices(
+    api: str, sim: SimulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    photos(tmp_path / "a", 2)
+    photos(tmp_path / "b", 2, shade=9)
+    monkeypatch.setenv("VANCE_API_TOKEN", TOKENS[api])
+    monkeypatch.setenv("VANCE_BASE_URL", sim.base_url)
+    dest = str(tmp_path / "out")
+    base = ["enhance", "--tool", "upscale", "--scale", "2", "--poll-interval", "0.05"]
+    with pytest.raises(SystemExit) as first:
+        cli.main([*base[:1], str(tmp_path / "a"), dest, *base[1:]])
+    assert first.value.code == 0
+    paid = outputs_of(tmp_path / "out")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as second:
+        cli.main([*base[:1], str(tmp_path / "b"), dest, *base[1:], "--fresh"])
+    err = capsys.readouterr().err
+    assert second.value.code == cli.EXIT_USAGE, err
+    assert "hint:" in err and "--overwrite" in err and "another destination" in err
+    assert "overwrite=True" not in err  # the command's words, not the library's
+    assert outputs_of(tmp_path / "out") == paid and sum(charges(sim)) == 2
