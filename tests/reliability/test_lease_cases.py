@@ -261,3 +261,30 @@ def _recorded_jobs(fs: Any, bucket: str) -> int:
     except (FileNotFoundError, ValueError, KeyError):
         return 0
     return sum(1 for i in items if i.get("job_id"))
+
+
+# --- partitions: disjoint inputs, one destination ------------------------------------------------------
+def test_partitions_of_one_destination_run_side_by_side(
+    api: str, held_sim: SimulatorServer, clients: Callable[[], VanceClient], tmp_path: Path
+) -> None:
+    """Dagster's per-file partitions give a lease scope of their own: two run at once; the same
+    partition twice is refused."""
+    src, dest = on_disk(tmp_path)
+    names = sorted(os.listdir(src))
+
+    def partition(name: str) -> BatchSpec:
+        return batch_spec(
+            f"{src}/{name}",
+            dest,
+            manifest=f"{dest}/_vance_partitions/{name}.json",
+            lease_scope=f"partition:{name}",
+        )
+
+    first = Holding(clients(), partition(names[0]))
+    second = Holding(clients(), partition(names[1]))  # not refused
+    with pytest.raises(BatchLockedError):
+        clients().run_batch(partition(names[0]))
+    finishing = [in_thread(first.carry_on), in_thread(second.carry_on)]
+    release_held_jobs(held_sim, HOLD)
+    assert [f.result(timeout=60).done for f in finishing] == [1, 1]
+    assert sum(charges(held_sim)) == 2 and max(charged_jobs(held_sim).values()) == 1

@@ -1105,7 +1105,10 @@ class BatchRunner:
     async def _fence(self) -> None:
         """Stop before paying for anything once another run has taken the batch's lease."""
         try:
-            await asyncio.to_thread(self.lease.fence)
+            if self.lease.local:  # two stat calls: not worth a thread hop per job
+                self.lease.fence()
+            else:
+                await asyncio.to_thread(self.lease.fence)
         except LeaseLostError as exc:
             self._stop(exc.message)
             raise
