@@ -295,3 +295,23 @@ def test_a_store_that_ignores_conditional_writes_is_refused(s3: Any, monkeypatch
     with pytest.raises(ConfigurationError, match="ignores conditional writes"):
         s3_lease(so, bucket).acquire()
     assert not fs.exists(f"{bucket}/out/{LOCK}")
+
+
+def test_a_store_without_conditional_deletes_still_releases(s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, so, bucket = s3
+    real = _S3Store._call
+
+    def no_conditional_delete(self: _S3Store, method: str, **kwargs: Any) -> Any:
+        if method == "delete_object" and "IfMatch" in kwargs:
+            raise OSError(95, "conditional deletes are not implemented")
+        return real(self, method, **kwargs)
+
+    monkeypatch.setattr(_S3Store, "_call", no_conditional_delete)
+    a = s3_lease(so, bucket, owner="run-a")
+    a.acquire()
+    a.release()
+    assert not fs.exists(f"{bucket}/out/{LOCK}")  # released: the next run need not wait for expiry
+    a.acquire()
+    fs.pipe(f"{bucket}/out/{LOCK}", b'{"owner": "run-b"}')  # taken over meanwhile
+    a.release()
+    assert fs.exists(f"{bucket}/out/{LOCK}")  # never someone else's

@@ -288,3 +288,31 @@ def test_partitions_of_one_destination_run_side_by_side(
     release_held_jobs(held_sim, HOLD)
     assert [f.result(timeout=60).done for f in finishing] == [1, 1]
     assert sum(charges(held_sim)) == 2 and max(charged_jobs(held_sim).values()) == 1
+
+
+# --- a lease left on S3 by a run on another machine ------------------------------------------------------
+def test_a_lease_left_on_s3_is_taken_over_once_the_store_says_it_expired(
+    api: str,
+    held_sim: SimulatorServer,
+    clients: Callable[[], VanceClient],
+    s3: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What the lease object says about time (its writer's clock) counts for nothing: it is live until
+    the store's clock says it has not been renewed for its ttl."""
+    fs, so, bucket = s3
+    src, dest = on_s3(fs, bucket)
+    dead = {"owner": "crashed-run", "host": "gone", "pid": 1, "heartbeat": 0, "expires": 1}
+    fs.pipe(f"{bucket}/{LOCK}", json.dumps(dead).encode())
+    spec = batch_spec(src, dest, storage_options=so)
+    with pytest.raises(BatchLockedError, match="being run by crashed-run"):
+        clients().run_batch(spec)
+    assert created_jobs(held_sim) == []
+    age_object(bucket, LOCK, LEASE_TTL + 5)
+    with caplog.at_level(logging.WARNING, "vance_provider.lease"):
+        run = in_thread(clients().run_batch, spec)
+        release_held_jobs(held_sim, HOLD)
+        assert run.result(timeout=60).done == N
+    assert any("stale batch lease of crashed-run" in r.getMessage() for r in caplog.records)
+    assert not fs.exists(f"{bucket}/{LOCK}")  # released at the end
+    paid_once(held_sim)

@@ -183,8 +183,19 @@ class _S3Store:
     def delete(self, tag: str) -> None:
         try:
             self._call("delete_object", IfMatch=tag)
-        except OSError:
-            pass  # gone, or someone else's now: not ours to delete
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if _precondition_failed(exc):
+                return  # someone else's now: not ours to delete
+        # A store without conditional deletes: delete it only if it is still ours.
+        snap = self.read()
+        if snap is not None and snap.tag == tag:
+            try:
+                self._call("delete_object")
+            except OSError:
+                pass
 
     def check_conditional(self, body: bytes) -> None:
         """Refuse a store that ignores ``If-Match`` (the lease could not fence): a write of the
