@@ -304,6 +304,8 @@ class VanceAISubmitJobOperator(_VanceAIBase):
             timeout=defer_timeout(end_time),
         )
 
+    # Not common-compat's ResumableJobMixin: it submits and waits in one worker call, while this
+    # operator also reattaches to an earlier try's job before it defers to the triggerer.
     def _earlier_job(self, client: VanceClient, store: Any) -> Job | None:
         """Airflow >= 3.3: the job an earlier try of this task submitted, when it can still be used
         (running, or succeeded): a retry waits for it instead of submitting again. That matters most
