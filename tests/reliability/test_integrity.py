@@ -215,25 +215,6 @@ def test_a_second_run_fails_at_once_naming_the_holder(
     assert result.done == 2 and sum(charges(sim)) == 2
 
 
-def test_a_stale_lease_is_taken_over_with_a_log_line(
-    api: str,
-    sim: SimulatorServer,
-    client: VanceClient,
-    s3: Any,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    fs, so, bucket = s3
-    fs.pipe(f"{bucket}/in/a.jpg", image_bytes(16, 12))
-    dead = {"owner": "crashed-run", "host": "gone", "pid": 1, "token": "x", "heartbeat": 0, "expires": 1}
-    fs.pipe(f"{bucket}/out/{MANIFEST_NAME}.lock", json.dumps(dead).encode())
-    with caplog.at_level(logging.WARNING, "vance_provider.lease"):
-        result = client.run_batch(batch_spec(f"s3://{bucket}/in", f"s3://{bucket}/out", storage_options=so))
-    assert result.done == 1
-    assert any("stale batch lease of crashed-run" in r.getMessage() for r in caplog.records)
-    assert not fs.exists(f"{bucket}/out/{MANIFEST_NAME}.lock")  # released at the end
-
-
 def test_a_lease_left_by_a_killed_local_process_is_taken_over(
     api: str, sim: SimulatorServer, client: VanceClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
