@@ -15,7 +15,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_COMPILE_BYTECODE := 1
 PYTEST_ARGS ?=
 
-.PHONY: env demo test compat compat-lock lint bench soak docs clean
+.PHONY: env demo test test-fast compat compat-lock lint bench soak docs clean
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -30,6 +30,10 @@ demo: env
 test: env
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+# The inner loop: the suite without the tests marked slow (real deployments, the demo, rate limits).
+test-fast: env
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The Airflow suite on the lowest and highest supported Airflow, the Dagster suite on the lowest
 # and highest supported Dagster: four virtualenvs in .compat/, each installed from its committed
