@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -140,3 +141,31 @@ def trigger_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(module._VanceAITrigger, "run", run)
     return runs
+
+
+@pytest.fixture
+def bucket(s3_server: str) -> str:
+    import boto3
+
+    name = f"vance-conn-{uuid.uuid4().hex[:10]}"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3fs_plain(s3_server: str) -> Any:
+    """A filesystem of the test's own (not the connection's) to put inputs and look at outputs."""
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        key="testing",
+        secret="testing",
+        client_kwargs={"endpoint_url": s3_server, "region_name": "us-east-1"},
+        skip_instance_cache=True,
+    )

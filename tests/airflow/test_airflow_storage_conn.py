@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from typing import Any
 
 import pytest
@@ -30,34 +29,6 @@ def _fresh_connections() -> Any:
     storage._built.clear()
     yield
     storage._built.clear()
-
-
-@pytest.fixture
-def bucket(s3_server: str) -> str:
-    import boto3
-
-    name = f"vance-conn-{uuid.uuid4().hex[:10]}"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=name)
-    return name
-
-
-@pytest.fixture
-def s3fs_plain(s3_server: str) -> Any:
-    """A filesystem of the test's own (not the connection's) to put inputs and look at outputs."""
-    import s3fs
-
-    return s3fs.S3FileSystem(
-        key="testing",
-        secret="testing",
-        client_kwargs={"endpoint_url": s3_server, "region_name": "us-east-1"},
-        skip_instance_cache=True,
-    )
 
 
 def _aws_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str, endpoint: str, **fields: Any) -> None:
