@@ -199,7 +199,7 @@ def build_enhanced_dataset_asset(
         retry_policy: a Dagster retry policy; a retried step resumes from the manifest.
         allow_empty: an empty source materializes an empty dataset (``False``: the run fails).
         preview: small before/after thumbnails of the first ``preview_rows`` outputs in the
-            materialization's ``vance/preview``, and a contact sheet ``_vance_preview.jpg`` beside
+            materialization's ``vance/preview``, and a contact sheet ``_vance_preview/_vance_contact_sheet.jpg`` beside
             the outputs (``vance/preview_image``). ``False`` for private data: the preview is then
             names and sizes only, and no picture is written (the resource's ``previews`` turns
             them off for every dataset).

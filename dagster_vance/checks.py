@@ -292,18 +292,20 @@ def preview_table(
         return _table(rows, ("input", "output", "dims"))
     header = ("input", "output", "dims", "before", "after")
     used = len(_table(rows, header))
-    pictures = []
+    pictures: list[list[str]] = []
     for report in shown:
-        cells = ("-", "-")
+        cells = ["-", "-"]
         if used < max_bytes:
-            before = thumbnail(report.source, storage_options, INLINE_SIDE)
-            after = thumbnail(report.output, storage_options, INLINE_SIDE) if report.output else None
-            drawn = tuple(inline_image(t) if t else "-" for t in (before, after))
+            thumbs = (
+                thumbnail(report.source, storage_options, INLINE_SIDE),
+                thumbnail(report.output, storage_options, INLINE_SIDE) if report.output else None,
+            )
+            drawn = [inline_image(t) if t else "-" for t in thumbs]
             if used + sum(map(len, drawn)) <= max_bytes:
                 cells, used = drawn, used + sum(map(len, drawn))
         pictures.append(cells)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (name, out, dims), (before, after) in zip(rows, pictures, strict=True):
-        text = [strip_query(str(c)).replace("|", "\\|").replace("\n", " ") for c in (name, out, dims)]
-        lines.append("| " + " | ".join([*text, before, after]) + " |")
+    for row, cells in zip(rows, pictures, strict=True):
+        text = [strip_query(str(c)).replace("|", "\\|").replace("\n", " ") for c in row]
+        lines.append("| " + " | ".join([*text, *cells]) + " |")
     return "\n".join(lines)

@@ -119,7 +119,8 @@ def get_provider_info() -> dict:
                 "options": {
                     "preview": {
                         "description": "Whether a VanceAI batch task writes a before/after contact sheet "
-                        "of its first outputs beside them (_vance_preview.jpg, a few small thumbnails) "
+                        "of its first outputs beside them (_vance_preview/_vance_contact_sheet.jpg, "
+                        "a few small thumbnails) "
                         "and returns its URL as 'preview'. False for private data: no picture is made.",
                         "version_added": "0.1.0",
                         "type": "boolean",

@@ -200,7 +200,7 @@ def test_local_batch_links_its_outputs_and_returns_its_preview(
     assert xcom(dr, "enhance", key="vanceai_outputs_url") == link
     assert xcom(dr, "enhance", key="_link_VanceAIDestinationLink") == link
     summary = xcom(dr, "enhance")
-    sheet = dst / "_vance_preview.jpg"
+    sheet = dst / "_vance_preview" / "_vance_contact_sheet.jpg"
     if not preview:
         assert summary["preview"] is None and not sheet.exists()
     else:

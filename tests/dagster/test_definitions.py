@@ -254,7 +254,7 @@ def test_dg_launch_runs_an_asset_of_the_example(sim: Any, tmp_path: Path) -> Non
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RUN_SUCCESS" in proc.stdout + proc.stderr
     assert sorted(p.name for p in (data / "photos_x2").glob("p*.jpg")) == ["p0.jpg", "p1.jpg"]
-    assert (data / "photos_x2" / "_vance_preview.jpg").is_file()
+    assert (data / "photos_x2" / "_vance_preview" / "_vance_contact_sheet.jpg").is_file()
 
 
 def test_registered_with_dagsters_library_registry() -> None:

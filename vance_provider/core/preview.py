@@ -2,9 +2,10 @@
 
 Two forms, for the two places a user looks:
 
-- :func:`write_contact_sheet` writes one JPEG beside the outputs (``_vance_preview.jpg``; the
-  engine's own prefix, so it is never taken for an input or an output): a grid of input | output
-  pairs with their names and sizes. An Airflow task returns its URL, a Dagster materialization
+- :func:`write_contact_sheet` writes one JPEG beside the outputs
+  (``_vance_preview/_vance_contact_sheet.jpg``: a glob of the outputs does not match it, and the
+  engine's own prefix keeps it out of every listing of inputs): a grid of input | output pairs
+  with their names and sizes. An Airflow task returns its URL, a Dagster materialization
   links to it.
 - :func:`thumbnail` and :func:`inline_image` make the small inline pictures (``data:`` URIs) of a
   Dagster materialization's Markdown metadata, which the Dagster face cuts to a byte budget.
@@ -30,7 +31,10 @@ from .storage import join, write_bytes_atomic
 
 log = logging.getLogger("vance_provider.preview")
 
-PREVIEW_NAME = "_vance_preview.jpg"
+#: Where the contact sheet goes, under the destination: a folder of its own, so that a glob of the
+#: outputs (``*.jpg``) never matches it, and a name the engine's listings skip (a destination
+#: used as another batch's source).
+PREVIEW_NAME = "_vance_preview/_vance_contact_sheet.jpg"
 MAX_PAIRS = 6
 THUMB_SIDE = 160  # pixels: the longer side of a thumbnail on the contact sheet
 INLINE_SIDE = 96  # pixels: of an inline thumbnail in Markdown

@@ -815,8 +815,9 @@ class VanceAIEnhanceOperator(_VanceAIBase):
 
     def _preview(self, summary: dict[str, Any]) -> str | None:
         """A before/after contact sheet of the first outputs, written beside them
-        (``_vance_preview.jpg``); its URL for the return value. ``[vanceai] preview = False``
-        turns it off (private data); it is kept as it is when this run enhanced nothing."""
+        (``_vance_preview/_vance_contact_sheet.jpg``); its URL for the return value.
+        ``[vanceai] preview = False`` turns it off (private data); it is kept as it is when this
+        run enhanced nothing."""
         from vance_provider.airflow_compat import conf
         from vance_provider.core.preview import PREVIEW_NAME, pairs_from_manifest, write_contact_sheet
         from vance_provider.core.storage import exists, join
