@@ -358,6 +358,12 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
         ui.err.print(f"ignored: {escape(url)}: {escape(reason)}")
     if result.stopped:
         ui.err.print(f"stopped early: {escape(cli_words(result.stopped))}")
+    taken_over = getattr(result, "credits_taken_over", 0.0)
+    if taken_over:
+        ui.err.print(
+            f"taken over: {credits_text(taken_over)} credits of results an earlier run had already "
+            "paid for (or may have: its download or job had begun); not charged again, not counted above"
+        )
     cached = sum(1 for i in result.items if i.cached)
     if cached:
         ui.err.print(f"from the cache: {cached} item(s), {credits_text(result.credits_saved)} credits saved")

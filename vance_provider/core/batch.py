@@ -61,6 +61,7 @@ from .storage import (
     is_local,
     join,
     list_sources,
+    location,
     safe_name,
     storage_failure,
 )
@@ -184,6 +185,10 @@ class BatchResult:
     requests: dict[str, int] = field(default_factory=dict)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (url, reason): listed, not taken
     credits_saved: float = 0.0  # what the results served from the cache cost when first paid for
+    # Results this run collected that an earlier run had (or may have) paid for already: a job it
+    # took over whose download had started (web API) or that had ended (Open API) before this run
+    # looked at it. Not in ``credits_spent``: the account was not charged again.
+    credits_taken_over: float = 0.0
 
     def count(self, state: str) -> int:
         return sum(1 for i in self.items if i.state == state)
@@ -215,6 +220,7 @@ class BatchResult:
             "credits_spent": round(self.credits_spent, 3),
             "cached": sum(1 for i in self.items if i.cached),
             "credits_saved": round(self.credits_saved, 3),
+            "credits_taken_over": round(self.credits_taken_over, 3),
             "elapsed_s": round(self.elapsed, 2),
             "manifest": self.manifest,
             "stopped": self.stopped,
@@ -428,6 +434,8 @@ class BatchRunner:
         self.latency = LatencyEstimate(spec.poll_interval, client.backend.gate.pressure)
         self.stop_reason: str | None = None
         self.spent = 0.0
+        self.taken_over = 0.0  # credits of results an earlier run had paid for (see BatchResult)
+        self._ended_before: set[str] = set()  # Open API jobs of another run found ended: paid then
         self.committed = 0.0  # estimated credits of jobs submitted but not yet charged
         self.progress = Progress(total=0)
         self.available = float("inf")
@@ -515,6 +523,8 @@ class BatchRunner:
             if archived:
                 log.warning("starting the batch afresh: the old manifest is kept as %s", archived)
         await asyncio.to_thread(self.manifest.load)
+        sources, dest_fs, dest_path = await self._as_recorded(sources, dest_fs, dest_path)
+        spec = self.spec
         chash = call_hash(self.call)
         self.manifest.check_identity(
             {
@@ -527,6 +537,8 @@ class BatchRunner:
             shown={"config": self._config_shown()},
         )
         self.manifest.check_outputs(spec.destination)  # a hand-edited manifest: refused before any spend
+        if spec.lease_scope:  # so that a cancel from outside the run finds the batch's lease
+            self.manifest.meta["lease_scope"] = spec.lease_scope
         own_outputs = {i.output for i in self.manifest.items.values() if i.output}
         await self._recognise_touched(sources, chash)
         outputs = plan_outputs(
@@ -601,6 +613,39 @@ class BatchRunner:
         if self.cache is not None:
             work = await self._serve_from_cache(work)
         return work
+
+    async def _as_recorded(
+        self, sources: list[SourceFile], dest_fs: Any, dest_path: str
+    ) -> tuple[list[SourceFile], Any, str]:
+        """The same source or destination spelled another way than the manifest records it (a
+        trailing slash, ``./``, a symlinked folder, ``file://``): the run goes on with the
+        manifest's spelling, so that its items and outputs are recognised (not refused as
+        another batch's, nor paid for again)."""
+        spec, so = self.spec, self.spec.storage_options
+        known = self.manifest.meta.get("identity")
+        if not isinstance(known, dict):
+            return sources, dest_fs, dest_path
+
+        def respelled(recorded: Any, given: Any) -> bool:
+            if not isinstance(recorded, str) or not isinstance(given, str) or recorded == given.rstrip("/"):
+                return False
+            try:
+                return location(recorded, so) == location(given, so)
+            except Exception:
+                return False
+
+        if respelled(known.get("destination"), spec.destination):
+            log.info(
+                "the destination %s is recorded as %s: using that", spec.destination, known["destination"]
+            )
+            self.spec = spec = dataclasses.replace(spec, destination=known["destination"])
+            dest_fs, dest_path = url_to_fs(spec.destination, **(so or {}))
+        if respelled(known.get("source"), spec.source):
+            log.info("the source %s is recorded as %s: using that", spec.source, known["source"])
+            self.spec = spec = dataclasses.replace(spec, source=known["source"])
+            self.ignored = []
+            sources = await asyncio.to_thread(list_sources, spec.source, None, so, self.ignored)
+        return sources, dest_fs, dest_path
 
     def _config_shown(self) -> Any:
         """The batch's settings as the user gave them, for a refusal that shows what differs."""
@@ -870,7 +915,13 @@ class BatchRunner:
                 float(c.get("credits") or 0.0)
                 for s in self.sources
                 for c in self.manifest.items[s].charges
-                if spec.owner and c.get("run") == self.run_id
+                if spec.owner and c.get("run") == self.run_id and not c.get("collected_by")
+            )
+            self.taken_over = sum(
+                float(c.get("credits") or 0.0)
+                for s in self.sources
+                for c in self.manifest.items[s].charges
+                if spec.owner and c.get("collected_by") == self.run_id
             )
             if any(i.state == ItemState.PENDING for i in work) and not self.stop_reason:
                 # The balance read now excludes what this run has paid: the budget check counts it.
@@ -906,6 +957,7 @@ class BatchRunner:
             self.client.request_counts,
             list(self.ignored),
             self.credits_saved,
+            self.taken_over,
         )
 
     async def _run_all(self, work: list[ManifestItem]) -> None:
@@ -1026,7 +1078,11 @@ class BatchRunner:
             item.estimate = figure
             self.manifest.touch()
         budget = self.spec.credit_budget
-        if budget is None or self.spent + self.committed <= budget + 1e-9 or not self.caps.can_cancel:
+        if (
+            budget is None
+            or self.spent + self.taken_over + self.committed <= budget + 1e-9
+            or not self.caps.can_cancel
+        ):
             return job
         why = f"the credit budget of {credits_text(budget)} is reached"
         self._stop(why)
@@ -1072,6 +1128,12 @@ class BatchRunner:
             await self.manifest.flush_until(self._recorded.get(item.source, 0))
         await self._fence()  # a download is a payment (web API) and a write into the destination
         self._check_inside(item)
+        earlier = self._paid_before(item, job)
+        if self.caps.charges_on_download and earlier is None and not self._fetch_of(item, job.id):
+            # The download is the payment: say so durably before it starts, so that a run taking
+            # this job over after a crash knows it may have been paid for already.
+            item.fetch = {"job_id": job.id, "run": self.run_id, "at": time.time()}
+            await self.manifest.flush_until(self.manifest.touch())  # fenced, as every write
         try:
             final = await self.client.download(
                 job, item.output or "", storage_options=self.spec.storage_options
@@ -1088,19 +1150,58 @@ class BatchRunner:
             )
             return
         cost = float(job.credits_charged) if job.credits_charged is not None else self.estimate(item)
-        self.spent += cost
         self.committed -= self.estimate(item)
-        item.settle(
-            ItemState.DONE,
-            output=final,
-            credits=cost,
-            charges=[
-                *item.charges,
-                {"job_id": job.id, "credits": cost, "at": time.time(), "run": self.run_id},
-            ],
-        )
+        charges = item.charges
+        if earlier is None:
+            self.spent += cost
+            charges = [*charges, {"job_id": job.id, "credits": cost, "at": time.time(), "run": self.run_id}]
+        else:
+            self.taken_over += cost
+            log.info(
+                "%s: job %s was paid for before this run took it over (%s credits); not counted again",
+                item.source,
+                job.id,
+                credits_text(cost),
+            )
+            if not any(c.get("job_id") == job.id for c in charges):  # the earlier run did not record it
+                charges = [
+                    *charges,
+                    {
+                        "job_id": job.id,
+                        "credits": cost,
+                        "at": time.time(),
+                        "charged_at": earlier.get("at") or time.time(),
+                        "run": earlier.get("run"),
+                        "collected_by": self.run_id,
+                    },
+                ]
+        item.settle(ItemState.DONE, output=final, credits=cost, charges=charges)
         self.limit.grow()
         await self._store_in_cache(item, job, final, cost)
+
+    def _fetch_of(self, item: ManifestItem, job_id: str) -> dict[str, Any] | None:
+        fetch = item.fetch
+        return fetch if isinstance(fetch, dict) and fetch.get("job_id") == job_id else None
+
+    def _paid_before(self, item: ManifestItem, job: Job) -> dict[str, Any] | None:
+        """Whether ``job`` was (or may have been) paid for before this run collects it, and by
+        whom (``run``, ``at``): ``None`` if collecting it is this run's payment.
+
+        - A charge for this job is in the manifest already (a key replayed a paid job).
+        - Web API (paid at the first download): another run recorded that it began downloading it.
+        - Open API (paid at the job's end): it had ended when this run first saw it, and this
+          run did not create it (or its key replayed it ended)."""
+        for c in item.charges:
+            if c.get("job_id") == job.id:
+                return {"run": c.get("run"), "at": c.get("charged_at") or c.get("at")}
+        if self.caps.charges_on_download:
+            fetch = self._fetch_of(item, job.id)
+            if fetch is not None and fetch.get("run") != self.run_id:
+                return {"run": fetch.get("run"), "at": fetch.get("at")}
+            return None
+        if item.source in self._ended_before:
+            return {"run": item.submitted_by, "at": None}
+        return None
 
     async def _fence(self) -> None:
         """Stop before paying for anything once another run has taken the batch's lease."""
@@ -1134,7 +1235,9 @@ class BatchRunner:
     def _over(self, estimate: float) -> str | None:
         """Why one more job of ``estimate`` credits may not start, if it may not."""
         budget = self.spec.credit_budget
-        if budget is not None and self.spent + self.committed + estimate > budget + 1e-9:
+        # Results taken over count against the budget as the jobs resumed did (the run answers for
+        # them), not against the balance (it was read after they were paid for).
+        if budget is not None and self.spent + self.taken_over + self.committed + estimate > budget + 1e-9:
             return f"the credit budget of {credits_text(budget)} is reached"
         if self.spent + self.committed + estimate > self.available + 1e-9:
             return "the balance would not cover more jobs"
@@ -1203,7 +1306,11 @@ class BatchRunner:
         else:
             self.committed -= estimate
             raise VanceError("the service kept answering with ended jobs for new submissions")
-        item.set(ItemState.SUBMITTED, job_id=job.id)
+        item.set(ItemState.SUBMITTED, job_id=job.id, submitted_by=self.run_id)
+        if job.status is JobStatus.SUCCEEDED and not self.caps.charges_on_download:
+            # The key replayed a job that had already ended, so it was paid for at its end, by
+            # the run that created it (which did not live to record it).
+            self._ended_before.add(item.source)
         self._submitted_at[item.source] = time.monotonic()
         self._recorded[item.source] = self.manifest.touch()
         if item.estimate is not None and job.credits_estimated:  # the service's price replaces ours
@@ -1211,7 +1318,7 @@ class BatchRunner:
             item.estimate = float(job.credits_estimated)
             if (
                 self.spec.credit_budget is not None
-                and self.spent + self.committed > self.spec.credit_budget + 1e-9
+                and self.spent + self.taken_over + self.committed > self.spec.credit_budget + 1e-9
             ):
                 await self._cancel_over_budget(item, job)
         return True
@@ -1237,6 +1344,18 @@ class BatchRunner:
         assert item.job_id
         if self.caps.answers_on_submit:  # the result came with the submission: nothing to wait for
             return await self.client.get_job(item.job_id)
+        if (
+            not self.caps.charges_on_download
+            and item.submitted_by != self.run_id
+            and item.source not in self._submitted_at
+        ):
+            # Another run's job (taken over): one look at once tells whether it ended, and so was
+            # paid for, before this run came; a job still running is paid for during this run.
+            first = await self.client.get_job(item.job_id)
+            if first.status.terminal:
+                if first.status is JobStatus.SUCCEEDED:
+                    self._ended_before.add(item.source)
+                return first
         started = self._submitted_at.get(item.source, time.monotonic())
         get_job = self.client.get_job
         point: Callable[[], float] = lambda: self.latency.value  # noqa: E731

@@ -57,6 +57,11 @@ class ManifestItem:
     listed_as: str | None = None  # the listing's fingerprint of the same bytes, after the file was touched
     cached: bool = False  # the output was copied from the result cache (0 credits)
     saved: float = 0.0  # what the cached result cost when it was paid for
+    submitted_by: str | None = None  # the run that created the current job (``job_id``)
+    # The first download of a job's result, recorded before it starts (web API: the download is
+    # the payment): {"job_id", "run", "at"}. A later run that finds it for the same job may have
+    # been paid for already, and reports those credits apart.
+    fetch: dict[str, Any] | None = None
     updated_at: float = field(default_factory=time.time)
 
     @classmethod
