@@ -12,6 +12,12 @@ idempotency key) and resumes everything else: nothing already done or paid is pa
   operator's ``on_kill``) can stop: no new submissions, wait for submissions already on the wire,
   then cancel and record everything in flight.
 
+No manifest is written outside the batch's lease: a function given a manifest that no running
+batch holds takes the lease first (waiting up to ``LEASE_WAIT`` seconds), reads the manifest again
+and changes only the items whose recorded job is still the one canceled (a compare-and-set on the
+job id), then releases it. When another run holds the lease, those jobs are its own now: nothing
+is canceled or written (the next run finds any job canceled on the service and submits it again).
+
 Only the Open API can cancel a job. Web API jobs are left running: they cost nothing until their
 result is downloaded, and the next run collects them from the manifest.
 """
@@ -23,7 +29,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import VanceError
+from .errors import BatchLockedError, VanceError
+from .lease import BatchLease, fence_writes
 from .manifest import ItemState, Manifest, ManifestItem
 from .models import JobStatus
 
@@ -33,6 +40,62 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vance_provider.cancel")
 CANCEL_NOTE = "canceled when its task was stopped; the next run submits it again"
+LEASE_WAIT = 10.0  # seconds to wait for the batch's lease (its run may be ending) before giving up
+
+
+def lease_for(manifest: Manifest, owner: str | None = None) -> BatchLease:
+    """The lease of the batch whose manifest this is (its destination and scope, as recorded)."""
+    meta = manifest.meta or {}
+    identity = meta.get("identity") if isinstance(meta.get("identity"), dict) else {}
+    destination = identity.get("destination") or meta.get("destination") or manifest.url.rsplit("/", 1)[0]
+    scope = meta.get("lease_scope") if isinstance(meta.get("lease_scope"), str) else None
+    return BatchLease.for_batch(destination, manifest.storage_options, scope=scope, owner=owner)
+
+
+async def _take(lease: BatchLease, wait: float) -> bool:
+    try:
+        await asyncio.to_thread(lease.acquire, wait)
+    except BatchLockedError as exc:
+        log.warning("another run holds the batch now; its jobs and manifest are left to it: %s", exc.message)
+        return False
+    return True
+
+
+async def record_canceled(
+    manifest: Manifest,
+    job_ids: Iterable[str],
+    *,
+    lease: BatchLease | _Held | None = None,
+    owner: str | None = None,
+    wait: float = LEASE_WAIT,
+) -> list[str]:
+    """Mark pending the items of the *stored* manifest whose job is one of ``job_ids`` (canceled),
+    while holding the batch's lease; an item whose job id has changed meanwhile (another run
+    resubmitted it) is left alone. ``manifest`` gives the place and is updated to what was stored.
+    ``lease``: the batch's lease object to take again (a run that has just released it). Returns
+    the ids recorded; none when another run holds the lease."""
+    wanted = {j for j in job_ids if j}
+    if not wanted:
+        return []
+    lease = lease or lease_for(manifest, owner)
+    if not await _take(lease, wait):
+        return []
+    try:
+        stored = Manifest(manifest.url, manifest.storage_options)
+        fence_writes(stored, lease)
+        await asyncio.to_thread(stored.load)
+        marked = []
+        for item in stored.items.values():
+            if item.job_id in wanted and item.state not in (ItemState.PENDING, ItemState.DONE):
+                marked.append(item.job_id or "")
+                _requeue(item)
+        if marked:
+            stored.touch()
+            await stored.flush()
+        manifest.items, manifest.meta = stored.items, stored.meta
+        return marked
+    finally:
+        await asyncio.to_thread(lease.release)
 
 
 def can_cancel(client: AsyncVanceClient) -> bool:
@@ -49,12 +112,28 @@ async def cancel_manifest_jobs(
     job_ids: Iterable[str] | None = None,
     *,
     flush: bool = True,
+    owner: str | None = None,
+    wait: float = LEASE_WAIT,
 ) -> list[str]:
     """Cancel the manifest's submitted jobs (or only ``job_ids``) and mark those items pending.
 
     A job that finished before the cancel arrived is left alone (the next run collects it). Returns
-    the ids canceled. Writes the manifest when something changed (unless ``flush=False``).
+    the ids canceled. ``flush=False``: the caller holds the batch's lease (a running batch); the
+    items are changed in memory only. Otherwise the lease is taken first (see the module's
+    docstring): when another run holds it, nothing is canceled; the manifest is written with it.
     """
+    if flush and can_cancel(client):
+        lease = lease_for(manifest, owner)
+        if not await _take(lease, wait):
+            return []
+        try:
+            await asyncio.to_thread(manifest.load)  # what the batch recorded last, under the lease
+            canceled = await cancel_manifest_jobs(client, manifest, job_ids, flush=False)
+            if canceled:
+                await record_canceled(manifest, canceled, lease=_Held(lease))
+            return canceled
+        finally:
+            await asyncio.to_thread(lease.release)
     wanted = None if job_ids is None else set(job_ids)
     items = [
         i
@@ -87,8 +166,6 @@ async def cancel_manifest_jobs(
     canceled = [j for j in await asyncio.gather(*(cancel(i) for i in items)) if j]
     if canceled:
         manifest.touch()
-        if flush:
-            await manifest.flush()
     log.info("canceled %d VanceAI job(s); the next run submits them again", len(canceled))
     return canceled
 
@@ -122,8 +199,11 @@ def mark_canceled(manifest: Manifest, job_ids: Iterable[str]) -> list[str]:
     return marked
 
 
-async def requeue_canceled(client: AsyncVanceClient, manifest: Manifest) -> list[str]:
-    """Items whose recorded job is ``canceled`` on the service become pending again (written at once)."""
+async def requeue_canceled(
+    client: AsyncVanceClient, manifest: Manifest, *, wait: float = LEASE_WAIT
+) -> list[str]:
+    """Items whose recorded job is ``canceled`` on the service become pending again (written at
+    once, under the batch's lease: see :func:`record_canceled`)."""
     items = [i for i in manifest.items.values() if i.state == ItemState.SUBMITTED and i.job_id]
     if not items:
         return []
@@ -137,8 +217,8 @@ async def requeue_canceled(client: AsyncVanceClient, manifest: Manifest) -> list
     statuses = await asyncio.gather(*(status(i) for i in items))
     requeued = [i.job_id or "" for i, s in zip(items, statuses, strict=True) if s is JobStatus.CANCELED]
     if requeued:
-        mark_canceled(manifest, requeued)
-        await manifest.flush()
+        requeued = await record_canceled(manifest, requeued, wait=wait)
+    if requeued:
         log.info("%d VanceAI job(s) were canceled since the last run: submitting them again", len(requeued))
     return requeued
 
@@ -223,12 +303,15 @@ class StoppableBatch:
             except (asyncio.CancelledError, Exception):
                 pass
         # A poll that saw a job canceled may have marked its item failed meanwhile: pending it is.
-        changed = False
-        for item in runner.manifest.items.values():
-            if item.job_id in self.canceled and item.state != ItemState.PENDING:
-                _requeue(item)
-                changed = True
-        if changed or self._task is None or self._task.done():
+        # The run has ended and released its lease: the manifest is written only if the lease can
+        # be taken again, and only over items whose job is still the one canceled (another run
+        # may hold the batch by now, or have run it since).
+        if self.canceled and not runner.lease.held:
+            await record_canceled(runner.manifest, self.canceled, lease=runner.lease, wait=0.0)
+        elif self.canceled:  # the run has not started its window (still holds the lease)
+            for item in runner.manifest.items.values():
+                if item.job_id in self.canceled and item.state != ItemState.PENDING:
+                    _requeue(item)
             runner.manifest.touch()
             await runner.manifest.flush()
         return self.canceled
@@ -242,3 +325,19 @@ class StoppableBatch:
             return []
         future = asyncio.run_coroutine_threadsafe(self.stop(reason), loop)
         return future.result(timeout if timeout is not None else self.grace + 60)
+
+
+class _Held:
+    """A lease this caller holds already: taking it is a no-op, releasing it is left to the caller."""
+
+    def __init__(self, lease: BatchLease) -> None:
+        self.lease = lease
+
+    def acquire(self, timeout: float = 0.0) -> None:
+        self.lease.fence()
+
+    def release(self) -> None:
+        pass
+
+    def fence(self) -> None:
+        self.lease.fence()

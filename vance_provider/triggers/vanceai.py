@@ -399,14 +399,13 @@ class VanceAIBatchTrigger(_VanceAITrigger):
         """An older trigger (``job_ids`` only): mark the canceled jobs' items pending in the manifest."""
         if not job_ids or not self.manifest:
             return
-        from vance_provider.core.cancel import mark_canceled
+        from vance_provider.core.cancel import record_canceled
         from vance_provider.core.manifest import Manifest
 
         try:
             options = await self._options()
             manifest = await asyncio.to_thread(Manifest(self.manifest, options).load)
-            if mark_canceled(manifest, job_ids):
-                await manifest.flush()
+            if await record_canceled(manifest, job_ids):  # under the batch's lease, only if it is free
                 self.log.info("recorded %d canceled job(s) in %s", len(job_ids), self.manifest)
         except Exception as exc:
             self.log.warning(
