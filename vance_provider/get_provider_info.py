@@ -95,7 +95,14 @@ def get_provider_info() -> dict:
         ],
         "hooks": [{"integration-name": INTEGRATION, "python-modules": ["vance_provider.hooks.vanceai"]}],
         "operators": [
-            {"integration-name": INTEGRATION, "python-modules": ["vance_provider.operators.vanceai"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "vance_provider.operators.submit",
+                    "vance_provider.operators.batch",
+                    "vance_provider.operators.credits",
+                ],
+            }
         ],
         "sensors": [{"integration-name": INTEGRATION, "python-modules": ["vance_provider.sensors.vanceai"]}],
         "triggers": [
@@ -112,7 +119,7 @@ def get_provider_info() -> dict:
                 "ui-field-behaviour": UI_FIELD_BEHAVIOUR,
             }
         ],
-        "extra-links": ["vance_provider.operators.vanceai.VanceAIDestinationLink"],
+        "extra-links": ["vance_provider.operators.links.VanceAIDestinationLink"],
         "config": {
             "vanceai": {
                 "description": "The VanceAI provider's settings.",

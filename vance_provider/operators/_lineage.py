@@ -1,9 +1,10 @@
 """OpenLineage for the VanceAI operators: datasets named by the OpenLineage naming rules, one per
 batch prefix (not one per file), and a ``vanceai`` run facet (tool, API, items, credits).
 
-Used only when Airflow's OpenLineage provider is installed (``vance-pipelines[openlineage]``);
-nothing here is imported when a DAG file is parsed. No token, key or signed URL ever goes into a
-dataset name or a facet: storage URLs are stripped of credentials and query strings.
+The OpenLineage client is imported only when Airflow's OpenLineage provider asks for a task's
+lineage (``vance-pipelines[openlineage]``), never when a DAG file is parsed. No token, key or
+signed URL ever goes into a dataset name or a facet: storage URLs are stripped of credentials
+and query strings.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from urllib.parse import urlsplit
 
 #: The facet's JSON Schema, published with the documentation (docs/schemas/) and shipped in the
 #: package (operators/schemas/); the two files are the same.
-FACET_SCHEMA = "https://vance-pipelines.readthedocs.io/en/latest/schemas/vanceai-run-facet.json#/$defs/VanceAIRunFacet"
+FACET_SCHEMA = (
+    "https://vance-pipelines.readthedocs.io/en/latest/schemas/vanceai-run-facet.json#/$defs/VanceAIRunFacet"
+)
 GLOB_CHARS = "*?["
 MEDIA_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".mp4", ".mov", ".m4v", ".webm", ".avi", ".mkv")
 
