@@ -4,20 +4,15 @@ The modules are thin: they translate Dagster configuration and context and call
 ``vance_provider.core``, which knows nothing of Dagster.
 """
 
-from .assets import (
-    DEFAULT_POOL,
-    VanceRunConfig,
-    build_credit_usage_asset,
-    build_credit_usage_schedule,
-    build_enhanced_dataset_asset,
-    dataset_props,
-    vance_dataset_asset,
-)
+from .assets import build_enhanced_dataset_asset, vance_dataset_asset
 from .checks import MediaInfo, OutputReport, probe, verify_output, verify_outputs
 from .component import VanceDatasetComponent
+from .credit_usage import build_credit_usage_asset, build_credit_usage_schedule
+from .materialize import VanceRunConfig
+from .options import DEFAULT_POOL
 from .resources import VanceAIResource, VanceStorageResource, storage_options_of
 from .sensors import build_new_files_sensor
-from .translator import VanceDatasetProps, VanceTranslator
+from .translator import VanceDatasetProps, VanceTranslator, dataset_props
 
 try:  # Dagster's library registry (shown by `dagster-webserver` and in telemetry), as integrations do
     from dagster_shared.libraries import DagsterLibraryRegistry

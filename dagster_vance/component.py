@@ -34,18 +34,18 @@ attribute (``name``, ``source``, ``destination``, ``tool``) that reads an unset 
 variable fails the load with the variables' names.
 """
 
+import os
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import dagster as dg
 from dagster.components.resolved.errors import ResolutionException
 from dagster.components.utils.translation import TranslationFn, TranslationFnResolver
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
-from vance_provider.defaults import DEFAULT_MAX_CONCURRENCY
-
-from .assets import DEFAULT_POOL, DatasetOptions, build_enhanced_dataset_asset
+from .assets import build_enhanced_dataset_asset
+from .options import DEFAULT_POOL, option_fields, option_names
 from .resources import VanceAIResource
 from .sensors import build_new_files_sensor
 from .translator import VanceDatasetProps, VanceTranslator
@@ -142,9 +142,8 @@ class VanceDatasetScaffolder(dg.Scaffolder):
         dg.scaffold_component(request, attributes)
 
 
-@dg.scaffold_with(VanceDatasetScaffolder)
-class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
-    """A folder or bucket prefix of images or videos enhanced by one VanceAI tool."""
+class _DatasetAttributes(dg.Model):
+    """What a dataset enhances, in YAML: the attributes every component needs."""
 
     name: str = Field(description="The asset's name (its key), e.g. photos_x2.")
     source: str = Field(description="Inputs: an fsspec prefix (s3://in/photos/), a glob, or a local folder.")
@@ -153,49 +152,30 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
     )
     tool: str = Field(description="A friendly tool (upscale, denoise, remove_bg, ...) or a vendor tool name.")
     config: dict[str, Any] | None = Field(default=None, description="The tool's options, e.g. {scale: 2}.")
-    output_format: str | None = Field(default=None, description="jpg, png or webp (Open API).")
-    max_concurrency: int = Field(
-        default=DEFAULT_MAX_CONCURRENCY, description="Jobs in flight at once in one run."
+
+
+# The dataset's options as attributes, made from their one declaration (dagster_vance.options).
+if TYPE_CHECKING:
+    _DatasetAttributesAndOptions = _DatasetAttributes
+else:
+    _DatasetAttributesAndOptions = create_model(
+        "_DatasetAttributesAndOptions", __base__=_DatasetAttributes, **option_fields()
     )
-    credit_budget: float | None = Field(
-        default=None, description="Stop submitting once this many credits would be spent in one run."
-    )
-    storage_options: dict[str, Any] | None = Field(
-        default=None,
-        description="fsspec options without secrets (endpoint_url, region); credentials come from the "
-        "storage resource (storage_resource_key) or the environment. Keys here are refused.",
-    )
-    storage_resource_key: str | None = Field(
-        default=None,
-        description="The key of a VanceStorageResource (or dagster-aws S3Resource) holding the store's "
-        "credentials, bound once for the project (dg.EnvVar values).",
-    )
+
+
+@dg.scaffold_with(VanceDatasetScaffolder)
+class VanceDatasetComponent(dg.Component, _DatasetAttributesAndOptions, dg.Resolvable):
+    """A folder or bucket prefix of images or videos enhanced by one VanceAI tool."""
+
     partitions: Literal["per_file"] | None = Field(
         default=None, description="per_file: one dynamic partition per input file, added by a sensor."
     )
     sensor_interval_seconds: int | None = Field(
         default=60, description="How often the new-files sensor looks (per_file partitions); null: no sensor."
     )
-    group_name: str | None = Field(default="vanceai", description="The asset group.")
     pool: str | None = Field(
         default=DEFAULT_POOL,
         description="Dagster concurrency pool bounding VanceAI runs across the instance.",
-    )
-    on_failure: Literal["fail", "continue", "fail_fast"] = Field(
-        default="fail",
-        description="fail: fail the run if an item failed; fail_fast: stop submitting at the first failure; "
-        "continue: succeed and report failures.",
-    )
-    on_insufficient_credits: Literal["fail", "partial"] = Field(
-        default="fail", description="fail before spending anything, or run what the balance covers."
-    )
-    poll_interval: float = Field(default=2.0, description="Seconds between status polls (backs off).")
-    description: str | None = Field(default=None, description="The asset's description.")
-    resource_key: str = Field(default="vanceai", description="The key of the VanceAIResource to use.")
-    preview: bool = Field(
-        default=True,
-        description="Before/after thumbnails in the materialization and a contact sheet beside the "
-        "outputs; false for private data.",
     )
     vanceai: Annotated[
         VanceAIResource | None,
@@ -222,8 +202,6 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
         rather than with the validation error of an empty value."""
         if attributes is not None:
             raw = attributes.model_dump() if isinstance(attributes, BaseModel) else dict(attributes)
-            import os
-
             missing = {
                 name: [v for v in _env_names(raw.get(name)) if not os.environ.get(v)] for name in _REQUIRED
             }
@@ -238,16 +216,17 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
         return super().load(attributes, context)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        storage_options = {k: v for k, v in (self.storage_options or {}).items() if v not in (None, "", {})}
+        # The dataset's options, and the asset's own that the component has, under the factory's names.
+        options: dict[str, Any] = {name: getattr(self, name) for name in option_names()}
+        options.update(partitions=self.partitions, pool=self.pool)
+        storage_options = {
+            k: v for k, v in (options["storage_options"] or {}).items() if v not in (None, "", {})
+        }
         client_kwargs = storage_options.get("client_kwargs")
         if isinstance(client_kwargs, dict):  # an unset {{ env.X }} renders empty: leave it to the default
             storage_options["client_kwargs"] = {k: v for k, v in client_kwargs.items() if v not in (None, "")}
             if not storage_options["client_kwargs"]:
                 del storage_options["client_kwargs"]
-        # The component's fields that are options of the factory, under the same names.
-        options: dict[str, Any] = {
-            k: getattr(self, k) for k in DatasetOptions.__annotations__ if k in type(self).model_fields
-        }
         options["storage_options"] = storage_options or None
         if self.translation is not None:
             options["translator"] = _TranslatedVanceTranslator(self.translation)
@@ -259,5 +238,5 @@ class VanceDatasetComponent(dg.Component, dg.Model, dg.Resolvable):
             sensors.append(
                 build_new_files_sensor(asset, minimum_interval_seconds=self.sensor_interval_seconds)
             )
-        resources = {self.resource_key: self.vanceai} if self.vanceai is not None else {}
+        resources = {options["resource_key"]: self.vanceai} if self.vanceai is not None else {}
         return dg.Definitions(assets=[asset], sensors=sensors, resources=resources)

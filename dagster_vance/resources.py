@@ -51,10 +51,21 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field, PrivateAttr, field_validator
 
-from vance_provider.core import AsyncVanceClient, BatchResult, BatchSpec, Progress, RetryPolicy, VanceClient
+from vance_provider.core import (
+    AsyncVanceClient,
+    BatchResult,
+    BatchSpec,
+    Progress,
+    RetryPolicy,
+    VanceClient,
+    detect_api,
+)
 from vance_provider.core.credits import ManifestRef
 from vance_provider.core.models import API_CHOICES, Balance
 from vance_provider.defaults import DEFAULT_API, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+
+from .materialize import VanceRunConfig, materialize
+from .translator import dataset_props, dataset_spec
 
 
 def _caller() -> str:
@@ -165,8 +176,6 @@ class VanceAIResource(dg.ConfigurableResource):
     @property
     def api_name(self) -> str:
         """'web' or 'open': the API this resource talks to (no network call)."""
-        from vance_provider.core import detect_api
-
         return detect_api(self.api_token, self.api)
 
     # --- verbs -------------------------------------------------------------------------------------
@@ -221,8 +230,6 @@ class VanceAIResource(dg.ConfigurableResource):
                 the dataset's ``storage_resource_key``, if any).
             config: a :class:`dagster_vance.VanceRunConfig` (``force``, ``credit_budget``).
         """
-        from .assets import VanceRunConfig, _materialize, dataset_props, dataset_spec
-
         props = dataset_props(context.assets_def)
         if storage is None and props.storage_resource_key:
             storage = getattr(context.resources, props.storage_resource_key, None)
@@ -232,7 +239,7 @@ class VanceAIResource(dg.ConfigurableResource):
                     f"{props.storage_resource_key!r}: name it as a parameter of the asset's body and "
                     "pass it as storage=..."
                 )
-        yield from _materialize(
+        yield from materialize(
             context,
             config if config is not None else VanceRunConfig(),
             self,

@@ -18,8 +18,8 @@ from fsspec.core import url_to_fs
 
 from vance_provider.core.storage import list_sources
 
-from .assets import dataset_props
 from .resources import storage_options_of
+from .translator import dataset_props
 
 INVALID_KEY_PARTS = ("...", "\a", "\b", "\f", "\n", "\r", "\t", "\v", "\0")
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Literal
 
 import dagster as dg
+from fsspec.core import url_to_fs
 
 from vance_provider.core.manifest import MANIFEST_NAME
-from vance_provider.core.storage import join
+from vance_provider.core.storage import full_url, join, safe_name
 from vance_provider.core.tools import media_of
+
+from .options import DatasetOptions, option_names
 
 CHECK_OUTPUTS = "outputs_valid"
 CHECK_ACCOUNTED = "inputs_accounted_for"
@@ -41,6 +44,8 @@ def location_metadata(url: str) -> dg.MetadataValue:
         return dg.MetadataValue.path(clean.removeprefix("file://"))
     return dg.MetadataValue.url(clean)
 
+
+_OPTION_NAMES = option_names()
 
 #: The asset spec's metadata key that carries a dataset's :class:`VanceDatasetProps` (as JSON).
 PROPS_METADATA_KEY = "vance/dataset"
@@ -80,8 +85,9 @@ def secret_option_names(options: Mapping[str, Any] | None, prefix: str = "") -> 
 
 
 @dataclass(frozen=True)
-class VanceDatasetProps:
-    """Everything one enhanced dataset is built from. It holds no secret: credentials come from a
+class VanceDatasetProps(DatasetOptions):
+    """Everything one enhanced dataset is built from: what it enhances, how, and its options
+    (:class:`~dagster_vance.options.DatasetOptions`). It holds no secret: credentials come from a
     storage resource at run time (``storage_resource_key``), so the props can be carried in the
     asset spec's metadata (``vance/dataset``) and read back by sensors, reports and asset bodies."""
 
@@ -90,48 +96,26 @@ class VanceDatasetProps:
     destination: str
     tool: str
     config: Mapping[str, Any] | None = None
-    jconfig: Mapping[str, Any] | str | None = None
-    output_format: str | None = None
-    max_concurrency: int = 8
-    credit_budget: float | None = None
     partitioned: bool = False
-    group_name: str | None = "vanceai"
-    description: str | None = None
-    storage_options: Mapping[str, Any] | None = field(default=None, compare=False)
-    resource_key: str = "vanceai"
-    storage_resource_key: str | None = None
-    on_failure: Literal["fail", "continue", "fail_fast"] = "fail"
-    on_insufficient_credits: Literal["fail", "partial"] = "fail"
-    poll_interval: float = 2.0
-    timeout: float | None = None
-    preview_rows: int = 5
-    allow_empty: bool = True
-    preview: bool = True
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON of every field."""
-        from dataclasses import asdict
-
+        """Plain JSON of every field: the dataset first, then its options."""
         data = asdict(self)
         data["source"] = self.source if isinstance(self.source, str) else list(self.source)
-        return data
+        first = [f.name for f in fields(self) if f.name not in _OPTION_NAMES]
+        return {name: data[name] for name in [*first, *_OPTION_NAMES]}
 
     def user_json(self) -> dict[str, Any]:
         """What the user set, as plain JSON: the dataset's name, source, destination and tool, and
         every option that differs from its default (the asset spec's ``vance/dataset``; it reads
         back with :meth:`from_json`)."""
-        from dataclasses import fields
-
         data = self.to_json()
+        defaults = {f.name: _default_of(f) for f in fields(self)}
         always = ("name", "source", "destination", "tool")
-        return {
-            f.name: data[f.name] for f in fields(self) if f.name in always or data[f.name] != _default_of(f)
-        }
+        return {name: value for name, value in data.items() if name in always or value != defaults[name]}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> VanceDatasetProps:
-        from dataclasses import fields
-
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         if isinstance(values.get("source"), list):
@@ -152,17 +136,11 @@ class VanceDatasetProps:
         return join(self.destination, MANIFEST_NAME)
 
     def partition_manifest_url(self, partition_key: str) -> str:
-        from vance_provider.core.storage import safe_name
-
         return join(join(self.destination, PARTITION_MANIFESTS), safe_name(partition_key) + ".json")
 
     def existing_manifests(self, storage_options: Mapping[str, Any] | None = None) -> list[str]:
         """Manifest URLs that exist now (one, or one per materialized partition); the store is
         reached with ``storage_options`` (default: the dataset's own)."""
-        from fsspec.core import url_to_fs
-
-        from vance_provider.core.storage import full_url
-
         options = storage_options if storage_options is not None else self.storage_options
         fs, path = url_to_fs(self.destination, **dict(options or {}))
         fs.invalidate_cache()
@@ -180,8 +158,6 @@ class VanceDatasetProps:
 
 
 def _default_of(f: Any) -> Any:
-    from dataclasses import MISSING
-
     return f.default if f.default is not MISSING else None
 
 
@@ -253,3 +229,22 @@ class VanceTranslator:
                 )
             )
         return specs
+
+
+def dataset_props(asset: dg.AssetsDefinition) -> VanceDatasetProps:
+    """What an enhanced dataset asset was built from: read from its spec's ``vance/dataset``
+    metadata (so it survives copies, ``with_attributes`` and code-location reloads)."""
+    value = dataset_spec(asset).metadata[PROPS_METADATA_KEY]
+    data = value.value if isinstance(value, dg.MetadataValue) else value
+    return VanceDatasetProps.from_json(data)
+
+
+def dataset_spec(asset: dg.AssetsDefinition) -> dg.AssetSpec:
+    """The spec of the enhanced dataset in ``asset`` (also when a run selected only its checks)."""
+    for spec in asset.specs:
+        if PROPS_METADATA_KEY in (spec.metadata or {}):
+            return spec
+    raise dg.DagsterInvariantViolationError(
+        f"{asset.key.to_user_string()} is not an enhanced dataset (built by vance_dataset_asset or "
+        "build_enhanced_dataset_asset)"
+    )

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from dagster_vance import build_credit_usage_asset, build_enhanced_dataset_asset
-from dagster_vance.assets import CREDIT_COLUMN_DESCRIPTIONS, _ProgressLog, _usage_check, dataset_props
-from dagster_vance.translator import PROPS_METADATA_KEY
+from dagster_vance.credit_usage import CREDIT_COLUMN_DESCRIPTIONS, _usage_check
+from dagster_vance.materialize import ProgressLog
+from dagster_vance.translator import PROPS_METADATA_KEY, dataset_props
 from tests.dagster.conftest import materialization, vance_resource
 from vance_provider.core import Progress
 from vance_provider.core.preview import MAX_INLINE_BYTES, PREVIEW_NAME
@@ -39,7 +40,7 @@ class _Context:
 
 def test_progress_at_1000_items_is_about_ten_lines() -> None:
     context = _Context()
-    progress = _ProgressLog(context, every_s=3600)  # type: ignore[arg-type]
+    progress = ProgressLog(context, every_s=3600)  # type: ignore[arg-type]
     p = Progress(total=1000)
     for i in range(1000):
         if i % 7 == 0:
@@ -57,9 +58,9 @@ def test_progress_at_1000_items_is_about_ten_lines() -> None:
 
 def test_progress_also_every_n_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter(range(0, 10_000, 40))  # 40 s between two items
-    monkeypatch.setattr("dagster_vance.assets.time.monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr("dagster_vance.materialize.time.monotonic", lambda: float(next(clock)))
     context = _Context()
-    progress = _ProgressLog(context, every_s=30)  # type: ignore[arg-type]
+    progress = ProgressLog(context, every_s=30)  # type: ignore[arg-type]
     p = Progress(total=1000)
     for _ in range(5):
         p.done += 1

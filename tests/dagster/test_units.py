@@ -103,3 +103,49 @@ def test_an_empty_source_is_an_empty_dataset(
     )
     assert not failed.success
     assert sim.state.ledger == []
+
+
+def test_dataset_options_are_declared_once() -> None:
+    """The props, the factory's keyword arguments and the component's attributes are the options
+    of ``DatasetOptions``: the same names, types and defaults."""
+    import dataclasses
+    import typing
+
+    from dagster_vance import VanceDatasetComponent
+    from dagster_vance.assets import DatasetKwargs
+    from dagster_vance.options import ASSET_ONLY_OPTIONS, DatasetOptions
+
+    declared = {f.name: f for f in dataclasses.fields(DatasetOptions)}
+    hints = typing.get_type_hints(DatasetOptions)
+    kwargs = typing.get_type_hints(DatasetKwargs)
+    assert set(kwargs) == set(declared) | set(ASSET_ONLY_OPTIONS)
+    assert all(kwargs[name] == hints[name] for name in declared)
+    props = {f.name: f for f in dataclasses.fields(VanceDatasetProps)}
+    assert all(props[name].default == f.default for name, f in declared.items())
+    component = VanceDatasetComponent.model_fields
+    for name, f in declared.items():
+        assert component[name].default == f.default
+        assert component[name].description == f.metadata["description"]
+
+
+def test_dagster_face_has_no_import_circle() -> None:
+    """No module of dagster_vance imports, directly or through others, one that imports it."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "dagster_vance"
+    graph: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                names.add(node.module.split(".")[0])
+        graph[path.stem] = names - {path.stem}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    circles = sorted(m for m in graph if m != "__init__" and reaches(m, m, {m}))
+    assert circles == []
