@@ -79,7 +79,11 @@ class SimMiddleware:
             resp = open_api.error(
                 429,
                 "rate_limited",
-                headers={"Retry-After": "1", "X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "0"},
+                headers={
+                    "Retry-After": sim.told_seconds(1),
+                    "X-RateLimit-Limit": "60",
+                    "X-RateLimit-Remaining": "0",
+                },
             )
             await resp(scope, receive, logging_send)
             return
@@ -140,7 +144,9 @@ async def run_scheduler(sim: SimState) -> None:
             task = asyncio.create_task(finish(job))
             pending.add(task)
             task.add_done_callback(pending.discard)
-        await asyncio.sleep(sim.config.tick)
+        # The tick is on the simulator's clock: a scaled clock ticks faster, up to 1000 times a second.
+        tick = sim.clock.wall_seconds(sim.config.tick)
+        await asyncio.sleep(max(0.001, tick) if sim.clock.scaled else tick)
 
 
 async def deliver_webhook(sim: SimState, job: Job) -> None:
@@ -165,7 +171,7 @@ async def deliver_webhook(sim: SimState, job: Job) -> None:
                     )
                 if 0 < status < 400:
                     return
-                await asyncio.sleep(sim.config.webhook_retry_delay)
+                await asyncio.sleep(sim.clock.wall_seconds(sim.config.webhook_retry_delay))
     finally:
         with sim.lock:
             sim.webhooks_in_flight -= 1
@@ -180,7 +186,28 @@ def admin_routes(sim: SimState) -> list[Route]:
         with sim.lock:
             return JSONResponse([r.__dict__ for r in sim.requests])
 
-    return [Route("/_sim/ledger", ledger), Route("/_sim/requests", requests_)]
+    async def jobs(request: Request) -> Response:
+        """Each job's times on the simulator's clock (for benches: the service's own span)."""
+        with sim.lock:
+            return JSONResponse([job_times(j) for j in sim.jobs.values()])
+
+    return [Route("/_sim/ledger", ledger), Route("/_sim/requests", requests_), Route("/_sim/jobs", jobs)]
+
+
+def job_times(job: Job) -> dict[str, Any]:
+    """A job's record for the admin route: its status and times on the simulator's clock."""
+    return {
+        "id": job.id,
+        "api": job.api,
+        "media": job.media,
+        "status": job.status,
+        "created_at": job.created_at,
+        "ready_at": job.ready_at,
+        "started_at": job.started_at,
+        "finish_at": job.finish_at,  # when its processing time was over
+        "finished_at": job.finished_at,  # when it was seen done (rendered)
+        "processing_time": job.processing_time,
+    }
 
 
 def create_app(config: SimConfig | None = None, state: SimState | None = None) -> Starlette:

@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--time-per-video-second", type=float, default=0.2, help="seconds of processing per second of video"
     )
+    s.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="run the service's clock this many times faster than the wall clock: job times, rate "
+        "windows, Retry-After and TTLs shrink together (the other times are the service's seconds; "
+        "60: the documented 60 requests a minute and ~40 s jobs in a minute or two of wall time)",
+    )
+    s.add_argument("--time-spread", type=float, default=0.0, help="log-normal sigma of job times (0: none)")
     s.add_argument("--rate-limit", type=int, default=0, help="requests per --rate-window per key (0: off)")
     s.add_argument("--rate-window", type=float, default=1.0, help="seconds of a --rate-limit window")
     s.add_argument("--max-concurrent-images", type=int, default=16, help="image jobs in flight per account")
@@ -81,7 +90,10 @@ def config_from_args(a: argparse.Namespace) -> SimConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.time_scale > 0:
+        parser.error("--time-scale must be above 0")
     server = SimulatorServer(config_from_args(args), host=args.host, port=args.port)
     print(banner(server, args), flush=True)
     server.serve_forever()
@@ -102,6 +114,8 @@ def banner(server: SimulatorServer, args: argparse.Namespace) -> str:
         ("VisionCraft", server.base_url, "token", DEMO_VISIONCRAFT_TOKEN),
     ]
     width = max(len(url) for _, url, _, _ in rows)
+    scale = getattr(args, "time_scale", 1.0)
+    clock = [f"Time runs {scale:g}x faster than the wall clock (--time-scale)."] if scale != 1 else []
     export_token = args.open_key if args.open_key == DEMO_OPEN_KEY else "<your --open-key>"
     return "\n".join(
         [
@@ -110,6 +124,7 @@ def banner(server: SimulatorServer, args: argparse.Namespace) -> str:
             "Use it with:",
             f"  export VANCE_BASE_URL={server.base_url}",
             f"  export VANCE_API_TOKEN={export_token}   # or the web API token",
+            *clock,
         ]
     )
 

@@ -19,10 +19,21 @@ from .state import RequestRecord, SimState
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "mp4": "video/mp4"}
 
 
-def iso(ts: float | None) -> str | None:
+def iso(ts: float | None, *, ms: bool = False) -> str | None:
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = dt.datetime.fromtimestamp(ts, dt.UTC)
+    if ms:
+        return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def told_iso(sim: SimState, ts: float | None) -> str | None:
+    """An instant of the simulator's clock as an answer tells it: on the wall clock, ISO 8601, with
+    milliseconds when the clock is time-scaled (a 40 s job at a scale of 60 lasts 0.67 s)."""
+    if ts is None:
+        return None
+    return iso(sim.clock.to_wall(ts), ms=sim.clock.scaled)
 
 
 def state_of(request: Request) -> SimState:

@@ -82,6 +82,15 @@ class SimConfig:
     # this sigma (0 = every job takes the same time; 1.0 = a long tail, the slowest of 16 jobs
     # about 4x the mean), drawn from its own RNG seeded by ``faults.seed``.
     time_spread: float = 0.0
+    # Time scale: the simulator's clock runs ``time_scale`` times faster than the wall clock, so every
+    # time on it shrinks together: job times, rate windows, Retry-After, TTLs, the scheduler's tick
+    # and the web API's sync wait (faults' network delays, ``slow_seconds`` and ``drip_interval``,
+    # stay in wall seconds). Every duration above is in the service's (simulated) seconds. What a
+    # client is told is on the wall clock (Retry-After, X-RateLimit-Reset, created_at/finished_at,
+    # expires_at; milliseconds when scaled), so a client sees a service ``time_scale`` times faster
+    # in every respect; the request log, the ledger and the jobs keep the simulated clock. 60 runs
+    # the documented profile (60 requests a minute, jobs of ~40 s) at 60 requests a second, 0.7 s jobs.
+    time_scale: float = 1.0
     result_sync_window: float = 0.0  # Open API /result answers 202 for this long after success
     web_sync_wait: float = 0.0  # web transform answers "finish" if done within this
     # Limits
@@ -89,7 +98,8 @@ class SimConfig:
     # (0 = unlimited). A 429 rate_limited carries Retry-After and X-RateLimit-Limit/-Remaining/
     # -Reset; ``rate_headers="always"`` puts the X-RateLimit-* headers on every answer too,
     # "on_429" only on the 429 (all the documents promise). Times are whole seconds when the
-    # window is, else milliseconds: a window of 0.05 s is a 1 s window 20 times faster.
+    # window is (and the clock is not scaled), else milliseconds: a window of 0.05 s is a 1 s window
+    # 20 times faster (``time_scale`` makes every time on the clock faster together).
     rate_limit: int = 0
     rate_window: float = 1.0
     rate_headers: Literal["always", "on_429"] = "always"

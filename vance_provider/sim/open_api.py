@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from . import processing
-from .common import CONTENT_TYPES, garble, iso, record_of, result_response, state_of
+from .common import CONTENT_TYPES, garble, record_of, result_response, state_of, told_iso
 from .state import AccountState, Idem, Job, SimState, Upload
 
 IMAGE_TOOLS = {
@@ -152,6 +152,7 @@ def own_job(
         job = _own_job(state_of(request), acc, request.path_params["job_id"])
         if job is None:
             return error(404, "job_not_found")
+        record_of(request).job = job.id
         return await handler(request, job)
 
     return endpoint
@@ -218,8 +219,8 @@ def job_body(sim: SimState, job: Job, request: Request) -> dict[str, Any]:
             "error": None,
             "credits_estimated": job.cost if job.media == "image" else job.config.get("_estimate", 0),
             "credits_charged": job.cost if job.status == "succeeded" else (job.reserved or 0),
-            "created_at": iso(job.created_at),
-            "finished_at": iso(job.finished_at),
+            "created_at": told_iso(sim, job.created_at),
+            "finished_at": told_iso(sim, job.finished_at),
         }
     )
     if job.status == "succeeded":
@@ -312,13 +313,13 @@ async def create_job(request: Request, acc: AccountState) -> Response:
                     409, "idempotency_conflict", "This Idempotency-Key was used with a different tool/config."
                 )
             job = sim.jobs[prior.job_id]
-            return JSONResponse(creation_body(job), status_code=202)
+            return JSONResponse(creation_body(sim, job), status_code=202)
 
     cfg = sim.config
     cap = cfg.max_concurrent_images if media == "image" else cfg.max_concurrent_videos
     with sim.lock:
         if sim.in_flight(acc.spec.name, media) >= cap:
-            return error(429, "concurrency_limit_exceeded", headers={"Retry-After": "1"})
+            return error(429, "concurrency_limit_exceeded", headers={"Retry-After": sim.told_seconds(1)})
     job = Job(
         id=sim.new_id("job_", 12),
         api="open",
@@ -363,16 +364,16 @@ async def create_job(request: Request, acc: AccountState) -> Response:
         if idem_key:  # re-check under the lock: two racing replays create one job
             prior = sim.idempotency.get((acc.spec.name, idem_key))
             if prior and prior.expires_at >= now:
-                return JSONResponse(creation_body(sim.jobs[prior.job_id]), status_code=202)
+                return JSONResponse(creation_body(sim, sim.jobs[prior.job_id]), status_code=202)
             sim.idempotency[(acc.spec.name, idem_key)] = Idem(fingerprint, job.id, now + cfg.idempotency_ttl)
         sim.add_job(job)
         record_of(request).created_job = job.id
     if job.source_pending:
         asyncio.get_running_loop().create_task(_fetch_source(sim, job, str(url)))
-    return JSONResponse(creation_body(job), status_code=202)
+    return JSONResponse(creation_body(sim, job), status_code=202)
 
 
-def creation_body(job: Job) -> dict[str, Any]:
+def creation_body(sim: SimState, job: Job) -> dict[str, Any]:
     return {
         "job_id": job.id,
         "status": job.status if job.status != "processing" else "queued",
@@ -380,7 +381,7 @@ def creation_body(job: Job) -> dict[str, Any]:
         "media": job.media,
         "credits_estimated": job.cost if job.media == "image" else job.config.get("_estimate", 0),
         "credits_charged": 0,
-        "created_at": iso(job.created_at),
+        "created_at": told_iso(sim, job.created_at),
     }
 
 
@@ -504,7 +505,7 @@ async def get_job(request: Request, job: Job) -> Response:
     sim = state_of(request)
     headers = dict(request.scope.get("sim_ratelimit") or {})
     if sim.config.poll_retry_after and job.status not in {"succeeded", "failed", "canceled"}:
-        headers["Retry-After"] = str(sim.config.poll_retry_after)  # a hint for the next poll
+        headers["Retry-After"] = sim.told_seconds(sim.config.poll_retry_after)  # a hint for the next poll
     return JSONResponse(job_body(sim, job, request), headers=headers or None)
 
 
@@ -523,7 +524,7 @@ async def get_result(request: Request, job: Job) -> Response:
         return error(400, "invalid_parameter", f"The job is {job.status} and has no result.")
     ready_at = (job.finished_at or 0) + sim.config.result_sync_window
     if job.status != "succeeded" or sim.clock.now() < ready_at:
-        return error(202, "result_not_ready", headers={"Retry-After": "1"})
+        return error(202, "result_not_ready", headers={"Retry-After": sim.told_seconds(1)})
     return RedirectResponse(signed_result_url(sim, job, request), status_code=302)
 
 
@@ -567,6 +568,7 @@ SIGNATURE_MISMATCH = (
 async def result_file(request: Request, job_id: str) -> Response:
     """The signed result URL ('another host'): no Authorization header allowed."""
     sim = state_of(request)
+    record_of(request).job = job_id
     with sim.lock:
         job = sim.jobs.get(job_id)
     if job is None or job.result is None or job.deleted:
@@ -642,7 +644,12 @@ async def create_upload(request: Request, acc: AccountState) -> Response:
         **{"X-Amz-Expires": int(expires), "X-Amz-Signature": sig}
     )
     return JSONResponse(
-        {"upload_id": upload_id, "put_url": str(put_url), "expires_at": iso(expires), "max_bytes": max_bytes},
+        {
+            "upload_id": upload_id,
+            "put_url": str(put_url),
+            "expires_at": told_iso(sim, expires),
+            "max_bytes": max_bytes,
+        },
         status_code=201,
     )
 

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,16 +30,44 @@ TERMINAL = {"succeeded", "failed", "canceled"}
 
 
 class Clock:
-    """Wall time plus an offset that tests may advance (to expire uploads, keys, URLs)."""
+    """The simulator's clock (epoch seconds): wall time plus an offset that tests may advance (to
+    expire uploads, keys, URLs).
 
-    def __init__(self) -> None:
-        self.offset = 0.0
+    With a time ``scale`` k, simulated time runs k times faster than the wall clock from ``origin``
+    (the clock's creation, unless given): ``now() = origin + (wall() - origin) * k + offset``.
+    Everything the service does is on this clock; what a client is told goes through
+    :meth:`to_wall` (instants) and :meth:`wall_seconds` (durations), so a client sees a service k
+    times faster. ``wall`` is the clock's source of wall time: a hook a test may freeze.
+    """
+
+    def __init__(
+        self, scale: float = 1.0, *, origin: float | None = None, wall: Callable[[], float] = time.time
+    ) -> None:
+        if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"the time scale must be a number above 0, got {scale!r}")
+        self.scale, self.wall, self.offset = float(scale), wall, 0.0
+        self.origin = wall() if origin is None else origin
+
+    @property
+    def scaled(self) -> bool:
+        return self.scale != 1.0
 
     def now(self) -> float:
-        return time.time() + self.offset
+        if not self.scaled:
+            return self.wall() + self.offset
+        return self.origin + (self.wall() - self.origin) * self.scale + self.offset
 
     def advance(self, seconds: float) -> None:
+        """Move the simulated clock ``seconds`` (simulated seconds) on."""
         self.offset += seconds
+
+    def to_wall(self, at: float) -> float:
+        """A simulated instant on the wall clock, as a client is told it."""
+        return at if not self.scaled else self.origin + (at - self.origin) / self.scale
+
+    def wall_seconds(self, seconds: float) -> float:
+        """A simulated duration in wall seconds (what a client waits, what the server sleeps)."""
+        return seconds / self.scale
 
 
 @dataclass
@@ -65,6 +94,8 @@ class RequestRecord:
     authorization: bool = False
     fault: str | None = None
     created_job: str | None = None
+    job: str | None = None  # the job the request was about (a poll, a result, a download)
+    upload: str | None = None  # web API: the upload (uid) it made or consumed
 
 
 @dataclass
@@ -154,7 +185,7 @@ class FaultCounts:
 class SimState:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
-        self.clock = Clock()
+        self.clock = Clock(config.time_scale)
         self.lock = threading.RLock()
         self.rng = random.Random(config.faults.seed)
         self.secret = secrets.token_bytes(16)
@@ -226,8 +257,10 @@ class SimState:
 
     # --- rate limit ---------------------------------------------------------------
     def take_rate(self, key: str) -> tuple[bool, dict[str, str]]:
-        """Fixed windows aligned to the epoch, per key: (allowed, the X-RateLimit-* headers, with
-        Retry-After when refused). Whole seconds when the window is, else milliseconds."""
+        """Fixed windows aligned to the epoch of the simulator's clock, per key: (allowed, the
+        X-RateLimit-* headers, with Retry-After when refused). Whole seconds when the window is,
+        else milliseconds; on the wall clock, in milliseconds, when the clock is scaled (a scaled
+        answer is the unscaled one at the same simulated instant, its times divided by the scale)."""
         limit, window = self.config.rate_limit, self.config.rate_window
         now = self.clock.now()
         with self.lock:
@@ -246,11 +279,27 @@ class SimState:
         headers = {
             "X-RateLimit-Limit": str(limit),
             "X-RateLimit-Remaining": str(max(0, limit - count - 1) if allowed else 0),
-            "X-RateLimit-Reset": secs(reset),
+            "X-RateLimit-Reset": self.told_instant(reset) if self.clock.scaled else secs(reset),
         }
         if not allowed:  # whole seconds, as HTTP has them (unless the window is time-scaled)
-            headers["Retry-After"] = str(max(1, math.ceil(reset - now))) if whole else secs(reset - now)
+            wait = max(1, math.ceil(reset - now)) if whole else reset - now
+            headers["Retry-After"] = self.told_seconds(wait) if self.clock.scaled else secs(wait)
         return allowed, headers
+
+    # --- what a client is told: the wall clock --------------------------------------
+    def told_instant(self, at: float) -> str:
+        """An instant of the simulated clock as a header tells it: epoch seconds on the wall clock
+        (milliseconds when the clock is scaled)."""
+        wall = self.clock.to_wall(at)
+        return f"{wall:.3f}" if self.clock.scaled else str(round(wall))
+
+    def told_seconds(self, seconds: float) -> str:
+        """A duration of the simulated clock as ``Retry-After`` tells it: wall seconds, whole when
+        they are, else milliseconds rounded up (a client told it never comes back early)."""
+        wall = self.clock.wall_seconds(seconds)
+        if float(wall).is_integer():
+            return str(int(wall))
+        return f"{math.ceil(wall * 1000 - 1e-6) / 1000:.3f}"
 
     # --- credits ------------------------------------------------------------------
     def _record(self, job: Job, kind: str, amount: float) -> None:

@@ -89,7 +89,7 @@ def _key(sim: SimState, request: Request, body: dict[str, Any], *, premium: bool
     if cfg.visioncraft_rate_limit:
         allowed, retry = _take_rate(sim, token)
         if not allowed:
-            raise Refused(429, "Too many requests, slow down", {"Retry-After": str(retry)})
+            raise Refused(429, "Too many requests, slow down", {"Retry-After": sim.told_seconds(retry)})
     if premium and token not in cfg.visioncraft_premium_tokens:
         raise Refused(403, "This feature is only for premium users: buy a subscription ($5 per month)")
     request.scope["sim_record"].account = "visioncraft"

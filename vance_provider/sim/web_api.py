@@ -217,6 +217,7 @@ async def upload(request: Request, fields: dict[str, Any], acc: AccountState) ->
     name = file.filename or f"upload.{fmt}"
     with sim.lock:
         sim.web_uploads[uid] = WebUpload(uid, acc.spec.name, name, path, w, h, len(data))
+    record_of(request).upload = uid
     return ok({"uid": uid, "name": f"'{name}'", "thumbnail": "", "w": w, "h": h, "filesize": len(data)})
 
 
@@ -273,11 +274,12 @@ async def transform(request: Request, fields: dict[str, Any], acc: AccountState)
     with sim.lock:
         sim._record(job, "job", 0.0)
         record_of(request).created_job = job.id
+        record_of(request).upload = up.uid
     if webhook:
         return ok({"trans_id": job.id, "status": "webhook"})
     deadline = now + cfg.web_sync_wait
     while job.status not in {"succeeded", "failed", "canceled"} and sim.clock.now() < deadline:
-        await asyncio.sleep(cfg.tick)
+        await asyncio.sleep(sim.clock.wall_seconds(cfg.tick))
     return ok({"trans_id": job.id, "status": web_status(sim, job)})
 
 
@@ -312,6 +314,7 @@ def about_job(
             job = _job_for(request, fields, acc)
             if job is None:
                 return err(*unknown)
+            record_of(request).job = job.id
             return await handler(request, job)
 
         return endpoint
@@ -330,7 +333,9 @@ async def progress(request: Request, job: Job) -> Response:
         data["content"] = f"[sim] ERROR: {job.error_message}\n"
     answer = ok(data)
     if sim.config.poll_retry_after and job.status not in {"succeeded", "failed", "canceled"}:
-        answer.headers["Retry-After"] = str(sim.config.poll_retry_after)  # a hint for the next poll
+        answer.headers["Retry-After"] = sim.told_seconds(
+            sim.config.poll_retry_after
+        )  # a hint for the next poll
     return answer
 
 
@@ -396,7 +401,7 @@ async def points_record(request: Request, fields: dict[str, Any], acc: AccountSt
                 "info": f"{module}_{name}.{job.output_format if job else 'jpg'}",
                 "point": fmt3(e.amount),
                 "balance": fmt3(e.balance),
-                "created_at": dt.datetime.fromtimestamp(e.at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                "created_at": record_time(sim, e.at),
             }
         )
     return ok(
@@ -408,6 +413,14 @@ async def points_record(request: Request, fields: dict[str, Any], acc: AccountSt
             "total": total,
         }
     )
+
+
+def record_time(sim: Any, at: float) -> str:
+    """A points record's time, as the service writes it (UTC, whole seconds); on the wall clock,
+    with milliseconds, when the simulator's clock is time-scaled."""
+    when = dt.datetime.fromtimestamp(sim.clock.to_wall(at), dt.UTC)
+    text = when.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text}.{when.microsecond // 1000:03d}" if sim.clock.scaled else text
 
 
 def served(handler: Any, endpoint: str | None = None) -> Any:
