@@ -111,6 +111,7 @@ def test_example_materializes_in_a_real_instance(
         VANCE_API_TOKEN=TOKENS["open"],
         VANCE_BASE_URL=sim.base_url,
         VANCE_EXAMPLE_DATA=str(data),
+        VANCE_EXAMPLE_S3_PREFIX="s3://vance-example",
         AWS_ENDPOINT_URL=s3_server,
     )
     proc = subprocess.run(
@@ -150,6 +151,47 @@ def test_example_materializes_in_a_real_instance(
         assert usage.asset_materialization.metadata["vance/credits_total"].value == 2.0
         assert scan_for(instance, TOKENS["open"], home) == []
     assert TOKENS["open"] not in proc.stdout + proc.stderr
+
+
+def test_example_credit_usage_runs_locally_without_aws_credentials(
+    sim: Any, tmp_path: Path, images: Any
+) -> None:
+    """The example tried as a newcomer does: local folders only, no AWS credentials anywhere; the
+    credit usage report finishes (it reads the S3 datasets' manifests only once an S3 prefix is set)."""
+    data = tmp_path / "data"
+    images("data/photos", 1)
+    env = {k: v for k, v in _env(tmp_path).items() if not k.startswith("AWS_")}
+    env.update(
+        VANCE_API_TOKEN=TOKENS["open"],
+        VANCE_BASE_URL=sim.base_url,
+        VANCE_EXAMPLE_DATA=str(data),
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    proc = subprocess.run(
+        [
+            str(DAGSTER),
+            "asset",
+            "materialize",
+            "-f",
+            str(DEFINITIONS),
+            "--select",
+            "photos_x2,vanceai_credit_usage",
+            "--config-json",
+            IN_PROCESS,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "NoCredentialsError" not in proc.stdout + proc.stderr
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        usage = instance.get_latest_materialization_event(dg.AssetKey("vanceai_credit_usage"))
+        assert usage.asset_materialization.metadata["vance/credits_total"].value == 1.0
 
 
 def test_example_visioncraft_asset_materializes(sim, tmp_path, monkeypatch) -> None:

@@ -9,7 +9,8 @@ Environment:
     VANCE_API_TOKEN            the VanceAI token (web API) or Open API key (sk_live_...)
     VANCE_BASE_URL             optional: the simulator (``vance-sim``) or a proxy
     VANCE_EXAMPLE_DATA         local data folder (default: ./data beside this file)
-    VANCE_EXAMPLE_S3_PREFIX    S3 prefix of the S3 datasets (default: s3://vance-example)
+    VANCE_EXAMPLE_S3_PREFIX    S3 prefix of the S3 datasets (default: s3://vance-example); once set,
+                               the credit usage report reads their manifests too
     AWS_ENDPOINT_URL           optional: an S3-compatible endpoint (MinIO, moto, ...);
                                credentials come from the usual AWS chain (env, profile, role)
 
@@ -91,7 +92,12 @@ s3_clips_x2 = build_enhanced_dataset_asset(
 )
 
 datasets = [photos_x2, clips_x2, s3_photos_x2, s3_clips_x2]
-credit_usage = build_credit_usage_asset(datasets=datasets)
+# The report lists the manifests of the datasets it is given, and fails on a store it cannot read.
+# The S3 datasets are given once an S3 prefix is set, so a local-only try (no AWS credentials)
+# gets its report too.
+credit_usage = build_credit_usage_asset(
+    datasets=datasets if os.environ.get("VANCE_EXAMPLE_S3_PREFIX") else [photos_x2, clips_x2]
+)
 
 # --- the second vendor: the same factory, a VisionCraft resource (VISIONCRAFT_API_TOKEN) ----------
 visioncraft_photos_x2 = build_enhanced_dataset_asset(
