@@ -456,7 +456,7 @@ def cmd_credits(args: argparse.Namespace, ui: Ui) -> int:
 
 
 def cmd_report(args: argparse.Namespace, ui: Ui) -> int:
-    from .core.credits import usage_summary, write_report
+    from .core.credits import report_line, usage_summary, write_report
 
     manifests = _manifests(args.manifest)
     with _client(args) as client:
@@ -470,8 +470,7 @@ def cmd_report(args: argparse.Namespace, ui: Ui) -> int:
     for rec in summary.to_dict("records"):
         table.add_row(*(credits_text(v) if isinstance(v, float) else escape(str(v)) for v in rec.values()))
     ui.out.print(table)
-    total = float(summary["credits"].iloc[-1])
-    ui.out.print(f"{len(df)} charge(s), {credits_text(total)} credits, written to {escape(args.out)}")
+    ui.out.print(f"{escape(report_line(df))}, written to {escape(args.out)}")
     if caps.charges_credits and not caps.has_usage_history and not manifests:
         ui.err.print(
             f"note: the {API_TITLES[api]} keeps no history; give --manifest with your "

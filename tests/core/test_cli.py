@@ -520,6 +520,12 @@ def test_cache_flag_and_commands(
     code, out, err = run([*enhance, "b", "out2"], env, tmp_path)
     assert code == 0 and "from the cache: 3 item(s), 3 credits saved" in err
     assert sum(e.amount for e in sim.state.charges()) == 3
+    # The report's last line counts as its table does: 3 charges, and the 3 cache hits apart.
+    code, out, err = run(
+        ["report", "--out", "usage.csv", "--manifest", "out1", "--manifest", "out2"], env, tmp_path
+    )
+    assert code == 0, err
+    assert "3 charge(s), 3 credits, 3 cache hit(s) (3 credits saved), written to usage.csv" in out
     code, out, _ = run(["cache", "stats"], env, tmp_path)
     assert code == 0 and out.startswith("3 entries, ") and out.strip().endswith("3 hits saved 3 credits")
     code, out, _ = run(["cache", "prune", "--older-than", "90d"], env, tmp_path)

@@ -402,6 +402,16 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join([*lines, "", f"**Total: {credits_text(total)} credits**"])
 
 
+def report_line(df: pd.DataFrame) -> str:
+    """The report in one line, as its summary's total counts it: the charges and their credits,
+    then the results served by the cache (0 credits) apart."""
+    cached = df[df["kind"] == "cached"]
+    line = f"{len(df) - len(cached)} charge(s), {credits_text(float(df['credits'].sum()))} credits"
+    if len(cached):
+        line += f", {len(cached)} cache hit(s) ({credits_text(float(cached['saved'].sum()))} credits saved)"
+    return line
+
+
 def write_report(df: pd.DataFrame, url: str, storage_options: dict[str, Any] | None = None) -> str:
     """CSV or Parquet by the URL's extension, written to any fsspec URL atomically."""
     import io

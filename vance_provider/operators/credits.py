@@ -142,7 +142,7 @@ class VanceAICreditReportOperator(VanceAIBaseOperator):
         self.destination, self.manifests, self.start, self.end = destination, manifests, start, end
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from vance_provider.core.credits import summary_text, totals, usage_summary, write_report
+        from vance_provider.core.credits import report_line, summary_text, totals, usage_summary, write_report
 
         manifests = parse_list(self.manifests)
         so = self.hook.storage_options
@@ -156,11 +156,5 @@ class VanceAICreditReportOperator(VanceAIBaseOperator):
         url = write_report(df.reset_index(drop=True), self.destination, so)
         table = usage_summary(df)  # per API and tool, as `vance report` and the Dagster asset make it
         summary = {"url": url, "api": api, "rows": len(df), **totals(df), "summary": table.to_dict("records")}
-        self.log.info(
-            "VanceAI usage report: %d charge(s), %g credits -> %s\n%s",
-            len(df),
-            summary["total"],
-            url,
-            summary_text(table),
-        )
+        self.log.info("VanceAI usage report: %s -> %s\n%s", report_line(df), url, summary_text(table))
         return summary
