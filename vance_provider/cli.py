@@ -304,6 +304,7 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
     )
 
     received: list[int] = []
+    earlier = _done_before(manifest_for(spec))
 
     async def run() -> Any:
         # SIGTERM (Airflow, Kubernetes, systemd) and SIGHUP (a closed terminal) stop the batch as
@@ -364,11 +365,51 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
             f"taken over: {credits_text(taken_over)} credits of results an earlier run had already "
             "paid for (or may have: its download or job had begun); not charged again, not counted above"
         )
+    kept = sum(1 for i in result.items if i.state == "done" and earlier.get(i.source) == i.job_id)
+    if kept:
+        ui.err.print(
+            f"already done in an earlier run: {kept} item(s), kept (counted as done, not paid again)"
+        )
+    converted = _converted_formats(result.items) if not args.output_format else {}
+    for (source_format, output_format), count in sorted(converted.items()):
+        hint = "; --output-format chooses jpg, png or webp" if output_format == "jpg" else ""
+        ui.err.print(
+            f"format: {count} {source_format} input(s) stored as {output_format}, the API's default{hint}"
+        )
     cached = sum(1 for i in result.items if i.cached)
     if cached:
         ui.err.print(f"from the cache: {cached} item(s), {credits_text(result.credits_saved)} credits saved")
     ui.err.print(f"manifest: {escape(result.manifest)}")
     return EXIT_FAILED_ITEMS if result.failed else EXIT_OK
+
+
+def _converted_formats(items: Any) -> dict[tuple[str, str], int]:
+    """How many images the batch stored in another format than their input's, per (input format,
+    output format)."""
+
+    def ext(url: str) -> str:
+        name = url.rsplit("/", 1)[-1]
+        suffix = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        return "jpg" if suffix == "jpeg" else suffix
+
+    counts: dict[tuple[str, str], int] = {}
+    for item in items:
+        if item.state != "done" or not item.output:
+            continue
+        source, output = ext(item.source), ext(item.output)
+        if source in ("jpg", "png", "webp") and output in ("jpg", "png", "webp") and source != output:
+            counts[source, output] = counts.get((source, output), 0) + 1
+    return counts
+
+
+def _done_before(manifest: Any) -> dict[str, str | None]:
+    """The inputs a batch's manifest records as done (input -> job id), before a run: the run's
+    items that are still these were kept, not processed again."""
+    try:
+        items = manifest.load().items.values()
+    except Exception:  # no manifest yet, or one the run itself will refuse with its reason
+        return {}
+    return {i.source: i.job_id for i in items if i.state == "done"}
 
 
 @contextlib.contextmanager

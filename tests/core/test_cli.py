@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from tests.conftest import fast_config, image_bytes
 from tests.core.conftest import TOKENS, image_size
@@ -294,6 +295,14 @@ MISTAKES: dict[str, Mistake] = {
         token="sk_live_wrong0123456789abcdef0123456",
         hint="hint: check the key in VANCE_API_TOKEN; revoked keys stay invalid",
     ),
+    "web-token-on-open-api": Mistake(
+        ["--api", "open", "credits"],
+        cli.EXIT_USAGE,
+        "error: Open API v1 (balance): ...",
+        token="web",
+        hint="hint: this token is not an Open API key (those start with sk_live_); a web API token "
+        "needs --api web or --api auto",
+    ),
     "wrong-token-web": Mistake(
         ["credits"],
         cli.EXIT_USAGE,
@@ -538,3 +547,26 @@ def test_cache_flag_and_commands(
         "error: no cache given",
         "hint: pass --cache URL or set VANCE_CACHE",
     ]
+
+
+def test_a_rerun_says_what_was_kept_and_a_png_says_its_format(sim: SimulatorServer, tmp_path: Path) -> None:
+    """The summary's words: a PNG stored as JPEG is said so; a rerun counts the inputs an earlier
+    run finished under done (kept, not paid again), and skipped stays for inputs left undone."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(image_bytes(16, 12))
+    Image.new("RGB", (16, 12), (10, 200, 30)).save(tmp_path / "in" / "b.png")
+    env = env_for(sim, TOKENS["open"])
+    args = ["enhance", "in", "out", "--tool", "upscale", "--scale", "2"]
+    code, _, stderr = run(args, env, cwd=tmp_path)
+    assert code == 0, stderr
+    assert "format: 1 png input(s) stored as jpg, the API's default; --output-format chooses" in stderr
+    assert "already done" not in stderr
+    code, _, stderr = run(args, env, cwd=tmp_path)
+    assert code == 0, stderr
+    assert "already done in an earlier run: 2 item(s), kept (counted as done, not paid again)" in stderr
+    assert len(created_jobs(sim)) == 2
+    code, _, stderr = run(
+        ["enhance", "in", "out_png", "--tool", "upscale", "--output-format", "png"], env, tmp_path
+    )
+    assert code == 0 and "format:" not in stderr, stderr
+    assert sorted(p.name for p in (tmp_path / "out_png").glob("*.png")) == ["a.png", "b.png"]

@@ -70,6 +70,11 @@ HINTS = {
     InsufficientCreditsError: "top up credits or lower the batch",
     ConcurrencyLimitedError: "lower max_concurrency or wait for jobs in flight",
 }
+#: The hint of a refused token that is not an Open API key at all (say, a web API token).
+NOT_A_KEY_HINT = (
+    "this token is not an Open API key (those start with sk_live_); a web API token needs "
+    "api='web' or api='auto'"
+)
 
 
 class OpenApiBackend(Backend):
@@ -128,7 +133,9 @@ class OpenApiBackend(Backend):
             code=code or status,
             status_code=status,
             retry_after=self.retry_after(response),
-            hint=HINTS.get(cls),
+            hint=NOT_A_KEY_HINT
+            if cls is AuthenticationError and not self.token.reveal().startswith(self.token_prefix or "")
+            else HINTS.get(cls),
         )
 
     def check_answer(self, name: str, response: httpx.Response) -> ProtocolError | None:
