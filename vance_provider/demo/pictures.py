@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..core.models import API_TITLES
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MARGIN, GAP, CAPTION = 24, 16, 24  # pixels
 INK, BLUE, GREY = (30, 30, 30), (20, 60, 150), (110, 110, 110)
 BY = "\u00d7"  # the multiplication sign of "160x200"
@@ -147,6 +148,18 @@ def _describe(folder: Path) -> str:
     return f"{folder.name}: {ident.get('tool', '?')} on the {api}" if api else folder.name
 
 
+def heading(folder: Path, shown: int) -> str:
+    """A group's heading: the folder, its tool and API, and how many of its outputs the sheet shows
+    when not all (each input is drawn once, under one of the tools it went through)."""
+    total = sum(
+        1
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(("_", ".")) and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    shown_words = f" ({shown} of its {total} outputs shown)" if 0 < shown < total else ""
+    return _describe(folder) + shown_words
+
+
 def _paste(sheet: Image.Image, img: Image.Image, xy: tuple[int, int]) -> None:
     tile = _checker(img.size)
     tile.paste(img, (0, 0), img)
@@ -171,7 +184,7 @@ def contact_sheet(pairs: list[tuple[Path, Path]], out: Path, width: int = 1500) 
     placed: list[tuple[str, object, tuple[int, int]]] = []
     y = MARGIN + 80
     for folder, cards in groups.items():
-        placed.append(("heading", _describe(images[0][1].parent.parent / folder), (MARGIN, y)))
+        placed.append(("heading", heading(images[0][1].parent.parent / folder, len(cards)), (MARGIN, y)))
         y += 38
         x, row_h = MARGIN, 0
         for card in cards:
