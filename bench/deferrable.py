@@ -5,8 +5,8 @@
 * ``dagtest``: ``dag.test()`` in a fresh process per run (the trigger runs in-process);
 * ``deployment``: a real Airflow on loopback - API server, scheduler (LocalExecutor), DAG
   processor and triggerer as separate processes sharing a SQLite metadata DB;
-* ``repeat``: the deferrable batch in the deployment ``BENCH_REPEAT`` times (issue 17 §7), every
-  component's log kept under ``bench/results/deferrable-logs/`` when a run fails.
+* ``repeat``: the deferrable batch in the deployment ``BENCH_REPEAT`` times (does any resumed
+  task fail?), every component's log kept under ``bench/results/deferrable-logs/`` when a run fails.
 
 Each run: N images, C jobs at once, job time T (uniform, or log-normal of sigma ``BENCH_SPREAD``
 around T: the simulator's ``time_spread``), against a simulator in its own process. The bound is
@@ -440,7 +440,7 @@ def bench_deployment() -> list[dict[str, Any]]:
 
 
 def bench_repeat() -> dict[str, Any]:
-    """The deferrable 200-item batch again and again in one deployment (issue 17 §7)."""
+    """The deferrable 200-item batch again and again in one deployment: does any resumed task fail?"""
     t, c, n = ENV["T"], ENV["C"], ENV["SIZES"][0]
     logs = RESULTS / "deferrable-logs"
 

@@ -1,4 +1,4 @@
-"""Each speed change of issue 17, before and after, in one run: the engine at the commit before
+"""Each speed change of the engine, before and after, in one run: the engine at the commit before
 the first change and at each commit that landed one, side by side with the floor.
 
     python -m bench.ladder [--rounds 2] [--apis open,web]

@@ -63,7 +63,7 @@ def resume_after() -> float:
     the report in its next loop. Up to Airflow 3.3.2, a report read while the resumed task is
     queued or running fails it as "killed externally" (apache/airflow#67287, #72716): in a real
     deployment 5 of 34 deferrable batches of 100-200 images that the triggerer finished within
-    that window failed so (issue 17 §7). Read while the task is still deferred, it is ignored.
+    that window failed so. Read while the task is still deferred, it is ignored.
     ``[vanceai] resume_after_deferral`` sets the wait (0: none).
     """
     setting = (conf.get("vanceai", "resume_after_deferral", fallback="") or "").strip()

@@ -208,7 +208,8 @@ def test_shell_commands(
     work = tmp_path / "work"
     work.mkdir()
     (work / ".venv").symlink_to(BIN.parent)  # commands written for a checkout: .venv/bin/...
-    shutil.copytree(ROOT / "examples" / "dagster_project", work / "examples" / "dagster_project")
+    for folder in ("examples/dagster_project", "examples/notebooks", "dags"):  # the pages' recipes use them
+        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
     (work / "my_photos").mkdir()
     for i in range(2):
         (work / "my_photos" / f"mine{i}.jpg").write_bytes(image_bytes(32, 24))
