@@ -7,6 +7,7 @@ import inspect
 import json
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -178,6 +179,37 @@ def test_outputs_link_for_every_kind_of_destination(tmp_path) -> None:
     assert outputs_url("") == ""
 
 
+@pytest.mark.parametrize(
+    ("base_url", "map_index", "page"),
+    [
+        ("", -1, "/dags/d%20x/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/tasks/t/xcom"),
+        (
+            "https://airflow.example/team-a/",
+            -1,
+            "/team-a/dags/d%20x/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/tasks/t/xcom",
+        ),
+        ("", 3, "/dags/d%20x/runs/manual__2026-01-01T00%3A00%3A00%2B00%3A00/tasks/t/mapped/3/xcom"),
+    ],
+)
+def test_a_local_folders_link_is_the_tasks_xcom_page(base_url, map_index, page, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from vance_provider.operators.links import VanceAIDestinationLink
+
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", base_url)
+    key = SimpleNamespace(
+        dag_id="d x", task_id="t", run_id="manual__2026-01-01T00:00:00+00:00", map_index=map_index
+    )
+    operator = SimpleNamespace(destination="/data/out/")
+    assert VanceAIDestinationLink().get_link(operator, ti_key=key) == page
+    operator = SimpleNamespace(destination="s3://bucket/out/")
+    assert (
+        VanceAIDestinationLink()
+        .get_link(operator, ti_key=key)
+        .startswith("https://s3.console.aws.amazon.com/")
+    )
+
+
 @pytest.mark.parametrize("preview", [True, False])
 def test_local_batch_links_its_outputs_and_returns_its_preview(
     preview, sim, vance_conn, make_image, tmp_path, monkeypatch, caplog
@@ -196,9 +228,11 @@ def test_local_batch_links_its_outputs_and_returns_its_preview(
     dag.get_task("enhance").poll_interval = 0.1
     dr = dag.test(run_conf={"source": str(tmp_path / "in"), "destination": str(dst)})
     assert ti_states(dr) == {"check_credits": "success", "enhance": "success"}
-    link = dst.as_uri()
-    assert xcom(dr, "enhance", key="vanceai_outputs_url") == link
-    assert xcom(dr, "enhance", key="_link_VanceAIDestinationLink") == link
+    assert xcom(dr, "enhance", key="vanceai_outputs_url") == dst.as_uri()
+    # Airflow's UI shows only http(s), mailto and same-origin links: a local folder's link is the
+    # task's XCom page, where the return value lists the outputs and the preview.
+    page = f"/dags/vanceai_credit_checked_batch/runs/{quote(dr.run_id, safe='')}/tasks/enhance/xcom"
+    assert xcom(dr, "enhance", key="_link_VanceAIDestinationLink") == page
     summary = xcom(dr, "enhance")
     sheet = dst / "_vance_preview" / "_vance_contact_sheet.jpg"
     if not preview:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit
 
 from airflow.sdk.execution_time.xcom import XCom
 
-from vance_provider.airflow_compat import BaseOperator, BaseOperatorLink
+from vance_provider.airflow_compat import BaseOperator, BaseOperatorLink, conf
 
 if TYPE_CHECKING:
     from airflow.models.taskinstancekey import TaskInstanceKey
@@ -60,9 +61,21 @@ def outputs_url(destination: str | None) -> str:
     return redact_url(destination.split("?", 1)[0])
 
 
+def task_xcom_page(ti_key: TaskInstanceKey) -> str:
+    """The Airflow UI's page of the task's XComs (its return value lists the outputs and the
+    preview), as a path on the UI's own origin, under ``[api] base_url``'s path if it has one."""
+    base = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+    page = f"{base}/dags/{quote(ti_key.dag_id, safe='')}/runs/{quote(ti_key.run_id, safe='')}"
+    page += f"/tasks/{quote(ti_key.task_id, safe='')}"
+    if ti_key.map_index is not None and ti_key.map_index >= 0:
+        page += f"/mapped/{ti_key.map_index}"
+    return page + "/xcom"
+
+
 class VanceAIDestinationLink(BaseOperatorLink):
-    """'VanceAI outputs': the destination in the cloud console (S3 / GCS), a ``file://`` URL for a
-    local folder, or the destination's own URL for other stores.
+    """'VanceAI outputs': the destination in the cloud console (S3 / GCS), the destination's own URL
+    for other stores, and for a local folder the task's XCom page (its return value lists the
+    outputs and the preview): Airflow's UI shows only http(s) and same-origin links, not ``file://``.
 
     The task pushes the link of its *rendered* destination to XCom when it starts, so a templated
     destination (``s3://out/{{ ds }}/``) links to the right place.
@@ -75,7 +88,9 @@ class VanceAIDestinationLink(BaseOperatorLink):
             url = XCom.get_value(ti_key=ti_key, key=LINK_XCOM_KEY)
         except Exception:  # no XCom backend reachable (say, in a unit test)
             url = None
-        if url:
-            return str(url)
-        destination = getattr(operator, "destination", None)
-        return "" if destination is None or "{{" in str(destination) else outputs_url(str(destination))
+        if not url:
+            destination = getattr(operator, "destination", None)
+            url = "" if destination is None or "{{" in str(destination) else outputs_url(str(destination))
+        if str(url).startswith("file:"):
+            return task_xcom_page(ti_key)
+        return str(url)
