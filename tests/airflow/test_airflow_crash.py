@@ -30,6 +30,7 @@ class TI:  # what the operator reads of its task instance
 
 enhance = load_dag("vanceai_credit_checked_batch").get_task("enhance")
 enhance.source, enhance.destination = sys.argv[1], sys.argv[2]
+enhance.credit_budget = None  # the DAG's "{{ params.credit_budget }}": not rendered here
 enhance.deferrable = False
 enhance.poll_interval = 0.1
 enhance.max_poll_interval = 0.2  # a job the test lets finish is seen at once
