@@ -1,0 +1,415 @@
+"""The field profile (issue 26 §1): the vendor's documented limits, time-scaled.
+
+    python -m bench.field [--scale 60] [--sizes 30,300,3000] [--apis open,web] [--spread 0.3]
+
+The Open API document's window is 60 requests a minute per key, its example upscale (12 MP) ran
+42 s from ``created_at`` to ``finished_at``, and its polling guidance is about 2 s for images; the
+web API's suggests querying ``progress`` every 2 s. So: image jobs of 2 s queueing + 40 s processing
+with a log-normal spread (``--spread``, sigma), 16 in flight (the account's cap, the engine's
+``max_concurrency``), 60 requests per 60 s window per key, N = 30, 300 and 3000.
+
+The simulator runs ``--scale`` times faster than the wall clock (``SimConfig.time_scale``): every
+time on its clock shrinks together, and it tells the client wall-clock times. Every figure here is
+in the service's (simulated) seconds. The engine runs as it is (``run_batch``, in its own process)
+with the vendor's guidance as its poll interval, scaled the same way (2 s / scale, at most
+15 s / scale); its other constants (retry backoff, timeouts) are in wall seconds and are not scaled.
+The inputs are thumbnails: the simulator takes the job time from the profile, not the pixels.
+
+The web API documents no rate limit; here it gets the same 60 a minute (HTTP 429 with the Open
+API's headers, as a gateway would answer), so that both APIs meet the same budget.
+
+Measured from the simulator's own request log and job records (its clock):
+
+- **makespan**: the engine's wall time times the scale; and the service span, from the first request to
+  the last, on the simulator's clock.
+- **requests per job**: API requests (rate-limited; not the storage downloads) over N, and in the
+  steady state: each job's own requests (its creation, polls, result and download, and for the web
+  API its upload), over the middle 80 % of jobs by creation that were created after the first
+  window's reset; polls per job likewise; 429s by kind.
+- **bound**: the windowed bound, max of (a) the rate: the requests the protocol needs at least
+  (Open API 2 per job: create, one poll that sees it done and carries the signed link; web API 4:
+  upload, transform, one progress, download) counted in windows as the simulator aligns them (the
+  first window, from the first request to its reset, is partial with a whole budget): the last
+  request cannot go before the start of the window that holds it; and (b) the account's slots: the
+  jobs' own times (as the simulator drew them, in the order they started) on 16 slots, each job
+  started as soon as one is free. ``ideal``: an omniscient client
+  (knows every job's end, spends each window's budget on creations first, polls each job once at
+  its end or at the next budget), on the same windows and job times: a schedule, not a bound.
+  ``plain_2N_over_R``: the plain figure, for comparison (not a lower bound: windows are aligned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.run import free_port, make_images
+from vance_provider.sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+WINDOW, LIMIT, SLOTS = 60.0, 60, 16  # the documented window, its budget; the account's image cap
+QUEUE, JOB = 2.0, 40.0  # seconds: a job's queueing, its processing (before the spread)
+GUIDANCE = 2.0  # seconds between looks at an image job, as the vendor advises
+MIN_REQUESTS = {"open": 2, "web": 4}  # per job, the protocol's least (rate-limited calls)
+
+SIM = """
+import gc, json, sys
+gc.disable()
+from vance_provider.sim import Account, SimConfig, SimulatorServer
+a = json.loads(sys.argv[1])
+cfg = SimConfig(accounts=[Account(credits=1e9)], queue_delay=a["queue"], time_per_job=a["job"],
+                time_spread=a["spread"], max_concurrent_images=a["slots"], rate_limit=a["limit"],
+                rate_window=a["window"], web_rate_limit=True, time_scale=a["scale"], admin_routes=True,
+                faults=__import__("vance_provider.sim", fromlist=["Faults"]).Faults(seed=a["seed"]))
+with SimulatorServer(cfg, port=a["port"]):
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+ENGINE = """
+import asyncio, json, sys, time
+from vance_provider.core import AsyncVanceClient, BatchSpec, run_batch
+url, token, src, dst, c, poll, max_poll = sys.argv[1:8]
+async def main():
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    async with AsyncVanceClient(token, base_url=url) as client:
+        r = await run_batch(client, BatchSpec(src, dst, "upscale", {"scale": 4}, max_concurrency=int(c),
+                                              poll_interval=float(poll), max_poll_interval=float(max_poll)))
+        counts = dict(client.request_counts)
+        gate = getattr(client.backend, "gate", None)
+        limited = getattr(gate, "limited", None)
+        refused = getattr(gate, "concurrency_refusals", None)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    print(json.dumps({"done": r.done, "failed": r.failed, "wall": wall, "cpu": cpu, "requests": counts,
+                      "rate_limited_seen": limited, "concurrency_refusals_seen": refused}))
+asyncio.run(main())
+"""
+
+
+class Sim:
+    """The simulator in its own process (its CPU apart from the client's), time-scaled."""
+
+    def __init__(self, scale: float, spread: float, seed: int) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        knobs = {
+            "queue": QUEUE,
+            "job": JOB,
+            "spread": spread,
+            "slots": SLOTS,
+            "limit": LIMIT,
+            "window": WINDOW,
+            "scale": scale,
+            "seed": seed,
+            "port": self.port,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SIM, json.dumps(knobs)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
+
+    def admin(self, what: str) -> Any:
+        return httpx.get(f"{self.url}/_sim/{what}", timeout=120).json()
+
+    def __enter__(self) -> Sim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.close()
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def job_of(request: dict[str, Any], upload_job: dict[str, str]) -> str | None:
+    """The job a logged request was for: the one it created or was about, or (web API) the job
+    made from the upload it made."""
+    job = request.get("created_job") or request.get("job")
+    if job:
+        return str(job)
+    if request.get("upload"):
+        return upload_job.get(str(request["upload"]))
+    return None
+
+
+def is_storage(request: dict[str, Any]) -> bool:
+    return str(request["path"]).startswith("/storage/")
+
+
+def is_poll(request: dict[str, Any]) -> bool:
+    path = str(request["path"])
+    if path == "/web_api/v1/progress":
+        return True
+    return request["method"] == "GET" and path.startswith("/api/v1/jobs/") and path.count("/") == 4
+
+
+def window_end(at: float) -> float:
+    return math.floor(at / WINDOW) * WINDOW + WINDOW
+
+
+def windowed_rate_bound(t0: float, requests: int) -> float:
+    """The least time from ``t0`` (the first request) until the ``requests``-th can go, in windows
+    aligned as the simulator aligns them: the first ends at the next multiple of the window and has
+    a whole budget."""
+    windows = math.ceil(requests / LIMIT)
+    if windows <= 1:
+        return 0.0
+    return window_end(t0) - t0 + (windows - 2) * WINDOW
+
+
+def slots_only(times: list[float]) -> float:
+    """The least span the account's slots allow: each job (its time as drawn, in the order jobs
+    started: the simulator draws the spread in that order, whatever the client) starts as soon as a
+    slot is free. With the order fixed, starting any job later only ends the batch later."""
+    free = [0.0] * SLOTS
+    end = 0.0
+    for t in times:
+        start = heapq.heappop(free)
+        heapq.heappush(free, start + t)
+        end = max(end, start + t)
+    return end
+
+
+def ideal(t0: float, times: list[float], per_job: int) -> float:
+    """An omniscient client on the simulator's windows: creations first (a slot and the budget
+    allowing), each job looked at once at its end (or when the budget allows), then its download
+    (web API: its upload goes just before its creation, from the same budget). Returns the span from
+    ``t0`` to the last request."""
+    budget_left, window_at = LIMIT, window_end(t0) - WINDOW
+    now, slots_free, pending = t0, SLOTS, list(times)
+    ends: list[float] = []  # heap of job ends (slots come back)
+    looks: list[float] = []  # heap of when a finished job may be looked at
+    extra = per_job - 1  # requests per job besides its creation: the look, (web) upload + download
+    last = t0
+    pending.reverse()
+    while pending or looks or ends:
+        if now >= window_at + WINDOW:  # a new window: a whole budget
+            window_at, budget_left = math.floor(now / WINDOW) * WINDOW, LIMIT
+        while ends and ends[0] <= now:
+            heapq.heappush(looks, heapq.heappop(ends))
+            slots_free += 1
+        # creations first: a slot and the creation's own requests (web: upload + transform)
+        create_cost = 2 if per_job == 4 else 1
+        while pending and slots_free and budget_left >= create_cost:
+            budget_left -= create_cost
+            slots_free -= 1
+            heapq.heappush(ends, now + pending.pop())
+            last = now
+        look_cost = extra - (create_cost - 1)  # open: 1 look; web: 1 progress + 1 download
+        while looks and looks[0] <= now and budget_left >= look_cost:
+            heapq.heappop(looks)
+            budget_left -= look_cost
+            last = now
+        # the next event: a job's end, a look due, or the next window
+        nxt = [window_at + WINDOW]
+        if ends:
+            nxt.append(ends[0])
+        if looks and budget_left >= look_cost:
+            nxt.append(max(now, looks[0]))
+        now = max(now + 1e-9, min(nxt)) if min(nxt) <= now else min(nxt)
+    return last - t0
+
+
+def analyse(
+    api: str,
+    n: int,
+    engine: dict[str, Any],
+    log: list[dict[str, Any]],
+    jobs: list[dict[str, Any]],
+    scale: float,
+) -> dict[str, Any]:
+    log = [r for r in log if not str(r["path"]).startswith("/_sim")]
+    upload_job = {
+        str(r["upload"]): str(r["created_job"]) for r in log if r.get("upload") and r.get("created_job")
+    }
+    api_requests = [r for r in log if not is_storage(r)]
+    t0, t_end = log[0]["at"], log[-1]["at"]
+    statuses = Counter(r["status"] for r in api_requests)
+    created = sorted((r["at"], r["created_job"]) for r in log if r.get("created_job"))
+    middle = created[len(created) // 10 : 9 * len(created) // 10] or created
+    first_reset = window_end(t0)
+    steady = {job for at, job in middle if at >= first_reset} or {job for _, job in middle}
+    per_job_api: dict[str, int] = defaultdict(int)
+    per_job_polls: dict[str, int] = defaultdict(int)
+    per_job_http: dict[str, int] = defaultdict(int)
+    for r in log:
+        job = job_of(r, upload_job)
+        if job is None:
+            continue
+        per_job_http[job] += 1
+        if not is_storage(r):
+            per_job_api[job] += 1
+        if is_poll(r):
+            per_job_polls[job] += 1
+    mine = [j for j in jobs if j["api"] == api and j["finish_at"]]
+    by_start = sorted(mine, key=lambda j: j["started_at"])
+    times = [QUEUE + (j["finish_at"] - j["started_at"]) for j in by_start]
+    # When each job was seen done: its first poll after it finished (the service's clock).
+    polls_by_job: dict[str, list[float]] = defaultdict(list)
+    for r in log:
+        if is_poll(r) and r["status"] == 200 and job_of(r, upload_job):
+            polls_by_job[str(job_of(r, upload_job))].append(r["at"])
+    lags = []
+    for j in mine:
+        after = [at for at in polls_by_job.get(j["id"], []) if at >= (j["finished_at"] or math.inf)]
+        if after:
+            lags.append(min(after) - j["finished_at"])
+    need = MIN_REQUESTS[api] * n
+    rate_bound = windowed_rate_bound(t0, need)
+    slot_bound = slots_only(times)
+    bound = max(rate_bound, slot_bound)
+    makespan = engine["wall"] * scale
+    span = t_end - t0
+    return {
+        "N": n,
+        "done": engine["done"],
+        "failed": engine["failed"],
+        "makespan_s": round(makespan, 1),
+        "service_span_s": round(span, 1),
+        "bound_s": round(bound, 1),
+        "vs_bound": round(makespan / bound, 2) if bound else None,
+        "span_vs_bound": round(span / bound, 2) if bound else None,
+        "bound_parts_s": {"rate_windowed": round(rate_bound, 1), "slots": round(slot_bound, 1)},
+        "ideal_s": round(ideal(t0, times, MIN_REQUESTS[api]), 1),
+        "plain_2N_over_R_s": round(MIN_REQUESTS[api] * n / (LIMIT / WINDOW), 1),
+        "first_window_s": round(window_end(t0) - t0, 1),
+        "api_requests_per_job": round(len(api_requests) / n, 2),
+        "http_requests_per_job": round(len(log) / n, 2),
+        "steady_api_requests_per_job": round(sum(per_job_api[j] for j in steady) / len(steady), 2),
+        "steady_http_requests_per_job": round(sum(per_job_http[j] for j in steady) / len(steady), 2),
+        "polls_per_job": round(sum(per_job_polls.values()) / n, 2),
+        "steady_polls_per_job": round(sum(per_job_polls[j] for j in steady) / len(steady), 2),
+        "steady_jobs": len(steady),
+        "http_429": statuses.get(429, 0),
+        "http_429_on_creation": sum(
+            1
+            for r in api_requests
+            if r["status"] == 429
+            and r.get("created_job") is None
+            and r["method"] == "POST"
+            and r["path"] in ("/api/v1/jobs", "/web_api/v1/transform", "/web_api/v1/upload")
+        ),
+        "rate_limited_seen_by_engine": engine.get("rate_limited_seen"),
+        "concurrency_refusals_seen_by_engine": engine.get("concurrency_refusals_seen"),
+        "requests_time_at_rate_s": round(windowed_rate_bound(t0, len(api_requests)), 1),
+        "mean_job_s": round(sum(times) / len(times), 1) if times else None,
+        "detection_lag_mean_s": round(sum(lags) / len(lags), 1) if lags else None,
+        "detection_lag_max_s": round(max(lags), 1) if lags else None,
+        "engine_requests": engine["requests"],
+        "client_cpu_s": round(engine["cpu"], 2),
+        "client_cpu_share_of_wall": round(engine["cpu"] / engine["wall"], 2),
+        "client_cpu_ms_per_job": round(engine["cpu"] * 1000 / max(1, engine["done"]), 2),
+    }
+
+
+def run_one(api: str, n: int, scale: float, spread: float, seed: int, src: Path, tmp: Path) -> dict[str, Any]:
+    token = DEMO_OPEN_KEY if api == "open" else DEMO_WEB_TOKEN
+    with Sim(scale, spread, seed) as sim:
+        dst = tmp / f"out-{api}-{n}"
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                ENGINE,
+                sim.url,
+                token,
+                str(src),
+                str(dst),
+                str(SLOTS),
+                str(GUIDANCE / scale),
+                str(15.0 / scale),
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            check=False,
+        )
+        if out.returncode:
+            raise RuntimeError(f"the engine failed ({api}, N={n}):\n{out.stderr[-3000:]}")
+        engine = json.loads(out.stdout.strip().splitlines()[-1])
+        return analyse(api, n, engine, sim.admin("requests"), sim.admin("jobs"), scale)
+
+
+def engine_tree() -> str:
+    """The commit the engine ran at, and whether its working tree had changes (the engine runs as
+    it is in this checkout, uncommitted edits included)."""
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--short", "vance_provider/core"], capture_output=True, text=True
+    ).stdout.split("\n")
+    changed = [line[3:] for line in dirty if line.strip()]
+    return head.stdout.strip() + (f" + uncommitted: {', '.join(changed)}" if changed else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=float, default=60.0, help="the simulator's time scale")
+    parser.add_argument("--sizes", default="30,300,3000")
+    parser.add_argument("--apis", default="open,web")
+    parser.add_argument("--spread", type=float, default=0.3, help="log-normal sigma of job times")
+    parser.add_argument("--seed", type=int, default=26)
+    parser.add_argument("--out", default=str(RESULTS / "field.json"))
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    result: dict[str, Any] = {
+        "params": {
+            "scale": args.scale,
+            "window_s": WINDOW,
+            "requests_per_window": LIMIT,
+            "slots": SLOTS,
+            "queue_s": QUEUE,
+            "job_s": JOB,
+            "spread_sigma": args.spread,
+            "seed": args.seed,
+            "poll_interval_s": GUIDANCE,
+            "engine_poll_interval_wall_s": round(GUIDANCE / args.scale, 4),
+            "inputs": "32x24 JPEG thumbnails (the job time is the profile's, not the pixels')",
+            "web_rate_limit": "60 per 60 s, as a gateway would (the web API documents none)",
+        },
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f} at start",
+        "git": engine_tree(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "src"
+        make_images(src, max(sizes))
+        folders = {}
+        for n in sizes:
+            folders[n] = Path(tmp) / f"src-{n}"
+            folders[n].mkdir()
+            for f in sorted(src.glob("*.jpg"))[:n]:
+                os.link(f, folders[n] / f.name)
+        for api in args.apis.split(","):
+            result[api] = {}
+            for n in sizes:
+                t = time.perf_counter()
+                row = run_one(api, n, args.scale, args.spread, args.seed, folders[n], Path(tmp))
+                row["wall_s"] = round(time.perf_counter() - t, 1)
+                result[api][str(n)] = row
+                shown = {k: v for k, v in row.items() if k != "engine_requests"}
+                print(api, n, json.dumps(shown), flush=True)
+    result["date"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
