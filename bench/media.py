@@ -1,0 +1,345 @@
+"""Real-size media (issue 26 §2): 12 MP photos and 1080p videos, on local disk and on moto S3.
+
+    python -m bench.media [--photos 16] [--videos 2] [--video-seconds 4] [--cases ...]
+
+Inputs (made once, cached in ``--cache``): 16 photos of 4000x3000 with natural-looking content
+(1/f^2.4 colour noise, the power spectrum of natural scenes, plus sensor grain), saved as JPEG
+(quality 90, ~4-5 MB) and as PNG; and 1080p H.264 clips (PyAV, a texture panned under the camera with
+grain, CRF 18). The engine runs as it is (``run_batch``, Open API, 16 in flight, tool ``sharpen``
+for photos and ``video_hdr`` for videos: the outputs keep the input size), in its own process,
+after a warm-up batch of two thumbnails (imports and connections made before the measurement).
+
+Measured per case, in the engine's process, for the measured batch alone:
+
+- **client CPU per photo**: process CPU time (user + system, every thread), not wall time.
+- **input bytes read / input size**: local disk: the bytes the process read from files
+  (``/proc/self/io`` rchar; a socket's bytes are not counted there) and the opens of input files
+  (an audit hook); on S3: the bytes moto's server sent for GETs of the input keys, and their count
+  (moto runs in its own process behind a counting WSGI wrapper).
+- **peak RSS** of the engine's process (VmHWM) with 16 photos (or the videos) in flight.
+
+The simulator runs in its own process (no rate limit, 0.1 s jobs: this bench is about the client's
+work on real media, not about time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from bench.run import free_port, make_images
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+SIM = """
+import gc, sys
+gc.disable()
+from vance_provider.sim import Account, SimConfig, SimulatorServer
+cfg = SimConfig(accounts=[Account(credits=1e9)], queue_delay=0.0, time_per_job=0.1, time_per_video_second=0.0,
+                max_concurrent_images=16, max_concurrent_videos=4, admin_routes=True)
+with SimulatorServer(cfg, port=int(sys.argv[1])):
+    print("ready", flush=True)
+    sys.stdin.read()
+"""
+# moto's S3 server, behind a WSGI wrapper that counts what GETs of object keys sent.
+MOTO = """
+import json, sys, threading
+from collections import Counter
+from moto.server import DomainDispatcherApplication, create_backend_app
+from moto.server import MotoRequestHandler
+from werkzeug.serving import make_server
+app = DomainDispatcherApplication(create_backend_app)
+sent, gets, lock = Counter(), Counter(), threading.Lock()
+def counting(environ, start_response):
+    path = environ.get("PATH_INFO", "")
+    if path == "/_bench/counts":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        with lock:
+            return [json.dumps({"bytes": sent, "gets": gets}).encode()]
+    if path == "/_bench/reset":
+        with lock:
+            sent.clear(); gets.clear()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+    body = app(environ, start_response)
+    if environ["REQUEST_METHOD"] != "GET" or path.count("/") < 2:
+        return body
+    def counted():
+        n = 0
+        try:
+            for chunk in body:
+                n += len(chunk)
+                yield chunk
+        finally:
+            with lock:
+                sent[path] += n; gets[path] += 1
+            if hasattr(body, "close"):
+                body.close()
+    return counted()
+server = make_server("127.0.0.1", int(sys.argv[1]), counting, True, request_handler=MotoRequestHandler)
+print("ready", flush=True)
+server.serve_forever()
+"""
+ENGINE = """
+import asyncio, json, os, sys, time
+from vance_provider.core import AsyncVanceClient, BatchSpec, run_batch
+url, token, warm_src, warm_dst, src, dst, tool, options = sys.argv[1:9]
+options = json.loads(options) or None
+opens = []
+prefix = src.split("://", 1)[-1]
+def hook(event, args):
+    if event == "open" and isinstance(args[0], str) and prefix in args[0] and "r" in str(args[1] or "r"):
+        opens.append(args[0])
+sys.addaudithook(hook)
+def io_read():
+    return int(next(l for l in open("/proc/self/io") if l.startswith("rchar")).split()[1])
+def hwm():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+async def main():
+    async with AsyncVanceClient(token, base_url=url) as client:
+        await run_batch(client, BatchSpec(warm_src, warm_dst, "sharpen", max_concurrency=16))
+        r0, cpu0, t0 = io_read(), time.process_time(), time.perf_counter()
+        r = await run_batch(client, BatchSpec(src, dst, tool, max_concurrency=16, storage_options=options))
+        cpu, wall, read = time.process_time() - cpu0, time.perf_counter() - t0, io_read() - r0
+        counts = dict(client.request_counts)
+    print(json.dumps({"done": r.done, "failed": r.failed, "cpu": cpu, "wall": wall, "file_bytes_read": read,
+                      "input_opens": len(opens), "peak_rss_kb": hwm(), "requests": counts}))
+asyncio.run(main())
+"""
+
+
+class Proc:
+    """A helper process that prints "ready" once it serves."""
+
+    def __init__(self, script: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
+
+    def close(self) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.close()
+        self.proc.terminate()
+        self.proc.wait(20)
+
+
+def photo(seed: int, width: int = 4000, height: int = 3000, beta: float = 2.4) -> Image.Image:
+    """A natural-looking photo: colour noise with the 1/f^beta power spectrum of natural scenes
+    (correlated channels, a tint) and a little sensor grain, so that JPEG sizes are realistic."""
+    rng = np.random.default_rng(seed)
+    fy = np.fft.fftfreq(height)[:, None]
+    fx = np.fft.rfftfreq(width)[None, :]
+    f = np.sqrt(fx * fx + fy * fy)
+    f[0, 0] = 1.0
+    amp = f ** (-beta / 2)
+    shape = (height, width // 2 + 1)
+    base = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    channels = []
+    for _ in range(3):
+        mix = 0.8 * base + 0.2 * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+        plane = np.fft.irfft2(mix * amp, s=(height, width))
+        channels.append((plane - plane.mean()) / plane.std())
+    rgb = rng.uniform(60, 190, 3) + 45 * np.stack(channels, -1) + rng.normal(0, 1.2, (height, width, 3))
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def make_photos(cache: Path, n: int) -> tuple[Path, Path]:
+    jpg, png = cache / "photos-jpg", cache / "photos-png"
+    jpg.mkdir(parents=True, exist_ok=True)
+    png.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        if (jpg / f"photo{i:02d}.jpg").exists() and (png / f"photo{i:02d}.png").exists():
+            continue
+        img = photo(1000 + i)
+        img.save(jpg / f"photo{i:02d}.jpg", "JPEG", quality=90)
+        img.save(png / f"photo{i:02d}.png", "PNG")
+    return jpg, png
+
+
+def make_videos(cache: Path, n: int, seconds: float, fps: int = 30) -> Path:
+    """1080p H.264 clips: a 12 MP texture panned under the camera, with grain, CRF 18."""
+    import av
+
+    folder = cache / f"videos-{seconds:g}s"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        path = folder / f"clip{i}.mp4"
+        if path.exists():
+            continue
+        texture = np.asarray(photo(2000 + i, 3000, 1800))
+        rng = np.random.default_rng(i)
+        tmp = path.with_suffix(".part.mp4")
+        with av.open(str(tmp), "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = 1920, 1080, "yuv420p"
+            stream.options = {"preset": "veryfast", "crf": "18"}
+            frames = int(seconds * fps)
+            for k in range(frames):
+                x, y = int(k / frames * 1000), int(k / frames * 600)
+                frame = texture[y : y + 1080, x : x + 1920].astype(np.int16)
+                frame = np.clip(frame + rng.normal(0, 2.0, frame.shape), 0, 255).astype(np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        tmp.rename(path)
+    return folder
+
+
+def run_engine(
+    sim_url: str,
+    warm: Path,
+    src: str,
+    dst: str,
+    tool: str,
+    options: dict[str, Any] | None,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    from vance_provider.sim import DEMO_OPEN_KEY
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ENGINE,
+            sim_url,
+            DEMO_OPEN_KEY,
+            str(warm),
+            dst + "-warm",
+            src,
+            dst,
+            tool,
+            json.dumps(options or {}),
+        ],
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    if out.returncode:
+        raise RuntimeError(f"the engine failed on {src}:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def folder_bytes(folder: Path) -> tuple[int, int]:
+    files = [f for f in folder.iterdir() if f.is_file()]
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--photos", type=int, default=16)
+    parser.add_argument("--videos", type=int, default=2)
+    parser.add_argument("--video-seconds", type=float, default=4.0)
+    parser.add_argument("--cases", default="local-jpg,local-png,s3-jpg,s3-png,local-video,s3-video")
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vance-bench-media"))
+    parser.add_argument("--out", default=str(RESULTS / "media.json"))
+    args = parser.parse_args()
+    cache = Path(args.cache)
+    t = time.perf_counter()
+    jpg, png = make_photos(cache, args.photos)
+    videos = make_videos(cache, args.videos, args.video_seconds) if "video" in args.cases else None
+    print(f"inputs ready in {time.perf_counter() - t:.0f} s", flush=True)
+    folders = {"jpg": jpg, "png": png, "video": videos}
+    result: dict[str, Any] = {
+        "params": {
+            "photos": args.photos,
+            "photo_pixels": "4000x3000",
+            "videos": args.videos,
+            "video": f"1920x1080 H.264 CRF 18, {args.video_seconds:g} s at 30 fps",
+            "max_concurrency": 16,
+            "api": "open",
+            "tools": {"photos": "sharpen", "videos": "video_hdr"},
+        },
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f} at start",
+        "git": subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+    }
+    s3_port = free_port()
+    moto = Proc(MOTO, str(s3_port), env=S3_ENV)
+    sim_port = free_port()
+    sim = Proc(SIM, str(sim_port))
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    options = {"client_kwargs": {"endpoint_url": endpoint}, "key": "testing", "secret": "testing"}
+    try:
+        import s3fs
+
+        os.environ.update(S3_ENV)
+        fs = s3fs.S3FileSystem(**options)
+        fs.mkdir("media")
+        with tempfile.TemporaryDirectory() as tmp:
+            warm = Path(tmp) / "warm"
+            make_images(warm, 2)
+            for case in args.cases.split(","):
+                where, kind = case.split("-")
+                folder = folders[kind]
+                assert folder is not None
+                count, size = folder_bytes(folder)
+                tool = "video_hdr" if kind == "video" else "sharpen"
+                if where == "s3":
+                    src, dst = f"s3://media/in-{kind}/", f"s3://media/out-{kind}-{time.time_ns()}/"
+                    if not fs.exists(src):
+                        fs.put(str(folder) + "/", src, recursive=True)
+                    import httpx
+
+                    httpx.get(f"{endpoint}/_bench/reset")
+                    row = run_engine(f"http://127.0.0.1:{sim_port}", warm, src, dst, tool, options, S3_ENV)
+                    counts = httpx.get(f"{endpoint}/_bench/counts").json()
+                    mine = [k for k in counts["bytes"] if f"/in-{kind}/" in k]
+                    row["s3_input_bytes_sent"] = sum(counts["bytes"][k] for k in mine)
+                    row["s3_input_gets"] = sum(counts["gets"][k] for k in mine)
+                    row["input_read_ratio"] = round(row["s3_input_bytes_sent"] / size, 3)
+                else:
+                    dst = str(Path(tmp) / f"out-{case}")
+                    row = run_engine(f"http://127.0.0.1:{sim_port}", warm, str(folder), dst, tool, None, {})
+                    row["input_read_ratio"] = round(row["file_bytes_read"] / size, 3)
+                    row["note"] = (
+                        "file_bytes_read: every file the process read during the batch (inputs, and any other file it read)"
+                    )
+                row.update(
+                    {
+                        "files": count,
+                        "input_mb": round(size / 1e6, 1),
+                        "mean_input_mb": round(size / count / 1e6, 2),
+                        "client_cpu_ms_per_file": round(row["cpu"] * 1000 / max(1, row["done"]), 1),
+                        "peak_rss_mb": round(row["peak_rss_kb"] / 1024, 1),
+                        "wall_s": round(row["wall"], 1),
+                    }
+                )
+                result[case] = row
+                print(case, json.dumps(row), flush=True)
+    finally:
+        sim.close()
+        moto.proc.terminate()
+        moto.proc.wait(20)
+    result["date"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
