@@ -1,10 +1,10 @@
 """OpenLineage for the VanceAI operators: datasets named by the OpenLineage naming rules, one per
 batch prefix (not one per file), and a ``vanceai`` run facet (tool, API, items, credits).
 
-The OpenLineage client is imported only when Airflow's OpenLineage provider asks for a task's
-lineage (``vance-pipelines[openlineage]``), never when a DAG file is parsed. No token, key or
-signed URL ever goes into a dataset name or a facet: storage URLs are stripped of credentials
-and query strings.
+Used only when a task runs, and the OpenLineage client only when Airflow's OpenLineage provider
+asks for a task's lineage (``vance-pipelines[openlineage]``): nothing here is imported when a DAG
+file is parsed. No token, key or signed URL ever goes into a dataset name or a facet: storage
+URLs are stripped of credentials and query strings.
 """
 
 from __future__ import annotations

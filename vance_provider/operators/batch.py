@@ -1,6 +1,7 @@
 """``VanceAIEnhanceOperator``: a resumable, credit-aware batch, run in the worker or deferred.
 
-The core is imported when a task runs, not when a DAG file is parsed.
+The core, the trigger and the lineage helpers are imported when a task runs: a DAG file that
+uses the operator parses without them.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ from vance_provider.airflow_compat import (
 )
 from vance_provider.object_storage import adopt_object_storage
 from vance_provider.operators._base import VanceAIBaseOperator, deadline
-from vance_provider.operators._lineage import hook_lineage, operator_lineage, prefixes
 from vance_provider.operators.links import LINK_XCOM_KEY, VanceAIDestinationLink, asset_uri, outputs_url
-from vance_provider.triggers.vanceai import VanceAIBatchTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -296,6 +295,8 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
             len(handed.job_ids),
             handed.pending,
         )
+        from vance_provider.triggers.vanceai import VanceAIBatchTrigger
+
         self.defer(
             trigger=VanceAIBatchTrigger(
                 self.vanceai_conn_id,
@@ -416,6 +417,8 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
                 self.log.debug("no asset event for %s: %s", outlet, exc)
 
     def _record_lineage(self, summary: dict[str, Any]) -> None:
+        from vance_provider.operators._lineage import hook_lineage, prefixes
+
         self._lineage = {
             "inputs": prefixes(self.source),
             "outputs": [self.destination],
@@ -430,6 +433,8 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: one input dataset per source prefix, the destination prefix as output, and
         the ``vanceai`` run facet (tool, API, items done/failed, credits spent)."""
+        from vance_provider.operators._lineage import operator_lineage, prefixes
+
         lineage = getattr(self, "_lineage", None) or {
             "inputs": prefixes(self.source),
             "outputs": [self.destination],

@@ -1,6 +1,7 @@
 """``VanceAISubmitJobOperator``: one VanceAI job, waited for in the worker or in the triggerer.
 
-The core is imported when a task runs, not when a DAG file is parsed.
+The core, the trigger and the lineage helpers are imported when a task runs: a DAG file that
+uses the operator parses without them.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from vance_provider._common import cancel_jobs, defer_timeout, ends_at, resume_a
 from vance_provider.airflow_compat import AirflowException, AirflowTaskTimeout, task_state_store
 from vance_provider.object_storage import adopt_object_storage
 from vance_provider.operators._base import VanceAIBaseOperator, deadline
-from vance_provider.operators._lineage import hook_lineage, operator_lineage
-from vance_provider.triggers.vanceai import VanceAIJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -121,6 +120,8 @@ class VanceAISubmitJobOperator(VanceAIBaseOperator):
                     raise AirflowException(f"VanceAI job {job.id} did not finish in time: {exc}") from None
                 return self._finish(client, job)
 
+        from vance_provider.triggers.vanceai import VanceAIJobTrigger
+
         self.defer(
             trigger=VanceAIJobTrigger(
                 self.vanceai_conn_id,
@@ -204,11 +205,15 @@ class VanceAISubmitJobOperator(VanceAIBaseOperator):
                 "credits_spent": float(job.credits_charged or 0.0),
             },
         }
+        from vance_provider.operators._lineage import hook_lineage
+
         hook_lineage(self.hook, self._lineage["inputs"], self._lineage["outputs"])
         return record
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the input file, the stored result, and the ``vanceai`` run facet."""
+        from vance_provider.operators._lineage import operator_lineage
+
         lineage = getattr(self, "_lineage", None) or {"inputs": [self.source], "outputs": [], "facet": None}
         return operator_lineage(lineage["inputs"], lineage["outputs"], lineage["facet"])
 
