@@ -1,4 +1,4 @@
-"""The field profile (issue 26 §1): the vendor's documented limits, time-scaled.
+"""The field profile: the vendor's documented limits, time-scaled.
 
     python -m bench.field [--scale 60] [--sizes 30,300,3000] [--apis open,web] [--spread 0.3]
 
