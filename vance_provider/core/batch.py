@@ -1340,6 +1340,22 @@ class BatchRunner:
         item.idempotency_key = self._key(item)
         self._submitted_at.pop(item.source, None)
 
+    async def adopt_running(self, work: list[ManifestItem]) -> None:
+        """Before a hand-off: another run's jobs still running become this run's (recorded in the
+        manifest), so the process that collects them for this run counts their charge as this
+        run's spend; a job that had already ended stays another run's (see :meth:`_paid_before`)."""
+        if self.caps.charges_on_download or self.caps.answers_on_submit:
+            return
+        for item in work:
+            if item.state != ItemState.SUBMITTED or not item.job_id or item.submitted_by == self.run_id:
+                continue
+            if item.source in self._submitted_at:
+                continue
+            job = await self.client.get_job(item.job_id)
+            if not job.status.terminal:
+                item.submitted_by = self.run_id
+                self.manifest.touch()
+
     async def _poll(self, item: ManifestItem) -> Job:
         assert item.job_id
         if self.caps.answers_on_submit:  # the result came with the submission: nothing to wait for

@@ -61,6 +61,7 @@ async def hand_off(client: AsyncVanceClient, spec: BatchSpec, *, submit_ahead: b
     runner = BatchRunner(client, spec)
     work = await runner.start()
     try:
+        await runner.adopt_running(work)
         if submit_ahead:
             await runner.submit_ahead(work)
         runner.manifest.touch()
