@@ -974,7 +974,7 @@ class BatchRunner:
                     group.create_task(self.run_item(item))
         except TimeoutError:
             raise WaitTimeoutError(
-                f"the batch did not finish within {credits_text(self.spec.timeout)} s",
+                f"the batch did not finish within {credits_text(self.spec.timeout or 0.0)} s",
                 hint="rerun it to resume: submitted jobs are kept in the manifest",
             ) from None
         finally:
@@ -1325,7 +1325,7 @@ class BatchRunner:
 
     async def _cancel_over_budget(self, item: ManifestItem, job: Job) -> None:
         """The service priced the job over what the budget has left: cancel it (refunded in full)."""
-        why = f"the credit budget of {credits_text(self.spec.credit_budget)} is reached"
+        why = f"the credit budget of {credits_text(self.spec.credit_budget or 0.0)} is reached"
         self._stop(why)
         try:
             await self.client.cancel(job.id)
@@ -1394,7 +1394,7 @@ class BatchRunner:
         )
         if result.pending:
             raise WaitTimeoutError(
-                f"job {item.job_id} did not finish within {credits_text(self.spec.timeout)} s"
+                f"job {item.job_id} did not finish within {credits_text(self.spec.timeout or 0.0)} s"
             )
         if item.source in self._submitted_at:
             self.latency.observe(

@@ -46,13 +46,14 @@ LEASE_WAIT = 10.0  # seconds to wait for the batch's lease (its run may be endin
 def lease_for(manifest: Manifest, owner: str | None = None) -> BatchLease:
     """The lease of the batch whose manifest this is (its destination and scope, as recorded)."""
     meta = manifest.meta or {}
-    identity = meta.get("identity") if isinstance(meta.get("identity"), dict) else {}
+    raw_identity = meta.get("identity")
+    identity: dict[str, Any] = raw_identity if isinstance(raw_identity, dict) else {}
     destination = identity.get("destination") or meta.get("destination") or manifest.url.rsplit("/", 1)[0]
     scope = meta.get("lease_scope") if isinstance(meta.get("lease_scope"), str) else None
     return BatchLease.for_batch(destination, manifest.storage_options, scope=scope, owner=owner)
 
 
-async def _take(lease: BatchLease, wait: float) -> bool:
+async def _take(lease: BatchLease | _Held, wait: float) -> bool:
     try:
         await asyncio.to_thread(lease.acquire, wait)
     except BatchLockedError as exc:

@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 from fsspec.core import url_to_fs
 
@@ -543,7 +543,11 @@ class BatchLease:
             self._fd = None
 
 
-def fence_writes(manifest: Any, lease: BatchLease) -> None:
+class Fence(Protocol):
+    def fence(self) -> None: ...
+
+
+def fence_writes(manifest: Any, lease: Fence) -> None:
     """Make every write of ``manifest`` (a :class:`~.manifest.Manifest`) conditional on ``lease``:
     a run that lost it writes nothing over the manifest of the run that holds it now."""
     for name in ("_write", "_append"):  # the two ways a manifest reaches storage

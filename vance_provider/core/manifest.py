@@ -294,7 +294,8 @@ class Manifest:
         known = self.meta.get("identity") or {
             k: self.meta[k] for k in ("tool", "api", "destination") if k in self.meta
         }
-        known_shown = self.meta.get("shown") if isinstance(self.meta.get("shown"), dict) else {}
+        raw_shown = self.meta.get("shown")
+        known_shown: dict[str, Any] = raw_shown if isinstance(raw_shown, dict) else {}
         shown = shown or {}
         for field_name, value in identity.items():
             if field_name in known and value is not None and known[field_name] not in (None, value):
