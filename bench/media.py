@@ -65,6 +65,8 @@ from collections import Counter
 from moto.server import DomainDispatcherApplication, create_backend_app
 from moto.server import MotoRequestHandler
 from werkzeug.serving import make_server
+import logging
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
 app = DomainDispatcherApplication(create_backend_app)
 sent, gets, lock = Counter(), Counter(), threading.Lock()
 def counting(environ, start_response):
@@ -227,7 +229,7 @@ def run_engine(
             sim_url,
             DEMO_OPEN_KEY,
             str(warm),
-            dst + "-warm",
+            str(warm.parent / f"warm-out-{time.time_ns()}"),
             src,
             dst,
             tool,
