@@ -1,4 +1,4 @@
-"""Real-size media (issue 26 §2): 12 MP photos and 1080p videos, on local disk and on moto S3.
+"""Real-size media: 12 MP photos and 1080p videos, on local disk and on moto S3.
 
     python -m bench.media [--photos 16] [--videos 2] [--video-seconds 4] [--cases ...]
 
