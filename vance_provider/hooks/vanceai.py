@@ -257,8 +257,13 @@ class VanceAIHook(BaseHook):
 
 
 def conn_fields_to_widgets(fields: dict[str, Any]) -> dict[str, Any]:
-    """WTForms widgets for Airflow < 3.2 from the declarative ``conn-fields`` of the provider info."""
-    from wtforms import IntegerField, SelectField, StringField
+    """WTForms widgets for Airflow < 3.2 from the declarative ``conn-fields`` of the provider info.
+
+    Airflow 3.0 and 3.1 accept only string, integer, password and boolean fields (a hook with any
+    other field is not registered at all): a choice is a string field that accepts its choices.
+    """
+    from wtforms import IntegerField, StringField
+    from wtforms.validators import Optional, any_of
 
     widgets: dict[str, Any] = {}
     for name, spec in fields.items():
@@ -266,7 +271,8 @@ def conn_fields_to_widgets(fields: dict[str, Any]) -> dict[str, Any]:
         kinds = schema.get("type", [])
         kwargs = {"description": spec.get("description", ""), "default": schema.get("default")}
         if "enum" in schema:
-            widgets[name] = SelectField(spec["label"], choices=list(schema["enum"]), **kwargs)
+            choices = [c for c in schema["enum"] if c]
+            widgets[name] = StringField(spec["label"], validators=[Optional(), any_of(choices)], **kwargs)
         elif "integer" in kinds:
             widgets[name] = IntegerField(spec["label"], **kwargs)
         else:
