@@ -24,7 +24,7 @@ from fsspec.implementations.local import LocalFileSystem
 from bench.run import make_images
 from bench.speed import RESULTS, Sim
 from vance_provider.core import AsyncVanceClient, BatchSpec, run_batch
-from vance_provider.core import manifest as manifest_module
+from vance_provider.core.state import manifest as manifest_module
 from vance_provider.sim import DEMO_OPEN_KEY
 
 # Local filesystem calls that are one request each on an object store (exists() is info()).

@@ -36,8 +36,8 @@ from typing import Any, Literal, NotRequired, Required, TypedDict, Unpack
 import dagster as dg
 
 from vance_provider.core import resolve
-from vance_provider.core.errors import VanceError
-from vance_provider.core.models import API_NAMES
+from vance_provider.core.api.errors import VanceError
+from vance_provider.core.api.models import API_NAMES
 
 from .materialize import VanceRunConfig
 from .options import DEFAULT_POOL, FAILURE_POLICIES, FailurePolicy, option_names, options_doc

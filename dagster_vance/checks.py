@@ -27,9 +27,9 @@ import dagster as dg
 import fsspec
 from fsspec.core import url_to_fs
 
-from vance_provider.core.batch import ItemResult
-from vance_provider.core.manifest import ItemState, Manifest
-from vance_provider.core.preview import INLINE_SIDE, MAX_INLINE_BYTES, inline_image, thumbnail
+from vance_provider.core.batch.spec import ItemResult
+from vance_provider.core.reports.preview import INLINE_SIDE, MAX_INLINE_BYTES, inline_image, thumbnail
+from vance_provider.core.state.manifest import ItemState, Manifest
 from vance_provider.core.tools import ToolCall
 
 from .translator import CHECK_ACCOUNTED, CHECK_BUDGET, CHECK_OUTPUTS, strip_query
@@ -83,7 +83,7 @@ def probe(url: str, storage_options: Mapping[str, Any] | None = None, *, decode:
 def _probe_video(fh: Any, decode: bool) -> MediaInfo:
     av = _av()
     if av is None:
-        from vance_provider.core.inputs import sniff
+        from vance_provider.core.media import sniff
 
         fmt = sniff(fh.read(64))
         if fmt is None:

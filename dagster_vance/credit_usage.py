@@ -17,14 +17,14 @@ import dagster as dg
 import pandas as pd
 
 from vance_provider.core import totals
-from vance_provider.core.credits import (
+from vance_provider.core.api.errors import VanceError
+from vance_provider.core.reports.credits import (
     COLUMNS,
     ManifestRef,
     records_from_manifests,
     summary_markdown,
     usage_summary,
 )
-from vance_provider.core.errors import VanceError
 
 from .materialize import vance_failure
 from .resources import VanceAIResource, storage_options_of
@@ -117,7 +117,7 @@ def build_credit_usage_asset(
 
 CHECK_USAGE_MATCHES = "matches_datasets_spend"
 
-#: What each column of the credit report holds (``vance_provider.core.credits.COLUMNS``).
+#: What each column of the credit report holds (``vance_provider.core.reports.credits.COLUMNS``).
 CREDIT_COLUMN_DESCRIPTIONS = {
     "timestamp": "When the charge was made (UTC; to the microsecond where the batch recorded it).",
     "api": "web (VanceAI web API v1), open (Open API v1) or visioncraft.",
@@ -167,7 +167,7 @@ def _usage_check(name: str, df: pd.DataFrame, refs: Sequence[ManifestRef]) -> dg
 def credit_report_schema(
     columns: Sequence[str] | None = None, df: pd.DataFrame | None = None
 ) -> dg.TableSchema:
-    """The credit report's columns (``vance_provider.core.credits.COLUMNS``, or ``columns`` with the
+    """The credit report's columns (``vance_provider.core.reports.credits.COLUMNS``, or ``columns`` with the
     types of ``df``) as a Dagster table schema, each with its description."""
     names = list(columns) if columns is not None else list(COLUMNS)
     return dg.TableSchema(

@@ -20,14 +20,14 @@ import dagster as dg
 from pydantic import Field
 
 from vance_provider.core import BatchResult, BatchSpec, Progress, ToolCall, resolve
-from vance_provider.core.batch import ItemResult
-from vance_provider.core.errors import PERMANENT_ERRORS, VanceError
-from vance_provider.core.lease import new_owner
-from vance_provider.core.manifest import ItemState, Manifest
-from vance_provider.core.models import Balance
-from vance_provider.core.preview import pairs_of, write_contact_sheet
+from vance_provider.core.api.errors import PERMANENT_ERRORS, VanceError
+from vance_provider.core.api.models import Balance
+from vance_provider.core.batch.spec import ItemResult
+from vance_provider.core.reports.preview import pairs_of, write_contact_sheet
 from vance_provider.core.secrets import redact
-from vance_provider.core.storage import join, list_sources, safe_name
+from vance_provider.core.state.lease import new_owner
+from vance_provider.core.state.manifest import ItemState, Manifest
+from vance_provider.core.state.storage import join, list_sources, safe_name
 
 from .checks import (
     accounted_check,

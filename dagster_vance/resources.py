@@ -60,8 +60,8 @@ from vance_provider.core import (
     VanceClient,
     detect_api,
 )
-from vance_provider.core.credits import ManifestRef
-from vance_provider.core.models import API_CHOICES, Balance
+from vance_provider.core.api.models import API_CHOICES, Balance
+from vance_provider.core.reports.credits import ManifestRef
 from vance_provider.defaults import DEFAULT_API, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 
 from .materialize import VanceRunConfig, materialize
@@ -249,7 +249,7 @@ class VanceAIResource(dg.ConfigurableResource):
         )
 
     def usage_report(self, manifests: Iterable[ManifestRef] = ()) -> pd.DataFrame:
-        """The account's usage as a typed DataFrame (see ``vance_provider.core.credits``).
+        """The account's usage as a typed DataFrame (see ``vance_provider.core.reports.credits``).
 
         Web API: the service's full history. Open API (which keeps no history): the charges of
         the finished jobs recorded in ``manifests``; each is a URL or ``(url, storage_options)``.

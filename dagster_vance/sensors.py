@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 from fsspec.core import url_to_fs
 
-from vance_provider.core.storage import list_sources
+from vance_provider.core.state.storage import list_sources
 
 from .resources import storage_options_of
 from .translator import dataset_props

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import dagster as dg
 from fsspec.core import url_to_fs
 
-from vance_provider.core.manifest import MANIFEST_NAME
-from vance_provider.core.storage import full_url, join, safe_name
+from vance_provider.core.state.manifest import MANIFEST_NAME
+from vance_provider.core.state.storage import full_url, join, safe_name
 from vance_provider.core.tools import media_of
 
 from .options import DatasetOptions, option_names

@@ -96,7 +96,7 @@ class VanceAITaskMixin:
 @contextlib.contextmanager
 def vance_errors() -> Iterator[None]:
     """Errors no retry can fix (configuration, inputs, credits) fail the task without retrying."""
-    from vance_provider.core.errors import PERMANENT_ERRORS
+    from vance_provider.core.api.errors import PERMANENT_ERRORS
 
     try:
         yield
@@ -107,7 +107,7 @@ def vance_errors() -> Iterator[None]:
 def cancel_jobs(client: VanceClient, job_ids: list[str], log: Any) -> list[str]:
     """Cancel jobs where the API can (the Open API); elsewhere they are left running (the web API
     charges nothing until a result is downloaded)."""
-    from vance_provider.core.errors import VanceError
+    from vance_provider.core.api.errors import VanceError
 
     if not client.capabilities.can_cancel:
         log.warning(

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .core.errors import (
+from .core.api.errors import (
     AuthenticationError,
     BatchLockedError,
     BudgetExceededError,
@@ -39,9 +39,9 @@ from .core.errors import (
     TransportError,
     VanceError,
 )
-from .core.models import API_CHOICES, API_NAMES, API_TITLES, credits_text
+from .core.api.models import API_CHOICES, API_NAMES, API_TITLES, credits_text
 from .core.secrets import redact, redact_url
-from .core.storage import StorageUnavailableError
+from .core.state.storage import StorageUnavailableError
 from .defaults import DEFAULT_API, DEFAULT_MAX_CONCURRENCY
 
 EXIT_OK = 0
@@ -240,8 +240,8 @@ def _manifests(paths: list[str]) -> list[str]:
     """Manifest URLs: a manifest file as is; a batch's folder gives its manifest and archived ones."""
     from fsspec.core import url_to_fs
 
-    from .core.manifest import MANIFEST_NAME
-    from .core.storage import join
+    from .core.state.manifest import MANIFEST_NAME
+    from .core.state.storage import join
 
     found: list[str] = []
     for path in paths:
@@ -266,8 +266,8 @@ def _manifests(paths: list[str]) -> list[str]:
 # --- commands ---------------------------------------------------------------------------------------
 def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
     from .core import AsyncVanceClient, BatchSpec
-    from .core.batch import Progress as BatchProgress
-    from .core.batch import manifest_for, run_batch
+    from .core.batch.runner import manifest_for, run_batch
+    from .core.batch.spec import Progress as BatchProgress
 
     config = _json_config(args.config)
     if args.scale is not None:
@@ -442,7 +442,7 @@ def stop_on_signals(received: list[int]) -> Iterator[None]:
 
 def _interrupted(manifest: Any, by: str = "") -> str:
     """One line after Ctrl-C (or ``by`` a signal): what is safe, and how to resume."""
-    from .core.manifest import ItemState
+    from .core.state.manifest import ItemState
 
     what = f"stopped by {by}" if by else "interrupted"
     try:
@@ -458,7 +458,7 @@ def _interrupted(manifest: Any, by: str = "") -> str:
 
 
 def cmd_status(args: argparse.Namespace, ui: Ui) -> int:
-    from .core.manifest import Manifest
+    from .core.state.manifest import Manifest
 
     job_ids = list(args.job_ids)
     for url in _manifests(args.manifest):
@@ -497,7 +497,7 @@ def cmd_credits(args: argparse.Namespace, ui: Ui) -> int:
 
 
 def cmd_report(args: argparse.Namespace, ui: Ui) -> int:
-    from .core.credits import report_line, usage_summary, write_report
+    from .core.reports.credits import report_line, usage_summary, write_report
 
     manifests = _manifests(args.manifest)
     with _client(args) as client:
@@ -578,7 +578,7 @@ def _interval(value: str) -> float:
 
 
 def cmd_cache(args: argparse.Namespace, ui: Ui) -> int:
-    from .core.cache import ResultCache
+    from .core.state.cache import ResultCache
 
     if not args.cache:
         raise CliError("no cache given", hint="pass --cache URL or set VANCE_CACHE")
@@ -596,7 +596,7 @@ def cmd_cache(args: argparse.Namespace, ui: Ui) -> int:
 
 
 def _age(value: str) -> float:
-    from .core.cache import parse_age
+    from .core.state.cache import parse_age
 
     try:
         return parse_age(value)

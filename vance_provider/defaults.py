@@ -3,7 +3,7 @@ provider's metadata, the hook, the Dagster resource and the CLI.
 
 This module imports nothing but ``typing``, so :mod:`vance_provider.get_provider_info` (which
 Airflow imports on every ``providers list`` and UI start) reads it without loading the engine.
-Everything else reads these names from :mod:`vance_provider.core.models`.
+Everything else reads these names from :mod:`vance_provider.core.api.models`.
 """
 
 from typing import Literal, get_args

@@ -172,7 +172,7 @@ def test_retry_after_deferral_resumes_without_resubmitting(
 @pytest.mark.parametrize("deferrable", [True, False], ids=["deferrable", "worker"])
 def test_timeout_cancels_open_api_jobs(deferrable, sim_factory, vance_conn, make_image, tmp_path) -> None:
     from vance_provider.airflow_compat import AirflowException
-    from vance_provider.core.manifest import ItemState, Manifest
+    from vance_provider.core.state.manifest import ItemState, Manifest
 
     server = sim_factory(time_per_job=30.0)
     vance_conn("open", server=server)

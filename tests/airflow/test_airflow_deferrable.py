@@ -95,7 +95,7 @@ def test_triggerer_restart_mid_window_pays_nothing_twice(
 
 def test_trigger_holds_the_batch_lease(sim_factory, vance_conn, make_image, tmp_path) -> None:
     """While the trigger runs the window, another run of the same batch is refused (lease)."""
-    from vance_provider.core.errors import BatchLockedError
+    from vance_provider.core.api.errors import BatchLockedError
 
     server = sim_factory(time_per_job=600.0)
     vance_conn("open", server=server)

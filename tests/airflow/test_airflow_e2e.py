@@ -316,7 +316,7 @@ def _inputs(tmp_path: Path, n: int) -> tuple[Path, Path]:
 
 def _assert_stopped_and_pending(dep: Deployment, sim: SimulatorServer, dst: Path, dag_id: str) -> None:
     """Every job canceled, nothing charged, the task failed, every item pending in the manifest."""
-    from vance_provider.core.manifest import ItemState, Manifest
+    from vance_provider.core.state.manifest import ItemState, Manifest
 
     def all_canceled() -> bool:
         jobs = list(sim.state.jobs.values())

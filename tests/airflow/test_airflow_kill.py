@@ -51,7 +51,7 @@ def _running(server) -> list[str]:
 
 def _check_stopped(server, dst, canceled_at_least: int = 1) -> set[str]:
     """No job left running; the canceled ones are pending again in the manifest."""
-    from vance_provider.core.manifest import ItemState, Manifest
+    from vance_provider.core.state.manifest import ItemState, Manifest
 
     assert _running(server) == []
     canceled = {j.id for j in server.state.jobs.values() if j.status == "canceled"}

@@ -167,7 +167,7 @@ def test_unsupported_connection_type_fails_before_anything(
     sim, vance_conn, make_image, tmp_path, monkeypatch
 ) -> None:
     from vance_provider.airflow_compat import AirflowFailException
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
 
     vance_conn("open")
     make_image("u/in/p0.jpg", 32, 24)
@@ -186,7 +186,7 @@ def test_unsupported_connection_type_fails_before_anything(
 
 
 def test_missing_provider_is_named(monkeypatch, s3_server) -> None:
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
     from vance_provider.hooks.vanceai import storage_options_from_connection
 
     _aws_conn(monkeypatch, "s3_keys", s3_server, login=LOGIN, password=SECRET)
@@ -203,7 +203,7 @@ def test_missing_provider_is_named(monkeypatch, s3_server) -> None:
 def test_no_credentials_at_all_is_refused_not_anonymous(monkeypatch, s3_server, tmp_path) -> None:
     """No credentials in the connection and none in the AWS default chain: refused, where the
     provider alone would go on anonymously."""
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
     from vance_provider.hooks.vanceai import storage_options_from_connection
 
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -229,7 +229,7 @@ def test_environment_credentials_are_said_in_the_log(monkeypatch, s3_server, cap
 
 
 def test_edited_connection_is_read_again_and_old_extra_names_refused(monkeypatch, s3_server) -> None:
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
     from vance_provider.hooks.vanceai import storage_options_from_connection
 
     _aws_conn(monkeypatch, "s3_keys", s3_server, login=LOGIN, password=SECRET)
@@ -260,7 +260,7 @@ def test_edited_connection_is_read_again_and_old_extra_names_refused(monkeypatch
 
 
 def test_a_failing_role_is_a_clear_error_without_secrets(monkeypatch, s3_server) -> None:
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
     from vance_provider.hooks.vanceai import storage_options_from_connection
 
     _aws_conn(

@@ -118,7 +118,7 @@ def test_connection_settings_register_no_short_value_for_masking(monkeypatch) ->
         conn = Connection(conn_id="v", conn_type="vanceai", extra=json.dumps({"api": stored}))
         assert connection_settings(conn)["api"] == api
     broken = Connection(conn_id="v", conn_type="vanceai", extra="{api: web")
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="'v': its extra is not valid JSON"):
         connection_settings(broken)

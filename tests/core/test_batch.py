@@ -24,7 +24,7 @@ from tests.core.helpers import (
     uploads,
 )
 from vance_provider.core import BatchResult, BatchSpec, ItemState, Progress, VanceClient, run_batch
-from vance_provider.core.errors import (
+from vance_provider.core.api.errors import (
     BatchFailedError,
     BudgetExceededError,
     InsufficientCreditsError,
@@ -32,8 +32,8 @@ from vance_provider.core.errors import (
     ManifestMismatchError,
     WaitTimeoutError,
 )
-from vance_provider.core.manifest import MANIFEST_NAME
-from vance_provider.core.storage import OutputExistsError, safe_name
+from vance_provider.core.state.manifest import MANIFEST_NAME
+from vance_provider.core.state.storage import OutputExistsError, safe_name
 from vance_provider.sim import Account, Faults, SimulatorServer
 
 SAFE = re.compile(r"^[\w.\-/]+$")
@@ -189,7 +189,7 @@ def test_one_bad_input_fails_alone(
     chunk: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("vance_provider.core.batch.CHECK_CHUNK", chunk)  # inputs checked per hop
+    monkeypatch.setattr("vance_provider.core.batch.runner.CHECK_CHUNK", chunk)  # inputs checked per hop
     make_inputs(make_image, ["ok1.jpg", "ok2.png", "ok3.jpg"])
     (tmp_path / "in" / "broken.jpg").write_bytes(b"garbage, not a picture")
     good = (tmp_path / "in" / "ok1.jpg").read_bytes()
@@ -701,7 +701,7 @@ def test_video_batch_on_the_open_api(
 def test_a_damaged_manifest_stops_the_batch_before_spending(
     api: str, sim: SimulatorServer, client: VanceClient, make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
 
     make_image("in/a.jpg", 16, 12)
     (tmp_path / "out").mkdir()

@@ -1,4 +1,4 @@
-"""The content-addressed result cache (core/cache.py), on local disk and on S3 (moto on loopback)."""
+"""The content-addressed result cache (core/state/cache.py), on local disk and on S3 (moto on loopback)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import pytest
 from PIL import Image
 
 from tests.conftest import image_bytes
-from vance_provider.core.cache import (
+from vance_provider.core.api.errors import InvalidConfigError
+from vance_provider.core.secrets import Secret
+from vance_provider.core.state.cache import (
     CacheCorruptError,
     CacheKey,
     HashingReader,
@@ -28,8 +30,6 @@ from vance_provider.core.cache import (
     parse_age,
     sha256_of,
 )
-from vance_provider.core.errors import InvalidConfigError
-from vance_provider.core.secrets import Secret
 from vance_provider.core.tools import resolve
 
 DAY = 86400.0
@@ -148,7 +148,7 @@ def test_sha256_of_streams_in_bounded_chunks(place: Place) -> None:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_hashing_reader_costs_no_extra_read_behind_a_decoder(tmp_path: Path, fmt: str) -> None:
-    """A decoder judging the image (as core/inputs.decode_image does) hashes it on the way; only
+    """A decoder judging the image (as core/media.decode_image does) hashes it on the way; only
     what it skipped is read again."""
     data = image_bytes(400, 300, fmt)
     path = tmp_path / f"a.{fmt.lower()}"

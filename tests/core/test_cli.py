@@ -26,7 +26,7 @@ from tests.core.helpers import created_jobs, release_held_jobs
 from vance_provider import cli
 from vance_provider.core import BatchSpec, RetryPolicy, VanceClient
 from vance_provider.core import client as client_module
-from vance_provider.core.manifest import MANIFEST_NAME
+from vance_provider.core.state.manifest import MANIFEST_NAME
 from vance_provider.sim import Account, SimulatorServer
 from vance_provider.sim.cli import banner
 from vance_provider.sim.cli import build_parser as sim_parser
@@ -229,7 +229,7 @@ def _garbled(tmp: Path, ctx: dict[str, Any]) -> None:
 
 
 def _locked(tmp: Path, ctx: dict[str, Any]) -> None:
-    from vance_provider.core.lease import BatchLease
+    from vance_provider.core.state.lease import BatchLease
 
     _images(tmp, ctx)
     lease = BatchLease(str(tmp / "out" / MANIFEST_NAME), owner="another-terminal")

@@ -15,8 +15,8 @@ from tests.conftest import OPEN_KEY, WEB_TOKEN
 from tests.core.conftest import TOKENS, async_client, image_size
 from tests.core.helpers import count_status, created_jobs
 from vance_provider.core import AsyncVanceClient, JobStatus, VanceClient, detect_api
+from vance_provider.core.api.errors import ConfigurationError, JobFailedError, WaitTimeoutError
 from vance_provider.core.client import normalize_base_url
-from vance_provider.core.errors import ConfigurationError, JobFailedError, WaitTimeoutError
 from vance_provider.sim import Account, Faults, SimulatorServer
 
 

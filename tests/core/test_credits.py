@@ -13,7 +13,7 @@ import pytest
 
 from tests.core.conftest import batch_spec
 from vance_provider.core import UsageRecord, VanceClient, totals, usage_frame, write_report
-from vance_provider.core.credits import (
+from vance_provider.core.reports.credits import (
     COLUMNS,
     SUMMARY_COLUMNS,
     join_web_history,
@@ -22,7 +22,7 @@ from vance_provider.core.credits import (
     summary_text,
     usage_summary,
 )
-from vance_provider.core.manifest import MANIFEST_NAME
+from vance_provider.core.state.manifest import MANIFEST_NAME
 from vance_provider.sim import SimulatorServer
 
 
@@ -329,7 +329,7 @@ def test_empty_report_is_typed() -> None:
 
 def test_results_served_by_the_cache_are_items_not_charges(tmp_path: Path) -> None:
     """A cached item: a `cached` row of 0 credits with what it saved; counted as an item, not a charge."""
-    from vance_provider.core.manifest import ItemState, Manifest, ManifestItem
+    from vance_provider.core.state.manifest import ItemState, Manifest, ManifestItem
 
     m = Manifest(str(tmp_path / "m.json"))
     m.meta = {"identity": {"api": "open", "tool": "upscale"}}

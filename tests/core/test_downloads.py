@@ -12,8 +12,8 @@ from PIL import Image
 
 from tests.core.conftest import image_size
 from vance_provider.core import RetryPolicy, VanceClient
-from vance_provider.core.errors import TruncatedDownloadError
-from vance_provider.core.storage import AtomicWriter, write_bytes_atomic
+from vance_provider.core.api.errors import TruncatedDownloadError
+from vance_provider.core.state.storage import AtomicWriter, write_bytes_atomic
 from vance_provider.sim import Faults, SimulatorServer
 
 

@@ -17,8 +17,7 @@ import pytest
 from tests.core.conftest import FAST_RETRY, TOKENS, async_client
 from tests.core.helpers import count_status, created_jobs, release_held_jobs, uploads
 from vance_provider.core import Job, JobStatus, RetryPolicy, ToolCall, VanceClient
-from vance_provider.core.backends import OpenApiBackend, WebApiBackend
-from vance_provider.core.errors import (
+from vance_provider.core.api.errors import (
     APIError,
     AuthenticationError,
     ConcurrencyLimitedError,
@@ -33,8 +32,9 @@ from vance_provider.core.errors import (
     TruncatedDownloadError,
     VanceError,
 )
-from vance_provider.core.retry import is_retryable, parse_retry_after, retry_delay
 from vance_provider.core.secrets import Secret
+from vance_provider.core.transport.retry import is_retryable, parse_retry_after, retry_delay
+from vance_provider.core.vendors import OpenApiBackend, WebApiBackend
 from vance_provider.sim import Account, Faults, SimulatorServer
 
 WRONG = {"web": "wrongtoken0123456789abcdef01234567", "open": "sk_live_wrongkey0123456789abcdef0123"}
@@ -563,7 +563,7 @@ def test_retry_after_http_date() -> None:
     import email.utils
     import time
 
-    from vance_provider.core.retry import parse_retry_after
+    from vance_provider.core.transport.retry import parse_retry_after
 
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 28 <= (parse_retry_after({"retry-after": when}) or 0) <= 31

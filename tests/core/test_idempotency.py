@@ -9,8 +9,8 @@ from pathlib import Path
 from tests.core.conftest import batch_spec, image_size
 from tests.core.helpers import charged_jobs, created_jobs
 from vance_provider.core import VanceClient, resolve
-from vance_provider.core.client import default_idempotency_key
-from vance_provider.core.storage import list_sources
+from vance_provider.core.api.idempotency import default_idempotency_key
+from vance_provider.core.state.storage import list_sources
 from vance_provider.sim import Faults, SimulatorServer
 
 

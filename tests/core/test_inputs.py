@@ -14,8 +14,7 @@ from PIL import Image
 from tests.conftest import image_bytes
 from tests.core.helpers import uploads
 from vance_provider.core import VanceClient
-from vance_provider.core.backends import WebApiBackend
-from vance_provider.core.errors import (
+from vance_provider.core.api.errors import (
     FileTooLargeError,
     InvalidInputError,
     MediaMismatchError,
@@ -23,7 +22,9 @@ from vance_provider.core.errors import (
     UnreadableInputError,
     UnsupportedFormatError,
 )
-from vance_provider.core.inputs import check_input, sniff
+from vance_provider.core.inputs import check_input
+from vance_provider.core.media import sniff
+from vance_provider.core.vendors import WebApiBackend
 from vance_provider.sim import SimulatorServer
 
 

@@ -10,7 +10,7 @@ import statistics
 
 import pytest
 
-from vance_provider.core.batch import LatencyEstimate
+from vance_provider.core.batch.latency import LatencyEstimate
 
 
 def first_looks(estimate: LatencyEstimate, lengths: list[float]) -> list[bool]:

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from tests.core import conftest as core_fixtures
-from vance_provider.core.errors import BatchLockedError, ConfigurationError
-from vance_provider.core.lease import (
+from vance_provider.core.api.errors import BatchLockedError, ConfigurationError
+from vance_provider.core.state.lease import (
     LEASE_TTL,
     BatchLease,
     Identity,
@@ -29,7 +29,7 @@ from vance_provider.core.lease import (
     pid_alive,
     this_process,
 )
-from vance_provider.core.manifest import MANIFEST_NAME, Manifest
+from vance_provider.core.state.manifest import MANIFEST_NAME, Manifest
 
 s3 = core_fixtures.s3  # a fresh bucket on the moto server
 LOCK = f"{MANIFEST_NAME}.lock"
@@ -176,7 +176,7 @@ def test_a_lease_written_with_a_far_future_expiry_by_an_old_version_still_expire
 # --- dead holders -------------------------------------------------------------------------------
 HOLD = """
 import json, sys
-from vance_provider.core.lease import BatchLease
+from vance_provider.core.state.lease import BatchLease
 lease = BatchLease.for_batch(sys.argv[1], json.loads(sys.argv[2]), owner="killed-run")
 lease.acquire()
 print("HELD", flush=True)

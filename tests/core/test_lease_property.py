@@ -25,9 +25,9 @@ import pytest
 
 from tests.core import conftest as core_fixtures
 from tests.core.test_lease import age_object
-from vance_provider.core.errors import BatchLockedError
-from vance_provider.core.lease import BatchLease, Identity, LeaseLostError, fence_writes
-from vance_provider.core.manifest import MANIFEST_NAME, ItemState, Manifest, ManifestItem
+from vance_provider.core.api.errors import BatchLockedError
+from vance_provider.core.state.lease import BatchLease, Identity, LeaseLostError, fence_writes
+from vance_provider.core.state.manifest import MANIFEST_NAME, ItemState, Manifest, ManifestItem
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, settings  # noqa: E402

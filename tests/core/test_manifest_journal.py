@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from vance_provider.core.manifest import ItemState, Manifest, ManifestItem
+from vance_provider.core.state.manifest import ItemState, Manifest, ManifestItem
 
 
 def filled(url: str, n: int, so: Any = None) -> Manifest:

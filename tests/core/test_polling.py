@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from vance_provider.core import polling
-from vance_provider.core.models import Job, JobStatus
+from vance_provider.core.api.models import Job, JobStatus
+from vance_provider.core.batch import polling
 
 
 class FakeClock:

@@ -19,9 +19,9 @@ import pytest
 
 from tests.conftest import OPEN_KEY
 from vance_provider.core import AsyncVanceClient, RetryPolicy
-from vance_provider.core.backends.base import RateGate
-from vance_provider.core.batch import LatencyEstimate
-from vance_provider.core.errors import RateLimitedError, ServerError
+from vance_provider.core.api.errors import RateLimitedError, ServerError
+from vance_provider.core.batch.latency import LatencyEstimate
+from vance_provider.core.transport.rate_gate import RateGate
 
 EPOCH = 1_800_000_000.0  # wall time at the start of every virtual run (a window boundary)
 

@@ -14,7 +14,7 @@ from tests.conftest import image_bytes
 from tests.core.conftest import batch_spec
 from tests.core.helpers import created_jobs
 from vance_provider.core import VanceClient
-from vance_provider.core.manifest import MANIFEST_NAME
+from vance_provider.core.state.manifest import MANIFEST_NAME
 from vance_provider.sim import SimulatorServer
 
 INPUTS = {"in/a.jpg": (32, 24, "JPEG"), "in/b.png": (20, 10, "PNG"), "in/sub/c.jpg": (16, 16, "JPEG")}

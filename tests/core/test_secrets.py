@@ -12,7 +12,7 @@ import pytest
 
 from tests.core.conftest import TOKENS, batch_spec
 from vance_provider.core import VanceClient, write_report
-from vance_provider.core.errors import AuthenticationError
+from vance_provider.core.api.errors import AuthenticationError
 from vance_provider.sim import SimulatorServer
 
 WRONG = {"web": "wr0ngtoken0123456789abcdef0123456", "open": "sk_live_wr0ngkey0123456789abcdef01234"}

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from vance_provider.core import resolve
-from vance_provider.core.errors import InvalidConfigError, InvalidInputError, UnknownToolError
+from vance_provider.core.api.errors import InvalidConfigError, InvalidInputError, UnknownToolError
 from vance_provider.core.tools import FRIENDLY, OPEN_TOOLS, WEB_MODULES, validate_jconfig
 
 CN = [

@@ -10,7 +10,7 @@ import pytest
 
 from dagster_vance import build_credit_usage_asset, build_credit_usage_schedule, build_enhanced_dataset_asset
 from tests.dagster.conftest import materialization, put_images, vance_resource
-from vance_provider.core.credits import COLUMNS
+from vance_provider.core.reports.credits import COLUMNS
 from vance_provider.sim import SimulatorServer
 
 pytestmark = pytest.mark.dagster

@@ -13,7 +13,7 @@ from PIL import Image
 from dagster_vance import build_enhanced_dataset_asset
 from tests.conftest import image_bytes
 from tests.dagster.conftest import S3_SECRET, checks, materialization, put_images, scan_for, vance_resource
-from vance_provider.core.manifest import MANIFEST_NAME
+from vance_provider.core.state.manifest import MANIFEST_NAME
 from vance_provider.sim import SimulatorServer
 
 pytestmark = pytest.mark.dagster

@@ -19,7 +19,7 @@ from dagster_vance.materialize import ProgressLog
 from dagster_vance.translator import PROPS_METADATA_KEY, dataset_props
 from tests.dagster.conftest import materialization, vance_resource
 from vance_provider.core import Progress
-from vance_provider.core.preview import MAX_INLINE_BYTES, PREVIEW_NAME
+from vance_provider.core.reports.preview import MAX_INLINE_BYTES, PREVIEW_NAME
 from vance_provider.sim import SimulatorServer
 
 pytestmark = pytest.mark.dagster
@@ -139,7 +139,7 @@ def test_dataset_metadata_is_what_the_user_set() -> None:
 
 
 def test_credit_report_columns_are_described() -> None:
-    from vance_provider.core.credits import COLUMNS
+    from vance_provider.core.reports.credits import COLUMNS
 
     usage = build_credit_usage_asset()
     schema = usage.specs_by_key[usage.key].metadata["dagster/column_schema"]
@@ -150,7 +150,7 @@ def test_credit_report_columns_are_described() -> None:
 
 
 def test_usage_check_fails_when_the_report_misses_a_charge(tmp_path: Path) -> None:
-    from vance_provider.core.manifest import ItemState, Manifest, ManifestItem
+    from vance_provider.core.state.manifest import ItemState, Manifest, ManifestItem
 
     url = str(tmp_path / "_vance_manifest.json")
     manifest = Manifest(url)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN
-from vance_provider.core.credits import COLUMNS
+from vance_provider.core.reports.credits import COLUMNS
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.dagster]
 

@@ -14,8 +14,8 @@ from PIL import Image
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN, image_bytes
 from vance_provider.core import BatchSpec, VanceClient
-from vance_provider.core import errors as E
-from vance_provider.core.backends import WebApiBackend
+from vance_provider.core.api import errors as E
+from vance_provider.core.vendors import WebApiBackend
 
 UPLOAD_PATHS = ("/web_api/v1/upload", "/web_api/v1/transform", "/api/v1/jobs", "/api/v1/uploads")
 

@@ -17,10 +17,10 @@ import pytest
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN
 from vance_provider.core import RetryPolicy, VanceClient
-from vance_provider.core import errors as E
-from vance_provider.core.backends import OpenApiBackend, base
-from vance_provider.core.client import DownloadOptions
+from vance_provider.core.api import errors as E
 from vance_provider.core.secrets import Secret
+from vance_provider.core.transport.download import DownloadOptions
+from vance_provider.core.vendors import OpenApiBackend, base
 from vance_provider.sim import Faults, SimulatorServer
 
 TOKENS = {"web": WEB_TOKEN, "open": OPEN_KEY}

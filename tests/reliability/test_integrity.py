@@ -34,7 +34,7 @@ from tests.core.helpers import (
     uploads,
 )
 from vance_provider.core import BatchSpec, ItemState, VanceClient
-from vance_provider.core.errors import (
+from vance_provider.core.api.errors import (
     BatchLockedError,
     BudgetExceededError,
     ConfigurationError,
@@ -43,9 +43,9 @@ from vance_provider.core.errors import (
     ManifestMismatchError,
     TruncatedDownloadError,
 )
-from vance_provider.core.lease import BatchLease
-from vance_provider.core.manifest import MANIFEST_NAME
-from vance_provider.core.storage import AtomicWriter
+from vance_provider.core.state.lease import BatchLease
+from vance_provider.core.state.manifest import MANIFEST_NAME
+from vance_provider.core.state.storage import AtomicWriter
 from vance_provider.sim import SimulatorServer
 from vance_provider.sim.processing import make_test_video
 
@@ -134,7 +134,7 @@ def test_same_s3_prefix_is_refused(api: str, sim: SimulatorServer, client: Vance
 RUN = """
 import json, os, sys
 from vance_provider.core import BatchSpec, VanceClient
-from vance_provider.core.errors import BatchLockedError
+from vance_provider.core.api.errors import BatchLockedError
 so = json.loads(os.environ.get("SO") or "null")
 spec = BatchSpec(sys.argv[1], sys.argv[2], "upscale", {"scale": 2}, max_concurrency=4, poll_interval=0.05,
                  lock_timeout=float(sys.argv[3]), storage_options=so)
@@ -463,7 +463,7 @@ def test_inputs_users_really_have(
 
 def test_one_sniffer_for_the_whole_project() -> None:
     root = Path(__file__).resolve().parents[2] / "vance_provider" / "core"
-    sniffers = [p.name for p in root.rglob("*.py") if "\\x89PNG" in p.read_text() and p.name != "inputs.py"]
+    sniffers = [p.name for p in root.rglob("*.py") if "\\x89PNG" in p.read_text() and p.name != "media.py"]
     assert sniffers == []
 
 

@@ -37,16 +37,16 @@ from tests.core.helpers import (
 )
 from vance_provider import cli
 from vance_provider.core import BatchSpec, VanceClient
-from vance_provider.core.cache import CacheUnusableError
-from vance_provider.core.errors import (
+from vance_provider.core.api.errors import (
     BudgetExceededError,
     InvalidConfigError,
     ManifestError,
     ManifestMismatchError,
     TransportError,
 )
-from vance_provider.core.manifest import MANIFEST_NAME
-from vance_provider.core.storage import OutputExistsError, StorageUnavailableError
+from vance_provider.core.state.cache import CacheUnusableError
+from vance_provider.core.state.manifest import MANIFEST_NAME
+from vance_provider.core.state.storage import OutputExistsError, StorageUnavailableError
 from vance_provider.sim import SimulatorServer
 from vance_provider.sim.processing import make_test_video
 

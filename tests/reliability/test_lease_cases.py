@@ -31,11 +31,11 @@ from tests.core.conftest import FAST_RETRY, TOKENS, batch_spec
 from tests.core.helpers import charged_jobs, charges, created_jobs, release_held_jobs
 from tests.core.test_lease import age_object
 from vance_provider.core import BatchSpec, VanceClient
-from vance_provider.core import lease as lease_module
-from vance_provider.core.batch import BatchRunner
-from vance_provider.core.errors import BatchLockedError
-from vance_provider.core.lease import LEASE_TTL, LeaseLostError, new_owner
-from vance_provider.core.manifest import MANIFEST_NAME
+from vance_provider.core.api.errors import BatchLockedError
+from vance_provider.core.batch.runner import BatchRunner
+from vance_provider.core.state import lease as lease_module
+from vance_provider.core.state.lease import LEASE_TTL, LeaseLostError, new_owner
+from vance_provider.core.state.manifest import MANIFEST_NAME
 from vance_provider.sim import SimulatorServer
 
 s3 = core_fixtures.s3

@@ -22,10 +22,15 @@ from tests.conftest import image_bytes
 from tests.core.conftest import FAST_RETRY, TOKENS, batch_spec
 from tests.core.helpers import charged_jobs, charges, created_jobs, release_held_jobs
 from vance_provider.core import VanceClient
-from vance_provider.core import cancel as cancel_module
-from vance_provider.core.batch import BatchRunner
-from vance_provider.core.cancel import StoppableBatch, cancel_manifest_jobs, record_canceled, requeue_canceled
-from vance_provider.core.manifest import MANIFEST_NAME, Manifest
+from vance_provider.core.batch import cancel as cancel_module
+from vance_provider.core.batch.cancel import (
+    StoppableBatch,
+    cancel_manifest_jobs,
+    record_canceled,
+    requeue_canceled,
+)
+from vance_provider.core.batch.runner import BatchRunner
+from vance_provider.core.state.manifest import MANIFEST_NAME, Manifest
 from vance_provider.sim import SimulatorServer
 
 N = 3

@@ -20,9 +20,9 @@ from PIL import Image
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN
 from vance_provider.core import BatchSpec, RetryPolicy, VanceClient
-from vance_provider.core import errors as E
-from vance_provider.core.backends import OpenApiBackend, WebApiBackend
+from vance_provider.core.api import errors as E
 from vance_provider.core.secrets import Secret
+from vance_provider.core.vendors import OpenApiBackend, WebApiBackend
 from vance_provider.sim import Account, Faults, SimulatorServer
 
 TOKENS = {"web": WEB_TOKEN, "open": OPEN_KEY}

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN
 from vance_provider.core import AsyncVanceClient, BatchSpec, VanceClient, write_report
-from vance_provider.core import errors as E
+from vance_provider.core.api import errors as E
 from vance_provider.sim import Account, SimConfig, SimulatorServer
 
 

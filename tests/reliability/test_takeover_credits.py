@@ -27,9 +27,9 @@ from tests.conftest import image_bytes
 from tests.core.conftest import FAST_RETRY, TOKENS, batch_spec
 from tests.core.helpers import charged_jobs, charges, release_held_jobs
 from vance_provider.core import BatchSpec, VanceClient
-from vance_provider.core.batch import BatchRunner
-from vance_provider.core.credits import records_from_manifests
-from vance_provider.core.manifest import MANIFEST_NAME
+from vance_provider.core.batch.runner import BatchRunner
+from vance_provider.core.reports.credits import records_from_manifests
+from vance_provider.core.state.manifest import MANIFEST_NAME
 from vance_provider.sim import SimulatorServer
 
 N = 3

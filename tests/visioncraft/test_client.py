@@ -26,8 +26,8 @@ from vance_provider.core import (
     detect_api,
     resolve,
 )
-from vance_provider.core.backends import VisionCraftBackend
 from vance_provider.core.client import normalize_base_url
+from vance_provider.core.vendors import VisionCraftBackend
 from vance_provider.sim import SimulatorServer
 
 

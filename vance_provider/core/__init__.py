@@ -3,14 +3,15 @@
 It imports neither Airflow nor Dagster.
 """
 
-from .batch import BatchResult, BatchSpec, Progress, run_batch
+from .api.errors import *  # noqa: F403 - the error hierarchy is part of the public surface
+from .api.models import Balance, Job, JobStatus, UsageRecord
+from .batch.runner import run_batch
+from .batch.spec import BatchResult, BatchSpec, Progress
 from .client import AsyncVanceClient, VanceClient, detect_api
-from .credits import totals, usage_frame, usage_report, write_report
-from .errors import *  # noqa: F403 - the error hierarchy is part of the public surface
-from .manifest import ItemState, Manifest
-from .models import Balance, Job, JobStatus, UsageRecord
-from .retry import RetryPolicy
+from .reports.credits import totals, usage_frame, usage_report, write_report
+from .state.manifest import ItemState, Manifest
 from .tools import ToolCall, resolve
+from .transport.retry import RetryPolicy
 
 __all__ = [
     "AsyncVanceClient",

@@ -8,42 +8,43 @@ notebooks (which may already run a loop) get the same behaviour as triggers.
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
 import httpx
 
-from .backends import BACKENDS, Backend, WebApiBackend
-from .backends.base import DownloadOptions
-from .errors import (
+from .api.errors import (
     ConfigurationError,
     InvalidInputError,
     JobFailedError,
     WaitTimeoutError,
 )
+from .api.idempotency import default_idempotency_key
+from .api.models import API_CHOICES, ApiChoice, ApiName, Balance, Capabilities, Job, JobStatus, UsageRecord
+from .batch.polling import poll_jobs
+from .batch.runner import run_batch
+from .blocking import blocking
 from .inputs import check_input
-from .models import API_CHOICES, ApiChoice, ApiName, Balance, Capabilities, Job, JobStatus, UsageRecord
-from .retry import RetryPolicy
+from .reports.credits import usage_report
 from .secrets import Secret, redact_url
-from .storage import list_sources
+from .state.storage import list_sources
 from .tools import ToolCall, resolve
+from .transport.download import DownloadOptions
+from .transport.retry import RetryPolicy
+from .vendors import BACKENDS, Backend, WebApiBackend
+from .vendors.visioncraft.calls import AsyncVisionCraft, VisionCraft
 
 if TYPE_CHECKING:  # the batch engine and pandas load only when used
     import pandas as pd
 
-    from .batch import BatchResult, BatchSpec, Progress
-    from .credits import ManifestRef
-    from .visioncraft import AsyncVisionCraft, VisionCraft
+    from .batch.spec import BatchResult, BatchSpec, Progress
+    from .reports.credits import ManifestRef
 
 T = TypeVar("T")
-R = TypeVar("R")
-P = ParamSpec("P")
 log = logging.getLogger(__name__)
 
 
@@ -307,8 +308,7 @@ class AsyncVanceClient(_ClientFacts):
         on_update: Callable[[Job], Awaitable[None] | None] | None = None,
     ) -> list[Job]:
         """Poll many jobs until all are terminal, backing off gently for slow ones
-        (:func:`~vance_provider.core.polling.poll_jobs`); :class:`WaitTimeoutError` after ``timeout``."""
-        from .polling import poll_jobs
+        (:func:`~vance_provider.core.batch.polling.poll_jobs`); :class:`WaitTimeoutError` after ``timeout``."""
 
         deadline = None if timeout is None else time.time() + timeout
         result = await poll_jobs(
@@ -363,7 +363,6 @@ class AsyncVanceClient(_ClientFacts):
     @property
     def visioncraft(self) -> AsyncVisionCraft:
         """VisionCraft's own calls (``generate``, ``llm``, …); raises on another API."""
-        from .visioncraft import AsyncVisionCraft
 
         return AsyncVisionCraft(self)
 
@@ -393,15 +392,6 @@ def _download_options(value: DownloadOptions | dict[str, Any] | None) -> Downloa
                 f"downloads: {exc}", hint="deadline, min_rate, stall_window, max_bytes"
             ) from None
     raise ConfigurationError(f"downloads must be a DownloadOptions or a dict, got {type(value).__name__}")
-
-
-def default_idempotency_key(
-    url: str, fingerprint: str, call: ToolCall, generation: int = 0, scope: str = ""
-) -> str:
-    """Stable for one logical submission (same input, content, tool, config, and batch ``scope``),
-    across retries and reruns."""
-    raw = f"{url}|{fingerprint}|{call.fingerprint()}|{generation}|{scope}"
-    return "vp-" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
 class _LoopThread:
@@ -436,20 +426,6 @@ class _LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=5)
         self.loop.close()
-
-
-def blocking(
-    method: Callable[Concatenate[Any, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[Any, P], R]:
-    """The blocking twin of an async method, with its signature and docstring: it runs the
-    method against ``self.aio`` on the owner's private loop (``self.run``)."""
-
-    @functools.wraps(method)
-    def twin(self: Any, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        result: R = self.run(method(self.aio, *args, **kwargs))
-        return result
-
-    return twin
 
 
 class VanceClient(_ClientFacts):
@@ -491,24 +467,21 @@ class VanceClient(_ClientFacts):
 
     @property
     def visioncraft(self) -> VisionCraft:
-        """VisionCraft's own calls, blocking (see :class:`~vance_provider.core.visioncraft.VisionCraft`)."""
-        from .visioncraft import VisionCraft
+        """VisionCraft's own calls, blocking (see :class:`~vance_provider.core.vendors.visioncraft.calls.VisionCraft`)."""
 
         return VisionCraft(self._async.visioncraft, self.run)
 
     def run_batch(
         self, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None
     ) -> BatchResult:
-        """Run or resume a batch (see :mod:`vance_provider.core.batch`); returns a ``BatchResult``."""
-        from .batch import run_batch
+        """Run or resume a batch (see :mod:`vance_provider.core.batch.runner`); returns a ``BatchResult``."""
 
         return self.run(run_batch(self._async, spec, on_progress))
 
     def usage_report(
         self, manifests: Iterable[ManifestRef] = (), storage_options: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        """The usage report as a pandas DataFrame (see :func:`vance_provider.core.credits.usage_report`)."""
-        from .credits import usage_report
+        """The usage report as a pandas DataFrame (see :func:`vance_provider.core.reports.credits.usage_report`)."""
 
         return self.run(usage_report(self._async, manifests, storage_options))
 

@@ -14,8 +14,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ConfigurationError, InvalidConfigError, UnknownToolError
-from .models import API_TITLES, ApiName, Media
+from .api.errors import ConfigurationError, InvalidConfigError, UnknownToolError
+from .api.models import API_TITLES, ApiName, Media
+from .vendors import capabilities_of
 
 
 @dataclass(frozen=True)
@@ -290,8 +291,6 @@ class ToolCall:
         a video is assumed to be :data:`UNKNOWN_VIDEO_SECONDS` long, so a budget errs on the safe side.
         The service's own estimate replaces this one as soon as a job is created.
         """
-        from .backends import capabilities_of  # the backends import this module: import late
-
         if not capabilities_of(self.api).charges_credits:
             return 0.0  # a subscription, not credits: nothing is counted per job
         if self.jconfig is not None:  # a web API module or workflow

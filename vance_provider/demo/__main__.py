@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..core import VanceClient, write_report
-from ..core.credits import usage_summary
+from ..core.reports.credits import usage_summary
 from ..sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN, SimConfig, SimulatorServer
 from .data import make_dataset
 from .pictures import contact_sheet, credits_chart, credits_over_time_chart

@@ -42,7 +42,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..core.models import API_TITLES
+from ..core.api.models import API_TITLES
 from ..sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN, SimulatorServer
 
 # Airflow and Dagster are imported only in the child processes; without them the demo falls back to

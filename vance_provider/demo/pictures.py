@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from ..core.models import API_TITLES
+from ..core.api.models import API_TITLES
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")

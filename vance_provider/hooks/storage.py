@@ -13,7 +13,7 @@ it), the endpoint and the botocore config. For those options fsspec returns the 
 instance the provider built, wherever the core opens a URL. Nothing secret leaves the process:
 a deferred batch's trigger gets the connection id and resolves it again in the triggerer.
 
-What cannot be used is refused with a :class:`~vance_provider.core.errors.ConfigurationError`
+What cannot be used is refused with a :class:`~vance_provider.core.api.errors.ConfigurationError`
 naming the connection, never replaced by other (environment) credentials: a connection type
 without a filesystem here, a missing Amazon provider or s3fs, a connection that yields no
 credentials at all. A connection that holds no credentials of its own uses the AWS default chain,
@@ -62,7 +62,7 @@ def storage_options_from_connection(conn_id: str | None) -> dict[str, Any] | Non
     if not conn_id:
         return None
     from vance_provider.airflow_compat import BaseHook
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
 
     conn = BaseHook.get_connection(conn_id)
     kind = conn.conn_type or ""
@@ -127,7 +127,7 @@ def _in_thread_without_loop(func: Any, *args: Any) -> Any:
 
 def _build(conn: Connection, protocol: str, provider: str) -> dict[str, Any]:
     """The options of the filesystem Airflow's object storage builds for ``conn``."""
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
 
     conn_id = conn.conn_id
     try:

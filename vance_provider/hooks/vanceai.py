@@ -39,7 +39,7 @@ def _extras(conn: Connection) -> dict[str, Any]:
     password, which Airflow masks when it fetches the connection)."""
     import json
 
-    from vance_provider.core.errors import ConfigurationError
+    from vance_provider.core.api.errors import ConfigurationError
 
     raw = conn.extra
     if not raw:
@@ -72,8 +72,8 @@ def _caller() -> str:
 
 def connection_settings(conn: Connection) -> dict[str, Any]:
     """The connection's non-secret client settings, validated (safe to log)."""
-    from vance_provider.core.errors import ConfigurationError
-    from vance_provider.core.models import API_CHOICES
+    from vance_provider.core.api.errors import ConfigurationError
+    from vance_provider.core.api.models import API_CHOICES
     from vance_provider.get_provider_info import FORM_API_VALUES
 
     api = str(_extra(conn, "api") or DEFAULT_API).strip().lower()
@@ -145,8 +145,8 @@ class VanceAIHook(BaseHook):
         return connection_settings(self.connection)
 
     def _client_args(self, conn: Connection) -> tuple[str, dict[str, Any]]:
-        from vance_provider.core.errors import ConfigurationError
-        from vance_provider.core.retry import RetryPolicy
+        from vance_provider.core.api.errors import ConfigurationError
+        from vance_provider.core.transport.retry import RetryPolicy
 
         token = conn.password or ""
         if not token:
@@ -211,7 +211,7 @@ class VanceAIHook(BaseHook):
     # --- UI ----------------------------------------------------------------------------------------
     def test_connection(self) -> tuple[bool, str]:
         """One free call (the credit balance); the message never contains the token."""
-        from vance_provider.core.errors import AuthenticationError, VanceError
+        from vance_provider.core.api.errors import AuthenticationError, VanceError
         from vance_provider.core.secrets import redact
 
         try:

@@ -191,7 +191,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
         options: dict[str, Any] = {"fresh": self.fresh, "lock_timeout": self.lock_timeout}
         ti = (context or {}).get("ti")
         if ti is not None:
-            from vance_provider.core.lease import new_owner
+            from vance_provider.core.state.lease import new_owner
 
             # Unique per attempt (try number, host, pid, a random part): a retry never re-enters the
             # lease of an earlier try that still runs; the trigger of this try gets it with the spec.
@@ -226,8 +226,8 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
         )
 
     def execute(self, context: Context) -> Any:
-        from vance_provider.core.errors import WaitTimeoutError
-        from vance_provider.core.window import hand_off
+        from vance_provider.core.api.errors import WaitTimeoutError
+        from vance_provider.core.batch.window import hand_off
 
         with vance_errors():  # a storage connection that cannot be used fails the task at once
             spec = self.spec(context)
@@ -318,8 +318,8 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
 
     def _run_in_worker(self, client: VanceClient, spec: BatchSpec) -> BatchResult:
         """The whole batch in this process; ``on_kill`` (a kill, or ``execution_timeout``) stops it."""
-        from vance_provider.core.cancel import StoppableBatch
-        from vance_provider.core.errors import VanceError
+        from vance_provider.core.api.errors import VanceError
+        from vance_provider.core.batch.cancel import StoppableBatch
 
         self._batch = batch = StoppableBatch(client.aio, spec)
         try:
@@ -356,8 +356,8 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
 
     def _requeue_canceled(self, client: VanceClient, spec: BatchSpec) -> None:
         """Jobs canceled since the last run (by a trigger's on_kill) are submitted again."""
-        from vance_provider.core.batch import manifest_for
-        from vance_provider.core.cancel import requeue_canceled
+        from vance_provider.core.batch.cancel import requeue_canceled
+        from vance_provider.core.batch.runner import manifest_for
 
         async def requeue() -> list[str]:
             manifest = await asyncio.to_thread(manifest_for(spec).load)
@@ -367,7 +367,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any], reason: str | None = None) -> Any:
         """The triggerer ran the batch: apply the failure policy to its summary, or handle its end."""
-        from vance_provider.core.window import hand_off
+        from vance_provider.core.batch.window import hand_off
 
         carry = event.get("carry") or {}
         end_time = carry.get("end_time")
@@ -457,8 +457,8 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
 
     def _cancel_in_flight(self, client: VanceClient, spec: BatchSpec) -> list[str]:
         """Cancel the batch's submitted jobs and mark them pending in the manifest (Open API)."""
-        from vance_provider.core.batch import manifest_for
-        from vance_provider.core.cancel import cancel_manifest_jobs
+        from vance_provider.core.batch.cancel import cancel_manifest_jobs
+        from vance_provider.core.batch.runner import manifest_for
 
         async def cancel() -> list[str]:
             manifest = await asyncio.to_thread(manifest_for(spec).load)
@@ -481,8 +481,8 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
         (``_vance_preview/_vance_contact_sheet.jpg``); its URL for the return value.
         ``[vanceai] preview = False`` turns it off (private data); it is kept as it is when this
         run enhanced nothing."""
-        from vance_provider.core.preview import PREVIEW_NAME, pairs_from_manifest, write_contact_sheet
-        from vance_provider.core.storage import exists, join
+        from vance_provider.core.reports.preview import PREVIEW_NAME, pairs_from_manifest, write_contact_sheet
+        from vance_provider.core.state.storage import exists, join
 
         if not conf.getboolean("vanceai", "preview", fallback=True) or not summary.get("done"):
             return None

@@ -64,8 +64,8 @@ class VanceAICreditCheckOperator(VanceAIBaseOperator, SkipMixin):
     def _estimate(self, client: VanceClient) -> tuple[float, int | None]:
         if self.min_credits is not None and self.min_credits != "":
             return float(self.min_credits), None
-        from vance_provider.core.manifest import ItemState, Manifest
-        from vance_provider.core.storage import list_sources
+        from vance_provider.core.state.manifest import ItemState, Manifest
+        from vance_provider.core.state.storage import list_sources
 
         if self.source is None or self.tool is None:
             raise AirflowFailException("give min_credits, or source and tool to estimate from")
@@ -142,7 +142,13 @@ class VanceAICreditReportOperator(VanceAIBaseOperator):
         self.destination, self.manifests, self.start, self.end = destination, manifests, start, end
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from vance_provider.core.credits import report_line, summary_text, totals, usage_summary, write_report
+        from vance_provider.core.reports.credits import (
+            report_line,
+            summary_text,
+            totals,
+            usage_summary,
+            write_report,
+        )
 
         manifests = parse_list(self.manifests)
         so = self.hook.storage_options

@@ -77,7 +77,7 @@ class VanceAISubmitJobOperator(VanceAIBaseOperator):
 
     def execute(self, context: Context) -> Any:
         from vance_provider.core import JobStatus
-        from vance_provider.core.errors import WaitTimeoutError
+        from vance_provider.core.api.errors import WaitTimeoutError
 
         started = time.time()
         end_time, reason = deadline(self, self.timeout, started)
@@ -143,7 +143,7 @@ class VanceAISubmitJobOperator(VanceAIBaseOperator):
         (running, or succeeded): a retry waits for it instead of submitting again. That matters most
         on the web API, which has no idempotency key; elsewhere the key finds the same job anyway."""
         from vance_provider.core import JobStatus
-        from vance_provider.core.errors import VanceError
+        from vance_provider.core.api.errors import VanceError
 
         job_id = store.get(JOB_STATE_KEY) if store is not None else None
         if not job_id:

@@ -43,7 +43,7 @@ MAX_RESUME_HOLD = 60.0  # seconds an event is held back for resume_after, at mos
 
 def safe_message(exc: BaseException) -> str:
     """An error message for an event or a log line: our own errors' text, scrubbed of any token."""
-    from vance_provider.core.errors import VanceError
+    from vance_provider.core.api.errors import VanceError
     from vance_provider.core.secrets import redact
 
     if isinstance(exc, VanceError):
@@ -133,7 +133,7 @@ class _VanceAITrigger(BaseTrigger):
 
     async def work(self, client: AsyncVanceClient) -> dict[str, Any]:
         """Wait for the jobs; the event's payload."""
-        from vance_provider.core.polling import poll_jobs
+        from vance_provider.core.batch.polling import poll_jobs
 
         result = await poll_jobs(
             client.get_job,
@@ -178,7 +178,7 @@ class _VanceAITrigger(BaseTrigger):
         """The task was stopped by a user while deferred: cancel the jobs (Open API)."""
         if not self.cancel_on_kill or self.killed is not None:
             return
-        from vance_provider.core.cancel import cancel_jobs
+        from vance_provider.core.batch.cancel import cancel_jobs
         from vance_provider.hooks.vanceai import VanceAIHook
 
         self.killed = []
@@ -260,7 +260,7 @@ class VanceAIBatchTrigger(_VanceAITrigger):
     ``batch`` holds the batch's settings as plain data (``BatchSpec`` fields, never a token and
     never storage options holding a secret: those come from ``storage_conn_id`` here). The
     manifest beside the outputs is the trigger's durable state: rebuilt after a triggerer restart,
-    it resumes from it (:func:`vance_provider.core.window.run_elsewhere`) and pays nothing twice.
+    it resumes from it (:func:`vance_provider.core.batch.window.run_elsewhere`) and pays nothing twice.
     It holds the batch's lease with the operator's owner id while it runs.
 
     ``job_ids`` are the jobs the operator submitted before deferring (informational). A trigger
@@ -333,8 +333,8 @@ class VanceAIBatchTrigger(_VanceAITrigger):
             payload = await super().work(client)
             payload.pop("jobs", None)
             return {**payload, "manifest": self.manifest, "carry": self.carry}
-        from vance_provider.core.errors import WaitTimeoutError
-        from vance_provider.core.window import run_elsewhere
+        from vance_provider.core.api.errors import WaitTimeoutError
+        from vance_provider.core.batch.window import run_elsewhere
 
         spec = self.spec(await self._options())
         self.log.info(
@@ -380,8 +380,8 @@ class VanceAIBatchTrigger(_VanceAITrigger):
             return
         if not self.cancel_on_kill or self.killed is not None:
             return
-        from vance_provider.core.batch import manifest_for
-        from vance_provider.core.cancel import cancel_manifest_jobs
+        from vance_provider.core.batch.cancel import cancel_manifest_jobs
+        from vance_provider.core.batch.runner import manifest_for
         from vance_provider.hooks.vanceai import VanceAIHook
 
         self.killed = []
@@ -399,8 +399,8 @@ class VanceAIBatchTrigger(_VanceAITrigger):
         """An older trigger (``job_ids`` only): mark the canceled jobs' items pending in the manifest."""
         if not job_ids or not self.manifest:
             return
-        from vance_provider.core.cancel import record_canceled
-        from vance_provider.core.manifest import Manifest
+        from vance_provider.core.batch.cancel import record_canceled
+        from vance_provider.core.state.manifest import Manifest
 
         try:
             options = await self._options()

@@ -8,11 +8,11 @@ from typing import Any, Literal
 
 # The APIs (one list for every face) live in a module that imports nothing: the provider's
 # metadata reads them without loading the engine.
-from ..defaults import API_CHOICES as API_CHOICES
-from ..defaults import API_NAMES as API_NAMES
-from ..defaults import API_TITLES as API_TITLES
-from ..defaults import ApiChoice as ApiChoice
-from ..defaults import ApiName as ApiName
+from ...defaults import API_CHOICES as API_CHOICES
+from ...defaults import API_NAMES as API_NAMES
+from ...defaults import API_TITLES as API_TITLES
+from ...defaults import ApiChoice as ApiChoice
+from ...defaults import ApiName as ApiName
 
 Media = Literal["image", "video"]
 
@@ -113,7 +113,7 @@ class Balance:
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """One record of credit use: a row of the usage report (see ``core/credits.py``)."""
+    """One record of credit use: a row of the usage report (see ``core/reports/credits.py``)."""
 
     timestamp: str  # ISO 8601; UTC unless it carries an offset
     tool: str  # our name (upscale, denoise, ...), or the vendor's where we have none

@@ -22,12 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .batch import BatchResult, BatchRunner, BatchSpec
-from .errors import InvalidConfigError
-from .manifest import ItemState
+from ..api.errors import InvalidConfigError
+from ..state.manifest import ItemState
+from .runner import BatchRunner
+from .spec import BatchResult, BatchSpec
 
 if TYPE_CHECKING:
-    from .client import AsyncVanceClient
+    from ..client import AsyncVanceClient
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""What every backend shares: the HTTP session, rate gate, retries and error mapping."""
+"""What every backend shares: the HTTP session, error mapping, and the calls through the rate gate,
+retries and bounded downloads of ``core/transport``."""
 
 from __future__ import annotations
 
@@ -6,10 +7,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import time
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,247 +17,37 @@ import httpx
 from fsspec.core import url_to_fs
 
 from ... import __version__
-from ..errors import (
+from ..api.errors import (
     ConcurrencyLimitedError,
-    ConfigurationError,
-    DownloadStalledError,
     DownloadTimeoutError,
     ProtocolError,
     RateLimitedError,
-    ResultNotReadyError,
     ResultTooLargeError,
     ServerError,
     TransportError,
     TruncatedDownloadError,
     VanceError,
 )
-from ..inputs import sniff
-from ..models import ApiName, Balance, Capabilities, Job
-from ..retry import RetryPolicy, parse_retry_after, retrying
+from ..api.models import ApiName, Balance, Capabilities, Job
+from ..media import _has_media_ext, sniff
 from ..secrets import Secret, redact
-from ..storage import AtomicWriter, is_local
+from ..state.storage import AtomicWriter, is_local
+from ..transport.download import (
+    _INLINE_WRITE,
+    _SNIFF_BYTES,
+    _WRITE_CHUNK,
+    SMALL_SOURCE,
+    DownloadOptions,
+    _content_length,
+    _labelled_file,
+    _opener,
+    _Paced,
+    _read_head,
+)
+from ..transport.rate_gate import RateGate
+from ..transport.retry import RetryPolicy, parse_retry_after, retrying
 
-log = logging.getLogger(__name__)
-
-
-class RateGate:
-    """Shared by every API call of one client (one backend per client), so the client stays within
-    the key's request rate: a token bucket whose rate is learned from what the server says.
-
-    The documents promise ``Retry-After`` and ``X-RateLimit-Limit`` / ``-Remaining`` / ``-Reset``
-    (epoch seconds: when the window ends) on a ``429 rate_limited``; so:
-
-    - After a 429 nothing goes until ``Retry-After`` has passed and the window has reset. Then
-      one request goes first (the probe) and the others follow it one by one, ``interval``
-      apart: never all at once. Each caller takes its own slot; none sleeps to a shared instant.
-    - ``interval`` is ``window / Limit``, with a margin. The window is at least as long as the
-      time one was seen to have left (``Reset`` less the server's clock, read through
-      ``Retry-After``), and a 429 although paced makes it 20 % longer, up to the shortest time
-      seen from one reset to a later one (a whole number of windows). So pacing too fast only
-      ever slows it down. A 429 without ``X-RateLimit-Limit`` paces by how many requests
-      passed in its ``Retry-After``.
-    - When successful answers carry ``X-RateLimit-Remaining`` too (not promised; our simulator
-      sends them by default), what is left of the window is spent without pacing, then calls
-      wait for the reset. A late answer from an older window (its ``Reset`` is earlier) says
-      nothing about the current one and is ignored.
-    - A 429 to a request sent before the current block began is old news: ignored.
-    """
-
-    MARGIN = 1.1  # pace this much under the learned rate: arrival times at the server jitter
-    GROWTH = 1.2  # a 429 although paced: the window is this much longer than thought, at least
-    MAX_WINDOW = 3600.0
-
-    def __init__(
-        self,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self._clock, self._wall, self._sleep = clock, wall, sleep
-        self.limit: int | None = None  # X-RateLimit-Limit: requests per window
-        self.window = 0.0  # the window is at least this long (seconds)
-        self.reset: float | None = None  # X-RateLimit-Reset (epoch) of the newest window seen
-        self.reset_at = 0.0  # the same, on the monotonic clock
-        self.remaining: int | None = None  # what the newest window has left, when answers say it
-        self._fallback = 0.0  # the interval after a 429 without X-RateLimit-Limit
-        self._sent: deque[float] = deque(maxlen=512)  # when recent requests went, less those refused
-        self.not_before = 0.0  # monotonic: nothing goes before this (Retry-After)
-        self.next_at = 0.0  # monotonic: the bucket's next free slot
-        self.blocked_at = -math.inf  # monotonic: when the current block began
-        self._skew = 0.0  # how far the server's clock is ahead of ours (beyond a second)
-        self._gap = math.inf  # the shortest time seen from one window's reset to a later one's
-        self._last_spent = 0.0  # the share of the previous window's requests that were spent
-        self._paced_since = math.inf  # monotonic: since when the gate knows a rate to pace by
-        self.epoch = 0  # +1 whenever the schedule is redone: slots taken before are void
-        self.limited = 0  # 429 rate_limited answers seen
-        self.concurrency_refusals = 0  # 429 concurrency_limit_exceeded answers seen
-        #: Called on each ``429 concurrency_limit_exceeded`` (a batch lowers its concurrency).
-        self.on_concurrency_limit: list[Callable[[], None]] = []
-
-    @property
-    def interval(self) -> float:
-        """Seconds between two requests when pacing (0: no limit known yet)."""
-        if not self.limit:
-            return self._fallback
-        return self.MARGIN * self.window / self.limit
-
-    async def wait(self) -> float:
-        """Wait for this caller's turn; returns when it went (monotonic), for :meth:`observe`."""
-        slot: float | None = None
-        epoch = self.epoch
-        while True:
-            now = self._clock()
-            if epoch != self.epoch:  # a 429 or a spent window came meanwhile: the slot is void
-                slot, epoch = None, self.epoch
-            if now < self.not_before:
-                await self._sleep(self.not_before - now)
-                continue
-            left = self.remaining if now < self.reset_at else None  # what the server said is left
-            known = left is not None
-            if left is not None and left <= 0:
-                self._hold(self.reset_at)  # spent: nothing more before the window ends
-                continue
-            if slot is None:
-                if known:  # spend what is left of the window, no pacing needed
-                    break
-                slot = max(now, self.next_at)
-                self.next_at = slot + self.interval
-            if slot > now:
-                await self._sleep(slot - now)
-                continue
-            break
-        if known and self.remaining is not None:
-            self.remaining -= 1
-        self._sent.append(now)  # passed, unless a 429 for it comes back
-        return now
-
-    def observe(
-        self,
-        headers: Mapping[str, str],
-        sent: float | None = None,
-        *,
-        limited: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        """Learn from an answer; ``limited`` for a ``429 rate_limited``, ``sent`` from :meth:`wait`."""
-        now, wall = self._clock(), self._wall()
-        sent = now if sent is None else sent
-        paced = sent > self._paced_since  # the gate knew a rate when this went
-        limit, remaining, reset = _rate_headers(headers)
-        self.limit = limit or self.limit
-        told = parse_retry_after(headers) if limited and reset is not None else None
-        if told is not None and reset is not None and abs(reset - wall - self._skew - told) > 1.0:
-            self._skew = reset - wall - told  # Reset is the server's clock, Retry-After is not
-        if reset is not None:
-            self._window_seen(reset, remaining, now, wall + self._skew)
-        if self.interval > 0:
-            self._paced_since = min(self._paced_since, now)
-        if not limited:
-            return
-        self.limited += 1
-        with contextlib.suppress(ValueError):
-            self._sent.remove(sent)  # it did not pass
-        if sent <= self.blocked_at:
-            return  # sent before the current block began: that block covers it already
-        wait = 1.0 if retry_after is None else retry_after
-        if self.limit:
-            if reset is None:  # Retry-After is what is left of the window, so it is no shorter
-                self._learn_window(wait)
-            elif paced:  # refused although paced: the window is longer than thought, but no
-                # longer than from one reset to the next (a whole number of windows)
-                self._learn_window(min(self.window * self.GROWTH, self._gap))
-        else:  # nothing says the rate: as many as passed in the last Retry-After
-            came = sum(1 for t in self._sent if t >= now - wait)
-            self._fallback = self.MARGIN * min(wait, self.MAX_WINDOW) / max(1, came)
-        until = now + wait
-        if reset is not None and reset >= (self.reset or 0.0):
-            until = max(until, self.reset_at)
-        self._hold(until, block=True)
-
-    def pressure(self) -> float:
-        """How close the key's request rate is to its limit, 0 to 1: the share of the rate the gate
-        allows itself (``MARGIN`` under the key's) used over the last couple of seconds; 1 while
-        calls wait for a window to reset, 0 while no limit is known. Measured against the key's
-        own rate, a gate pacing at its margin read 0.91, never "bound"."""
-        now = self._clock()
-        if now < self.not_before or (
-            self.remaining is not None and self.remaining <= 0 and now < self.reset_at
-        ):
-            return 1.0
-        if not self.limit or not self.window:
-            return 0.0
-        span, recent = min(self.window, 2.0), 0
-        for sent in reversed(self._sent):  # the newest last
-            if sent < now - span:
-                break
-            recent += 1
-        return min(1.0, max(recent / span * self.interval, self._window_pace(now)))
-
-    def _window_pace(self, now: float) -> float:
-        """The share of the current window's requests spent, over the share of its time gone (the
-        gate spends what a window has left without pacing, in bursts that then wait for its reset:
-        over a couple of seconds the rate can look low while the window's budget runs out)."""
-        if self.remaining is None or not self.limit or now >= self.reset_at:
-            return 0.0
-        gone = self.window - (self.reset_at - now)
-        if gone < min(2.0, self.window / 4):  # too early in the window to tell: as the last one
-            return self._last_spent
-        return (self.limit - self.remaining) / self.limit / (gone / self.window)
-
-    def refused_for_concurrency(self) -> None:
-        """A ``429 concurrency_limit_exceeded``: the account's jobs in flight, not the key's rate,
-        so no other call waits; the refused one retries after ``Retry-After``."""
-        self.concurrency_refusals += 1
-        for listener in self.on_concurrency_limit:
-            listener()
-
-    def _learn_window(self, seconds: float) -> None:
-        self.window = max(self.window, min(seconds, self.MAX_WINDOW))
-
-    def _hold(self, until: float, *, block: bool = False) -> None:
-        """Nothing goes before ``until``; then the first caller (the probe), the others
-        ``interval`` apart: slots taken before are void. ``block``: after a 429."""
-        if until > self.not_before or block:
-            self.not_before = max(self.not_before, until)
-            self.next_at = self.not_before
-            self.epoch += 1
-        if block:
-            self.blocked_at = self._clock()
-
-    def _window_seen(self, reset: float, remaining: int | None, now: float, wall: float) -> None:
-        """``wall``: the server's clock now (as far as its answers tell)."""
-        if self.reset is not None and reset < self.reset - 1e-3:
-            return  # a late answer from an older window: it says nothing about the current one
-        self._learn_window(reset - wall)  # a window lasts at least what one had left
-        if self.reset is None or reset > self.reset + 1e-3:  # a newer window
-            if self.reset is not None:
-                self._gap = min(self._gap, reset - self.reset)
-                # The share of the window just ended that was spent, if this one follows it (just
-                # after a reset, a key spent to the reset read 0.67: its calls had waited for it).
-                left, limit = self.remaining, self.limit
-                follows = reset - self.reset <= 1.5 * self.window
-                self._last_spent = 1 - left / limit if follows and left is not None and limit else 0.0
-            self.reset, self.reset_at, self.remaining = reset, now + (reset - wall), remaining
-        elif remaining is not None:  # the same window, answers out of order: trust the lowest
-            self.remaining = remaining if self.remaining is None else min(self.remaining, remaining)
-
-
-def _rate_headers(headers: Mapping[str, str]) -> tuple[int | None, int | None, float | None]:
-    """``X-RateLimit-Limit``, ``-Remaining``, ``-Reset`` (epoch seconds); ``None`` when absent or bad."""
-
-    def number(name: str, kind: Callable[[str], Any]) -> Any:
-        value = headers.get(name)
-        try:
-            return None if value is None else kind(value)
-        except ValueError:
-            return None
-
-    limit, remaining = number("x-ratelimit-limit", int), number("x-ratelimit-remaining", int)
-    reset = number("x-ratelimit-reset", float)
-    if reset is not None and not 1e9 < reset < 1e11:  # not an epoch time: unusable
-        reset = None
-    return (limit if limit and limit > 0 else None), remaining, reset
+log = logging.getLogger("vance_provider.core.backends.base")
 
 
 @dataclass(frozen=True)
@@ -687,173 +477,10 @@ class Backend:
         raise NotImplementedError
 
 
-EXT_BY_TYPE = {
-    "image/jpeg": "jpg",
-    "image/jpg": "jpg",
-    "image/png": "png",
-    "image/webp": "webp",
-    "video/mp4": "mp4",
-    "video/quicktime": "mov",
-    "image/gif": "gif",
-}
-MEDIA_EXTS = {"jpg", "jpeg", "png", "webp", "mp4", "mov", "gif"}
-_FILE_TYPES = ("application/octet-stream", "binary/octet-stream")
-_SNIFF_BYTES = 64  # enough for every magic number the sniffer knows
 _ERROR_BODY_MAX = 64 * 1024  # an error answer is read this far, never further
-_WRITE_CHUNK = 1 << 20  # writes to storage in bounded chunks (1 MiB)
-_INLINE_WRITE = 256 << 10  # a result up to this size, for local disk, is written on the loop
-SMALL_SOURCE = 1 << 20  # inputs up to this size are read whole and uploaded as bytes
-
-
-def _opener(fs: Any) -> Callable[..., Any]:
-    """``open`` for local disk (fsspec's local file wrapper costs more per file), else ``fs.open``."""
-    return open if is_local(fs) else fs.open
-
-
-async def _read_head(fs: Any, path: str, n: int) -> bytes:
-    """The first ``n`` bytes of a file: read at once on local disk (no thread hop for a small
-    read), in a thread elsewhere."""
-
-    def read() -> bytes:
-        with _opener(fs)(path, "rb") as fh:  # (a ranged cat_file past the end is refused by some stores)
-            return bytes(fh.read(n))
-
-    return read() if is_local(fs) else await asyncio.to_thread(read)
-
-
-@dataclass(frozen=True)
-class DownloadOptions:
-    """Bounds of one result download, every attempt together.
-
-    ``deadline``: seconds for the whole download, retries included (``None``: no limit); then
-    :class:`DownloadTimeoutError`. ``min_rate`` / ``stall_window``: at least ``min_rate`` bytes per
-    second over every ``stall_window`` seconds, else the attempt fails as stalled
-    (:class:`DownloadStalledError`, retried; ``min_rate=0`` turns the rule off). ``max_bytes``:
-    the largest result taken when the service does not say its size (when it does, that size is
-    the limit); past it, :class:`ResultTooLargeError`.
-    """
-
-    deadline: float | None = 3600.0
-    min_rate: float = 1024.0
-    stall_window: float = 30.0
-    max_bytes: int | None = 8 * 1024**3
-
-    def __post_init__(self) -> None:
-        for field_name in ("deadline", "min_rate", "stall_window", "max_bytes"):
-            value = getattr(self, field_name)
-            if value is not None and (isinstance(value, bool) or not value >= 0):
-                raise ConfigurationError(f"DownloadOptions.{field_name} must be a number >= 0, got {value!r}")
-        if self.min_rate and not self.stall_window:
-            raise ConfigurationError("DownloadOptions.stall_window must be > 0 when min_rate is set")
 
 
 Backend.downloads = DownloadOptions()
 
 
-class _Paced:
-    """The chunks of a body, under a minimum-throughput rule: over every ``window`` seconds at
-    least ``min_rate`` bytes per second must arrive, else :class:`DownloadStalledError`.
-
-    The rule is checked on time even while nothing arrives; a pending read is never cancelled
-    unless the rule fails (or the download ends), so no byte is lost between checks.
-    """
-
-    def __init__(self, chunks: AsyncIterator[bytes], min_rate: float, window: float, what: str) -> None:
-        self._it = chunks.__aiter__()
-        self._pending: asyncio.Future[bytes] | None = None
-        self.min_rate, self.window, self.what = min_rate, window, what
-        self._start, self._bytes = time.monotonic(), 0
-        self._done = False
-
-    async def next(self) -> bytes:
-        """The next chunk; ``b""`` at the end of the body."""
-        if self._done:
-            return b""
-        if not self.min_rate:  # no rule: read straight on
-            try:
-                return await self._it.__anext__()
-            except StopAsyncIteration:
-                self._done = True
-                return b""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._it.__anext__())
-        while True:
-            timeout = max(0.0, self._start + self.window - time.monotonic())
-            done, _ = await asyncio.wait({self._pending}, timeout=timeout)
-            if done:
-                task, self._pending = self._pending, None
-                try:
-                    chunk = task.result()
-                except StopAsyncIteration:
-                    self._done = True
-                    return b""
-                self._bytes += len(chunk)
-                self._check()
-                if chunk:
-                    return chunk
-                self._pending = asyncio.ensure_future(self._it.__anext__())
-                continue
-            self._check()
-
-    async def read(self, n: int) -> bytes:
-        """At least ``n`` bytes (fewer only at the end of the body)."""
-        data = b""
-        while len(data) < n:
-            chunk = await self.next()
-            if not chunk:
-                break
-            data += chunk
-        return data
-
-    def _check(self) -> None:
-        if not self.min_rate:
-            return
-        now = time.monotonic()
-        elapsed = now - self._start
-        if elapsed < self.window:
-            return
-        if self._bytes < self.min_rate * elapsed:
-            raise DownloadStalledError(
-                f"{self.what}: the download stalled ({self._bytes} bytes in {elapsed:.1f} s, under "
-                f"the minimum of {self.min_rate:g} bytes/s)",
-                hint="retried; lower DownloadOptions.min_rate for very slow links",
-            )
-        self._start, self._bytes = now, 0
-
-    async def aclose(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        closer = getattr(self._it, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(Exception):
-                await closer()
-
-
-def _labelled_file(ctype: str) -> bool:
-    """The ``Content-Type`` of a file (of a type the sniffer may not know), not of an answer."""
-    return ctype.startswith(("image/", "video/")) or ctype in _FILE_TYPES
-
-
-def _content_length(response: httpx.Response) -> int | None:
-    try:
-        value = int(response.headers.get("content-length", ""))
-    except ValueError:
-        return None
-    return value if value >= 0 else None
-
-
-def _has_media_ext(url: str) -> bool:
-    name = url.rsplit("/", 1)[-1]
-    return "." in name and name.rsplit(".", 1)[1].lower() in MEDIA_EXTS
-
-
-def ext_from_response(response: httpx.Response, default: str = "jpg") -> str:
-    """The extension the ``Content-Type`` names (used only when the first bytes name none)."""
-    ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
-    return EXT_BY_TYPE.get(ctype, default)
-
-
-__all__ = ["Backend", "DownloadOptions", "RateGate", "ResultNotReadyError", "ext_from_response"]
+__all__ = ["Backend", "Submission"]

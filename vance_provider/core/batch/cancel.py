@@ -29,14 +29,15 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import BatchLockedError, VanceError
-from .lease import BatchLease, fence_writes
-from .manifest import ItemState, Manifest, ManifestItem
-from .models import JobStatus
+from ..api.errors import BatchLockedError, VanceError
+from ..api.models import JobStatus
+from ..state.lease import BatchLease, fence_writes
+from ..state.manifest import ItemState, Manifest, ManifestItem
+from .runner import BatchRunner, manifest_for
 
 if TYPE_CHECKING:
-    from .batch import BatchResult, BatchSpec
-    from .client import AsyncVanceClient
+    from ..client import AsyncVanceClient
+    from .spec import BatchResult, BatchSpec
 
 log = logging.getLogger("vance_provider.cancel")
 CANCEL_NOTE = "canceled when its task was stopped; the next run submits it again"
@@ -241,7 +242,6 @@ class StoppableBatch:
         *,
         grace: float = 30.0,
     ) -> None:
-        from .batch import BatchRunner
 
         self.client = client
         self.spec = spec
@@ -271,7 +271,6 @@ class StoppableBatch:
         return self.runner.manifest
 
     async def run(self) -> BatchResult:
-        from .batch import manifest_for
 
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()

@@ -1,11 +1,11 @@
 """One backend per vendor API, all behind :class:`Backend`."""
 
-from ..errors import ConfigurationError
-from ..models import Capabilities
+from ..api.errors import ConfigurationError
+from ..api.models import Capabilities
 from .base import Backend
-from .open_api import OpenApiBackend
-from .visioncraft import VisionCraftBackend
-from .web_api import WebApiBackend
+from .open.backend import OpenApiBackend
+from .visioncraft.backend import VisionCraftBackend
+from .web.backend import WebApiBackend
 
 #: The backend of each API, by its name.
 BACKENDS: dict[str, type[Backend]] = {b.api: b for b in (WebApiBackend, OpenApiBackend, VisionCraftBackend)}

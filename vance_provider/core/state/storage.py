@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import unicodedata
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from .errors import (
+from ..api.errors import (
     ConfigurationError,
     InvalidInputError,
     TransportError,
@@ -22,7 +24,7 @@ from .errors import (
     UnreadableInputError,
     VanceError,
 )
-from .secrets import redact_url
+from ..secrets import redact_url
 
 CHUNK = 1 << 20  # bounded buffer for streaming (1 MiB)
 # Listed from folders and globs; unsupported kinds (gif, bmp, ...) are listed too, so the
@@ -468,3 +470,115 @@ def check_writable(prefix: str, storage_options: dict[str, Any] | None = None) -
             source=redact_url(prefix),
             hint="check the path, its permissions and the storage credentials",
         ) from None
+
+
+# --- hashing -----------------------------------------------------------------------------------------
+def sha256_of(url: str, storage_options: dict[str, Any] | None = None, chunk: int = CHUNK) -> str:
+    """The SHA-256 (hex) of a file on any fsspec URL, read in bounded chunks."""
+    h = hashlib.sha256()
+    with fsspec.open(url, "rb", **(storage_options or {})) as fh:
+        while data := fh.read(chunk):
+            h.update(data)
+    return h.hexdigest()
+
+
+class HashingReader:
+    """A read-only file wrapper that hashes what another reader (an input check, a decoder) reads.
+
+    Bytes are hashed as the contiguous prefix grows; re-reads after a seek back cost nothing, and
+    bytes skipped by a seek forward are read once more by :meth:`hexdigest`, which completes the
+    hash from where it stopped to the end of the file. The digest is therefore always the file's,
+    whatever the reader did; ``extra_bytes`` says how much it had to read on its own.
+    """
+
+    def __init__(self, fh: Any, chunk: int = CHUNK) -> None:
+        self._fh = fh
+        self._hash = hashlib.sha256()
+        self._hashed = 0  # bytes [0, _hashed) are in the hash
+        self._pos = fh.tell() if hasattr(fh, "tell") else 0
+        self._chunk = chunk
+        self._digest: str | None = None
+        self.extra_bytes = 0
+
+    def _feed(self, pos: int, data: bytes) -> None:
+        end = pos + len(data)
+        if self._digest is None and pos <= self._hashed < end:
+            self._hash.update(memoryview(data)[self._hashed - pos :])
+            self._hashed = end
+
+    def _passed(self, data: bytes) -> bytes:
+        """``data``, just read at the current position: hashed (once), and the position moved on."""
+        pos = self._pos
+        self._pos = pos + len(data)
+        self._feed(pos, data)
+        return data
+
+    def read(self, size: int = -1) -> bytes:
+        return self._passed(self._fh.read(size))
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._passed(self._fh.readline(size))
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(memoryview(buffer)))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._pos = self._fh.seek(offset, whence)
+        if self._pos is None:  # some file objects return None
+            self._pos = self._fh.tell()
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return bool(getattr(self._fh, "closed", False))
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> HashingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def size(self) -> int:
+        """Bytes hashed so far (the file's size once :meth:`hexdigest` has run)."""
+        return self._hashed
+
+    def hexdigest(self) -> str:
+        """The file's SHA-256, reading what the other reader did not (the position is kept)."""
+        if self._digest is None:
+            here = self._pos
+            self._fh.seek(self._hashed)
+            while data := self._fh.read(self._chunk):
+                self._hash.update(data)
+                self._hashed += len(data)
+                self.extra_bytes += len(data)
+            self._fh.seek(here)
+            self._digest = self._hash.hexdigest()
+        return self._digest
+
+
+@contextmanager
+def open_hashing(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[HashingReader]:
+    """Open ``url`` for reading through a :class:`HashingReader`::
+
+    with open_hashing(url) as fh:
+        info = Image.open(fh).size  # any reader
+        digest = fh.hexdigest()     # costs no read where the reader read it all
+    """
+    with fsspec.open(url, "rb", **(storage_options or {})) as raw:
+        reader = HashingReader(raw)
+        yield reader

@@ -37,20 +37,28 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-import fsspec
 from fsspec.core import url_to_fs
 
-from .errors import ConfigurationError, InvalidConfigError, VanceError
-from .inputs import sniff
-from .secrets import redact, redact_url
-from .storage import CHUNK, PARTIAL_MARK, AtomicWriter, full_url, is_local, write_bytes_atomic
-from .tools import ToolCall
+from ..api.errors import ConfigurationError, InvalidConfigError, VanceError
+from ..media import sniff
+from ..secrets import redact, redact_url
+from ..tools import ToolCall
+from .storage import (
+    CHUNK,
+    PARTIAL_MARK,
+    AtomicWriter,
+    HashingReader,
+    full_url,
+    is_local,
+    open_hashing,
+    sha256_of,
+    write_bytes_atomic,
+)
 
 log = logging.getLogger("vance_provider.cache")
 
@@ -58,7 +66,7 @@ LAYOUT = "v1"
 RECORD_NAME = "record.json"
 Verify = Literal["size", "full"]
 
-# Extensions a destination may already carry (as downloads decide: backends/base.py MEDIA_EXTS).
+# Extensions a destination may already carry (as downloads decide: media.py MEDIA_EXTS).
 OUTPUT_EXTENSIONS = {"jpg", "jpeg", "png", "webp", "mp4", "mov", "gif"}
 CONTENT_TYPES = {
     "jpg": "image/jpeg",
@@ -155,118 +163,6 @@ def _digest(key: CacheKey | str) -> str:
     if not _HEX64.match(d):
         raise ValueError(f"not a cache key: {key!r}")
     return d
-
-
-# --- hashing -----------------------------------------------------------------------------------------
-def sha256_of(url: str, storage_options: dict[str, Any] | None = None, chunk: int = CHUNK) -> str:
-    """The SHA-256 (hex) of a file on any fsspec URL, read in bounded chunks."""
-    h = hashlib.sha256()
-    with fsspec.open(url, "rb", **(storage_options or {})) as fh:
-        while data := fh.read(chunk):
-            h.update(data)
-    return h.hexdigest()
-
-
-class HashingReader:
-    """A read-only file wrapper that hashes what another reader (an input check, a decoder) reads.
-
-    Bytes are hashed as the contiguous prefix grows; re-reads after a seek back cost nothing, and
-    bytes skipped by a seek forward are read once more by :meth:`hexdigest`, which completes the
-    hash from where it stopped to the end of the file. The digest is therefore always the file's,
-    whatever the reader did; ``extra_bytes`` says how much it had to read on its own.
-    """
-
-    def __init__(self, fh: Any, chunk: int = CHUNK) -> None:
-        self._fh = fh
-        self._hash = hashlib.sha256()
-        self._hashed = 0  # bytes [0, _hashed) are in the hash
-        self._pos = fh.tell() if hasattr(fh, "tell") else 0
-        self._chunk = chunk
-        self._digest: str | None = None
-        self.extra_bytes = 0
-
-    def _feed(self, pos: int, data: bytes) -> None:
-        end = pos + len(data)
-        if self._digest is None and pos <= self._hashed < end:
-            self._hash.update(memoryview(data)[self._hashed - pos :])
-            self._hashed = end
-
-    def _passed(self, data: bytes) -> bytes:
-        """``data``, just read at the current position: hashed (once), and the position moved on."""
-        pos = self._pos
-        self._pos = pos + len(data)
-        self._feed(pos, data)
-        return data
-
-    def read(self, size: int = -1) -> bytes:
-        return self._passed(self._fh.read(size))
-
-    def readline(self, size: int = -1) -> bytes:
-        return self._passed(self._fh.readline(size))
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.read(len(memoryview(buffer)))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = self._fh.seek(offset, whence)
-        if self._pos is None:  # some file objects return None
-            self._pos = self._fh.tell()
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    @property
-    def closed(self) -> bool:
-        return bool(getattr(self._fh, "closed", False))
-
-    def close(self) -> None:
-        self._fh.close()
-
-    def __enter__(self) -> HashingReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def size(self) -> int:
-        """Bytes hashed so far (the file's size once :meth:`hexdigest` has run)."""
-        return self._hashed
-
-    def hexdigest(self) -> str:
-        """The file's SHA-256, reading what the other reader did not (the position is kept)."""
-        if self._digest is None:
-            here = self._pos
-            self._fh.seek(self._hashed)
-            while data := self._fh.read(self._chunk):
-                self._hash.update(data)
-                self._hashed += len(data)
-                self.extra_bytes += len(data)
-            self._fh.seek(here)
-            self._digest = self._hash.hexdigest()
-        return self._digest
-
-
-@contextmanager
-def open_hashing(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[HashingReader]:
-    """Open ``url`` for reading through a :class:`HashingReader`::
-
-    with open_hashing(url) as fh:
-        info = Image.open(fh).size  # any reader
-        digest = fh.hexdigest()     # costs no read where the reader read it all
-    """
-    with fsspec.open(url, "rb", **(storage_options or {})) as raw:
-        reader = HashingReader(raw)
-        yield reader
 
 
 # --- ages --------------------------------------------------------------------------------------------

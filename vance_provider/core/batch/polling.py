@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import Job, JobStatus
+from ..api.models import Job, JobStatus
 
 
 @dataclass

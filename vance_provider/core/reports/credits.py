@@ -21,14 +21,17 @@ from pathlib import PurePosixPath
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from .backends import capabilities_of
-from .client import AsyncVanceClient
-from .manifest import ItemState, Manifest
-from .models import ApiName, UsageRecord, credits_text
-from .tools import OWN_TOOLS, VENDOR_NAMES
+from ..api.models import ApiName, UsageRecord, credits_text
+from ..state.manifest import ItemState, Manifest
+from ..state.storage import write_bytes_atomic
+from ..tools import OWN_TOOLS, VENDOR_NAMES
+from ..vendors import capabilities_of
 
-if TYPE_CHECKING:  # pandas is imported when a report is made, not when the package is
+if TYPE_CHECKING:
+    # pandas is imported when a report is made, not when the package is
     import pandas as pd
+
+    from ..client import AsyncVanceClient
 
 log = logging.getLogger("vance_provider.credits")
 
@@ -415,8 +418,6 @@ def report_line(df: pd.DataFrame) -> str:
 def write_report(df: pd.DataFrame, url: str, storage_options: dict[str, Any] | None = None) -> str:
     """CSV or Parquet by the URL's extension, written to any fsspec URL atomically."""
     import io
-
-    from .storage import write_bytes_atomic
 
     buf = io.BytesIO()
     if url.endswith(".parquet"):

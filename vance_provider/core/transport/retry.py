@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from ..defaults import DEFAULT_MAX_RETRIES
-from .errors import ConcurrencyLimitedError, RateLimitedError, VanceError
+from ...defaults import DEFAULT_MAX_RETRIES
+from ..api.errors import ConcurrencyLimitedError, RateLimitedError, VanceError
 
 DEFAULT_MAX_ATTEMPTS = DEFAULT_MAX_RETRIES + 1  # the first try, then the retries
 DEFAULT_RATE_LIMIT_DEADLINE = 300.0

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-from .manifest import ItemState
-from .storage import join, write_bytes_atomic
+from ..state.manifest import ItemState, Manifest
+from ..state.storage import join, write_bytes_atomic
 
 log = logging.getLogger("vance_provider.preview")
 
@@ -78,7 +78,6 @@ def pairs_from_manifest(
     url: str, storage_options: Mapping[str, Any] | None = None, limit: int = MAX_PAIRS
 ) -> list[Pair]:
     """The first ``limit`` done pairs a batch manifest records."""
-    from .manifest import Manifest
 
     manifest = Manifest(url, dict(storage_options or {})).load()
     return pairs_of(manifest.items.values(), limit)

@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from fsspec.core import url_to_fs
 
-from .errors import BatchLockedError, ConfigurationError
+from ..api.errors import BatchLockedError, ConfigurationError
 from .manifest import MANIFEST_NAME
 from .storage import is_local, join
 

@@ -10,15 +10,15 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .backends import VisionCraftBackend
-from .client import blocking
-from .errors import InvalidConfigError, InvalidInputError
-from .inputs import check_input
-from .storage import list_sources
+from ...api.errors import InvalidConfigError, InvalidInputError
+from ...blocking import blocking
+from ...inputs import check_input
+from ...state.storage import list_sources
+from .backend import VisionCraftBackend
 
 if TYPE_CHECKING:
-    from .client import AsyncVanceClient
-    from .models import Job
+    from ...api.models import Job
+    from ...client import AsyncVanceClient
 
 
 def visioncraft_backend(client: AsyncVanceClient) -> VisionCraftBackend:

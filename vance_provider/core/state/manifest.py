@@ -18,8 +18,8 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from .errors import ManifestError, ManifestMismatchError
-from .secrets import redact
+from ..api.errors import ManifestError, ManifestMismatchError
+from ..secrets import redact
 from .storage import join, write_bytes_atomic
 
 MANIFEST_NAME = "_vance_manifest.json"

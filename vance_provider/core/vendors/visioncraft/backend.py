@@ -23,12 +23,12 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 import httpx
 
-from ..errors import (
+from ...api.errors import (
     APIError,
     AuthenticationError,
     FileTooLargeError,
@@ -41,11 +41,13 @@ from ..errors import (
     SubscriptionRequiredError,
     VanceError,
 )
-from ..inputs import sniff
-from ..models import Balance, Capabilities, Job, JobStatus, Media
-from ..storage import AtomicWriter
-from ..tools import ToolCall
-from .base import EXT_BY_TYPE, Backend, Submission, _has_media_ext, ext_from_response
+from ...api.models import Balance, Capabilities, Job, JobStatus, Media
+from ...media import EXT_BY_TYPE, _has_media_ext, ext_from_response, sniff
+from ...state.storage import AtomicWriter
+from ..base import Backend, Submission
+
+if TYPE_CHECKING:
+    from ...tools import ToolCall
 
 # The option lists the API serves (GET, no key).
 LISTS: dict[str, str] = {

@@ -17,39 +17,33 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import math
 import os
-import statistics
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from fsspec.core import url_to_fs
 
-from .cache import CacheUnusableError, ResultCache, key_for_call, sha256_of
-from .client import AsyncVanceClient, default_idempotency_key
-from .errors import (
-    BatchFailedError,
+from ..api.errors import (
     BudgetExceededError,
     ConcurrencyLimitedError,
     InsufficientCreditsError,
-    InvalidConfigError,
     InvalidInputError,
     ManifestError,
     VanceError,
     WaitTimeoutError,
 )
-from .inputs import InputInfo, check_input
-from .lease import BatchLease, LeaseLostError, fence_writes
-from .manifest import ItemState, Manifest, ManifestItem
-from .models import ApiName, Job, JobStatus, Media, credits_text
-from .polling import poll_jobs
-from .secrets import redact, redact_options
-from .storage import (
+from ..api.idempotency import default_idempotency_key
+from ..api.models import ApiName, Job, JobStatus, Media, credits_text
+from ..inputs import InputInfo, check_input
+from ..secrets import redact, redact_options
+from ..state.cache import CacheUnusableError, ResultCache, key_for_call, sha256_of
+from ..state.lease import BatchLease, LeaseLostError, fence_writes
+from ..state.manifest import ItemState, Manifest, ManifestItem
+from ..state.storage import (
     MEDIA_EXTENSIONS,
     PARTIAL_MARK,
     OutputExistsError,
@@ -65,310 +59,15 @@ from .storage import (
     safe_name,
     storage_failure,
 )
-from .tools import ToolCall
+from ..tools import ToolCall
+from .latency import AdaptiveLimit, LatencyEstimate
+from .polling import poll_jobs
+from .spec import BatchResult, BatchSpec, ItemResult, Progress
+
+if TYPE_CHECKING:
+    from ..client import AsyncVanceClient
 
 log = logging.getLogger("vance_provider.batch")
-# BatchSpec fields that may carry a credential: shown redacted in its repr.
-_REDACTED_FIELDS = frozenset(
-    {
-        "storage_options",
-        "cache_storage_options",
-        "source",
-        "destination",
-        "manifest",
-        "cache",
-        "config",
-        "jconfig",
-    }
-)
-FailurePolicy = Literal["continue", "fail", "fail_fast"]
-
-
-@dataclass
-class BatchSpec:
-    source: str | list[str]
-    destination: str
-    tool: str
-    config: dict[str, Any] | None = None
-    jconfig: dict[str, Any] | str | None = None
-    output_format: str | None = None
-    max_concurrency: int = 8
-    credit_budget: float | None = None
-    poll_interval: float = 2.0
-    max_poll_interval: float = 15.0
-    on_failure: FailurePolicy = "fail"
-    on_insufficient_credits: Literal["fail", "partial"] = "fail"
-    force: bool = False
-    timeout: float | None = None
-    storage_options: dict[str, Any] | None = None
-    allow_empty: bool = False  # an empty source is an error unless this is set
-    manifest: str | None = None  # where the manifest lives; default: _vance_manifest.json in destination
-    fresh: bool = False  # archive an existing manifest and start the batch afresh
-    lock_timeout: float = 0.0  # seconds to wait for another run's lease on the batch; 0 = fail at once
-    owner: str | None = None  # a stable id of this run (say, an Airflow run id): it may re-enter its lease
-    lease_scope: str | None = None  # runs with disjoint inputs by construction (a partition): own lease
-    cache: str | None = None  # a result cache (fsspec URL): results already paid for are copied, not paid
-    cache_storage_options: dict[str, Any] | None = None  # default: storage_options
-    cache_optional: bool = False  # a cache that cannot be used is a warning, not a refusal
-    overwrite: bool = False  # write over files already in the destination that are not this batch's
-
-    def __repr__(self) -> str:  # never a credential: storage options and URLs are redacted
-        shown = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in _REDACTED_FIELDS:
-                value = redact_options(value)
-            shown.append(f"{f.name}={value!r}")
-        return f"{type(self).__name__}({', '.join(shown)})"
-
-    def __post_init__(self) -> None:
-        budget = self.credit_budget
-        if budget is not None and (
-            isinstance(budget, bool)
-            or not isinstance(budget, (int, float))
-            or not math.isfinite(budget)
-            or budget < 0
-        ):
-            raise InvalidConfigError(
-                f"credit_budget must be a number of credits of 0 or more, got {budget!r}",
-                hint="give a finite number such as 50, or leave it unset for no budget",
-            )
-        if (
-            isinstance(self.max_concurrency, bool)
-            or not isinstance(self.max_concurrency, int)
-            or (self.max_concurrency < 1)
-        ):
-            raise InvalidConfigError(
-                f"max_concurrency must be a whole number of 1 or more, got {self.max_concurrency!r}"
-            )
-        for name in ("poll_interval", "max_poll_interval"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value <= 0
-            ):
-                raise InvalidConfigError(
-                    f"{name} must be a number of seconds over 0, got {value!r}",
-                    hint="for example 2 (seconds); the service advises about 2 s for images, 5-10 s for video",
-                )
-        if self.timeout is not None and (
-            isinstance(self.timeout, bool)
-            or not isinstance(self.timeout, (int, float))
-            or not self.timeout > 0
-        ):
-            raise InvalidConfigError(f"timeout must be a number of seconds over 0, got {self.timeout!r}")
-        if not isinstance(self.lock_timeout, (int, float)) or not self.lock_timeout >= 0:
-            raise InvalidConfigError(f"lock_timeout must be 0 or more seconds, got {self.lock_timeout!r}")
-
-
-@dataclass
-class ItemResult:
-    source: str
-    state: str
-    output: str | None = None
-    job_id: str | None = None
-    credits: float = 0.0
-    error: str | None = None
-    error_code: str | None = None
-    cached: bool = False  # served from the result cache, for 0 credits
-
-
-@dataclass
-class BatchResult:
-    items: list[ItemResult]
-    credits_spent: float
-    elapsed: float
-    manifest: str
-    stopped: str | None = None  # why submission stopped early, if it did
-    requests: dict[str, int] = field(default_factory=dict)
-    ignored: list[tuple[str, str]] = field(default_factory=list)  # (url, reason): listed, not taken
-    credits_saved: float = 0.0  # what the results served from the cache cost when first paid for
-    # Results this run collected that an earlier run had (or may have) paid for already: a job it
-    # took over whose download had started (web API) or that had ended (Open API) before this run
-    # looked at it. Not in ``credits_spent``: the account was not charged again.
-    credits_taken_over: float = 0.0
-
-    def count(self, state: str) -> int:
-        return sum(1 for i in self.items if i.state == state)
-
-    @property
-    def done(self) -> int:
-        return self.count(ItemState.DONE)
-
-    @property
-    def failed(self) -> int:
-        return self.count(ItemState.FAILED)
-
-    @property
-    def skipped(self) -> int:
-        return self.count(ItemState.SKIPPED)
-
-    @property
-    def outputs(self) -> list[str]:
-        return [i.output for i in self.items if i.state == ItemState.DONE and i.output]
-
-    def summary(self, max_outputs: int = 50) -> dict[str, Any]:
-        """Small plain data for XCom or metadata (never big lists, never tokens)."""
-        failures = [(i.source, i.error) for i in self.items if i.state == ItemState.FAILED]
-        return {
-            "total": len(self.items),
-            "done": self.done,
-            "failed": self.failed,
-            "skipped": self.skipped,
-            "credits_spent": round(self.credits_spent, 3),
-            "cached": sum(1 for i in self.items if i.cached),
-            "credits_saved": round(self.credits_saved, 3),
-            "credits_taken_over": round(self.credits_taken_over, 3),
-            "elapsed_s": round(self.elapsed, 2),
-            "manifest": self.manifest,
-            "stopped": self.stopped,
-            "outputs": self.outputs[:max_outputs],
-            "failures": dict(failures[:max_outputs]),
-            "ignored": dict(self.ignored[:max_outputs]),
-        }
-
-    def raise_for_failures(self, policy: FailurePolicy = "fail") -> BatchResult:
-        if policy != "continue" and self.failed:
-            first = next(i for i in self.items if i.state == ItemState.FAILED)
-            raise BatchFailedError(
-                f"{self.failed} of {len(self.items)} item(s) failed; first: {first.source}: {first.error}",
-                result=self,
-            )
-        return self
-
-
-@dataclass
-class Progress:
-    total: int
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    credits_spent: float = 0.0
-    last: ItemResult | None = None
-
-
-class AdaptiveLimit:
-    """At most ``limit`` jobs in flight; shrinks when the service says 429 concurrency, regrows slowly.
-
-    A FIFO limiter whose size changes at run time (anyio's ``CapacityLimiter``): a release wakes
-    one waiter, not all of them.
-    """
-
-    def __init__(self, limit: int) -> None:
-        import anyio
-
-        self.max = self.limit = max(1, limit)
-        self.successes = 0
-        self._limiter = anyio.CapacityLimiter(self.limit)
-
-    @property
-    def in_use(self) -> int:
-        return int(self._limiter.borrowed_tokens)
-
-    async def acquire(self) -> None:
-        await self._limiter.acquire()
-
-    def release(self) -> None:
-        self._limiter.release()
-
-    def shrink(self) -> None:
-        self.limit = max(1, min(self.limit, self.in_use) - 1)
-        self._limiter.total_tokens = self.limit
-        self.successes = 0
-
-    def grow(self) -> None:
-        self.successes += 1
-        if self.limit < self.max and self.successes >= 5:
-            self.limit += 1
-            self._limiter.total_tokens = self.limit
-            self.successes = 0
-
-
-class LatencyEstimate:
-    """When to look first at a job: the time by which a share ``q`` of jobs have finished.
-
-    Every first look tells whether its job was done by then, with no bias from which jobs
-    happen to be measured; so the point is tracked by stochastic approximation: a little
-    earlier after each hit, later after each miss, and the share of hits settles at ``q``.
-    ``q`` follows the key's rate pressure (``pressure()``, 0 to 1): 0.999 when the request rate
-    binds (a missed look costs a turn of the rate budget, while slots are not what limits; at
-    0.995, one first look in 200 missed by design),
-    0.65 when it does not (a missed look costs only a second look soon after, aimed by the
-    service's progress where it reports one; a late look holds a slot the service could use).
-    Until a few jobs have been missed, the point is learned from the misses, from a quarter of
-    the poll interval at first: each missed job ended between the last look that saw it running
-    and the one that found it done, so the point goes to the median of those midpoints. (The
-    look that found it done alone overshoots by up to a backed-off interval: the point then took
-    ~300 jobs to come down, 0.33 s against 0.25 s jobs, ~0.7 s of a 1000-job batch.)
-
-    While requests are cheap the step is divided by the number of jobs in flight: they were all
-    looked at with the same point, so their answers arrive together, a job's length after the
-    point was set. A full step per answer made the point swing between 0.8x and 1.6x of the jobs'
-    length (measured: 200 to 400 ms for 0.254 s jobs at 16 in flight, the first look 46 ms late on
-    average). When the rate binds the point sits in the thin tail of the lengths, where a full
-    step does not swing, and a miss must move it up at once (each costs a turn of the rate budget):
-    the step is divided less as the pressure grows, not at all at 1.
-    """
-
-    LEARN = 5  # misses before the stochastic approximation takes over
-    STEP = 0.05  # log-step: a miss moves the point up by up to 5 %
-    LOW, HIGH = 0.65, 0.999  # the share of first looks that should find the job done
-    BOUND = 0.9  # the rate pressure from which the rate counts as binding
-
-    def __init__(self, initial: float, pressure: Callable[[], float] = lambda: 1.0) -> None:
-        self.value = initial / 4
-        self.pressure = pressure
-        self.misses = 0
-        self._ends: list[float] = []  # while learning: where each missed job likely ended
-
-    @property
-    def target(self) -> float:
-        return self.LOW + (self.HIGH - self.LOW) * self._pressure()
-
-    def repoll(self, poll_interval: float) -> float:
-        """The wait before a second look: short while requests are cheap, longer as they bind."""
-        return min(poll_interval, self.value) * (0.08 + 0.17 * self._pressure())
-
-    def _pressure(self) -> float:
-        # A key used at 90 % of the gate's pace has no room for second looks: counted as bound (a
-        # rate-bound batch read 0.93 on average, as its rate breathes with its slots, and aimed at
-        # 97 % hits: 3.02 requests per job).
-        return min(1.0, max(0.0, self.pressure() / self.BOUND))
-
-    def observe(
-        self,
-        seconds: float,
-        first_poll_hit: bool,
-        in_flight: int = 1,
-        running_at: float | None = None,
-        point: float | None = None,
-    ) -> None:
-        """``seconds``: from the job's creation to the look that found it done; ``running_at``:
-        to the look before it, which saw it running (a miss); ``in_flight``: how many jobs share
-        the point (the batch's concurrency); ``point``: the point its first look used.
-
-        A miss moves the point at most one full step above the point that job used, or to where
-        the job ended if that is later: the misses of one wave, answering together, raise it
-        once. (At full pressure each raised it a full step: a wave of misses as the pressure rose
-        took it from 0.30 s to 0.40 s for 0.255 s jobs, and at 99.5 % hits it came down by 0.03 %
-        per hit, so slots were held 40 % too long for the rest of the batch: 1 run in 4 took
-        22-24 s, not 19.5.)"""
-        ended = seconds if running_at is None else (running_at + seconds) / 2  # a miss's likely end
-        if self.misses < self.LEARN:
-            if first_poll_hit:
-                self.value = max(0.02, self.value * 0.97)
-            else:
-                self.misses += 1
-                self._ends.append(ended)
-                self.value = max(0.02, statistics.median(self._ends))
-            return
-        step = self.STEP / max(1.0, 1 + (in_flight - 1) * (1 - self._pressure()))
-        moved = self.value * math.exp(step * (self.target - first_poll_hit))
-        if not first_poll_hit and point is not None:
-            moved = min(moved, max(self.value, ended, point * math.exp(self.STEP * self.target)))
-        self.value = max(0.02, moved)
 
 
 def call_hash(call: ToolCall) -> str:

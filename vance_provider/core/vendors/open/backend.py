@@ -9,11 +9,11 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..errors import (
+from ...api.errors import (
     APIError,
     AuthenticationError,
     ConcurrencyLimitedError,
@@ -28,10 +28,13 @@ from ..errors import (
     UploadExpiredError,
     VanceError,
 )
-from ..models import Balance, Capabilities, Job, JobStatus
-from ..storage import iter_file
-from ..tools import ToolCall
-from .base import Backend, Submission, ext_from_response
+from ...api.models import Balance, Capabilities, Job, JobStatus
+from ...media import ext_from_response
+from ...state.storage import iter_file
+from ..base import Backend, Submission
+
+if TYPE_CHECKING:
+    from ...tools import ToolCall
 
 BY_CODE: dict[str, type[APIError]] = {
     "invalid_api_key": AuthenticationError,

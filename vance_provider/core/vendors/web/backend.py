@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..errors import (
+from ...api.errors import (
     APIError,
     AuthenticationError,
     InsufficientCreditsError,
@@ -24,11 +24,14 @@ from ..errors import (
     ServerError,
     VanceError,
 )
-from ..models import WEB_STATUS, Balance, Capabilities, Job, JobStatus, UsageRecord
-from ..tools import ToolCall
-from .base import Backend, Submission, ext_from_response
+from ...api.models import WEB_STATUS, Balance, Capabilities, Job, JobStatus, UsageRecord
+from ...media import ext_from_response
+from ..base import Backend, Submission
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ...tools import ToolCall
+
+log = logging.getLogger("vance_provider.core.backends.web_api")
 
 WEB_ERRORS: dict[int, tuple[type[APIError], str]] = {
     10001: (InvalidRequestError, "illegal parameter"),

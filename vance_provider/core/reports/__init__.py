@@ -1,0 +1,1 @@
+"""What a run reports: credits and usage, contact sheets."""

@@ -1,0 +1,1 @@
+"""The transport under every backend: retries, the rate gate, bounded downloads."""

@@ -1,0 +1,1 @@
+"""The Open API: transforms by name, with a Pixel-style job model."""

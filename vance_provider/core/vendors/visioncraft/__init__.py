@@ -1,0 +1,1 @@
+"""VisionCraft: the backend, and the calls only VisionCraft has (``client.visioncraft``)."""

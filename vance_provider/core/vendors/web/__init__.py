@@ -1,0 +1,1 @@
+"""The web API (api.vanceai.com/web_api): job-based modules and workflows."""
