@@ -188,6 +188,9 @@ class SimState:
         self.clock = Clock(config.time_scale)
         self.lock = threading.RLock()
         self.rng = random.Random(config.faults.seed)
+        # Which jobs fail is drawn apart from the per-request faults: it depends only on the order
+        # the jobs are created in, not on how many polls came before (a timing matter).
+        self.job_rng = random.Random(f"jobs-{config.faults.seed}")
         self.secret = secrets.token_bytes(16)
         self.workdir = Path(tempfile.mkdtemp(prefix="vance-sim-"))
         self.accounts = {a.name: AccountState(a) for a in config.accounts}
@@ -318,7 +321,7 @@ class SimState:
     # --- scheduler ------------------------------------------------------------------
     def add_job(self, job: Job) -> Job:
         with self.lock:
-            if self.config.faults.fail_job and self.rng.random() < self.config.faults.fail_job:
+            if self.config.faults.fail_job and self.job_rng.random() < self.config.faults.fail_job:
                 job.planned_failure = "processing_failed"
                 self.faults_injected["fail_job"] += 1
             self.jobs[job.id] = job
