@@ -776,20 +776,11 @@ class BatchRunner:
             self.committed += figure - self.estimate(item)
             item.estimate = figure
             self.manifest.touch()
-        budget = self.spec.credit_budget
-        if (
-            budget is None
-            or self.spent + self.taken_over + self.committed <= budget + 1e-9
-            or not self.caps.can_cancel
-        ):
+        if not self._over_budget() or not self.caps.can_cancel:
             return job
-        why = f"the credit budget of {credits_text(budget)} is reached"
-        self._stop(why)
-        try:
-            await self.client.cancel(job.id)
-        except VanceError as exc:
-            log.warning("could not cancel job %s over the budget: %s", job.id, exc)
-            return job  # it runs and is paid: the budget is exceeded by this one job at most
+        why = await self._cancel_for_budget(job)
+        if why is None:
+            return job
         self._canceled_over_budget[item.source] = (
             f"not submitted: {why} (the service measured the video at {credits_text(figure)} "
             "credits; the job was canceled, not charged)"
@@ -800,11 +791,7 @@ class BatchRunner:
         """Poll until the job ends; a failed job is recorded here (refunded), a good one returned."""
         job = await self._poll(item)
         if (why := self._canceled_over_budget.pop(item.source, None)) is not None:
-            self.committed -= self.estimate(item)
-            item.set(ItemState.SKIPPED, job_id=None, error=why)
-            item.generation += 1  # a later run makes a new submission
-            item.idempotency_key = self._key(item)
-            self._submitted_at.pop(item.source, None)
+            self._skip_canceled(item, why)
             return None
         if job.status is not JobStatus.SUCCEEDED:
             self.committed -= self.estimate(item)
@@ -933,11 +920,10 @@ class BatchRunner:
 
     def _over(self, estimate: float) -> str | None:
         """Why one more job of ``estimate`` credits may not start, if it may not."""
-        budget = self.spec.credit_budget
         # Results taken over count against the budget as the jobs resumed did (the run answers for
         # them), not against the balance (it was read after they were paid for).
-        if budget is not None and self.spent + self.taken_over + self.committed + estimate > budget + 1e-9:
-            return f"the credit budget of {credits_text(budget)} is reached"
+        if self._over_budget(estimate):
+            return f"the credit budget of {credits_text(self.spec.credit_budget or 0.0)} is reached"
         if self.spent + self.committed + estimate > self.available + 1e-9:
             return "the balance would not cover more jobs"
         return None
@@ -1015,29 +1001,40 @@ class BatchRunner:
         if item.estimate is not None and job.credits_estimated:  # the service's price replaces ours
             self.committed += float(job.credits_estimated) - estimate
             item.estimate = float(job.credits_estimated)
-            if (
-                self.spec.credit_budget is not None
-                and self.spent + self.taken_over + self.committed > self.spec.credit_budget + 1e-9
-            ):
+            if self._over_budget():
                 await self._cancel_over_budget(item, job)
         return True
 
-    async def _cancel_over_budget(self, item: ManifestItem, job: Job) -> None:
-        """The service priced the job over what the budget has left: cancel it (refunded in full)."""
+    def _over_budget(self, extra: float = 0.0) -> bool:
+        """Whether what is spent, taken over and committed (plus ``extra``) passes the budget."""
+        budget = self.spec.credit_budget
+        return budget is not None and self.spent + self.taken_over + self.committed + extra > budget + 1e-9
+
+    async def _cancel_for_budget(self, job: Job) -> str | None:
+        """Stop submitting and cancel ``job`` (refunded in full); why, or None if it could not be
+        canceled (it runs and is paid: the budget is exceeded by this one job at most)."""
         why = f"the credit budget of {credits_text(self.spec.credit_budget or 0.0)} is reached"
         self._stop(why)
         try:
             await self.client.cancel(job.id)
         except VanceError as exc:
             log.warning("could not cancel job %s over the budget: %s", job.id, exc)
-            return  # it runs and is paid: the budget is exceeded by this one job at most
+            return None
+        return why
+
+    def _skip_canceled(self, item: ManifestItem, error: str) -> None:
+        """A job canceled over the budget: its item is skipped, and a later run submits it anew."""
         self.committed -= self.estimate(item)
-        item.set(
-            ItemState.SKIPPED, job_id=None, error=f"not submitted: {why} (the job was canceled, not charged)"
-        )
-        item.generation += 1  # a later run makes a new submission
+        item.set(ItemState.SKIPPED, job_id=None, error=error)
+        item.generation += 1
         item.idempotency_key = self._key(item)
         self._submitted_at.pop(item.source, None)
+
+    async def _cancel_over_budget(self, item: ManifestItem, job: Job) -> None:
+        """The service priced the job over what the budget has left: cancel it (refunded in full)."""
+        why = await self._cancel_for_budget(job)
+        if why is not None:
+            self._skip_canceled(item, f"not submitted: {why} (the job was canceled, not charged)")
 
     async def adopt_running(self, work: list[ManifestItem]) -> None:
         """Before a hand-off: another run's jobs still running become this run's (recorded in the
