@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from vance_provider.sim import SimulatorServer
 from vance_provider.sim.state import RequestRecord
@@ -65,3 +67,29 @@ def release_held_jobs(sim: SimulatorServer, hold: float, timeout: float = 30.0) 
         time.sleep(0.01)
     sim.state.config.time_per_job = 0.05
     sim.state.clock.advance(hold)
+
+
+def held_clients(token: str, base_url: str) -> Iterator[Callable[[], Any]]:
+    """A fixture body: ``make()`` returns a new blocking client (quick retries), each closed at the end."""
+    from tests.core.conftest import FAST_RETRY
+    from vance_provider.core import VanceClient
+
+    made: list[VanceClient] = []
+
+    def make() -> VanceClient:
+        made.append(VanceClient(token, base_url=base_url, retry=FAST_RETRY, timeout=10.0))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def photo_inputs(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """``n`` small distinct photos in ``tmp_path/in``; returns (in, out)."""
+    from tests.conftest import image_bytes
+
+    (tmp_path / "in").mkdir()
+    for i in range(n):
+        (tmp_path / "in" / f"p{i}.jpg").write_bytes(image_bytes(16 + i, 12))
+    return tmp_path / "in", tmp_path / "out"

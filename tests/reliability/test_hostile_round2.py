@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import image_bytes
 from tests.core import conftest as core_fixtures
 from tests.core.conftest import batch_spec
-from tests.core.helpers import charges
+from tests.core.helpers import charges, photo_inputs
 from vance_provider.core import VanceClient
 from vance_provider.sim import SimulatorServer
 
@@ -31,10 +31,7 @@ def api(request: pytest.FixtureRequest) -> str:
 
 
 def inputs(tmp_path: Path) -> tuple[Path, Path]:
-    (tmp_path / "in").mkdir()
-    for i in range(N):
-        (tmp_path / "in" / f"p{i}.jpg").write_bytes(image_bytes(16 + i, 12))
-    return tmp_path / "in", tmp_path / "out"
+    return photo_inputs(tmp_path, N)
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,8 @@ import pytest
 
 from tests.conftest import image_bytes
 from tests.core import conftest as core_fixtures
-from tests.core.conftest import FAST_RETRY, TOKENS, batch_spec
-from tests.core.helpers import charged_jobs, charges, created_jobs, release_held_jobs
+from tests.core.conftest import TOKENS, batch_spec
+from tests.core.helpers import charged_jobs, charges, created_jobs, held_clients, release_held_jobs
 from tests.core.test_lease import age_object
 from vance_provider.core import BatchSpec, VanceClient
 from vance_provider.core.api.errors import BatchLockedError
@@ -57,16 +57,7 @@ def held_sim(sim_factory: Callable[..., SimulatorServer]) -> SimulatorServer:
 
 @pytest.fixture
 def clients(held_sim: SimulatorServer, api: str) -> Iterator[Callable[[], VanceClient]]:
-    made: list[VanceClient] = []
-
-    def make() -> VanceClient:
-        client = VanceClient(TOKENS[api], base_url=held_sim.base_url, retry=FAST_RETRY, timeout=10.0)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.close()
+    yield from held_clients(TOKENS[api], held_sim.base_url)
 
 
 def on_s3(fs: Any, bucket: str) -> tuple[str, str]:

@@ -18,9 +18,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import image_bytes
-from tests.core.conftest import FAST_RETRY, TOKENS, batch_spec
-from tests.core.helpers import charged_jobs, charges, created_jobs, release_held_jobs
+from tests.core.conftest import TOKENS, batch_spec
+from tests.core.helpers import (
+    charged_jobs,
+    charges,
+    created_jobs,
+    held_clients,
+    photo_inputs,
+    release_held_jobs,
+)
 from vance_provider.core import VanceClient
 from vance_provider.core.batch import cancel as cancel_module
 from vance_provider.core.batch.cancel import (
@@ -44,22 +50,12 @@ def held_sim(sim_factory: Callable[..., SimulatorServer]) -> SimulatorServer:
 
 @pytest.fixture
 def clients(held_sim: SimulatorServer) -> Iterator[Callable[[], VanceClient]]:
-    made: list[VanceClient] = []
-
-    def make() -> VanceClient:  # the Open API: the one that can cancel
-        made.append(VanceClient(TOKENS["open"], base_url=held_sim.base_url, retry=FAST_RETRY, timeout=10.0))
-        return made[-1]
-
-    yield make
-    for client in made:
-        client.close()
+    yield from held_clients(TOKENS["open"], held_sim.base_url)  # the Open API: the one that can cancel
 
 
 def inputs(tmp_path: Path) -> tuple[str, str]:
-    (tmp_path / "in").mkdir()
-    for i in range(N):
-        (tmp_path / "in" / f"p{i}.jpg").write_bytes(image_bytes(16 + i, 12))
-    return str(tmp_path / "in"), str(tmp_path / "out")
+    src, dest = photo_inputs(tmp_path, N)
+    return str(src), str(dest)
 
 
 def stored(tmp_path: Path) -> dict[str, dict[str, Any]]:

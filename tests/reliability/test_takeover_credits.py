@@ -23,9 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import image_bytes
-from tests.core.conftest import FAST_RETRY, TOKENS, batch_spec
-from tests.core.helpers import charged_jobs, charges, release_held_jobs
+from tests.core.conftest import TOKENS, batch_spec
+from tests.core.helpers import charged_jobs, charges, held_clients, photo_inputs, release_held_jobs
 from vance_provider.core import BatchSpec, VanceClient
 from vance_provider.core.batch.runner import BatchRunner
 from vance_provider.core.reports.credits import records_from_manifests
@@ -53,22 +52,12 @@ def held_sim(sim_factory: Callable[..., SimulatorServer]) -> SimulatorServer:
 
 @pytest.fixture
 def clients(held_sim: SimulatorServer, api: str) -> Iterator[Callable[[], VanceClient]]:
-    made: list[VanceClient] = []
-
-    def make() -> VanceClient:
-        made.append(VanceClient(TOKENS[api], base_url=held_sim.base_url, retry=FAST_RETRY, timeout=10.0))
-        return made[-1]
-
-    yield make
-    for client in made:
-        client.close()
+    yield from held_clients(TOKENS[api], held_sim.base_url)
 
 
 def inputs(tmp_path: Path) -> tuple[str, str]:
-    (tmp_path / "in").mkdir()
-    for i in range(N):
-        (tmp_path / "in" / f"p{i}.jpg").write_bytes(image_bytes(16 + i, 12))
-    return str(tmp_path / "in"), str(tmp_path / "out")
+    src, dest = photo_inputs(tmp_path, N)
+    return str(src), str(dest)
 
 
 def die_after_first_download(client: VanceClient, spec: BatchSpec, sim: SimulatorServer) -> None:
