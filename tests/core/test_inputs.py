@@ -24,7 +24,7 @@ from vance_provider.core.api.errors import (
 )
 from vance_provider.core.inputs import check_input
 from vance_provider.core.media import sniff
-from vance_provider.core.vendors import WebApiBackend
+from vance_provider.core.vendors.capabilities import CAPABILITIES
 from vance_provider.sim import SimulatorServer
 
 
@@ -119,9 +119,7 @@ def test_over_10_mb_on_the_web_api(
 
 def _web_limit(monkeypatch: pytest.MonkeyPatch, **limits: int) -> None:
     """The web API's capabilities with other input limits (what ``check_input`` reads)."""
-    monkeypatch.setattr(
-        WebApiBackend, "capabilities", dataclasses.replace(WebApiBackend.capabilities, **limits)
-    )
+    monkeypatch.setitem(CAPABILITIES, "web", dataclasses.replace(CAPABILITIES["web"], **limits))
 
 
 def test_web_size_limit_constant_is_what_is_checked(

@@ -15,7 +15,7 @@ from PIL import Image
 from tests.conftest import OPEN_KEY, WEB_TOKEN, image_bytes
 from vance_provider.core import BatchSpec, VanceClient
 from vance_provider.core.api import errors as E
-from vance_provider.core.vendors import WebApiBackend
+from vance_provider.core.vendors.capabilities import CAPABILITIES
 
 UPLOAD_PATHS = ("/web_api/v1/upload", "/web_api/v1/transform", "/api/v1/jobs", "/api/v1/uploads")
 
@@ -134,8 +134,7 @@ def test_video_to_image_tool(sim: Any, test_video: Path) -> None:
 def test_web_limits(
     limit: str, value: int, error: type, sim: Any, make_image: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    limits = dataclasses.replace(WebApiBackend.capabilities, **{limit: value})
-    monkeypatch.setattr(WebApiBackend, "capabilities", limits)
+    monkeypatch.setitem(CAPABILITIES, "web", dataclasses.replace(CAPABILITIES["web"], **{limit: value}))
     path = make_image("big.png", 120, 90)
     with VanceClient(WEB_TOKEN, base_url=sim.base_url) as client, pytest.raises(error) as info:
         client.submit(str(path), "upscale", {"scale": 2})

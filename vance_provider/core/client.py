@@ -364,7 +364,7 @@ class AsyncVanceClient(_ClientFacts):
     def visioncraft(self) -> AsyncVisionCraft:
         """VisionCraft's own calls (``generate``, ``llm``, …); raises on another API."""
 
-        return AsyncVisionCraft(self)
+        return AsyncVisionCraft(self.backend)
 
     # --- credits ------------------------------------------------------------------------------
     async def balance(self) -> Balance:

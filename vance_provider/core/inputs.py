@@ -15,7 +15,7 @@ from .api.errors import (
 from .api.models import ApiName, Media
 from .media import VIDEO_FORMATS, decode_image, probe_video, sniff
 from .state.storage import broken_link, read_head, sha256_of
-from .vendors import capabilities_of
+from .vendors.capabilities import capabilities_of
 
 
 @dataclass(frozen=True)

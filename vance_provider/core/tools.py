@@ -16,7 +16,7 @@ from typing import Any
 
 from .api.errors import ConfigurationError, InvalidConfigError, UnknownToolError
 from .api.models import API_TITLES, ApiName, Media
-from .vendors import capabilities_of
+from .vendors.capabilities import capabilities_of
 
 
 @dataclass(frozen=True)

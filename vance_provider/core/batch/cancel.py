@@ -27,17 +27,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..api.errors import BatchLockedError, VanceError
 from ..api.models import JobStatus
 from ..state.lease import BatchLease, fence_writes
 from ..state.manifest import ItemState, Manifest, ManifestItem
 from .runner import BatchRunner, manifest_for
-
-if TYPE_CHECKING:
-    from ..client import AsyncVanceClient
-    from .spec import BatchResult, BatchSpec
+from .service import BatchClient
+from .spec import BatchResult, BatchSpec
 
 log = logging.getLogger("vance_provider.cancel")
 CANCEL_NOTE = "canceled when its task was stopped; the next run submits it again"
@@ -100,7 +98,7 @@ async def record_canceled(
         await asyncio.to_thread(lease.release)
 
 
-def can_cancel(client: AsyncVanceClient) -> bool:
+def can_cancel(client: BatchClient) -> bool:
     return client.capabilities.can_cancel
 
 
@@ -109,7 +107,7 @@ def _requeue(item: ManifestItem) -> None:
 
 
 async def cancel_manifest_jobs(
-    client: AsyncVanceClient,
+    client: BatchClient,
     manifest: Manifest,
     job_ids: Iterable[str] | None = None,
     *,
@@ -172,7 +170,7 @@ async def cancel_manifest_jobs(
     return canceled
 
 
-async def cancel_jobs(client: AsyncVanceClient, job_ids: Iterable[str]) -> list[str]:
+async def cancel_jobs(client: BatchClient, job_ids: Iterable[str]) -> list[str]:
     """Cancel jobs by id (no manifest): the ids actually canceled."""
     if not can_cancel(client):
         return []
@@ -201,9 +199,7 @@ def mark_canceled(manifest: Manifest, job_ids: Iterable[str]) -> list[str]:
     return marked
 
 
-async def requeue_canceled(
-    client: AsyncVanceClient, manifest: Manifest, *, wait: float = LEASE_WAIT
-) -> list[str]:
+async def requeue_canceled(client: BatchClient, manifest: Manifest, *, wait: float = LEASE_WAIT) -> list[str]:
     """Items whose recorded job is ``canceled`` on the service become pending again (written at
     once, under the batch's lease: see :func:`record_canceled`)."""
     items = [i for i in manifest.items.values() if i.state == ItemState.SUBMITTED and i.job_id]
@@ -236,7 +232,7 @@ class StoppableBatch:
 
     def __init__(
         self,
-        client: AsyncVanceClient,
+        client: BatchClient,
         spec: BatchSpec,
         on_progress: Callable[[Any], None] | None = None,
         *,

@@ -15,15 +15,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import hashlib
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fsspec.core import url_to_fs
 
@@ -32,74 +29,48 @@ from ..api.errors import (
     ConcurrencyLimitedError,
     InsufficientCreditsError,
     InvalidInputError,
-    ManifestError,
     VanceError,
     WaitTimeoutError,
 )
 from ..api.idempotency import default_idempotency_key
-from ..api.models import ApiName, Job, JobStatus, Media, credits_text
-from ..inputs import InputInfo, check_input
-from ..secrets import redact, redact_options
-from ..state.cache import CacheUnusableError, ResultCache, key_for_call, sha256_of
+from ..api.models import Job, JobStatus, credits_text
+from ..inputs import InputInfo
+from ..secrets import redact
+from ..state.cache import CacheUnusableError, ResultCache
 from ..state.lease import BatchLease, LeaseLostError, fence_writes
 from ..state.manifest import ItemState, Manifest, ManifestItem
 from ..state.storage import (
-    MEDIA_EXTENSIONS,
-    PARTIAL_MARK,
-    OutputExistsError,
     SourceFile,
     check_no_overlap,
     check_outputs_apart,
     check_writable,
     is_engine_file,
     is_local,
-    join,
     list_sources,
-    location,
-    safe_name,
     storage_failure,
 )
-from ..tools import ToolCall
+from .cached import serve_from_cache, store_in_cache
+from .collect import fetch_of, paid_before, with_charge
 from .latency import AdaptiveLimit, LatencyEstimate
+from .ledger import CreditLedger
+from .planning import (
+    CHECK_CHUNK,
+    as_recorded,
+    call_hash,
+    check_inputs,
+    check_inside,
+    config_shown,
+    list_outputs,
+    plan_outputs,
+    recognise_touched,
+    refuse_overwrites,
+    same_listing,
+)
 from .polling import poll_jobs
+from .service import BatchClient
 from .spec import BatchResult, BatchSpec, ItemResult, Progress
 
-if TYPE_CHECKING:
-    from ..client import AsyncVanceClient
-
 log = logging.getLogger("vance_provider.batch")
-
-
-def call_hash(call: ToolCall) -> str:
-    return hashlib.sha256(call.fingerprint().encode()).hexdigest()[:16]
-
-
-def plan_outputs(
-    sources: list[SourceFile], destination: str, call: ToolCall, reserved: dict[str, str] | None = None
-) -> dict[str, str]:
-    """Output URL stem per input: safe names, same sub-folders, collisions made distinct.
-
-    ``reserved`` (source -> output, from the manifest) keeps earlier output names: an input keeps
-    its name, and no other input, even one added later that sorts first, is given it.
-    """
-    prefix = destination.rstrip("/") + "/"
-    kept: dict[str, str] = {}
-    for url, out in (reserved or {}).items():
-        if out.startswith(prefix):
-            rel = PurePosixPath(out[len(prefix) :])
-            kept[url] = str(rel.with_suffix("") if rel.suffix.lower() in MEDIA_EXTENSIONS else rel)
-    planned: dict[str, str] = {}
-    taken: set[str] = {stem.lower() for stem in kept.values()}
-    for src in sources:
-        stem = kept.get(src.url)
-        if stem is None:
-            stem = str(PurePosixPath(safe_name(src.relative)).with_suffix(""))
-            if stem.lower() in taken:
-                stem = f"{stem}-{hashlib.sha256(src.url.encode()).hexdigest()[:6]}"
-            taken.add(stem.lower())
-        ext = call.output_format or ("mp4" if call.media == "video" else None)
-        planned[src.url] = join(destination, f"{stem}.{ext}" if ext else stem)
-    return planned
 
 
 def manifest_for(spec: BatchSpec) -> Manifest:
@@ -115,7 +86,7 @@ class BatchRunner:
     submit, hand the waiting to a trigger, and collect later."""
 
     def __init__(
-        self, client: AsyncVanceClient, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None
+        self, client: BatchClient, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None
     ) -> None:
         self.client, self.spec, self.on_progress = client, spec, on_progress
         self.call = client.tool_call(
@@ -132,12 +103,9 @@ class BatchRunner:
         self.limit = AdaptiveLimit(spec.max_concurrency)
         self.latency = LatencyEstimate(spec.poll_interval, client.backend.gate.pressure)
         self.stop_reason: str | None = None
-        self.spent = 0.0
-        self.taken_over = 0.0  # credits of results an earlier run had paid for (see BatchResult)
+        self.credits = CreditLedger(spec.credit_budget)
         self._ended_before: set[str] = set()  # Open API jobs of another run found ended: paid then
-        self.committed = 0.0  # estimated credits of jobs submitted but not yet charged
         self.progress = Progress(total=0)
-        self.available = float("inf")
         self.sources: list[str] = []
         self.ignored: list[tuple[str, str]] = []
         self._submitted_at: dict[str, float] = {}
@@ -222,7 +190,9 @@ class BatchRunner:
             if archived:
                 log.warning("starting the batch afresh: the old manifest is kept as %s", archived)
         await asyncio.to_thread(self.manifest.load)
-        sources, dest_fs, dest_path = await self._as_recorded(sources, dest_fs, dest_path)
+        self.spec, sources = await asyncio.to_thread(as_recorded, spec, self.manifest, sources, self.ignored)
+        if self.spec.destination != spec.destination:
+            dest_fs, dest_path = url_to_fs(self.spec.destination, **(so or {}))
         spec = self.spec
         chash = call_hash(self.call)
         self.manifest.check_identity(
@@ -233,13 +203,13 @@ class BatchRunner:
                 "config": chash,
                 "api": self.client.api,
             },
-            shown={"config": self._config_shown()},
+            shown={"config": config_shown(spec)},
         )
         self.manifest.check_outputs(spec.destination)  # a hand-edited manifest: refused before any spend
         if spec.lease_scope:  # so that a cancel from outside the run finds the batch's lease
             self.manifest.meta["lease_scope"] = spec.lease_scope
         own_outputs = {i.output for i in self.manifest.items.values() if i.output}
-        await self._recognise_touched(sources, chash)
+        await asyncio.to_thread(recognise_touched, self.manifest, sources, chash, so)
         outputs = plan_outputs(
             sources,
             spec.destination,
@@ -247,11 +217,12 @@ class BatchRunner:
             {s: i.output for s, i in self.manifest.items.items() if i.output},
         )
         await asyncio.to_thread(check_outputs_apart, outputs, so)
-        present = await asyncio.to_thread(_list_outputs, dest_fs, dest_path)
+        present = await asyncio.to_thread(list_outputs, dest_fs, dest_path)
         self.sources = [s.url for s in sources]
         self._sizes = {s.url: s.size for s in sources}
         work: list[ManifestItem] = []
-        self._refuse_overwrites(sources, outputs, own_outputs, present, dest_fs)
+        if not spec.overwrite:
+            refuse_overwrites(sources, outputs, own_outputs, present, dest_fs)
         for src in sources:
             item = self.manifest.items.get(src.url)
             same_input = item is not None and same_listing(item, src) and item.call == chash
@@ -309,166 +280,20 @@ class BatchRunner:
         work = [i for i in work if i.source not in refused]
         self.manifest.touch()
         self.progress.total = len(sources)
-        if self.cache is not None:
-            work = await self._serve_from_cache(work)
+        if self.cache is not None and not spec.force:
+            work, saved = await serve_from_cache(
+                self.cache,
+                self.call,
+                work,
+                so,
+                spec.max_concurrency,
+                lambda item: check_inside(item, self.spec.destination),
+            )
+            self.credits_saved += sum(saved)
+            self.progress.done += len(saved)
+            if saved:
+                self.manifest.touch()
         return work
-
-    async def _as_recorded(
-        self, sources: list[SourceFile], dest_fs: Any, dest_path: str
-    ) -> tuple[list[SourceFile], Any, str]:
-        """The same source or destination spelled another way than the manifest records it (a
-        trailing slash, ``./``, a symlinked folder, ``file://``): the run goes on with the
-        manifest's spelling, so that its items and outputs are recognised (not refused as
-        another batch's, nor paid for again)."""
-        spec, so = self.spec, self.spec.storage_options
-        known = self.manifest.meta.get("identity")
-        if not isinstance(known, dict):
-            return sources, dest_fs, dest_path
-
-        def respelled(recorded: Any, given: Any) -> bool:
-            if not isinstance(recorded, str) or not isinstance(given, str) or recorded == given.rstrip("/"):
-                return False
-            try:
-                return location(recorded, so) == location(given, so)
-            except Exception:
-                return False
-
-        if respelled(known.get("destination"), spec.destination):
-            log.info(
-                "the destination %s is recorded as %s: using that", spec.destination, known["destination"]
-            )
-            self.spec = spec = dataclasses.replace(spec, destination=known["destination"])
-            dest_fs, dest_path = url_to_fs(spec.destination, **(so or {}))
-        if respelled(known.get("source"), spec.source):
-            log.info("the source %s is recorded as %s: using that", spec.source, known["source"])
-            self.spec = spec = dataclasses.replace(spec, source=known["source"])
-            self.ignored = []
-            sources = await asyncio.to_thread(list_sources, spec.source, None, so, self.ignored)
-        return sources, dest_fs, dest_path
-
-    def _config_shown(self) -> Any:
-        """The batch's settings as the user gave them, for a refusal that shows what differs."""
-        spec = self.spec
-        shown: dict[str, Any] = {"config": redact_options(spec.config or {})}
-        if spec.jconfig is not None:
-            shown["jconfig"] = redact_options(spec.jconfig)
-        if spec.output_format:
-            shown["output_format"] = spec.output_format
-        return shown
-
-    async def _recognise_touched(self, sources: list[SourceFile], chash: str) -> None:
-        """Inputs listed with another fingerprint (a new mtime, a store's multipart ETag) but the
-        same size are hashed: the same bytes as recorded make them the same input (``listed_as``
-        records the new listing), so a touched file, a copy without ``-p`` or a restore from a
-        backup costs nothing. Another size, or other bytes, is another input."""
-        candidates = [
-            (src, item)
-            for src in sources
-            if (item := self.manifest.items.get(src.url)) is not None
-            and item.call == chash
-            and not same_listing(item, src)
-            and item.input_sha256
-            and fingerprint_size(item.fingerprint) == src.size
-        ]
-        if not candidates:
-            return
-        digests = await asyncio.to_thread(
-            hash_inputs, [src.url for src, _ in candidates], self.spec.storage_options
-        )
-        same = 0
-        for (src, item), digest in zip(candidates, digests, strict=True):
-            if digest is not None and digest == item.input_sha256:
-                item.listed_as = src.fingerprint
-                same += 1
-        if same:
-            self.manifest.touch()
-            log.info("%d input(s) touched but unchanged (same bytes): kept as they were", same)
-
-    def _refuse_overwrites(
-        self,
-        sources: list[SourceFile],
-        outputs: dict[str, str],
-        own: set[str],
-        present: set[str],
-        dest_fs: Any,
-    ) -> None:
-        """Refuse, before any spend, a batch that would write over files already in the
-        destination that its manifest does not record as its own: another batch's paid results
-        (say, after ``fresh=True``), or the user's files. ``overwrite=True`` allows it."""
-        if self.spec.overwrite:
-            return
-        # A web API output's extension is known only at the download: compare names without it.
-        mine = {_stem(dest_fs._strip_protocol(o)) for o in own}
-        there = {p.lower() for p in present}
-        there_stems = {_stem(p) for p in present}
-        clashes = []
-        for src in sources:
-            path = dest_fs._strip_protocol(outputs[src.url])
-            stem = _stem(path)
-            taken = stem in there_stems if stem == path.lower() else path.lower() in there
-            if taken and stem not in mine:
-                clashes.append((src.url, outputs[src.url]))
-        if clashes:
-            first_src, first_out = clashes[0]
-            raise OutputExistsError(
-                f"{len(clashes)} output(s) would be written over files already in the destination "
-                f"that this batch did not write; the first: {first_out} (for {first_src})",
-                hint="they may be another batch's paid results: write this batch to another "
-                "destination, or move those files aside; to replace them, pass overwrite=True "
-                "(--overwrite)",
-            )
-
-    async def _serve_from_cache(self, work: list[ManifestItem]) -> list[ManifestItem]:
-        """Copy what the cache already holds to its outputs (0 credits); the rest is still to do."""
-        cache = self.cache
-        assert cache is not None
-        gate = asyncio.Semaphore(self.spec.max_concurrency)
-
-        async def serve(item: ManifestItem) -> bool:
-            if item.state != ItemState.PENDING or not item.input_sha256 or self.spec.force:
-                return False
-            self._check_inside(item)
-            key = key_for_call(item.input_sha256, self.call)
-            async with gate:
-                try:
-                    hit = await asyncio.to_thread(
-                        cache.fetch,
-                        key,
-                        item.output or "",
-                        self.spec.storage_options,  # type: ignore[union-attr]
-                    )
-                except Exception as exc:  # a cache that cannot be read is a miss, never a failure
-                    log.warning("result cache lookup for %s failed, paying instead: %s", item.source, exc)
-                    return False
-            if hit is None:
-                return False
-            item.settle(ItemState.DONE, output=hit.output, credits=0.0, cached=True, saved=hit.credits_saved)
-            self.credits_saved += hit.credits_saved
-            self.progress.done += 1
-            return True
-
-        served = await asyncio.gather(*(serve(i) for i in work))
-        if any(served):
-            self.manifest.touch()
-            log.info("served %d of %d item(s) from the result cache", sum(served), len(work))
-        return [i for i, hit in zip(work, served, strict=True) if not hit]
-
-    async def _store_in_cache(self, item: ManifestItem, job: Job, output: str, cost: float) -> None:
-        """Keep a stored, verified result in the cache; a failure here never fails the item."""
-        if self.cache is None or not item.input_sha256:
-            return
-        try:
-            await asyncio.to_thread(
-                self.cache.store,
-                key_for_call(item.input_sha256, self.call),
-                output,
-                job_id=job.id,
-                credits=cost,
-                storage_options=self.spec.storage_options,
-                input_size=self._sizes.get(item.source),
-            )
-        except Exception as exc:
-            log.warning("could not keep %s in the result cache: %s", output, exc)
 
     def _fail_early(self, item: ManifestItem, exc: Exception) -> None:
         if isinstance(exc, VanceError):
@@ -516,7 +341,7 @@ class BatchRunner:
                 f"the balance is {credits_text(balance.available)}",
                 hint="top up, shrink the batch, or use on_insufficient_credits='partial'",
             )
-        self.available = balance.available
+        self.credits.available = balance.available
 
     # --- running --------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
@@ -546,9 +371,7 @@ class BatchRunner:
         """Count the jobs already on the service (resumed from the manifest) against the budget.
         The Open API balance already excludes what they reserved: that is added back."""
         resumed = sum(self.estimate(i) for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED))
-        self.committed += resumed
-        if self.caps.reserves_credits:
-            self.available += resumed
+        self.credits.resumed(resumed, reserved_by_service=self.caps.reserves_credits)
 
     async def submit_ahead(self, work: list[ManifestItem], limit: int | None = None) -> list[ManifestItem]:
         """Submit up to ``limit`` (default: ``max_concurrency``, less the jobs already in flight)
@@ -610,13 +433,13 @@ class BatchRunner:
                     if spec.on_failure == "fail_fast":
                         self._stop(f"fail_fast: {item.source} failed")
             p.total = len(self.sources)
-            self.spent = sum(
+            self.credits.spent = sum(
                 float(c.get("credits") or 0.0)
                 for s in self.sources
                 for c in self.manifest.items[s].charges
                 if spec.owner and c.get("run") == self.run_id and not c.get("collected_by")
             )
-            self.taken_over = sum(
+            self.credits.taken_over = sum(
                 float(c.get("credits") or 0.0)
                 for s in self.sources
                 for c in self.manifest.items[s].charges
@@ -624,7 +447,7 @@ class BatchRunner:
             )
             if any(i.state == ItemState.PENDING for i in work) and not self.stop_reason:
                 # The balance read now excludes what this run has paid: the budget check counts it.
-                self.available = (await self.client.balance()).available + self.spent
+                self.credits.available = (await self.client.balance()).available + self.credits.spent
             self.count_in_flight(work)
             return work
         except BaseException:
@@ -649,14 +472,14 @@ class BatchRunner:
         items = [item_result(self.manifest.items[s]) for s in self.sources]
         return BatchResult(
             items,
-            self.spent,
+            self.credits.spent,
             elapsed,
             self.manifest.url,
             self.stop_reason,
             self.client.request_counts,
             list(self.ignored),
             self.credits_saved,
-            self.taken_over,
+            self.credits.taken_over,
         )
 
     async def _run_all(self, work: list[ManifestItem]) -> None:
@@ -716,7 +539,7 @@ class BatchRunner:
                 self.stop_reason = f"fail_fast: {item.source} failed"
         elif item.state == ItemState.SKIPPED:
             p.skipped += 1
-        p.credits_spent = self.spent
+        p.credits_spent = self.credits.spent
         p.last = ItemResult(item.source, item.state.value, item.output, item.job_id, item.credits, item.error)
         if self.on_progress is not None:
             self.on_progress(p)
@@ -773,10 +596,10 @@ class BatchRunner:
             return job
         figure = float(job.credits_charged)
         if figure != self.estimate(item):
-            self.committed += figure - self.estimate(item)
+            self.credits.reprice(self.estimate(item), figure)
             item.estimate = figure
             self.manifest.touch()
-        if not self._over_budget() or not self.caps.can_cancel:
+        if not self.credits.over_budget() or not self.caps.can_cancel:
             return job
         why = await self._cancel_for_budget(job)
         if why is None:
@@ -794,7 +617,7 @@ class BatchRunner:
             self._skip_canceled(item, why)
             return None
         if job.status is not JobStatus.SUCCEEDED:
-            self.committed -= self.estimate(item)
+            self.credits.release(self.estimate(item))
             item.set(
                 ItemState.FAILED,
                 error=job.error_message or job.raw_status,
@@ -813,9 +636,11 @@ class BatchRunner:
         if self.caps.charges_on_download:  # the job id must be durable before anything is paid
             await self.manifest.flush_until(self._recorded.get(item.source, 0))
         await self._fence()  # a download is a payment (web API) and a write into the destination
-        self._check_inside(item)
-        earlier = self._paid_before(item, job)
-        if self.caps.charges_on_download and earlier is None and not self._fetch_of(item, job.id):
+        check_inside(item, self.spec.destination)
+        earlier = paid_before(
+            item, job.id, self.caps.charges_on_download, self.run_id, item.source in self._ended_before
+        )
+        if self.caps.charges_on_download and earlier is None and not fetch_of(item, job.id):
             # The download is the payment: say so durably before it starts, so that a run taking
             # this job over after a crash knows it may have been paid for already.
             item.fetch = {"job_id": job.id, "run": self.run_id, "at": time.time()}
@@ -836,58 +661,28 @@ class BatchRunner:
             )
             return
         cost = float(job.credits_charged) if job.credits_charged is not None else self.estimate(item)
-        self.committed -= self.estimate(item)
-        charges = item.charges
-        if earlier is None:
-            self.spent += cost
-            charges = [*charges, {"job_id": job.id, "credits": cost, "at": time.time(), "run": self.run_id}]
-        else:
-            self.taken_over += cost
+        self.credits.charge(self.estimate(item), cost, taken_over=earlier is not None)
+        if earlier is not None:
             log.info(
                 "%s: job %s was paid for before this run took it over (%s credits); not counted again",
                 item.source,
                 job.id,
                 credits_text(cost),
             )
-            if not any(c.get("job_id") == job.id for c in charges):  # the earlier run did not record it
-                charges = [
-                    *charges,
-                    {
-                        "job_id": job.id,
-                        "credits": cost,
-                        "at": time.time(),
-                        "charged_at": earlier.get("at") or time.time(),
-                        "run": earlier.get("run"),
-                        "collected_by": self.run_id,
-                    },
-                ]
+        charges = with_charge(item.charges, job.id, cost, self.run_id, earlier)
         item.settle(ItemState.DONE, output=final, credits=cost, charges=charges)
         self.limit.grow()
-        await self._store_in_cache(item, job, final, cost)
-
-    def _fetch_of(self, item: ManifestItem, job_id: str) -> dict[str, Any] | None:
-        fetch = item.fetch
-        return fetch if isinstance(fetch, dict) and fetch.get("job_id") == job_id else None
-
-    def _paid_before(self, item: ManifestItem, job: Job) -> dict[str, Any] | None:
-        """Whether ``job`` was (or may have been) paid for before this run collects it, and by
-        whom (``run``, ``at``): ``None`` if collecting it is this run's payment.
-
-        - A charge for this job is in the manifest already (a key replayed a paid job).
-        - Web API (paid at the first download): another run recorded that it began downloading it.
-        - Open API (paid at the job's end): it had ended when this run first saw it, and this
-          run did not create it (or its key replayed it ended)."""
-        for c in item.charges:
-            if c.get("job_id") == job.id:
-                return {"run": c.get("run"), "at": c.get("charged_at") or c.get("at")}
-        if self.caps.charges_on_download:
-            fetch = self._fetch_of(item, job.id)
-            if fetch is not None and fetch.get("run") != self.run_id:
-                return {"run": fetch.get("run"), "at": fetch.get("at")}
-            return None
-        if item.source in self._ended_before:
-            return {"run": item.submitted_by, "at": None}
-        return None
+        if self.cache is not None:
+            await store_in_cache(
+                self.cache,
+                self.call,
+                item,
+                job.id,
+                final,
+                cost,
+                self.spec.storage_options,
+                self._sizes.get(item.source),
+            )
 
     async def _fence(self) -> None:
         """Stop before paying for anything once another run has taken the batch's lease."""
@@ -900,33 +695,10 @@ class BatchRunner:
             self._stop(exc.message)
             raise
 
-    def _check_inside(self, item: ManifestItem) -> None:
-        """Nothing is ever written outside the destination (a last guard: manifests are checked
-        when they are read)."""
-        prefix = self.spec.destination.rstrip("/") + "/"
-        out = item.output or ""
-        rest = out[len(prefix) :] if out.startswith(prefix) else ""
-        if not rest or ".." in rest.replace("\\", "/").split("/"):
-            raise ManifestError(
-                f"{item.source}: its output {out or None!r} is not inside the destination "
-                f"{self.spec.destination}; nothing was written",
-                hint="the manifest was edited? Start afresh with fresh=True (--fresh)",
-            )
-
     def _stop(self, reason: str) -> None:
         if not self.stop_reason:
             self.stop_reason = reason
             log.warning("stopping submissions: %s", reason)
-
-    def _over(self, estimate: float) -> str | None:
-        """Why one more job of ``estimate`` credits may not start, if it may not."""
-        # Results taken over count against the budget as the jobs resumed did (the run answers for
-        # them), not against the balance (it was read after they were paid for).
-        if self._over_budget(estimate):
-            return f"the credit budget of {credits_text(self.spec.credit_budget or 0.0)} is reached"
-        if self.spent + self.committed + estimate > self.available + 1e-9:
-            return "the balance would not cover more jobs"
-        return None
 
     async def submit_item(self, item: ManifestItem) -> bool:
         """Upload and submit one pending item within the budget; ``False`` if it was not submitted."""
@@ -936,7 +708,7 @@ class BatchRunner:
 
     def _refuse(self, item: ManifestItem) -> bool:
         """Mark the item skipped if the budget, the balance or a stop forbids another job."""
-        if not self.stop_reason and (why := self._over(self.estimate(item))):
+        if not self.stop_reason and (why := self.credits.refusal(self.estimate(item))):
             self._stop(why)
         if self.stop_reason:
             item.set(ItemState.SKIPPED, error=f"not submitted: {self.stop_reason}")
@@ -955,7 +727,7 @@ class BatchRunner:
         if self._refuse(item):  # checked again: other jobs may have been committed meanwhile
             return False
         estimate = self.estimate(item)
-        self.committed += estimate
+        self.credits.commit(estimate)
         call = self.call
         if item.media_info and call.open_tool:  # lets the service price the video before it runs
             call = dataclasses.replace(call, open_config={**(call.open_config or {}), **item.media_info})
@@ -978,18 +750,18 @@ class BatchRunner:
                 break
             except ConcurrencyLimitedError:
                 # The client waited out the account's concurrency limit until its deadline.
-                self.committed -= estimate
+                self.credits.release(estimate)
                 raise
             except InsufficientCreditsError as exc:
-                self.committed -= estimate
+                self.credits.release(estimate)
                 self._stop("the account ran out of credits")
                 item.set(ItemState.SKIPPED, error=f"not submitted: {exc.message}", error_code=str(exc.code))
                 return False
             except BaseException:
-                self.committed -= estimate
+                self.credits.release(estimate)
                 raise
         else:
-            self.committed -= estimate
+            self.credits.release(estimate)
             raise VanceError("the service kept answering with ended jobs for new submissions")
         item.set(ItemState.SUBMITTED, job_id=job.id, submitted_by=self.run_id)
         if job.status is JobStatus.SUCCEEDED and not self.caps.charges_on_download:
@@ -999,21 +771,16 @@ class BatchRunner:
         self._submitted_at[item.source] = time.monotonic()
         self._recorded[item.source] = self.manifest.touch()
         if item.estimate is not None and job.credits_estimated:  # the service's price replaces ours
-            self.committed += float(job.credits_estimated) - estimate
+            self.credits.reprice(estimate, float(job.credits_estimated))
             item.estimate = float(job.credits_estimated)
-            if self._over_budget():
+            if self.credits.over_budget():
                 await self._cancel_over_budget(item, job)
         return True
-
-    def _over_budget(self, extra: float = 0.0) -> bool:
-        """Whether what is spent, taken over and committed (plus ``extra``) passes the budget."""
-        budget = self.spec.credit_budget
-        return budget is not None and self.spent + self.taken_over + self.committed + extra > budget + 1e-9
 
     async def _cancel_for_budget(self, job: Job) -> str | None:
         """Stop submitting and cancel ``job`` (refunded in full); why, or None if it could not be
         canceled (it runs and is paid: the budget is exceeded by this one job at most)."""
-        why = f"the credit budget of {credits_text(self.spec.credit_budget or 0.0)} is reached"
+        why = self.credits.budget_reached()
         self._stop(why)
         try:
             await self.client.cancel(job.id)
@@ -1024,7 +791,7 @@ class BatchRunner:
 
     def _skip_canceled(self, item: ManifestItem, error: str) -> None:
         """A job canceled over the budget: its item is skipped, and a later run submits it anew."""
-        self.committed -= self.estimate(item)
+        self.credits.release(self.estimate(item))
         item.set(ItemState.SKIPPED, job_id=None, error=error)
         item.generation += 1
         item.idempotency_key = self._key(item)
@@ -1039,7 +806,7 @@ class BatchRunner:
     async def adopt_running(self, work: list[ManifestItem]) -> None:
         """Before a hand-off: another run's jobs still running become this run's (recorded in the
         manifest), so the process that collects them for this run counts their charge as this
-        run's spend; a job that had already ended stays another run's (see :meth:`_paid_before`)."""
+        run's spend; a job that had already ended stays another run's (see :func:`.collect.paid_before`)."""
         if self.caps.charges_on_download or self.caps.answers_on_submit:
             return
         for item in work:
@@ -1103,113 +870,9 @@ class BatchRunner:
         return result.done[item.job_id]
 
 
-def same_listing(item: ManifestItem, src: SourceFile) -> bool:
-    """The input is listed as the manifest knows it (or as it was last seen with the same bytes)."""
-    return src.fingerprint in (item.fingerprint, item.listed_as)
-
-
-def _stem(path: str) -> str:
-    """``path`` without a media extension, lower-cased (``out/a.JPG`` and ``out/a`` are one name)."""
-    p = PurePosixPath(path)
-    return str(p.with_suffix("") if p.suffix.lower() in MEDIA_EXTENSIONS else p).lower()
-
-
-def fingerprint_size(fingerprint: str) -> int | None:
-    """The size recorded in a fingerprint (``<size>:<etag or mtime>``), if it has one."""
-    head = fingerprint.split(":", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
-def hash_inputs(urls: list[str], storage_options: dict[str, Any] | None) -> list[str | None]:
-    """The SHA-256 of each input (``None`` where it cannot be read); remote ones 16 at a time."""
-
-    def one(url: str) -> str | None:
-        try:
-            return sha256_of(url, storage_options)
-        except Exception:
-            return None
-
-    if urls and not is_local(url_to_fs(urls[0], **(storage_options or {}))[0]):
-        with ThreadPoolExecutor(16, thread_name_prefix="vance-hash") as pool:
-            return list(pool.map(one, urls))
-    return [one(u) for u in urls]
-
-
 def describe_unexpected(exc: BaseException) -> str:
     text = redact(str(exc)) if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _list_outputs(fs: Any, path: str) -> set[str]:
-    """Every file under the destination, in one listing (not one ``exists`` per output); local
-    partial downloads left by a killed run are removed on the way (the lease says none is live)."""
-    try:
-        found = set(fs.find(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-    if is_local(fs):
-        for p in [p for p in found if PARTIAL_MARK in p.rsplit("/", 1)[-1]]:
-            try:
-                os.remove(p)
-            except OSError:
-                pass
-            found.discard(p)
-    return found
-
-
-CHECK_CHUNK = 256  # inputs checked per thread hop
-
-
-def check_inputs(
-    inputs: list[tuple[str, int, bool]],
-    media: Media,
-    api: ApiName,
-    storage_options: dict[str, Any] | None,
-    local_outputs: list[str] | None,
-) -> list[InputInfo | Exception]:
-    """Check inputs (url, size, whether its SHA-256 is wanted) in one call from the event loop
-    (a thread hop per input cost ~0.3 s per 1000 inputs before the first job); remote ones are
-    read 16 at a time. ``local_outputs``: the outputs' folders are made too (once each)."""
-
-    def one(entry: tuple[str, int, bool]) -> InputInfo | Exception:
-        url, size, want_sha256 = entry
-        try:
-            return check_input(url, size, media, api, storage_options, want_sha256=want_sha256)
-        except Exception as exc:
-            return exc
-
-    if inputs and not is_local(url_to_fs(inputs[0][0], **(storage_options or {}))[0]):
-        with ThreadPoolExecutor(16, thread_name_prefix="vance-check") as pool:
-            results = list(pool.map(one, inputs))
-    else:  # local disk: threads do not make decoding faster here (measured)
-        results = [one(entry) for entry in inputs]
-    folders: dict[str, Exception | None] = {}
-    for k, output in enumerate(local_outputs or []):
-        if isinstance(results[k], Exception):
-            continue
-        parent = os.path.dirname(output)
-        if parent not in folders:
-            try:
-                _make_parent(output)
-                folders[parent] = None
-            except Exception as exc:
-                folders[parent] = exc
-        results[k] = folders[parent] or results[k]
-    return results
-
-
-def _make_parent(output: str) -> None:
-    """Create a local output's folder before its job is paid for (a file in the way fails now)."""
-    parent = os.path.dirname(output)
-    try:
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        raise InvalidInputError(
-            f"the output folder {parent} cannot be created ({exc.strerror or type(exc).__name__})",
-            source=output,
-            hint="a file may stand where the folder should be: move it away",
-        ) from None
 
 
 def _remove_if_only_engine_files(destination: str) -> None:
@@ -1243,7 +906,7 @@ def item_result(item: ManifestItem) -> ItemResult:
 
 
 async def run_batch(
-    client: AsyncVanceClient, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None
+    client: BatchClient, spec: BatchSpec, on_progress: Callable[[Progress], None] | None = None
 ) -> BatchResult:
     """Run (or resume) a batch; see the module docstring."""
     return await BatchRunner(client, spec, on_progress).run()

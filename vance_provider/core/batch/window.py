@@ -20,15 +20,12 @@ results can be collected from another process may be handed off
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..api.errors import InvalidConfigError
 from ..state.manifest import ItemState
 from .runner import BatchRunner
+from .service import BatchClient
 from .spec import BatchResult, BatchSpec
-
-if TYPE_CHECKING:
-    from ..client import AsyncVanceClient
 
 
 @dataclass
@@ -45,12 +42,12 @@ class HandOff:
         return self.result is not None
 
 
-def can_hand_off(client: AsyncVanceClient) -> bool:
+def can_hand_off(client: BatchClient) -> bool:
     """Whether another process can collect this backend's results (VisionCraft: no)."""
     return bool(client.capabilities.collectable_elsewhere)
 
 
-async def hand_off(client: AsyncVanceClient, spec: BatchSpec, *, submit_ahead: bool = True) -> HandOff:
+async def hand_off(client: BatchClient, spec: BatchSpec, *, submit_ahead: bool = True) -> HandOff:
     """The worker's part: prepare once, check the credits, submit the first window, write the
     manifest, release the lease (see the module docstring)."""
     if not can_hand_off(client):
@@ -76,7 +73,7 @@ async def hand_off(client: AsyncVanceClient, spec: BatchSpec, *, submit_ahead: b
     return HandOff(runner.manifest.url, [], 0, result=runner.result())
 
 
-async def run_elsewhere(client: AsyncVanceClient, spec: BatchSpec) -> BatchResult:
+async def run_elsewhere(client: BatchClient, spec: BatchSpec) -> BatchResult:
     """The waiting process's part: resume from the manifest and run the window to the end."""
     runner = BatchRunner(client, spec)
     work = await runner.resume()

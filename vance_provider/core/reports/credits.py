@@ -19,19 +19,30 @@ import logging
 from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..api.models import ApiName, UsageRecord, credits_text
+from ..api.models import ApiName, Capabilities, UsageRecord, credits_text
 from ..state.manifest import ItemState, Manifest
 from ..state.storage import write_bytes_atomic
 from ..tools import OWN_TOOLS, VENDOR_NAMES
-from ..vendors import capabilities_of
+from ..vendors.capabilities import capabilities_of
 
 if TYPE_CHECKING:
     # pandas is imported when a report is made, not when the package is
     import pandas as pd
 
-    from ..client import AsyncVanceClient
+
+class UsageClient(Protocol):
+    """What a usage report needs of a client (:class:`~vance_provider.core.client.AsyncVanceClient`)."""
+
+    @property
+    def api(self) -> ApiName: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    async def usage(self) -> list[UsageRecord]: ...
+
 
 log = logging.getLogger("vance_provider.credits")
 
@@ -310,7 +321,7 @@ def usage_frame(records: Iterable[UsageRecord]) -> pd.DataFrame:
 
 
 async def usage_report(
-    client: AsyncVanceClient,
+    client: UsageClient,
     manifests: Iterable[ManifestRef] = (),
     storage_options: dict[str, Any] | None = None,
 ) -> pd.DataFrame:

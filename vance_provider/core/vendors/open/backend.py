@@ -28,10 +28,11 @@ from ...api.errors import (
     UploadExpiredError,
     VanceError,
 )
-from ...api.models import Balance, Capabilities, Job, JobStatus
+from ...api.models import Balance, Job, JobStatus
 from ...media import ext_from_response
 from ...state.storage import iter_file
 from ..base import Backend, Submission
+from .capabilities import CAPABILITIES
 
 if TYPE_CHECKING:
     from ...tools import ToolCall
@@ -82,14 +83,7 @@ NOT_A_KEY_HINT = (
 
 class OpenApiBackend(Backend):
     api = "open"
-    capabilities = Capabilities(
-        can_cancel=True,
-        idempotent_create=True,
-        reserves_credits=True,
-        image_formats=("jpg", "png", "webp"),
-        max_image_bytes=200 * 1024 * 1024,
-        max_video_bytes=5261334937,
-    )
+    capabilities = CAPABILITIES
     default_base_url = "https://cloud-vanceai.vanceai.com/api/v1"
     token_prefix = "sk_live_"
 

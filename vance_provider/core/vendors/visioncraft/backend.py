@@ -41,10 +41,11 @@ from ...api.errors import (
     SubscriptionRequiredError,
     VanceError,
 )
-from ...api.models import Balance, Capabilities, Job, JobStatus, Media
+from ...api.models import Balance, Job, JobStatus, Media
 from ...media import EXT_BY_TYPE, _has_media_ext, ext_from_response, sniff
 from ...state.storage import AtomicWriter
 from ..base import Backend, Submission
+from .capabilities import CAPABILITIES, MAX_SOURCE_BYTES
 
 if TYPE_CHECKING:
     from ...tools import ToolCall
@@ -66,7 +67,6 @@ LISTS: dict[str, str] = {
 MEDIA_ANSWERS = {"upscale", "img2img", "generate", "generate_xl", "text_to_gif", "image_to_video"}
 FREE_XL_MODELS = ("sdxl-turbo", "playground-V2")  # every other SDXL model needs the subscription
 MAX_IMAGE_COUNT = 5
-MAX_SOURCE_BYTES = 50 * 1024 * 1024  # the image travels base64 in a JSON body
 PREMIUM_HINT = (
     "VisionCraft's free tier has SD 1.x, sdxl-turbo/playground-V2, img2img, GIFs, upscaling and the "
     "free LLMs; other SDXL models, image-to-video and premium LLMs need the $5/month subscription"
@@ -86,13 +86,7 @@ class _Held:
 
 class VisionCraftBackend(Backend):
     api = "visioncraft"
-    capabilities = Capabilities(
-        collectable_elsewhere=False,  # results live in the submitting process only
-        answers_on_submit=True,
-        charges_credits=False,  # a subscription: every job costs 0 credits
-        image_formats=("jpg", "png", "webp"),
-        max_image_bytes=MAX_SOURCE_BYTES,
-    )
+    capabilities = CAPABILITIES
     default_base_url = "https://visioncraft-rs24.koyeb.app"
     extra_options = ("premium",)
     max_held = 256  # finished results kept for download (oldest dropped first)

@@ -18,24 +18,23 @@ from .backend import VisionCraftBackend
 
 if TYPE_CHECKING:
     from ...api.models import Job
-    from ...client import AsyncVanceClient
+    from ..base import Backend
 
 
-def visioncraft_backend(client: AsyncVanceClient) -> VisionCraftBackend:
-    if not isinstance(client.backend, VisionCraftBackend):
+def visioncraft_backend(backend: Backend) -> VisionCraftBackend:
+    if not isinstance(backend, VisionCraftBackend):
         raise InvalidConfigError(
-            f"the VisionCraft calls need a VisionCraft client, this one speaks the {client.api!r} API",
+            f"the VisionCraft calls need a VisionCraft client, this one speaks the {backend.api!r} API",
             hint="create the client with api='visioncraft'",
         )
-    return client.backend
+    return backend
 
 
 class AsyncVisionCraft:
     """VisionCraft-only operations of an :class:`~vance_provider.core.client.AsyncVanceClient`."""
 
-    def __init__(self, client: AsyncVanceClient) -> None:
-        self._client = client
-        self._vc = visioncraft_backend(client)
+    def __init__(self, backend: Backend) -> None:
+        self._vc = visioncraft_backend(backend)
 
     def __repr__(self) -> str:
         return f"AsyncVisionCraft(base_url={self._vc.base_url!r})"
@@ -77,7 +76,7 @@ class AsyncVisionCraft:
         sources = await asyncio.to_thread(list_sources, source, None, so)
         if len(sources) != 1:
             raise InvalidInputError("image_to_video takes exactly one image", source=str(source))
-        await asyncio.to_thread(check_input, sources[0].url, sources[0].size, "image", self._client.api, so)
+        await asyncio.to_thread(check_input, sources[0].url, sources[0].size, "image", self._vc.api, so)
         job = await self._vc.image_to_video(sources[0].url, storage_options)
         return job, await self._vc.download(job, dest, storage_options)
 

@@ -24,9 +24,10 @@ from ...api.errors import (
     ServerError,
     VanceError,
 )
-from ...api.models import WEB_STATUS, Balance, Capabilities, Job, JobStatus, UsageRecord
+from ...api.models import WEB_STATUS, Balance, Job, JobStatus, UsageRecord
 from ...media import ext_from_response
 from ..base import Backend, Submission
+from .capabilities import CAPABILITIES
 
 if TYPE_CHECKING:
     from ...tools import ToolCall
@@ -62,13 +63,7 @@ def _num(value: Any) -> float:
 
 class WebApiBackend(Backend):
     api = "web"
-    capabilities = Capabilities(
-        charges_on_download=True,
-        has_usage_history=True,
-        image_formats=("jpg", "png"),
-        max_image_bytes=10 * 1024 * 1024,
-        max_image_pixels=34_000_000,
-    )
+    capabilities = CAPABILITIES
     default_base_url = "https://api-service.vanceai.com/web_api/v1"
 
     expect = {
