@@ -64,11 +64,6 @@ def test_the_estimate_follows_jobs_that_get_faster_and_slower() -> None:
     assert estimate.value >= 1.0  # a run of misses moves it up fast
 
 
-def test_second_looks_come_sooner_while_requests_are_cheap() -> None:
-    idle, bound = LatencyEstimate(2.0, lambda: 0.0), LatencyEstimate(2.0, lambda: 1.0)
-    assert idle.repoll(2.0) == pytest.approx(0.04) and bound.repoll(2.0) == pytest.approx(0.125)
-
-
 def waves(
     in_flight: int, rounds: int = 400, pressure: float = 0.0, hits: list[bool] | None = None
 ) -> list[float]:

@@ -93,10 +93,10 @@ def test_stop_on_failure_returns_at_the_first_failed_job(clock: FakeClock) -> No
 
 
 def test_reported_progress_brings_the_next_look_forward(clock: FakeClock) -> None:
-    # 50 % done after 2 s: about 2 s more (x1.1), capped at 4x the interval.
+    # 50 % done after 2 s: about 2 s more (x1.05), capped at 4x the interval.
     get_job, _ = scripted({"a": [job("a", JobStatus.PROCESSING, progress=50), job("a", JobStatus.SUCCEEDED)]})
     result = asyncio.run(polling.poll_jobs(get_job, ["a"], interval=1.0, max_interval=10.0, first_delay=2.0))
-    assert result.looks == 2 and clock.sleeps == [2.0, 2.2]
+    assert result.looks == 2 and clock.sleeps == [2.0, pytest.approx(2.1)]
 
 
 def test_a_first_delay_that_grew_while_waiting_is_kept(clock: FakeClock) -> None:
@@ -127,3 +127,12 @@ def test_on_update_sees_every_answer(clock: FakeClock) -> None:
     get_job, _ = scripted({"a": [job("a", JobStatus.PROCESSING), job("a", JobStatus.SUCCEEDED)]})
     asyncio.run(polling.poll_jobs(get_job, ["a"], interval=1.0, max_interval=1.0, on_update=note))
     assert seen == ["a:processing", "a:succeeded"]
+
+
+def test_no_two_looks_closer_than_the_guidance(clock: FakeClock) -> None:
+    # 99 % done: the progress says "look again at once"; the vendor's guidance says not before 2 s.
+    get_job, _ = scripted({"a": [job("a", JobStatus.PROCESSING, progress=99), job("a", JobStatus.SUCCEEDED)]})
+    result = asyncio.run(
+        polling.poll_jobs(get_job, ["a"], interval=0.5, max_interval=10.0, first_delay=2.0, min_interval=2.0)
+    )
+    assert result.looks == 2 and clock.sleeps == [2.0, 2.0]

@@ -70,6 +70,9 @@ class Job:
     codec: str | None = None
     credits_estimated: float | None = None
     credits_charged: float | None = None
+    # Seconds from its creation to its end on the service's own clock (``finished_at`` less
+    # ``created_at``), when the service tells both precisely enough to time a job by.
+    length: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
     # A signed link to the result (Open API, terminal answers): used once, never shown or kept.
     result_url: str | None = field(default=None, repr=False, compare=False)
@@ -98,6 +101,7 @@ class Capabilities:
     image_formats: tuple[str, ...] = ("jpg", "png")  # the images it takes (by their content)
     max_image_bytes: int | None = None  # the largest image file it takes (None: no limit checked)
     max_image_pixels: int | None = None  # the most pixels an image may have (None: no limit)
+    requests_per_job: int = 2  # the fewest rate-limited calls one job needs (create, one look, ...)
     max_video_bytes: int | None = None  # the largest video upload (None: no limit checked)
 
 

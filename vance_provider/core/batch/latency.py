@@ -85,10 +85,6 @@ class LatencyEstimate:
     def target(self) -> float:
         return self.LOW + (self.HIGH - self.LOW) * self._pressure()
 
-    def repoll(self, poll_interval: float) -> float:
-        """The wait before a second look: short while requests are cheap, longer as they bind."""
-        return min(poll_interval, self.value) * (0.08 + 0.17 * self._pressure())
-
     def _pressure(self) -> float:
         # A key used at 90 % of the gate's pace has no room for second looks: counted as bound (a
         # rate-bound batch read 0.93 on average, as its rate breathes with its slots, and aimed at

@@ -33,6 +33,7 @@ async def poll_jobs(
     interval: float,
     max_interval: float,
     first_delay: float | Callable[[], float] = 0.0,
+    min_interval: float = 0.0,
     started: float | None = None,
     deadline: float | None = None,
     stop_on_failure: bool = False,
@@ -47,7 +48,7 @@ async def poll_jobs(
     runs). Later looks back off by 1.5x up to ``max_interval``, come sooner when the service's
     progress says a job is about to finish, and never sleep past the deadline (the last look is
     made at it). ``started`` (``time.monotonic()``, default now) is when the jobs began, for the
-    progress estimate.
+    progress estimate. No two looks are closer than ``min_interval`` (the vendor's guidance).
     """
     started = time.monotonic() if started is None else started
     result = PollResult(pending=list(dict.fromkeys(job_ids)))
@@ -75,7 +76,8 @@ async def poll_jobs(
         if deadline is not None and time.time() >= deadline:
             break
         elapsed = time.monotonic() - started
-        wait = _capped(min(next_look(j, elapsed, interval) for j in running), deadline)
+        wait = max(min_interval, min(next_look(j, elapsed, interval, max_interval) for j in running))
+        wait = _capped(wait, deadline)
         if log is not None:
             log.info(
                 "VanceAI: %d of %d job(s) finished; next look in %.1fs", len(result.done), len(job_ids), wait
@@ -85,12 +87,14 @@ async def poll_jobs(
     return result
 
 
-def next_look(job: Job, elapsed: float, interval: float) -> float:
+def next_look(job: Job, elapsed: float, interval: float, longest: float | None = None) -> float:
     """When to look again: where the service reports progress, when the job should be done
-    (a little after, so one look suffices); else after ``interval``."""
+    (a little after, so one look suffices; at most ``longest``, default ``4 * interval``);
+    else after ``interval``."""
     progress = job.progress or 0
     if job.phase in (None, "processing") and 5 <= progress < 100:
-        return min(interval * 4, max(0.02, elapsed * (100 - progress) / progress * 1.1))
+        longest = interval * 4 if longest is None else longest
+        return min(longest, max(0.02, elapsed * (100 - progress) / progress * 1.05))
     return interval
 
 

@@ -53,6 +53,7 @@ from .cached import serve_from_cache, store_in_cache
 from .collect import fetch_of, paid_before, with_charge
 from .latency import AdaptiveLimit, LatencyEstimate
 from .ledger import CreditLedger
+from .looks import LookPlanner
 from .planning import (
     CHECK_CHUNK,
     as_recorded,
@@ -71,6 +72,11 @@ from .service import BatchClient
 from .spec import BatchResult, BatchSpec, ItemResult, Progress
 
 log = logging.getLogger("vance_provider.batch")
+
+# Until the service tells its rate limit, the rate is taken to be the documented example's, 60
+# requests a minute: early looks must not burn a window whose size is not known yet.
+ASSUMED_RATE = 1.0
+VIDEO_LOOKS = 2.5  # a video job is looked at this much less often than an image job (5 s vs 2 s)
 
 
 def manifest_for(spec: BatchSpec) -> Manifest:
@@ -102,6 +108,7 @@ class BatchRunner:
         fence_writes(self.manifest, self.lease)
         self.limit = AdaptiveLimit(spec.max_concurrency)
         self.latency = LatencyEstimate(spec.poll_interval, client.backend.gate.pressure)
+        self.looks = LookPlanner(floor=spec.poll_interval)  # aimed by the service's job lengths
         self.stop_reason: str | None = None
         self.credits = CreditLedger(spec.credit_budget)
         self._ended_before: set[str] = set()  # Open API jobs of another run found ended: paid then
@@ -819,6 +826,15 @@ class BatchRunner:
                 item.submitted_by = self.run_id
                 self.manifest.touch()
 
+    def _first_look(self) -> float:
+        """When to look first at an image job: by the lengths the service reported, once enough are
+        known (see :mod:`.looks`); before that, by the engine's own timing of its looks."""
+        if not self.looks.ready:
+            return self.latency.value
+        gate = self.client.backend.gate
+        rate = gate.limit / gate.window / gate.MARGIN if gate.limit and gate.window else ASSUMED_RATE
+        return self.looks.point(slots=self.limit.limit, rate=rate, least_requests=self.caps.requests_per_job)
+
     async def _poll(self, item: ManifestItem) -> Job:
         assert item.job_id
         if self.caps.answers_on_submit:  # the result came with the submission: nothing to wait for
@@ -837,9 +853,12 @@ class BatchRunner:
                 return first
         started = self._submitted_at.get(item.source, time.monotonic())
         get_job = self.client.get_job
-        point: Callable[[], float] = lambda: self.latency.value  # noqa: E731
+        point: Callable[[], float] = self._first_look
+        floor = self.spec.poll_interval  # never two looks at one job closer than the guidance
         if item.estimate is not None:  # a video: its true price is known once the service measured it
             get_job = functools.partial(self._look_at_video, item)
+            point = lambda: self.latency.value  # noqa: E731
+            floor *= VIDEO_LOOKS
             if self.spec.credit_budget is not None:  # look early enough to cancel it, if need be
                 point = lambda: min(self.latency.value, self.spec.poll_interval)  # noqa: E731
         result = await poll_jobs(
@@ -851,7 +870,8 @@ class BatchRunner:
             # running then is usually nearly done: look again soon, then back off.
             first_delay=lambda: started + point() - time.monotonic(),
             started=started,
-            interval=self.latency.repoll(self.spec.poll_interval),
+            interval=floor,
+            min_interval=floor,
             max_interval=self.spec.max_poll_interval,
             deadline=time.time() + self.spec.timeout if self.spec.timeout else None,
         )
@@ -859,6 +879,9 @@ class BatchRunner:
             raise WaitTimeoutError(
                 f"job {item.job_id} did not finish within {credits_text(self.spec.timeout or 0.0)} s"
             )
+        done = result.done[item.job_id]
+        if done.length is not None and item.estimate is None:
+            self.looks.observe(done.length)
         if item.source in self._submitted_at:
             self.latency.observe(
                 result.last_look_at - started,

@@ -9,6 +9,7 @@ MAX_SOURCE_BYTES = 50 * 1024 * 1024  # the image travels base64 in a JSON body
 CAPABILITIES = Capabilities(
     collectable_elsewhere=False,  # results live in the submitting process only
     answers_on_submit=True,
+    requests_per_job=1,  # the submission answers with the result
     charges_credits=False,  # a subscription: every job costs 0 credits
     image_formats=("jpg", "png", "webp"),
     max_image_bytes=MAX_SOURCE_BYTES,
