@@ -198,8 +198,9 @@ class Account:
             self._unsettled.pop(0)
 
     # --- request rate ------------------------------------------------------------------------------
-    async def acquire_request(self) -> None:
-        """Wait until the account's rate lets one more request go (call before each HTTP call)."""
+    async def acquire_request(self) -> float:
+        """Wait until the account's rate lets one more request go (call before each HTTP call).
+        Returns when it was granted, on the store's clock (epoch seconds)."""
         if self._request_lock is None:
             self._request_lock = asyncio.Lock()
         async with self._request_lock:  # one task of this process asks the store at a time
@@ -208,7 +209,7 @@ class Account:
                     lambda st: st.take_request(self.id, self.default_rate, self.margin, self.burst)
                 )
                 if grant.granted:
-                    return
+                    return grant.at
                 await asyncio.sleep(min(grant.wait, self.recheck_after))
 
     async def learn(

@@ -1,0 +1,122 @@
+"""Worker processes for the multi-process account tests (spawned: each a fresh interpreter).
+
+Each opens the account itself, as a real worker would, and reports through a queue."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import time
+from typing import Any
+
+from vance_provider.core.account import BudgetExhaustedError, Rate, open_account
+
+BASE_URL = "https://api.vanceai.test"
+
+Queue = Any  # multiprocessing queues and synchronization objects: not generic in typeshed
+
+
+def budget_worker(url: str, key: str, barrier: Any, credits: float, out: Queue) -> None:
+    """Reserve ``credits`` again and again until refused; settle three reservations of four and
+    release the fourth (a failed job). Reports the credits settled."""
+
+    async def run() -> float:
+        settled, n = 0.0, 0
+        async with open_account(BASE_URL, key, url, budget="shared") as account:
+            barrier.wait()
+            while True:
+                try:
+                    reservation = await account.reserve(credits)
+                except BudgetExhaustedError:
+                    return settled
+                n += 1
+                if n % 4 == 0:
+                    await account.release(reservation)
+                else:
+                    await account.settle(reservation, credits)
+                    settled += credits
+
+    out.put(asyncio.run(run()))
+
+
+def slot_worker(
+    url: str, key: str, barrier: Any, lock: Any, inside: Any, peak: Any, tasks: int, rounds: int, out: Queue
+) -> None:
+    """``tasks`` coroutines each take a slot ``rounds`` times; while holding it they count
+    themselves in the shared ``inside`` counter and record its ``peak``."""
+
+    async def one(account: Any) -> int:
+        done = 0
+        for _ in range(rounds):
+            async with account.slot():
+                with lock:
+                    inside.value += 1
+                    peak.value = max(peak.value, inside.value)
+                await asyncio.sleep(0.002)
+                with lock:
+                    inside.value -= 1
+            done += 1
+        return done
+
+    async def run() -> int:
+        async with open_account(BASE_URL, key, url, poll=0.02) as account:
+            barrier.wait()
+            return sum(await asyncio.gather(*(one(account) for _ in range(tasks))))
+
+    out.put(asyncio.run(run()))
+
+
+def holding_worker(url: str, key: str, ttl: float, credits: float, held: Any) -> None:
+    """Take two slots and reserve credits, say so, then hold them (renewing) until killed."""
+
+    async def run() -> None:
+        account = open_account(
+            BASE_URL, key, url, budget="shared", slot_ttl=ttl, reservation_ttl=ttl, holder="doomed"
+        )
+        await account.acquire_slot()
+        await account.acquire_slot()
+        await account.reserve(credits)
+        held.set()
+        while True:
+            await asyncio.sleep(3600)
+
+    asyncio.run(run())
+
+
+def rate_worker(url: str, key: str, barrier: Any, count: int, limit: int, window: float, out: Queue) -> None:
+    """Learn ``limit``/``window``, then take ``count`` requests; report the grant times (store clock)."""
+
+    async def run() -> list[float]:
+        async with open_account(BASE_URL, key, url, default_rate=Rate(limit, window)) as account:
+            await account.learn(limit, window)
+            barrier.wait()
+            return [await account.acquire_request() for _ in range(count)]
+
+    out.put(asyncio.run(run()))
+
+
+def blocked_worker(url: str, key: str, go: Any, out: Queue) -> None:
+    """Wait for ``go`` (a 429 was published), then take one request; report its grant time."""
+
+    async def run() -> float:
+        async with open_account(BASE_URL, key, url, default_rate=Rate(100, 1.0)) as account:
+            go.wait()
+            return await account.acquire_request()
+
+    out.put(asyncio.run(run()))
+
+
+def spawn() -> Any:
+    """The multiprocessing context the tests use: fresh interpreters, as separate workers are."""
+    return mp.get_context("spawn")
+
+
+def collect(out: Queue, processes: list[Any], timeout: float = 120.0) -> list[Any]:
+    """One result per process; fails if one died or hung."""
+    results, deadline = [], time.monotonic() + timeout
+    for _ in processes:
+        results.append(out.get(timeout=max(0.1, deadline - time.monotonic())))
+    for p in processes:
+        p.join(timeout=max(0.1, deadline - time.monotonic()))
+        assert p.exitcode == 0, f"worker {p.pid} exited with {p.exitcode}"
+    return results
