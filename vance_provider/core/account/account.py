@@ -115,7 +115,7 @@ class Account:
             return await fn(self._fallback), True
         if self._down:
             self._down = False
-            log.warning(
+            log.info(
                 "account store %s is back: the request rate and jobs in flight are account-wide again",
                 self.store.description,
             )
@@ -128,7 +128,7 @@ class Account:
             log.warning(
                 "%s. Until it is back, this process paces its requests and limits its jobs in flight "
                 "on its own (other workers are not counted), and refuses to reserve budget credits; "
-                "it tries the store again every %.0f s.",
+                "it tries the store again every %g s.",
                 exc,
                 self.recheck_after,
             )
