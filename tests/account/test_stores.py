@@ -178,3 +178,10 @@ def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigurationError) as bad:
         open_store("mongodb://user:secret@host/db")
     assert "secret" not in str(bad.value)
+
+
+async def test_a_faster_rate_learned_applies_to_the_next_request(store: Any, api_key: str) -> None:
+    assert (await store.take_request(api_key, DEFAULT, 1.0, 1)).granted  # the default: 1 s to the next
+    await store.learn_rate(api_key, 100, 10.0, None)  # ten a second
+    assert (await store.take_request(api_key, DEFAULT, 1.0, 1)).wait == pytest.approx(0.1)
+    await store.close()

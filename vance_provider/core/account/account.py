@@ -80,8 +80,9 @@ class Account:
         self._fallback = MemoryStore(description=f"per-process fallback for {store.description}")
         self._down_until = 0.0  # monotonic: the store is not tried for rate and slots before this
         self._down = False
-        self._request_lock: asyncio.Lock | None = None
-        self._slot_freed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._request_lock = asyncio.Lock()
+        self._slot_freed = asyncio.Event()
         self._slots: dict[str, SlotLease] = {}
         self._reservations: dict[str, Reservation] = {}
         self._unsettled: list[tuple[Reservation, float]] = []  # charges the store was down for
@@ -135,7 +136,16 @@ class Account:
         else:
             log.debug("account store still unavailable: %s", exc)
 
+    def _bind_loop(self) -> None:
+        """The asyncio primitives belong to one event loop: make new ones in a new loop."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._request_lock, self._slot_freed = asyncio.Lock(), asyncio.Event()
+            self._heartbeat = None
+
     def _ensure_heartbeat(self) -> None:
+        self._bind_loop()
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.get_running_loop().create_task(
                 self._beat(), name="vance-account-heartbeat"
@@ -145,7 +155,10 @@ class Account:
         """Renew every held lease a few times per ttl, and send charges the store missed."""
         while self._slots or self._reservations or self._unsettled:
             await asyncio.sleep(min(self.slot_ttl, self.reservation_ttl) / 3)
-            await self.renew()
+            try:
+                await self.renew()
+            except Exception:  # the heartbeat must outlive a bad answer, or every lease would lapse
+                log.exception("renewing the account's leases failed; trying again")
 
     async def renew(self) -> None:
         """Renew the leases this account holds now (the heartbeat does it on its own)."""
@@ -201,8 +214,7 @@ class Account:
     async def acquire_request(self) -> float:
         """Wait until the account's rate lets one more request go (call before each HTTP call).
         Returns when it was granted, on the store's clock (epoch seconds)."""
-        if self._request_lock is None:
-            self._request_lock = asyncio.Lock()
+        self._bind_loop()
         async with self._request_lock:  # one task of this process asks the store at a time
             while True:
                 grant, _ = await self._shared(
@@ -247,8 +259,7 @@ class Account:
         if self._capacity_to_set is not None:
             capacity, self._capacity_to_set = self._capacity_to_set, None
             await self.set_capacity(capacity)
-        if self._slot_freed is None:
-            self._slot_freed = asyncio.Event()
+        self._bind_loop()
         while True:
             freed = self._slot_freed
             result, fallback = await self._shared(
@@ -273,9 +284,8 @@ class Account:
             await store.release_slot(self.id, lease.id)
         except AccountStoreUnavailableError as exc:
             log.debug("could not release a job slot (it expires on its own): %s", exc)
-        if self._slot_freed is not None:
-            self._slot_freed.set()
-            self._slot_freed = asyncio.Event()
+        self._slot_freed.set()
+        self._slot_freed = asyncio.Event()
 
     @contextlib.asynccontextmanager
     async def slot(self, holder: str | None = None) -> AsyncIterator[SlotLease]:

@@ -87,7 +87,16 @@ LEARN_RATE = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'limit', ARGV[2]) end
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'limit', ARGV[2])
+  -- A faster rate than the one paced by: the next slot need not wait for the old pace.
+  local r = redis.call('HMGET', KEYS[1], 'window', 'tat', 'blocked_until')
+  local window = tonumber(ARGV[3]) or tonumber(r[1])
+  if window and r[2] then
+    local next_at = math.max(now, tonumber(r[3]) or 0) + window / tonumber(ARGV[2])
+    if next_at < tonumber(r[2]) then redis.call('HSET', KEYS[1], 'tat', fmt(next_at)) end
+  end
+end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[3]) end
 if ARGV[4] ~= '' and tonumber(ARGV[4]) > 0 then
   local r = redis.call('HMGET', KEYS[1], 'tat', 'blocked_until')

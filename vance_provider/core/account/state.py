@@ -56,6 +56,10 @@ def learn_rate(
 ) -> RateState:
     if limit:
         s.limit = int(limit)
+        # A faster rate than the one paced by: the next slot need not wait for the old pace.
+        window_now = s.window or window
+        if window_now:
+            s.tat = min(s.tat, max(now, s.blocked_until) + float(window or window_now) / s.limit)
     if window:
         s.window = float(window)
     if block_for is not None and block_for > 0:
