@@ -420,7 +420,9 @@ def open_account(
     max_jobs: int | None = None,
     **options: Any,
 ) -> Account:
-    """The shared state of the account behind ``api_key`` at ``api_base_url``.
+    """The shared state of the account behind ``api_key`` at ``api_base_url`` (the client's
+    ``base_url``, e.g. ``https://cloud-vanceai.vanceai.com/api/v1``: every worker and the
+    ``vance budget`` command must give the same one to share the state).
 
     ``store_url``: ``local`` (the default: a SQLite file in ``$XDG_STATE_HOME/vance``, for every
     process of this machine), ``sqlite:///path``, ``redis://host:6379/0`` (every machine), or
