@@ -203,12 +203,12 @@ class Account:
 
     async def _send_unsettled(self) -> None:
         while self._unsettled:
-            reservation, actual = self._unsettled[0]
+            reservation, actual = self._unsettled.pop(0)  # taken first: two senders never send one twice
             try:
                 await self.store.settle(self.id, reservation, actual)
             except AccountStoreUnavailableError:
+                self._unsettled.insert(0, (reservation, actual))
                 return
-            self._unsettled.pop(0)
 
     # --- request rate ------------------------------------------------------------------------------
     async def acquire_request(self) -> float:
