@@ -168,3 +168,31 @@ def test_a_429_blocks_every_process_until_retry_after(store_url: str, api_key: s
     go.set()
     grants = workers.collect(out, procs)
     assert all(t >= blocked_until for t in grants), (grants, blocked_until)
+
+
+def test_a_store_opened_before_a_fork_works_in_the_child(tmp_path: Any, api_key: str) -> None:
+    """Airflow's executors and Celery's prefork pool fork workers: the child gets its own SQLite
+    connection, not the parent's."""
+    import multiprocessing as mp
+
+    from vance_provider.core.account import SqliteStore
+
+    url = f"sqlite://{tmp_path}/account.sqlite3"
+    run(_set_budget(url, api_key, 10))
+    store = SqliteStore(tmp_path / "account.sqlite3")
+    run(store.budgets(workers.account_of(api_key)))  # the parent's connection is open
+
+    def child() -> None:
+        async def go() -> None:
+            r = await store.reserve(workers.account_of(api_key), "shared", 3, "child", 60.0)
+            await store.settle(workers.account_of(api_key), r, 3)
+
+        asyncio.run(go())
+
+    proc = mp.get_context("fork").Process(target=child)
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    (state,) = run(store.budgets(workers.account_of(api_key)))
+    assert state.spent == 3
+    run(store.close())

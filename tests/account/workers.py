@@ -9,9 +9,15 @@ import multiprocessing as mp
 import time
 from typing import Any
 
-from vance_provider.core.account import BudgetExhaustedError, Rate, open_account
+from vance_provider.core.account import BudgetExhaustedError, Rate, account_id, open_account
 
 BASE_URL = "https://api.vanceai.test"
+
+
+def account_of(key: str) -> str:
+    """The account id the workers' accounts have."""
+    return account_id(BASE_URL, key)
+
 
 Queue = Any  # multiprocessing queues and synchronization objects: not generic in typeshed
 

@@ -55,8 +55,11 @@ class SqliteStore(WholeStateStore):
         self._clock = clock
         self._lock = threading.Lock()  # one connection, used by one thread at a time
         self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
 
     def _connect(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():  # a forked child (Airflow's executors fork): its own connection
+            self._conn, self._pid = None, os.getpid()
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fresh = not self.path.exists()
