@@ -14,6 +14,7 @@ import pytest
 from tests.servers import RedisServer, ServerNotAvailable
 from vance_provider.core.account import AccountStoreUnavailableError, Rate, open_account
 
+from . import workers
 from .workers import BASE_URL
 
 
@@ -103,3 +104,43 @@ async def test_an_unusable_sqlite_file_refuses_budgets(tmp_path: Path, api_key: 
         assert "writable" in str(refused.value)
         await account.acquire_request()  # the rate goes on per process
         assert (await account.acquire_slot()).fallback
+
+
+@pytest.mark.slow
+def test_four_processes_when_redis_stops_and_comes_back(redis: RedisServer, api_key: str) -> None:
+    async def set_budget() -> None:
+        async with open_account(BASE_URL, api_key, redis.url) as account:
+            await account.set_budget("shared", 100)
+
+    asyncio.run(set_budget())
+    ctx, n = workers.spawn(), 4
+    ready, stopped, back, out = ctx.Barrier(n + 1), ctx.Event(), ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=workers.store_down_worker, args=(redis.url, api_key, ready, stopped, back, out))
+        for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        ready.wait(120)  # every worker has spent its credit through the store
+        redis.stop()
+        stopped.set()
+        ready.wait(120)  # every worker has seen the store down
+        redis.start()
+        back.set()
+        seen = workers.collect(out, procs)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    for s in seen:
+        assert s["refused"] == 3, "a budget was reserved while the store was down"
+        assert s["fallback_slot"] and s["warnings_while_down"] == 1 and s["warnings"] == 1
+        assert s["recovered"]
+
+    async def spent() -> Any:
+        async with open_account(BASE_URL, api_key, redis.url) as account:
+            return await account.get_budget("shared")
+
+    state = asyncio.run(spent())
+    assert state.spent == n and state.reserved == 0  # the credits spent before, nothing while down

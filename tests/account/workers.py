@@ -9,7 +9,13 @@ import multiprocessing as mp
 import time
 from typing import Any
 
-from vance_provider.core.account import BudgetExhaustedError, Rate, account_id, open_account
+from vance_provider.core.account import (
+    AccountStoreUnavailableError,
+    BudgetExhaustedError,
+    Rate,
+    account_id,
+    open_account,
+)
 
 BASE_URL = "https://api.vanceai.test"
 
@@ -126,3 +132,53 @@ def collect(out: Queue, processes: list[Any], timeout: float = 120.0) -> list[An
         p.join(timeout=max(0.1, deadline - time.monotonic()))
         assert p.exitcode == 0, f"worker {p.pid} exited with {p.exitcode}"
     return results
+
+
+def store_down_worker(url: str, key: str, ready: Any, stopped: Any, back: Any, out: Queue) -> None:
+    """Spend 1 credit; once the store is stopped, try to reserve (refused), send requests and take
+    a slot (per process); once it is back, wait to be account-wide again. Reports what it saw."""
+    import logging
+
+    warnings: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                warnings.append(record.getMessage())
+
+    logger = logging.getLogger("vance_provider.account")
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+
+    async def run() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        async with open_account(BASE_URL, key, url, budget="shared", recheck_after=0.05) as account:
+            await account.settle(await account.reserve(1), 1)
+            ready.wait()
+            stopped.wait()
+            seen["refused"] = 0
+            for _ in range(3):
+                try:
+                    await account.reserve(1)
+                except AccountStoreUnavailableError:
+                    seen["refused"] += 1
+            for _ in range(3):
+                await account.acquire_request()
+            lease = await account.acquire_slot()
+            seen["fallback_slot"] = lease.fallback
+            await account.release(lease)
+            seen["warnings_while_down"] = len(warnings)
+            ready.wait()  # the parent starts the store again after every worker has seen it down
+            back.wait()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                lease = await account.acquire_slot()
+                await account.release(lease)
+                if not lease.fallback:
+                    break
+                await asyncio.sleep(0.02)
+            seen["recovered"] = not lease.fallback
+            seen["warnings"] = len(warnings)
+        return seen
+
+    out.put(asyncio.run(run()))
