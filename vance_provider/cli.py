@@ -595,6 +595,31 @@ def cmd_cache(args: argparse.Namespace, ui: Ui) -> int:
     return EXIT_OK
 
 
+def _budget_line(b: Any) -> str:
+    when = "in total" if b.period == "total" else f"a {b.period} ({b.period_key})"
+    return (
+        f"{b.name}: {credits_text(b.credits)} credits {when}: {credits_text(b.spent)} spent, "
+        f"{credits_text(b.reserved)} reserved by jobs in flight, {credits_text(b.remaining)} left"
+    )
+
+
+def cmd_budget(args: argparse.Namespace, ui: Ui) -> int:
+    """Account-wide budgets, shared by every worker of the account (docs/account.md)."""
+    from .core.account import get_budgets, set_budget
+
+    with _client(args) as client:  # for its base URL (the account is the key at that address)
+        where = {"api_base_url": client.base_url, "api_key": _token(), "store_url": args.store}
+    if args.budget_command == "set":
+        ui.out.print(_budget_line(set_budget(args.name, args.credits, args.period, **where)))
+        return EXIT_OK
+    budgets = get_budgets(**where)
+    for b in budgets:
+        ui.out.print(_budget_line(b))
+    if not budgets:
+        ui.out.print("no budgets: `vance budget set NAME CREDITS --period day|month|total` sets one")
+    return EXIT_OK
+
+
 def _age(value: str) -> float:
     from .core.state.cache import parse_age
 
@@ -709,6 +734,29 @@ def build_parser() -> argparse.ArgumentParser:
                 "--older-than", required=True, type=_age, metavar="AGE", help="90d, 12h, 30m, 2w, 1d12h"
             )
             a.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    b = command("budget", "account-wide credit budgets, shared by every worker (docs/account.md)", cmd_budget)
+    b_actions = b.add_subparsers(dest="budget_command", required=True, metavar="ACTION", parser_class=_Parser)
+    for name, text in (
+        ("set", "create or change a budget: CREDITS per --period"),
+        ("show", "every budget: credits, spent, reserved by jobs in flight, left"),
+    ):
+        a = b_actions.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        if name == "set":
+            a.add_argument("name", help="the budget's name, e.g. photos")
+            a.add_argument("credits", type=_credits, help="credits per period")
+            a.add_argument(
+                "--period",
+                choices=("day", "month", "total"),
+                default="total",
+                help="day and month are UTC; a new one starts with nothing spent",
+            )
+        a.add_argument(
+            "--store",
+            metavar="URL",
+            default=os.environ.get("VANCE_ACCOUNT_STORE"),
+            help="the account store: local (this machine), sqlite:///path, redis://host:6379/0 "
+            "(or VANCE_ACCOUNT_STORE; default local)",
+        )
     return p
 
 

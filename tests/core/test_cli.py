@@ -258,7 +258,7 @@ MISTAKES: dict[str, Mistake] = {
     "unknown-command": Mistake(
         ["upscale", "photos/"],
         cli.EXIT_USAGE,
-        "error: argument COMMAND: invalid choice: 'upscale' (choose from 'enhance', 'status', 'credits', 'report', 'cache')",
+        "error: argument COMMAND: invalid choice: 'upscale' (choose from 'enhance', 'status', 'credits', 'report', 'cache', 'budget')",
     ),
     "negative-budget": Mistake(
         ["enhance", "{tmp}/in", "{tmp}/out", "--tool", "upscale", "--budget", "-1"],

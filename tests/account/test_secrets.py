@@ -1,0 +1,117 @@
+"""The API key never appears in the store (Redis keys and values, the SQLite file, file names),
+in a log record, a repr or an exception: the account is known by a hash only."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as redis_client
+
+from tests.servers import RedisServer, free_port
+from vance_provider.core.account import (
+    AccountStoreUnavailableError,
+    BudgetExhaustedError,
+    UnknownBudgetError,
+    account_id,
+    open_account,
+)
+
+from .workers import BASE_URL
+
+
+async def _exercise(url: str, key: str) -> list[str]:
+    """Everything an engine and the CLI do; returns the reprs and messages it met."""
+    seen: list[str] = []
+    account = open_account(BASE_URL, key, url, budget="photos", max_jobs=2)
+    seen.append(repr(account))
+    seen.append(repr(account.store))
+    seen.append(repr(await account.set_budget("photos", 10, "day")))
+    reservation = await account.reserve(4)
+    seen.append(repr(reservation))
+    with pytest.raises(BudgetExhaustedError) as exhausted:
+        await account.reserve(7)
+    seen.append(str(exhausted.value))
+    with pytest.raises(UnknownBudgetError) as unknown:
+        await account.reserve(1, budget="videos")
+    seen.append(str(unknown.value))
+    await account.settle(reservation, 3)
+    await account.learn(60, 60.0)
+    await account.learn(60, 60.0, retry_after=0.01, reset_epoch=None)
+    seen.append(repr(await account.acquire_request()))
+    lease = await account.acquire_slot()
+    seen.append(repr(lease))
+    await account.renew()
+    seen.append(repr(await account.slot_state()))
+    seen.append(repr(await account.rate_state()))
+    seen.append(repr(await account.budgets()))
+    await account.release(lease)
+    await account.close()
+    return seen
+
+
+def _assert_clean(text: str, key: str, where: str) -> None:
+    secret = key.removeprefix("sk_live_")
+    assert secret not in text, f"the key appears in {where}"
+
+
+def _dump_redis(url: str) -> str:
+    client = redis_client.Redis.from_url(url, decode_responses=True)
+    parts = []
+    for name in client.scan_iter("*"):
+        parts.append(name)
+        kind = client.type(name)
+        if kind == "hash":
+            parts.append(repr(client.hgetall(name)))
+        elif kind == "zset":
+            parts.append(repr(client.zrange(name, 0, -1, withscores=True)))
+        elif kind == "set":
+            parts.append(repr(client.smembers(name)))
+        elif kind == "string":
+            parts.append(repr(client.get(name)))
+    client.close()
+    return "\n".join(parts)
+
+
+async def test_redis_holds_no_key(redis_server: RedisServer, api_key: str, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    seen = await _exercise(redis_server.url, api_key)
+    dump = _dump_redis(redis_server.url)
+    assert account_id(BASE_URL, api_key) in dump  # the account is there, by its hash
+    _assert_clean(dump, api_key, "Redis")
+    _assert_clean("\n".join(seen), api_key, "a repr or an error")
+    _assert_clean("\n".join(r.getMessage() for r in caplog.records), api_key, "the logs")
+
+
+async def test_the_local_store_holds_no_key(
+    tmp_path: Path, api_key: str, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("VANCE_STATE_DIR", raising=False)
+    monkeypatch.delenv("VANCE_ACCOUNT_STORE", raising=False)
+    caplog.set_level(logging.DEBUG)
+    seen = await _exercise("local", api_key)
+    files = list((tmp_path / "state").rglob("*"))
+    assert tmp_path / "state" / "vance" / "account.sqlite3" in files
+    for path in files:
+        _assert_clean(str(path), api_key, "a file name")
+        if path.is_file():
+            _assert_clean(path.read_bytes().decode("latin-1"), api_key, str(path))
+    _assert_clean("\n".join(seen), api_key, "a repr or an error")
+    _assert_clean("\n".join(r.getMessage() for r in caplog.records), api_key, "the logs")
+
+
+async def test_a_store_down_says_no_key(tmp_path: Path, api_key: str, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    # No server there: every message about it, and the password of its URL, stay clean.
+    url = f"redis://user:{api_key}@127.0.0.1:{free_port()}/0"
+    account = open_account(BASE_URL, api_key, url, budget="photos")
+    with pytest.raises(AccountStoreUnavailableError) as refused:
+        await account.reserve(1)
+    await account.acquire_request()
+    texts = [str(refused.value), repr(account), repr(account.store)]
+    texts += [r.getMessage() for r in caplog.records]
+    await account.close()
+    _assert_clean("\n".join(texts), api_key, "a message about the store")

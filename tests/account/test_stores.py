@@ -1,0 +1,187 @@
+"""The three stores behave alike, step by step, on a clock the test moves (the Redis store takes
+it instead of the server's): the rate's pacing, leases expiring, budgets rolling over by period."""
+
+from __future__ import annotations
+
+import calendar
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import RedisServer
+from vance_provider.core.account import (
+    BudgetExhaustedError,
+    MemoryStore,
+    Rate,
+    SlotLease,
+    SqliteStore,
+    UnknownBudgetError,
+    open_store,
+)
+from vance_provider.core.account.models import period_key
+from vance_provider.core.api.errors import ConfigurationError
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def epoch(y: int, m: int, d: int, hh: int = 0, mm: int = 0) -> float:
+    return float(calendar.timegm((y, m, d, hh, mm, 0)))
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    clock = Clock(epoch(2026, 12, 6, 12))
+    if request.param == "memory":
+        made: Any = MemoryStore(clock=clock)
+    elif request.param == "sqlite":
+        made = SqliteStore(tmp_path / "a.sqlite3", clock=clock)
+    else:
+        from vance_provider.core.account.redis_store import RedisStore
+
+        server: RedisServer = request.getfixturevalue("redis_server")
+        made = RedisStore(server.url, clock=clock)
+    made.clock = clock
+    return made
+
+
+DEFAULT = Rate(10, 10.0)  # one request a second until a rate is learned
+
+
+async def test_requests_are_paced_by_the_default_then_by_what_was_learned(store: Any, api_key: str) -> None:
+    a, clock = api_key, store.clock
+    assert (await store.take_request(a, DEFAULT, 1.0, 1)).granted
+    refused = await store.take_request(a, DEFAULT, 1.0, 1)
+    assert not refused.granted and refused.wait == pytest.approx(1.0)
+    clock.now += 1.0
+    assert (await store.take_request(a, DEFAULT, 1.0, 1)).granted
+    learned = await store.learn_rate(a, 100, 10.0, None)  # ten a second
+    assert learned.learned and learned.limit == 100 and learned.window == 10.0
+    clock.now += 1.0
+    assert (await store.take_request(a, DEFAULT, 1.0, 1)).granted
+    assert (await store.take_request(a, DEFAULT, 1.0, 1)).wait == pytest.approx(0.1)
+    # A 429: nothing for 5 s, then one request, then the others paced.
+    await store.learn_rate(a, None, None, 5.0)
+    assert (await store.take_request(a, DEFAULT, 1.0, 1)).wait == pytest.approx(5.0)
+    clock.now += 5.0
+    assert (await store.take_request(a, DEFAULT, 1.0, 1)).granted
+    assert not (await store.take_request(a, DEFAULT, 1.0, 1)).granted
+    # A burst of 3 lets three go at once after a pause.
+    clock.now += 10.0
+    assert [(await store.take_request(a, DEFAULT, 1.0, 3)).granted for _ in range(4)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
+    await store.close()
+
+
+async def test_slots_expire_unless_renewed(store: Any, api_key: str) -> None:
+    a, clock = api_key, store.clock
+    first = await store.acquire_slot(a, "w1", 30.0, 2)
+    second = await store.acquire_slot(a, "w2", 30.0, 2)
+    assert isinstance(first, SlotLease) and isinstance(second, SlotLease)
+    assert await store.acquire_slot(a, "w3", 30.0, 2) == pytest.approx(30.0)  # full: wait for the first
+    clock.now += 20.0
+    assert await store.renew_slots(a, [first.id], 30.0) == []
+    clock.now += 15.0  # the second expired, the first was renewed
+    state = await store.slot_state(a, 2)
+    assert [h for _, h, _ in state.leases] == ["w1"]
+    assert await store.renew_slots(a, [second.id], 30.0) == [second.id]
+    assert isinstance(await store.acquire_slot(a, "w3", 30.0, 2), SlotLease)
+    await store.set_capacity(a, 1)
+    assert (await store.slot_state(a, 2)).capacity == 1
+    assert isinstance(await store.acquire_slot(a, "w4", 30.0, 2), float)
+    await store.release_slot(a, first.id)
+    assert isinstance(await store.acquire_slot(a, "w4", 30.0, 2), float)  # still one in use: capacity 1
+    await store.close()
+
+
+async def test_budgets_reserve_settle_release_expire_and_roll_over(store: Any, api_key: str) -> None:
+    a, clock = api_key, store.clock
+    with pytest.raises(UnknownBudgetError):
+        await store.reserve(a, "photos", 1.0, "w", 60.0)
+    await store.set_budget(a, "photos", 10.0, "day")
+    await store.set_budget(a, "all", 25.0, "total")
+    r1 = await store.reserve(a, "photos", 4.0, "w1", 60.0)
+    r2 = await store.reserve(a, "photos", 5.5, "w2", 60.0)
+    with pytest.raises(BudgetExhaustedError) as refused:
+        await store.reserve(a, "photos", 1.0, "w3", 60.0)
+    assert refused.value.remaining == pytest.approx(0.5) and "vance budget set photos" in str(refused.value)
+    assert await store.settle(a, r1, 3.0)
+    await store.release_reservation(a, r2)
+    (photos,) = [b for b in await store.budgets(a) if b.name == "photos"]
+    assert (photos.spent, photos.reserved, photos.remaining, photos.period_key) == (
+        3.0,
+        0.0,
+        7.0,
+        "2026-12-06",
+    )
+    # A reservation not renewed expires: its credits return.
+    r3 = await store.reserve(a, "photos", 7.0, "w4", 60.0)
+    clock.now += 61.0
+    assert await store.renew_reservations(a, [r3], 60.0) == [r3.id]
+    assert (await store.reserve(a, "photos", 7.0, "w5", 60.0)).credits == 7.0
+    # The next day (UTC) starts afresh; a total budget does not.
+    t = await store.reserve(a, "all", 20.0, "w", 60.0)
+    await store.settle(a, t, 20.0)
+    clock.now = epoch(2026, 12, 7, 0, 1)
+    budgets = {b.name: b for b in await store.budgets(a)}
+    assert budgets["photos"].spent == 0.0 and budgets["photos"].period_key == "2026-12-07"
+    assert budgets["all"].spent == 20.0 and budgets["all"].period_key == "total"
+    # Raising the credits keeps what was spent.
+    await store.set_budget(a, "all", 30.0, "total")
+    assert {b.name: b for b in await store.budgets(a)}["all"].remaining == 10.0
+    assert await store.delete_budget(a, "all")
+    assert [b.name for b in await store.budgets(a)] == ["photos"]
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        epoch(2024, 2, 29, 23, 59),
+        epoch(2000, 3, 1),
+        epoch(2100, 2, 28, 12),
+        epoch(1999, 12, 31, 23, 59),
+        epoch(2026, 1, 1),
+    ],
+)
+async def test_periods_are_the_same_dates_in_lua_and_python(redis_server: RedisServer, when: float) -> None:
+    from vance_provider.core.account.redis_store import RedisStore
+
+    store = RedisStore(redis_server.url, clock=lambda: when)
+    for period in ("day", "month"):
+        state = await store.set_budget(f"periods-{when}".replace(".", "-"), f"p-{period}", 1.0, period)
+        assert state.period_key == period_key(period, when)
+    await store.close()
+
+
+def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    monkeypatch.delenv("VANCE_STATE_DIR", raising=False)
+    monkeypatch.delenv("VANCE_ACCOUNT_STORE", raising=False)
+    local = open_store()
+    assert isinstance(local, SqliteStore) and local.path == tmp_path / "vance" / "account.sqlite3"
+    assert isinstance(open_store("none"), MemoryStore)
+    assert isinstance(open_store(f"sqlite://{tmp_path}/x.db"), SqliteStore)
+    monkeypatch.setenv("VANCE_ACCOUNT_STORE", "redis://:pw@127.0.0.1:1/0")
+    chosen = open_store()
+    assert type(chosen).__name__ == "RedisStore" and "pw" not in repr(chosen)
+    with pytest.raises(ConfigurationError) as bad:
+        open_store("mongodb://user:secret@host/db")
+    assert "secret" not in str(bad.value)
+
+
+async def test_a_faster_rate_learned_applies_to_the_next_request(store: Any, api_key: str) -> None:
+    assert (await store.take_request(api_key, DEFAULT, 1.0, 1)).granted  # the default: 1 s to the next
+    await store.learn_rate(api_key, 100, 10.0, None)  # ten a second
+    assert (await store.take_request(api_key, DEFAULT, 1.0, 1)).wait == pytest.approx(0.1)
+    await store.close()

@@ -1,0 +1,258 @@
+"""The Redis store's Lua scripts: each runs atomically on the server, on the server's clock
+(``TIME``) unless the caller passes ``now`` (tests) as ``ARGV[1]``. Numbers go back to Python as
+strings (Redis would truncate Lua numbers to integers)."""
+
+from __future__ import annotations
+
+_COMMON = r"""
+local function clock(arg)
+  if arg ~= nil and arg ~= '' then return tonumber(arg) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function fmt(x) return string.format('%.17g', x) end
+local function purge_slots(slots, info, now)
+  local dead = redis.call('ZRANGEBYSCORE', slots, '-inf', now)
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+    redis.call('HDEL', info, unpack(dead))
+  end
+end
+local function purge_resv(exp, data, now)
+  local dead = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', exp, '-inf', now)
+    redis.call('HDEL', data, unpack(dead))
+  end
+end
+-- The civil date of a day number (days since 1970-01-01), by H. Hinnant's algorithm.
+local function civil(days)
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+local function period_key(period, now)
+  if period == 'total' then return 'total' end
+  local y, m, d = civil(math.floor(now / 86400))
+  if period == 'day' then return string.format('%04d-%02d-%02d', y, m, d) end
+  return string.format('%04d-%02d', y, m)
+end
+-- Roll a budget into the current period; returns spent, key.
+local function roll(budget, now)
+  local b = redis.call('HMGET', budget, 'period', 'key', 'spent')
+  local key = period_key(b[1], now)
+  if key ~= b[2] then
+    redis.call('HSET', budget, 'key', key, 'spent', '0')
+    return 0, key
+  end
+  return tonumber(b[3]) or 0, key
+end
+local function reserved(data)
+  local total, count = 0, 0
+  for _, v in ipairs(redis.call('HVALS', data)) do
+    total = total + tonumber(cjson.decode(v)['c'])
+    count = count + 1
+  end
+  return total, count
+end
+"""
+
+# KEYS: rate ; ARGV: now, default_limit, default_window, margin, burst
+TAKE_REQUEST = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+local r = redis.call('HMGET', KEYS[1], 'limit', 'window', 'tat', 'blocked_until')
+local limit, window = tonumber(r[1]), tonumber(r[2])
+if not limit then limit, window = tonumber(ARGV[2]), tonumber(ARGV[3]) elseif not window then window = tonumber(ARGV[3]) end
+local tat, blocked = tonumber(r[3]) or 0, tonumber(r[4]) or 0
+local interval = tonumber(ARGV[4]) * window / limit
+local allowed = math.max(tat - (tonumber(ARGV[5]) - 1) * interval, blocked)
+if now < allowed then return {0, fmt(allowed - now), fmt(now)} end
+redis.call('HSET', KEYS[1], 'tat', fmt(math.max(tat, now) + interval))
+return {1, '0', fmt(now)}
+"""
+)
+
+# KEYS: rate ; ARGV: now, limit|'', window|'', block_for|''
+LEARN_RATE = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'limit', ARGV[2])
+  -- A faster rate than the one paced by: the next slot need not wait for the old pace.
+  local r = redis.call('HMGET', KEYS[1], 'window', 'tat', 'blocked_until')
+  local window = tonumber(ARGV[3]) or tonumber(r[1])
+  if window and r[2] then
+    local next_at = math.max(now, tonumber(r[3]) or 0) + window / tonumber(ARGV[2])
+    if next_at < tonumber(r[2]) then redis.call('HSET', KEYS[1], 'tat', fmt(next_at)) end
+  end
+end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[3]) end
+if ARGV[4] ~= '' and tonumber(ARGV[4]) > 0 then
+  local r = redis.call('HMGET', KEYS[1], 'tat', 'blocked_until')
+  local blocked = math.max(tonumber(r[2]) or 0, now + tonumber(ARGV[4]))
+  redis.call('HSET', KEYS[1], 'blocked_until', fmt(blocked), 'tat', fmt(math.max(tonumber(r[1]) or 0, blocked)))
+end
+local r = redis.call('HMGET', KEYS[1], 'limit', 'window', 'blocked_until', 'tat')
+return {r[1] or '', r[2] or '', r[3] or '0', r[4] or '0', fmt(now)}
+"""
+)
+
+# KEYS: rate ; ARGV: now
+RATE_STATE = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+local r = redis.call('HMGET', KEYS[1], 'limit', 'window', 'blocked_until', 'tat')
+return {r[1] or '', r[2] or '', r[3] or '0', r[4] or '0', fmt(now)}
+"""
+)
+
+# KEYS: slots (zset id->expiry), slot info (hash id->holder), meta ; ARGV: now, id, holder, ttl, default_capacity
+ACQUIRE_SLOT = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+purge_slots(KEYS[1], KEYS[2], now)
+local capacity = tonumber(redis.call('HGET', KEYS[3], 'capacity')) or tonumber(ARGV[5])
+if redis.call('ZCARD', KEYS[1]) < capacity then
+  local expires = now + tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[1], fmt(expires), ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  return {1, fmt(expires), fmt(now)}
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, fmt(math.max(0, tonumber(first[2]) - now)), fmt(now)}
+"""
+)
+
+# KEYS: slots, slot info ; ARGV: now, ttl, id...  -> the ids lost
+RENEW_SLOTS = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+purge_slots(KEYS[1], KEYS[2], now)
+local lost = {}
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', fmt(now + tonumber(ARGV[2])), ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+)
+
+# KEYS: slots, slot info, meta ; ARGV: now, default_capacity -> capacity, now, id, holder, expiry, ...
+SLOT_STATE = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+purge_slots(KEYS[1], KEYS[2], now)
+local capacity = redis.call('HGET', KEYS[3], 'capacity') or ARGV[2]
+local out = {capacity, fmt(now)}
+local held = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+for i = 1, #held, 2 do
+  table.insert(out, held[i])
+  table.insert(out, redis.call('HGET', KEYS[2], held[i]) or '')
+  table.insert(out, held[i + 1])
+end
+return out
+"""
+)
+
+# KEYS: budget (hash), reservation expiries (zset), reservations (hash id->json) ;
+# ARGV: now, id, credits, holder, ttl
+RESERVE = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
+purge_resv(KEYS[2], KEYS[3], now)
+local spent, key = roll(KEYS[1], now)
+local limit = tonumber(redis.call('HGET', KEYS[1], 'credits'))
+local period = redis.call('HGET', KEYS[1], 'period')
+local held = reserved(KEYS[3])
+local credits = tonumber(ARGV[3])
+if spent + held + credits > limit + 1e-9 then
+  return {'exhausted', fmt(limit), fmt(spent), fmt(held), period, key}
+end
+local expires = now + tonumber(ARGV[5])
+redis.call('ZADD', KEYS[2], fmt(expires), ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], cjson.encode({c = ARGV[3], h = ARGV[4]}))
+return {'ok', fmt(expires)}
+"""
+)
+
+# KEYS: reservation expiries, reservations ; ARGV: now, ttl, id... -> the ids lost
+RENEW_RESERVATIONS = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+purge_resv(KEYS[1], KEYS[2], now)
+local lost = {}
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', fmt(now + tonumber(ARGV[2])), ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+)
+
+# KEYS: budget, reservation expiries, reservations ; ARGV: now, id, actual -> 1 if it was live
+SETTLE = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+purge_resv(KEYS[2], KEYS[3], now)
+local live = redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  roll(KEYS[1], now)
+  redis.call('HINCRBYFLOAT', KEYS[1], 'spent', ARGV[3])
+end
+return live
+"""
+)
+
+# KEYS: budget, budget names (set) ; ARGV: now, name, credits, period
+SET_BUDGET = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+local old = redis.call('HGET', KEYS[1], 'period')
+if old ~= ARGV[4] then
+  redis.call('HSET', KEYS[1], 'period', ARGV[4], 'key', period_key(ARGV[4], now), 'spent', '0')
+end
+redis.call('HSET', KEYS[1], 'credits', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+)
+
+# KEYS: budget, reservation expiries, reservations ; ARGV: now -> credits, period, key, spent, reserved, count
+READ_BUDGET = (
+    _COMMON
+    + r"""
+local now = clock(ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+purge_resv(KEYS[2], KEYS[3], now)
+local spent, key = roll(KEYS[1], now)
+local held, count = reserved(KEYS[3])
+return {redis.call('HGET', KEYS[1], 'credits'), redis.call('HGET', KEYS[1], 'period'), key, fmt(spent), fmt(held), count}
+"""
+)

@@ -1,0 +1,138 @@
+"""The records the account store hands out: a rate, a slot lease, a credit reservation, and the
+read-only views used by reports and the ``vance budget`` command."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..api.errors import ConfigurationError
+
+Period = Literal["total", "day", "month"]
+PERIODS: tuple[str, ...] = ("total", "day", "month")
+_BUDGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``limit`` requests per ``window`` seconds."""
+
+    limit: int
+    window: float
+
+    def interval(self, margin: float = 1.0) -> float:
+        """Seconds between two requests when pacing at this rate (times ``margin``)."""
+        return margin * self.window / self.limit
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The answer to a request for a request slot: ``granted`` now, or ``wait`` seconds first.
+    ``at`` is the store's clock when it answered."""
+
+    granted: bool
+    wait: float
+    at: float
+
+
+@dataclass(frozen=True)
+class RateState:
+    """The account's request rate as the store knows it (``learned``: from the service's headers;
+    otherwise the default is in force). ``blocked_until`` is on the store's clock."""
+
+    limit: int | None
+    window: float | None
+    blocked_until: float
+    next_at: float
+    now: float
+
+    @property
+    def learned(self) -> bool:
+        return self.limit is not None and self.window is not None
+
+
+@dataclass
+class SlotLease:
+    """One job's place among the account's jobs in flight, held until released or until it
+    expires (``expires_at``, store clock) without being renewed. ``lost`` is set when a renewal
+    found it expired (the worker was paused or cut off from the store longer than its ttl)."""
+
+    id: str
+    holder: str
+    expires_at: float
+    fallback: bool = False  # handed out by the per-process fallback while the store was down
+    lost: bool = False
+    released: bool = field(default=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """The jobs in flight: ``capacity`` and the leases held (id, holder, expiry)."""
+
+    capacity: int
+    leases: tuple[tuple[str, str, float], ...]
+    now: float
+
+    @property
+    def in_use(self) -> int:
+        return len(self.leases)
+
+
+@dataclass
+class Reservation:
+    """Credits set aside in a budget for one job until it is settled (charged) or released.
+    Expires at ``expires_at`` (store clock) unless renewed: a killed worker's credits return."""
+
+    id: str
+    budget: str
+    credits: float
+    holder: str
+    expires_at: float
+    lost: bool = False
+    done: bool = field(default=False, repr=False)
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """A named budget: ``credits`` per ``period`` (``total``, ``day`` or ``month``, UTC), what was
+    ``spent`` and is ``reserved`` in the current period (``period_key``: ``2026-12-06``,
+    ``2026-12`` or ``total``), and what ``remaining`` is left."""
+
+    name: str
+    credits: float
+    period: str
+    period_key: str
+    spent: float
+    reserved: float
+    reservations: int
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.credits - self.spent - self.reserved)
+
+
+def period_key(period: str, now: float) -> str:
+    """The period ``now`` (epoch seconds) falls in: ``total``, ``YYYY-MM-DD`` or ``YYYY-MM`` (UTC)."""
+    if period == "total":
+        return "total"
+    t = time.gmtime(now)
+    if period == "day":
+        return f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
+    if period == "month":
+        return f"{t.tm_year:04d}-{t.tm_mon:02d}"
+    raise ConfigurationError(f"unknown budget period {period!r}", hint=f"use one of {', '.join(PERIODS)}")
+
+
+def check_budget(name: str, credits: float | None = None, period: str | None = None) -> None:
+    """Refuse a malformed budget name, a negative amount or an unknown period."""
+    if not _BUDGET_NAME.match(name):
+        raise ConfigurationError(
+            f"bad budget name {name!r}",
+            hint="1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+    if credits is not None and not (credits >= 0 and credits < float("inf")):
+        raise ConfigurationError(f"bad credits for budget {name!r}: {credits!r}", hint="a number >= 0")
+    if period is not None and period not in PERIODS:
+        raise ConfigurationError(f"unknown budget period {period!r}", hint=f"use one of {', '.join(PERIODS)}")

@@ -1,0 +1,213 @@
+"""One account's shared state as plain data, and the operations on it, for the stores that keep
+it whole in one place (:class:`~.memory.MemoryStore` in a dict, :class:`~.sqlite.SqliteStore` in
+one row read and written inside one ``BEGIN IMMEDIATE`` transaction). Redis does the same in Lua.
+
+Each operation takes ``now`` (the store's clock) and mutates the state in place.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import BudgetExhaustedError, UnknownBudgetError
+from .models import BudgetState, Grant, Rate, RateState, Reservation, SlotLease, SlotState, period_key
+
+EPSILON = 1e-9  # credits: float sums may differ from the exact sum by this much
+
+
+@dataclass
+class AccountState:
+    limit: int | None = None
+    window: float | None = None
+    tat: float = 0.0  # GCRA's theoretical arrival time: the next request at the learned pace
+    blocked_until: float = 0.0
+    capacity: int | None = None
+    slots: dict[str, list[Any]] = field(default_factory=dict)  # id -> [holder, expires_at]
+    budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> credits, period, key, spent
+    reservations: dict[str, list[Any]] = field(default_factory=dict)  # id -> [budget, credits, holder, exp]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> AccountState:
+        return cls(**json.loads(text))
+
+
+# --- rate --------------------------------------------------------------------------------------------
+def take_request(s: AccountState, now: float, default: Rate, margin: float, burst: int) -> Grant:
+    rate = (
+        Rate(s.limit, s.window or default.window) if s.limit else default
+    )  # a limit alone: per default window
+    interval = rate.interval(margin)
+    allowed = max(s.tat - (burst - 1) * interval, s.blocked_until)
+    if now < allowed:
+        return Grant(False, allowed - now, now)
+    s.tat = max(s.tat, now) + interval
+    return Grant(True, 0.0, now)
+
+
+def learn_rate(
+    s: AccountState, now: float, limit: int | None, window: float | None, block_for: float | None
+) -> RateState:
+    if limit:
+        s.limit = int(limit)
+        # A faster rate than the one paced by: the next slot need not wait for the old pace.
+        window_now = s.window or window
+        if window_now:
+            s.tat = min(s.tat, max(now, s.blocked_until) + float(window or window_now) / s.limit)
+    if window:
+        s.window = float(window)
+    if block_for is not None and block_for > 0:
+        until = now + block_for
+        if until > s.blocked_until:
+            s.blocked_until = until
+        s.tat = max(s.tat, s.blocked_until)  # after the block: one request first, then paced
+    return rate_state(s, now)
+
+
+def rate_state(s: AccountState, now: float) -> RateState:
+    return RateState(s.limit, s.window, s.blocked_until, s.tat, now)
+
+
+# --- slots -------------------------------------------------------------------------------------------
+def _purge_slots(s: AccountState, now: float) -> None:
+    for lease_id in [k for k, (_, exp) in s.slots.items() if exp <= now]:
+        del s.slots[lease_id]
+
+
+def acquire_slot(
+    s: AccountState, now: float, holder: str, ttl: float, default_capacity: int
+) -> SlotLease | float:
+    _purge_slots(s, now)
+    capacity = s.capacity if s.capacity is not None else default_capacity
+    if len(s.slots) < capacity:
+        lease_id = uuid.uuid4().hex
+        s.slots[lease_id] = [holder, now + ttl]
+        return SlotLease(lease_id, holder, now + ttl)
+    return max(0.0, min((exp for _, exp in s.slots.values()), default=now + ttl) - now)
+
+
+def renew_slots(s: AccountState, now: float, ids: Sequence[str], ttl: float) -> list[str]:
+    _purge_slots(s, now)
+    lost = []
+    for lease_id in ids:
+        if lease_id in s.slots:
+            s.slots[lease_id][1] = now + ttl
+        else:
+            lost.append(lease_id)
+    return lost
+
+
+def release_slot(s: AccountState, lease_id: str) -> None:
+    s.slots.pop(lease_id, None)
+
+
+def slot_state(s: AccountState, now: float, default_capacity: int) -> SlotState:
+    _purge_slots(s, now)
+    capacity = s.capacity if s.capacity is not None else default_capacity
+    leases = tuple((k, str(h), float(exp)) for k, (h, exp) in sorted(s.slots.items(), key=lambda i: i[1][1]))
+    return SlotState(capacity, leases, now)
+
+
+# --- budgets -----------------------------------------------------------------------------------------
+def _purge_reservations(s: AccountState, now: float) -> None:
+    for rid in [k for k, r in s.reservations.items() if r[3] <= now]:
+        del s.reservations[rid]
+
+
+def _roll(b: dict[str, Any], now: float) -> None:
+    key = period_key(b["period"], now)
+    if key != b["key"]:
+        b["key"], b["spent"] = key, 0.0
+
+
+def _reserved(s: AccountState, name: str) -> tuple[float, int]:
+    held = [r[1] for r in s.reservations.values() if r[0] == name]
+    return float(sum(held)), len(held)
+
+
+def _view(s: AccountState, name: str) -> BudgetState:
+    b = s.budgets[name]
+    reserved, count = _reserved(s, name)
+    return BudgetState(name, b["credits"], b["period"], b["key"], b["spent"], reserved, count)
+
+
+def reserve(s: AccountState, now: float, budget: str, credits: float, holder: str, ttl: float) -> Reservation:
+    b = s.budgets.get(budget)
+    if b is None:
+        raise UnknownBudgetError(budget)
+    _purge_reservations(s, now)
+    _roll(b, now)
+    reserved, _ = _reserved(s, budget)
+    if b["spent"] + reserved + credits > b["credits"] + EPSILON:
+        raise BudgetExhaustedError(
+            budget,
+            requested=credits,
+            credits=b["credits"],
+            spent=b["spent"],
+            reserved=reserved,
+            period=b["period"],
+            period_key=b["key"],
+        )
+    rid = uuid.uuid4().hex
+    s.reservations[rid] = [budget, float(credits), holder, now + ttl]
+    return Reservation(rid, budget, float(credits), holder, now + ttl)
+
+
+def renew_reservations(
+    s: AccountState, now: float, reservations: Sequence[Reservation], ttl: float
+) -> list[str]:
+    _purge_reservations(s, now)
+    lost = []
+    for r in reservations:
+        if r.id in s.reservations:
+            s.reservations[r.id][3] = now + ttl
+        else:
+            lost.append(r.id)
+    return lost
+
+
+def settle(s: AccountState, now: float, reservation: Reservation, actual: float) -> bool:
+    _purge_reservations(s, now)
+    live = s.reservations.pop(reservation.id, None) is not None
+    b = s.budgets.get(reservation.budget)
+    if b is not None:
+        _roll(b, now)
+        b["spent"] = b["spent"] + float(actual)
+    return live
+
+
+def release_reservation(s: AccountState, reservation: Reservation) -> None:
+    s.reservations.pop(reservation.id, None)
+
+
+def set_budget(s: AccountState, now: float, name: str, credits: float, period: str) -> BudgetState:
+    b = s.budgets.get(name)
+    if b is None or b["period"] != period:  # a new budget, or a new kind of period: start afresh
+        s.budgets[name] = {
+            "credits": float(credits),
+            "period": period,
+            "key": period_key(period, now),
+            "spent": 0.0,
+        }
+    else:
+        b["credits"] = float(credits)
+        _roll(b, now)
+    _purge_reservations(s, now)
+    return _view(s, name)
+
+
+def delete_budget(s: AccountState, name: str) -> bool:
+    return s.budgets.pop(name, None) is not None
+
+
+def budgets(s: AccountState, now: float) -> list[BudgetState]:
+    _purge_reservations(s, now)
+    for b in s.budgets.values():
+        _roll(b, now)
+    return [_view(s, name) for name in sorted(s.budgets)]
