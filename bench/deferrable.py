@@ -14,7 +14,8 @@ N·T/C. ``service_busy`` is the mean number of jobs on the service over the batc
 by C (1.0: the account's concurrency was full the whole time).
 
 In ``deployment`` each size runs ``BENCH_ROUNDS`` times, worker and deferrable in turn (the
-order alternating from round to round) in one deployment; each row keeps every round and the
+order alternating from round to round, the simulator's job times drawn from the same seed for
+both modes of a round) in one deployment; each row keeps every round and the
 min/median/max of the task's time, the run's wall time and the deferrable ÷ worker ratio of each
 round. ``BENCH_CODE`` runs the deployment on another checkout of the provider (say the commit
 before a change, from ``git archive``; its processes start outside this checkout so that its
@@ -86,6 +87,12 @@ config = SimConfig(accounts=[Account(credits=1e7)], queue_delay=0.0, time_per_jo
 with SimulatorServer(config) as sim:
     print(sim.base_url, flush=True)
     for line in sys.stdin:  # "dump <path>": the service's record of its jobs and charges
+        if line.startswith("reseed "):  # the job times drawn from here on: the same for each mode
+            import random
+            with sim.state.lock:
+                sim.state.__dict__["_spread_rng"] = random.Random(int(line.split()[1]))
+            print("ok", flush=True)
+            continue
         path = line.split(None, 1)[1].strip()
         with sim.state.lock:
             jobs = [(j.created_at, j.started_at, j.finished_at, j.status) for j in sim.state.jobs.values()]
@@ -120,6 +127,14 @@ class Sim:
         data = json.loads(Path(path).read_text())
         os.unlink(path)
         return data
+
+    def reseed(self, seed: int) -> None:
+        """Job times (``time_spread``) drawn afresh from ``seed``: two runs reseeded alike draw the
+        same times for their jobs in the order they start."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"reseed {seed}\n")
+        self.proc.stdin.flush()
+        self.proc.stdout.readline()
 
     def close(self) -> None:
         self.proc.terminate()
@@ -484,6 +499,7 @@ def bench_deployment() -> list[dict[str, Any]]:
                     modes = ("worker", "deferrable") if k % 2 == 0 else ("deferrable", "worker")
                     one: dict[str, Any] = {}
                     for mode in modes:
+                        sim.reseed(1000 * n + k)  # both modes of a round: the same job times
                         before = sim.dump()
                         out = home / f"o{n}{mode}{k}"
                         run = dep.run(f"vb_{mode}", {"source": str(src), "destination": str(out)})
