@@ -331,3 +331,31 @@ def test_killed_while_the_worker_runs_the_window(sim_factory, vance_conn, make_i
     assert not server.state.charges()
     manifest = Manifest.for_destination(str(dst)).load()
     assert {i.state for i in manifest.items.values()} == {ItemState.PENDING}
+
+
+def test_a_deadline_passed_in_the_worker_hands_the_batch_over(
+    sim_factory, vance_conn, make_image, tmp_path, monkeypatch
+) -> None:
+    """The operator's ``timeout`` passes while the worker runs the window (its jobs held by the
+    simulator): the batch is handed over with its jobs in flight, the trigger reports the timeout,
+    and the task fails saying so; nothing is paid."""
+    from vance_provider.airflow_compat import AirflowException
+    from vance_provider.operators import _worker_window
+
+    monkeypatch.setenv("AIRFLOW__VANCEAI__RESUME_AFTER_DEFERRAL", str(HOLD_S))
+    monkeypatch.setattr(_worker_window, "now", lambda: 0.0)  # the rest never looks long
+    server = sim_factory(time_per_job=600.0)
+    vance_conn("open", server=server)
+    for i in range(3):
+        make_image(f"dl/in/p{i}.jpg", 32, 24)
+    op = _operator(tmp_path / "dl" / "in", tmp_path / "dl" / "out", max_concurrency=2, timeout=0.5)
+    context = _context()
+    deferred = _defer(op, context)
+    assert len(deferred.trigger.job_ids) <= 2 and deferred.trigger.end_time <= deferred.trigger.resume_after
+    trigger, _ = _rebuilt(deferred.trigger)
+    trigger.resume_after = None  # (the hold itself is tested above)
+    event = asyncio.run(anext(trigger.run()))
+    assert event.payload["status"] == "timeout"
+    with pytest.raises(AirflowException, match="VanceAI batch timed out"):
+        op.execute_complete(context, event=event.payload, **deferred.kwargs or {})
+    assert not server.state.charges()

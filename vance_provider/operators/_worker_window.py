@@ -67,6 +67,7 @@ class WorkerWindow:
     timeout). ``run()`` returns a :class:`~vance_provider.core.batch.window.HandOff`: the result,
     or what is in flight and pending for the trigger. ``stop_threadsafe()`` (the task is killed
     meanwhile) ends the window, cancels the jobs in flight and records them for the next run.
+    Only for a backend whose results another process can collect (the operator checks).
 
     ``clock`` (monotonic seconds; default: :func:`now`) measures the window's progress."""
 
@@ -92,9 +93,8 @@ class WorkerWindow:
 
     async def run(self) -> HandOff:
         from vance_provider.core.batch.runner import BatchRunner
-        from vance_provider.core.batch.window import HandOff, can_hand_off
+        from vance_provider.core.batch.window import HandOff
 
-        assert can_hand_off(self.client)
         self._loop = asyncio.get_running_loop()
         self._stop_done = asyncio.Event()
         self.runner = runner = BatchRunner(self.client, self.spec)
