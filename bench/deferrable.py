@@ -13,8 +13,18 @@ around T: the simulator's ``time_spread``), against a simulator in its own proce
 N·T/C. ``service_busy`` is the mean number of jobs on the service over the batch's span divided
 by C (1.0: the account's concurrency was full the whole time).
 
-Knobs (env): BENCH_SIZES (200,1000), BENCH_T (0.25), BENCH_C (16), BENCH_SPREAD (1.0),
-BENCH_POLL (the operator's poll_interval, 0.5), BENCH_REPEAT (7). Results: bench/results/deferrable.json.
+In ``deployment`` each size runs ``BENCH_ROUNDS`` times, worker and deferrable in turn (the
+order alternating from round to round, the simulator's job times drawn from the same seed for
+both modes of a round) in one deployment, after one unmeasured run of each mode; each row keeps every round and the
+min/median/max of the task's time, the run's wall time and the deferrable ÷ worker ratio of each
+round. ``BENCH_CODE`` runs the deployment on another checkout of the provider (say the commit
+before a change, from ``git archive``; its processes start outside this checkout so that its
+``vance_provider`` is imported), to measure a baseline beside the change in the same conditions.
+
+Knobs (env): BENCH_SIZES (50,200,1000), BENCH_T (0.25), BENCH_C (16), BENCH_SPREAD (1.0),
+BENCH_SPREADS (the deployment's job-time spreads: 0,<BENCH_SPREAD>), BENCH_POLL (the operator's
+poll_interval, 0.5), BENCH_ROUNDS (3), BENCH_REPEAT (7), BENCH_CODE, BENCH_LABEL (names the result
+keys: deployment_<label>). Results: bench/results/deferrable.json (earlier keys are kept).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,16 +43,20 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ROOT  # (an editable install of the provider wins over PYTHONPATH: no other checkout here)
+# The provider the Airflow processes import: this checkout, or BENCH_CODE (another checkout, put
+# first on PYTHONPATH; the processes then start outside this checkout, whose folder would come first).
+CODE = Path(os.environ.get("BENCH_CODE") or ROOT).resolve()
 LABEL = os.environ.get("BENCH_LABEL", "")  # names the result keys (dag_test_<label>)
 ENV = {
-    "SIZES": [int(n) for n in os.environ.get("BENCH_SIZES", "200,1000").split(",")],
+    "SIZES": [int(n) for n in os.environ.get("BENCH_SIZES", "50,200,1000").split(",")],
     "T": float(os.environ.get("BENCH_T", "0.25")),
     "C": int(os.environ.get("BENCH_C", "16")),
     "SPREAD": float(os.environ.get("BENCH_SPREAD", "1.0")),
     "POLL": float(os.environ.get("BENCH_POLL", "0.5")),
     "REPEAT": int(os.environ.get("BENCH_REPEAT", "7")),
+    "ROUNDS": int(os.environ.get("BENCH_ROUNDS", "3")),
 }
+ENV["SPREADS"] = [float(s) for s in os.environ.get("BENCH_SPREADS", f"0,{ENV['SPREAD']}").split(",")]
 
 DAG_FILE = """
 import os
@@ -72,6 +87,12 @@ config = SimConfig(accounts=[Account(credits=1e7)], queue_delay=0.0, time_per_jo
 with SimulatorServer(config) as sim:
     print(sim.base_url, flush=True)
     for line in sys.stdin:  # "dump <path>": the service's record of its jobs and charges
+        if line.startswith("reseed "):  # the job times drawn from here on: the same for each mode
+            import random
+            with sim.state.lock:
+                sim.state.__dict__["_spread_rng"] = random.Random(int(line.split()[1]))
+            print("ok", flush=True)
+            continue
         path = line.split(None, 1)[1].strip()
         with sim.state.lock:
             jobs = [(j.created_at, j.started_at, j.finished_at, j.status) for j in sim.state.jobs.values()]
@@ -106,6 +127,14 @@ class Sim:
         data = json.loads(Path(path).read_text())
         os.unlink(path)
         return data
+
+    def reseed(self, seed: int) -> None:
+        """Job times (``time_spread``) drawn afresh from ``seed``: two runs reseeded alike draw the
+        same times for their jobs in the order they start."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"reseed {seed}\n")
+        self.proc.stdin.flush()
+        self.proc.stdout.readline()
 
     def close(self) -> None:
         self.proc.terminate()
@@ -216,9 +245,13 @@ def dag_test_run(home: Path, env: dict[str, str], mode: str, src: Path, dst: Pat
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def migrate(env: dict[str, str]) -> None:
+def migrate(env: dict[str, str], cwd: Path | None = None) -> None:
     subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=cwd,
     )
 
 
@@ -291,7 +324,7 @@ class Deployment:
         }
 
     def start(self) -> None:
-        migrate(self.env)
+        migrate(self.env, self.home)
         for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
             log = (self.home / f"{name}.log").open("ab")
             self.procs[name] = subprocess.Popen(
@@ -300,6 +333,7 @@ class Deployment:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                cwd=self.home,  # not this checkout: BENCH_CODE's provider is imported then
             )
         self.wait(lambda: len(self.query("select dag_id from dag where dag_id like 'vb_%'")) == 2, 240)
 
@@ -343,6 +377,7 @@ class Deployment:
             env=self.env,
             check=True,
             capture_output=True,
+            cwd=self.home,
         )
         return run_id
 
@@ -410,29 +445,78 @@ def with_deployment(t: float, c: int, spread: float, body: Any) -> Any:
             shutil.rmtree(home, ignore_errors=True)
 
 
+def spread_of(values: list[float]) -> dict[str, float]:
+    return {
+        "min": round(min(values), 2),
+        "median": round(statistics.median(values), 2),
+        "max": round(max(values), 2),
+    }
+
+
+def summarize(n: int, spread: float, rounds: list[dict[str, Any]], t: float, c: int) -> dict[str, Any]:
+    """One size's rounds: each round as measured, and min/median/max per mode and of the ratio."""
+    row: dict[str, Any] = {
+        "where": "scheduler+triggerer",
+        "N": n,
+        "spread": spread,
+        "bound_s": round(n * t / c, 2),
+        "rounds": rounds,
+    }
+    for key in ("task_s", "wall_s"):
+        for mode in ("worker", "deferrable"):
+            values = [r[mode][key] for r in rounds if r[mode].get(key)]
+            if values:
+                row[f"{mode} {key}"] = spread_of(values)
+        ratios = [
+            r["deferrable"][key] / r["worker"][key]
+            for r in rounds
+            if r["deferrable"].get(key) and r["worker"].get(key)
+        ]
+        if ratios:
+            row[f"deferrable_vs_worker {key}"] = spread_of(ratios)
+    row["states"] = sorted({r[m]["state"] for r in rounds for m in ("worker", "deferrable")})
+    row["deferrals"] = [r["deferrable"]["deferrals"] for r in rounds]
+    row["double_charges"] = sum(
+        r[m].get("double_charges", 0) for r in rounds for m in ("worker", "deferrable")
+    )
+    row["charges_per_input"] = sorted(
+        {r[m].get("charges", 0) / n for r in rounds for m in ("worker", "deferrable")}
+    )
+    return row
+
+
 def bench_deployment() -> list[dict[str, Any]]:
     t, c = ENV["T"], ENV["C"]
     rows: list[dict[str, Any]] = []
-    for spread in (0.0, ENV["SPREAD"]):
+    for spread in ENV["SPREADS"]:
 
         def body(dep: Deployment, sim: Sim, home: Path, spread: float = spread) -> None:
+            warm = home / "warm"
+            make_inputs(warm, 16)
+            for mode in ("worker", "deferrable"):  # unmeasured: a fresh deployment's first runs are slow
+                dep.run(f"vb_{mode}", {"source": str(warm), "destination": str(home / f"warm-{mode}")})
             for n in ENV["SIZES"]:
                 src = home / f"in{n}"
                 make_inputs(src, n)
-                row: dict[str, Any] = {"where": "scheduler+triggerer", "N": n, "spread": spread}
-                for mode in ("worker", "deferrable"):
-                    before = sim.dump()
-                    run = dep.run(
-                        f"vb_{mode}", {"source": str(src), "destination": str(home / f"o{n}{mode}")}
-                    )
-                    after = sim.dump()
-                    after["jobs"] = after["jobs"][len(before["jobs"]) :]
-                    after["created"] -= before["created"]
-                    after["charges"] -= before["charges"]
-                    run.update(service_stats(after, c))
-                    row[mode] = run
-                finish(row, n, t, c)
-                print(json.dumps(row), flush=True)
+                rounds: list[dict[str, Any]] = []
+                for k in range(ENV["ROUNDS"]):
+                    modes = ("worker", "deferrable") if k % 2 == 0 else ("deferrable", "worker")
+                    one: dict[str, Any] = {}
+                    for mode in modes:
+                        sim.reseed(1000 * n + k)  # both modes of a round: the same job times
+                        before = sim.dump()
+                        out = home / f"o{n}{mode}{k}"
+                        run = dep.run(f"vb_{mode}", {"source": str(src), "destination": str(out)})
+                        after = sim.dump()
+                        after["jobs"] = after["jobs"][len(before["jobs"]) :]
+                        after["created"] -= before["created"]
+                        after["charges"] -= before["charges"]
+                        run.update(service_stats(after, c))
+                        one[mode] = run
+                    print(json.dumps({"N": n, "spread": spread, "round": k, **one}), flush=True)
+                    rounds.append(one)
+                row = summarize(n, spread, rounds, t, c)
+                print(json.dumps({k: v for k, v in row.items() if k != "rounds"}), flush=True)
                 rows.append(row)
 
         with_deployment(t, c, spread, body)
@@ -481,23 +565,40 @@ def main(argv: list[str]) -> None:
     what = argv[0] if argv else "all"
     path = RESULTS / "deferrable.json"
     out: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    out["params"] = {
+    params = {
         "T_s": ENV["T"],
         "C": ENV["C"],
         "spread_sigma": ENV["SPREAD"],
         "poll_interval": ENV["POLL"],
     }
+    # The top-level params and date describe the unlabelled results; a labelled result carries its own.
+    out.setdefault("params", params)
     out["machine"] = f"{platform.machine()} {os.cpu_count()} cpu"
-    out["date"] = time.strftime("%Y-%m-%d")
+    out.setdefault("date", time.strftime("%Y-%m-%d"))
     suffix = f"_{LABEL}" if LABEL else ""
-    if what in ("dagtest", "all"):
-        out["dag_test" + suffix] = bench_dag_test()
-    if what in ("deployment", "all"):
-        out["deployment" + suffix] = bench_deployment()
-    if what in ("repeat", "all"):
-        out["repeat" + suffix] = bench_repeat()
-    RESULTS.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    runs = {"dagtest": ("dag_test", bench_dag_test), "deployment": ("deployment", bench_deployment)}
+    runs["repeat"] = ("repeat", bench_repeat)
+    for name, (key, bench) in runs.items():
+        if what not in (name, "all"):
+            continue
+        result = bench()
+        if LABEL:
+            out[key + suffix] = {
+                "date": time.strftime("%Y-%m-%d %H:%M"),
+                "params": {
+                    **params,
+                    "sizes": ENV["SIZES"],
+                    "rounds": ENV["ROUNDS"],
+                    "spreads": ENV["SPREADS"],
+                },
+                "code": str(CODE) if os.environ.get("BENCH_CODE") else "this checkout",
+                "result": result,
+            }
+        else:
+            out[key] = result
+            out["date"] = time.strftime("%Y-%m-%d")
+        RESULTS.mkdir(exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -139,8 +139,9 @@ def get_provider_info() -> dict:
                         "resumes (its trigger holds back an early event). Airflow up to 3.3.2 fails a "
                         "task that resumes before the scheduler has read the exit of the worker that "
                         "deferred it, which can come [workers] min_heartbeat_interval late "
-                        "(apache/airflow#67287, #72716). Empty: that interval plus 3 seconds. 0: no wait "
-                        "(an Airflow with both fixes, or dag.test()).",
+                        "(apache/airflow#67287, #72716). A deferrable batch whose rest looks shorter "
+                        "than this wait finishes in the worker instead. Empty: that interval plus 3 "
+                        "seconds. 0: no wait (an Airflow with both fixes, or dag.test()).",
                         "version_added": "0.1.0",
                         "type": "float",
                         "example": "0",

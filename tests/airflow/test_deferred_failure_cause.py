@@ -29,7 +29,9 @@ have the race (strict: a fixed Airflow makes them pass, and then the marks go).
 What the provider does about it (tested below): its triggers hold their event until
 ``resume_after``, which the operator sets when it defers to ``[workers] min_heartbeat_interval`` +
 3 s later (``[vanceai] resume_after_deferral`` overrides it). The late report is then read while
-the task is still deferred, where the scheduler ignores it. In the deployment, current code:
+the task is still deferred, where the scheduler ignores it. The batch operator keeps a batch in the
+worker while its rest looks shorter than that wait (``test_airflow_deferrable.py``), but a batch it
+hands over can still end sooner in the triggerer: the hold stays. In the deployment, current code:
 5 of 34 runs of 100-200 items failed so before; see ``docs/scaling.md`` for the runs after.
 """
 

@@ -82,10 +82,12 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
     already done: nothing is paid twice. The return value (XCom) is the batch summary: counts,
     credits spent by this run, the manifest URL and up to 50 output URLs.
 
-    In deferrable mode the worker only submits and collects; the waiting happens in the
-    triggerer (:class:`~vance_provider.triggers.vanceai.VanceAIBatchTrigger`). At most
-    ``max_concurrency`` jobs are in flight: the task submits a wave, defers until the wave is
-    done, then stores its results and submits the next wave.
+    In deferrable mode the worker lists, checks and plans the batch, starts its jobs, and defers
+    once: the triggerer (:class:`~vance_provider.triggers.vanceai.VanceAIBatchTrigger`) runs the
+    rest of the sliding window of ``max_concurrency`` jobs from the manifest. A deferred task
+    resumes no earlier than ``[vanceai] resume_after_deferral`` after the deferral, so the worker
+    keeps the window while the rest of the batch looks shorter than that: a small batch finishes
+    in the worker without deferring.
 
     Marking the task failed or clearing it while it is deferred cancels its jobs in flight (Open
     API; web API jobs cannot be canceled and cost nothing until downloaded) and leaves their
@@ -227,7 +229,6 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
 
     def execute(self, context: Context) -> Any:
         from vance_provider.core.api.errors import WaitTimeoutError
-        from vance_provider.core.batch.window import hand_off
 
         with vance_errors():  # a storage connection that cannot be used fails the task at once
             spec = self.spec(context)
@@ -257,12 +258,43 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
                 return self._finish(context, result)
             started = time.time()
             self._requeue_canceled(client, spec)
-            # Prepared and checked once here; the first window of jobs starts before the deferral.
-            handed = client.run(hand_off(client.aio, spec))
+            end_time, reason = deadline(self, self.timeout, started)
+            handed = self._start_deferrable(client, spec, end_time)
         if handed.result is not None:
             return self._finish(context, handed.result)
-        end_time, reason = deadline(self, self.timeout, started)
         self._defer_batch(spec, handed, started, end_time, reason)
+
+    def _start_deferrable(self, client: VanceClient, spec: BatchSpec, end_time: float | None) -> Any:
+        """The worker's part of a deferrable batch: prepare and check it once, then start its jobs.
+
+        A deferred task resumes no earlier than its trigger's ``resume_after`` (the guard against
+        Airflow's resume race), so the window runs here until the rest of the batch looks longer
+        than that hold, and a batch that ends first is never deferred. With no hold (``[vanceai]
+        resume_after_deferral = 0``) the first window of jobs is submitted and the task defers."""
+        from vance_provider.core.batch.window import hand_off
+        from vance_provider.operators._worker_window import WorkerWindow
+        from vance_provider.triggers.vanceai import MAX_RESUME_HOLD
+
+        hold = min(resume_after() - time.time(), MAX_RESUME_HOLD)
+        if hold <= 0:
+            return client.run(hand_off(client.aio, spec))
+        window = WorkerWindow(client.aio, spec, hold=hold, end_time=end_time)
+        handed = self._run_stoppable(client, window)
+        if handed.result is not None:
+            self.log.info(
+                "VanceAI batch: finished in the worker in %.1fs, within the %.0fs a deferred task waits "
+                "before it resumes: not deferred",
+                window.elapsed,
+                hold,
+            )
+        else:
+            self.log.info(
+                "VanceAI batch: %.1fs in the worker; the rest looks longer than the %.0fs a deferred "
+                "task waits before it resumes: handing it to the triggerer",
+                window.elapsed,
+                hold,
+            )
+        return handed
 
     def _can_defer(self, client: VanceClient) -> bool:
         """Whether the triggerer can run this batch: the backend's results must be collectable
@@ -318,10 +350,17 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
 
     def _run_in_worker(self, client: VanceClient, spec: BatchSpec) -> BatchResult:
         """The whole batch in this process; ``on_kill`` (a kill, or ``execution_timeout``) stops it."""
-        from vance_provider.core.api.errors import VanceError
         from vance_provider.core.batch.cancel import StoppableBatch
 
-        self._batch = batch = StoppableBatch(client.aio, spec)
+        result: BatchResult = self._run_stoppable(client, StoppableBatch(client.aio, spec))
+        return result
+
+    def _run_stoppable(self, client: VanceClient, batch: Any) -> Any:
+        """``batch.run()`` (a ``StoppableBatch`` or a ``WorkerWindow``) in this process; ``on_kill``
+        (a kill, or ``execution_timeout``) stops it: its jobs in flight canceled and recorded."""
+        from vance_provider.core.api.errors import VanceError
+
+        self._batch = batch
         try:
             return client.run(batch.run())
         except BaseException as exc:
