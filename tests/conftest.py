@@ -12,6 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
+# Tests share no account state through the user's own store (~/.local/state/vance): each test
+# that shares an account names its own store.
+os.environ.setdefault("VANCE_ACCOUNT_STORE", "none")
+
 from vance_provider.sim import DEMO_OPEN_KEY, DEMO_WEB_TOKEN, SimConfig, SimulatorServer
 from vance_provider.sim.processing import make_test_video
 

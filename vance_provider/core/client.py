@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .account import Account, Rate, open_account
+from .account.urls import store_url
 from .api.errors import (
     ConfigurationError,
     InvalidInputError,
@@ -83,6 +86,12 @@ def normalize_base_url(base_url: str | None, api: ApiName) -> str | None:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
+MAX_JOBS_ENV = "VANCE_ACCOUNT_MAX_JOBS"
+# Until an answer tells the key's rate, workers are not paced by the store: each one's rate gate
+# holds back after a 429 as before, and the 429's headers then pace every worker.
+UNKNOWN_RATE = Rate(limit=1_000_000, window=1.0)
+
+
 class ClientOptions(TypedDict, total=False):
     """The keyword options of both clients (see :class:`AsyncVanceClient`)."""
 
@@ -96,6 +105,8 @@ class ClientOptions(TypedDict, total=False):
     storage_options: dict[str, Any] | None
     premium: bool | None
     downloads: DownloadOptions | dict[str, Any] | None
+    account_store: str | None
+    account_max_jobs: int | None
 
 
 class _ClientFacts:
@@ -158,12 +169,21 @@ class AsyncVanceClient(_ClientFacts):
         storage_options: dict[str, Any] | None = None,
         premium: bool | None = None,
         downloads: DownloadOptions | dict[str, Any] | None = None,
+        account_store: str | None = None,
+        account_max_jobs: int | None = None,
     ) -> None:
         """``premium`` (VisionCraft only): whether the key has the subscription; ``False`` refuses
         paid-only models and tools locally, before any request.
 
         ``downloads`` bounds every result download (a :class:`DownloadOptions` or its fields as a
         dict): a deadline, a minimum throughput, and a size limit when the service reports none.
+
+        ``account_store`` is where every worker of the account shares its request rate, jobs in
+        flight and credit budgets (``local``: this machine, the default; ``redis://...``: every
+        machine; ``none``: this process only; unset: ``$VANCE_ACCOUNT_STORE``).
+        ``account_max_jobs`` (or ``$VANCE_ACCOUNT_MAX_JOBS``): the account's cap on jobs in flight,
+        shared by every worker through that store (unset: each process learns it from refusals).
+        See ``docs/account.md``.
         """
         if isinstance(token, str) and token != token.strip():
             # Pasted into a connection or a secret with a newline: as is, the header would be invalid.
@@ -192,6 +212,9 @@ class AsyncVanceClient(_ClientFacts):
             storage_options=storage_options,
         )
         self.backend.downloads = _download_options(downloads)
+        self.backend.account = shared_account(
+            self.backend.base_url, self._token, account_store, account_max_jobs
+        )
         self.charges: dict[str, UsageRecord] = {}  # Open API: what each finished job cost
 
     async def __aenter__(self) -> AsyncVanceClient:
@@ -201,6 +224,8 @@ class AsyncVanceClient(_ClientFacts):
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self.backend.account is not None:
+            await self.backend.account.close()
         await self.backend.aclose()
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -500,3 +525,19 @@ class VanceClient(_ClientFacts):
 
 async def _build(token: str, kwargs: dict[str, Any]) -> AsyncVanceClient:
     return AsyncVanceClient(token, **kwargs)
+
+
+def shared_account(base_url: str, token: Secret, store: str | None, max_jobs: int | None) -> Account | None:
+    """The account's shared state, or ``None`` where the store is ``none`` (this process only:
+    its rate gate and job limit are enough)."""
+    url = store_url(store)
+    if url.lower() in ("none", "memory", "memory://"):
+        return None
+    if max_jobs is None and (env := os.environ.get(MAX_JOBS_ENV)):
+        try:
+            max_jobs = int(env)
+        except ValueError:
+            raise ConfigurationError(
+                f"{MAX_JOBS_ENV}={env!r} is not a whole number", hint="e.g. 16: the account's job cap"
+            ) from None
+    return open_account(base_url, token, url, max_jobs=max_jobs, default_rate=UNKNOWN_RATE)

@@ -76,6 +76,7 @@ class Account:
         self.slot_ttl, self.reservation_ttl = slot_ttl, reservation_ttl
         self.recheck_after, self.poll = recheck_after, poll
         self.holder = holder or default_holder()
+        self.max_jobs = max_jobs  # the account's job cap as configured here (None: not shared)
         self._capacity_to_set = max_jobs
         self._fallback = MemoryStore(description=f"per-process fallback for {store.description}")
         self._down_until = 0.0  # monotonic: the store is not tried for rate and slots before this

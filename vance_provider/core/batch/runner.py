@@ -13,20 +13,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from fsspec.core import url_to_fs
 
+from ..account import AccountStoreUnavailableError, BudgetExhaustedError, Reservation, UnknownBudgetError
 from ..api.errors import (
     BudgetExceededError,
     ConcurrencyLimitedError,
+    ConfigurationError,
     InsufficientCreditsError,
     InvalidInputError,
     VanceError,
@@ -117,6 +120,9 @@ class BatchRunner:
         self.ignored: list[tuple[str, str]] = []
         self._submitted_at: dict[str, float] = {}
         self._recorded: dict[str, int] = {}  # manifest change that recorded each item's job id
+        self.account = client.backend.account  # shared with other workers (None: this process only)
+        self._reserved: dict[str, Reservation] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # source -> its job's credits in the account budget
         self._budget_lock = asyncio.Lock()  # one video at a time until the service prices it
         self._canceled_over_budget: dict[str, str] = {}  # source -> why its running job was canceled
         self._uploads = asyncio.Semaphore(spec.max_concurrency)  # inputs uploaded ahead of a job slot
@@ -341,6 +347,7 @@ class BatchRunner:
                 f"over its budget of {credits_text(budget)}",
                 hint="raise credit_budget, shrink the batch, or use on_insufficient_credits='partial'",
             )
+        await self._check_account_budget(need, len(unpaid))
         balance = await self.client.balance()
         if need > balance.available and self.spec.on_insufficient_credits == "fail":
             raise InsufficientCreditsError(
@@ -349,6 +356,27 @@ class BatchRunner:
                 hint="top up, shrink the batch, or use on_insufficient_credits='partial'",
             )
         self.credits.available = balance.available
+
+    async def _check_account_budget(self, need: float, count: int) -> None:
+        """The named account budget must exist and, unless a partial batch is allowed, hold the
+        batch's estimate (what other workers spend meanwhile is checked job by job)."""
+        name = self.spec.account_budget
+        if name is None:
+            return
+        if self.account is None:
+            raise ConfigurationError(
+                f"the batch draws on the account budget {name!r}, but no account store is in use",
+                hint="set account_store (or VANCE_ACCOUNT_STORE) to local or redis://...",
+            )
+        state = await self.account.get_budget(name)
+        if state is None:
+            raise UnknownBudgetError(name)
+        if need > state.remaining + 1e-9 and self.spec.on_insufficient_credits == "fail":
+            raise BudgetExceededError(
+                f"the batch needs about {credits_text(need)} credits for {count} item(s); the account "
+                f"budget {name!r} has {credits_text(state.remaining)} left",
+                hint="raise it (vance budget set), shrink the batch, or use on_insufficient_credits='partial'",
+            )
 
     # --- running --------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
@@ -566,9 +594,10 @@ class BatchRunner:
             else:
                 await self.limit.acquire()
             try:
-                if item.state == ItemState.PENDING and not await self._submit(item, staged):
-                    return
-                job = await self._await_terminal(item)
+                async with self._account_slot():
+                    if item.state == ItemState.PENDING and not await self._submit(item, staged):
+                        return
+                    job = await self._await_terminal(item)
             finally:
                 self.limit.release()
             if job is not None:
@@ -586,6 +615,16 @@ class BatchRunner:
         finally:
             if item.state in (ItemState.DONE, ItemState.FAILED, ItemState.SKIPPED) or item.error:
                 self.finish_item(item)
+
+    @contextlib.asynccontextmanager
+    async def _account_slot(self) -> AsyncIterator[None]:
+        """One of the account's job slots, shared with every worker, while a job lives on the
+        service (only where the account's job cap is configured: else each process learns it)."""
+        if self.account is None or self.account.max_jobs is None:
+            yield
+            return
+        async with self.account.slot(self.run_id):
+            yield
 
     async def _stage(self, item: ManifestItem) -> str | None:
         size = self._sizes.get(item.source, 0)
@@ -625,6 +664,7 @@ class BatchRunner:
             return None
         if job.status is not JobStatus.SUCCEEDED:
             self.credits.release(self.estimate(item))
+            await self._unreserve(item)
             item.set(
                 ItemState.FAILED,
                 error=job.error_message or job.raw_status,
@@ -669,6 +709,7 @@ class BatchRunner:
             return
         cost = float(job.credits_charged) if job.credits_charged is not None else self.estimate(item)
         self.credits.charge(self.estimate(item), cost, taken_over=earlier is not None)
+        await self._settle(item, cost, paid_here=earlier is None)
         if earlier is not None:
             log.info(
                 "%s: job %s was paid for before this run took it over (%s credits); not counted again",
@@ -734,6 +775,8 @@ class BatchRunner:
         if self._refuse(item):  # checked again: other jobs may have been committed meanwhile
             return False
         estimate = self.estimate(item)
+        if not await self._reserve(item, estimate):
+            return False
         self.credits.commit(estimate)
         call = self.call
         if item.media_info and call.open_tool:  # lets the service price the video before it runs
@@ -758,17 +801,21 @@ class BatchRunner:
             except ConcurrencyLimitedError:
                 # The client waited out the account's concurrency limit until its deadline.
                 self.credits.release(estimate)
+                await self._unreserve(item)
                 raise
             except InsufficientCreditsError as exc:
                 self.credits.release(estimate)
+                await self._unreserve(item)
                 self._stop("the account ran out of credits")
                 item.set(ItemState.SKIPPED, error=f"not submitted: {exc.message}", error_code=str(exc.code))
                 return False
             except BaseException:
                 self.credits.release(estimate)
+                await asyncio.shield(self._unreserve(item))
                 raise
         else:
             self.credits.release(estimate)
+            await self._unreserve(item)
             raise VanceError("the service kept answering with ended jobs for new submissions")
         item.set(ItemState.SUBMITTED, job_id=job.id, submitted_by=self.run_id)
         if job.status is JobStatus.SUCCEEDED and not self.caps.charges_on_download:
@@ -799,6 +846,8 @@ class BatchRunner:
     def _skip_canceled(self, item: ManifestItem, error: str) -> None:
         """A job canceled over the budget: its item is skipped, and a later run submits it anew."""
         self.credits.release(self.estimate(item))
+        if (reservation := self._reserved.pop(item.source, None)) is not None and self.account:
+            self._background(self.account.release_reservation(reservation))
         item.set(ItemState.SKIPPED, job_id=None, error=error)
         item.generation += 1
         item.idempotency_key = self._key(item)
@@ -809,6 +858,54 @@ class BatchRunner:
         why = await self._cancel_for_budget(job)
         if why is not None:
             self._skip_canceled(item, f"not submitted: {why} (the job was canceled, not charged)")
+
+    # --- the account budget: reserved before a job is created, settled on its charge ------------
+    async def _reserve(self, item: ManifestItem, estimate: float) -> bool:
+        """Set the job's credits aside in the named account budget; ``False`` (the item skipped,
+        submissions stopped) when the budget is spent or its store cannot be reached."""
+        name = self.spec.account_budget
+        if name is None or self.account is None or item.source in self._reserved:
+            return True
+        try:
+            self._reserved[item.source] = await self.account.reserve(
+                estimate, budget=name, holder=self.run_id
+            )
+        except (BudgetExhaustedError, AccountStoreUnavailableError) as exc:
+            self._stop(exc.message)
+            item.set(ItemState.SKIPPED, error=f"not submitted: {exc.message}", error_code=type(exc).__name__)
+            return False
+        return True
+
+    async def _unreserve(self, item: ManifestItem) -> None:
+        reservation = self._reserved.pop(item.source, None)
+        if reservation is not None and self.account is not None:
+            await self.account.release_reservation(reservation)
+
+    async def _settle(self, item: ManifestItem, cost: float, *, paid_here: bool) -> None:
+        """Record the charge in the account budget. A job this run did not reserve for (resumed
+        from another run) is recorded too, when it was paid during this run."""
+        name, account = self.spec.account_budget, self.account
+        if name is None or account is None:
+            return
+        reservation = self._reserved.pop(item.source, None)
+        if not paid_here:
+            if reservation is not None:
+                await account.release_reservation(reservation)
+            return
+        if reservation is None:
+            try:
+                reservation = await account.reserve(0.0, budget=name, holder=self.run_id)
+            except VanceError as exc:
+                log.warning(
+                    "%s: its charge could not be recorded in the budget %r: %s", item.source, name, exc
+                )
+                return
+        await account.settle(reservation, cost)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def adopt_running(self, work: list[ManifestItem]) -> None:
         """Before a hand-off: another run's jobs still running become this run's (recorded in the

@@ -42,6 +42,7 @@ class BatchSpec:
     output_format: str | None = None
     max_concurrency: int = 8
     credit_budget: float | None = None
+    account_budget: str | None = None  # a named budget of the account, shared by every batch and worker
     poll_interval: float = 2.0
     max_poll_interval: float = 15.0
     on_failure: FailurePolicy = "fail"

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import httpx
 from fsspec.core import url_to_fs
 
 from ... import __version__
+from ..account import Account
 from ..api.errors import (
     ConcurrencyLimitedError,
     DownloadTimeoutError,
@@ -101,6 +102,8 @@ class Backend:
         self.base_url = (base_url or self.default_base_url).rstrip("/")
         self.retry = retry
         self.gate = RateGate()
+        self.account: Account | None = None  # the account's state shared with other workers
+        self._published: tuple[int | None, float] = (None, 0.0)  # the rate last told the account
         self.calls: Counter[str] = Counter()
         self.storage_options = storage_options
         self.poll_after: dict[str, float] = {}  # job id -> monotonic time of its next poll
@@ -129,6 +132,8 @@ class Backend:
         policy = self.retry if retry else RetryPolicy(max_attempts=1)
         async for attempt in retrying(policy, paced=gated):
             with attempt:
+                if gated and self.account is not None and self.gate.limit:
+                    await self.account.acquire_request()  # the account's rate, across workers
                 sent = await self.gate.wait() if gated else None
                 self.calls[name] += 1
                 try:
@@ -150,10 +155,32 @@ class Backend:
                     self.gate.observe(response.headers, sent, limited=limited, retry_after=wait)
                     if isinstance(error, ConcurrencyLimitedError):
                         self.gate.refused_for_concurrency()
+                    if self.account is not None:
+                        await self._tell_account(response.headers, wait if limited else None)
                 if error is not None:
                     raise error
                 return response
         raise AssertionError("unreachable")
+
+    async def _tell_account(self, headers: Mapping[str, str], retry_after: float | None) -> None:
+        """Share what this answer taught the gate: a new rate, or a 429's wait (every worker of the
+        account then holds back until it has passed)."""
+        assert self.account is not None
+        rate = (self.gate.limit, round(self.gate.window, 3))
+        if retry_after is None and (rate == self._published or not self.gate.limit or not self.gate.window):
+            return
+        self._published = rate
+        reset = headers.get("x-ratelimit-reset")
+        try:
+            reset_epoch = float(reset) if reset is not None and retry_after is not None else None
+        except ValueError:
+            reset_epoch = None
+        await self.account.learn(
+            limit=self.gate.limit,
+            window=self.gate.window or None,
+            retry_after=retry_after,
+            reset_epoch=reset_epoch,
+        )
 
     def map_error(self, name: str, response: httpx.Response) -> VanceError | None:
         raise NotImplementedError
@@ -351,6 +378,8 @@ class Backend:
         name, dest, expected_size, gated = fetch.name, fetch.dest, fetch.expected_size, fetch.gated
         opts = self.downloads
         limit = expected_size if expected_size is not None else opts.max_bytes
+        if gated and self.account is not None and self.gate.limit:
+            await self.account.acquire_request()
         sent = await self.gate.wait() if gated else None
         self.calls[name] += 1
         try:
@@ -359,6 +388,8 @@ class Backend:
                     limited = response.status_code == 429
                     wait = self.retry_after(response) if limited else None
                     self.gate.observe(response.headers, sent, limited=limited, retry_after=wait)
+                    if self.account is not None:
+                        await self._tell_account(response.headers, wait)
                 what = f"{self.api} API {name}"
                 body = _Paced(response.aiter_bytes(), opts.min_rate, opts.stall_window, what)
                 try:
