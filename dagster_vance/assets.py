@@ -68,6 +68,7 @@ class DatasetKwargs(TypedDict, total=False):
     jconfig: Mapping[str, Any] | str | None
     max_concurrency: int
     credit_budget: float | None
+    account_budget: str | None
     group_name: str | None
     description: str | None
     storage_options: Mapping[str, Any] | None

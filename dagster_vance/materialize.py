@@ -176,6 +176,7 @@ def materialize(
         output_format=props.output_format,
         max_concurrency=props.max_concurrency,
         credit_budget=budget,
+        account_budget=props.account_budget,
         poll_interval=props.poll_interval,
         on_failure=on_failure,
         on_insufficient_credits=props.on_insufficient_credits,

@@ -52,6 +52,11 @@ class DatasetOptions:
         "Credits one run may spend; over it the run fails before paying anything "
         "(on_insufficient_credits: fail) or stops submitting (partial).",
     )
+    account_budget: str | None = option(
+        None,
+        "A named budget of the account (set with `vance budget set`), shared by every run and "
+        "worker: each job's credits are reserved in it before the job is created.",
+    )
     group_name: str | None = option("vanceai", "The asset group.")
     description: str | None = option(None, "The asset's description.")
     storage_options: Mapping[str, Any] | None = option(

@@ -99,6 +99,17 @@ class VanceAIResource(dg.ConfigurableResource):
         default=DEFAULT_MAX_CONCURRENCY,
         description="Upper bound of jobs one run keeps in flight (each asset may ask for fewer).",
     )
+    account_store: str | None = Field(
+        default=None,
+        description="Where every worker of the account shares its request rate, job cap and credit "
+        "budgets: local (this machine), redis://host:6379/0 (every machine), none; unset: "
+        "$VANCE_ACCOUNT_STORE, else local. See docs/account.md.",
+    )
+    account_max_jobs: int | None = Field(
+        default=None,
+        description="The account's cap on jobs in flight, shared by every worker through the "
+        "account store (unset: $VANCE_ACCOUNT_MAX_JOBS, else learned per process from refusals).",
+    )
     cache: str | None = Field(
         default=None,
         description="A result cache (fsspec URL, e.g. s3://bucket/vance-cache/) shared by every dataset "
@@ -138,6 +149,8 @@ class VanceAIResource(dg.ConfigurableResource):
             "retry": RetryPolicy(max_attempts=self.max_retries + 1),
             "max_connections": max(8, 2 * self.max_concurrency),
             "caller": _caller(),
+            "account_store": self.account_store,
+            "account_max_jobs": self.account_max_jobs,
         }
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:

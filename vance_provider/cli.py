@@ -205,7 +205,13 @@ def _token() -> str:
 
 
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"api": args.api, "base_url": os.environ.get("VANCE_BASE_URL") or None, "caller": "cli"}
+    return {
+        "api": args.api,
+        "base_url": os.environ.get("VANCE_BASE_URL") or None,
+        "caller": "cli",
+        "account_store": getattr(args, "account_store", None),
+        "account_max_jobs": getattr(args, "account_max_jobs", None),
+    }
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -280,6 +286,7 @@ def cmd_enhance(args: argparse.Namespace, ui: Ui) -> int:
         output_format=args.output_format,
         max_concurrency=args.max_concurrency,
         credit_budget=args.budget,
+        account_budget=args.account_budget,
         force=args.force,
         on_failure="continue",
         poll_interval=args.poll_interval,
@@ -665,6 +672,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--poll-interval", type=_interval, default=1.0, help="seconds before the first status poll (over 0)"
     )
     e.add_argument("--budget", type=_credits, help="spend at most this many credits")
+    e.add_argument(
+        "--account-budget",
+        metavar="NAME",
+        help="draw on the account's named budget (vance budget set), shared by every worker",
+    )
+    e.add_argument(
+        "--account-store",
+        metavar="URL",
+        help="where workers of the account share its rate, job cap and budgets: local, "
+        "redis://host:6379/0, none (default: VANCE_ACCOUNT_STORE, else local)",
+    )
+    e.add_argument(
+        "--account-max-jobs",
+        type=int,
+        metavar="N",
+        help="the account's cap on jobs in flight, shared by every worker (VANCE_ACCOUNT_MAX_JOBS)",
+    )
     e.add_argument(
         "--partial", action="store_true", help="when credits or --budget are short, do what they cover"
     )

@@ -60,6 +60,19 @@ CONN_FIELDS = {
         f"(default {DEFAULT_MAX_CONCURRENCY}). To bound the whole account across tasks, use a pool.",
         "schema": {"type": ["integer", "null"], "default": DEFAULT_MAX_CONCURRENCY, "minimum": 1},
     },
+    "account_store": {
+        "label": "Account store",
+        "description": "Where every worker using this account shares its request rate, job cap and "
+        "credit budgets: local (the workers of one machine), redis://host:6379/0 (every machine, "
+        "e.g. the Celery broker's Redis), none. Empty: VANCE_ACCOUNT_STORE, else local.",
+        "schema": {"type": ["string", "null"], "default": None},
+    },
+    "account_max_jobs": {
+        "label": "Account job cap",
+        "description": "The account's cap on jobs in flight, shared by every worker through the "
+        "account store, so no job is refused for concurrency. Empty: each task learns it from refusals.",
+        "schema": {"type": ["integer", "null"], "default": None, "minimum": 1},
+    },
 }
 #: How the form shows the standard fields; the hook's ``get_ui_field_behaviour`` says the same.
 #: Airflow's form takes a label and a placeholder for these (no help text), so the placeholder

@@ -88,10 +88,12 @@ def connection_settings(conn: Connection) -> dict[str, Any]:
         retries = _extra(conn, "max_retries")
         max_retries = DEFAULT_MAX_RETRIES if retries is None else int(retries)
         concurrency = int(_extra(conn, "max_concurrency") or DEFAULT_MAX_CONCURRENCY)
+        max_jobs = _extra(conn, "account_max_jobs")
+        account_max_jobs = int(max_jobs) if max_jobs not in (None, "") else None
     except (TypeError, ValueError):
         raise ConfigurationError(
-            f"connection {conn.conn_id!r}: extras 'timeout', 'max_retries' and "
-            "'max_concurrency' must be numbers"
+            f"connection {conn.conn_id!r}: extras 'timeout', 'max_retries', "
+            "'max_concurrency' and 'account_max_jobs' must be numbers"
         ) from None
     if timeout <= 0 or max_retries < 0 or concurrency < 1:
         raise ConfigurationError(
@@ -103,6 +105,9 @@ def connection_settings(conn: Connection) -> dict[str, Any]:
         "timeout": timeout,
         "max_retries": max_retries,
         "max_concurrency": concurrency,
+        # Where every worker of the account shares its rate, job cap and budgets (docs/account.md).
+        "account_store": str(_extra(conn, "account_store") or "").strip() or None,
+        "account_max_jobs": account_max_jobs,
     }
 
 
@@ -162,6 +167,8 @@ class VanceAIHook(BaseHook):
             "retry": RetryPolicy(max_attempts=s["max_retries"] + 1),
             "caller": self.caller,
             "storage_options": self.storage_options,
+            "account_store": s["account_store"],
+            "account_max_jobs": s["account_max_jobs"],
         }
 
     # --- clients ---------------------------------------------------------------------------------

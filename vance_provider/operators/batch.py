@@ -114,6 +114,9 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
     :param max_concurrency: jobs in flight at once (default: the connection's ``max_concurrency``).
     :param credit_budget: stop submitting once this many credits would be spent (templated: a
         number, or a template such as ``"{{ params.credit_budget }}"``; empty means no budget).
+    :param account_budget: a named budget of the account (``vance budget set NAME CREDITS``),
+        shared by every task and worker through the connection's account store: each job's credits
+        are reserved in it before the job is created (templated).
     :param on_failure: ``fail`` (default), ``fail_fast`` (stop submitting at the first failure) or
         ``continue`` (succeed and report failures in the summary).
     :param on_insufficient_credits: ``fail`` before spending anything, or ``partial``.
@@ -138,6 +141,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
         "storage_conn_id",
         "cache",
         "credit_budget",
+        "account_budget",
     )
     template_fields_renderers = {"config": "json", "jconfig": "json"}
     operator_extra_links = (VanceAIDestinationLink(),)
@@ -153,6 +157,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
         output_format: str | None = None,
         max_concurrency: int | None = None,
         credit_budget: float | None = None,
+        account_budget: str | None = None,
         on_failure: str = "fail",
         on_insufficient_credits: str = "fail",
         force: bool = False,
@@ -181,6 +186,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
         self.source, self.destination, self.tool = source, destination, tool
         self.config, self.jconfig, self.output_format = config, jconfig, output_format
         self.max_concurrency, self.credit_budget = max_concurrency, credit_budget
+        self.account_budget = account_budget
         self.on_failure, self.on_insufficient_credits, self.force = on_failure, on_insufficient_credits, force
         self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
         self.timeout, self.cancel_on_timeout = timeout, cancel_on_timeout
@@ -216,6 +222,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
             output_format=self.output_format,
             max_concurrency=self.max_concurrency or self.hook.settings["max_concurrency"],
             credit_budget=credit_budget(self.credit_budget),
+            account_budget=self.account_budget or None,
             poll_interval=self.poll_interval,
             max_poll_interval=self.max_poll_interval,
             on_failure=self.on_failure,  # type: ignore[arg-type]
