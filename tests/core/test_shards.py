@@ -191,6 +191,7 @@ def test_an_empty_shard_runs_to_nothing(
     urls = plan_shards(str(src), str(out), 3, "count")
     empty = [u for u in urls if not read_shard(u).files]
     assert len(empty) == 2
+    assert plan_shards(str(src), str(out), 3, "count", skip_empty=True) == sorted(set(urls) - set(empty))
     result = client_factory(sim, "open").run_batch(with_shard(batch_spec("x", "y"), read_shard(empty[0])))
     assert result.items == [] and result.credits_spent == 0
 

@@ -184,6 +184,7 @@ def plan_shards(
     storage_options: dict[str, Any] | None = None,
     *,
     plan_id: str | None = None,
+    skip_empty: bool = False,
 ) -> list[str]:
     """List ``source`` once, split it into ``n`` shards and write a shard file for each; return
     their URLs (``n`` of them, in order; a shard may be empty).
@@ -198,7 +199,7 @@ def plan_shards(
     if plan_id is not None:
         found = _existing(plan_root(destination, clean_plan_id(plan_id)), source, destination, n, by, so)
         if found is not None:
-            return found
+            return _kept(found, skip_empty)
     for url in [source, destination] if isinstance(source, str) else [*source, destination]:
         _no_credential(url)
     check_no_overlap(source, destination, so)
@@ -210,7 +211,7 @@ def plan_shards(
         plan_id = f"{by}-{n}-" + hashlib.sha256(listing.encode()).hexdigest()[:16]
     pid = clean_plan_id(plan_id)
     root = plan_root(destination, pid)
-    urls = []
+    urls, counts = [], []
     for index, members in enumerate(split(files, n, by)):
         body = {
             "format": FORMAT,
@@ -226,6 +227,7 @@ def plan_shards(
         url = join(root, f"{shard_name(index)}.json")
         write_bytes_atomic(url, json.dumps(body, indent=0).encode(), so)
         urls.append(url)
+        counts.append(len(members))
     plan = {
         "format": FORMAT,
         "plan": pid,
@@ -235,15 +237,21 @@ def plan_shards(
         "destination": destination,
         "inputs": len(files),
         "shard_files": urls,
+        "counts": counts,
     }
     write_bytes_atomic(join(root, PLAN_NAME), json.dumps(plan, indent=1).encode(), so)
-    return urls
+    return _kept(plan, skip_empty)
+
+
+def _kept(plan: dict[str, Any], skip_empty: bool) -> list[str]:
+    urls, counts = list(plan["shard_files"]), list(plan["counts"])
+    return [u for u, c in zip(urls, counts, strict=True) if c or not skip_empty]
 
 
 def _existing(
     root: str, source: str | list[str], destination: str, n: int, by: str, so: dict[str, Any] | None
-) -> list[str] | None:
-    """The shard URLs of a complete plan at ``root``, if there is one (made with the same arguments)."""
+) -> dict[str, Any] | None:
+    """The complete plan at ``root``, if there is one (made with the same arguments)."""
     fs, path = url_to_fs(join(root, PLAN_NAME), **(so or {}))
     try:
         plan = json.loads(fs.cat_file(path))
@@ -259,7 +267,7 @@ def _existing(
             f"({', '.join(f'{k}={v!r}' for k, v in differs.items())})",
             hint="give another plan_id, or the same arguments as the plan",
         )
-    return list(plan["shard_files"])
+    return dict(plan)
 
 
 def read_shard(url: str, storage_options: dict[str, Any] | None = None) -> Shard:
