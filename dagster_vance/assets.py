@@ -42,6 +42,7 @@ from vance_provider.core.api.models import API_NAMES
 from .materialize import VanceRunConfig
 from .options import DEFAULT_POOL, FAILURE_POLICIES, FailurePolicy, option_names, options_doc
 from .resources import VanceAIResource
+from .shards import is_shard_partitions
 from .translator import PROPS_METADATA_KEY, VanceDatasetProps, VanceTranslator, secret_option_names
 
 
@@ -81,7 +82,7 @@ class DatasetKwargs(TypedDict, total=False):
     preview_rows: int
     allow_empty: bool
     preview: bool
-    partitions: Literal["per_file"] | dg.DynamicPartitionsDefinition | None
+    partitions: Literal["per_file"] | dg.DynamicPartitionsDefinition | dg.StaticPartitionsDefinition | None
     pool: str | None
     translator: VanceTranslator | None
     retry_policy: dg.RetryPolicy | None
@@ -121,7 +122,8 @@ def build_enhanced_dataset_asset(
             module; images or video follow from the tool. ``config`` is its options.
         partitions: ``"per_file"`` (or your own ``DynamicPartitionsDefinition``) for one partition
             per input file; pair it with :func:`dagster_vance.build_new_files_sensor`. ``source`` must
-            then be a folder or prefix.
+            then be a folder or prefix. Or ``shard_partitions(8)`` (:mod:`dagster_vance.shards`): one
+            partition per shard of one listing of a flat source, each its own manifest and lease.
         pool: the Dagster concurrency pool (default ``vanceai``; ``None`` for none). Limit it with
             ``dagster instance concurrency set vanceai 2``.
         translator: a :class:`VanceTranslator` to shape the asset spec and checks.
@@ -206,16 +208,21 @@ def _dataset_asset(options: Dataset) -> tuple[VanceDatasetProps, Callable[..., d
         )
     _check_tool(tool, config, jconfig, props.output_format)
     partitions = options.get("partitions")
-    partitions_def: dg.DynamicPartitionsDefinition | None
+    partitions_def: dg.DynamicPartitionsDefinition | dg.StaticPartitionsDefinition | None
+    sharded = is_shard_partitions(partitions)
     if partitions == "per_file":
         partitions_def = dg.DynamicPartitionsDefinition(name=f"{name}_files")
-    elif partitions is None or isinstance(partitions, dg.DynamicPartitionsDefinition):
-        partitions_def = partitions
+    elif partitions is None or isinstance(partitions, dg.DynamicPartitionsDefinition) or sharded:
+        partitions_def = partitions  # type: ignore[assignment]
     else:
         raise dg.DagsterInvalidDefinitionError(
-            "partitions must be 'per_file', a DynamicPartitionsDefinition or None"
+            "partitions must be 'per_file', a DynamicPartitionsDefinition, shard_partitions(n) or None"
         )
-    if partitions_def is not None and (not isinstance(source, str) or any(c in source for c in "*?[")):
+    if (
+        partitions_def is not None
+        and not sharded
+        and (not isinstance(source, str) or any(c in source for c in "*?["))
+    ):
         raise dg.DagsterInvalidDefinitionError(
             "per-file partitions need source to be one folder or bucket prefix"
         )

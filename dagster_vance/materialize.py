@@ -37,6 +37,7 @@ from .checks import (
     preview_table,
     verify_outputs,
 )
+from .shards import read_partition_shard, shard_of_key
 from .translator import (
     CHECK_ACCOUNTED,
     CHECK_BUDGET,
@@ -72,15 +73,30 @@ class Account(Protocol):
     ) -> BatchResult: ...
 
 
-def _target(props: VanceDatasetProps, partition_key: str | None) -> tuple[str | list[str], str, str | None]:
-    """(source, destination, manifest URL) of a run: the whole dataset, or one partition's file."""
+def _target(
+    context: dg.AssetExecutionContext,
+    props: VanceDatasetProps,
+    partition_key: str | None,
+    storage_options: dict[str, Any] | None,
+) -> tuple[str | list[str], str, str | None, str | None]:
+    """(source, destination, manifest URL, lease scope) of a run: the whole dataset, one
+    partition's file, or one shard's files (read from the plan's shard file)."""
     if partition_key is None:
         src = props.source if isinstance(props.source, str) else list(props.source)
-        return src, props.destination, None
+        return src, props.destination, None, None
+    if shard_of_key(partition_key) is not None:
+        src = props.source if isinstance(props.source, str) else list(props.source)
+        shard = read_partition_shard(context, src, props.destination, partition_key, storage_options)
+        return shard.sources, shard.destination, shard.manifest, shard.lease_scope
     assert isinstance(props.source, str)
     parent = str(PurePosixPath(safe_name(partition_key)).parent)
     dest = props.destination if parent in ("", ".") else join(props.destination, parent)
-    return join(props.source, partition_key), dest, props.partition_manifest_url(partition_key)
+    return (
+        join(props.source, partition_key),
+        dest,
+        props.partition_manifest_url(partition_key),
+        f"partition:{partition_key}",
+    )
 
 
 def _attempt(context: dg.AssetExecutionContext) -> str:
@@ -156,10 +172,10 @@ def materialize(
 ) -> Iterator[Any]:
     on_failure, preview_rows = props.on_failure, props.preview_rows
     partition_key = context.partition_key if props.partitioned else None
-    source, destination, manifest_url = _target(props, partition_key)
     so = props.storage_options_with(credentials)
     try:
         call = _tool_call(resource, props)
+        source, destination, manifest_url, lease_scope = _target(context, props, partition_key, so)
     except VanceError as exc:
         raise vance_failure(exc) from None
     if key not in context.selected_asset_keys:  # only the checks were selected: read, never pay
@@ -183,18 +199,24 @@ def materialize(
         force=run_config.force,
         timeout=props.timeout,
         storage_options=so,
-        allow_empty=props.allow_empty,
         # A lease per attempt of this run; a partition's inputs are its own, so it has its own lease
         # (partitions of one destination run side by side).
         owner=new_owner(
             "dagster", context.run_id, key.to_user_string(), partition_key or "", _attempt(context)
         ),
-        lease_scope=f"partition:{partition_key}" if partition_key is not None else None,
+        lease_scope=lease_scope,
+        # A shard may be empty (a hash shard that drew no file).
+        allow_empty=props.allow_empty or shard_of_key(partition_key or "") is not None,
     )
     where = f" (partition {partition_key})" if partition_key else ""
+    shown = (
+        f"{len(source)} file(s) of the shard"
+        if lease_scope and lease_scope.startswith("shard:")
+        else str(source)
+    )
     context.log.info(
         f"VanceAI: {props.tool} on the {resource.api_name} API{where}: "
-        f"{strip_query(str(source))} -> {strip_query(destination)}"
+        f"{strip_query(shown)} -> {strip_query(destination)}"
     )
     progress = ProgressLog(context)
     before = _manifest_states(manifest_url or Manifest.for_destination(destination).url, so)

@@ -27,6 +27,7 @@ CHECK_OUTPUTS = "outputs_valid"
 CHECK_ACCOUNTED = "inputs_accounted_for"
 CHECK_BUDGET = "credits_within_budget"
 PARTITION_MANIFESTS = "_vance_partitions"
+SHARD_MANIFESTS = "_vance_shards/manifests"  # core/batch/shards.py: one manifest per shard
 
 
 _QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?#'\"]+)\?[^\s'\"]*", re.IGNORECASE)
@@ -148,12 +149,13 @@ class VanceDatasetProps(DatasetOptions):
         found = []
         if fs.exists(f"{base}/{MANIFEST_NAME}"):
             found.append(full_url(fs, f"{base}/{MANIFEST_NAME}"))
-        if self.partitioned and fs.isdir(f"{base}/{PARTITION_MANIFESTS}"):
-            found += [
-                full_url(fs, p)
-                for p in sorted(fs.find(f"{base}/{PARTITION_MANIFESTS}"))
-                if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")
-            ]
+        for folder in (PARTITION_MANIFESTS, SHARD_MANIFESTS):  # per-file partitions, shards
+            if self.partitioned and fs.isdir(f"{base}/{folder}"):
+                found += [
+                    full_url(fs, p)
+                    for p in sorted(fs.find(f"{base}/{folder}"))
+                    if p.endswith(".json") and not p.rsplit("/", 1)[-1].startswith(".")
+                ]
         return found
 
 

@@ -113,6 +113,7 @@ def get_provider_info() -> dict:
                 "python-modules": [
                     "vance_provider.operators.submit",
                     "vance_provider.operators.batch",
+                    "vance_provider.operators.shards",
                     "vance_provider.operators.credits",
                 ],
             }

@@ -22,7 +22,7 @@ def test_provider_info_lists_importable_modules() -> None:
         for entry in info[kind]
         for m in entry["python-modules"]
     ]
-    assert len(modules) == 6
+    assert len(modules) == 7
     for name in modules:
         importlib.import_module(name)
     for conn in info["connection-types"]:

@@ -105,7 +105,14 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
                                        destination="s3://out/{{ ti.map_index }}/", pool="vanceai"
                                        ).expand(source=["s3://in/a/", "s3://in/b/"])
 
+    To split one flat source instead, list it once with
+    :class:`~vance_provider.operators.shards.VanceAIShardOperator` and map over its shard files
+    (``.expand(shard_file=shards.output)``): each shard runs its share into the shared destination,
+    with a manifest and a lease of its own.
+
     :param source: a URL, a prefix, a glob or a list of URLs (fsspec).
+    :param shard_file: instead of ``source`` and ``destination``: a shard file written by
+        :class:`~vance_provider.operators.shards.VanceAIShardOperator` (templated).
     :param destination: a prefix for the outputs (fsspec). When it is not templated it is declared as
         an Asset outlet; for a templated destination pass ``outlets=[AssetAlias("...")]`` and the
         task emits an event for the rendered destination. Events carry the batch counts as extra.
@@ -133,6 +140,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
 
     template_fields: Sequence[str] = (
         "source",
+        "shard_file",
         "destination",
         "tool",
         "config",
@@ -149,9 +157,10 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
     def __init__(
         self,
         *,
-        source: str | list[str],
-        destination: str,
+        source: str | list[str] | None = None,
+        destination: str | None = None,
         tool: str,
+        shard_file: str | None = None,
         config: dict[str, Any] | None = None,
         jconfig: dict[str, Any] | str | None = None,
         output_format: str | None = None,
@@ -179,11 +188,16 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
             )
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if (source is None) == (shard_file is None):
+            raise ValueError("give either source (with destination) or shard_file")
+        if shard_file is None and destination is None:
+            raise ValueError("destination is required with source")
         source, destination = adopt_object_storage(kwargs, source, destination)
         if "outlets" not in kwargs and isinstance(destination, str) and "{{" not in destination:
             kwargs["outlets"] = [Asset(uri=asset_uri(destination))]
         super().__init__(**kwargs)
         self.source, self.destination, self.tool = source, destination, tool
+        self.shard_file = shard_file
         self.config, self.jconfig, self.output_format = config, jconfig, output_format
         self.max_concurrency, self.credit_budget = max_concurrency, credit_budget
         self.account_budget = account_budget
@@ -209,11 +223,28 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
             )
         return options
 
+    def _take_shard(self) -> Any:
+        """Read ``shard_file`` (if given): its inputs and destination become the operator's."""
+        if not self.shard_file:
+            return None
+        from vance_provider.core.batch.shards import read_shard
+
+        shard = read_shard(self.shard_file, self.hook.storage_options)
+        if self.destination and self.destination.rstrip("/") != shard.destination.rstrip("/"):
+            raise AirflowFailException(
+                f"destination {self.destination} differs from the shard's {shard.destination}; "
+                "leave destination out with shard_file"
+            )
+        self.source, self.destination = shard.sources, shard.destination
+        return shard
+
     def spec(self, context: Context | None = None) -> BatchSpec:
         from vance_provider.core import BatchSpec
+        from vance_provider.core.batch.shards import with_shard
 
+        shard = self._take_shard()
         timeout = None if self.timeout is None else seconds(self.timeout)
-        return BatchSpec(
+        spec = BatchSpec(
             source=self.source,
             destination=self.destination,
             tool=self.tool,
@@ -233,6 +264,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
             cache=self.cache or None,
             **self._engine_options(context),
         )
+        return spec if shard is None else with_shard(spec, shard)
 
     def execute(self, context: Context) -> Any:
         from vance_provider.core.api.errors import WaitTimeoutError
@@ -245,7 +277,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
             deferrable = self.deferrable and self._can_defer(client)
             self.log.info(
                 "VanceAI batch: %s -> %s (%s, up to %d in flight, %s)",
-                self.source,
+                f"shard {self.shard_file} ({len(spec.source)} file(s))" if self.shard_file else self.source,
                 self.destination,
                 self.tool,
                 spec.max_concurrency,
