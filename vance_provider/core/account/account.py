@@ -37,7 +37,7 @@ SLOT_TTL = 30.0  # seconds a slot lives without a heartbeat: a killed worker's s
 RESERVATION_TTL = 60.0  # the same for credit reservations
 RECHECK_AFTER = 5.0  # seconds before a store found down is tried again for the rate and slots
 MAX_BLOCK = 3600.0  # a Retry-After / reset longer than this is not believed
-POLL = 0.5  # seconds between two looks for a free slot held by another process
+POLL = 0.05  # seconds between two looks for a free slot held by another process (one task each)
 
 _warned: set[str] = set()  # stores this process has warned about (one warning per store)
 
@@ -83,6 +83,7 @@ class Account:
         self._down = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._request_lock = asyncio.Lock()
+        self._slot_queue = asyncio.Lock()
         self._slot_freed = asyncio.Event()
         self._slots: dict[str, SlotLease] = {}
         self._reservations: dict[str, Reservation] = {}
@@ -143,6 +144,7 @@ class Account:
         if loop is not self._loop:
             self._loop = loop
             self._request_lock, self._slot_freed = asyncio.Lock(), asyncio.Event()
+            self._slot_queue = asyncio.Lock()
             self._heartbeat = None
 
     def _ensure_heartbeat(self) -> None:
@@ -261,18 +263,21 @@ class Account:
             capacity, self._capacity_to_set = self._capacity_to_set, None
             await self.set_capacity(capacity)
         self._bind_loop()
-        while True:
-            freed = self._slot_freed
-            result, fallback = await self._shared(
-                lambda st: st.acquire_slot(self.id, who, self.slot_ttl, self.default_capacity)
-            )
-            if isinstance(result, SlotLease):
-                result.fallback = fallback
-                self._slots[result.id] = result
-                self._ensure_heartbeat()
-                return result
-            with contextlib.suppress(TimeoutError):  # a slot of this process freed: look at once
-                await asyncio.wait_for(freed.wait(), max(0.01, min(result, self.poll)))
+        # One task of this process asks the store at a time, the others queue behind it (first
+        # come, first served): N processes poll the store N times per ``poll``, not once per task.
+        async with self._slot_queue:
+            while True:
+                freed = self._slot_freed
+                result, fallback = await self._shared(
+                    lambda st: st.acquire_slot(self.id, who, self.slot_ttl, self.default_capacity)
+                )
+                if isinstance(result, SlotLease):
+                    result.fallback = fallback
+                    self._slots[result.id] = result
+                    self._ensure_heartbeat()
+                    return result
+                with contextlib.suppress(TimeoutError):  # a slot of this process freed: look at once
+                    await asyncio.wait_for(freed.wait(), max(0.01, min(result, self.poll)))
 
     async def release_slot(self, lease: SlotLease) -> None:
         """Give a slot back (the job reached its end, or was never created)."""
