@@ -509,7 +509,7 @@ def cmd_report(args: argparse.Namespace, ui: Ui) -> int:
     manifests = _manifests(args.manifest)
     with _client(args) as client:
         df = client.usage_report(manifests)
-        api, caps = client.api, client.capabilities
+        api, caps, base_url = client.api, client.capabilities, client.base_url
     write_report(df, args.out)
     summary = usage_summary(df)
     table = Table(title="credits used")
@@ -519,6 +519,7 @@ def cmd_report(args: argparse.Namespace, ui: Ui) -> int:
         table.add_row(*(credits_text(v) if isinstance(v, float) else escape(str(v)) for v in rec.values()))
     ui.out.print(table)
     ui.out.print(f"{escape(report_line(df))}, written to {escape(args.out)}")
+    _show_account_budgets(ui, base_url, getattr(args, "account_store", None))
     if caps.charges_credits and not caps.has_usage_history and not manifests:
         ui.err.print(
             f"note: the {API_TITLES[api]} keeps no history; give --manifest with your "
@@ -625,6 +626,22 @@ def cmd_budget(args: argparse.Namespace, ui: Ui) -> int:
     if not budgets:
         ui.out.print("no budgets: `vance budget set NAME CREDITS --period day|month|total` sets one")
     return EXIT_OK
+
+
+def _show_account_budgets(ui: Ui, base_url: str, store: str | None) -> None:
+    """The account's named budgets (spent, reserved, left), under the credit report, where an
+    account store is in use and holds any."""
+    from .core.account import get_budgets, store_url
+
+    if store_url(store).lower() in ("none", "memory", "memory://"):
+        return
+    try:
+        budgets = get_budgets(api_base_url=base_url, api_key=_token(), store_url=store)
+    except VanceError as exc:
+        ui.err.print(f"note: the account's budgets could not be read: {escape(exc.message)}")
+        return
+    for b in budgets:
+        ui.out.print(f"budget {_budget_line(b)}")
 
 
 def _age(value: str) -> float:

@@ -38,3 +38,64 @@ def test_budget_set_and_show(
     assert code == 2 and "bad budget name" in err
     code, _, err = _vance(["budget", "show", "--store", "redis://127.0.0.1:9/0"], capsys)
     assert code == 5 and "Redis server is running" in err and api_key not in err
+
+
+def test_enhance_draws_on_a_named_budget_and_the_report_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.conftest import fast_config, image_bytes
+    from vance_provider.sim import DEMO_OPEN_KEY, SimulatorServer
+
+    sim = SimulatorServer(fast_config()).start()
+    try:
+        monkeypatch.setenv("VANCE_API_TOKEN", DEMO_OPEN_KEY)
+        monkeypatch.setenv("VANCE_BASE_URL", sim.base_url)
+        monkeypatch.setenv("VANCE_ACCOUNT_STORE", f"sqlite://{tmp_path}/account.sqlite3")
+        src, dst = tmp_path / "in", tmp_path / "out"
+        src.mkdir()
+        for i in range(3):
+            (src / f"p{i}.jpg").write_bytes(image_bytes(16 + i, 12))
+        assert _vance(["budget", "set", "photos", "10"], capsys)[0] == 0
+        code, _, err = _vance(
+            [
+                "--api",
+                "open",
+                "enhance",
+                str(src),
+                str(dst),
+                "--tool",
+                "upscale",
+                "--scale",
+                "2",
+                "--account-budget",
+                "photos",
+            ],
+            capsys,
+        )
+        assert code == 0, err
+        code, out, _ = _vance(
+            ["--api", "open", "report", "--manifest", str(dst), "--out", str(tmp_path / "usage.csv")], capsys
+        )
+        assert (
+            code == 0
+            and "budget photos: 10 credits in total: 3 spent, 0 reserved by jobs in flight, 7 left" in out
+        )
+        code, _, err = _vance(
+            [
+                "--api",
+                "open",
+                "enhance",
+                str(src),
+                str(tmp_path / "again"),
+                "--tool",
+                "upscale",
+                "--scale",
+                "2",
+                "--account-budget",
+                "nope",
+            ],
+            capsys,
+        )
+        assert code != 0 and "no budget named 'nope'" in err
+    finally:
+        sim.stop()

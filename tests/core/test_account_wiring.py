@@ -128,3 +128,34 @@ def test_an_account_budget_needs_a_store(tmp_path: Path) -> None:
             asyncio.run(run_workers(sim, "none", [spec]))
     finally:
         sim.stop()
+
+
+def test_a_budget_is_not_spent_while_its_store_is_down(tmp_path: Path) -> None:
+    from tests.servers import RedisServer, ServerNotAvailable
+    from vance_provider.core.account import AccountStoreUnavailableError
+
+    try:
+        redis = RedisServer()
+    except ServerNotAvailable as exc:
+        pytest.skip(str(exc))
+    sim = SimulatorServer(fast_config()).start()
+    try:
+        redis.start()
+        set_budget(
+            "photos",
+            10,
+            "total",
+            api_base_url=sim.base_url + "/api/v1",
+            api_key=DEMO_OPEN_KEY,
+            store_url=redis.url,
+        )
+        redis.stop()
+        ((src, dst),) = shards(tmp_path, 1, 3)
+        spec = BatchSpec(str(src), str(dst), "upscale", {"scale": 2}, account_budget="photos")
+        with pytest.raises(AccountStoreUnavailableError) as refused:
+            asyncio.run(run_workers(sim, redis.url, [spec]))
+        assert "redis" in str(refused.value).lower() and DEMO_OPEN_KEY not in str(refused.value)
+        assert count_status(sim, 200, "/api/v1/jobs") == 0 and not charged_jobs(sim)  # nothing sent
+    finally:
+        redis.close()
+        sim.stop()
