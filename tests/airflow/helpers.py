@@ -157,3 +157,27 @@ def submit_jobs(vance_conn: Any, api: str, make_image: Any, n: int = 2) -> list[
     ids = [hook.client.submit(str(make_image(f"t{i}.jpg")), "upscale", {"scale": 2}).id for i in range(n)]
     hook.close()
     return ids
+
+
+def stop_process_groups(procs: list[Any], sig: int, grace: float = 20.0) -> None:
+    """Signal the process group of each of ``procs`` (a component this test started and its
+    children) first, then wait for them together; SIGKILL those still there after ``grace`` s."""
+    import signal
+    import subprocess
+    import time
+
+    for s in (sig, signal.SIGKILL):
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, s)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        procs = [proc for proc in procs if proc.poll() is None]
+        if not procs:
+            return

@@ -37,7 +37,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.airflow.helpers import PRISTINE_DB, ROOT
+from tests.airflow.helpers import PRISTINE_DB, ROOT, stop_process_groups
 from tests.conftest import OPEN_KEY, fast_config, image_bytes
 from vance_provider.sim import SimulatorServer
 
@@ -142,23 +142,7 @@ class Deployment:
 
     def stop_many(self, names: list[str], sig: int = signal.SIGTERM) -> None:
         """Signal every one first, then wait for them together (SIGKILL those still there after 20 s)."""
-        procs = [self.procs.pop(name) for name in names]
-        for s in (sig, signal.SIGKILL):
-            for proc in procs:
-                try:
-                    # the process group this test started (the component and its children)
-                    os.killpg(proc.pid, s)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 20
-            for proc in procs:
-                try:
-                    proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            procs = [proc for proc in procs if proc.poll() is None]
-            if not procs:
-                return
+        stop_process_groups([self.procs.pop(name) for name in names], sig)
 
     def stop_all(self) -> None:
         """At the end of the test: nothing of theirs is looked at any more."""

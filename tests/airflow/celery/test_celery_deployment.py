@@ -40,6 +40,7 @@ import pytest
 from PIL import Image
 
 from tests.airflow.celery.hosts import HostNetwork
+from tests.airflow.helpers import stop_process_groups
 from tests.conftest import OPEN_KEY, fast_config
 from tests.servers import PostgresServer, RedisServer, ServerNotAvailable, free_port
 from vance_provider.sim import SimulatorServer
@@ -181,21 +182,7 @@ class CeleryDeployment:
     def stop_all(self) -> None:
         procs = list(self.procs.values())
         self.procs.clear()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in procs:
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 15
-            for proc in procs:
-                try:
-                    proc.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            procs = [p for p in procs if p.poll() is None]
-            if not procs:
-                return
+        stop_process_groups(procs, signal.SIGTERM, grace=15.0)
 
     # --- looking -----------------------------------------------------------------------------------
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
