@@ -136,3 +136,23 @@ def test_no_two_looks_closer_than_the_guidance(clock: FakeClock) -> None:
         polling.poll_jobs(get_job, ["a"], interval=0.5, max_interval=10.0, first_delay=2.0, min_interval=2.0)
     )
     assert result.looks == 2 and clock.sleeps == [2.0, 2.0]
+
+
+def test_two_progress_readings_aim_past_the_time_spent_queued(clock: FakeClock) -> None:
+    # Queued 3 s, then 10 % a second: 10 % at 4 s, 30 % at 6 s, done at 13 s. One reading alone
+    # (30 % after 6 s) would say 14 s more; the pace between the two says 7 s (x1.05). Before
+    # half-way, one reading only asks for another soon.
+    get_job, _ = scripted(
+        {
+            "a": [
+                job("a", JobStatus.PROCESSING, progress=10),
+                job("a", JobStatus.PROCESSING, progress=30),
+                job("a", JobStatus.SUCCEEDED),
+            ]
+        }
+    )
+    result = asyncio.run(
+        polling.poll_jobs(get_job, ["a"], interval=2.0, max_interval=60.0, first_delay=4.0, min_interval=2.0)
+    )
+    assert result.looks == 3 and clock.sleeps[:2] == [4.0, pytest.approx(2.0)]
+    assert clock.sleeps[2] == pytest.approx(70 / 10 * 1.05)

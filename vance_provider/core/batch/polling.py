@@ -57,6 +57,7 @@ async def poll_jobs(
     while (wait := _capped(delay(), deadline)) > 0:
         await asyncio.sleep(wait)
     interval = max(0.02, interval)
+    readings: dict[str, tuple[float, int]] = {}  # job id -> (elapsed, progress) at its last look
     while result.pending:
         result.previous_look_at, result.last_look_at = result.last_look_at, time.monotonic()
         result.first_look_at = result.first_look_at or result.last_look_at
@@ -76,7 +77,9 @@ async def poll_jobs(
         if deadline is not None and time.time() >= deadline:
             break
         elapsed = time.monotonic() - started
-        wait = max(min_interval, min(next_look(j, elapsed, interval, max_interval) for j in running))
+        looks = [next_look(j, elapsed, interval, max_interval, readings.get(j.id)) for j in running]
+        readings = {j.id: (elapsed, j.progress or 0) for j in running if j.phase in (None, "processing")}
+        wait = max(min_interval, min(looks))
         wait = _capped(wait, deadline)
         if log is not None:
             log.info(
@@ -87,15 +90,31 @@ async def poll_jobs(
     return result
 
 
-def next_look(job: Job, elapsed: float, interval: float, longest: float | None = None) -> float:
+def next_look(
+    job: Job,
+    elapsed: float,
+    interval: float,
+    longest: float | None = None,
+    before: tuple[float, int] | None = None,
+) -> float:
     """When to look again: where the service reports progress, when the job should be done
     (a little after, so one look suffices; at most ``longest``, default ``4 * interval``);
-    else after ``interval``."""
+    else after ``interval``.
+
+    With a reading of the job's progress at an earlier look (``before``: elapsed seconds and
+    progress), the end is where the pace between the two readings leads; with one reading, only
+    past half-way (before that, the time the job queued, which its progress does not count, makes
+    a young job look slow: the next look comes after ``interval`` and gives the pace)."""
     progress = job.progress or 0
-    if job.phase in (None, "processing") and 5 <= progress < 100:
-        longest = interval * 4 if longest is None else longest
+    if job.phase not in (None, "processing") or progress >= 100:
+        return interval
+    longest = interval * 4 if longest is None else longest
+    if before is not None and 0 < before[1] < progress and elapsed > before[0]:
+        pace = (progress - before[1]) / (elapsed - before[0])  # percent a second
+        return min(longest, max(0.02, (100 - progress) / pace * 1.05))
+    if progress >= 50:  # one reading: the queueing it counts as processing matters little now
         return min(longest, max(0.02, elapsed * (100 - progress) / progress * 1.05))
-    return interval
+    return interval  # a second reading soon gives the pace
 
 
 def _capped(delay: float, deadline: float | None) -> float:
