@@ -506,7 +506,8 @@ def check_writable(prefix: str, storage_options: dict[str, Any] | None = None) -
 def sha256_of(url: str, storage_options: dict[str, Any] | None = None, chunk: int = CHUNK) -> str:
     """The SHA-256 (hex) of a file on any fsspec URL, read in bounded chunks."""
     h = hashlib.sha256()
-    with fsspec.open(url, "rb", **(storage_options or {})) as fh:
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    with open_remote(fs, path) as fh:
         while data := fh.read(chunk):
             h.update(data)
     return h.hexdigest()
