@@ -277,3 +277,29 @@ def test_bytes_after_the_end_are_not_judged(test_video: Path) -> None:
     check.feed(_mp4(test_video)[:-100])
     with pytest.raises(Corrupt, match="cut short"):
         check.finish()
+
+
+def test_a_cut_video_is_refused_while_uploading_and_never_becomes_a_job(
+    sim: SimulatorServer,
+    client_factory: Callable[..., VanceClient],
+    store: Callable[..., str],
+    test_video: Path,
+    tmp_path: Path,
+) -> None:
+    """Open API video: the PUT is aborted before its last chunk (the last box is cut short), no
+    job is created for it; the whole video goes through and its SHA-256 is recorded."""
+    client = client_factory(sim, "open")
+    whole = test_video.read_bytes()
+    source = store({"whole.mp4": whole, "cut.mp4": whole[: len(whole) - 200]})
+    result = client.run_batch(
+        BatchSpec(source, str(tmp_path / "out"), "video_upscale", {"scale": 2}, poll_interval=0.05)
+    )
+    by_name = {Path(i.source).name: i for i in result.items}
+    assert by_name["whole.mp4"].state == "done"
+    assert by_name["cut.mp4"].state == "failed" and "MP4 file is truncated" in (
+        by_name["cut.mp4"].error or ""
+    )
+    assert len(created_jobs(sim)) == 1 and len(charges(sim)) == 1
+    manifest = json.loads((tmp_path / "out" / "_vance_manifest.json").read_text())
+    digests = {Path(i["source"]).name: i.get("input_sha256") for i in manifest["items"]}
+    assert digests["whole.mp4"] == hashlib.sha256(whole).hexdigest()
