@@ -1,9 +1,13 @@
-"""Local checks of inputs before upload: format by magic bytes, size, megapixels, media type."""
+"""Local checks of inputs before upload: format by magic bytes, size, megapixels, media type, and
+the file's structure (see :mod:`.media_check`): whole, or its header only when the upload's reader
+checks the rest as it streams (a batch: each byte is read once)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from fsspec.core import url_to_fs
 
 from .api.errors import (
     FileTooLargeError,
@@ -13,9 +17,14 @@ from .api.errors import (
     UnsupportedFormatError,
 )
 from .api.models import ApiName, Media
-from .media import VIDEO_FORMATS, decode_image, probe_video, sniff
-from .state.storage import broken_link, read_head, sha256_of
+from .media import VIDEO_FORMATS, probe_video, sniff
+from .media_check import CheckedRead
+from .state.storage import CHUNK, broken_link, open_remote, read_range
 from .vendors.capabilities import capabilities_of
+
+HEAD_BYTES = 64 * 1024  # read at first: the format, and the header of almost every image
+# Pillow's limit for a decompression bomb (2 x Image.MAX_IMAGE_PIXELS), whatever the API allows.
+BOMB_PIXELS = 2 * 89_478_485
 
 
 @dataclass(frozen=True)
@@ -38,12 +47,18 @@ def check_input(
     storage_options: dict[str, Any] | None = None,
     *,
     want_sha256: bool = False,
+    whole: bool = True,
 ) -> InputInfo:
     """Raise a typed error naming the file and the limit, or describe the input.
 
     The formats and limits are those of ``api`` (its backend's :class:`~.models.Capabilities`).
-    ``want_sha256``: also the SHA-256 of its bytes (for the result cache), hashed while the image
-    is decoded, so it costs no second read."""
+    ``whole``: read an image to its end and check its structure (JPEG markers, PNG chunks and
+    CRCs, WebP chunks), as a single submit does. ``whole=False`` reads only its header (one
+    small ranged read: format, size in pixels), and checks the whole file only when that read
+    took it all: the upload's reader checks the rest as the bytes go (a truncated file aborts
+    its upload before any job exists), so a batch reads each byte once.
+    ``want_sha256``: also the SHA-256 of its bytes (for the result cache), in the same read as
+    the structure's check (a whole read, videos included)."""
 
     caps = capabilities_of(api)
     if size == 0:
@@ -51,10 +66,10 @@ def check_input(
             raise UnreadableInputError(why, source=url, hint="fix or remove the link")
         raise UnreadableInputError("the file is empty", source=url)
     try:
-        head = read_head(url, 64, storage_options)
+        head = read_range(url, 0, min(size, HEAD_BYTES), storage_options)
     except (OSError, ValueError) as exc:
         raise UnreadableInputError(f"cannot read the file ({type(exc).__name__})", source=url) from None
-    fmt = sniff(head)
+    fmt = sniff(head[:64])
     if fmt is None:
         raise UnsupportedFormatError(
             "the content is not a supported image or video",
@@ -81,7 +96,7 @@ def check_input(
                 f"{size} bytes is over the {caps.max_video_bytes}-byte upload limit", source=url
             )
         width, height, duration = probe_video(url, fmt, storage_options)
-        digest = _sha256(url, storage_options) if want_sha256 else None
+        digest = _read_rest(CheckedRead(url, fmt), head, storage_options) if want_sha256 else None
         return InputInfo(url, fmt, "video", size, width, height, duration, digest)
     allowed = caps.image_formats
     if fmt not in allowed:
@@ -97,7 +112,8 @@ def check_input(
             source=url,
             hint="compress or resize it",
         )
-    (width, height), digest = decode_image(url, fmt, storage_options, want_sha256=want_sha256)
+    read = CheckedRead(url, fmt)
+    width, height = _header(read, head, size, storage_options)
     pixels = caps.max_image_pixels
     if pixels is not None and width * height > pixels:
         raise TooManyPixelsError(
@@ -105,8 +121,52 @@ def check_input(
             source=url,
             hint=f"resize it below {pixels / 1e6:g} megapixels",
         )
-    return InputInfo(url, fmt, "image", size, width, height, sha256=digest)
+    if width * height > BOMB_PIXELS:
+        raise TooManyPixelsError(
+            f"{width}x{height} is too many pixels to decode safely (a decompression bomb?)",
+            source=url,
+            hint="resize it to a realistic size",
+        )
+    digest = None
+    if whole or want_sha256 or read.size >= size:
+        digest = _read_rest(read, b"", storage_options)
+    return InputInfo(url, fmt, "image", size, width, height, sha256=digest if want_sha256 else None)
 
 
-def _sha256(url: str, storage_options: dict[str, Any] | None) -> str:
-    return sha256_of(url, storage_options)
+def _header(
+    read: CheckedRead, head: bytes, size: int, storage_options: dict[str, Any] | None
+) -> tuple[int, int]:
+    """The image's size in pixels from its header: ``head``, and more ranged reads if the header
+    is longer (a JPEG's metadata before its frame header)."""
+    read.feed(head)
+    step = HEAD_BYTES
+    while read.dimensions is None and read.size < size:
+        step *= 2
+        try:
+            more = read_range(read.url, read.size, min(size, read.size + step), storage_options)
+        except (OSError, ValueError) as exc:
+            raise UnreadableInputError(
+                f"cannot read the file ({type(exc).__name__})", source=read.url
+            ) from None
+        if not more:
+            break
+        read.feed(more)
+    if read.dimensions is None:
+        read.finish()  # raises: the file ends before its header does
+        raise UnreadableInputError(f"the {read.fmt} file gives no image size", source=read.url)
+    return read.dimensions
+
+
+def _read_rest(read: CheckedRead, head: bytes, storage_options: dict[str, Any] | None) -> str:
+    """Feed ``read`` what it has not seen of its file (``head`` first), to the end: the SHA-256,
+    once the structure is found whole."""
+    read.feed(head)
+    fs, path = url_to_fs(read.url, **(storage_options or {}))
+    try:
+        with open_remote(fs, path) as fh:
+            fh.seek(read.size)
+            while data := fh.read(CHUNK):
+                read.feed(data)
+    except (OSError, ValueError) as exc:
+        raise UnreadableInputError(f"cannot read the file ({type(exc).__name__})", source=read.url) from None
+    return read.finish()

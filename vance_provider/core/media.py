@@ -6,25 +6,20 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
-import fsspec
-
-from .api.errors import (
-    TooManyPixelsError,
-    UnreadableInputError,
-)
-from .state.storage import HashingReader
+from .state.storage import open_ranged
 
 if TYPE_CHECKING:
     import httpx
 
 VIDEO_FORMATS = {"mp4", "mov", "mkv", "webm", "avi"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def sniff(head: bytes) -> str | None:
     """The file type by its magic bytes, whatever its name says (the project's one sniffer)."""
     if head[:3] == b"\xff\xd8\xff":
         return "jpg"
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
+    if head[:8] == PNG_SIGNATURE:
         return "png"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
@@ -43,50 +38,16 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def decode_image(
-    url: str, fmt: str, storage_options: dict[str, Any] | None = None, *, want_sha256: bool = False
-) -> tuple[tuple[int, int], str | None]:
-    """Decode the image to judge it (not its last bytes: a phone's Motion Photo carries a video
-    after the JPEG, and a PNG may have a stray byte after its end). Returns its size.
-
-    Memory stays small: a JPEG is decoded at 1/8 scale (every byte is still read and checked),
-    a PNG's chunks are verified (CRC) without inflating the pixels.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as raw:
-            fh: Any = HashingReader(raw) if want_sha256 else raw
-            with Image.open(fh) as img:
-                size = img.size
-                if fmt == "png":
-                    img.verify()
-                else:
-                    if fmt == "jpg":
-                        img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-                    img.load()
-            return size, fh.hexdigest() if want_sha256 else None
-    except Image.DecompressionBombError:
-        raise TooManyPixelsError(
-            "the image has too many pixels to decode safely (a decompression bomb?)",
-            source=url,
-            hint="resize it to a realistic size",
-        ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise UnreadableInputError(
-            f"the {fmt.upper()} file is truncated or corrupt ({exc})", source=url
-        ) from None
-
-
 def probe_video(
     url: str, fmt: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[int | None, int | None, float | None]:
     """Width, height and duration (s) of a video, from its container header; ``None`` if unknown.
 
-    MP4/MOV headers are read directly (a few small reads); other containers need PyAV.
+    MP4/MOV headers are read directly (a few small reads: on an object store, small ranged
+    reads, never the whole video); other containers need PyAV.
     """
     try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as fh:
+        with open_ranged(url, storage_options) as fh:
             if fmt in ("mp4", "mov"):
                 return _probe_isobmff(fh)
             try:

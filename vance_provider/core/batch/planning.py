@@ -232,12 +232,17 @@ def check_inputs(
 ) -> list[InputInfo | Exception]:
     """Check inputs (url, size, whether its SHA-256 is wanted) in one call from the event loop
     (a thread hop per input cost ~0.3 s per 1000 inputs before the first job); remote ones are
-    read 16 at a time. ``local_outputs``: the outputs' folders are made too (once each)."""
+    read 16 at a time. ``local_outputs``: the outputs' folders are made too (once each).
+
+    Only an input whose SHA-256 is wanted now is read whole; the others, by their header (the
+    upload's reader checks and hashes the rest: each byte is read once)."""
 
     def one(entry: tuple[str, int, bool]) -> InputInfo | Exception:
         url, size, want_sha256 = entry
         try:
-            return check_input(url, size, media, api, storage_options, want_sha256=want_sha256)
+            return check_input(
+                url, size, media, api, storage_options, want_sha256=want_sha256, whole=want_sha256
+            )
         except Exception as exc:
             return exc
 

@@ -138,6 +138,11 @@ class BatchRunner:
         self._created_destination = False
         self._listed = False  # the sources were listed: a store failure after this is the destination's
 
+    @property
+    def _cache_lookup(self) -> bool:
+        """The result cache is looked up before jobs: inputs are then hashed at planning."""
+        return self.cache is not None and not self.spec.force
+
     def estimate(self, item: ManifestItem) -> float:
         """What the item is expected to cost: the service's estimate once known, else ours."""
         return item.estimate if item.estimate is not None else self.call.estimate()
@@ -268,9 +273,12 @@ class BatchRunner:
             chunk = pending[at : at + CHECK_CHUNK]
             checked += await asyncio.to_thread(
                 check_inputs,
-                # The SHA-256 of every input is recorded (hashed as it is decoded): a file touched
-                # later, same bytes, is then recognised as the same input and costs nothing.
-                [(i.source, self._sizes[i.source], i.input_sha256 is None) for i in chunk],
+                # Inputs are read whole here only when the result cache needs their SHA-256
+                # before a job; else by their header, and hashed by the upload (_submit_within_budget).
+                [
+                    (i.source, self._sizes[i.source], i.input_sha256 is None and self._cache_lookup)
+                    for i in chunk
+                ],
                 self.call.media,
                 self.client.api,
                 so,
@@ -817,6 +825,10 @@ class BatchRunner:
             self.credits.release(estimate)
             await self._unreserve(item)
             raise VanceError("the service kept answering with ended jobs for new submissions")
+        # The SHA-256 of the bytes the upload read (a file touched later, same bytes, is then
+        # recognised as the same input and costs nothing; the result cache keys on it).
+        uploaded = self.client.backend.uploaded_sha256(item.source)
+        item.input_sha256 = item.input_sha256 or uploaded
         item.set(ItemState.SUBMITTED, job_id=job.id, submitted_by=self.run_id)
         if job.status is JobStatus.SUCCEEDED and not self.caps.charges_on_download:
             # The key replayed a job that had already ended, so it was paid for at its end, by

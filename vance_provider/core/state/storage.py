@@ -27,6 +27,10 @@ from ..api.errors import (
 from ..secrets import redact_url
 
 CHUNK = 1 << 20  # bounded buffer for streaming (1 MiB)
+# A remote input read whole (an upload) is fetched this much ahead: fsspec's default block (50 MiB
+# on S3) would hold a whole photo or a big slice of a video per upload in flight.
+READ_BLOCK = 4 << 20
+HEAD_BLOCK = 64 << 10  # a remote file read in small pieces (a header, a probe) is fetched so
 # Listed from folders and globs; unsupported kinds (gif, bmp, ...) are listed too, so the
 # batch reports them as failed with a reason instead of leaving them silently behind.
 MEDIA_EXTENSIONS = {
@@ -263,6 +267,31 @@ def read_head(url: str, n: int = 64, storage_options: dict[str, Any] | None = No
         return fh.read(n)
 
 
+def read_range(url: str, start: int, end: int, storage_options: dict[str, Any] | None = None) -> bytes:
+    """Bytes ``start`` to ``end`` of a file in one read: on an object store one ranged GET that
+    sends only these (``end`` must not pass the file's size: some stores refuse such a range)."""
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    if is_local(fs):
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return fh.read(end - start)
+    return bytes(fs.cat_file(path, start=start, end=end))
+
+
+def open_remote(fs: fsspec.AbstractFileSystem, path: str, block_size: int = READ_BLOCK) -> Any:
+    """A remote file opened for reading with a bounded read-ahead (local files: plain ``open``)."""
+    return open(path, "rb") if is_local(fs) else fs.open(path, "rb", block_size=block_size)
+
+
+@contextmanager
+def open_ranged(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[Any]:
+    """``url`` opened for a few small reads here and there (a container's header): a remote
+    store sends small blocks, never the whole file."""
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    with open_remote(fs, path, HEAD_BLOCK) as fh:
+        yield fh
+
+
 def read_tail(url: str, size: int, n: int = 16, storage_options: dict[str, Any] | None = None) -> bytes:
     with fsspec.open(url, "rb", **(storage_options or {})) as fh:
         fh.seek(max(0, size - n))
@@ -275,7 +304,8 @@ async def iter_file(
     """Stream a file from any fsspec URL in bounded chunks (blocking reads run in a thread)."""
     import asyncio
 
-    fh = await asyncio.to_thread(lambda: fsspec.open(url, "rb", **(storage_options or {})).open())
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    fh = await asyncio.to_thread(open_remote, fs, path)
     try:
         while True:
             data = await asyncio.to_thread(fh.read, chunk)
@@ -476,7 +506,8 @@ def check_writable(prefix: str, storage_options: dict[str, Any] | None = None) -
 def sha256_of(url: str, storage_options: dict[str, Any] | None = None, chunk: int = CHUNK) -> str:
     """The SHA-256 (hex) of a file on any fsspec URL, read in bounded chunks."""
     h = hashlib.sha256()
-    with fsspec.open(url, "rb", **(storage_options or {})) as fh:
+    fs, path = url_to_fs(url, **(storage_options or {}))
+    with open_remote(fs, path) as fh:
         while data := fh.read(chunk):
             h.update(data)
     return h.hexdigest()

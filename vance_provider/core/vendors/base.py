@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +31,9 @@ from ..api.errors import (
 )
 from ..api.models import ApiName, Balance, Capabilities, Job
 from ..media import _has_media_ext, sniff
+from ..media_check import CheckedReader, check_bytes, checked_chunks
 from ..secrets import Secret, redact
-from ..state.storage import AtomicWriter, is_local
+from ..state.storage import AtomicWriter, is_local, open_remote
 from ..transport.download import (
     _INLINE_WRITE,
     _SNIFF_BYTES,
@@ -107,6 +108,8 @@ class Backend:
         self.calls: Counter[str] = Counter()
         self.storage_options = storage_options
         self.poll_after: dict[str, float] = {}  # job id -> monotonic time of its next poll
+        # input URL -> SHA-256 of the bytes its last upload read whole and found well formed
+        self.read_digests: OrderedDict[str, str] = OrderedDict()
         self.http = httpx.AsyncClient(
             timeout=timeout,
             transport=transport,
@@ -282,23 +285,43 @@ class Backend:
         """Per-call storage options (a batch's), else the client's."""
         return storage_options if storage_options is not None else self.storage_options
 
+    #: How many upload digests are kept for :meth:`uploaded_sha256` (a caller that never asks
+    #: for them does not make them pile up).
+    max_read_digests = 4096
+
+    def _verified(self, url: str, digest: str) -> None:
+        self.read_digests[url] = digest
+        self.read_digests.move_to_end(url)
+        while len(self.read_digests) > self.max_read_digests:
+            self.read_digests.popitem(last=False)
+
+    def uploaded_sha256(self, url: str) -> str | None:
+        """The SHA-256 of ``url``'s bytes as its last upload read them whole (and found the file
+        well formed), taken out: ``None`` when no upload did."""
+        return self.read_digests.pop(url, None)
+
     @contextlib.asynccontextmanager
     async def open_source(
         self, url: str, storage_options: dict[str, Any] | None = None, size: int | None = None
     ) -> AsyncIterator[Any]:
         """A seekable file object over any fsspec URL, opened fresh for each attempt; or, when
         ``size`` says the file is small, its bytes (an upload of bytes is one write, and cheaper
-        to send than a file read in chunks)."""
+        to send than a file read in chunks).
+
+        What is read is checked and hashed as it goes (:mod:`~..media_check`): a truncated or
+        corrupt input raises :class:`UnreadableInputError` before its last bytes are handed
+        over (its upload is never complete: no job, no charge), and a whole, well-formed read
+        leaves its SHA-256 for :meth:`uploaded_sha256`."""
         fs, path = url_to_fs(url, **(self.options(storage_options) or {}))
         if size is not None and 0 < size <= SMALL_SOURCE:
             data = await _read_head(fs, path, SMALL_SOURCE + 1)
             if len(data) <= SMALL_SOURCE:  # (a file that grew since it was listed is streamed)
-                yield data
+                yield check_bytes(url, data, self._verified)
                 return
         local = is_local(fs)  # opening and closing a local file does not block: no thread hop each
-        fh = _opener(fs)(path, "rb") if local else await asyncio.to_thread(fs.open, path, "rb")
+        fh = _opener(fs)(path, "rb") if local else await asyncio.to_thread(open_remote, fs, path)
         try:
-            yield fh
+            yield CheckedReader(fh, url, self._verified)
         finally:
             if local:
                 fh.close()
@@ -315,6 +338,11 @@ class Backend:
         if all(isinstance(f[1], bytes) for f in files.values()):
             await request.aread()
         return await self.http.send(request)
+
+    def source_chunks(self, url: str, storage_options: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
+        """The chunks of an input for a streamed upload (a PUT), checked and hashed as
+        :meth:`open_source` does; the end is judged before the last chunk goes."""
+        return checked_chunks(url, self.options(storage_options), self._verified)
 
     # --- streaming a result to storage ------------------------------------------------------
     #: Bounds of every download (see :class:`DownloadOptions`); the client sets its own.

@@ -31,7 +31,6 @@ from ...api.errors import (
 )
 from ...api.models import Balance, Job, JobStatus
 from ...media import ext_from_response
-from ...state.storage import iter_file
 from ..base import Backend, Submission
 from .capabilities import CAPABILITIES
 
@@ -232,7 +231,7 @@ class OpenApiBackend(Backend):
             "put_upload",
             lambda: self.http.put(
                 put_url,
-                content=iter_file(source, self.options(storage_options)),
+                content=self.source_chunks(source, storage_options),
                 headers={"Content-Length": str(size), "Content-Type": ctype},
             ),
             gated=False,  # storage, not the API: no rate limit
