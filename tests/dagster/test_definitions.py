@@ -99,21 +99,8 @@ def test_dagster_definitions_validate_cli(tmp_path: Path) -> None:
     assert "All code locations passed validation" in proc.stdout + proc.stderr
 
 
-def test_example_materializes_in_a_real_instance(
-    sim: Any, tmp_path: Path, images: Any, s3_server: str
-) -> None:
-    """``dagster asset materialize`` in its own process, with a DAGSTER_HOME, against the simulator
-    (and S3 on loopback, where the usage asset looks for the S3 datasets' manifests)."""
-    data = tmp_path / "data"
-    images("data/photos", 2)
-    env = _env(
-        tmp_path,
-        VANCE_API_TOKEN=TOKENS["open"],
-        VANCE_BASE_URL=sim.base_url,
-        VANCE_EXAMPLE_DATA=str(data),
-        VANCE_EXAMPLE_S3_PREFIX="s3://vance-example",
-        AWS_ENDPOINT_URL=s3_server,
-    )
+def _materialize_photos_and_usage(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``dagster asset materialize`` of the example's photos_x2 and credit usage, in its own process."""
     proc = subprocess.run(
         [
             str(DAGSTER),
@@ -133,6 +120,25 @@ def test_example_materializes_in_a_real_instance(
         timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_example_materializes_in_a_real_instance(
+    sim: Any, tmp_path: Path, images: Any, s3_server: str
+) -> None:
+    """``dagster asset materialize`` in its own process, with a DAGSTER_HOME, against the simulator
+    (and S3 on loopback, where the usage asset looks for the S3 datasets' manifests)."""
+    data = tmp_path / "data"
+    images("data/photos", 2)
+    env = _env(
+        tmp_path,
+        VANCE_API_TOKEN=TOKENS["open"],
+        VANCE_BASE_URL=sim.base_url,
+        VANCE_EXAMPLE_DATA=str(data),
+        VANCE_EXAMPLE_S3_PREFIX="s3://vance-example",
+        AWS_ENDPOINT_URL=s3_server,
+    )
+    proc = _materialize_photos_and_usage(env)
     for name in ("p0.jpg", "p1.jpg"):
         with Image.open(data / "photos_x2" / name) as img:
             assert img.size[1] == 96
@@ -169,25 +175,7 @@ def test_example_credit_usage_runs_locally_without_aws_credentials(
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
         AWS_EC2_METADATA_DISABLED="true",
     )
-    proc = subprocess.run(
-        [
-            str(DAGSTER),
-            "asset",
-            "materialize",
-            "-f",
-            str(DEFINITIONS),
-            "--select",
-            "photos_x2,vanceai_credit_usage",
-            "--config-json",
-            IN_PROCESS,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _materialize_photos_and_usage(env)
     assert "NoCredentialsError" not in proc.stdout + proc.stderr
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         usage = instance.get_latest_materialization_event(dg.AssetKey("vanceai_credit_usage"))

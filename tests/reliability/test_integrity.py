@@ -16,14 +16,12 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import image_bytes
-from tests.core import conftest as core_fixtures
 from tests.core.conftest import FAST_RETRY, FAST_VIDEO_POLL, TOKENS, batch_spec
 from tests.core.helpers import (
     charged_jobs,
@@ -48,19 +46,6 @@ from vance_provider.core.state.manifest import MANIFEST_NAME
 from vance_provider.core.state.storage import AtomicWriter
 from vance_provider.sim import SimulatorServer
 from vance_provider.sim.processing import make_test_video
-
-s3 = core_fixtures.s3  # a fresh bucket on the moto server
-
-
-@pytest.fixture(params=["web", "open"])
-def api(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def client(sim: SimulatorServer, api: str) -> Iterator[VanceClient]:
-    with VanceClient(TOKENS[api], base_url=sim.base_url, retry=FAST_RETRY, timeout=10.0) as c:
-        yield c
 
 
 def photos(folder: Path, n: int, prefix: str = "p") -> list[Path]:
