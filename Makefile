@@ -37,7 +37,8 @@ test: env
 	@$(VENV)/bin/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
-# The inner loop: the suite without the tests marked slow (real deployments, the demo, rate limits).
+# The inner loop: the suite without the tests marked slow (those starting processes of their own:
+# real deployments, killed workers, CLIs, the notebook, the docs' shell pages, the demo; real rate limits).
 test-fast: env
 	$(VENV)/bin/python -m pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 

@@ -109,6 +109,7 @@ def test_component_without_partitions_has_no_sensor(tmp_path: Path) -> None:
     assert not list(defs.sensors or [])
 
 
+@pytest.mark.slow
 def test_dg_lists_the_component_and_scaffolds_a_useful_defs_yaml(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -86,6 +86,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_dagster_definitions_validate_cli(tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(DAGSTER), "definitions", "validate", "-f", str(DEFINITIONS)],
@@ -123,6 +124,7 @@ def _materialize_photos_and_usage(env: dict[str, str]) -> subprocess.CompletedPr
     return proc
 
 
+@pytest.mark.slow
 def test_example_materializes_in_a_real_instance(
     sim: Any, tmp_path: Path, images: Any, s3_server: str
 ) -> None:
@@ -159,6 +161,7 @@ def test_example_materializes_in_a_real_instance(
     assert TOKENS["open"] not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_example_credit_usage_runs_locally_without_aws_credentials(
     sim: Any, tmp_path: Path, images: Any
 ) -> None:
@@ -214,6 +217,7 @@ def test_example_visioncraft_asset_materializes(sim, tmp_path, monkeypatch) -> N
     assert all(DEMO_VISIONCRAFT_TOKEN not in r.url for r in sim.state.requests)
 
 
+@pytest.mark.slow
 def test_dg_check_defs_validates_the_project() -> None:
     """The example is a real `dg` project: a defs/ folder with a defs.yaml component beside Python assets."""
     assert (PROJECT / "vance_example" / "defs" / "photos_yaml_x2" / "defs.yaml").is_file()
@@ -254,6 +258,7 @@ def _dg(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
     )
 
 
+@pytest.mark.slow
 def test_the_example_lists_the_component_once() -> None:
     proc = _dg("list", "components", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -263,6 +268,7 @@ def test_the_example_lists_the_component_once() -> None:
     assert listed == ["dagster_vance.VanceDatasetComponent"]
 
 
+@pytest.mark.slow
 def test_dg_launch_runs_an_asset_of_the_example(sim: Any, tmp_path: Path) -> None:
     """`dg launch --assets ...` from the project's folder: the project's package imports (no
     ModuleNotFoundError) and the asset materializes against the simulator."""

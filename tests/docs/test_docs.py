@@ -181,9 +181,9 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory, pristine_airflow_db: 
 
 
 def _marks(text: str) -> list[Any]:
-    marks = []
+    marks = [pytest.mark.slow]  # a shell and the processes its commands start
     if re.search(r"^\s*airflow ", text, re.M):
-        marks += [pytest.mark.airflow, pytest.mark.slow]
+        marks.append(pytest.mark.airflow)
     if "dagster " in text:
         marks.append(pytest.mark.dagster)
     return marks

@@ -145,6 +145,7 @@ def _run(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["local", "s3"])
 def test_two_processes_on_one_batch_pay_once(
     storage: str, api: str, sim: SimulatorServer, tmp_path: Path, request: pytest.FixtureRequest
