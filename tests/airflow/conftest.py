@@ -18,7 +18,7 @@ import sqlite3
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,22 @@ def airflow_db(pristine_airflow_db: Path) -> Path:
         "vanceai", slots=64, description="VanceAI account concurrency", include_deferred=True
     )
     return HOME
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _openlineage_pool_shut_down() -> Iterator[None]:
+    """OpenLineage's listener sends DAG-run events from a process pool of its own, shut down by the
+    interpreter's exit hooks; a pytest-xdist worker ends without them, and the pool's processes were
+    left behind, each waiting for work that never comes. Shut it down at the end of the session."""
+    yield
+    listener = sys.modules.get("airflow.providers.openlineage.plugins.listener")
+    if listener is None:
+        return
+    instance = listener.get_openlineage_listener()
+    executor = getattr(instance, "_executor", None)
+    if executor is not None:
+        instance._executor = None
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture
