@@ -7,6 +7,7 @@ import io
 import logging
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,13 @@ from vance_provider.sim.processing import make_test_video
 
 WEB_TOKEN = DEMO_WEB_TOKEN
 OPEN_KEY = DEMO_OPEN_KEY
+
+
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` of a process a test sends Ctrl-C (SIGINT): the signal as a terminal gives it.
+    A child inherits an ignored SIGINT (a shell's background job, ``nohup``, code run earlier in this
+    pytest process), and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def image_bytes(width: int = 64, height: int = 48, fmt: str = "JPEG", mode: str = "RGB") -> bytes:

@@ -14,7 +14,6 @@ import atexit
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -97,20 +96,6 @@ def airflow_db(pristine_airflow_db: Path) -> Path:
         "vanceai", slots=64, description="VanceAI account concurrency", include_deferred=True
     )
     return HOME
-
-
-@pytest.fixture(autouse=True)
-def _signal_handlers_restored() -> Iterator[None]:
-    """Airflow's task runner sets handlers of its own for SIGINT, SIGTERM and SIGHUP in this process
-    (and may leave SIGINT ignored, which every process started later inherits): put back what was
-    there, so that whichever test runs next in this process (pytest-xdist's order is not the
-    file's) starts its processes with the signals as a terminal gives them."""
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    saved = {s: signal.getsignal(s) for s in signals}
-    yield
-    for s, handler in saved.items():
-        if handler is not None and signal.getsignal(s) != handler:
-            signal.signal(s, handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

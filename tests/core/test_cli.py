@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import fast_config, image_bytes, run_temp_dir
+from tests.conftest import as_from_a_terminal, fast_config, image_bytes, run_temp_dir
 from tests.core.conftest import TOKENS, image_size
 from tests.core.helpers import created_jobs, release_held_jobs
 from vance_provider import cli
@@ -58,13 +58,6 @@ def env_for(sim: SimulatorServer | None, token: str | None, columns: bool = True
     return env
 
 
-def _as_from_a_terminal() -> None:
-    # A child inherits an ignored SIGINT, and Python then never turns Ctrl-C into KeyboardInterrupt.
-    # Code run earlier in this pytest process (Airflow's) may leave SIGINT ignored; a user's
-    # terminal does not.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [VANCE, *args],
@@ -73,7 +66,7 @@ def start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subp
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_as_from_a_terminal,
+        preexec_fn=as_from_a_terminal,
     )
 
 

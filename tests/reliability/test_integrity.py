@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import image_bytes
+from tests.conftest import as_from_a_terminal, image_bytes
 from tests.core.conftest import FAST_RETRY, FAST_VIDEO_POLL, TOKENS, batch_spec
 from tests.core.helpers import (
     charged_jobs,
@@ -512,6 +512,7 @@ def test_ctrl_c_leaves_every_submitted_job_in_the_manifest(
     proc = subprocess.Popen(
         [sys.executable, "-c", CTRL_C, str(tmp_path / "in"), str(tmp_path / "out")],
         env=env,
+        preexec_fn=as_from_a_terminal,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
