@@ -27,13 +27,20 @@ env: $(UV)
 demo: env
 	$(VENV)/bin/python -m vance_provider.demo
 
+# The suite runs on $(TEST_WORKERS) pytest-xdist workers: most tests wait on loopback I/O (the
+# simulator, S3, Airflow's and Dagster's subprocesses), so more workers than cores pay. loadgroup keeps
+# the tests marked xdist_group(name) on one worker. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 4
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup
+
 test: env
-	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(VENV)/bin/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
-# The inner loop: the suite without the tests marked slow (real deployments, the demo, rate limits).
+# The inner loop: the suite without the tests marked slow (those starting processes of their own:
+# real deployments, killed workers, CLIs, the notebook, the docs' shell pages, the demo; real rate limits).
 test-fast: env
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The Airflow suite on the lowest and highest supported Airflow, the Dagster suite on the lowest
 # and highest supported Dagster: four virtualenvs in .compat/, each installed from its committed

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
@@ -21,6 +30,13 @@ from vance_provider.sim.processing import make_test_video
 
 WEB_TOKEN = DEMO_WEB_TOKEN
 OPEN_KEY = DEMO_OPEN_KEY
+
+
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` of a process a test sends Ctrl-C (SIGINT): the signal as a terminal gives it.
+    A child inherits an ignored SIGINT (a shell's background job, ``nohup``, code run earlier in this
+    pytest process), and Python then never turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def image_bytes(width: int = 64, height: int = 48, fmt: str = "JPEG", mode: str = "RGB") -> bytes:
@@ -137,3 +153,83 @@ def s3_server() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def make_bucket(endpoint: str, name: str) -> str:
+    """Create the bucket ``name`` on the S3 server at ``endpoint`` (moto); returns the name."""
+    import boto3
+
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def s3(s3_server: str, request: pytest.FixtureRequest) -> Iterator[tuple[Any, dict[str, Any], str]]:
+    """(s3fs filesystem, storage_options, bucket): a fresh bucket per test on the moto server."""
+    import s3fs
+
+    options: dict[str, Any] = {
+        "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"},
+        "key": "testing",
+        "secret": "testing",
+    }
+    name = re.sub(r"[^a-z0-9-]", "-", f"t-{request.node.name.lower()}")[:40].strip("-")
+    bucket = make_bucket(s3_server, f"{name}-{uuid.uuid4().hex[:6]}")
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    yield fs, options, bucket
+
+
+def run_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test run's temporary folder: under pytest-xdist, the one above every worker's own, which
+    all the run's workers share (pytest's basetemp otherwise)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+# --- Airflow's metadata DB -----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def pristine_airflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite metadata DB as ``airflow db migrate`` leaves it, migrated once per test run: the
+    pytest-xdist workers of a run share it (the first to ask migrates, under a file lock; the others
+    wait for it). Copy it, never open it: whoever needs a metadata DB starts from a copy."""
+    root = run_temp_dir(tmp_path_factory)
+    target = root / "airflow-migrated.db"
+    with open(root / "airflow-migrated.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            home = root / "airflow-migrate-home"
+            home.mkdir(exist_ok=True)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+            env.update(
+                {
+                    "AIRFLOW_HOME": str(home),
+                    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                    "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+                }
+            )
+            proc = subprocess.run(
+                [sys.executable, "-m", "airflow", "db", "migrate"],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=240,
+            )
+            if proc.returncode:
+                raise RuntimeError(
+                    f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                )
+            partial = root / "airflow-migrated.db.partial"
+            with (
+                closing(sqlite3.connect(home / "airflow.db")) as db,
+                closing(sqlite3.connect(partial)) as copy,
+            ):
+                db.backup(copy)  # the WAL's pages too, if the migration left any
+            partial.rename(target)
+    return target

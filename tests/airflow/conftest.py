@@ -15,11 +15,10 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,15 @@ TEST_DAGS = Path(__file__).resolve().parent / "dag_files"
 if "airflow" in sys.modules:  # pragma: no cover - someone imported Airflow before this conftest
     sys.stderr.write("tests/airflow: Airflow was imported before its test environment was set up\n")
 
-# One home per session, even if this module were imported twice.
-HOME = Path(os.environ.get("VANCE_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="vance-airflow-home-"))
-os.environ["VANCE_TEST_AIRFLOW_HOME"] = str(HOME)
+# One home per test process, even if this module were imported twice. Under pytest-xdist each
+# worker has its own (a worker inherits the environment of the process that started it, which may
+# have imported this module too): a home found in the environment is ours only if this process
+# made it.
+if os.environ.get("VANCE_TEST_AIRFLOW_HOME_PID") != str(os.getpid()):
+    os.environ["VANCE_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="vance-airflow-home-")
+    os.environ["VANCE_TEST_AIRFLOW_HOME_PID"] = str(os.getpid())
+    atexit.register(shutil.rmtree, os.environ["VANCE_TEST_AIRFLOW_HOME"], True)
+HOME = Path(os.environ["VANCE_TEST_AIRFLOW_HOME"])
 DAGS_FOLDER = HOME / "dags"
 os.environ.update(
     {
@@ -68,37 +73,45 @@ def _populate_dags_folder() -> None:
 
 
 _populate_dags_folder()
-atexit.register(shutil.rmtree, HOME, True)
 
 from tests.airflow.helpers import PRISTINE_DB  # noqa: E402
-from tests.conftest import OPEN_KEY, WEB_TOKEN  # noqa: E402
+from tests.conftest import OPEN_KEY, WEB_TOKEN, make_bucket  # noqa: E402
 
 TOKENS = {"open": OPEN_KEY, "web": WEB_TOKEN}
 
 
 @pytest.fixture(scope="session", autouse=True)
-def airflow_db() -> Path:
-    """``airflow db migrate`` once per session, then the ``vanceai`` pool."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=240,
-    )
-    if proc.returncode:
-        raise RuntimeError(f"airflow db migrate failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    with (
-        closing(sqlite3.connect(HOME / "airflow.db")) as db,
-        closing(sqlite3.connect(HOME / PRISTINE_DB)) as copy,
-    ):
-        db.backup(copy)  # the WAL's pages too, if the migration left any
+def airflow_db(pristine_airflow_db: Path) -> Path:
+    """The session's metadata DB, a copy of the run's freshly migrated one (the end-to-end
+    deployments start from a copy of it too), then the ``vanceai`` pool."""
+    for name in ("airflow.db", PRISTINE_DB):
+        with (
+            closing(sqlite3.connect(pristine_airflow_db)) as pristine,
+            closing(sqlite3.connect(HOME / name)) as copy,
+        ):
+            pristine.backup(copy)
     from airflow.models.pool import Pool
 
     Pool.create_or_update_pool(
         "vanceai", slots=64, description="VanceAI account concurrency", include_deferred=True
     )
     return HOME
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _openlineage_pool_shut_down() -> Iterator[None]:
+    """OpenLineage's listener sends DAG-run events from a process pool of its own, shut down by the
+    interpreter's exit hooks; a pytest-xdist worker ends without them, and the pool's processes were
+    left behind, each waiting for work that never comes. Shut it down at the end of the session."""
+    yield
+    listener = sys.modules.get("airflow.providers.openlineage.plugins.listener")
+    if listener is None:
+        return
+    instance = listener.get_openlineage_listener()
+    executor = getattr(instance, "_executor", None)
+    if executor is not None:
+        instance._executor = None
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture
@@ -145,17 +158,7 @@ def trigger_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def bucket(s3_server: str) -> str:
-    import boto3
-
-    name = f"vance-conn-{uuid.uuid4().hex[:10]}"
-    boto3.client(
-        "s3",
-        endpoint_url=s3_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=name)
-    return name
+    return make_bucket(s3_server, f"vance-conn-{uuid.uuid4().hex[:10]}")
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from PIL import Image
 
 from tests.airflow.helpers import ROOT, load_dag, ti_states, xcom
 
+pytestmark = pytest.mark.slow  # starts processes of its own
+
 # The worker: the DAG's own "enhance" task, executed in a process of its own (the first run of the
 # DAG needs no more: its credit check only reads the balance).
 RUN_TASK = """

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.airflow.helpers import EXAMPLE_DAGS, asset_events, dagbag_class, load_dag, ti_states, xcom
+from tests.conftest import make_bucket
 
 PARSE_OFFLINE = r"""
 import json, socket, sys
@@ -84,14 +85,7 @@ def test_s3_dag_against_moto_and_simulator(sim, vance_conn, make_image, monkeypa
             secret="testing",
             client_kwargs={"endpoint_url": endpoint, "region_name": "us-east-1"},
         )
-        boto3 = pytest.importorskip("boto3")
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ).create_bucket(Bucket="vance-test")
+        make_bucket(endpoint, "vance-test")
         for i in range(2):
             fs.pipe(f"vance-test/incoming/p{i}.jpg", Path(make_image(f"s3in/p{i}.jpg", 32, 24)).read_bytes())
         vance_conn("open")

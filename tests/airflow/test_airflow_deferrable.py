@@ -29,6 +29,14 @@ async def _processing(server, n: int) -> None:
     raise AssertionError("the jobs did not start")
 
 
+def _done_in_manifest(op) -> int:
+    """How many items the batch's manifest (as stored) has done."""
+    from vance_provider.core.state.manifest import ItemState, Manifest
+
+    items = Manifest.for_destination(str(op.destination)).load().items.values()
+    return sum(1 for item in items if item.state == ItemState.DONE)
+
+
 def _rebuilt(trigger):
     _path, kwargs = trigger.serialize()
     json.dumps(kwargs)  # plain JSON, as the trigger table stores it
@@ -60,8 +68,10 @@ def test_triggerer_restart_mid_window_pays_nothing_twice(
         task = asyncio.create_task(anext(first.run()))
         await _processing(server, 2)
         server.state.clock.advance(600)  # the worker's two jobs finish
-        for _ in range(600):  # the trigger collects them and fills the window again
-            if len(_created_jobs(server)) == 4 or task.done():
+        # The trigger fills the window again as soon as a job is done, and stores its result beside:
+        # the restart comes once both are stored and recorded (a restart in between is a takeover).
+        for _ in range(1200):
+            if (len(_created_jobs(server)) == 4 and _done_in_manifest(op) == 2) or task.done():
                 break
             await asyncio.sleep(0.05)
         assert not task.done(), task.result().payload

@@ -88,6 +88,7 @@ def _rerun_pays_once(server, src, dst, canceled: set[str], *, deferrable: bool) 
     assert len(new) == N - (len(before) - len(canceled))  # only the canceled (or never sent) ones
 
 
+@pytest.mark.slow
 def test_killed_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> None:
     server = sim_factory(time_per_job=600.0)
     vance_conn("open", server=server)

@@ -1,4 +1,5 @@
-"""Fixtures of the core engine tests: clients bound to a running simulator, an S3 server on loopback."""
+"""Fixtures of the core engine tests: clients bound to a running simulator (the S3 bucket fixture ``s3``
+is in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -79,38 +80,6 @@ def batch_spec(
     if config is None and tool == "upscale":
         config = {"scale": 2}
     return BatchSpec(source=source, destination=destination, tool=tool, config=config, **kwargs)
-
-
-# --- S3 on loopback (moto) -----------------------------------------------------------------------------
-@pytest.fixture
-def s3(s3_server: str, request: pytest.FixtureRequest) -> Iterator[tuple[Any, dict[str, Any], str]]:
-    """(s3fs filesystem, storage_options, bucket): a fresh bucket per test on the moto server."""
-    import re
-    import uuid
-
-    import s3fs
-
-    options: dict[str, Any] = {
-        "client_kwargs": {"endpoint_url": s3_server, "region_name": "us-east-1"},
-        "key": "testing",
-        "secret": "testing",
-    }
-    import boto3
-
-    bucket = (
-        re.sub(r"[^a-z0-9-]", "-", f"t-{request.node.name.lower()}")[:40].strip("-")
-        + "-"
-        + uuid.uuid4().hex[:6]
-    )
-    boto3.client(
-        "s3",
-        endpoint_url=s3_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
-    yield fs, options, bucket
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import fast_config, image_bytes
+from tests.conftest import as_from_a_terminal, fast_config, image_bytes, run_temp_dir
 from tests.core.conftest import TOKENS, image_size
 from tests.core.helpers import created_jobs, release_held_jobs
 from vance_provider import cli
@@ -38,8 +38,11 @@ _PYCACHE: list[str] = []
 @pytest.fixture(scope="module", autouse=True)
 def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Each ``vance`` process imports pandas & co.; with bytecode caching off (PYTHONDONTWRITEBYTECODE)
-    that costs seconds per run. Cache the bytecode in a temporary folder, not in the virtualenv."""
-    _PYCACHE[:] = [str(tmp_path_factory.mktemp("pycache"))]
+    that costs seconds per run. Cache the bytecode in a temporary folder, not in the virtualenv: one
+    folder for the whole run, which pytest-xdist's workers share (Python writes each file atomically)."""
+    cache = run_temp_dir(tmp_path_factory) / "pycache"
+    cache.mkdir(exist_ok=True)
+    _PYCACHE[:] = [str(cache)]
 
 
 def env_for(sim: SimulatorServer | None, token: str | None, columns: bool = True) -> dict[str, str]:
@@ -55,13 +58,6 @@ def env_for(sim: SimulatorServer | None, token: str | None, columns: bool = True
     return env
 
 
-def _as_from_a_terminal() -> None:
-    # A child inherits an ignored SIGINT, and Python then never turns Ctrl-C into KeyboardInterrupt.
-    # Code run earlier in this pytest process (Airflow's) may leave SIGINT ignored; a user's
-    # terminal does not.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [VANCE, *args],
@@ -70,7 +66,7 @@ def start(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subp
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_as_from_a_terminal,
+        preexec_fn=as_from_a_terminal,
     )
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from tests.core import conftest as core_fixtures
 from vance_provider.core.api.errors import BatchLockedError, ConfigurationError
 from vance_provider.core.state.lease import (
     LEASE_TTL,
@@ -31,7 +30,6 @@ from vance_provider.core.state.lease import (
 )
 from vance_provider.core.state.manifest import MANIFEST_NAME, Manifest
 
-s3 = core_fixtures.s3  # a fresh bucket on the moto server
 LOCK = f"{MANIFEST_NAME}.lock"
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from tests.core import conftest as core_fixtures
 from tests.core.test_lease import age_object
 from vance_provider.core.api.errors import BatchLockedError
 from vance_provider.core.state.lease import BatchLease, Identity, LeaseLostError, fence_writes
@@ -39,7 +38,6 @@ from hypothesis.stateful import (  # noqa: E402
     run_state_machine_as_test,
 )
 
-s3 = core_fixtures.s3
 TTL = 100.0
 MARGIN = 5.0  # the store's timestamps have 1 s steps and real time passes a little during a test
 INPUTS = [f"in/p{i:02d}.jpg" for i in range(12)]

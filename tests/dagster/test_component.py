@@ -9,7 +9,7 @@ from dagster.components.testing import create_defs_folder_sandbox
 from PIL import Image
 
 from dagster_vance import VanceDatasetComponent
-from tests.dagster.conftest import checks, materialization
+from tests.dagster.conftest import TOKENS, checks, materialization
 from vance_provider.sim import SimulatorServer
 
 pytestmark = pytest.mark.dagster
@@ -29,27 +29,36 @@ def resources():
 """
 
 
-def test_yaml_dataset_with_sensor_materializes(
-    sim: SimulatorServer,
-    instance: dg.DagsterInstance,
-    use_token: Any,
-    images: Any,
-    tmp_path: Path,
-    monkeypatch: Any,
-) -> None:
+# A dataset of two photos in $PHOTOS_ROOT/in (the ``photos_root`` fixture), as a defs.yaml writes it.
+DATASET = {
+    "name": "yaml_photos",
+    "source": "{{ env.PHOTOS_ROOT }}/in",
+    "destination": "{{ env.PHOTOS_ROOT }}/out",
+    "tool": "upscale",
+    "config": {"scale": 2},
+    "poll_interval": 0.05,
+}
+
+
+@pytest.fixture
+def photos_root(sim: SimulatorServer, use_token: Any, images: Any, tmp_path: Path, monkeypatch: Any) -> Path:
+    """Two photos in ``$PHOTOS_ROOT/in``, the open API's token in VANCE_API_TOKEN and the simulator's
+    URL in VANCE_BASE_URL; returns the photos' folder."""
     use_token("open")
     src = images("in", 2)
     monkeypatch.setenv("VANCE_BASE_URL", sim.base_url)
     monkeypatch.setenv("PHOTOS_ROOT", str(tmp_path))
+    return src
+
+
+def test_yaml_dataset_with_sensor_materializes(
+    sim: SimulatorServer, instance: dg.DagsterInstance, photos_root: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    src = photos_root
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     attributes = {
-        "name": "yaml_photos",
-        "source": "{{ env.PHOTOS_ROOT }}/in",
-        "destination": "{{ env.PHOTOS_ROOT }}/out",
-        "tool": "upscale",
-        "config": {"scale": 2},
+        **DATASET,
         "credit_budget": 10,
-        "poll_interval": 0.05,
         "partitions": "per_file",
         "sensor_interval_seconds": 45,
         "storage_options": {"client_kwargs": {"endpoint_url": "{{ env.AWS_ENDPOINT_URL }}"}},
@@ -100,6 +109,7 @@ def test_component_without_partitions_has_no_sensor(tmp_path: Path) -> None:
     assert not list(defs.sensors or [])
 
 
+@pytest.mark.slow
 def test_dg_lists_the_component_and_scaffolds_a_useful_defs_yaml(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -129,26 +139,13 @@ def test_dg_lists_the_component_and_scaffolds_a_useful_defs_yaml(tmp_path: Path)
 
 
 def test_yaml_dataset_with_its_resource_and_translation(
-    sim: SimulatorServer,
-    instance: dg.DagsterInstance,
-    use_token: Any,
-    images: Any,
-    tmp_path: Path,
-    monkeypatch: Any,
+    sim: SimulatorServer, instance: dg.DagsterInstance, photos_root: Path
 ) -> None:
     """The account and the asset's attributes in YAML, as Dagster's own integration components take
     them: the token stays an environment variable (only its name is stored)."""
-    token = use_token("open")
-    images("in", 2)
-    monkeypatch.setenv("VANCE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("PHOTOS_ROOT", str(tmp_path))
+    token = TOKENS["open"]
     attributes = {
-        "name": "yaml_photos",
-        "source": "{{ env.PHOTOS_ROOT }}/in",
-        "destination": "{{ env.PHOTOS_ROOT }}/out",
-        "tool": "upscale",
-        "config": {"scale": 2},
-        "poll_interval": 0.05,
+        **DATASET,
         "vanceai": {"api_token": "{{ env.VANCE_API_TOKEN }}", "base_url": "{{ env.VANCE_BASE_URL }}"},
         "translation": {"group_name": "media", "key": "media/{{ props.name }}", "owners": ["team:photo"]},
     }

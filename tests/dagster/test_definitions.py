@@ -86,6 +86,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_dagster_definitions_validate_cli(tmp_path: Path) -> None:
     proc = subprocess.run(
         [str(DAGSTER), "definitions", "validate", "-f", str(DEFINITIONS)],
@@ -99,21 +100,8 @@ def test_dagster_definitions_validate_cli(tmp_path: Path) -> None:
     assert "All code locations passed validation" in proc.stdout + proc.stderr
 
 
-def test_example_materializes_in_a_real_instance(
-    sim: Any, tmp_path: Path, images: Any, s3_server: str
-) -> None:
-    """``dagster asset materialize`` in its own process, with a DAGSTER_HOME, against the simulator
-    (and S3 on loopback, where the usage asset looks for the S3 datasets' manifests)."""
-    data = tmp_path / "data"
-    images("data/photos", 2)
-    env = _env(
-        tmp_path,
-        VANCE_API_TOKEN=TOKENS["open"],
-        VANCE_BASE_URL=sim.base_url,
-        VANCE_EXAMPLE_DATA=str(data),
-        VANCE_EXAMPLE_S3_PREFIX="s3://vance-example",
-        AWS_ENDPOINT_URL=s3_server,
-    )
+def _materialize_photos_and_usage(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``dagster asset materialize`` of the example's photos_x2 and credit usage, in its own process."""
     proc = subprocess.run(
         [
             str(DAGSTER),
@@ -133,6 +121,26 @@ def test_example_materializes_in_a_real_instance(
         timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_example_materializes_in_a_real_instance(
+    sim: Any, tmp_path: Path, images: Any, s3_server: str
+) -> None:
+    """``dagster asset materialize`` in its own process, with a DAGSTER_HOME, against the simulator
+    (and S3 on loopback, where the usage asset looks for the S3 datasets' manifests)."""
+    data = tmp_path / "data"
+    images("data/photos", 2)
+    env = _env(
+        tmp_path,
+        VANCE_API_TOKEN=TOKENS["open"],
+        VANCE_BASE_URL=sim.base_url,
+        VANCE_EXAMPLE_DATA=str(data),
+        VANCE_EXAMPLE_S3_PREFIX="s3://vance-example",
+        AWS_ENDPOINT_URL=s3_server,
+    )
+    proc = _materialize_photos_and_usage(env)
     for name in ("p0.jpg", "p1.jpg"):
         with Image.open(data / "photos_x2" / name) as img:
             assert img.size[1] == 96
@@ -153,6 +161,7 @@ def test_example_materializes_in_a_real_instance(
     assert TOKENS["open"] not in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_example_credit_usage_runs_locally_without_aws_credentials(
     sim: Any, tmp_path: Path, images: Any
 ) -> None:
@@ -169,25 +178,7 @@ def test_example_credit_usage_runs_locally_without_aws_credentials(
         AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
         AWS_EC2_METADATA_DISABLED="true",
     )
-    proc = subprocess.run(
-        [
-            str(DAGSTER),
-            "asset",
-            "materialize",
-            "-f",
-            str(DEFINITIONS),
-            "--select",
-            "photos_x2,vanceai_credit_usage",
-            "--config-json",
-            IN_PROCESS,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _materialize_photos_and_usage(env)
     assert "NoCredentialsError" not in proc.stdout + proc.stderr
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         usage = instance.get_latest_materialization_event(dg.AssetKey("vanceai_credit_usage"))
@@ -226,6 +217,7 @@ def test_example_visioncraft_asset_materializes(sim, tmp_path, monkeypatch) -> N
     assert all(DEMO_VISIONCRAFT_TOKEN not in r.url for r in sim.state.requests)
 
 
+@pytest.mark.slow
 def test_dg_check_defs_validates_the_project() -> None:
     """The example is a real `dg` project: a defs/ folder with a defs.yaml component beside Python assets."""
     assert (PROJECT / "vance_example" / "defs" / "photos_yaml_x2" / "defs.yaml").is_file()
@@ -266,6 +258,7 @@ def _dg(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
     )
 
 
+@pytest.mark.slow
 def test_the_example_lists_the_component_once() -> None:
     proc = _dg("list", "components", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -275,6 +268,7 @@ def test_the_example_lists_the_component_once() -> None:
     assert listed == ["dagster_vance.VanceDatasetComponent"]
 
 
+@pytest.mark.slow
 def test_dg_launch_runs_an_asset_of_the_example(sim: Any, tmp_path: Path) -> None:
     """`dg launch --assets ...` from the project's folder: the project's package imports (no
     ModuleNotFoundError) and the asset materializes against the simulator."""

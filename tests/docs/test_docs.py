@@ -168,27 +168,22 @@ def shell_script(text: str, port: int) -> tuple[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A migrated Airflow metadata database for the pages' ``airflow`` commands (made once)."""
+def airflow_home(tmp_path_factory: pytest.TempPathFactory, pristine_airflow_db: Path) -> dict[str, str]:
+    """A migrated Airflow metadata database for the pages' ``airflow`` commands (a copy of the run's)."""
     home = tmp_path_factory.mktemp("airflow_home")
-    env = {
+    shutil.copyfile(pristine_airflow_db, home / "airflow.db")
+    return {
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
     }
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    proc = subprocess.run(
-        [str(BIN / "airflow"), "db", "migrate"], env={**base, **env}, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return env
 
 
 def _marks(text: str) -> list[Any]:
-    marks = []
+    marks = [pytest.mark.slow]  # a shell and the processes its commands start
     if re.search(r"^\s*airflow ", text, re.M):
-        marks += [pytest.mark.airflow, pytest.mark.slow]
+        marks.append(pytest.mark.airflow)
     if "dagster " in text:
         marks.append(pytest.mark.dagster)
     return marks

@@ -19,7 +19,9 @@ from PIL import Image
 from tests.conftest import OPEN_KEY, WEB_TOKEN
 from vance_provider.core.reports.credits import COLUMNS
 
-pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.dagster]
+# One worker runs this module under pytest-xdist (`--dist loadgroup`): its tests share one run of
+# the demo (the module fixture), which would otherwise run once on each worker given one of them.
+pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.dagster, pytest.mark.xdist_group("demo")]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = 12

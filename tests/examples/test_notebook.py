@@ -11,6 +11,8 @@ from nbclient import NotebookClient
 
 from tests.conftest import OPEN_KEY, WEB_TOKEN
 
+pytestmark = pytest.mark.slow  # starts processes of its own
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "notebooks" / "enhance_with_vanceai.ipynb"
 
 

@@ -20,6 +20,8 @@ from tests.conftest import OPEN_KEY, WEB_TOKEN
 from vance_provider.core import BatchSpec, VanceClient
 from vance_provider.sim import SimConfig, SimulatorServer
 
+pytestmark = pytest.mark.slow  # starts processes of its own
+
 N = 12
 SCRIPT = """
 import os, sys

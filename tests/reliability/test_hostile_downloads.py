@@ -29,11 +29,6 @@ FAST = RetryPolicy(max_attempts=2, initial=0.01, max_delay=0.02)
 STALL_RULE = DownloadOptions(min_rate=1024, stall_window=0.5, deadline=60)
 
 
-@pytest.fixture(params=["web", "open"])
-def api(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 class CountingWriter(base.AtomicWriter):
     """Records every writer opened for a download, and what it wrote."""
 

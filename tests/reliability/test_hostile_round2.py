@@ -15,19 +15,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import image_bytes
-from tests.core import conftest as core_fixtures
 from tests.core.conftest import batch_spec
 from tests.core.helpers import charges, photo_inputs
 from vance_provider.core import VanceClient
 from vance_provider.sim import SimulatorServer
 
-client, client_factory = core_fixtures.client, core_fixtures.client_factory
 N = 3
-
-
-@pytest.fixture(params=["web", "open"])
-def api(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 def inputs(tmp_path: Path) -> tuple[Path, Path]:
@@ -67,9 +60,6 @@ def test_the_same_destination_spelled_otherwise_resumes_and_pays_nothing(
         third = client.run_batch(batch_spec(source, spelling(dest)))
         assert third.done == N and third.credits_spent == 0
     assert sum(charges(sim)) == N and sim.state.double_charges() == []
-
-
-s3 = core_fixtures.s3
 
 
 def test_an_s3_destination_with_or_without_its_trailing_slash_is_one_batch(

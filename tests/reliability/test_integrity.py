@@ -16,14 +16,12 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import image_bytes
-from tests.core import conftest as core_fixtures
+from tests.conftest import as_from_a_terminal, image_bytes
 from tests.core.conftest import FAST_RETRY, FAST_VIDEO_POLL, TOKENS, batch_spec
 from tests.core.helpers import (
     charged_jobs,
@@ -48,19 +46,6 @@ from vance_provider.core.state.manifest import MANIFEST_NAME
 from vance_provider.core.state.storage import AtomicWriter
 from vance_provider.sim import SimulatorServer
 from vance_provider.sim.processing import make_test_video
-
-s3 = core_fixtures.s3  # a fresh bucket on the moto server
-
-
-@pytest.fixture(params=["web", "open"])
-def api(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def client(sim: SimulatorServer, api: str) -> Iterator[VanceClient]:
-    with VanceClient(TOKENS[api], base_url=sim.base_url, retry=FAST_RETRY, timeout=10.0) as c:
-        yield c
 
 
 def photos(folder: Path, n: int, prefix: str = "p") -> list[Path]:
@@ -160,6 +145,7 @@ def _run(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["local", "s3"])
 def test_two_processes_on_one_batch_pay_once(
     storage: str, api: str, sim: SimulatorServer, tmp_path: Path, request: pytest.FixtureRequest
@@ -526,6 +512,7 @@ def test_ctrl_c_leaves_every_submitted_job_in_the_manifest(
     proc = subprocess.Popen(
         [sys.executable, "-c", CTRL_C, str(tmp_path / "in"), str(tmp_path / "out")],
         env=env,
+        preexec_fn=as_from_a_terminal,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

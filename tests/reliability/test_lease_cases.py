@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 
 from tests.conftest import image_bytes
-from tests.core import conftest as core_fixtures
 from tests.core.conftest import TOKENS, batch_spec
 from tests.core.helpers import charged_jobs, charges, created_jobs, held_clients, release_held_jobs
 from tests.core.test_lease import age_object
@@ -38,15 +37,9 @@ from vance_provider.core.state.lease import LEASE_TTL, LeaseLostError, new_owner
 from vance_provider.core.state.manifest import MANIFEST_NAME
 from vance_provider.sim import SimulatorServer
 
-s3 = core_fixtures.s3
 N = 6
 HOLD = 600.0  # simulator seconds a job runs until the test moves the simulator's clock
 LOCK = f"out/{MANIFEST_NAME}.lock"
-
-
-@pytest.fixture(params=["web", "open"])
-def api(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture

@@ -41,11 +41,6 @@ CALLS = {
 }
 
 
-@pytest.fixture(params=["web", "open"])
-def api(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 def client_for(sim: SimulatorServer, api: str, **kwargs: Any) -> VanceClient:
     kwargs.setdefault("retry", FAST)
     return VanceClient(kwargs.pop("token", TOKENS[api]), base_url=sim.base_url, timeout=10, **kwargs)

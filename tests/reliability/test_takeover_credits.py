@@ -40,11 +40,6 @@ class Killed(BaseException):
     """The process dies (kill -9): nothing after this point reaches storage."""
 
 
-@pytest.fixture(params=["web", "open"])
-def api(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def held_sim(sim_factory: Callable[..., SimulatorServer]) -> SimulatorServer:
     return sim_factory(time_per_job=HOLD)
