@@ -293,6 +293,10 @@ def _airflow(base_url: str, inputs: Path, out: Path, home: Path) -> dict[str, An
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            # dag.test() runs the trigger in its own process: no resume race to wait out, so the
+            # demo's small deferrable batches defer at once (the path it shows) instead of
+            # finishing in the worker as a small batch does in a deployment.
+            "AIRFLOW__VANCEAI__RESUME_AFTER_DEFERRAL": "0",
             "AIRFLOW_CONN_VANCEAI_DEFAULT": json.dumps(conn),
         }
     )
