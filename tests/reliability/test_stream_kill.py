@@ -84,6 +84,7 @@ def test_kill_mid_planning_then_rerun_pays_each_input_once(api: str, point: str,
             )
         assert (result.done, result.failed, result.skipped) == (N, 0, 0), result.summary()
         for item in result.items:
+            assert item.output
             with Image.open(item.output) as out:
                 assert out.size == (48, 36)
         assert sim.state.double_charges() == []
