@@ -26,6 +26,7 @@ from ..state.storage import (
     PARTIAL_MARK,
     OutputExistsError,
     SourceFile,
+    is_engine_file,
     is_local,
     list_sources,
     location,
@@ -168,7 +169,7 @@ def refuse_overwrites(
     """Refuse, before any spend, a batch that would write over files already in the
     destination that its manifest does not record as its own: another batch's paid results
     (say, after ``fresh=True``), or the user's files (unless the batch has ``overwrite=True``)."""
-    if not present:  # a new or empty destination: nothing to write over (the first run)
+    if all(is_engine_file(p.rsplit("/", 1)[-1]) for p in present):  # nothing to write over (a first run)
         return
     # A web API output's extension is known only at the download: compare names without it.
     mine = {stem_of(dest_fs._strip_protocol(o)) for o in own}

@@ -88,7 +88,10 @@ class ManifestItem:
         if unknown := fields_.keys() - _FIELDS:
             raise TypeError(f"unknown field(s) {sorted(unknown)}")
         item = object.__new__(cls)
-        item.__dict__.update(_defaults(), source=source, fingerprint=fingerprint, call=call, **fields_)
+        values = _STATIC.copy()
+        values.update(charges=[], updated_at=time.time(), source=source, fingerprint=fingerprint, call=call)
+        values.update(fields_)
+        item.__dict__.update(values)
         return item
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -121,6 +124,7 @@ _REQUIRED = frozenset(
 
 _STATIC = {f.name: f.default for f in fields(ManifestItem) if f.default is not MISSING}
 _FACTORIES = {f.name: f.default_factory for f in fields(ManifestItem) if f.default_factory is not MISSING}
+assert set(_FACTORIES) == {"charges", "updated_at"}, "ManifestItem.new() sets these two itself"
 
 
 def _defaults() -> dict[str, Any]:
