@@ -88,10 +88,10 @@ class ManifestItem:
         if unknown := fields_.keys() - _FIELDS:
             raise TypeError(f"unknown field(s) {sorted(unknown)}")
         item = object.__new__(cls)
-        values = _STATIC.copy()
+        values = item.__dict__
+        values.update(_STATIC)
         values.update(charges=[], updated_at=time.time(), source=source, fingerprint=fingerprint, call=call)
         values.update(fields_)
-        item.__dict__.update(values)
         return item
 
     def __setattr__(self, name: str, value: Any) -> None:
