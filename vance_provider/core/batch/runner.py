@@ -573,7 +573,8 @@ class BatchRunner:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
                 pass
-            await self.manifest.flush()
+            if not (self.unchecked and not self._submitted_at):  # streamed: not before the first job
+                await self.manifest.flush()
             beats += 1
             if beats % 20 == 0:  # every ~10 s: renew an object-store lease
                 try:
