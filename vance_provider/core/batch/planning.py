@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import Any
@@ -20,15 +21,18 @@ from ..secrets import redact_options
 from ..state.cache import sha256_of
 from ..state.manifest import Manifest, ManifestItem
 from ..state.storage import (
+    MAX_NAME_BYTES,
     MEDIA_EXTENSIONS,
     PARTIAL_MARK,
     OutputExistsError,
     SourceFile,
+    is_engine_file,
     is_local,
-    join,
     list_sources,
     location,
     safe_name,
+    suffix_of,
+    without_suffix,
 )
 from ..tools import ToolCall
 from .spec import BatchSpec
@@ -56,16 +60,32 @@ def plan_outputs(
             kept[url] = str(rel.with_suffix("") if rel.suffix.lower() in MEDIA_EXTENSIONS else rel)
     planned: dict[str, str] = {}
     taken: set[str] = {stem.lower() for stem in kept.values()}
+    ext = call.output_format or ("mp4" if call.media == "video" else None)
+    tail = f".{ext}" if ext else ""
     for src in sources:
         stem = kept.get(src.url)
         if stem is None:
-            stem = str(PurePosixPath(safe_name(src.relative)).with_suffix(""))
+            name = src.relative
+            stem = without_suffix(name if _already_safe(name) else safe_name(name))
             if stem.lower() in taken:
                 stem = f"{stem}-{hashlib.sha256(src.url.encode()).hexdigest()[:6]}"
             taken.add(stem.lower())
-        ext = call.output_format or ("mp4" if call.media == "video" else None)
-        planned[src.url] = join(destination, f"{stem}.{ext}" if ext else stem)
+        planned[src.url] = prefix + (stem + tail).lstrip("/")
     return planned
+
+
+# A relative name that safe_name() returns unchanged: ASCII word characters, dots and dashes, parts
+# that neither start nor end with a dot, no engine name, short. Most names are: they skip the work.
+_SAFE_PART = r"[\w\-](?:[\w.\-]*[\w\-])?"
+_SAFE_RELATIVE = re.compile(rf"{_SAFE_PART}(?:/{_SAFE_PART})*", re.ASCII)
+
+
+def _already_safe(relative: str) -> bool:
+    return (
+        len(relative) <= MAX_NAME_BYTES
+        and "_vance" not in relative
+        and _SAFE_RELATIVE.fullmatch(relative) is not None
+    )
 
 
 def as_recorded(
@@ -149,6 +169,8 @@ def refuse_overwrites(
     """Refuse, before any spend, a batch that would write over files already in the
     destination that its manifest does not record as its own: another batch's paid results
     (say, after ``fresh=True``), or the user's files (unless the batch has ``overwrite=True``)."""
+    if all(is_engine_file(p.rsplit("/", 1)[-1]) for p in present):  # nothing to write over (a first run)
+        return
     # A web API output's extension is known only at the download: compare names without it.
     mine = {stem_of(dest_fs._strip_protocol(o)) for o in own}
     there = {p.lower() for p in present}
@@ -178,8 +200,7 @@ def same_listing(item: ManifestItem, src: SourceFile) -> bool:
 
 def stem_of(path: str) -> str:
     """``path`` without a media extension, lower-cased (``out/a.JPG`` and ``out/a`` are one name)."""
-    p = PurePosixPath(path)
-    return str(p.with_suffix("") if p.suffix.lower() in MEDIA_EXTENSIONS else p).lower()
+    return (without_suffix(path) if suffix_of(path) in MEDIA_EXTENSIONS else path).lower()
 
 
 def fingerprint_size(fingerprint: str) -> int | None:

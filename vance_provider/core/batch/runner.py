@@ -3,11 +3,13 @@
     result = await run_batch(client, BatchSpec(source="s3://in/", destination="s3://out/", tool="upscale",
                                                config={"scale": 4}))
 
-1. List the inputs and name their outputs safely.
-2. Check every input locally and the destination before anything is uploaded.
-3. Read the manifest: skip what is done, resume jobs already submitted.
-4. Check the whole batch's estimated credits against the balance and the budget.
-5. Submit, poll and download with bounded concurrency; keep the manifest current.
+1. List the inputs and name their outputs safely; refuse overwrites and collisions.
+2. Read the manifest: skip what is done, resume jobs already submitted.
+3. Check the whole batch's estimated credits (the tool's price per item) against the balance and
+   the budget.
+4. Check each input locally as it streams (a bad one fails alone, before it is paid for), then
+   submit, poll and download with bounded concurrency; keep the manifest current. The first jobs
+   run while later inputs are still being checked (``stream.py``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from .planning import (
 from .polling import poll_jobs
 from .service import BatchClient
 from .spec import BatchResult, BatchSpec, ItemResult, Progress
+from .stream import stream_work
 
 log = logging.getLogger("vance_provider.batch")
 
@@ -137,6 +140,9 @@ class BatchRunner:
         self.run_id = spec.owner or uuid.uuid4().hex[:12]  # which run paid for a charge (credit report)
         self._created_destination = False
         self._listed = False  # the sources were listed: a store failure after this is the destination's
+        self.unchecked: set[str] = set()  # pending items whose inputs are checked as they stream
+        self._planned = 0  # the manifest change that holds the planned items (and output names)
+        self._local_outputs = False
 
     @property
     def _cache_lookup(self) -> bool:
@@ -148,12 +154,13 @@ class BatchRunner:
         return item.estimate if item.estimate is not None else self.call.estimate()
 
     # --- planning (nothing is uploaded or charged here) ----------------------------------------
-    async def prepare(self) -> list[ManifestItem]:
+    async def prepare(self, *, check: bool = True) -> list[ManifestItem]:
         """List, check and plan; take the batch's lease and read its manifest. Spends nothing.
         A store that cannot be reached is a :class:`StorageUnavailableError` (not the store's
-        own exception)."""
+        own exception). ``check=False``: image inputs are checked later, each before it is
+        staged, as :meth:`run_window` streams them (see :mod:`.stream`)."""
         try:
-            return await self._prepare()
+            return await self._prepare(check)
         except Exception as exc:
             first = self.spec.source if isinstance(self.spec.source, str) else self.spec.source[0]
             where = self.spec.destination if self._listed else first
@@ -174,7 +181,7 @@ class BatchRunner:
             log.warning("running without the result cache: %s", exc.message)
             self.cache = None
 
-    async def _prepare(self) -> list[ManifestItem]:
+    async def _prepare(self, check: bool = True) -> list[ManifestItem]:
         spec, so = self.spec, self.spec.storage_options
         self._listed = False
         await asyncio.to_thread(check_no_overlap, spec.source, spec.destination, so)
@@ -196,12 +203,14 @@ class BatchRunner:
         if not self.lease.held:
             await asyncio.to_thread(self.lease.acquire, spec.lock_timeout)
         try:
-            return await self._plan(sources, dest_fs, dest_path)
+            return await self._plan(sources, dest_fs, dest_path, check)
         except BaseException:
             await self.close(undo_empty=True)
             raise
 
-    async def _plan(self, sources: list[SourceFile], dest_fs: Any, dest_path: str) -> list[ManifestItem]:
+    async def _plan(
+        self, sources: list[SourceFile], dest_fs: Any, dest_path: str, check: bool = True
+    ) -> list[ManifestItem]:
         spec, so = self.spec, self.spec.storage_options
         if spec.fresh:
             archived = await asyncio.to_thread(self.manifest.archive)
@@ -246,7 +255,7 @@ class BatchRunner:
             same_input = item is not None and same_listing(item, src) and item.call == chash
             if item is None or not same_input or (spec.force and item.state == ItemState.DONE):
                 generation = (item.generation + 1) if item is not None else 0
-                item = ManifestItem(
+                item = ManifestItem.new(
                     src.url,
                     src.fingerprint,
                     chash,
@@ -267,28 +276,52 @@ class BatchRunner:
                 # any other failure (say, a lost answer) the same key finds the same job again.
                 item.settle(ItemState.PENDING, job_id=None, generation=item.generation + item.job_failed)
             work.append(item)
+        self.progress.total = len(sources)
+        self._local_outputs = is_local(dest_fs)
         pending = [i for i in work if i.state == ItemState.PENDING]
-        checked: list[InputInfo | Exception] = []
-        for at in range(0, len(pending), CHECK_CHUNK):  # a Ctrl-C waits for one chunk at most
-            chunk = pending[at : at + CHECK_CHUNK]
-            checked += await asyncio.to_thread(
-                check_inputs,
-                # Inputs are read whole here only when the result cache needs their SHA-256
-                # before a job; else by their header, and hashed by the upload (_submit_within_budget).
-                [
-                    (i.source, self._sizes[i.source], i.input_sha256 is None and self._cache_lookup)
-                    for i in chunk
-                ],
-                self.call.media,
-                self.client.api,
-                so,
-                [i.output or "" for i in chunk] if is_local(dest_fs) else None,
-            )
-        refused: set[str] = set()
-        for item, info in zip(pending, checked, strict=True):
+        # The planned items (their output names: this batch's own) are durable before anything is
+        # written into the destination (``_collect`` waits for this change), not before the first
+        # job: a job whose id is lost in a kill is found again by its idempotency key.
+        self._planned = self.manifest.touch()
+        # Streamed: images, when a bad input need not stop the batch before its first job. Checked
+        # here: a video (its price needs its duration, which the budget check reads); fail_fast
+        # (nothing is submitted when any input is bad); with the result cache (it is looked up by
+        # the input's hash, and a batch it serves whole asks nothing of the service).
+        cached = self.cache is not None and not spec.force
+        if check or self.call.media == "video" or spec.on_failure == "fail_fast" or cached:
+            ready = await self.check_items(pending)
+            served = {i.source for i in pending} - {i.source for i in ready}
+            work = [i for i in work if i.source not in served]
+        else:
+            self.unchecked = {i.source for i in pending}
+        return work
+
+    async def check_items(self, pending: list[ManifestItem]) -> list[ManifestItem]:
+        """Check pending items' inputs (CHECK_CHUNK at a time: a Ctrl-C waits for one chunk at
+        most), fail the bad ones (each alone), serve what the result cache holds; returns the
+        items still to submit. Spends nothing."""
+        ready: list[ManifestItem] = []
+        for at in range(0, len(pending), CHECK_CHUNK):
+            ready += await self._check_chunk(pending[at : at + CHECK_CHUNK])
+        return ready
+
+    async def _check_chunk(self, chunk: list[ManifestItem]) -> list[ManifestItem]:
+        spec, so = self.spec, self.spec.storage_options
+        checked: list[InputInfo | Exception] = await asyncio.to_thread(
+            check_inputs,
+            # Inputs are read whole here only when the result cache needs their SHA-256 before a
+            # job; else by their header, and hashed by the upload (_submit_within_budget).
+            [(i.source, self._sizes[i.source], i.input_sha256 is None and self._cache_lookup) for i in chunk],
+            self.call.media,
+            self.client.api,
+            so,
+            [i.output or "" for i in chunk] if self._local_outputs else None,
+        )
+        ready: list[ManifestItem] = []
+        for item, info in zip(chunk, checked, strict=True):
+            self.unchecked.discard(item.source)
             if isinstance(info, Exception):  # whatever went wrong with this one input: it alone fails
                 self._fail_early(item, info)
-                refused.add(item.source)
                 continue
             item.estimate = self.call.estimate(info.duration) if info.media == "video" else None
             item.media_info = (
@@ -298,14 +331,13 @@ class BatchRunner:
             )
             item.idempotency_key = self._key(item)
             item.input_sha256 = item.input_sha256 or info.sha256
-        work = [i for i in work if i.source not in refused]
+            ready.append(item)
         self.manifest.touch()
-        self.progress.total = len(sources)
-        if self.cache is not None and not spec.force:
-            work, saved = await serve_from_cache(
+        if self.cache is not None and not spec.force and ready:
+            ready, saved = await serve_from_cache(
                 self.cache,
                 self.call,
-                work,
+                ready,
                 so,
                 spec.max_concurrency,
                 lambda item: check_inside(item, self.spec.destination),
@@ -314,7 +346,7 @@ class BatchRunner:
             self.progress.done += len(saved)
             if saved:
                 self.manifest.touch()
-        return work
+        return ready
 
     def _fail_early(self, item: ManifestItem, exc: Exception) -> None:
         if isinstance(exc, VanceError):
@@ -389,13 +421,14 @@ class BatchRunner:
     # --- running --------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
         started = time.monotonic()
-        return await self.run_window(await self.start(), started)
+        return await self.run_window(await self.start(stream=True), started)
 
-    async def start(self) -> list[ManifestItem]:
+    async def start(self, *, stream: bool = False) -> list[ManifestItem]:
         """``prepare()``, ``preflight()`` (a refused batch leaves no empty files behind), and the
         jobs resumed from the manifest counted against the budget: how ``run()`` and a hand-off begin.
-        The caller ``close()``s the runner."""
-        work = await self.prepare()
+        ``stream``: image inputs are checked as :meth:`run_window` reaches them, not here (the
+        budget check counts each at the tool's price). The caller ``close()``s the runner."""
+        work = await self.prepare(check=not stream)
         try:
             await self.preflight(work)
         except BaseException:
@@ -504,7 +537,8 @@ class BatchRunner:
         ``started`` (``time.monotonic()``): when the batch began, for its elapsed time."""
         started = time.monotonic() if started is None else started
         try:
-            await self.manifest.flush()
+            if not self.unchecked:  # streamed: the periodic flush writes the plan (see _collect)
+                await self.manifest.flush()
             await self._run_all(work)
         finally:
             await self.close()
@@ -535,8 +569,17 @@ class BatchRunner:
         listeners.append(self.limit.shrink)
         try:
             async with asyncio.timeout(self.spec.timeout), asyncio.TaskGroup() as group:
-                for item in work:
-                    group.create_task(self.run_item(item))
+                group.create_task(
+                    stream_work(
+                        work,
+                        self.unchecked,
+                        self._check_chunk,
+                        lambda item: group.create_task(self.run_item(item)),
+                        lambda: self.stop_reason is not None,
+                        self._skip_unchecked,
+                        ahead=2 * CHECK_CHUNK + 4 * self.spec.max_concurrency,
+                    )
+                )
         except TimeoutError:
             raise WaitTimeoutError(
                 f"the batch did not finish within {credits_text(self.spec.timeout or 0.0)} s",
@@ -563,13 +606,21 @@ class BatchRunner:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
                 pass
-            await self.manifest.flush()
+            if not (self.unchecked and not self._submitted_at):  # streamed: not before the first job
+                await self.manifest.flush()
             beats += 1
             if beats % 20 == 0:  # every ~10 s: renew an object-store lease
                 try:
                     await asyncio.to_thread(self.lease.heartbeat)
                 except VanceError as exc:
                     self._stop(str(exc))
+
+    def _skip_unchecked(self, item: ManifestItem) -> None:
+        """The batch stopped before this input was checked: it is skipped (never staged)."""
+        self.unchecked.discard(item.source)
+        if not self._refuse(item):
+            item.set(ItemState.SKIPPED, error=f"not submitted: {self.stop_reason}")
+        self.finish_item(item)
 
     def finish_item(self, item: ManifestItem) -> None:
         self.manifest.touch()
@@ -688,6 +739,7 @@ class BatchRunner:
 
     async def _collect(self, item: ManifestItem, job: Job) -> None:
         """Store a succeeded job's result under the item's output name and record what it cost."""
+        await self.manifest.flush_until(self._planned)  # the batch's own output names are durable
         if self.caps.charges_on_download:  # the job id must be durable before anything is paid
             await self.manifest.flush_until(self._recorded.get(item.source, 0))
         await self._fence()  # a download is a payment (web API) and a write into the destination

@@ -166,7 +166,7 @@ def list_sources(
             matches = {p: fs.info(p) for p in fs.glob(path)}
         elif fs.isdir(path):
             base = path.rstrip("/")
-            matches = fs.find(path, detail=True)
+            matches = _find_local(path) if is_local(fs) else fs.find(path, detail=True)
         else:
             if not fs.exists(path):
                 raise UnreadableInputError(
@@ -176,11 +176,13 @@ def list_sources(
                 )
             base = path.rsplit("/", 1)[0]
             matches = {path: {**fs.info(path), "explicit": True}}
+        scheme = _protocol(fs)
+        plain = scheme in ("file", "local")
         for p, info in sorted(matches.items()):
             if info.get("type") == "directory":
                 continue
-            name = PurePosixPath(p).name
-            u = full_url(fs, p)
+            name = p.rstrip("/").rsplit("/", 1)[-1]  # string work: 100k inputs are listed at once
+            u = p if plain else f"{scheme}://{p}"
             if not info.get("explicit"):
                 if is_engine_file(name):
                     continue
@@ -188,11 +190,7 @@ def list_sources(
                     "hidden file"
                     if name.startswith(".")
                     else _linked_folder(fs, p, info)
-                    or (
-                        None
-                        if PurePosixPath(p).suffix.lower() in exts
-                        else "not an image or video (by its extension)"
-                    )
+                    or (None if suffix_of(name) in exts else "not an image or video (by its extension)")
                 )
                 if reason:
                     if ignored is not None:
@@ -201,6 +199,63 @@ def list_sources(
             rel = p[len(base) :].lstrip("/") if p.startswith(base) else name
             found[u] = SourceFile(u, int(info.get("size") or 0), _fingerprint(info), rel)
     return list(found.values())
+
+
+def _find_local(path: str) -> dict[str, dict[str, Any]]:
+    """``LocalFileSystem.find(path, detail=True)``: the files below a local folder, links not
+    followed, folders that cannot be read left out; with the fields a listing reads (type, size,
+    mtime, created, islink, destination), as fsspec gives them. One ``scandir`` per folder and one
+    ``stat`` per file, without fsspec's per-entry path handling: 100k files in ~0.3 s, not ~0.7 s."""
+    found: dict[str, dict[str, Any]] = {}
+    folders = [path.rstrip("/") or "/"]
+    while folders:
+        folder = folders.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                    continue
+                link = entry.is_symlink()
+                size = st.st_size
+                if link:
+                    try:
+                        size = entry.stat(follow_symlinks=True).st_size
+                    except OSError:
+                        size = 0
+                info: dict[str, Any] = {
+                    "name": entry.path,
+                    "size": size,
+                    "type": "file" if entry.is_file(follow_symlinks=False) else "other",
+                    "created": getattr(st, "st_birthtime", st.st_ctime),
+                    "islink": link,
+                    "mtime": st.st_mtime,
+                }
+                if link:
+                    info["destination"] = os.readlink(entry.path)
+            except FileNotFoundError:  # gone since the folder was read
+                continue
+            found[entry.path] = info
+    return found
+
+
+def suffix_of(name: str) -> str:
+    """``PurePosixPath(name).suffix.lower()``, without building a path (called per input)."""
+    name = name.rstrip("/").rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
+
+
+def without_suffix(path: str) -> str:
+    """``str(PurePosixPath(path).with_suffix(""))`` for a relative or absolute posix path, without
+    building a path (called per input)."""
+    head, sep, name = path.rpartition("/")
+    dot = name.rfind(".")
+    return head + sep + name[:dot] if 0 < dot < len(name) - 1 else path
 
 
 def _linked_folder(fs: fsspec.AbstractFileSystem, path: str, info: dict[str, Any]) -> str | None:
@@ -464,14 +519,54 @@ def check_no_overlap(
             )
 
 
+class Locations:
+    """:func:`location` for many URLs: one file system per scheme, and per local folder one
+    ``realpath`` and one listing of its links (a file is resolved on its own only if it is one).
+    100k inputs and their outputs: ~0.2 s instead of ~4.5 s of CPU."""
+
+    def __init__(self, storage_options: dict[str, Any] | None = None) -> None:
+        self.storage_options = storage_options
+        self._fs: dict[str, Any] = {}
+        self._folders: dict[str, tuple[str, frozenset[str]]] = {}
+
+    def _folder(self, folder: str) -> tuple[str, frozenset[str]]:
+        """The folder's real path, and the names of the links in it."""
+        try:
+            with os.scandir(folder or "/") as entries:
+                links = frozenset(e.name for e in entries if e.is_symlink())
+        except OSError:  # not there (yet), or not a folder: resolved path by path below
+            links = frozenset({"*"})
+        return os.path.realpath(folder or "/"), links
+
+    def __call__(self, url: str) -> tuple[str, str]:
+        scheme = url.split("://", 1)[0] if "://" in url else "file"
+        fs = self._fs.get(scheme)
+        if fs is None:
+            fs = self._fs[scheme] = url_to_fs(url, **(self.storage_options or {}))[0]
+        if not is_local(fs):
+            return _protocol(fs), fs._strip_protocol(url).rstrip("/")
+        path = url if url.startswith("/") and scheme == "file" else fs._strip_protocol(url)
+        if "/." in path or "//" in path or path.endswith("/"):  # a listed path is normal already
+            path = os.path.normpath(path)
+        folder, _, name = path.rpartition("/")
+        known = self._folders.get(folder)
+        if known is None:
+            known = self._folders[folder] = self._folder(folder)
+        real, links = known
+        if not name or name in (".", "..") or name in links or ("*" in links and os.path.islink(path)):
+            return "file", os.path.realpath(path)
+        return "file", os.path.join(real, name)
+
+
 def check_outputs_apart(planned: dict[str, str], storage_options: dict[str, Any] | None = None) -> None:
     """No output may land on an input: ``planned`` maps input URL -> output URL (its extension
     may still be unknown: then any input with the same name and another extension counts)."""
-    inputs = {location(u, storage_options) for u in planned}
-    stems = {(proto, str(PurePosixPath(path).with_suffix(""))): (proto, path) for proto, path in inputs}
+    location = Locations(storage_options)
+    inputs = {location(u) for u in planned}
+    stems = {(proto, without_suffix(path)): (proto, path) for proto, path in inputs}
     for src, out in planned.items():
-        where = location(out, storage_options)
-        has_ext = PurePosixPath(where[1]).suffix.lower() in MEDIA_EXTENSIONS
+        where = location(out)
+        has_ext = suffix_of(where[1]) in MEDIA_EXTENSIONS
         clash = where if has_ext and where in inputs else None if has_ext else stems.get(where)
         if clash:
             raise ConfigurationError(
