@@ -95,7 +95,14 @@ def test_connection_ui_metadata() -> None:
     assert ("get_connection_form_widgets" in VanceAIHook.__dict__) == (AIRFLOW_V < (3, 2))
     pytest.importorskip("wtforms")
     widgets = conn_fields_to_widgets(CONN_FIELDS)
-    assert set(widgets) == {"api", "timeout", "max_retries", "max_concurrency"}
+    assert set(widgets) == {
+        "api",
+        "timeout",
+        "max_retries",
+        "max_concurrency",
+        "account_store",
+        "account_max_jobs",
+    }
     from wtforms import BooleanField, IntegerField, PasswordField, StringField
 
     # Airflow 3.0/3.1 register a hook only if every field is one of these (else no VanceAI type at all).
