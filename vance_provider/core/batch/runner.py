@@ -893,7 +893,8 @@ class BatchRunner:
             item.estimate = float(job.credits_estimated)
             if self.credits.over_budget():
                 await self._cancel_over_budget(item, job)
-        return True
+        # Canceled over the budget just now: skipped, with no job left to wait for.
+        return item.state == ItemState.SUBMITTED
 
     async def _cancel_for_budget(self, job: Job) -> str | None:
         """Stop submitting and cancel ``job`` (refunded in full); why, or None if it could not be
