@@ -706,7 +706,7 @@ class BatchRunner:
             self.manifest.touch()
         if not self.credits.over_budget() or not self.caps.can_cancel:
             return job
-        why = await self._cancel_for_budget(job)
+        why = await self._cancel_for_budget(item, job)
         if why is None:
             return job
         self._canceled_over_budget[item.source] = (
@@ -896,21 +896,25 @@ class BatchRunner:
         # Canceled over the budget just now: skipped, with no job left to wait for.
         return item.state == ItemState.SUBMITTED
 
-    async def _cancel_for_budget(self, job: Job) -> str | None:
-        """Stop submitting and cancel ``job`` (refunded in full); why, or None if it could not be
-        canceled (it runs and is paid: the budget is exceeded by this one job at most)."""
+    async def _cancel_for_budget(self, item: ManifestItem, job: Job) -> str | None:
+        """Stop submitting and cancel ``item``'s ``job`` (refunded in full); why, or None if it
+        could not be canceled (it runs and is paid: the budget is exceeded by this one job at most).
+        Its credits are released before the cancel goes: meanwhile, the looks at the other jobs
+        must not find the budget passed by this one and cancel themselves too."""
         why = self.credits.budget_reached()
         self._stop(why)
+        self.credits.release(self.estimate(item))
         try:
             await self.client.cancel(job.id)
         except VanceError as exc:
             log.warning("could not cancel job %s over the budget: %s", job.id, exc)
+            self.credits.commit(self.estimate(item))  # it runs, and will be paid
             return None
         return why
 
     def _skip_canceled(self, item: ManifestItem, error: str) -> None:
-        """A job canceled over the budget: its item is skipped, and a later run submits it anew."""
-        self.credits.release(self.estimate(item))
+        """A job canceled over the budget (its credits already released by
+        :meth:`_cancel_for_budget`): its item is skipped, and a later run submits it anew."""
         if (reservation := self._reserved.pop(item.source, None)) is not None and self.account:
             self._background(self.account.release_reservation(reservation))
         item.set(ItemState.SKIPPED, job_id=None, error=error)
@@ -920,7 +924,7 @@ class BatchRunner:
 
     async def _cancel_over_budget(self, item: ManifestItem, job: Job) -> None:
         """The service priced the job over what the budget has left: cancel it (refunded in full)."""
-        why = await self._cancel_for_budget(job)
+        why = await self._cancel_for_budget(item, job)
         if why is not None:
             self._skip_canceled(item, f"not submitted: {why} (the job was canceled, not charged)")
 
