@@ -61,3 +61,16 @@ def with_charge(
             "collected_by": run_id,
         },
     ]
+
+
+def run_charges(items: list[ManifestItem], run_id: str) -> tuple[float, float]:
+    """What run ``run_id`` has paid for these items (its own charges), and what it collected of
+    results another run paid for: read back from the manifest when the run is resumed."""
+    paid = taken_over = 0.0
+    for item in items:
+        for c in item.charges:
+            if c.get("collected_by") == run_id:
+                taken_over += float(c.get("credits") or 0.0)
+            elif c.get("run") == run_id and not c.get("collected_by"):
+                paid += float(c.get("credits") or 0.0)
+    return paid, taken_over

@@ -15,23 +15,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from fsspec.core import url_to_fs
 
-from ..account import AccountStoreUnavailableError, BudgetExhaustedError, Reservation, UnknownBudgetError
 from ..api.errors import (
     BudgetExceededError,
     ConcurrencyLimitedError,
-    ConfigurationError,
     InsufficientCreditsError,
     InvalidInputError,
     VanceError,
@@ -54,11 +51,11 @@ from ..state.storage import (
     list_sources,
     storage_failure,
 )
+from .account_share import NOT_RESERVED, AccountShare
 from .cached import serve_from_cache, store_in_cache
-from .collect import fetch_of, paid_before, with_charge
-from .latency import AdaptiveLimit, LatencyEstimate
+from .collect import fetch_of, paid_before, run_charges, with_charge
+from .latency import AdaptiveLimit
 from .ledger import CreditLedger
-from .looks import LookPlanner
 from .planning import (
     CHECK_CHUNK,
     as_recorded,
@@ -72,17 +69,12 @@ from .planning import (
     refuse_overwrites,
     same_listing,
 )
-from .polling import poll_jobs
 from .service import BatchClient
 from .spec import BatchResult, BatchSpec, ItemResult, Progress
 from .stream import stream_work
+from .watch import JobWatch
 
 log = logging.getLogger("vance_provider.batch")
-
-# Until the service tells its rate limit, the rate is taken to be the documented example's, 60
-# requests a minute: early looks must not burn a window whose size is not known yet.
-ASSUMED_RATE = 1.0
-VIDEO_LOOKS = 2.5  # a video job is looked at this much less often than an image job (5 s vs 2 s)
 
 
 def manifest_for(spec: BatchSpec) -> Manifest:
@@ -113,8 +105,7 @@ class BatchRunner:
         )
         fence_writes(self.manifest, self.lease)
         self.limit = AdaptiveLimit(spec.max_concurrency)
-        self.latency = LatencyEstimate(spec.poll_interval, client.backend.gate.pressure)
-        self.looks = LookPlanner(floor=spec.poll_interval)  # aimed by the service's job lengths
+        self.watch = JobWatch(spec, client.backend.gate, self.limit, self.caps.requests_per_job)
         self.stop_reason: str | None = None
         self.credits = CreditLedger(spec.credit_budget)
         self._ended_before: set[str] = set()  # Open API jobs of another run found ended: paid then
@@ -123,9 +114,6 @@ class BatchRunner:
         self.ignored: list[tuple[str, str]] = []
         self._submitted_at: dict[str, float] = {}
         self._recorded: dict[str, int] = {}  # manifest change that recorded each item's job id
-        self.account = client.backend.account  # shared with other workers (None: this process only)
-        self._reserved: dict[str, Reservation] = {}
-        self._tasks: set[asyncio.Task[None]] = set()  # source -> its job's credits in the account budget
         self._budget_lock = asyncio.Lock()  # one video at a time until the service prices it
         self._canceled_over_budget: dict[str, str] = {}  # source -> why its running job was canceled
         self._uploads = asyncio.Semaphore(spec.max_concurrency)  # inputs uploaded ahead of a job slot
@@ -138,6 +126,9 @@ class BatchRunner:
         )
         self.credits_saved = 0.0
         self.run_id = spec.owner or uuid.uuid4().hex[:12]  # which run paid for a charge (credit report)
+        # Slots and budgets shared with the account's other workers (client.backend.account None:
+        # this process alone).
+        self.account = AccountShare(client.backend.account, spec.account_budget, self.run_id)
         self._created_destination = False
         self._listed = False  # the sources were listed: a store failure after this is the destination's
         self.unchecked: set[str] = set()  # pending items whose inputs are checked as they stream
@@ -387,7 +378,9 @@ class BatchRunner:
                 f"over its budget of {credits_text(budget)}",
                 hint="raise credit_budget, shrink the batch, or use on_insufficient_credits='partial'",
             )
-        await self._check_account_budget(need, len(unpaid))
+        await self.account.check_budget(
+            need, len(unpaid), partial=self.spec.on_insufficient_credits != "fail"
+        )
         balance = await self.client.balance()
         if need > balance.available and self.spec.on_insufficient_credits == "fail":
             raise InsufficientCreditsError(
@@ -396,27 +389,6 @@ class BatchRunner:
                 hint="top up, shrink the batch, or use on_insufficient_credits='partial'",
             )
         self.credits.available = balance.available
-
-    async def _check_account_budget(self, need: float, count: int) -> None:
-        """The named account budget must exist and, unless a partial batch is allowed, hold the
-        batch's estimate (what other workers spend meanwhile is checked job by job)."""
-        name = self.spec.account_budget
-        if name is None:
-            return
-        if self.account is None:
-            raise ConfigurationError(
-                f"the batch draws on the account budget {name!r}, but no account store is in use",
-                hint="set account_store (or VANCE_ACCOUNT_STORE) to local or redis://...",
-            )
-        state = await self.account.get_budget(name)
-        if state is None:
-            raise UnknownBudgetError(name)
-        if need > state.remaining + 1e-9 and self.spec.on_insufficient_credits == "fail":
-            raise BudgetExceededError(
-                f"the batch needs about {credits_text(need)} credits for {count} item(s); the account "
-                f"budget {name!r} has {credits_text(state.remaining)} left",
-                hint="raise it (vance budget set), shrink the batch, or use on_insufficient_credits='partial'",
-            )
 
     # --- running --------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
@@ -509,18 +481,10 @@ class BatchRunner:
                     if spec.on_failure == "fail_fast":
                         self._stop(f"fail_fast: {item.source} failed")
             p.total = len(self.sources)
-            self.credits.spent = sum(
-                float(c.get("credits") or 0.0)
-                for s in self.sources
-                for c in self.manifest.items[s].charges
-                if spec.owner and c.get("run") == self.run_id and not c.get("collected_by")
-            )
-            self.credits.taken_over = sum(
-                float(c.get("credits") or 0.0)
-                for s in self.sources
-                for c in self.manifest.items[s].charges
-                if spec.owner and c.get("collected_by") == self.run_id
-            )
+            if spec.owner:  # a run named by its owner: the charges it made before are its spend
+                self.credits.spent, self.credits.taken_over = run_charges(
+                    [self.manifest.items[s] for s in self.sources], self.run_id
+                )
             if any(i.state == ItemState.PENDING for i in work) and not self.stop_reason:
                 # The balance read now excludes what this run has paid: the budget check counts it.
                 self.credits.available = (await self.client.balance()).available + self.credits.spent
@@ -653,7 +617,7 @@ class BatchRunner:
             else:
                 await self.limit.acquire()
             try:
-                async with self._account_slot():
+                async with self.account.slot():
                     if item.state == ItemState.PENDING and not await self._submit(item, staged):
                         return
                     job = await self._await_terminal(item)
@@ -674,16 +638,6 @@ class BatchRunner:
         finally:
             if item.state in (ItemState.DONE, ItemState.FAILED, ItemState.SKIPPED) or item.error:
                 self.finish_item(item)
-
-    @contextlib.asynccontextmanager
-    async def _account_slot(self) -> AsyncIterator[None]:
-        """One of the account's job slots, shared with every worker, while a job lives on the
-        service (only where the account's job cap is configured: else each process learns it)."""
-        if self.account is None or self.account.max_jobs is None:
-            yield
-            return
-        async with self.account.slot(self.run_id):
-            yield
 
     async def _stage(self, item: ManifestItem) -> str | None:
         size = self._sizes.get(item.source, 0)
@@ -722,8 +676,7 @@ class BatchRunner:
             self._skip_canceled(item, why)
             return None
         if job.status is not JobStatus.SUCCEEDED:
-            self.credits.release(self.estimate(item))
-            await self._unreserve(item)
+            await self._give_back(item, self.estimate(item))
             item.set(
                 ItemState.FAILED,
                 error=job.error_message or job.raw_status,
@@ -769,7 +722,7 @@ class BatchRunner:
             return
         cost = float(job.credits_charged) if job.credits_charged is not None else self.estimate(item)
         self.credits.charge(self.estimate(item), cost, taken_over=earlier is not None)
-        await self._settle(item, cost, paid_here=earlier is None)
+        await self.account.settle(item.source, cost, paid_here=earlier is None)
         if earlier is not None:
             log.info(
                 "%s: job %s was paid for before this run took it over (%s credits); not counted again",
@@ -835,7 +788,11 @@ class BatchRunner:
         if self._refuse(item):  # checked again: other jobs may have been committed meanwhile
             return False
         estimate = self.estimate(item)
-        if not await self._reserve(item, estimate):
+        try:
+            await self.account.reserve(item.source, estimate)
+        except NOT_RESERVED as exc:
+            self._stop(exc.message)
+            item.set(ItemState.SKIPPED, error=f"not submitted: {exc.message}", error_code=type(exc).__name__)
             return False
         self.credits.commit(estimate)
         call = self.call
@@ -860,22 +817,18 @@ class BatchRunner:
                 break
             except ConcurrencyLimitedError:
                 # The client waited out the account's concurrency limit until its deadline.
-                self.credits.release(estimate)
-                await self._unreserve(item)
+                await self._give_back(item, estimate)
                 raise
             except InsufficientCreditsError as exc:
-                self.credits.release(estimate)
-                await self._unreserve(item)
+                await self._give_back(item, estimate)
                 self._stop("the account ran out of credits")
                 item.set(ItemState.SKIPPED, error=f"not submitted: {exc.message}", error_code=str(exc.code))
                 return False
             except BaseException:
-                self.credits.release(estimate)
-                await asyncio.shield(self._unreserve(item))
+                await asyncio.shield(self._give_back(item, estimate))
                 raise
         else:
-            self.credits.release(estimate)
-            await self._unreserve(item)
+            await self._give_back(item, estimate)
             raise VanceError("the service kept answering with ended jobs for new submissions")
         # The SHA-256 of the bytes the upload read (a file touched later, same bytes, is then
         # recognised as the same input and costs nothing; the result cache keys on it).
@@ -915,8 +868,7 @@ class BatchRunner:
     def _skip_canceled(self, item: ManifestItem, error: str) -> None:
         """A job canceled over the budget (its credits already released by
         :meth:`_cancel_for_budget`): its item is skipped, and a later run submits it anew."""
-        if (reservation := self._reserved.pop(item.source, None)) is not None and self.account:
-            self._background(self.account.release_reservation(reservation))
+        self.account.release_soon(item.source)
         item.set(ItemState.SKIPPED, job_id=None, error=error)
         item.generation += 1
         item.idempotency_key = self._key(item)
@@ -928,53 +880,10 @@ class BatchRunner:
         if why is not None:
             self._skip_canceled(item, f"not submitted: {why} (the job was canceled, not charged)")
 
-    # --- the account budget: reserved before a job is created, settled on its charge ------------
-    async def _reserve(self, item: ManifestItem, estimate: float) -> bool:
-        """Set the job's credits aside in the named account budget; ``False`` (the item skipped,
-        submissions stopped) when the budget is spent or its store cannot be reached."""
-        name = self.spec.account_budget
-        if name is None or self.account is None or item.source in self._reserved:
-            return True
-        try:
-            self._reserved[item.source] = await self.account.reserve(
-                estimate, budget=name, holder=self.run_id
-            )
-        except (BudgetExhaustedError, AccountStoreUnavailableError) as exc:
-            self._stop(exc.message)
-            item.set(ItemState.SKIPPED, error=f"not submitted: {exc.message}", error_code=type(exc).__name__)
-            return False
-        return True
-
-    async def _unreserve(self, item: ManifestItem) -> None:
-        reservation = self._reserved.pop(item.source, None)
-        if reservation is not None and self.account is not None:
-            await self.account.release_reservation(reservation)
-
-    async def _settle(self, item: ManifestItem, cost: float, *, paid_here: bool) -> None:
-        """Record the charge in the account budget. A job this run did not reserve for (resumed
-        from another run) is recorded too, when it was paid during this run."""
-        name, account = self.spec.account_budget, self.account
-        if name is None or account is None:
-            return
-        reservation = self._reserved.pop(item.source, None)
-        if not paid_here:
-            if reservation is not None:
-                await account.release_reservation(reservation)
-            return
-        if reservation is None:
-            try:
-                reservation = await account.reserve(0.0, budget=name, holder=self.run_id)
-            except VanceError as exc:
-                log.warning(
-                    "%s: its charge could not be recorded in the budget %r: %s", item.source, name, exc
-                )
-                return
-        await account.settle(reservation, cost)
-
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _give_back(self, item: ManifestItem, estimate: float) -> None:
+        """The item's job was not created, or failed (refunded): its credits are free again."""
+        self.credits.release(estimate)
+        await self.account.release(item.source)
 
     async def adopt_running(self, work: list[ManifestItem]) -> None:
         """Before a hand-off: another run's jobs still running become this run's (recorded in the
@@ -992,15 +901,6 @@ class BatchRunner:
                 item.submitted_by = self.run_id
                 self.manifest.touch()
 
-    def _first_look(self) -> float:
-        """When to look first at an image job: by the lengths the service reported, once enough are
-        known (see :mod:`.looks`); before that, by the engine's own timing of its looks."""
-        if not self.looks.ready:
-            return self.latency.value
-        gate = self.client.backend.gate
-        rate = gate.limit / gate.window / gate.MARGIN if gate.limit and gate.window else ASSUMED_RATE
-        return self.looks.point(slots=self.limit.limit, rate=rate, least_requests=self.caps.requests_per_job)
-
     async def _poll(self, item: ManifestItem) -> Job:
         assert item.job_id
         if self.caps.answers_on_submit:  # the result came with the submission: nothing to wait for
@@ -1017,46 +917,14 @@ class BatchRunner:
                 if first.status is JobStatus.SUCCEEDED:
                     self._ended_before.add(item.source)
                 return first
-        started = self._submitted_at.get(item.source, time.monotonic())
-        get_job = self.client.get_job
-        point: Callable[[], float] = self._first_look
-        floor = self.spec.poll_interval  # never two looks at one job closer than the guidance
-        if item.estimate is not None:  # a video: its true price is known once the service measured it
-            get_job = functools.partial(self._look_at_video, item)
-            point = lambda: self.latency.value  # noqa: E731
-            floor *= VIDEO_LOOKS
-            if self.spec.credit_budget is not None:  # look early enough to cancel it, if need be
-                point = lambda: min(self.latency.value, self.spec.poll_interval)  # noqa: E731
-        result = await poll_jobs(
-            get_job,
-            [item.job_id],
-            # First look when jobs like this one usually finish, by the point at the time of the
-            # look: a miss meanwhile may have raised it (read once at creation, the jobs in flight
-            # when the rate began to bind all looked too early and missed together). A job still
-            # running then is usually nearly done: look again soon, then back off.
-            first_delay=lambda: started + point() - time.monotonic(),
-            started=started,
-            interval=floor,
-            min_interval=floor,
-            max_interval=self.spec.max_poll_interval,
-            deadline=time.time() + self.spec.timeout if self.spec.timeout else None,
+        video = item.estimate is not None  # its true price is known once the service measured it
+        return await self.watch.wait(
+            functools.partial(self._look_at_video, item) if video else self.client.get_job,
+            item.job_id,
+            self._submitted_at.get(item.source, time.monotonic()),
+            video=video,
+            timed=item.source in self._submitted_at,
         )
-        if result.pending:
-            raise WaitTimeoutError(
-                f"job {item.job_id} did not finish within {credits_text(self.spec.timeout or 0.0)} s"
-            )
-        done = result.done[item.job_id]
-        if done.length is not None and item.estimate is None:
-            self.looks.observe(done.length)
-        if item.source in self._submitted_at:
-            self.latency.observe(
-                result.last_look_at - started,
-                first_poll_hit=result.looks == 1,
-                in_flight=self.limit.limit,
-                running_at=result.previous_look_at - started if result.looks > 1 else None,
-                point=result.first_look_at - started,
-            )
-        return result.done[item.job_id]
 
 
 def describe_unexpected(exc: BaseException) -> str:

@@ -1,0 +1,93 @@
+"""Waiting for one job: when to look at it first, how often after that, and what its end
+teaches about the next ones (the lengths the service reports, the engine's timing of its looks).
+
+Two looks at one job never come closer than the batch's ``poll_interval`` (the vendor's guidance:
+about 2 s for images); a video's come ``VIDEO_LOOKS`` times further apart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from ..api.errors import WaitTimeoutError
+from ..api.models import Job, credits_text
+from ..transport.rate_gate import RateGate
+from .latency import AdaptiveLimit, LatencyEstimate
+from .looks import LookPlanner
+from .polling import poll_jobs
+from .spec import BatchSpec
+
+# Until the service tells its rate limit, the rate is taken to be the documented example's, 60
+# requests a minute: early looks must not burn a window whose size is not known yet.
+ASSUMED_RATE = 1.0
+VIDEO_LOOKS = 2.5  # a video job is looked at this much less often than an image job (5 s vs 2 s)
+
+
+class JobWatch:
+    """The look plan of one batch: shared by its jobs, each waited for with :meth:`wait`."""
+
+    def __init__(self, spec: BatchSpec, gate: RateGate, limit: AdaptiveLimit, requests_per_job: int) -> None:
+        self.spec, self.gate, self.limit = spec, gate, limit
+        self.requests_per_job = requests_per_job
+        self.latency = LatencyEstimate(spec.poll_interval, gate.pressure)
+        self.looks = LookPlanner(floor=spec.poll_interval)  # aimed by the service's job lengths
+
+    def first_look(self) -> float:
+        """When to look first at an image job: by the lengths the service reported, once enough are
+        known (see :mod:`.looks`); before that, by the engine's own timing of its looks."""
+        if not self.looks.ready:
+            return self.latency.value
+        gate = self.gate
+        rate = gate.limit / gate.window / gate.MARGIN if gate.limit and gate.window else ASSUMED_RATE
+        return self.looks.point(slots=self.limit.limit, rate=rate, least_requests=self.requests_per_job)
+
+    async def wait(
+        self,
+        get_job: Callable[[str], Awaitable[Job]],
+        job_id: str,
+        started: float,
+        *,
+        video: bool,
+        timed: bool,
+    ) -> Job:
+        """Look at ``job_id`` (created at ``started``, ``time.monotonic()``) until it ends.
+        ``timed``: this run created the job, so its timing teaches when to look at the next ones."""
+        spec = self.spec
+        point: Callable[[], float] = self.first_look
+        floor = spec.poll_interval  # never two looks at one job closer than the guidance
+        if video:
+            point = lambda: self.latency.value  # noqa: E731
+            floor *= VIDEO_LOOKS
+            if spec.credit_budget is not None:  # look early enough to cancel it, if need be
+                point = lambda: min(self.latency.value, spec.poll_interval)  # noqa: E731
+        result = await poll_jobs(
+            get_job,
+            [job_id],
+            # First look when jobs like this one usually finish, by the point at the time of the
+            # look: a miss meanwhile may have raised it (read once at creation, the jobs in flight
+            # when the rate began to bind all looked too early and missed together). A job still
+            # running then is usually nearly done: look again soon, then back off.
+            first_delay=lambda: started + point() - time.monotonic(),
+            started=started,
+            interval=floor,
+            min_interval=floor,
+            max_interval=spec.max_poll_interval,
+            deadline=time.time() + spec.timeout if spec.timeout else None,
+        )
+        if result.pending:
+            raise WaitTimeoutError(
+                f"job {job_id} did not finish within {credits_text(spec.timeout or 0.0)} s"
+            )
+        done = result.done[job_id]
+        if done.length is not None and not video:
+            self.looks.observe(done.length)
+        if timed:
+            self.latency.observe(
+                result.last_look_at - started,
+                first_poll_hit=result.looks == 1,
+                in_flight=self.limit.limit,
+                running_at=result.previous_look_at - started if result.looks > 1 else None,
+                point=result.first_look_at - started,
+            )
+        return done
