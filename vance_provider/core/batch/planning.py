@@ -3,11 +3,14 @@ whether each can be sent. Nothing here uploads or spends."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import Any
@@ -38,6 +41,21 @@ from ..tools import ToolCall
 from .spec import BatchSpec
 
 log = logging.getLogger("vance_provider.batch")
+
+
+@contextlib.contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a batch is listed and planned: the many
+    objects planning makes (none of them in a cycle) would trigger full collections again and
+    again, about a quarter of the planning's CPU at 100k inputs. Reference counting frees
+    memory as usual meanwhile; the collector runs again afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def call_hash(call: ToolCall) -> str:

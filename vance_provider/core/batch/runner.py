@@ -63,6 +63,7 @@ from .planning import (
     check_inputs,
     check_inside,
     config_shown,
+    cyclic_gc_paused,
     list_outputs,
     plan_outputs,
     recognise_touched,
@@ -151,7 +152,8 @@ class BatchRunner:
         own exception). ``check=False``: image inputs are checked later, each before it is
         staged, as :meth:`run_window` streams them (see :mod:`.stream`)."""
         try:
-            return await self._prepare(check)
+            with cyclic_gc_paused():
+                return await self._prepare(check)
         except Exception as exc:
             first = self.spec.source if isinstance(self.spec.source, str) else self.spec.source[0]
             where = self.spec.destination if self._listed else first
