@@ -4,6 +4,7 @@ on one account through one store share its job cap, its named budgets and its ra
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -158,4 +159,60 @@ def test_a_budget_is_not_spent_while_its_store_is_down(tmp_path: Path) -> None:
         assert count_status(sim, 200, "/api/v1/jobs") == 0 and not charged_jobs(sim)  # nothing sent
     finally:
         redis.close()
+        sim.stop()
+
+
+def test_a_batch_handed_to_another_process_keeps_its_jobs_credits_reserved(tmp_path: Path) -> None:
+    """A deferrable batch: the worker submits and hands on, the triggerer collects. Its jobs in
+    flight stay reserved in the account budget across the hand-off, so another worker cannot take
+    those credits meanwhile: the budget of 4 pays for 4 jobs, not the 3 handed on plus 3 more."""
+    from vance_provider.core.account import get_budgets
+    from vance_provider.core.batch.window import hand_off, run_elsewhere
+
+    sim = SimulatorServer(fast_config(time_per_job=600.0)).start()  # held until released below
+    try:
+        store = f"sqlite:///{tmp_path / 'account.db'}"
+        conn = {"api_base_url": sim.base_url + "/api/v1", "api_key": DEMO_OPEN_KEY, "store_url": store}
+        set_budget("photos", 4, "total", **conn)  # type: ignore[arg-type]
+        (a_src, a_dst), (b_src, b_dst) = shards(tmp_path, 2, 3)
+
+        def spec(src: Path, dst: Path, owner: str) -> BatchSpec:
+            return BatchSpec(
+                str(src),
+                str(dst),
+                "upscale",
+                {"scale": 2},
+                max_concurrency=3,
+                poll_interval=0.02,
+                account_budget="photos",
+                on_insufficient_credits="partial",
+                owner=owner,
+            )
+
+        async def in_a_process(work: object) -> object:
+            async with AsyncVanceClient(
+                DEMO_OPEN_KEY, api="open", base_url=sim.base_url, retry=FAST, account_store=store
+            ) as client:
+                return await work(client)  # type: ignore[operator]
+
+        handed = asyncio.run(in_a_process(lambda c: hand_off(c, spec(a_src, a_dst, "run-a"))))
+        assert len(handed.job_ids) == 3  # type: ignore[attr-defined]
+        (photos,) = get_budgets(**conn)  # type: ignore[arg-type]
+        assert photos.reserved == 3 and photos.spent == 0  # the worker has exited: still reserved
+
+        sim.state.config.time_per_job = 0.05  # new jobs finish quickly
+        deadline = time.monotonic() + 60
+        while any(j.status != "processing" for j in sim.state.jobs.values()):  # out of the queue
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        sim.state.clock.advance(600.0)  # and the held ones are done
+        other = asyncio.run(in_a_process(lambda c: run_batch(c, spec(b_src, b_dst, "run-b"))))
+        assert other.done == 1  # type: ignore[attr-defined]  # the one credit left
+        collected = asyncio.run(in_a_process(lambda c: run_elsewhere(c, spec(a_src, a_dst, "run-a"))))
+        assert collected.done == 3  # type: ignore[attr-defined]
+
+        (photos,) = get_budgets(**conn)  # type: ignore[arg-type]
+        assert photos.spent == 4 and photos.reserved == 0
+        assert sum(charged_jobs(sim).values()) == 4
+    finally:
         sim.stop()

@@ -140,6 +140,7 @@ class WorkerWindow:
         pending = sum(1 for i in work if i.state == ItemState.PENDING)
         if not waiting and not pending:  # every item ended as the window was cut short
             return HandOff(runner.manifest.url, [], 0, result=runner.result(self.elapsed))
+        runner.account.hand_over()  # the jobs' credits stay reserved for the trigger collecting them
         return HandOff(runner.manifest.url, waiting, pending)
 
     async def stop(self, reason: str = "the task was stopped") -> list[str]:

@@ -368,6 +368,34 @@ class Account:
         except AccountStoreUnavailableError as exc:
             log.debug("could not release a reservation (it expires on its own): %s", exc)
 
+    def detach(self, reservation: Reservation) -> None:
+        """Stop renewing a reservation that another process of the same run takes over (a batch
+        handed from an Airflow worker to the triggerer): it is neither released nor renewed here,
+        and it expires after ``reservation_ttl`` unless that process takes it over with :meth:`adopt`."""
+        self._reservations.pop(reservation.id, None)
+
+    async def adopt(self, reservation: Reservation) -> Reservation:
+        """Take over a reservation made by another process (see :meth:`detach`): this account's
+        heartbeat renews it from now on. One that expired meanwhile is marked ``lost`` (its credits
+        may have gone to other workers); :meth:`settle` still records its charge."""
+        try:
+            lost = await self.store.renew_reservations(self.id, [reservation], self.reservation_ttl)
+        except AccountStoreUnavailableError as exc:
+            log.debug("could not renew an adopted reservation now (the heartbeat tries again): %s", exc)
+            lost = []
+        if reservation.id in lost:
+            reservation.lost = True
+            log.warning(
+                "a reservation of %s credits on budget %r expired before this process took it over: "
+                "other workers may have reserved them meanwhile",
+                reservation.credits,
+                reservation.budget,
+            )
+            return reservation
+        self._reservations[reservation.id] = reservation
+        self._ensure_heartbeat()
+        return reservation
+
     async def release(self, held: SlotLease | Reservation) -> None:
         """Give back a slot or a reservation."""
         if isinstance(held, SlotLease):

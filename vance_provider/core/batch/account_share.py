@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ..account import (
     Account,
@@ -88,6 +89,37 @@ class AccountShare:
     async def _release(self, reservation: Reservation) -> None:
         assert self.account is not None
         await self.account.release_reservation(reservation)
+
+    def record(self, source: str) -> dict[str, Any] | None:
+        """The reservation of ``source``'s job as the manifest keeps it, so that a process that
+        takes the job over (:meth:`take_over`) holds the same credits."""
+        reservation = self._reserved.get(source)
+        if reservation is None:
+            return None
+        return {"id": reservation.id, "budget": reservation.budget, "credits": reservation.credits}
+
+    def hand_over(self) -> None:
+        """The batch goes on in another process of the same run, which takes over the jobs'
+        reservations from the manifest: this one neither renews nor releases them any more (each
+        expires after its lease time unless taken over)."""
+        if self.account is not None:
+            for reservation in self._reserved.values():
+                self.account.detach(reservation)
+        self._reserved.clear()
+
+    async def take_over(self, source: str, record: dict[str, Any]) -> None:
+        """Hold the reservation another process of this run handed over for ``source``'s job, so
+        the job's credits stay set aside in the budget until it is settled here."""
+        if self.budget is None or self.account is None or source in self._reserved:
+            return
+        try:
+            reservation = Reservation(
+                str(record["id"]), str(record["budget"]), float(record["credits"]), self.holder, 0.0
+            )
+        except (KeyError, TypeError, ValueError):
+            log.warning("%s: the reservation recorded for its job is unreadable; ignored", source)
+            return
+        self._reserved[source] = await self.account.adopt(reservation)
 
     async def settle(self, source: str, cost: float, *, paid_here: bool) -> None:
         """Record the charge in the named budget. A job this run did not reserve for (resumed

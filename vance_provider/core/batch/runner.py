@@ -491,6 +491,9 @@ class BatchRunner:
                 # The balance read now excludes what this run has paid: the budget check counts it.
                 self.credits.available = (await self.client.balance()).available + self.credits.spent
             self.count_in_flight(work)
+            for item in work:  # credits a process before this one set aside for jobs in flight
+                if item.reservation and item.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED):
+                    await self.account.take_over(item.source, item.reservation)
             return work
         except BaseException:
             await self.close()
@@ -674,6 +677,9 @@ class BatchRunner:
     async def _await_terminal(self, item: ManifestItem) -> Job | None:
         """Poll until the job ends; a failed job is recorded here (refunded), a good one returned."""
         job = await self._poll(item)
+        if item.job_id != job.id:  # the batch was stopped meanwhile: its job canceled, it is pending again
+            await self._give_back(item, self.estimate(item))
+            return None
         if (why := self._canceled_over_budget.pop(item.source, None)) is not None:
             self._skip_canceled(item, why)
             return None
@@ -733,7 +739,7 @@ class BatchRunner:
                 credits_text(cost),
             )
         charges = with_charge(item.charges, job.id, cost, self.run_id, earlier)
-        item.settle(ItemState.DONE, output=final, credits=cost, charges=charges)
+        item.settle(ItemState.DONE, output=final, credits=cost, charges=charges, reservation=None)
         self.limit.grow()
         if self.cache is not None:
             await store_in_cache(
@@ -796,6 +802,7 @@ class BatchRunner:
             self._stop(exc.message)
             item.set(ItemState.SKIPPED, error=f"not submitted: {exc.message}", error_code=type(exc).__name__)
             return False
+        item.reservation = self.account.record(item.source)
         self.credits.commit(estimate)
         call = self.call
         if item.media_info and call.open_tool:  # lets the service price the video before it runs
@@ -871,7 +878,7 @@ class BatchRunner:
         """A job canceled over the budget (its credits already released by
         :meth:`_cancel_for_budget`): its item is skipped, and a later run submits it anew."""
         self.account.release_soon(item.source)
-        item.set(ItemState.SKIPPED, job_id=None, error=error)
+        item.set(ItemState.SKIPPED, job_id=None, error=error, reservation=None)
         item.generation += 1
         item.idempotency_key = self._key(item)
         self._submitted_at.pop(item.source, None)
@@ -886,6 +893,7 @@ class BatchRunner:
         """The item's job was not created, or failed (refunded): its credits are free again."""
         self.credits.release(estimate)
         await self.account.release(item.source)
+        item.reservation = None
 
     async def adopt_running(self, work: list[ManifestItem]) -> None:
         """Before a hand-off: another run's jobs still running become this run's (recorded in the

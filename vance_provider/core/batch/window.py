@@ -64,6 +64,7 @@ async def hand_off(client: BatchClient, spec: BatchSpec, *, submit_ahead: bool =
             await runner.submit_ahead(work)
         runner.manifest.touch()
         await runner.manifest.flush()
+        runner.account.hand_over()  # the jobs' credits stay reserved for the process collecting them
     finally:
         await runner.close()
     waiting = [i for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED)]

@@ -62,6 +62,9 @@ class ManifestItem:
     # the payment): {"job_id", "run", "at"}. A later run that finds it for the same job may have
     # been paid for already, and reports those credits apart.
     fetch: dict[str, Any] | None = None
+    # Credits set aside in an account budget for the job in flight ({"id", "budget", "credits"}),
+    # carried from the process that created the job to the one that collects it.
+    reservation: dict[str, Any] | None = None
     updated_at: float = field(default_factory=time.time)
 
     @classmethod
