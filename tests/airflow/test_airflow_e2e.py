@@ -262,7 +262,10 @@ def test_triggerer_restart_while_deferred(deployment, tmp_path) -> None:
         "the other triggerer to adopt the trigger",
     )
     # Only now do the jobs finish: whoever sees them done is the triggerer that adopted it.
-    assert not sim.state.charges() and all(j.status == "processing" for j in sim.state.jobs.values())
+    statuses = {j.id: j.status for j in sim.state.jobs.values()}
+    assert not sim.state.charges() and set(statuses.values()) == {"processing"}, f"{statuses}\n" + "\n".join(
+        dep.log_tail(n) for n in ("scheduler", survivor)
+    )
     sim.state.config.time_per_job = 0.05
     sim.state.clock.advance(HOLD)
 
