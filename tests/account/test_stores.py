@@ -185,3 +185,67 @@ async def test_a_faster_rate_learned_applies_to_the_next_request(store: Any, api
     await store.learn_rate(api_key, 100, 10.0, None)  # ten a second
     assert (await store.take_request(api_key, DEFAULT, 1.0, 1)).wait == pytest.approx(0.1)
     await store.close()
+
+
+async def test_free_slots_go_to_the_waiting_holder_with_the_fewest(store: Any, api_key: str) -> None:
+    """Free slots go, one at a time, to the waiting holder that holds the fewest (the longest
+    waiting among equals): a holder at its share does not take a freed slot from one below it."""
+    a, clock = api_key, store.clock
+    mine = [await store.acquire_slot(a, "big", 30.0, 4) for _ in range(4)]
+    assert all(isinstance(lease, SlotLease) for lease in mine)
+    assert isinstance(await store.acquire_slot(a, "small", 30.0, 4), float)  # full: "small" waits
+    assert [h for h, _ in (await store.slot_state(a, 4)).waiting] == ["small"]
+    await store.release_slot(a, mine[0].id)
+    # "big" holds 3, "small" none and waits: the free slot is not for "big", though it asks first.
+    assert isinstance(await store.acquire_slot(a, "big", 30.0, 4), float)
+    taken = await store.acquire_slot(a, "small", 30.0, 4)
+    assert isinstance(taken, SlotLease) and taken.holder == "small"
+    state = await store.slot_state(a, 4)
+    assert (state.held_by("big"), state.held_by("small")) == (3, 1)
+    assert [h for h, _ in state.waiting] == ["big"]  # a grant ends a holder's wait
+    # Two free slots and "small" (1) waiting behind "big" (2): one for each.
+    assert isinstance(await store.acquire_slot(a, "small", 30.0, 4), float)  # full again: waits
+    await store.release_slot(a, mine[1].id)
+    await store.release_slot(a, mine[2].id)
+    clock.now += 0.5
+    assert isinstance(await store.acquire_slot(a, "big", 30.0, 4), SlotLease)  # 1 + 1 ahead < 2 free
+    assert isinstance(await store.acquire_slot(a, "big", 30.0, 4), float)  # 2 vs 1: "small" first
+    assert isinstance(await store.acquire_slot(a, "small", 30.0, 4), SlotLease)
+    state = await store.slot_state(a, 4)
+    assert (state.held_by("big"), state.held_by("small"), state.in_use) == (2, 2, 4)
+    # At an equal share, a holder takes back the slot it freed at once.
+    assert isinstance(await store.acquire_slot(a, "small", 30.0, 4), float)
+    await store.release_slot(a, mine[3].id)
+    assert isinstance(await store.acquire_slot(a, "big", 30.0, 4), SlotLease)
+    await store.close()
+
+
+async def test_among_equal_holders_the_longest_waiting_goes_first(store: Any, api_key: str) -> None:
+    a, clock = api_key, store.clock
+    x = await store.acquire_slot(a, "x", 30.0, 1)
+    assert isinstance(x, SlotLease)
+    assert isinstance(await store.acquire_slot(a, "early", 30.0, 1), float)
+    clock.now += 1.0
+    assert isinstance(await store.acquire_slot(a, "late", 30.0, 1), float)
+    assert [h for h, _ in (await store.slot_state(a, 1)).waiting] == ["early", "late"]
+    await store.release_slot(a, x.id)
+    assert isinstance(await store.acquire_slot(a, "late", 30.0, 1), float)  # "early" came first
+    assert isinstance(await store.acquire_slot(a, "x", 30.0, 1), float)  # 0 slots, but not waiting first
+    assert isinstance(await store.acquire_slot(a, "early", 30.0, 1), SlotLease)
+    await store.close()
+
+
+async def test_a_waiting_holder_that_stops_asking_stops_counting(store: Any, api_key: str) -> None:
+    """A killed worker's wait ends ``wait_ttl`` after it last asked: the others take the slots."""
+    a, clock = api_key, store.clock
+    held = [await store.acquire_slot(a, "alive", 30.0, 2, 2.0) for _ in range(2)]
+    assert isinstance(await store.acquire_slot(a, "killed", 30.0, 2, 2.0), float)
+    await store.release_slot(a, held[0].id)
+    assert isinstance(await store.acquire_slot(a, "alive", 30.0, 2, 2.0), float)  # "killed" waits
+    clock.now += 1.5
+    assert isinstance(await store.acquire_slot(a, "alive", 30.0, 2, 2.0), float)  # asks again
+    assert [h for h, _ in (await store.slot_state(a, 2)).waiting] == ["killed", "alive"]
+    clock.now += 0.6  # 2.1 s since "killed" last asked; "alive" asked 0.6 s ago
+    assert [h for h, _ in (await store.slot_state(a, 2)).waiting] == ["alive"]
+    assert isinstance(await store.acquire_slot(a, "alive", 30.0, 2, 2.0), SlotLease)
+    await store.close()

@@ -21,7 +21,16 @@ from ..api.errors import ConfigurationError
 from .errors import AccountStoreUnavailableError
 from .identity import account_id, default_holder
 from .memory import MemoryStore
-from .models import BudgetState, Rate, RateState, Reservation, SlotLease, SlotState, check_budget
+from .models import (
+    WAIT_TTL,
+    BudgetState,
+    Rate,
+    RateState,
+    Reservation,
+    SlotLease,
+    SlotState,
+    check_budget,
+)
 from .store import AccountStore
 from .urls import open_store
 
@@ -62,6 +71,7 @@ class Account:
         default_capacity: int = DEFAULT_CAPACITY,
         slot_ttl: float = SLOT_TTL,
         reservation_ttl: float = RESERVATION_TTL,
+        wait_ttl: float = WAIT_TTL,
         recheck_after: float = RECHECK_AFTER,
         poll: float = POLL,
         holder: str | None = None,
@@ -73,7 +83,7 @@ class Account:
         self.budget = budget
         self.default_rate, self.margin, self.burst = default_rate, margin, max(1, int(burst))
         self.default_capacity = default_capacity
-        self.slot_ttl, self.reservation_ttl = slot_ttl, reservation_ttl
+        self.slot_ttl, self.reservation_ttl, self.wait_ttl = slot_ttl, reservation_ttl, wait_ttl
         self.recheck_after, self.poll = recheck_after, poll
         self.holder = holder or default_holder()
         self.max_jobs = max_jobs  # the account's job cap as configured here (None: not shared)
@@ -83,7 +93,7 @@ class Account:
         self._down = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._request_lock = asyncio.Lock()
-        self._slot_queue = asyncio.Lock()
+        self._slot_queues: dict[str, asyncio.Lock] = {}  # holder -> its tasks' turn to ask the store
         self._slot_freed = asyncio.Event()
         self._slots: dict[str, SlotLease] = {}
         self._reservations: dict[str, Reservation] = {}
@@ -144,7 +154,7 @@ class Account:
         if loop is not self._loop:
             self._loop = loop
             self._request_lock, self._slot_freed = asyncio.Lock(), asyncio.Event()
-            self._slot_queue = asyncio.Lock()
+            self._slot_queues = {}
             self._heartbeat = None
 
     def _ensure_heartbeat(self) -> None:
@@ -263,13 +273,17 @@ class Account:
             capacity, self._capacity_to_set = self._capacity_to_set, None
             await self.set_capacity(capacity)
         self._bind_loop()
-        # One task of this process asks the store at a time, the others queue behind it (first
-        # come, first served): N processes poll the store N times per ``poll``, not once per task.
-        async with self._slot_queue:
+        # One task of this process per holder asks the store at a time, the others queue behind it
+        # (first come, first served): N processes poll the store N times per ``poll``, not once per
+        # task. The store shares the slots fairly between holders (see AccountStore.acquire_slot).
+        queue = self._slot_queues.setdefault(who, asyncio.Lock())
+        async with queue:
             while True:
                 freed = self._slot_freed
                 result, fallback = await self._shared(
-                    lambda st: st.acquire_slot(self.id, who, self.slot_ttl, self.default_capacity)
+                    lambda st: st.acquire_slot(
+                        self.id, who, self.slot_ttl, self.default_capacity, self.wait_ttl
+                    )
                 )
                 if isinstance(result, SlotLease):
                     result.fallback = fallback

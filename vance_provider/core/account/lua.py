@@ -18,6 +18,13 @@ local function purge_slots(slots, info, now)
     redis.call('HDEL', info, unpack(dead))
   end
 end
+local function purge_waiting(waiting, since, now)
+  local dead = redis.call('ZRANGEBYSCORE', waiting, '-inf', now)
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
+    redis.call('HDEL', since, unpack(dead))
+  end
+end
 local function purge_resv(exp, data, now)
   local dead = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
   if #dead > 0 then
@@ -118,20 +125,48 @@ return {r[1] or '', r[2] or '', r[3] or '0', r[4] or '0', fmt(now)}
 """
 )
 
-# KEYS: slots (zset id->expiry), slot info (hash id->holder), meta ; ARGV: now, id, holder, ttl, default_capacity
+# KEYS: slots (zset id->expiry), slot info (hash id->holder), meta, waiting (zset holder->expiry),
+# waiting since (hash holder->since) ; ARGV: now, id, holder, ttl, default_capacity, wait_ttl
+# Fair share: as state.ahead_of (free slots go one at a time to the waiting holder with the
+# fewest, the longest waiting among equals); a holder refused is registered as waiting.
 ACQUIRE_SLOT = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
 purge_slots(KEYS[1], KEYS[2], now)
+purge_waiting(KEYS[4], KEYS[5], now)
+local holder = ARGV[3]
 local capacity = tonumber(redis.call('HGET', KEYS[3], 'capacity')) or tonumber(ARGV[5])
-if redis.call('ZCARD', KEYS[1]) < capacity then
-  local expires = now + tonumber(ARGV[4])
-  redis.call('ZADD', KEYS[1], fmt(expires), ARGV[2])
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-  return {1, fmt(expires), fmt(now)}
+local free = capacity - redis.call('ZCARD', KEYS[1])
+local since = tonumber(redis.call('HGET', KEYS[5], holder)) or now
+if free > 0 then
+  local held = {}
+  for _, h in ipairs(redis.call('HVALS', KEYS[2])) do held[h] = (held[h] or 0) + 1 end
+  local mine, ahead = held[holder] or 0, 0
+  local waiting = redis.call('HGETALL', KEYS[5])
+  for i = 1, #waiting, 2 do
+    if waiting[i] ~= holder then
+      local theirs = held[waiting[i]] or 0
+      if mine > theirs then
+        ahead = ahead + mine - theirs
+      elseif theirs == mine and tonumber(waiting[i + 1]) < since then
+        ahead = ahead + 1
+      end
+    end
+  end
+  if ahead < free then
+    redis.call('ZREM', KEYS[4], holder)
+    redis.call('HDEL', KEYS[5], holder)
+    local expires = now + tonumber(ARGV[4])
+    redis.call('ZADD', KEYS[1], fmt(expires), ARGV[2])
+    redis.call('HSET', KEYS[2], ARGV[2], holder)
+    return {1, fmt(expires), fmt(now)}
+  end
 end
+redis.call('ZADD', KEYS[4], fmt(now + tonumber(ARGV[6])), holder)
+redis.call('HSET', KEYS[5], holder, fmt(since))
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first == 0 then return {0, ARGV[4], fmt(now)} end
 return {0, fmt(math.max(0, tonumber(first[2]) - now)), fmt(now)}
 """
 )
@@ -154,19 +189,26 @@ return lost
 """
 )
 
-# KEYS: slots, slot info, meta ; ARGV: now, default_capacity -> capacity, now, id, holder, expiry, ...
+# KEYS: slots, slot info, meta, waiting, waiting since ; ARGV: now, default_capacity
+# -> capacity, now, number of leases, (id, holder, expiry) per lease, (holder, since) per waiting
 SLOT_STATE = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
 purge_slots(KEYS[1], KEYS[2], now)
+purge_waiting(KEYS[4], KEYS[5], now)
 local capacity = redis.call('HGET', KEYS[3], 'capacity') or ARGV[2]
-local out = {capacity, fmt(now)}
 local held = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local out = {capacity, fmt(now), #held / 2}
 for i = 1, #held, 2 do
   table.insert(out, held[i])
   table.insert(out, redis.call('HGET', KEYS[2], held[i]) or '')
   table.insert(out, held[i + 1])
+end
+local waiting = redis.call('HGETALL', KEYS[5])
+for i = 1, #waiting, 2 do
+  table.insert(out, waiting[i])
+  table.insert(out, waiting[i + 1])
 end
 return out
 """

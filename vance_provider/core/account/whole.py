@@ -7,7 +7,17 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from . import state as ops
-from .models import BudgetState, Grant, Rate, RateState, Reservation, SlotLease, SlotState, check_budget
+from .models import (
+    WAIT_TTL,
+    BudgetState,
+    Grant,
+    Rate,
+    RateState,
+    Reservation,
+    SlotLease,
+    SlotState,
+    check_budget,
+)
 from .state import AccountState
 
 T = TypeVar("T")
@@ -41,12 +51,12 @@ class WholeStateStore:
         return await self._read(account, "read the rate", ops.rate_state)
 
     async def acquire_slot(
-        self, account: str, holder: str, ttl: float, default_capacity: int
+        self, account: str, holder: str, ttl: float, default_capacity: int, wait_ttl: float = WAIT_TTL
     ) -> SlotLease | float:
         return await self._apply(
             account,
             "take a job slot",
-            lambda s, now: ops.acquire_slot(s, now, holder, ttl, default_capacity),
+            lambda s, now: ops.acquire_slot(s, now, holder, ttl, default_capacity, wait_ttl),
         )
 
     async def renew_slots(self, account: str, ids: Sequence[str], ttl: float) -> list[str]:
