@@ -33,7 +33,10 @@ class AccountState:
     reservations: dict[str, list[Any]] = field(default_factory=dict)  # id -> [budget, credits, holder, exp]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        data = asdict(self)
+        if not data["waiting"]:  # left out when empty: a version without it can read the state
+            del data["waiting"]
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> AccountState:
