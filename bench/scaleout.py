@@ -234,12 +234,13 @@ def main() -> None:
     parser.add_argument(
         "--baseline", metavar="LABEL=PATH", help="also run the engine of the checkout PATH, under LABEL"
     )
+    parser.add_argument("--engine", default=".", help="the checkout whose engine runs under --label")
     parser.add_argument("--store", choices=["redis", "local"], default="redis")
     parser.add_argument("--budget", choices=["both", "speed"], default="both", help="'speed': no budget runs")
     args = parser.parse_args()
     from tests.servers import RedisServer
 
-    engines = [(args.label, Path.cwd())]
+    engines = [(args.label, Path(args.engine).resolve())]
     if args.baseline:
         name, _, path = args.baseline.partition("=")
         engines.insert(0, (name, Path(path).resolve()))
