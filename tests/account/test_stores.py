@@ -88,8 +88,11 @@ async def test_slots_expire_unless_renewed(store: Any, api_key: str) -> None:
     first = await store.acquire_slot(a, "w1", 30.0, 2)
     second = await store.acquire_slot(a, "w2", 30.0, 2)
     assert isinstance(first, SlotLease) and isinstance(second, SlotLease)
-    assert await store.acquire_slot(a, "w3", 30.0, 2) == pytest.approx(30.0)  # full: wait for the first
-    clock.now += 20.0
+    assert await store.acquire_slot(a, "w3", 30.0, 2) == 0.0  # full; the next slot freed is for "w3"
+    # "w5", later, waits behind "w3": it may look again when the first lease could expire.
+    clock.now += 1.0
+    assert await store.acquire_slot(a, "w5", 30.0, 2) == pytest.approx(29.0)
+    clock.now += 19.0
     assert await store.renew_slots(a, [first.id], 30.0) == []
     clock.now += 15.0  # the second expired, the first was renewed
     state = await store.slot_state(a, 2)
@@ -248,4 +251,26 @@ async def test_a_waiting_holder_that_stops_asking_stops_counting(store: Any, api
     clock.now += 0.6  # 2.1 s since "killed" last asked; "alive" asked 0.6 s ago
     assert [h for h, _ in (await store.slot_state(a, 2)).waiting] == ["alive"]
     assert isinstance(await store.acquire_slot(a, "alive", 30.0, 2, 2.0), SlotLease)
+    await store.close()
+
+
+async def test_request_slots_are_taken_ahead_and_several_at_once(store: Any, api_key: str) -> None:
+    """``count`` slots paced as single grants are, once the last is at most ``ahead`` seconds away."""
+    a, clock = api_key, store.clock
+    now = clock.now
+    grant = await store.take_request(a, DEFAULT, 1.0, 1, 3, 2.5)  # one a second: now, +1, +2
+    assert grant.granted and grant.wait == 0.0
+    assert [t - now for t in grant.slots] == pytest.approx([0.0, 1.0, 2.0])
+    refused = await store.take_request(a, DEFAULT, 1.0, 1, 1, 0.5)  # the next is at +3
+    assert not refused.granted and refused.wait == pytest.approx(2.5)  # until it is 0.5 s away
+    # Five asked, four fit within 3.5 s (+3 to +6): not before +6 is 3.5 s away, then all four.
+    refused = await store.take_request(a, DEFAULT, 1.0, 1, 5, 3.5)
+    assert not refused.granted and refused.wait == pytest.approx(2.5)
+    clock.now += 2.5
+    grant = await store.take_request(a, DEFAULT, 1.0, 1, 5, 3.5)
+    assert [t - now for t in grant.slots] == pytest.approx([3.0, 4.0, 5.0, 6.0])
+    assert grant.wait == pytest.approx(0.5)
+    await store.learn_rate(a, None, None, 10.0)  # a 429: nothing for 10 s
+    grant = await store.take_request(a, DEFAULT, 1.0, 1, 2, 20.0)
+    assert [t - now for t in grant.slots] == pytest.approx([12.5, 13.5])
     await store.close()

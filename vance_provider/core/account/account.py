@@ -11,6 +11,7 @@ credits.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -24,6 +25,7 @@ from .memory import MemoryStore
 from .models import (
     WAIT_TTL,
     BudgetState,
+    Grant,
     Rate,
     RateState,
     Reservation,
@@ -47,6 +49,10 @@ RESERVATION_TTL = 60.0  # the same for credit reservations
 RECHECK_AFTER = 5.0  # seconds before a store found down is tried again for the rate and slots
 MAX_BLOCK = 3600.0  # a Retry-After / reset longer than this is not believed
 POLL = 0.05  # seconds between two looks for a free slot held by another process (one task each)
+#: Request slots are taken from the store up to this many seconds before they are due (so the round
+#: trip is not on the pace's path), and up to REQUEST_BATCH at once for this process's waiting calls.
+REQUEST_AHEAD = 0.1
+REQUEST_BATCH = 8
 
 _warned: set[str] = set()  # stores this process has warned about (one warning per store)
 
@@ -74,6 +80,8 @@ class Account:
         wait_ttl: float = WAIT_TTL,
         recheck_after: float = RECHECK_AFTER,
         poll: float = POLL,
+        request_ahead: float = REQUEST_AHEAD,
+        request_batch: int = REQUEST_BATCH,
         holder: str | None = None,
     ) -> None:
         if budget is not None:
@@ -85,6 +93,7 @@ class Account:
         self.default_capacity = default_capacity
         self.slot_ttl, self.reservation_ttl, self.wait_ttl = slot_ttl, reservation_ttl, wait_ttl
         self.recheck_after, self.poll = recheck_after, poll
+        self.request_ahead, self.request_batch = max(0.0, request_ahead), max(1, int(request_batch))
         self.holder = holder or default_holder()
         self.max_jobs = max_jobs  # the account's job cap as configured here (None: not shared)
         self._capacity_to_set = max_jobs
@@ -93,6 +102,10 @@ class Account:
         self._down = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._request_lock = asyncio.Lock()
+        self._request_waiting = 0  # calls of this process waiting for a request slot
+        # request slots taken from the store for calls waiting here: (due, monotonic; store clock)
+        self._request_slots: collections.deque[tuple[float, float]] = collections.deque()
+        self._blocked_until = 0.0  # monotonic: a 429's block this process knows of
         self._slot_queues: dict[str, asyncio.Lock] = {}  # holder -> its tasks' turn to ask the store
         self._slot_freed = asyncio.Event()
         self._slots: dict[str, SlotLease] = {}
@@ -154,6 +167,8 @@ class Account:
         if loop is not self._loop:
             self._loop = loop
             self._request_lock, self._slot_freed = asyncio.Lock(), asyncio.Event()
+            self._request_waiting = 0
+            self._request_slots.clear()
             self._slot_queues = {}
             self._heartbeat = None
 
@@ -226,16 +241,56 @@ class Account:
     # --- request rate ------------------------------------------------------------------------------
     async def acquire_request(self) -> float:
         """Wait until the account's rate lets one more request go (call before each HTTP call).
-        Returns when it was granted, on the store's clock (epoch seconds)."""
+        Returns when it was granted, on the store's clock (epoch seconds).
+
+        The store hands out request slots: times at which a request may go, paced for every
+        worker of the account together. This process takes them up to ``request_ahead`` seconds
+        before they are due, one for each of its calls waiting (at most ``request_batch``), in
+        one round trip, and each call sleeps until its own."""
         self._bind_loop()
-        async with self._request_lock:  # one task of this process asks the store at a time
-            while True:
-                grant, _ = await self._shared(
-                    lambda st: st.take_request(self.id, self.default_rate, self.margin, self.burst)
-                )
-                if grant.granted:
-                    return grant.at
-                await asyncio.sleep(min(grant.wait, self.recheck_after))
+        while True:
+            due, at = await self._request_slot()
+            if due > (now := time.monotonic()):
+                await asyncio.sleep(due - now)
+            if due >= self._blocked_until:  # else a 429 came meanwhile: its block holds this one
+                return at
+
+    async def _request_slot(self) -> tuple[float, float]:
+        """The next request slot of this process (due: monotonic; store clock)."""
+        self._request_waiting += 1
+        served = False
+        try:
+            async with self._request_lock:  # one task of this process asks the store at a time
+                while True:
+                    while self._request_slots:
+                        due, at = self._request_slots.popleft()
+                        if time.monotonic() <= due + self.request_ahead and due >= self._blocked_until:
+                            served = True
+                            return due, at
+                        # Not handed out in time, or inside a block: dropped.
+                    count = min(self._request_waiting, self.request_batch)
+                    grant, _ = await self._shared(self._take(count))
+                    received = time.monotonic()
+                    if not grant.granted:
+                        await asyncio.sleep(min(grant.wait, self.recheck_after))
+                        continue
+                    # The store's clock to this machine's: from the answer's arrival (never early).
+                    slots = grant.slots or (grant.at + grant.wait,)
+                    self._request_slots.extend((received + at - grant.at, at) for at in slots[1:])
+                    served = True
+                    return received + slots[0] - grant.at, slots[0]
+        finally:
+            self._request_waiting -= 1
+            if not served and len(self._request_slots) > self._request_waiting:
+                self._request_slots.pop()  # taken for this call, canceled: the latest is nobody's
+
+    def _take(self, count: int) -> Callable[[AccountStore], Awaitable[Grant]]:
+        def take(store: AccountStore) -> Awaitable[Grant]:
+            return store.take_request(
+                self.id, self.default_rate, self.margin, self.burst, count, self.request_ahead
+            )
+
+        return take
 
     async def learn(
         self,
@@ -258,7 +313,9 @@ class Account:
         if limit is None and window is None and not block:
             return
         await self._fallback.learn_rate(self.id, limit, window, block)
-        await self._shared(lambda st: st.learn_rate(self.id, limit, window, block))
+        state, _ = await self._shared(lambda st: st.learn_rate(self.id, limit, window, block))
+        if block:  # slots this process took before the block, and due within it, are void
+            self._blocked_until = max(self._blocked_until, time.monotonic() + state.blocked_until - state.now)
 
     async def rate_state(self) -> RateState:
         state, _ = await self._shared(lambda st: st.rate_state(self.id))

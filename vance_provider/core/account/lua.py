@@ -72,7 +72,8 @@ local function reserved(data)
 end
 """
 
-# KEYS: rate ; ARGV: now, default_limit, default_window, margin, burst
+# KEYS: rate ; ARGV: now, default_limit, default_window, margin, burst, count, ahead
+# -> number of slots (0: not yet), wait, now, slot... (as state.take_request)
 TAKE_REQUEST = (
     _COMMON
     + r"""
@@ -82,10 +83,19 @@ local limit, window = tonumber(r[1]), tonumber(r[2])
 if not limit then limit, window = tonumber(ARGV[2]), tonumber(ARGV[3]) elseif not window then window = tonumber(ARGV[3]) end
 local tat, blocked = tonumber(r[3]) or 0, tonumber(r[4]) or 0
 local interval = tonumber(ARGV[4]) * window / limit
-local allowed = math.max(tat - (tonumber(ARGV[5]) - 1) * interval, blocked)
-if now < allowed then return {0, fmt(allowed - now), fmt(now)} end
-redis.call('HSET', KEYS[1], 'tat', fmt(math.max(tat, now) + interval))
-return {1, '0', fmt(now)}
+local ahead = tonumber(ARGV[7])
+local wanted = math.max(1, math.min(tonumber(ARGV[6]), 1 + math.floor(ahead / interval)))
+local slots = {}
+for _ = 1, wanted do
+  local at = math.max(tat - (tonumber(ARGV[5]) - 1) * interval, blocked, now)
+  table.insert(slots, at)
+  tat = math.max(tat, at) + interval
+end
+if slots[#slots] - now > ahead then return {0, fmt(slots[#slots] - now - ahead), fmt(now)} end
+redis.call('HSET', KEYS[1], 'tat', fmt(tat))
+local out = {#slots, fmt(slots[1] - now), fmt(now)}
+for _, at in ipairs(slots) do table.insert(out, fmt(at)) end
+return out
 """
 )
 
@@ -139,32 +149,31 @@ local holder = ARGV[3]
 local capacity = tonumber(redis.call('HGET', KEYS[3], 'capacity')) or tonumber(ARGV[5])
 local free = capacity - redis.call('ZCARD', KEYS[1])
 local since = tonumber(redis.call('HGET', KEYS[5], holder)) or now
-if free > 0 then
-  local held = {}
-  for _, h in ipairs(redis.call('HVALS', KEYS[2])) do held[h] = (held[h] or 0) + 1 end
-  local mine, ahead = held[holder] or 0, 0
-  local waiting = redis.call('HGETALL', KEYS[5])
-  for i = 1, #waiting, 2 do
-    if waiting[i] ~= holder then
-      local theirs = held[waiting[i]] or 0
-      if mine > theirs then
-        ahead = ahead + mine - theirs
-      elseif theirs == mine and tonumber(waiting[i + 1]) < since then
-        ahead = ahead + 1
-      end
+local held = {}
+for _, h in ipairs(redis.call('HVALS', KEYS[2])) do held[h] = (held[h] or 0) + 1 end
+local mine, ahead = held[holder] or 0, 0
+local waiting = redis.call('HGETALL', KEYS[5])
+for i = 1, #waiting, 2 do
+  if waiting[i] ~= holder then
+    local theirs = held[waiting[i]] or 0
+    if mine > theirs then
+      ahead = ahead + mine - theirs
+    elseif theirs == mine and tonumber(waiting[i + 1]) < since then
+      ahead = ahead + 1
     end
   end
-  if ahead < free then
-    redis.call('ZREM', KEYS[4], holder)
-    redis.call('HDEL', KEYS[5], holder)
-    local expires = now + tonumber(ARGV[4])
-    redis.call('ZADD', KEYS[1], fmt(expires), ARGV[2])
-    redis.call('HSET', KEYS[2], ARGV[2], holder)
-    return {1, fmt(expires), fmt(now)}
-  end
+end
+if ahead < free then
+  redis.call('ZREM', KEYS[4], holder)
+  redis.call('HDEL', KEYS[5], holder)
+  local expires = now + tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[1], fmt(expires), ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[2], holder)
+  return {1, fmt(expires), fmt(now)}
 end
 redis.call('ZADD', KEYS[4], fmt(now + tonumber(ARGV[6])), holder)
 redis.call('HSET', KEYS[5], holder, fmt(since))
+if ahead == 0 then return {0, '0', fmt(now)} end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #first == 0 then return {0, ARGV[4], fmt(now)} end
 return {0, fmt(math.max(0, tonumber(first[2]) - now)), fmt(now)}

@@ -32,12 +32,14 @@ class Rate:
 
 @dataclass(frozen=True)
 class Grant:
-    """The answer to a request for a request slot: ``granted`` now, or ``wait`` seconds first.
-    ``at`` is the store's clock when it answered."""
+    """The answer to a request for request slots: ``granted`` (``slots``: when each request may
+    go, on the store's clock; ``wait``: seconds until the first), or not (``wait``: seconds
+    before asking again). ``at`` is the store's clock when it answered."""
 
     granted: bool
     wait: float
     at: float
+    slots: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

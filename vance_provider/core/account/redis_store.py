@@ -124,8 +124,10 @@ class RedisStore:
         ]
 
     # --- rate -------------------------------------------------------------------------------------
-    async def take_request(self, account: str, default: Rate, margin: float, burst: int) -> Grant:
-        granted, wait, at = await self._script(
+    async def take_request(
+        self, account: str, default: Rate, margin: float, burst: int, count: int = 1, ahead: float = 0.0
+    ) -> Grant:
+        granted, wait, at, *slots = await self._script(
             "pace a request",
             "TAKE_REQUEST",
             [self._key(account, "rate")],
@@ -133,8 +135,10 @@ class RedisStore:
             repr(float(default.window)),
             repr(float(margin)),
             burst,
+            max(1, int(count)),
+            repr(float(ahead)),
         )
-        return Grant(bool(int(granted)), float(wait), float(at))
+        return Grant(int(granted) > 0, float(wait), float(at), tuple(float(_s(t)) for t in slots))
 
     @staticmethod
     def _rate(answer: Sequence[Any]) -> RateState:

@@ -46,16 +46,33 @@ class AccountState:
 
 
 # --- rate --------------------------------------------------------------------------------------------
-def take_request(s: AccountState, now: float, default: Rate, margin: float, burst: int) -> Grant:
+def take_request(
+    s: AccountState,
+    now: float,
+    default: Rate,
+    margin: float,
+    burst: int,
+    count: int = 1,
+    ahead: float = 0.0,
+) -> Grant:
+    """``count`` request slots at the account's pace (fewer if they cannot all lie within
+    ``ahead`` seconds), once the last of them is no more than ``ahead`` seconds from ``now``: a
+    slot is the time its request may go (GCRA: the slots of every caller together keep the pace).
+    Not yet: how long until then."""
     rate = (
         Rate(s.limit, s.window or default.window) if s.limit else default
     )  # a limit alone: per default window
     interval = rate.interval(margin)
-    allowed = max(s.tat - (burst - 1) * interval, s.blocked_until)
-    if now < allowed:
-        return Grant(False, allowed - now, now)
-    s.tat = max(s.tat, now) + interval
-    return Grant(True, 0.0, now)
+    wanted = max(1, min(count, 1 + int(ahead / interval)))
+    slots, tat = [], s.tat
+    for _ in range(wanted):
+        at = max(tat - (burst - 1) * interval, s.blocked_until, now)
+        slots.append(at)
+        tat = max(tat, at) + interval
+    if slots[-1] - now > ahead:
+        return Grant(False, slots[-1] - now - ahead, now)
+    s.tat = tat
+    return Grant(True, slots[0] - now, now, tuple(slots))
 
 
 def learn_rate(
@@ -113,14 +130,17 @@ def acquire_slot(
     capacity = s.capacity if s.capacity is not None else default_capacity
     free = capacity - len(s.slots)
     since = s.waiting[holder][0] if holder in s.waiting else now
-    if free > 0:
-        held = Counter(h for h, _ in s.slots.values())
-        if ahead_of(held, {h: w[0] for h, w in s.waiting.items()}, holder, since) < free:
-            s.waiting.pop(holder, None)
-            lease_id = uuid.uuid4().hex
-            s.slots[lease_id] = [holder, now + ttl]
-            return SlotLease(lease_id, holder, now + ttl)
+    ahead = ahead_of(
+        Counter(h for h, _ in s.slots.values()), {h: w[0] for h, w in s.waiting.items()}, holder, since
+    )
+    if ahead < free:
+        s.waiting.pop(holder, None)
+        lease_id = uuid.uuid4().hex
+        s.slots[lease_id] = [holder, now + ttl]
+        return SlotLease(lease_id, holder, now + ttl)
     s.waiting[holder] = [since, now + wait_ttl]  # waiting: the next free slots are shared fairly
+    if ahead == 0:  # the next slot freed is this holder's: it should look again soon
+        return 0.0
     return max(0.0, min((exp for _, exp in s.slots.values()), default=now + ttl) - now)
 
 

@@ -35,9 +35,13 @@ class WholeStateStore:
     async def _read(self, account: str, operation: str, fn: Callable[[AccountState, float], T]) -> T:
         return await self._apply(account, operation, fn)  # reads purge expired leases: a write too
 
-    async def take_request(self, account: str, default: Rate, margin: float, burst: int) -> Grant:
+    async def take_request(
+        self, account: str, default: Rate, margin: float, burst: int, count: int = 1, ahead: float = 0.0
+    ) -> Grant:
         return await self._apply(
-            account, "pace a request", lambda s, now: ops.take_request(s, now, default, margin, burst)
+            account,
+            "pace a request",
+            lambda s, now: ops.take_request(s, now, default, margin, burst, count, ahead),
         )
 
     async def learn_rate(
