@@ -115,6 +115,14 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
+def mean_overlap(intervals: list[tuple[float, float]]) -> float:
+    """The jobs in flight on average, from the first creation to the last end."""
+    if not intervals:
+        return 0.0
+    span = max(e for _, e in intervals) - min(s for s, _ in intervals)
+    return sum(e - s for s, e in intervals) / span if span > 0 else 0.0
+
+
 def one_run(
     k: int, n: int, root: Path, store_url: str, budget: float | None, engine: Path = Path.cwd()
 ) -> dict[str, Any]:
@@ -130,7 +138,7 @@ def one_run(
         rate_window=1.0,
         tick=0.01,
     )
-    run = root / f"k{k}-{'budget' if budget is not None else 'speed'}-{engine.name}"
+    run = Path(tempfile.mkdtemp(prefix=f"k{k}-{'budget' if budget is not None else 'speed'}-", dir=root))
     shards = []
     for s in range(k):
         src = run / "in" / f"s{s}"
@@ -203,6 +211,7 @@ def one_run(
         "creates_refused_rate": refusals.refused_rate,
         "jobs_created": created,
         "most_jobs_in_flight": max_overlap([(j.created_at, j.finished_at or now) for j in jobs]),
+        "mean_jobs_in_flight": round(mean_overlap([(j.created_at, j.finished_at or now) for j in jobs]), 2),
         "credits_charged": round(charged, 3),
         "load_1m_start": round(load_start, 2),
         "load_1m_end": round(load, 2),
@@ -237,6 +246,9 @@ def main() -> None:
     parser.add_argument("--engine", default=".", help="the checkout whose engine runs under --label")
     parser.add_argument("--store", choices=["redis", "local"], default="redis")
     parser.add_argument("--budget", choices=["both", "speed"], default="both", help="'speed': no budget runs")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="each repeat runs the engines in the other order"
+    )
     args = parser.parse_args()
     from tests.servers import RedisServer
 
@@ -247,19 +259,22 @@ def main() -> None:
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in engines}
     budgets = (None,) if args.budget == "speed" else (None, BUDGET_SHARE * args.n)
     with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="vance-scaleout-") as tmp:
-        for k in args.workers:
-            for budget in budgets:
-                for label, engine in engines:
-                    # A clean store for each run: nothing learned, held or spent by the previous one.
-                    import redis as redis_client
+        for repeat in range(args.repeat):
+            for k in args.workers:
+                for budget in budgets:
+                    for label, engine in engines if repeat % 2 == 0 else engines[::-1]:
+                        # A clean store for each run: nothing learned, held or spent by the previous one.
+                        import redis as redis_client
 
-                    redis_client.Redis.from_url(redis.url).flushall()
-                    url = redis.url
-                    if args.store == "local":
-                        url = f"sqlite://{tmp}/{label}-k{k}-{'speed' if budget is None else 'budget'}.sqlite3"
-                    row = one_run(k, args.n, Path(tmp), url, budget, engine)
-                    print(label, json.dumps(row), flush=True)
-                    rows[label].append(row)
+                        redis_client.Redis.from_url(redis.url).flushall()
+                        url = redis.url
+                        if args.store == "local":
+                            kind = "speed" if budget is None else "budget"
+                            url = f"sqlite://{tmp}/{label}-k{k}-{kind}-{repeat}.sqlite3"
+                        row = one_run(k, args.n, Path(tmp), url, budget, engine)
+                        row["repeat"] = repeat
+                        print(label, json.dumps(row), flush=True)
+                        rows[label].append(row)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data["profile"] = {
         "account": f"one key; {SLOTS} jobs in flight; {RATE} requests/s (1 s windows); {JOB_TIME} s jobs",
