@@ -57,10 +57,12 @@ def holding_worker(url: str, key: str, ready: Any) -> None:
     asyncio.run(run())
 
 
-async def _watch(url: str, key: str, holder: str, t_kill: float, deadline: float) -> dict[str, Any]:
+async def _watch(
+    url: str, key: str, holder: str, t_kill: float, deadline: float, base_url: str = BASE_URL
+) -> dict[str, Any]:
     """Poll the store from the kill until ``holder``'s slots, wait and reserved credits are gone."""
     seen: dict[str, Any] = {}
-    async with open_account(BASE_URL, key, url) as account:
+    async with open_account(base_url, key, url) as account:
         while time.time() < t_kill + deadline and len(seen) < 3:
             state = await account.slot_state()
             budget = await account.get_budget(BUDGET)
@@ -186,7 +188,7 @@ def engine_run(url: str, tmp: Path) -> dict[str, Any]:
             t_kill = time.time()
             a.send_signal(signal.SIGKILL)
             a.wait()
-            seen = asyncio.run(_watch(api, DEMO_OPEN_KEY, "worker-a", t_kill, RESERVATION_TTL + 30))
+            seen = asyncio.run(_watch(url, DEMO_OPEN_KEY, "worker-a", t_kill, RESERVATION_TTL + 30, api))
             with sim.state.lock:
                 created = [j.created_at for j in sim.state.jobs.values() if j.created_at > t_kill]
         finally:
@@ -217,7 +219,7 @@ def main() -> None:
 
             async def phases(url: str = url) -> list[dict[str, Any]]:
                 return list(
-                    await asyncio.gather(*(account_run(url, float(p)) for p in args.phases.split(",")))
+                    await asyncio.gather(*(account_run(url, float(p)) for p in args.phases.split(",") if p))
                 )
 
             for row in asyncio.run(phases()):
