@@ -40,7 +40,8 @@ Measured from the simulator's own request log and job records (its clock):
   ``plain_2N_over_R``: the plain figure, for comparison (not a lower bound: windows are aligned).
 
 ``--stores local,none`` runs each size once per account store (``VANCE_ACCOUNT_STORE``; ``local``
-in a fresh state folder each run), side by side; ``--baseline LABEL=PATH`` runs the engine of
+in a fresh state folder each run), side by side (``process``: the account on a store in the
+engine's own memory, so no round trip: the account's pacing without the store's cost); ``--baseline LABEL=PATH`` runs the engine of
 another checkout too (its ``local`` runs: ``none`` does not use the account), and ``--repeat``
 does it all again. These runs, each with the load average at its start, go under ``runs`` and
 ``summary`` in ``--out``.
@@ -104,6 +105,18 @@ async def main():
     print(json.dumps({"done": r.done, "failed": r.failed, "wall": wall, "cpu": cpu, "requests": counts,
                       "rate_limited_seen": limited, "concurrency_refusals_seen": refused}))
 asyncio.run(main())
+"""
+
+
+#: ``--stores process``: the engine's account on a store in its own memory (no round trip to a
+#: shared store, the same pacing as the ``local`` store): what the account costs without the store.
+IN_PROCESS = """
+import os
+import vance_provider.core.client as _client
+from vance_provider.core.account import Account, MemoryStore, account_id
+def _in_process(base_url, token, store, max_jobs):
+    return Account(account_id(base_url, token), MemoryStore(), max_jobs=max_jobs, default_rate=_client.UNKNOWN_RATE)
+_client.shared_account = _in_process
 """
 
 
@@ -339,6 +352,9 @@ def run_one(
 ) -> dict[str, Any]:
     token = DEMO_OPEN_KEY if api == "open" else DEMO_WEB_TOKEN
     env = {**os.environ, "PYTHONPATH": str(engine)}
+    script = ENGINE
+    if store == "process":
+        script, store = IN_PROCESS + ENGINE, "local"
     if store is not None:
         state = Path(tempfile.mkdtemp(prefix="state-", dir=tmp))  # a fresh local store each run
         env.update(VANCE_ACCOUNT_STORE=store, VANCE_STATE_DIR=str(state))
@@ -348,7 +364,7 @@ def run_one(
             [
                 sys.executable,
                 "-c",
-                ENGINE,
+                script,
                 sim.url,
                 token,
                 str(src),
@@ -456,8 +472,8 @@ def compare(
             for n in sizes:
                 for label, path in engines:
                     for store in stores:
-                        if store == "none" and label != "this":
-                            continue  # without a store the account is not used: the engines agree
+                        if store in ("none", "process") and label != "this":
+                            continue  # the baseline is measured on the store; none: the engines agree
                         load = os.getloadavg()[0]
                         t = time.perf_counter()
                         row = run_one(
