@@ -80,3 +80,4 @@ async def test_two_holders_in_one_process_each_ask_for_themselves(store_url: str
             assert not also_poor.done()
             await other.release_slot(got)
             assert (await also_poor).holder == "poor2"
+        assert not account._slot_queues  # no task asks any more: no holder's queue is kept

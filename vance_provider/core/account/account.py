@@ -106,7 +106,8 @@ class Account:
         # request slots taken from the store for calls waiting here: (due, monotonic; store clock)
         self._request_slots: collections.deque[tuple[float, float]] = collections.deque()
         self._blocked_until = 0.0  # monotonic: a 429's block this process knows of
-        self._slot_queues: dict[str, asyncio.Lock] = {}  # holder -> its tasks' turn to ask the store
+        # holder -> its tasks' turn to ask the store, and how many of its tasks ask (gone at none)
+        self._slot_queues: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._slot_freed = asyncio.Event()
         self._slots: dict[str, SlotLease] = {}
         self._reservations: dict[str, Reservation] = {}
@@ -333,22 +334,28 @@ class Account:
         # One task of this process per holder asks the store at a time, the others queue behind it
         # (first come, first served): N processes poll the store N times per ``poll``, not once per
         # task. The store shares the slots fairly between holders (see AccountStore.acquire_slot).
-        queue = self._slot_queues.setdefault(who, asyncio.Lock())
-        async with queue:
-            while True:
-                freed = self._slot_freed
-                result, fallback = await self._shared(
-                    lambda st: st.acquire_slot(
-                        self.id, who, self.slot_ttl, self.default_capacity, self.wait_ttl
+        queue, asking = self._slot_queues.setdefault(who, (asyncio.Lock(), [0]))
+        asking[0] += 1
+        try:
+            async with queue:
+                while True:
+                    freed = self._slot_freed
+                    result, fallback = await self._shared(
+                        lambda st: st.acquire_slot(
+                            self.id, who, self.slot_ttl, self.default_capacity, self.wait_ttl
+                        )
                     )
-                )
-                if isinstance(result, SlotLease):
-                    result.fallback = fallback
-                    self._slots[result.id] = result
-                    self._ensure_heartbeat()
-                    return result
-                with contextlib.suppress(TimeoutError):  # a slot of this process freed: look at once
-                    await asyncio.wait_for(freed.wait(), max(0.01, min(result, self.poll)))
+                    if isinstance(result, SlotLease):
+                        result.fallback = fallback
+                        self._slots[result.id] = result
+                        self._ensure_heartbeat()
+                        return result
+                    with contextlib.suppress(TimeoutError):  # a slot of this process freed: look at once
+                        await asyncio.wait_for(freed.wait(), max(0.01, min(result, self.poll)))
+        finally:
+            asking[0] -= 1
+            if not asking[0] and self._slot_queues.get(who, (None,))[0] is queue:
+                del self._slot_queues[who]  # a run that ended leaves nothing behind
 
     async def release_slot(self, lease: SlotLease) -> None:
         """Give a slot back (the job reached its end, or was never created)."""
