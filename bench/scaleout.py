@@ -203,6 +203,7 @@ def one_run(
             "last": round(ends[-1], 2),
             "spread": round(ends[-1] - ends[0], 2),
             "last_over_first": round(ends[-1] / ends[0], 3) if ends[0] > 0 else None,
+            "all": [round(e, 2) for e in ends],
         },
         "requests": len(requests),
         "requests_429": n429,
