@@ -53,15 +53,15 @@ async def test_waiting_calls_share_one_round_trip(store_url: str, api_key: str) 
 async def test_slots_taken_before_a_429_and_due_within_its_block_are_not_used(
     store_url: str, api_key: str
 ) -> None:
-    rate = Rate(1, 1.0)  # one slot every 1.05 s
+    rate = Rate(1, 2.0)  # one slot every 2.1 s: the test's own steps take far less
     account = Account(
         account_id(BASE_URL, api_key), open_store(store_url), default_rate=rate, request_ahead=5.0
     )
     async with account:
         calls = [asyncio.create_task(account.acquire_request()) for _ in range(3)]
         done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
-        assert len(done) == 1  # the two others hold slots 1.05 and 2.1 s away, and sleep
-        await account.learn(retry_after=3.0)  # another call's 429: nothing before +3 s
+        assert len(done) == 1  # the two others hold slots 2.1 and 4.2 s away, and sleep
+        await account.learn(retry_after=5.0)  # another call's 429: nothing before +5 s
         blocked_until = (await account.rate_state()).blocked_until
         later = [await c for c in calls if c not in done]
     assert all(t >= blocked_until for t in later), (later, blocked_until)
