@@ -1,6 +1,8 @@
 """The field profile: the vendor's documented limits, time-scaled.
 
     python -m bench.field [--scale 60] [--sizes 30,300,3000] [--apis open,web] [--spread 0.3]
+    python -m bench.field --sizes 30,300 --apis open --stores local,none \
+        [--baseline before=/path/to/other/checkout] [--repeat 3] --out bench/results/field-store.json
 
 The Open API document's window is 60 requests a minute per key, its example upscale (12 MP) ran
 42 s from ``created_at`` to ``finished_at``, and its polling guidance is about 2 s for images; the
@@ -36,6 +38,13 @@ Measured from the simulator's own request log and job records (its clock):
   (knows every job's end, spends each window's budget on creations first, polls each job once at
   its end or at the next budget), on the same windows and job times: a schedule, not a bound.
   ``plain_2N_over_R``: the plain figure, for comparison (not a lower bound: windows are aligned).
+
+``--stores local,none`` runs each size once per account store (``VANCE_ACCOUNT_STORE``; ``local``
+in a fresh state folder each run), side by side (``process``: the account on a store in the
+engine's own memory, so no round trip: the account's pacing without the store's cost); ``--baseline LABEL=PATH`` runs the engine of
+another checkout too (its ``local`` runs: ``none`` does not use the account), and ``--repeat``
+does it all again. These runs, each with the load average at its start, go under ``runs`` and
+``summary`` in ``--out``.
 """
 
 from __future__ import annotations
@@ -96,6 +105,18 @@ async def main():
     print(json.dumps({"done": r.done, "failed": r.failed, "wall": wall, "cpu": cpu, "requests": counts,
                       "rate_limited_seen": limited, "concurrency_refusals_seen": refused}))
 asyncio.run(main())
+"""
+
+
+#: ``--stores process``: the engine's account on a store in its own memory (no round trip to a
+#: shared store, the same pacing as the ``local`` store): what the account costs without the store.
+IN_PROCESS = """
+import os
+import vance_provider.core.client as _client
+from vance_provider.core.account import Account, MemoryStore, account_id
+def _in_process(base_url, token, store, max_jobs):
+    return Account(account_id(base_url, token), MemoryStore(), max_jobs=max_jobs, default_rate=_client.UNKNOWN_RATE)
+_client.shared_account = _in_process
 """
 
 
@@ -318,15 +339,32 @@ def analyse(
     }
 
 
-def run_one(api: str, n: int, scale: float, spread: float, seed: int, src: Path, tmp: Path) -> dict[str, Any]:
+def run_one(
+    api: str,
+    n: int,
+    scale: float,
+    spread: float,
+    seed: int,
+    src: Path,
+    tmp: Path,
+    engine: Path = ROOT,
+    store: str | None = None,
+) -> dict[str, Any]:
     token = DEMO_OPEN_KEY if api == "open" else DEMO_WEB_TOKEN
+    env = {**os.environ, "PYTHONPATH": str(engine)}
+    script = ENGINE
+    if store == "process":
+        script, store = IN_PROCESS + ENGINE, "local"
+    if store is not None:
+        state = Path(tempfile.mkdtemp(prefix="state-", dir=tmp))  # a fresh local store each run
+        env.update(VANCE_ACCOUNT_STORE=store, VANCE_STATE_DIR=str(state))
     with Sim(scale, spread, seed) as sim:
-        dst = tmp / f"out-{api}-{n}"
+        dst = Path(tempfile.mkdtemp(prefix=f"out-{api}-{n}-", dir=tmp))
         out = subprocess.run(
             [
                 sys.executable,
                 "-c",
-                ENGINE,
+                script,
                 sim.url,
                 token,
                 str(src),
@@ -335,26 +373,26 @@ def run_one(api: str, n: int, scale: float, spread: float, seed: int, src: Path,
                 str(GUIDANCE / scale),
                 str(15.0 / scale),
             ],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env=env,
             capture_output=True,
             text=True,
-            cwd=ROOT,
+            cwd=engine,
             check=False,
         )
         if out.returncode:
             raise RuntimeError(f"the engine failed ({api}, N={n}):\n{out.stderr[-3000:]}")
-        engine = json.loads(out.stdout.strip().splitlines()[-1])
-        return analyse(api, n, engine, sim.admin("requests"), sim.admin("jobs"), scale)
+        engine_out = json.loads(out.stdout.strip().splitlines()[-1])
+        return analyse(api, n, engine_out, sim.admin("requests"), sim.admin("jobs"), scale)
 
 
-def engine_tree() -> str:
+def engine_tree(root: Path = ROOT) -> str:
     """The commit the engine ran at, and whether its working tree had changes (the engine runs as
     it is in this checkout, uncommitted edits included)."""
     head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
     dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--short", "vance_provider/core"], capture_output=True, text=True
+        ["git", "-C", str(root), "status", "--short", "vance_provider/core"], capture_output=True, text=True
     ).stdout.split("\n")
     changed = [line[3:] for line in dirty if line.strip()]
     return head.stdout.strip() + (f" + uncommitted: {', '.join(changed)}" if changed else "")
@@ -368,6 +406,9 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.3, help="log-normal sigma of job times")
     parser.add_argument("--seed", type=int, default=26)
     parser.add_argument("--out", default=str(RESULTS / "field.json"))
+    parser.add_argument("--stores", help="account stores to run side by side, e.g. local,none")
+    parser.add_argument("--baseline", metavar="LABEL=PATH", help="also run the engine of the checkout PATH")
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     result: dict[str, Any] = {
@@ -397,18 +438,64 @@ def main() -> None:
             folders[n].mkdir()
             for f in sorted(src.glob("*.jpg"))[:n]:
                 os.link(f, folders[n] / f.name)
-        for api in args.apis.split(","):
-            result[api] = {}
-            for n in sizes:
-                t = time.perf_counter()
-                row = run_one(api, n, args.scale, args.spread, args.seed, folders[n], Path(tmp))
-                row["wall_s"] = round(time.perf_counter() - t, 1)
-                result[api][str(n)] = row
-                shown = {k: v for k, v in row.items() if k != "engine_requests"}
-                print(api, n, json.dumps(shown), flush=True)
+        if args.stores or args.baseline:
+            compare(args, sizes, folders, Path(tmp), result)
+        else:
+            for api in args.apis.split(","):
+                result[api] = {}
+                for n in sizes:
+                    t = time.perf_counter()
+                    row = run_one(api, n, args.scale, args.spread, args.seed, folders[n], Path(tmp))
+                    row["wall_s"] = round(time.perf_counter() - t, 1)
+                    result[api][str(n)] = row
+                    shown = {k: v for k, v in row.items() if k != "engine_requests"}
+                    print(api, n, json.dumps(shown), flush=True)
     result["date"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def compare(
+    args: argparse.Namespace, sizes: list[int], folders: dict[int, Path], tmp: Path, result: dict[str, Any]
+) -> None:
+    """Each size with each (engine, store), interleaved, ``--repeat`` times: the same load for all."""
+    stores = (args.stores or "local").split(",")
+    engines = [("this", ROOT)]
+    if args.baseline:
+        label, _, path = args.baseline.partition("=")
+        engines.insert(0, (label, Path(path).resolve()))
+    result["engines"] = {label: engine_tree(path) for label, path in engines}
+    runs: list[dict[str, Any]] = []
+    summary: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for repeat in range(args.repeat):
+        for api in args.apis.split(","):
+            for n in sizes:
+                for label, path in engines:
+                    for store in stores:
+                        if store in ("none", "process") and label != "this":
+                            continue  # the baseline is measured on the store; none: the engines agree
+                        load = os.getloadavg()[0]
+                        t = time.perf_counter()
+                        row = run_one(
+                            api, n, args.scale, args.spread, args.seed, folders[n], tmp, path, store
+                        )
+                        row["wall_s"] = round(time.perf_counter() - t, 1)
+                        row.update(engine=label, store=store, repeat=repeat, load_1m_start=round(load, 2))
+                        row["load_1m_end"] = round(os.getloadavg()[0], 2)
+                        runs.append(row)
+                        summary.setdefault(api, {}).setdefault(str(n), {}).setdefault(
+                            f"{label}/{store}", []
+                        ).append(row["vs_bound"])
+                        shown = {k: v for k, v in row.items() if k != "engine_requests"}
+                        print(api, n, label, store, json.dumps(shown), flush=True)
+    result["runs"] = runs
+    result["summary"] = {
+        api: {
+            n: {k: {"vs_bound": v, "mean": round(sum(v) / len(v), 3)} for k, v in by.items()}
+            for n, by in sizes_.items()
+        }
+        for api, sizes_ in summary.items()
+    }
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """K workers on one account: makespan, 429s, refused creations, overspend, shard finish spread.
 
     python -m bench.scaleout --label before [--n 1000] [--workers 1 4 8 16]
+    python -m bench.scaleout --label after --baseline before=/path/to/other/checkout [--store local]
 
 K engine processes (plain ``run_batch``, one shard each: 1/K of the N inputs in a sub-folder,
 its own destination) share one account (one key) of the simulator, whose limits do not change
@@ -22,6 +23,11 @@ multi-host deployment would (``VANCE_ACCOUNT_STORE``, docs/account.md); an engin
 use the store ignores it, so the same bench measures "before" and "after". A named budget is set
 in the store before the budget run when the engine has it (``vance_provider.core.account``).
 Results: bench/results/scaleout.json, under ``--label``.
+
+``--baseline LABEL=PATH`` runs the engine of another checkout (a ``git worktree`` of the commit to
+compare with) beside this one, K by K and run by run, so both meet the same load; its rows go
+under LABEL. ``--store local`` gives every worker of a run one SQLite file instead of Redis. Each
+row records the machine's load average (1 min) when it started.
 """
 
 from __future__ import annotations
@@ -109,7 +115,17 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return most
 
 
-def one_run(k: int, n: int, root: Path, store_url: str, budget: float | None) -> dict[str, Any]:
+def mean_overlap(intervals: list[tuple[float, float]]) -> float:
+    """The jobs in flight on average, from the first creation to the last end."""
+    if not intervals:
+        return 0.0
+    span = max(e for _, e in intervals) - min(s for s, _ in intervals)
+    return sum(e - s for s, e in intervals) / span if span > 0 else 0.0
+
+
+def one_run(
+    k: int, n: int, root: Path, store_url: str, budget: float | None, engine: Path = Path.cwd()
+) -> dict[str, Any]:
     from vance_provider.sim import Account, SimConfig, SimulatorServer
     from vance_provider.sim.config import DEMO_OPEN_KEY
 
@@ -122,12 +138,13 @@ def one_run(k: int, n: int, root: Path, store_url: str, budget: float | None) ->
         rate_window=1.0,
         tick=0.01,
     )
-    run = root / f"k{k}-{'budget' if budget is not None else 'speed'}"
+    run = Path(tempfile.mkdtemp(prefix=f"k{k}-{'budget' if budget is not None else 'speed'}-", dir=root))
     shards = []
     for s in range(k):
         src = run / "in" / f"s{s}"
         make_images(src, n // k + (1 if s < n % k else 0))
         shards.append((src, run / "out" / f"s{s}"))
+    load_start = os.getloadavg()[0]
     sim = SimulatorServer(config)
     refusals = CreateRefusals(sim.app)
     sim._server.config.app = refusals
@@ -149,6 +166,7 @@ def one_run(k: int, n: int, root: Path, store_url: str, budget: float | None) ->
                 stdout=subprocess.PIPE,
                 text=True,
                 env=env,
+                cwd=engine,  # `python -c` imports vance_provider from the working directory first
             )
             for src, dst in shards
         ]
@@ -170,6 +188,7 @@ def one_run(k: int, n: int, root: Path, store_url: str, budget: float | None) ->
             now = sim.state.clock.now()
     finally:
         sim.stop()
+    load = os.getloadavg()[0]
     ends = sorted(o["end"] - go for o in outs)
     n429 = sum(1 for r in requests if r.status == 429)
     created = len(jobs)
@@ -183,6 +202,8 @@ def one_run(k: int, n: int, root: Path, store_url: str, budget: float | None) ->
             "first": round(ends[0], 2),
             "last": round(ends[-1], 2),
             "spread": round(ends[-1] - ends[0], 2),
+            "last_over_first": round(ends[-1] / ends[0], 3) if ends[0] > 0 else None,
+            "all": [round(e, 2) for e in ends],
         },
         "requests": len(requests),
         "requests_429": n429,
@@ -191,7 +212,10 @@ def one_run(k: int, n: int, root: Path, store_url: str, budget: float | None) ->
         "creates_refused_rate": refusals.refused_rate,
         "jobs_created": created,
         "most_jobs_in_flight": max_overlap([(j.created_at, j.finished_at or now) for j in jobs]),
+        "mean_jobs_in_flight": round(mean_overlap([(j.created_at, j.finished_at or now) for j in jobs]), 2),
         "credits_charged": round(charged, 3),
+        "load_1m_start": round(load_start, 2),
+        "load_1m_end": round(load, 2),
     }
     if budget is not None:
         result["budget"] = budget
@@ -217,21 +241,41 @@ def main() -> None:
     parser.add_argument("--label", required=True, help="'before' or 'after' (the engine measured)")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument(
+        "--baseline", metavar="LABEL=PATH", help="also run the engine of the checkout PATH, under LABEL"
+    )
+    parser.add_argument("--engine", default=".", help="the checkout whose engine runs under --label")
+    parser.add_argument("--store", choices=["redis", "local"], default="redis")
+    parser.add_argument("--budget", choices=["both", "speed"], default="both", help="'speed': no budget runs")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="each repeat runs the engines in the other order"
+    )
     args = parser.parse_args()
     from tests.servers import RedisServer
 
-    rows = []
+    engines = [(args.label, Path(args.engine).resolve())]
+    if args.baseline:
+        name, _, path = args.baseline.partition("=")
+        engines.insert(0, (name, Path(path).resolve()))
+    rows: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in engines}
+    budgets = (None,) if args.budget == "speed" else (None, BUDGET_SHARE * args.n)
     with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="vance-scaleout-") as tmp:
-        for k in args.workers:
-            for budget in (None, BUDGET_SHARE * args.n):
-                # A clean store for each run: nothing learned, held or spent by the previous one.
-                import redis as redis_client
+        for repeat in range(args.repeat):
+            for k in args.workers:
+                for budget in budgets:
+                    for label, engine in engines if repeat % 2 == 0 else engines[::-1]:
+                        # A clean store for each run: nothing learned, held or spent by the previous one.
+                        import redis as redis_client
 
-                redis_client.Redis.from_url(redis.url).flushall()
-                row = one_run(k, args.n, Path(tmp), redis.url, budget)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+                        redis_client.Redis.from_url(redis.url).flushall()
+                        url = redis.url
+                        if args.store == "local":
+                            kind = "speed" if budget is None else "budget"
+                            url = f"sqlite://{tmp}/{label}-k{k}-{kind}-{repeat}.sqlite3"
+                        row = one_run(k, args.n, Path(tmp), url, budget, engine)
+                        row["repeat"] = repeat
+                        print(label, json.dumps(row), flush=True)
+                        rows[label].append(row)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data["profile"] = {
         "account": f"one key; {SLOTS} jobs in flight; {RATE} requests/s (1 s windows); {JOB_TIME} s jobs",
@@ -239,7 +283,18 @@ def main() -> None:
         "budget": f"{BUDGET_SHARE} * N credits, given to every worker (credit_budget, partial)",
         "account_store": "VANCE_ACCOUNT_STORE=redis://... (tests/servers.py RedisServer) in every worker",
     }
-    data[args.label] = {"commit": commit.strip(), "n": args.n, "machine_cpus": os.cpu_count(), "rows": rows}
+    for label, engine in engines:
+        commit = subprocess.run(
+            ["git", "-C", str(engine), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout
+        data[label] = {
+            "commit": commit.strip(),
+            "n": args.n,
+            "machine_cpus": os.cpu_count(),
+            "store": args.store,
+            "run_beside": [other for other, _ in engines if other != label],
+            "rows": rows[label],
+        }
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 

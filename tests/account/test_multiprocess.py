@@ -129,24 +129,33 @@ def test_a_killed_worker_gives_back_its_slots_and_credits(store_url: str, api_ke
             proc.join()
 
 
+@pytest.mark.parametrize("concurrent", [1, 4])
 def test_processes_pacing_by_a_shared_rate_never_exceed_it_in_any_window(
-    store_url: str, api_key: str
+    store_url: str, api_key: str, concurrent: int
 ) -> None:
+    """With ``concurrent`` calls waiting in each process, each takes slots for several at once
+    (ahead of time): the account's pace holds all the same, and no call returns before its slot."""
     limit, window, n, count = 10, 0.5, 4, 8
     ctx = workers.spawn()
     barrier, out = ctx.Barrier(n), ctx.Queue()
     procs = [
-        ctx.Process(target=workers.rate_worker, args=(store_url, api_key, barrier, count, limit, window, out))
+        ctx.Process(
+            target=workers.rate_worker,
+            args=(store_url, api_key, barrier, count, limit, window, out, concurrent),
+        )
         for _ in range(n)
     ]
     for p in procs:
         p.start()
-    grants = sorted(t for times in workers.collect(out, procs) for t in times)
-    assert len(grants) == n * count
+    results = [grant for grants in workers.collect(out, procs) for grant in grants]
+    grants = sorted(at for at, _ in results)
+    assert len(grants) == n * count * concurrent
     # Counted on the store's clock: in every window [t, t + window), at most `limit` grants.
     for i, start in enumerate(grants):
         inside = sum(1 for t in grants[i:] if t < start + window)
         assert inside <= limit, f"{inside} requests within {window} s of {start}"
+    # Never early: each call returned at or after its slot (one clock: the store is on this machine).
+    assert all(returned >= at - 1e-3 for at, returned in results), min(r - a for a, r in results)
 
 
 def test_a_429_blocks_every_process_until_retry_after(store_url: str, api_key: str) -> None:

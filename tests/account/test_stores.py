@@ -88,8 +88,11 @@ async def test_slots_expire_unless_renewed(store: Any, api_key: str) -> None:
     first = await store.acquire_slot(a, "w1", 30.0, 2)
     second = await store.acquire_slot(a, "w2", 30.0, 2)
     assert isinstance(first, SlotLease) and isinstance(second, SlotLease)
-    assert await store.acquire_slot(a, "w3", 30.0, 2) == pytest.approx(30.0)  # full: wait for the first
-    clock.now += 20.0
+    assert await store.acquire_slot(a, "w3", 30.0, 2) == 0.0  # full; the next slot freed is for "w3"
+    # "w5", later, waits behind "w3": it may look again when the first lease could expire.
+    clock.now += 1.0
+    assert await store.acquire_slot(a, "w5", 30.0, 2) == pytest.approx(29.0)
+    clock.now += 19.0
     assert await store.renew_slots(a, [first.id], 30.0) == []
     clock.now += 15.0  # the second expired, the first was renewed
     state = await store.slot_state(a, 2)
@@ -184,4 +187,90 @@ async def test_a_faster_rate_learned_applies_to_the_next_request(store: Any, api
     assert (await store.take_request(api_key, DEFAULT, 1.0, 1)).granted  # the default: 1 s to the next
     await store.learn_rate(api_key, 100, 10.0, None)  # ten a second
     assert (await store.take_request(api_key, DEFAULT, 1.0, 1)).wait == pytest.approx(0.1)
+    await store.close()
+
+
+async def test_free_slots_go_to_the_waiting_holder_with_the_fewest(store: Any, api_key: str) -> None:
+    """Free slots go, one at a time, to the waiting holder that holds the fewest (the longest
+    waiting among equals): a holder at its share does not take a freed slot from one below it."""
+    a, clock = api_key, store.clock
+    mine = [await store.acquire_slot(a, "big", 30.0, 4) for _ in range(4)]
+    assert all(isinstance(lease, SlotLease) for lease in mine)
+    assert isinstance(await store.acquire_slot(a, "small", 30.0, 4), float)  # full: "small" waits
+    assert [h for h, _ in (await store.slot_state(a, 4)).waiting] == ["small"]
+    await store.release_slot(a, mine[0].id)
+    # "big" holds 3, "small" none and waits: the free slot is not for "big", though it asks first.
+    assert isinstance(await store.acquire_slot(a, "big", 30.0, 4), float)
+    taken = await store.acquire_slot(a, "small", 30.0, 4)
+    assert isinstance(taken, SlotLease) and taken.holder == "small"
+    state = await store.slot_state(a, 4)
+    assert (state.held_by("big"), state.held_by("small")) == (3, 1)
+    assert [h for h, _ in state.waiting] == ["big"]  # a grant ends a holder's wait
+    # Two free slots and "small" (1) waiting behind "big" (2): one for each.
+    assert isinstance(await store.acquire_slot(a, "small", 30.0, 4), float)  # full again: waits
+    await store.release_slot(a, mine[1].id)
+    await store.release_slot(a, mine[2].id)
+    clock.now += 0.5
+    assert isinstance(await store.acquire_slot(a, "big", 30.0, 4), SlotLease)  # 1 + 1 ahead < 2 free
+    assert isinstance(await store.acquire_slot(a, "big", 30.0, 4), float)  # 2 vs 1: "small" first
+    assert isinstance(await store.acquire_slot(a, "small", 30.0, 4), SlotLease)
+    state = await store.slot_state(a, 4)
+    assert (state.held_by("big"), state.held_by("small"), state.in_use) == (2, 2, 4)
+    # At an equal share, a holder takes back the slot it freed at once.
+    assert isinstance(await store.acquire_slot(a, "small", 30.0, 4), float)
+    await store.release_slot(a, mine[3].id)
+    assert isinstance(await store.acquire_slot(a, "big", 30.0, 4), SlotLease)
+    await store.close()
+
+
+async def test_among_equal_holders_the_longest_waiting_goes_first(store: Any, api_key: str) -> None:
+    a, clock = api_key, store.clock
+    x = await store.acquire_slot(a, "x", 30.0, 1)
+    assert isinstance(x, SlotLease)
+    assert isinstance(await store.acquire_slot(a, "early", 30.0, 1), float)
+    clock.now += 1.0
+    assert isinstance(await store.acquire_slot(a, "late", 30.0, 1), float)
+    assert [h for h, _ in (await store.slot_state(a, 1)).waiting] == ["early", "late"]
+    await store.release_slot(a, x.id)
+    assert isinstance(await store.acquire_slot(a, "late", 30.0, 1), float)  # "early" came first
+    assert isinstance(await store.acquire_slot(a, "x", 30.0, 1), float)  # 0 slots, but not waiting first
+    assert isinstance(await store.acquire_slot(a, "early", 30.0, 1), SlotLease)
+    await store.close()
+
+
+async def test_a_waiting_holder_that_stops_asking_stops_counting(store: Any, api_key: str) -> None:
+    """A killed worker's wait ends ``wait_ttl`` after it last asked: the others take the slots."""
+    a, clock = api_key, store.clock
+    held = [await store.acquire_slot(a, "alive", 30.0, 2, 2.0) for _ in range(2)]
+    assert isinstance(await store.acquire_slot(a, "killed", 30.0, 2, 2.0), float)
+    await store.release_slot(a, held[0].id)
+    assert isinstance(await store.acquire_slot(a, "alive", 30.0, 2, 2.0), float)  # "killed" waits
+    clock.now += 1.5
+    assert isinstance(await store.acquire_slot(a, "alive", 30.0, 2, 2.0), float)  # asks again
+    assert [h for h, _ in (await store.slot_state(a, 2)).waiting] == ["killed", "alive"]
+    clock.now += 0.6  # 2.1 s since "killed" last asked; "alive" asked 0.6 s ago
+    assert [h for h, _ in (await store.slot_state(a, 2)).waiting] == ["alive"]
+    assert isinstance(await store.acquire_slot(a, "alive", 30.0, 2, 2.0), SlotLease)
+    await store.close()
+
+
+async def test_request_slots_are_taken_ahead_and_several_at_once(store: Any, api_key: str) -> None:
+    """``count`` slots paced as single grants are, once the last is at most ``ahead`` seconds away."""
+    a, clock = api_key, store.clock
+    now = clock.now
+    grant = await store.take_request(a, DEFAULT, 1.0, 1, 3, 2.5)  # one a second: now, +1, +2
+    assert grant.granted and grant.wait == 0.0
+    assert [t - now for t in grant.slots] == pytest.approx([0.0, 1.0, 2.0])
+    refused = await store.take_request(a, DEFAULT, 1.0, 1, 1, 0.5)  # the next is at +3
+    assert not refused.granted and refused.wait == pytest.approx(2.5)  # until it is 0.5 s away
+    # Five asked, four fit within 3.5 s (+3 to +6): not before +6 is 3.5 s away, then all four.
+    refused = await store.take_request(a, DEFAULT, 1.0, 1, 5, 3.5)
+    assert not refused.granted and refused.wait == pytest.approx(2.5)
+    clock.now += 2.5
+    grant = await store.take_request(a, DEFAULT, 1.0, 1, 5, 3.5)
+    assert [t - now for t in grant.slots] == pytest.approx([3.0, 4.0, 5.0, 6.0])
+    assert grant.wait == pytest.approx(0.5)
+    await store.learn_rate(a, None, None, 10.0)  # a 429: nothing for 10 s
+    grant = await store.take_request(a, DEFAULT, 1.0, 1, 2, 20.0)
+    assert [t - now for t in grant.slots] == pytest.approx([12.5, 13.5])
     await store.close()

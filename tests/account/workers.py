@@ -95,14 +95,22 @@ def holding_worker(url: str, key: str, ttl: float, credits: float, held: Any) ->
     asyncio.run(run())
 
 
-def rate_worker(url: str, key: str, barrier: Any, count: int, limit: int, window: float, out: Queue) -> None:
-    """Learn ``limit``/``window``, then take ``count`` requests; report the grant times (store clock)."""
+def rate_worker(
+    url: str, key: str, barrier: Any, count: int, limit: int, window: float, out: Queue, concurrent: int = 1
+) -> None:
+    """Learn ``limit``/``window``, then take ``count`` requests from each of ``concurrent`` calls at
+    once; report each grant's time (store clock) and when the call returned (this machine's clock,
+    which the store's is for SQLite and a Redis server on this machine)."""
 
-    async def run() -> list[float]:
+    async def one(account: Any) -> list[tuple[float, float]]:
+        return [(await account.acquire_request(), time.time()) for _ in range(count)]
+
+    async def run() -> list[tuple[float, float]]:
         async with open_account(BASE_URL, key, url, default_rate=Rate(limit, window)) as account:
             await account.learn(limit, window)
             barrier.wait()
-            return [await account.acquire_request() for _ in range(count)]
+            calls = await asyncio.gather(*(one(account) for _ in range(concurrent)))
+            return [grant for call in calls for grant in call]
 
     out.put(asyncio.run(run()))
 

@@ -18,7 +18,7 @@ from .admin import delete_budget, get_budgets, set_budget
 from .errors import AccountStoreUnavailableError, BudgetExhaustedError, UnknownBudgetError
 from .identity import account_id
 from .memory import MemoryStore
-from .models import PERIODS, BudgetState, Rate, RateState, Reservation, SlotLease, SlotState
+from .models import PERIODS, WAIT_TTL, BudgetState, Rate, RateState, Reservation, SlotLease, SlotState
 from .sqlite import SqliteStore, default_path
 from .store import AccountStore
 from .urls import ENV_VAR, open_store, store_url
@@ -30,6 +30,7 @@ __all__ = [
     "PERIODS",
     "RESERVATION_TTL",
     "SLOT_TTL",
+    "WAIT_TTL",
     "Account",
     "AccountStore",
     "AccountStoreUnavailableError",

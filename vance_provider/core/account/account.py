@@ -11,6 +11,7 @@ credits.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -21,7 +22,17 @@ from ..api.errors import ConfigurationError
 from .errors import AccountStoreUnavailableError
 from .identity import account_id, default_holder
 from .memory import MemoryStore
-from .models import BudgetState, Rate, RateState, Reservation, SlotLease, SlotState, check_budget
+from .models import (
+    WAIT_TTL,
+    BudgetState,
+    Grant,
+    Rate,
+    RateState,
+    Reservation,
+    SlotLease,
+    SlotState,
+    check_budget,
+)
 from .store import AccountStore
 from .urls import open_store
 
@@ -38,6 +49,10 @@ RESERVATION_TTL = 60.0  # the same for credit reservations
 RECHECK_AFTER = 5.0  # seconds before a store found down is tried again for the rate and slots
 MAX_BLOCK = 3600.0  # a Retry-After / reset longer than this is not believed
 POLL = 0.05  # seconds between two looks for a free slot held by another process (one task each)
+#: Request slots are taken from the store up to this many seconds before they are due (so the round
+#: trip is not on the pace's path), and up to REQUEST_BATCH at once for this process's waiting calls.
+REQUEST_AHEAD = 0.1
+REQUEST_BATCH = 8
 
 _warned: set[str] = set()  # stores this process has warned about (one warning per store)
 
@@ -62,8 +77,11 @@ class Account:
         default_capacity: int = DEFAULT_CAPACITY,
         slot_ttl: float = SLOT_TTL,
         reservation_ttl: float = RESERVATION_TTL,
+        wait_ttl: float = WAIT_TTL,
         recheck_after: float = RECHECK_AFTER,
         poll: float = POLL,
+        request_ahead: float = REQUEST_AHEAD,
+        request_batch: int = REQUEST_BATCH,
         holder: str | None = None,
     ) -> None:
         if budget is not None:
@@ -73,8 +91,9 @@ class Account:
         self.budget = budget
         self.default_rate, self.margin, self.burst = default_rate, margin, max(1, int(burst))
         self.default_capacity = default_capacity
-        self.slot_ttl, self.reservation_ttl = slot_ttl, reservation_ttl
+        self.slot_ttl, self.reservation_ttl, self.wait_ttl = slot_ttl, reservation_ttl, wait_ttl
         self.recheck_after, self.poll = recheck_after, poll
+        self.request_ahead, self.request_batch = max(0.0, request_ahead), max(1, int(request_batch))
         self.holder = holder or default_holder()
         self.max_jobs = max_jobs  # the account's job cap as configured here (None: not shared)
         self._capacity_to_set = max_jobs
@@ -83,7 +102,12 @@ class Account:
         self._down = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._request_lock = asyncio.Lock()
-        self._slot_queue = asyncio.Lock()
+        self._request_waiting = 0  # calls of this process waiting for a request slot
+        # request slots taken from the store for calls waiting here: (due, monotonic; store clock)
+        self._request_slots: collections.deque[tuple[float, float]] = collections.deque()
+        self._blocked_until = 0.0  # monotonic: a 429's block this process knows of
+        # holder -> its tasks' turn to ask the store, and how many of its tasks ask (gone at none)
+        self._slot_queues: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._slot_freed = asyncio.Event()
         self._slots: dict[str, SlotLease] = {}
         self._reservations: dict[str, Reservation] = {}
@@ -144,7 +168,9 @@ class Account:
         if loop is not self._loop:
             self._loop = loop
             self._request_lock, self._slot_freed = asyncio.Lock(), asyncio.Event()
-            self._slot_queue = asyncio.Lock()
+            self._request_waiting = 0
+            self._request_slots.clear()
+            self._slot_queues = {}
             self._heartbeat = None
 
     def _ensure_heartbeat(self) -> None:
@@ -216,16 +242,56 @@ class Account:
     # --- request rate ------------------------------------------------------------------------------
     async def acquire_request(self) -> float:
         """Wait until the account's rate lets one more request go (call before each HTTP call).
-        Returns when it was granted, on the store's clock (epoch seconds)."""
+        Returns when it was granted, on the store's clock (epoch seconds).
+
+        The store hands out request slots: times at which a request may go, paced for every
+        worker of the account together. This process takes them up to ``request_ahead`` seconds
+        before they are due, one for each of its calls waiting (at most ``request_batch``), in
+        one round trip, and each call sleeps until its own."""
         self._bind_loop()
-        async with self._request_lock:  # one task of this process asks the store at a time
-            while True:
-                grant, _ = await self._shared(
-                    lambda st: st.take_request(self.id, self.default_rate, self.margin, self.burst)
-                )
-                if grant.granted:
-                    return grant.at
-                await asyncio.sleep(min(grant.wait, self.recheck_after))
+        while True:
+            due, at = await self._request_slot()
+            if due > (now := time.monotonic()):
+                await asyncio.sleep(due - now)
+            if due >= self._blocked_until:  # else a 429 came meanwhile: its block holds this one
+                return at
+
+    async def _request_slot(self) -> tuple[float, float]:
+        """The next request slot of this process (due: monotonic; store clock)."""
+        self._request_waiting += 1
+        served = False
+        try:
+            async with self._request_lock:  # one task of this process asks the store at a time
+                while True:
+                    while self._request_slots:
+                        due, at = self._request_slots.popleft()
+                        if time.monotonic() <= due + self.request_ahead and due >= self._blocked_until:
+                            served = True
+                            return due, at
+                        # Not handed out in time, or inside a block: dropped.
+                    count = min(self._request_waiting, self.request_batch)
+                    grant, _ = await self._shared(self._take(count))
+                    received = time.monotonic()
+                    if not grant.granted:
+                        await asyncio.sleep(min(grant.wait, self.recheck_after))
+                        continue
+                    # The store's clock to this machine's: from the answer's arrival (never early).
+                    slots = grant.slots or (grant.at + grant.wait,)
+                    self._request_slots.extend((received + at - grant.at, at) for at in slots[1:])
+                    served = True
+                    return received + slots[0] - grant.at, slots[0]
+        finally:
+            self._request_waiting -= 1
+            if not served and len(self._request_slots) > self._request_waiting:
+                self._request_slots.pop()  # taken for this call, canceled: the latest is nobody's
+
+    def _take(self, count: int) -> Callable[[AccountStore], Awaitable[Grant]]:
+        def take(store: AccountStore) -> Awaitable[Grant]:
+            return store.take_request(
+                self.id, self.default_rate, self.margin, self.burst, count, self.request_ahead
+            )
+
+        return take
 
     async def learn(
         self,
@@ -248,7 +314,9 @@ class Account:
         if limit is None and window is None and not block:
             return
         await self._fallback.learn_rate(self.id, limit, window, block)
-        await self._shared(lambda st: st.learn_rate(self.id, limit, window, block))
+        state, _ = await self._shared(lambda st: st.learn_rate(self.id, limit, window, block))
+        if block:  # slots this process took before the block, and due within it, are void
+            self._blocked_until = max(self._blocked_until, time.monotonic() + state.blocked_until - state.now)
 
     async def rate_state(self) -> RateState:
         state, _ = await self._shared(lambda st: st.rate_state(self.id))
@@ -263,21 +331,31 @@ class Account:
             capacity, self._capacity_to_set = self._capacity_to_set, None
             await self.set_capacity(capacity)
         self._bind_loop()
-        # One task of this process asks the store at a time, the others queue behind it (first
-        # come, first served): N processes poll the store N times per ``poll``, not once per task.
-        async with self._slot_queue:
-            while True:
-                freed = self._slot_freed
-                result, fallback = await self._shared(
-                    lambda st: st.acquire_slot(self.id, who, self.slot_ttl, self.default_capacity)
-                )
-                if isinstance(result, SlotLease):
-                    result.fallback = fallback
-                    self._slots[result.id] = result
-                    self._ensure_heartbeat()
-                    return result
-                with contextlib.suppress(TimeoutError):  # a slot of this process freed: look at once
-                    await asyncio.wait_for(freed.wait(), max(0.01, min(result, self.poll)))
+        # One task of this process per holder asks the store at a time, the others queue behind it
+        # (first come, first served): N processes poll the store N times per ``poll``, not once per
+        # task. The store shares the slots fairly between holders (see AccountStore.acquire_slot).
+        queue, asking = self._slot_queues.setdefault(who, (asyncio.Lock(), [0]))
+        asking[0] += 1
+        try:
+            async with queue:
+                while True:
+                    freed = self._slot_freed
+                    result, fallback = await self._shared(
+                        lambda st: st.acquire_slot(
+                            self.id, who, self.slot_ttl, self.default_capacity, self.wait_ttl
+                        )
+                    )
+                    if isinstance(result, SlotLease):
+                        result.fallback = fallback
+                        self._slots[result.id] = result
+                        self._ensure_heartbeat()
+                        return result
+                    with contextlib.suppress(TimeoutError):  # a slot of this process freed: look at once
+                        await asyncio.wait_for(freed.wait(), max(0.01, min(result, self.poll)))
+        finally:
+            asking[0] -= 1
+            if not asking[0] and self._slot_queues.get(who, (None,))[0] is queue:
+                del self._slot_queues[who]  # a run that ended leaves nothing behind
 
     async def release_slot(self, lease: SlotLease) -> None:
         """Give a slot back (the job reached its end, or was never created)."""

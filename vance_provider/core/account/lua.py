@@ -18,6 +18,13 @@ local function purge_slots(slots, info, now)
     redis.call('HDEL', info, unpack(dead))
   end
 end
+local function purge_waiting(waiting, since, now)
+  local dead = redis.call('ZRANGEBYSCORE', waiting, '-inf', now)
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
+    redis.call('HDEL', since, unpack(dead))
+  end
+end
 local function purge_resv(exp, data, now)
   local dead = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
   if #dead > 0 then
@@ -65,7 +72,8 @@ local function reserved(data)
 end
 """
 
-# KEYS: rate ; ARGV: now, default_limit, default_window, margin, burst
+# KEYS: rate ; ARGV: now, default_limit, default_window, margin, burst, count, ahead
+# -> number of slots (0: not yet), wait, now, slot... (as state.take_request)
 TAKE_REQUEST = (
     _COMMON
     + r"""
@@ -75,10 +83,19 @@ local limit, window = tonumber(r[1]), tonumber(r[2])
 if not limit then limit, window = tonumber(ARGV[2]), tonumber(ARGV[3]) elseif not window then window = tonumber(ARGV[3]) end
 local tat, blocked = tonumber(r[3]) or 0, tonumber(r[4]) or 0
 local interval = tonumber(ARGV[4]) * window / limit
-local allowed = math.max(tat - (tonumber(ARGV[5]) - 1) * interval, blocked)
-if now < allowed then return {0, fmt(allowed - now), fmt(now)} end
-redis.call('HSET', KEYS[1], 'tat', fmt(math.max(tat, now) + interval))
-return {1, '0', fmt(now)}
+local ahead = tonumber(ARGV[7])
+local wanted = math.max(1, math.min(tonumber(ARGV[6]), 1 + math.floor(ahead / interval)))
+local slots = {}
+for _ = 1, wanted do
+  local at = math.max(tat - (tonumber(ARGV[5]) - 1) * interval, blocked, now)
+  table.insert(slots, at)
+  tat = math.max(tat, at) + interval
+end
+if slots[#slots] - now > ahead then return {0, fmt(slots[#slots] - now - ahead), fmt(now)} end
+redis.call('HSET', KEYS[1], 'tat', fmt(tat))
+local out = {#slots, fmt(slots[1] - now), fmt(now)}
+for _, at in ipairs(slots) do table.insert(out, fmt(at)) end
+return out
 """
 )
 
@@ -118,20 +135,47 @@ return {r[1] or '', r[2] or '', r[3] or '0', r[4] or '0', fmt(now)}
 """
 )
 
-# KEYS: slots (zset id->expiry), slot info (hash id->holder), meta ; ARGV: now, id, holder, ttl, default_capacity
+# KEYS: slots (zset id->expiry), slot info (hash id->holder), meta, waiting (zset holder->expiry),
+# waiting since (hash holder->since) ; ARGV: now, id, holder, ttl, default_capacity, wait_ttl
+# Fair share: as state.ahead_of (free slots go one at a time to the waiting holder with the
+# fewest, the longest waiting among equals); a holder refused is registered as waiting.
 ACQUIRE_SLOT = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
 purge_slots(KEYS[1], KEYS[2], now)
+purge_waiting(KEYS[4], KEYS[5], now)
+local holder = ARGV[3]
 local capacity = tonumber(redis.call('HGET', KEYS[3], 'capacity')) or tonumber(ARGV[5])
-if redis.call('ZCARD', KEYS[1]) < capacity then
+local free = capacity - redis.call('ZCARD', KEYS[1])
+local since = tonumber(redis.call('HGET', KEYS[5], holder)) or now
+local held = {}
+for _, h in ipairs(redis.call('HVALS', KEYS[2])) do held[h] = (held[h] or 0) + 1 end
+local mine, ahead = held[holder] or 0, 0
+local waiting = redis.call('HGETALL', KEYS[5])
+for i = 1, #waiting, 2 do
+  if waiting[i] ~= holder then
+    local theirs = held[waiting[i]] or 0
+    if mine > theirs then
+      ahead = ahead + mine - theirs
+    elseif theirs == mine and tonumber(waiting[i + 1]) < since then
+      ahead = ahead + 1
+    end
+  end
+end
+if ahead < free then
+  redis.call('ZREM', KEYS[4], holder)
+  redis.call('HDEL', KEYS[5], holder)
   local expires = now + tonumber(ARGV[4])
   redis.call('ZADD', KEYS[1], fmt(expires), ARGV[2])
-  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('HSET', KEYS[2], ARGV[2], holder)
   return {1, fmt(expires), fmt(now)}
 end
+redis.call('ZADD', KEYS[4], fmt(now + tonumber(ARGV[6])), holder)
+redis.call('HSET', KEYS[5], holder, fmt(since))
+if ahead == 0 then return {0, '0', fmt(now)} end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first == 0 then return {0, ARGV[4], fmt(now)} end
 return {0, fmt(math.max(0, tonumber(first[2]) - now)), fmt(now)}
 """
 )
@@ -154,19 +198,26 @@ return lost
 """
 )
 
-# KEYS: slots, slot info, meta ; ARGV: now, default_capacity -> capacity, now, id, holder, expiry, ...
+# KEYS: slots, slot info, meta, waiting, waiting since ; ARGV: now, default_capacity
+# -> capacity, now, number of leases, (id, holder, expiry) per lease, (holder, since) per waiting
 SLOT_STATE = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
 purge_slots(KEYS[1], KEYS[2], now)
+purge_waiting(KEYS[4], KEYS[5], now)
 local capacity = redis.call('HGET', KEYS[3], 'capacity') or ARGV[2]
-local out = {capacity, fmt(now)}
 local held = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local out = {capacity, fmt(now), #held / 2}
 for i = 1, #held, 2 do
   table.insert(out, held[i])
   table.insert(out, redis.call('HGET', KEYS[2], held[i]) or '')
   table.insert(out, held[i + 1])
+end
+local waiting = redis.call('HGETALL', KEYS[5])
+for i = 1, #waiting, 2 do
+  table.insert(out, waiting[i])
+  table.insert(out, waiting[i + 1])
 end
 return out
 """

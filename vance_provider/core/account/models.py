@@ -12,6 +12,9 @@ from ..api.errors import ConfigurationError
 
 Period = Literal["total", "day", "month"]
 PERIODS: tuple[str, ...] = ("total", "day", "month")
+#: Seconds a holder stays registered as waiting for a slot after it last asked: a waiting worker
+#: asks every ``Account.poll`` seconds, so a killed one stops counting soon.
+WAIT_TTL = 2.0
 _BUDGET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -29,12 +32,14 @@ class Rate:
 
 @dataclass(frozen=True)
 class Grant:
-    """The answer to a request for a request slot: ``granted`` now, or ``wait`` seconds first.
-    ``at`` is the store's clock when it answered."""
+    """The answer to a request for request slots: ``granted`` (``slots``: when each request may
+    go, on the store's clock; ``wait``: seconds until the first), or not (``wait``: seconds
+    before asking again). ``at`` is the store's clock when it answered."""
 
     granted: bool
     wait: float
     at: float
+    slots: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,11 +74,17 @@ class SlotLease:
 
 @dataclass(frozen=True)
 class SlotState:
-    """The jobs in flight: ``capacity`` and the leases held (id, holder, expiry)."""
+    """The jobs in flight: ``capacity``, the leases held (id, holder, expiry), and the holders
+    waiting for a slot (holder, since when; the longest waiting first)."""
 
     capacity: int
     leases: tuple[tuple[str, str, float], ...]
     now: float
+    waiting: tuple[tuple[str, float], ...] = ()
+
+    def held_by(self, holder: str) -> int:
+        """How many slots ``holder`` holds."""
+        return sum(1 for _, h, _ in self.leases if h == holder)
 
     @property
     def in_use(self) -> int:

@@ -12,7 +12,17 @@ from ..api.errors import ConfigurationError
 from ..secrets import redact_url
 from . import lua
 from .errors import AccountStoreUnavailableError, BudgetExhaustedError, UnknownBudgetError
-from .models import BudgetState, Grant, Rate, RateState, Reservation, SlotLease, SlotState, check_budget
+from .models import (
+    WAIT_TTL,
+    BudgetState,
+    Grant,
+    Rate,
+    RateState,
+    Reservation,
+    SlotLease,
+    SlotState,
+    check_budget,
+)
 
 CONNECT_TIMEOUT = 2.0  # seconds to open a connection to the server
 SOCKET_TIMEOUT = 5.0  # seconds for one answer
@@ -98,6 +108,14 @@ class RedisStore:
     def _slot_keys(self, account: str) -> list[str]:
         return [self._key(account, "slots"), self._key(account, "slot-holders"), self._key(account, "meta")]
 
+    def _fair_keys(self, account: str) -> list[str]:
+        """The slot keys and the waiting holders' (expiry, since when)."""
+        return [
+            *self._slot_keys(account),
+            self._key(account, "slot-waiting"),
+            self._key(account, "slot-since"),
+        ]
+
     def _budget_keys(self, account: str, name: str) -> list[str]:
         return [
             self._key(account, "budget", name),
@@ -106,8 +124,10 @@ class RedisStore:
         ]
 
     # --- rate -------------------------------------------------------------------------------------
-    async def take_request(self, account: str, default: Rate, margin: float, burst: int) -> Grant:
-        granted, wait, at = await self._script(
+    async def take_request(
+        self, account: str, default: Rate, margin: float, burst: int, count: int = 1, ahead: float = 0.0
+    ) -> Grant:
+        granted, wait, at, *slots = await self._script(
             "pace a request",
             "TAKE_REQUEST",
             [self._key(account, "rate")],
@@ -115,8 +135,10 @@ class RedisStore:
             repr(float(default.window)),
             repr(float(margin)),
             burst,
+            max(1, int(count)),
+            repr(float(ahead)),
         )
-        return Grant(bool(int(granted)), float(wait), float(at))
+        return Grant(int(granted) > 0, float(wait), float(at), tuple(float(_s(t)) for t in slots))
 
     @staticmethod
     def _rate(answer: Sequence[Any]) -> RateState:
@@ -147,17 +169,18 @@ class RedisStore:
 
     # --- slots ------------------------------------------------------------------------------------
     async def acquire_slot(
-        self, account: str, holder: str, ttl: float, default_capacity: int
+        self, account: str, holder: str, ttl: float, default_capacity: int, wait_ttl: float = WAIT_TTL
     ) -> SlotLease | float:
         lease_id = uuid.uuid4().hex
         ok, value, _ = await self._script(
             "take a job slot",
             "ACQUIRE_SLOT",
-            self._slot_keys(account),
+            self._fair_keys(account),
             lease_id,
             holder,
             repr(float(ttl)),
             default_capacity,
+            repr(float(wait_ttl)),
         )
         if int(ok):
             return SlotLease(lease_id, holder, float(value))
@@ -188,11 +211,15 @@ class RedisStore:
         answer = [
             _s(x)
             for x in await self._script(
-                "read the job slots", "SLOT_STATE", self._slot_keys(account), default_capacity
+                "read the job slots", "SLOT_STATE", self._fair_keys(account), default_capacity
             )
         ]
-        leases = tuple((answer[i], answer[i + 1], float(answer[i + 2])) for i in range(2, len(answer), 3))
-        return SlotState(int(answer[0]), leases, float(answer[1]))
+        end = 3 + 3 * int(answer[2])
+        leases = tuple((answer[i], answer[i + 1], float(answer[i + 2])) for i in range(3, end, 3))
+        waiting = sorted(
+            ((answer[i], float(answer[i + 1])) for i in range(end, len(answer), 2)), key=lambda w: w[1]
+        )
+        return SlotState(int(answer[0]), tuple(leases), float(answer[1]), tuple(waiting))
 
     # --- budgets ----------------------------------------------------------------------------------
     async def reserve(

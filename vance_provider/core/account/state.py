@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -27,28 +28,51 @@ class AccountState:
     blocked_until: float = 0.0
     capacity: int | None = None
     slots: dict[str, list[Any]] = field(default_factory=dict)  # id -> [holder, expires_at]
+    waiting: dict[str, list[float]] = field(default_factory=dict)  # holder -> [since, expires_at]
     budgets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> credits, period, key, spent
     reservations: dict[str, list[Any]] = field(default_factory=dict)  # id -> [budget, credits, holder, exp]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        data = asdict(self)
+        if not data["waiting"]:  # left out when empty: a version without it can read the state
+            del data["waiting"]
+        return json.dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> AccountState:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})  # a newer version's fields: kept out
 
 
 # --- rate --------------------------------------------------------------------------------------------
-def take_request(s: AccountState, now: float, default: Rate, margin: float, burst: int) -> Grant:
+def take_request(
+    s: AccountState,
+    now: float,
+    default: Rate,
+    margin: float,
+    burst: int,
+    count: int = 1,
+    ahead: float = 0.0,
+) -> Grant:
+    """``count`` request slots at the account's pace (fewer if they cannot all lie within
+    ``ahead`` seconds), once the last of them is no more than ``ahead`` seconds from ``now``: a
+    slot is the time its request may go (GCRA: the slots of every caller together keep the pace).
+    Not yet: how long until then."""
     rate = (
         Rate(s.limit, s.window or default.window) if s.limit else default
     )  # a limit alone: per default window
     interval = rate.interval(margin)
-    allowed = max(s.tat - (burst - 1) * interval, s.blocked_until)
-    if now < allowed:
-        return Grant(False, allowed - now, now)
-    s.tat = max(s.tat, now) + interval
-    return Grant(True, 0.0, now)
+    wanted = max(1, min(count, 1 + int(ahead / interval)))
+    slots, tat = [], s.tat
+    for _ in range(wanted):
+        at = max(tat - (burst - 1) * interval, s.blocked_until, now)
+        slots.append(at)
+        tat = max(tat, at) + interval
+    if slots[-1] - now > ahead:
+        return Grant(False, slots[-1] - now - ahead, now)
+    s.tat = tat
+    return Grant(True, slots[0] - now, now, tuple(slots))
 
 
 def learn_rate(
@@ -78,17 +102,45 @@ def rate_state(s: AccountState, now: float) -> RateState:
 def _purge_slots(s: AccountState, now: float) -> None:
     for lease_id in [k for k, (_, exp) in s.slots.items() if exp <= now]:
         del s.slots[lease_id]
+    for holder in [h for h, (_, exp) in s.waiting.items() if exp <= now]:
+        del s.waiting[holder]
+
+
+def ahead_of(held: Counter[str], waiting: dict[str, float], holder: str, since: float) -> int:
+    """How many free slots would go to other waiting holders before ``holder`` (waiting since
+    ``since``): free slots go one at a time to the waiting holder with the fewest slots, the
+    longest waiting among equals, and a holder given one goes behind those it was equal to. So
+    each waiting holder with fewer slots comes first until it has as many, and each with as many
+    that has waited longer comes first once. ``held``: slots per holder; ``waiting``: holder ->
+    since when."""
+    mine = held[holder]
+    ahead = 0
+    for other, other_since in waiting.items():
+        if other == holder:
+            continue
+        theirs = held[other]
+        ahead += max(0, mine - theirs) + (1 if theirs == mine and other_since < since else 0)
+    return ahead
 
 
 def acquire_slot(
-    s: AccountState, now: float, holder: str, ttl: float, default_capacity: int
+    s: AccountState, now: float, holder: str, ttl: float, default_capacity: int, wait_ttl: float
 ) -> SlotLease | float:
     _purge_slots(s, now)
     capacity = s.capacity if s.capacity is not None else default_capacity
-    if len(s.slots) < capacity:
+    free = capacity - len(s.slots)
+    since = s.waiting[holder][0] if holder in s.waiting else now
+    ahead = ahead_of(
+        Counter(h for h, _ in s.slots.values()), {h: w[0] for h, w in s.waiting.items()}, holder, since
+    )
+    if ahead < free:
+        s.waiting.pop(holder, None)
         lease_id = uuid.uuid4().hex
         s.slots[lease_id] = [holder, now + ttl]
         return SlotLease(lease_id, holder, now + ttl)
+    s.waiting[holder] = [since, now + wait_ttl]  # waiting: the next free slots are shared fairly
+    if ahead == 0:  # the next slot freed is this holder's: it should look again soon
+        return 0.0
     return max(0.0, min((exp for _, exp in s.slots.values()), default=now + ttl) - now)
 
 
@@ -111,7 +163,8 @@ def slot_state(s: AccountState, now: float, default_capacity: int) -> SlotState:
     _purge_slots(s, now)
     capacity = s.capacity if s.capacity is not None else default_capacity
     leases = tuple((k, str(h), float(exp)) for k, (h, exp) in sorted(s.slots.items(), key=lambda i: i[1][1]))
-    return SlotState(capacity, leases, now)
+    waiting = tuple((h, float(w[0])) for h, w in sorted(s.waiting.items(), key=lambda i: i[1][0]))
+    return SlotState(capacity, leases, now, waiting)
 
 
 # --- budgets -----------------------------------------------------------------------------------------

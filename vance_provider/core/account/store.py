@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .models import BudgetState, Grant, Rate, RateState, Reservation, SlotLease, SlotState
+from .models import WAIT_TTL, BudgetState, Grant, Rate, RateState, Reservation, SlotLease, SlotState
 
 
 @runtime_checkable
@@ -25,8 +25,11 @@ class AccountStore(Protocol):
     description: str
 
     # --- request rate (a GCRA: one request every ``margin * window / limit`` seconds) ------------
-    async def take_request(self, account: str, default: Rate, margin: float, burst: int) -> Grant:
-        """Take a request slot now if the rate allows it; otherwise say how long to wait."""
+    async def take_request(
+        self, account: str, default: Rate, margin: float, burst: int, count: int = 1, ahead: float = 0.0
+    ) -> Grant:
+        """Take up to ``count`` request slots at the account's pace, each at most ``ahead``
+        seconds from now (0: only a slot free now); if none, say how long to wait."""
         ...
 
     async def learn_rate(
@@ -39,9 +42,15 @@ class AccountStore(Protocol):
 
     # --- jobs in flight (leased slots) -----------------------------------------------------------
     async def acquire_slot(
-        self, account: str, holder: str, ttl: float, default_capacity: int
+        self, account: str, holder: str, ttl: float, default_capacity: int, wait_ttl: float = WAIT_TTL
     ) -> SlotLease | float:
-        """A lease on a free slot, or the seconds until the earliest lease expires."""
+        """A lease on a free slot; else 0.0 if the next slot freed is ``holder``'s (look again
+        soon), or the seconds until the earliest lease expires.
+
+        Free slots are shared fairly between holders: one goes to ``holder`` only if, handed out
+        one at a time to the waiting holder with the fewest slots (the longest waiting among
+        equals), one would go to it (see ``state.ahead_of``). A holder refused is registered as
+        waiting for ``wait_ttl`` seconds (each ask renews it; a grant ends it)."""
         ...
 
     async def renew_slots(self, account: str, ids: Sequence[str], ttl: float) -> list[str]:

@@ -7,7 +7,17 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from . import state as ops
-from .models import BudgetState, Grant, Rate, RateState, Reservation, SlotLease, SlotState, check_budget
+from .models import (
+    WAIT_TTL,
+    BudgetState,
+    Grant,
+    Rate,
+    RateState,
+    Reservation,
+    SlotLease,
+    SlotState,
+    check_budget,
+)
 from .state import AccountState
 
 T = TypeVar("T")
@@ -25,9 +35,13 @@ class WholeStateStore:
     async def _read(self, account: str, operation: str, fn: Callable[[AccountState, float], T]) -> T:
         return await self._apply(account, operation, fn)  # reads purge expired leases: a write too
 
-    async def take_request(self, account: str, default: Rate, margin: float, burst: int) -> Grant:
+    async def take_request(
+        self, account: str, default: Rate, margin: float, burst: int, count: int = 1, ahead: float = 0.0
+    ) -> Grant:
         return await self._apply(
-            account, "pace a request", lambda s, now: ops.take_request(s, now, default, margin, burst)
+            account,
+            "pace a request",
+            lambda s, now: ops.take_request(s, now, default, margin, burst, count, ahead),
         )
 
     async def learn_rate(
@@ -41,12 +55,12 @@ class WholeStateStore:
         return await self._read(account, "read the rate", ops.rate_state)
 
     async def acquire_slot(
-        self, account: str, holder: str, ttl: float, default_capacity: int
+        self, account: str, holder: str, ttl: float, default_capacity: int, wait_ttl: float = WAIT_TTL
     ) -> SlotLease | float:
         return await self._apply(
             account,
             "take a job slot",
-            lambda s, now: ops.acquire_slot(s, now, holder, ttl, default_capacity),
+            lambda s, now: ops.acquire_slot(s, now, holder, ttl, default_capacity, wait_ttl),
         )
 
     async def renew_slots(self, account: str, ids: Sequence[str], ttl: float) -> list[str]:
