@@ -415,16 +415,18 @@ class AtomicWriter:
         self._fh.write(data)
         self.written += len(data)
 
-    def put(self, data: bytes) -> None:
-        """Write ``data``, opening the target first if this is the first write."""
+    def put(self, *chunks: bytes) -> None:
+        """Write ``chunks`` in order (each as it came: no copy into one buffer), opening the
+        target first if this is the first write."""
         if self._fh is None:
             self.open()
-        self.write(data)
+        for data in chunks:
+            self.write(data)
 
-    def finish(self, data: bytes, expected_size: int | None = None) -> str:
-        """Write the last ``data`` (opening the target if nothing was written yet), then publish."""
-        if data or self._fh is None:
-            self.put(data)
+    def finish(self, *chunks: bytes, expected_size: int | None = None) -> str:
+        """Write the last ``chunks`` (opening the target if nothing was written yet), then publish."""
+        if chunks or self._fh is None:
+            self.put(*chunks)
         return self.commit(expected_size)
 
     def commit(self, expected_size: int | None = None) -> str:

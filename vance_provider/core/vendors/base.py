@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -446,24 +447,29 @@ class Backend:
                     # than a chunk is opened, written and published in a single hop.
                     writer = AtomicWriter(final, self.options(fetch.storage_options))
                     try:
-                        received, buffer, chunk = 0, bytearray(), head
+                        # The chunks are kept as they came and written one by one: gathering them
+                        # in one buffer copied every byte twice (and mapped fresh memory for it).
+                        received, held, chunks, chunk = 0, 0, [], head
                         while chunk:
                             received += len(chunk)
                             if limit is not None and received > limit:
                                 raise self._too_large(
                                     name, f"went on past {limit} bytes", limit, expected_size
                                 )
-                            buffer += chunk
-                            if len(buffer) >= _WRITE_CHUNK:
-                                await asyncio.to_thread(writer.put, bytes(buffer))
-                                buffer.clear()
+                            chunks.append(chunk)
+                            held += len(chunk)
+                            if held >= _WRITE_CHUNK:
+                                await asyncio.to_thread(writer.put, *chunks)
+                                held, chunks = 0, []
                             chunk = await body.next()
                         size = declared if declared is not None else expected_size
-                        if not writer.is_open and writer.local and len(buffer) <= _INLINE_WRITE:
+                        if not writer.is_open and writer.local and held <= _INLINE_WRITE:
                             # A small file on local disk is written in microseconds: a thread hop
                             # costs more (the worker's wake-up and the GIL handed back and forth).
-                            return writer.finish(bytes(buffer), size)
-                        return await asyncio.to_thread(writer.finish, bytes(buffer), size)
+                            return writer.finish(*chunks, expected_size=size)
+                        return await asyncio.to_thread(
+                            functools.partial(writer.finish, *chunks, expected_size=size)
+                        )
                     except BaseException:
                         if writer.is_open:
                             await asyncio.to_thread(writer.abort)
