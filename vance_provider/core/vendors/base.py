@@ -118,6 +118,10 @@ class Backend:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"User-Agent": f"vance-pipelines/{__version__} caller/{caller}"},
         )
+        if transport is None:  # (imported here: httpcore loads with the client's transport, not before)
+            from ..transport.pool import install
+
+            install(self.http)  # idle connections checked without anyio's attribute table
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"

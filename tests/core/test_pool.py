@@ -1,0 +1,101 @@
+"""The pool's check of idle connections, answered from the socket each stream keeps: the same
+verdicts as httpcore's own (a connection the server closed is not used again), without anyio's
+table of socket attributes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import pytest
+
+from vance_provider.core import VanceClient
+from vance_provider.core.transport import pool
+from vance_provider.sim import SimulatorServer
+
+
+def test_readable_tells_data_an_end_and_a_closed_socket() -> None:
+    a, b = socket.socketpair()
+    try:
+        assert not pool.readable(a)  # nothing to read: an idle connection the server keeps
+        b.send(b"x")
+        assert pool.readable(a)
+        a.recv(1)
+        b.close()
+        assert pool.readable(a)  # the peer closed: a read returns the end at once
+    finally:
+        a.close()
+    assert pool.readable(a) and pool.readable(None)  # gone: counted as closed
+
+
+@pytest.fixture
+async def closing_server() -> AsyncIterator[tuple[str, list[int], asyncio.Event]]:
+    """A loopback HTTP server that answers one request per connection with keep-alive, then
+    closes the connection (as a server does at its idle timeout) and sets the event."""
+    connections: list[int] = []
+    closed = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(len(connections) + 1)
+        await reader.readuntil(b"\r\n\r\n")
+        body = str(len(connections)).encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        closed.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield f"http://127.0.0.1:{port}/", connections, closed
+
+
+async def test_a_connection_the_server_closed_is_not_used_again(
+    closing_server: tuple[str, list[int], asyncio.Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, connections, closed = closing_server
+    asked: list[bool] = []
+    readable = pool.readable
+
+    def counted(sock: socket.socket | None) -> bool:
+        asked.append(readable(sock))
+        return asked[-1]
+
+    monkeypatch.setattr(pool, "readable", counted)
+    async with httpx.AsyncClient() as http:
+        assert pool.install(http)
+        assert (await http.get(url)).text == "1"
+        await closed.wait()  # the server has closed the idle connection
+        assert (await http.get(url)).text == "2"  # a new connection, not an error on the old one
+    assert connections == [1, 2]
+    assert True in asked  # the pool asked this module, and was told the old one was closed
+
+
+async def test_install_applies_once_and_only_to_httpx_own_pool() -> None:
+    async with httpx.AsyncClient() as http:
+        assert pool.install(http) and not pool.install(http)
+    mocked = httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200)))
+    async with mocked:
+        assert not pool.install(mocked)
+
+
+def test_the_client_checks_its_idle_connections_here(
+    sim: SimulatorServer, client_factory: Callable[..., VanceClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[bool] = []
+    readable = pool.readable
+
+    def counted(sock: socket.socket | None) -> bool:
+        asked.append(readable(sock))
+        return asked[-1]
+
+    monkeypatch.setattr(pool, "readable", counted)
+    client = client_factory(sim, "open")
+    client.balance()
+    client.balance()  # the first one's connection is idle in the pool, and asked about here
+    assert asked and not any(asked)  # the simulator keeps it open: it is used again
