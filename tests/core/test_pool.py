@@ -31,6 +31,20 @@ def test_readable_tells_data_an_end_and_a_closed_socket() -> None:
 
 
 @pytest.fixture
+def asked(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Every answer :func:`pool.readable` gave, in order."""
+    answers: list[bool] = []
+    readable = pool.readable
+
+    def counted(sock: socket.socket | None) -> bool:
+        answers.append(readable(sock))
+        return answers[-1]
+
+    monkeypatch.setattr(pool, "readable", counted)
+    return answers
+
+
+@pytest.fixture
 async def closing_server() -> AsyncIterator[tuple[str, list[int], asyncio.Event]]:
     """A loopback HTTP server that answers one request per connection with keep-alive, then
     closes the connection (as a server does at its idle timeout) and sets the event."""
@@ -56,17 +70,9 @@ async def closing_server() -> AsyncIterator[tuple[str, list[int], asyncio.Event]
 
 
 async def test_a_connection_the_server_closed_is_not_used_again(
-    closing_server: tuple[str, list[int], asyncio.Event], monkeypatch: pytest.MonkeyPatch
+    closing_server: tuple[str, list[int], asyncio.Event], asked: list[bool]
 ) -> None:
     url, connections, closed = closing_server
-    asked: list[bool] = []
-    readable = pool.readable
-
-    def counted(sock: socket.socket | None) -> bool:
-        asked.append(readable(sock))
-        return asked[-1]
-
-    monkeypatch.setattr(pool, "readable", counted)
     async with httpx.AsyncClient() as http:
         assert pool.install(http)
         assert (await http.get(url)).text == "1"
@@ -85,16 +91,8 @@ async def test_install_applies_once_and_only_to_httpx_own_pool() -> None:
 
 
 def test_the_client_checks_its_idle_connections_here(
-    sim: SimulatorServer, client_factory: Callable[..., VanceClient], monkeypatch: pytest.MonkeyPatch
+    sim: SimulatorServer, client_factory: Callable[..., VanceClient], asked: list[bool]
 ) -> None:
-    asked: list[bool] = []
-    readable = pool.readable
-
-    def counted(sock: socket.socket | None) -> bool:
-        asked.append(readable(sock))
-        return asked[-1]
-
-    monkeypatch.setattr(pool, "readable", counted)
     client = client_factory(sim, "open")
     client.balance()
     client.balance()  # the first one's connection is idle in the pool, and asked about here

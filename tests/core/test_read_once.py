@@ -228,6 +228,23 @@ def test_the_reader_raises_before_the_last_bytes_go() -> None:
     assert seen == [hashlib.sha256(good).hexdigest()]
 
 
+def test_a_second_attempt_reads_the_file_again_as_a_new_pass() -> None:
+    """An upload retried seeks back to the start: its reader judges and hashes the bytes afresh
+    (a re-read of bytes already judged is not fed twice), and tells the digest once per whole read."""
+    good = noise("PNG")
+    seen: list[str] = []
+    reader = CheckedReader(io.BytesIO(good), "r.png", lambda url, digest: seen.append(digest))
+    with reader:
+        assert reader.read(1000) == good[:1000] and reader.tell() == 1000
+        assert reader.seek(500) == 500 and reader.read(700) == good[500:1200]  # overlap: judged once
+        assert reader.seek(0) == 0  # a new attempt
+        handed = b""
+        while chunk := reader.read(64 * 1024):
+            handed += chunk
+        assert handed == good and seen == [hashlib.sha256(good).hexdigest()]
+    assert reader.closed
+
+
 def _mp4(test_video: Path) -> bytes:
     return test_video.read_bytes()
 
