@@ -5,9 +5,12 @@ table of socket attributes."""
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
+import httpcore
 import httpx
 import pytest
 
@@ -97,3 +100,41 @@ def test_the_client_checks_its_idle_connections_here(
     client.balance()
     client.balance()  # the first one's connection is idle in the pool, and asked about here
     assert asked and not any(asked)  # the simulator keeps it open: it is used again
+
+
+class _Recorded(httpcore.AsyncNetworkStream):
+    """An inner stream that records what each read asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self.asked.append(max_bytes)
+        return b"x"
+
+    def get_extra_info(self, info: str) -> Any:
+        return None
+
+
+async def test_a_connection_is_read_in_pieces_of_256_kib() -> None:
+    inner = _Recorded()
+    stream = pool._Stream(inner)
+    await stream.read(64 * 1024)  # what httpcore asks
+    await stream.read(1 << 20)
+    assert inner.asked == [pool.READ_BYTES, 1 << 20] and pool.READ_BYTES == 256 * 1024
+
+
+async def test_a_big_answer_arrives_whole_through_the_streams() -> None:
+    body = random.Random(5).randbytes(3_000_000)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server, httpx.AsyncClient() as http:
+        assert pool.install(http)
+        response = await http.get(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/")
+        assert response.content == body
