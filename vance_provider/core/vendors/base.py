@@ -342,6 +342,8 @@ class Backend:
         request = self.http.build_request("POST", url, data=data, files=files, headers=headers)
         if all(isinstance(f[1], bytes) for f in files.values()):
             await request.aread()
+        else:
+            _read_parts_by(request, UPLOAD_READ)
         return await self.http.send(request)
 
     def source_chunks(self, url: str, storage_options: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
@@ -547,6 +549,20 @@ class Backend:
 
 
 _ERROR_BODY_MAX = 64 * 1024  # an error answer is read this far, never further
+
+#: How much of a file a multipart upload reads at once. httpx reads 64 KiB, and each piece went
+#: down through h11, httpcore and anyio to the socket on its own: a 4 MB photo's upload took
+#: ~11.5 ms of CPU, ~9.8 at 256 KiB (1 MiB saved no more, and held more per upload in flight).
+UPLOAD_READ = 256 << 10
+
+
+def _read_parts_by(request: httpx.Request, size: int) -> None:
+    """Have ``request``'s multipart file parts read ``size`` bytes at once (httpx's own chunk size
+    is a class attribute; this sets it on the request's parts only). Left as it is where the body
+    is not httpx's multipart stream."""
+    for field in getattr(request.stream, "fields", ()):
+        if isinstance(getattr(field, "CHUNK_SIZE", None), int):
+            field.CHUNK_SIZE = max(field.CHUNK_SIZE, size)
 
 
 Backend.downloads = DownloadOptions()
