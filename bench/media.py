@@ -1,6 +1,7 @@
 """Real-size media: 12 MP photos and 1080p videos, on local disk and on moto S3.
 
     python -m bench.media [--photos 16] [--videos 2] [--video-seconds 4] [--cases ...]
+    python -m bench.media --baseline DIR --rounds 3 --key NAME   # a change, before and after
 
 Inputs (made once, cached in ``--cache``): 16 photos of 4000x3000 with natural-looking content
 (1/f^2.4 colour noise, the power spectrum of natural scenes, plus sensor grain), saved as JPEG
@@ -19,7 +20,15 @@ Measured per case, in the engine's process, for the measured batch alone:
 - **peak RSS** of the engine's process (VmHWM) with 16 photos (or the videos) in flight.
 
 The simulator runs in its own process (no rate limit, 0.1 s jobs: this bench is about the client's
-work on real media, not about time).
+work on real media, not about time). It renders each result (a 12 MP decode and encode, two at a
+time) before the job is done, so on a loaded machine jobs take seconds and are polled several
+times: the polls are in the CPU figure, and their count is in ``requests``.
+
+With ``--baseline DIR`` (a copy of the code before a change: ``git archive REV | tar -x -C DIR``
+or a worktree), each case runs with that tree's engine and with this one, back to back, the
+first side alternating from round to round, on the same simulator and inputs; every run records
+the load averages at its start, and ``summary`` gives per case and side the CPU of every run, its
+min and median. The runs are written under ``--key`` in ``--out``, beside what the file holds.
 """
 
 from __future__ import annotations
