@@ -167,7 +167,8 @@ def test_download_without_extension_takes_the_result_type(
 
 
 class _Clock:
-    """``time.monotonic`` of the paced reader, moved by hand (the real timers stay far off)."""
+    """``time.monotonic``, moved by hand: the paced reader's clock and the event loop's alike, so
+    a deadline the reader set passes when the clock is moved past it, and only then."""
 
     def __init__(self) -> None:
         self.now = 1000.0
