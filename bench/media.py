@@ -1,6 +1,7 @@
 """Real-size media: 12 MP photos and 1080p videos, on local disk and on moto S3.
 
     python -m bench.media [--photos 16] [--videos 2] [--video-seconds 4] [--cases ...]
+    python -m bench.media --baseline DIR --rounds 3 --key NAME   # a change, before and after
 
 Inputs (made once, cached in ``--cache``): 16 photos of 4000x3000 with natural-looking content
 (1/f^2.4 colour noise, the power spectrum of natural scenes, plus sensor grain), saved as JPEG
@@ -19,7 +20,15 @@ Measured per case, in the engine's process, for the measured batch alone:
 - **peak RSS** of the engine's process (VmHWM) with 16 photos (or the videos) in flight.
 
 The simulator runs in its own process (no rate limit, 0.1 s jobs: this bench is about the client's
-work on real media, not about time).
+work on real media, not about time). It renders each result (a 12 MP decode and encode, two at a
+time) before the job is done, so on a loaded machine jobs take seconds and are polled several
+times: the polls are in the CPU figure, and their count is in ``requests``.
+
+With ``--baseline DIR`` (a copy of the code before a change: ``git archive REV | tar -x -C DIR``
+or a worktree), each case runs with that tree's engine and with this one, back to back, the
+first side alternating from round to round, on the same simulator and inputs; every run records
+the load averages at its start, and ``summary`` gives per case and side the CPU of every run, its
+min and median. The runs are written under ``--key`` in ``--out``, beside what the file holds.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -218,7 +228,9 @@ def run_engine(
     tool: str,
     options: dict[str, Any] | None,
     env: dict[str, str],
+    tree: Path = ROOT,
 ) -> dict[str, Any]:
+    """One batch by the engine of ``tree`` (this checkout, or a baseline's copy), in its own process."""
     from vance_provider.sim import DEMO_OPEN_KEY
 
     out = subprocess.run(
@@ -235,10 +247,10 @@ def run_engine(
             tool,
             json.dumps(options or {}),
         ],
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, **env, "PYTHONPATH": str(tree)},
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tree,
         check=False,
     )
     if out.returncode:
@@ -251,6 +263,40 @@ def folder_bytes(folder: Path) -> tuple[int, int]:
     return len(files), sum(f.stat().st_size for f in files)
 
 
+def load() -> str:
+    """The load averages over 1, 5 and 15 minutes, as ``uptime`` gives them."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def git_rev(tree: Path) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return out.stdout.strip() if out.returncode == 0 else tree.name
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per case and side: client CPU per file (every run, min, median), the load at each run's
+    start, bytes read over input size and peak RSS."""
+    summary: dict[str, Any] = {}
+    for run in runs:
+        cell = summary.setdefault(run["case"], {}).setdefault(run["side"], {})
+        for key, value in (
+            ("client_cpu_ms_per_file", run["client_cpu_ms_per_file"]),
+            ("load_1m", float(run["load"].split()[0])),
+            ("input_read_ratio", run["input_read_ratio"]),
+            ("peak_rss_mb", run["peak_rss_mb"]),
+            ("get_job_per_file", round(run["requests"].get("get_job", 0) / max(1, run["done"]), 1)),
+        ):
+            cell.setdefault(key, []).append(value)
+    for sides in summary.values():
+        for cell in sides.values():
+            cpu = sorted(cell["client_cpu_ms_per_file"])
+            cell["cpu_min"] = cpu[0]
+            cell["cpu_median"] = round(statistics.median(cpu), 1)
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=16)
@@ -259,13 +305,27 @@ def main() -> None:
     parser.add_argument("--cases", default="local-jpg,local-png,s3-jpg,s3-png,local-video,s3-video")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "vance-bench-media"))
     parser.add_argument("--out", default=str(RESULTS / "media.json"))
+    parser.add_argument(
+        "--baseline",
+        help="a copy of the code before a change (a git worktree, or `git archive REV | tar -x -C DIR`): "
+        "every case runs with its engine and with this checkout's, alternately, on the same simulator "
+        "and inputs; the runs go under --key in --out, beside what is there",
+    )
+    parser.add_argument("--baseline-label", help="what the baseline is (default: its git revision)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each case (and side)")
+    parser.add_argument("--key", default="compare", help="with --baseline: the key of the runs in --out")
+    parser.add_argument("--note", default="", help="with --baseline: what the comparison is about")
     args = parser.parse_args()
     cache = Path(args.cache)
     t = time.perf_counter()
+    cases = args.cases.split(",")
     jpg, png = make_photos(cache, args.photos)
     videos = make_videos(cache, args.videos, args.video_seconds) if "video" in args.cases else None
     print(f"inputs ready in {time.perf_counter() - t:.0f} s", flush=True)
     folders = {"jpg": jpg, "png": png, "video": videos}
+    sides: list[tuple[str, Path]] = [("after", ROOT)]
+    if args.baseline:
+        sides.insert(0, ("before", Path(args.baseline).resolve()))
     result: dict[str, Any] = {
         "params": {
             "photos": args.photos,
@@ -277,70 +337,108 @@ def main() -> None:
             "tools": {"photos": "sharpen", "videos": "video_hdr"},
         },
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f} at start",
-        "git": subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-        ).stdout.strip(),
+        "git": git_rev(ROOT),
     }
+    runs: list[dict[str, Any]] = []
+    s3 = any(case.startswith("s3-") for case in cases)
     s3_port = free_port()
-    moto = Proc(MOTO, str(s3_port), env=S3_ENV)
+    moto = Proc(MOTO, str(s3_port), env=S3_ENV) if s3 else None
     sim_port = free_port()
     sim = Proc(SIM, str(sim_port))
     endpoint = f"http://127.0.0.1:{s3_port}"
     options = {"client_kwargs": {"endpoint_url": endpoint}, "key": "testing", "secret": "testing"}
     try:
+        import httpx
         import s3fs
 
         os.environ.update(S3_ENV)
-        fs = s3fs.S3FileSystem(**options)
-        fs.mkdir("media")
+        fs = s3fs.S3FileSystem(**options) if s3 else None
+        if fs is not None:
+            fs.mkdir("media")
         with tempfile.TemporaryDirectory() as tmp:
             warm = Path(tmp) / "warm"
             make_images(warm, 2)
-            for case in args.cases.split(","):
-                where, kind = case.split("-")
-                folder = folders[kind]
-                assert folder is not None
-                count, size = folder_bytes(folder)
-                tool = "video_hdr" if kind == "video" else "sharpen"
-                if where == "s3":
-                    src, dst = f"s3://media/in-{kind}/", f"s3://media/out-{kind}-{time.time_ns()}/"
-                    if not fs.exists(src):
-                        fs.put(str(folder) + "/", src, recursive=True)
-                    import httpx
-
-                    httpx.get(f"{endpoint}/_bench/reset")
-                    row = run_engine(f"http://127.0.0.1:{sim_port}", warm, src, dst, tool, options, S3_ENV)
-                    counts = httpx.get(f"{endpoint}/_bench/counts").json()
-                    mine = [k for k in counts["bytes"] if f"/in-{kind}/" in k]
-                    row["s3_input_bytes_sent"] = sum(counts["bytes"][k] for k in mine)
-                    row["s3_input_gets"] = sum(counts["gets"][k] for k in mine)
-                    row["input_read_ratio"] = round(row["s3_input_bytes_sent"] / size, 3)
-                else:
-                    dst = str(Path(tmp) / f"out-{case}")
-                    row = run_engine(f"http://127.0.0.1:{sim_port}", warm, str(folder), dst, tool, None, {})
-                    row["input_read_ratio"] = round(row["file_bytes_read"] / size, 3)
-                    row["note"] = (
-                        "file_bytes_read: every file the process read during the batch (inputs, and any other file it read)"
-                    )
-                row.update(
-                    {
-                        "files": count,
-                        "input_mb": round(size / 1e6, 1),
-                        "mean_input_mb": round(size / count / 1e6, 2),
-                        "client_cpu_ms_per_file": round(row["cpu"] * 1000 / max(1, row["done"]), 1),
-                        "peak_rss_mb": round(row["peak_rss_kb"] / 1024, 1),
-                        "wall_s": round(row["wall"], 1),
-                    }
-                )
-                result[case] = row
-                print(case, json.dumps(row), flush=True)
+            for n in range(args.rounds):
+                # Each round runs both sides of a case back to back, the first side alternating,
+                # so that a drift of the machine's load falls on both alike.
+                for case in cases:
+                    for side, tree in sides if n % 2 == 0 else sides[::-1]:
+                        where, kind = case.split("-")
+                        folder = folders[kind]
+                        assert folder is not None
+                        count, size = folder_bytes(folder)
+                        tool = "video_hdr" if kind == "video" else "sharpen"
+                        at, started_load = time.strftime("%H:%M:%S", time.gmtime()), load()
+                        if where == "s3":
+                            assert fs is not None
+                            src, dst = f"s3://media/in-{kind}/", f"s3://media/out-{kind}-{time.time_ns()}/"
+                            if not fs.exists(src):
+                                fs.put(str(folder) + "/", src, recursive=True)
+                            httpx.get(f"{endpoint}/_bench/reset")
+                            row = run_engine(
+                                f"http://127.0.0.1:{sim_port}", warm, src, dst, tool, options, S3_ENV, tree
+                            )
+                            counts = httpx.get(f"{endpoint}/_bench/counts").json()
+                            mine = [k for k in counts["bytes"] if f"/in-{kind}/" in k]
+                            row["s3_input_bytes_sent"] = sum(counts["bytes"][k] for k in mine)
+                            row["s3_input_gets"] = sum(counts["gets"][k] for k in mine)
+                            row["input_read_ratio"] = round(row["s3_input_bytes_sent"] / size, 3)
+                        else:
+                            dst = str(Path(tmp) / f"out-{case}-{time.time_ns()}")
+                            row = run_engine(
+                                f"http://127.0.0.1:{sim_port}", warm, str(folder), dst, tool, None, {}, tree
+                            )
+                            row["input_read_ratio"] = round(row["file_bytes_read"] / size, 3)
+                            row["note"] = (
+                                "file_bytes_read: every file the process read during the batch (inputs, and any other file it read)"
+                            )
+                        row.update(
+                            {
+                                "files": count,
+                                "input_mb": round(size / 1e6, 1),
+                                "mean_input_mb": round(size / count / 1e6, 2),
+                                "client_cpu_ms_per_file": round(row["cpu"] * 1000 / max(1, row["done"]), 1),
+                                "peak_rss_mb": round(row["peak_rss_kb"] / 1024, 1),
+                                "wall_s": round(row["wall"], 1),
+                            }
+                        )
+                        runs.append(
+                            {
+                                "case": case,
+                                "side": side,
+                                "round": n + 1,
+                                "at": at,
+                                "load": started_load,
+                                **row,
+                            }
+                        )
+                        result[case] = row
+                        print(side, case, f"load {started_load}", json.dumps(row), flush=True)
     finally:
         sim.close()
-        moto.proc.terminate()
-        moto.proc.wait(20)
+        if moto is not None:
+            moto.proc.terminate()
+            moto.proc.wait(20)
     result["date"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.baseline:
+        # Beside what the file holds: the runs of both sides, and per case their summary.
+        kept = json.loads(out.read_text()) if out.exists() else {}
+        kept[args.key] = {
+            "what": args.note,
+            "before": args.baseline_label or git_rev(Path(args.baseline)),
+            "after": result["git"],
+            "machine": f"{platform.machine()} {os.cpu_count()} cpu",
+            "date": result["date"],
+            "rounds": args.rounds,
+            "load": "1, 5 and 15 minute load averages at the start of each run",
+            "summary": summarize(runs),
+            "runs": runs,
+        }
+        out.write_text(json.dumps(kept, indent=2) + "\n")
+    else:
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

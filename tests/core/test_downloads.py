@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import fsspec
@@ -12,8 +13,10 @@ from PIL import Image
 
 from tests.core.conftest import image_size
 from vance_provider.core import RetryPolicy, VanceClient
-from vance_provider.core.api.errors import TruncatedDownloadError
+from vance_provider.core.api.errors import DownloadStalledError, TruncatedDownloadError
 from vance_provider.core.state.storage import AtomicWriter, write_bytes_atomic
+from vance_provider.core.transport import download
+from vance_provider.core.transport.download import _Paced
 from vance_provider.sim import Faults, SimulatorServer
 
 
@@ -161,3 +164,82 @@ def test_download_without_extension_takes_the_result_type(
     )
     out = client.download(job, str(tmp_path / "deep" / "er" / "cut"))
     assert out == str(tmp_path / "deep" / "er" / "cut.png") and image_size(out) == (16, 16)
+
+
+class _Clock:
+    """``time.monotonic``, moved by hand: the paced reader's clock and the event loop's alike, so
+    a deadline the reader set passes when the clock is moved past it, and only then."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _body(steps: list[tuple[float, bytes]], clock: _Clock) -> AsyncIterator[bytes]:
+    for at, chunk in steps:
+        clock.now = at
+        await asyncio.sleep(0)
+        yield chunk
+
+
+async def _drain(paced: _Paced) -> bytes:
+    data = b""
+    while chunk := await paced.next():
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("steps", "stalls"),
+    [
+        # 100 s windows at 1 byte/s: the first window gets its 100 bytes; the next chunk comes
+        # late in the second window, which is judged from its own start (the first one passed
+        # when it ended): no stall, though 110 bytes in 190 s would be under the rate.
+        ([(1010.0, b"a" * 100), (1190.0, b"b" * 10)], False),
+        # The first window short of its quota, and the next chunk after its end: stalled.
+        ([(1010.0, b"a" * 10), (1150.0, b"b" * 100)], True),
+        # A quota met, then a second window with too little in it: stalled at its end.
+        ([(1010.0, b"a" * 100), (1150.0, b"b"), (1210.0, b"c")], True),
+    ],
+)
+async def test_the_stall_rule_judges_each_window_at_its_end(
+    monkeypatch: pytest.MonkeyPatch, steps: list[tuple[float, bytes]], stalls: bool
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(download.time, "monotonic", clock)
+    paced = _Paced(_body(steps, clock), min_rate=1.0, window=100.0, what="result")
+    if stalls:
+        with pytest.raises(DownloadStalledError, match="stalled"):
+            await _drain(paced)
+    else:
+        assert await _drain(paced) == b"".join(chunk for _, chunk in steps)
+
+
+@pytest.mark.parametrize("first", [b"", b"x" * 4096])
+async def test_a_read_pending_past_the_rule_is_stopped_and_the_bytes_before_it_kept(first: bytes) -> None:
+    """A body that stops sending (its quota met first, or never) ends as stalled; what came
+    before was handed over whole."""
+    gate = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        await gate.wait()  # never set: the server went quiet
+        yield b"never"
+
+    paced = _Paced(body(), min_rate=1024.0, window=0.02, what="result")
+    got = await paced.next() if first else b""
+    assert got == first
+    with pytest.raises(DownloadStalledError, match=r"0 bytes in|under the minimum"):
+        await paced.next()
+
+
+async def test_without_a_stall_rule_a_body_is_read_straight_on() -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in (b"ab", b"", b"cd"):
+            yield chunk
+
+    paced = _Paced(body(), min_rate=0, window=30.0, what="result")
+    assert await paced.read(3) == b"abcd" and await paced.next() == b""

@@ -17,16 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import httpx
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
 
+from tests.conftest import OPEN_KEY
 from tests.core.helpers import charges, created_jobs, uploads
-from vance_provider.core import BatchSpec, VanceClient
+from vance_provider.core import AsyncVanceClient, BatchSpec, VanceClient
 from vance_provider.core.api.errors import UnreadableInputError
 from vance_provider.core.inputs import check_input
 from vance_provider.core.media_check import CheckedReader, Corrupt, structure_for
 from vance_provider.core.transport.download import SMALL_SOURCE
+from vance_provider.core.vendors.base import UPLOAD_READ
 from vance_provider.sim import SimulatorServer
 
 READS: Counter[str] = Counter()  # path -> bytes the store handed out
@@ -226,6 +229,49 @@ def test_the_reader_raises_before_the_last_bytes_go() -> None:
     while reader.read(64 * 1024):
         pass
     assert seen == [hashlib.sha256(good).hexdigest()]
+
+
+def test_a_second_attempt_reads_the_file_again_as_a_new_pass() -> None:
+    """An upload retried seeks back to the start: its reader judges and hashes the bytes afresh
+    (a re-read of bytes already judged is not fed twice), and tells the digest once per whole read."""
+    good = noise("PNG")
+    seen: list[str] = []
+    reader = CheckedReader(io.BytesIO(good), "r.png", lambda url, digest: seen.append(digest))
+    with reader:
+        assert reader.read(1000) == good[:1000] and reader.tell() == 1000
+        assert reader.seek(500) == 500 and reader.read(700) == good[500:1200]  # overlap: judged once
+        assert reader.seek(0) == 0  # a new attempt
+        handed = b""
+        while chunk := reader.read(64 * 1024):
+            handed += chunk
+        assert handed == good and seen == [hashlib.sha256(good).hexdigest()]
+    assert reader.closed
+
+
+async def test_a_multipart_upload_reads_its_file_256_kib_at_a_time() -> None:
+    """httpx reads a file part 64 KiB at a time; an upload's part is read in 256 KiB pieces (each
+    piece goes down to the socket on its own), and the body carries the file whole."""
+    data = os.urandom(1_000_000)
+    sizes: list[int] = []
+
+    class Recording(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            sizes.append(-1 if size is None else size)
+            return super().read(size)
+
+    bodies: list[bytes] = []
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(await request.aread())
+        return httpx.Response(200, json={})
+
+    transport = httpx.MockTransport(answer)
+    async with AsyncVanceClient(OPEN_KEY, base_url="http://vance.test", transport=transport) as client:
+        await client.backend.post_file(
+            "http://vance.test/jobs", {"tool": "x"}, {"image": ("a.jpg", Recording(data))}
+        )
+    assert sizes and set(sizes) == {UPLOAD_READ} and UPLOAD_READ == 256 * 1024
+    assert len(bodies) == 1 and bodies[0].count(data) == 1
 
 
 def _mp4(test_video: Path) -> bytes:

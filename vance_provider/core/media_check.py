@@ -33,6 +33,7 @@ from typing import Any
 
 from .api.errors import UnreadableInputError
 from .media import PNG_SIGNATURE, sniff
+from .state.reader import WrappedReader
 from .state.storage import iter_file
 
 #: ``(url, sha256)``: told once a pass has read a whole input and found it well formed.
@@ -448,7 +449,7 @@ def check_bytes(url: str, data: bytes, verified: Verified | None = None) -> byte
     return data
 
 
-class CheckedReader:
+class CheckedReader(WrappedReader):
     """A file an upload reads, checked and hashed as it is read (see the module docstring).
 
     Bytes are judged while they are read in order from the start; a read that comes back short
@@ -456,18 +457,14 @@ class CheckedReader:
     last bytes never go. A seek back to the start (a new attempt) starts a new pass."""
 
     def __init__(self, fh: Any, url: str, verified: Verified | None = None) -> None:
-        self._fh = fh
+        super().__init__(fh)
         self.url = url
         self._verified = verified
         self._pass = CheckedRead(url)
-        self._pos = 0
         self._done = False
 
-    def read(self, size: int | None = -1) -> bytes:
-        data = self._fh.read(size)
-        in_order = self._pos == self._pass.size and not self._done
-        self._pos += len(data)
-        if in_order:
+    def _read(self, pos: int, data: bytes, size: int | None) -> bytes:
+        if pos == self._pass.size and not self._done:  # in order
             self._pass.feed(data)
             if size is None or size < 0 or len(data) < size:  # the end of the file
                 self._done = True
@@ -477,30 +474,13 @@ class CheckedReader:
         return bytes(data)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        pos = self._fh.seek(offset, whence)
-        self._pos = self._fh.tell() if pos is None else pos
-        if self._pos == 0 and self._pass.size:  # read again from the start: a new pass
+        pos = super().seek(offset, whence)
+        if pos == 0 and self._pass.size:  # read again from the start: a new pass
             self._pass, self._done = CheckedRead(self.url), False
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
+        return pos
 
     def fileno(self) -> int:  # lets httpx take the length of a local file from fstat
         return int(self._fh.fileno())
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    @property
-    def closed(self) -> bool:
-        return bool(getattr(self._fh, "closed", False))
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 async def checked_chunks(

@@ -25,6 +25,7 @@ from ..api.errors import (
     VanceError,
 )
 from ..secrets import redact_url
+from .reader import WrappedReader
 
 CHUNK = 1 << 20  # bounded buffer for streaming (1 MiB)
 # A remote input read whole (an upload) is fetched this much ahead: fsspec's default block (50 MiB
@@ -415,16 +416,18 @@ class AtomicWriter:
         self._fh.write(data)
         self.written += len(data)
 
-    def put(self, data: bytes) -> None:
-        """Write ``data``, opening the target first if this is the first write."""
+    def put(self, *chunks: bytes) -> None:
+        """Write ``chunks`` in order (each as it came: no copy into one buffer), opening the
+        target first if this is the first write."""
         if self._fh is None:
             self.open()
-        self.write(data)
+        for data in chunks:
+            self.write(data)
 
-    def finish(self, data: bytes, expected_size: int | None = None) -> str:
-        """Write the last ``data`` (opening the target if nothing was written yet), then publish."""
-        if data or self._fh is None:
-            self.put(data)
+    def finish(self, *chunks: bytes, expected_size: int | None = None) -> str:
+        """Write the last ``chunks`` (opening the target if nothing was written yet), then publish."""
+        if chunks or self._fh is None:
+            self.put(*chunks)
         return self.commit(expected_size)
 
     def commit(self, expected_size: int | None = None) -> str:
@@ -608,7 +611,7 @@ def sha256_of(url: str, storage_options: dict[str, Any] | None = None, chunk: in
     return h.hexdigest()
 
 
-class HashingReader:
+class HashingReader(WrappedReader):
     """A read-only file wrapper that hashes what another reader (an input check, a decoder) reads.
 
     Bytes are hashed as the contiguous prefix grows; re-reads after a seek back cost nothing, and
@@ -618,65 +621,29 @@ class HashingReader:
     """
 
     def __init__(self, fh: Any, chunk: int = CHUNK) -> None:
-        self._fh = fh
+        super().__init__(fh)
         self._hash = hashlib.sha256()
         self._hashed = 0  # bytes [0, _hashed) are in the hash
-        self._pos = fh.tell() if hasattr(fh, "tell") else 0
         self._chunk = chunk
         self._digest: str | None = None
         self.extra_bytes = 0
 
-    def _feed(self, pos: int, data: bytes) -> None:
+    def _read(self, pos: int, data: bytes, size: int | None) -> bytes:
+        """``data``, just read at ``pos``: hashed once, where it extends the hashed prefix."""
         end = pos + len(data)
         if self._digest is None and pos <= self._hashed < end:
             self._hash.update(memoryview(data)[self._hashed - pos :])
             self._hashed = end
-
-    def _passed(self, data: bytes) -> bytes:
-        """``data``, just read at the current position: hashed (once), and the position moved on."""
-        pos = self._pos
-        self._pos = pos + len(data)
-        self._feed(pos, data)
         return data
 
-    def read(self, size: int = -1) -> bytes:
-        return self._passed(self._fh.read(size))
-
     def readline(self, size: int = -1) -> bytes:
-        return self._passed(self._fh.readline(size))
+        data = self._fh.readline(size)
+        return self._read(self._took(data), data, size)
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(memoryview(buffer)))
         memoryview(buffer).cast("B")[: len(data)] = data
         return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._pos = self._fh.seek(offset, whence)
-        if self._pos is None:  # some file objects return None
-            self._pos = self._fh.tell()
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return True
-
-    def readable(self) -> bool:
-        return True
-
-    @property
-    def closed(self) -> bool:
-        return bool(getattr(self._fh, "closed", False))
-
-    def close(self) -> None:
-        self._fh.close()
-
-    def __enter__(self) -> HashingReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     @property
     def size(self) -> int:

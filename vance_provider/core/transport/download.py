@@ -79,45 +79,51 @@ class _Paced:
     least ``min_rate`` bytes per second must arrive, else :class:`DownloadStalledError`.
 
     The rule is checked on time even while nothing arrives; a pending read is never cancelled
-    unless the rule fails (or the download ends), so no byte is lost between checks.
+    unless the rule fails (or the download ends), so no byte is lost between checks. Each read is
+    awaited under a deadline that can only pass once the rule has failed (no task or timer of its
+    own per chunk: a result of a few MB comes in ~100 chunks).
     """
 
     def __init__(self, chunks: AsyncIterator[bytes], min_rate: float, window: float, what: str) -> None:
         self._it = chunks.__aiter__()
-        self._pending: asyncio.Future[bytes] | None = None
         self.min_rate, self.window, self.what = min_rate, window, what
         self._start, self._bytes = time.monotonic(), 0
         self._done = False
 
     async def next(self) -> bytes:
         """The next chunk; ``b""`` at the end of the body."""
-        if self._done:
-            return b""
-        if not self.min_rate:  # no rule: read straight on
+        while not self._done:
             try:
-                return await self._it.__anext__()
+                chunk = await (self._timed() if self.min_rate else self._it.__anext__())
             except StopAsyncIteration:
                 self._done = True
-                return b""
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._it.__anext__())
-        while True:
-            timeout = max(0.0, self._start + self.window - time.monotonic())
-            done, _ = await asyncio.wait({self._pending}, timeout=timeout)
-            if done:
-                task, self._pending = self._pending, None
-                try:
-                    chunk = task.result()
-                except StopAsyncIteration:
-                    self._done = True
-                    return b""
-                self._bytes += len(chunk)
-                self._check()
-                if chunk:
-                    return chunk
-                self._pending = asyncio.ensure_future(self._it.__anext__())
-                continue
-            self._check()
+                break
+            if chunk:
+                return chunk
+        return b""
+
+    async def _timed(self) -> bytes:
+        """One chunk under the rule. A window that has had its quota passes when it ends, and
+        the next one starts empty: a read still pending at the end of that one has failed the
+        rule, as has one pending at the end of a window short of its quota."""
+        end = self._start + self.window
+        quota_met = self._bytes >= self.min_rate * self.window
+        began = time.monotonic()
+        scope = asyncio.timeout(max(0.0, end + (self.window if quota_met else 0.0) - began))
+        try:
+            async with scope:
+                chunk = await self._it.__anext__()
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            if quota_met:  # the window that ended passed: the one after it has had nothing
+                self._start, self._bytes = end, 0
+            raise self._stalled(time.monotonic() - self._start) from None
+        if quota_met and began < end <= time.monotonic():  # the window ended (and passed) meanwhile
+            self._start, self._bytes = end, 0
+        self._bytes += len(chunk)
+        self._check()
+        return chunk
 
     async def read(self, n: int) -> bytes:
         """At least ``n`` bytes (fewer only at the end of the body)."""
@@ -130,26 +136,22 @@ class _Paced:
         return data
 
     def _check(self) -> None:
-        if not self.min_rate:
-            return
         now = time.monotonic()
         elapsed = now - self._start
         if elapsed < self.window:
             return
         if self._bytes < self.min_rate * elapsed:
-            raise DownloadStalledError(
-                f"{self.what}: the download stalled ({self._bytes} bytes in {elapsed:.1f} s, under "
-                f"the minimum of {self.min_rate:g} bytes/s)",
-                hint="retried; lower DownloadOptions.min_rate for very slow links",
-            )
+            raise self._stalled(elapsed)
         self._start, self._bytes = now, 0
 
+    def _stalled(self, elapsed: float) -> DownloadStalledError:
+        return DownloadStalledError(
+            f"{self.what}: the download stalled ({self._bytes} bytes in {elapsed:.1f} s, under "
+            f"the minimum of {self.min_rate:g} bytes/s)",
+            hint="retried; lower DownloadOptions.min_rate for very slow links",
+        )
+
     async def aclose(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
         closer = getattr(self._it, "aclose", None)
         if closer is not None:
             with contextlib.suppress(Exception):

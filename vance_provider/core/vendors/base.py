@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -117,6 +118,10 @@ class Backend:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={"User-Agent": f"vance-pipelines/{__version__} caller/{caller}"},
         )
+        if transport is None:  # (imported here: httpcore loads with the client's transport, not before)
+            from ..transport.pool import install
+
+            install(self.http)  # idle connections checked without anyio's attribute table
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -337,6 +342,8 @@ class Backend:
         request = self.http.build_request("POST", url, data=data, files=files, headers=headers)
         if all(isinstance(f[1], bytes) for f in files.values()):
             await request.aread()
+        else:
+            _read_parts_by(request, UPLOAD_READ)
         return await self.http.send(request)
 
     def source_chunks(self, url: str, storage_options: dict[str, Any] | None = None) -> AsyncIterator[bytes]:
@@ -446,24 +453,29 @@ class Backend:
                     # than a chunk is opened, written and published in a single hop.
                     writer = AtomicWriter(final, self.options(fetch.storage_options))
                     try:
-                        received, buffer, chunk = 0, bytearray(), head
+                        # The chunks are kept as they came and written one by one: gathering them
+                        # in one buffer copied every byte twice (and mapped fresh memory for it).
+                        received, held, chunks, chunk = 0, 0, [], head
                         while chunk:
                             received += len(chunk)
                             if limit is not None and received > limit:
                                 raise self._too_large(
                                     name, f"went on past {limit} bytes", limit, expected_size
                                 )
-                            buffer += chunk
-                            if len(buffer) >= _WRITE_CHUNK:
-                                await asyncio.to_thread(writer.put, bytes(buffer))
-                                buffer.clear()
+                            chunks.append(chunk)
+                            held += len(chunk)
+                            if held >= _WRITE_CHUNK:
+                                await asyncio.to_thread(writer.put, *chunks)
+                                held, chunks = 0, []
                             chunk = await body.next()
                         size = declared if declared is not None else expected_size
-                        if not writer.is_open and writer.local and len(buffer) <= _INLINE_WRITE:
+                        if not writer.is_open and writer.local and held <= _INLINE_WRITE:
                             # A small file on local disk is written in microseconds: a thread hop
                             # costs more (the worker's wake-up and the GIL handed back and forth).
-                            return writer.finish(bytes(buffer), size)
-                        return await asyncio.to_thread(writer.finish, bytes(buffer), size)
+                            return writer.finish(*chunks, expected_size=size)
+                        return await asyncio.to_thread(
+                            functools.partial(writer.finish, *chunks, expected_size=size)
+                        )
                     except BaseException:
                         if writer.is_open:
                             await asyncio.to_thread(writer.abort)
@@ -537,6 +549,20 @@ class Backend:
 
 
 _ERROR_BODY_MAX = 64 * 1024  # an error answer is read this far, never further
+
+#: How much of a file a multipart upload reads at once. httpx reads 64 KiB, and each piece went
+#: down through h11, httpcore and anyio to the socket on its own: a 4 MB photo's upload took
+#: ~11.5 ms of CPU, ~9.8 at 256 KiB (1 MiB saved no more, and held more per upload in flight).
+UPLOAD_READ = 256 << 10
+
+
+def _read_parts_by(request: httpx.Request, size: int) -> None:
+    """Have ``request``'s multipart file parts read ``size`` bytes at once (httpx's own chunk size
+    is a class attribute; this sets it on the request's parts only). Left as it is where the body
+    is not httpx's multipart stream."""
+    for field in getattr(request.stream, "fields", ()):
+        if isinstance(getattr(field, "CHUNK_SIZE", None), int):
+            field.CHUNK_SIZE = max(field.CHUNK_SIZE, size)
 
 
 Backend.downloads = DownloadOptions()
