@@ -32,6 +32,10 @@ demo: env
 # the tests marked xdist_group(name) on one worker. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 4
 PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup
+# The test targets keep the bytecode of the project's modules and of pytest's rewritten test modules
+# (in __pycache__, which git ignores) even where PYTHONDONTWRITEBYTECODE is set: every worker and every
+# process a test starts compiled them afresh otherwise (collecting the suite: 9.4 -> 5.0 s of CPU).
+test test-fast soak: export PYTHONDONTWRITEBYTECODE :=
 
 test: env
 	@$(VENV)/bin/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); rc=$$?; \
