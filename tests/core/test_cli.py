@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import as_from_a_terminal, fast_config, image_bytes, run_temp_dir
+from tests.conftest import as_from_a_terminal, fast_config, image_bytes
 from tests.core.conftest import TOKENS, image_size
 from tests.core.helpers import created_jobs, release_held_jobs
 from vance_provider import cli
@@ -32,23 +32,15 @@ from vance_provider.sim.cli import banner
 from vance_provider.sim.cli import build_parser as sim_parser
 
 VANCE = str(Path(sys.executable).parent / "vance")
-_PYCACHE: list[str] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Each ``vance`` process imports pandas & co.; with bytecode caching off (PYTHONDONTWRITEBYTECODE)
-    that costs seconds per run. Cache the bytecode in a temporary folder, not in the virtualenv: one
-    folder for the whole run, which pytest-xdist's workers share (Python writes each file atomically)."""
-    cache = run_temp_dir(tmp_path_factory) / "pycache"
-    cache.mkdir(exist_ok=True)
-    _PYCACHE[:] = [str(cache)]
 
 
 def env_for(sim: SimulatorServer | None, token: str | None, columns: bool = True) -> dict[str, str]:
+    # Each ``vance`` process imports pandas & co.: it reads their bytecode from the virtualenv (`make
+    # env` compiles it) and keeps the project's own in __pycache__, even where PYTHONDONTWRITEBYTECODE
+    # is set (a cache folder of its own, PYTHONPYCACHEPREFIX, would compile all of them again per run).
     drop = ("PYTHONDONTWRITEBYTECODE", "COLUMNS")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VANCE_") and k not in drop}
-    env.update(NO_COLOR="1", PYTHONPYCACHEPREFIX=_PYCACHE[0])
+    env.update(NO_COLOR="1")
     if columns:
         env["COLUMNS"] = "200"
     if token is not None:
