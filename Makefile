@@ -41,8 +41,8 @@ test: env
 	@$(VENV)/bin/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
-# The inner loop: the suite without the tests marked slow (those starting processes of their own:
-# real deployments, killed workers, CLIs, the notebook, the docs' shell pages, the demo; real rate limits).
+# The inner loop: the tests not marked slow, i.e. the engine, client, simulator, stores and both faces' units;
+# `make test` adds dag.test() and Dagster dataset runs, processes of their own, batches of hundreds of inputs.
 test-fast: env
 	$(VENV)/bin/python -m pytest $(PYTEST_XDIST) -m "not slow" $(PYTEST_ARGS)
 

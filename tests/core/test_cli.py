@@ -78,6 +78,7 @@ def free_port() -> int:
 
 
 # --- end to end, as a real process ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_enhance_then_credits_status_and_report(
     api: str, sim: SimulatorServer, make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -131,6 +132,7 @@ def test_enhance_then_credits_status_and_report(
         assert token not in text
 
 
+@pytest.mark.slow
 def test_usage_error_is_a_line_not_a_traceback(sim: SimulatorServer, tmp_path: Path) -> None:
     procs = {
         "json": start(
@@ -145,6 +147,7 @@ def test_usage_error_is_a_line_not_a_traceback(sim: SimulatorServer, tmp_path: P
         assert stdout == ""
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_is_safe_and_the_rerun_resumes(
     sim_factory: Callable[..., SimulatorServer], tmp_path: Path
 ) -> None:
@@ -504,6 +507,7 @@ def test_simulator_banner_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "(default: False)" not in help_text and "(default: None)" not in help_text
 
 
+@pytest.mark.slow
 def test_cache_flag_and_commands(
     sim: SimulatorServer, make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -537,6 +541,7 @@ def test_cache_flag_and_commands(
     ]
 
 
+@pytest.mark.slow
 def test_a_rerun_says_what_was_kept_and_a_png_says_its_format(sim: SimulatorServer, tmp_path: Path) -> None:
     """The summary's words: a PNG stored as JPEG is said so; a rerun counts the inputs an earlier
     run finished under done (kept, not paid again), and skipped stays for inputs left undone."""
