@@ -137,7 +137,7 @@ def s3_server() -> Iterator[str]:
 
     # botocore parses S3's service model and endpoint rules (megabytes of JSON) once per session,
     # and s3fs starts a session per filesystem: the suite parsed them again in nearly every S3 test
-    # (an eighth of its CPU). The sessions of the test process share one loader, as the clients of
+    # (about 8 % of its CPU). The sessions of the test process share one loader, as the clients of
     # one session share theirs.
     shared_loader = pytest.MonkeyPatch()
     shared_loader.setattr(botocore.session, "create_loader", functools.cache(botocore.session.create_loader))
