@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import io
 import logging
 import os
@@ -131,7 +132,15 @@ def sim_factory() -> Iterator[Callable[..., SimulatorServer]]:
 def s3_server() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
     pytest.importorskip("s3fs")
+    import botocore.session
     from moto.server import ThreadedMotoServer
+
+    # botocore parses S3's service model and endpoint rules (megabytes of JSON) once per session,
+    # and s3fs starts a session per filesystem: the suite parsed them again in nearly every S3 test
+    # (about 8 % of its CPU). The sessions of the test process share one loader, as the clients of
+    # one session share theirs.
+    shared_loader = pytest.MonkeyPatch()
+    shared_loader.setattr(botocore.session, "create_loader", functools.cache(botocore.session.create_loader))
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
     env = {
@@ -148,6 +157,7 @@ def s3_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+        shared_loader.undo()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -80,7 +80,7 @@ from tests.conftest import OPEN_KEY, WEB_TOKEN, make_bucket  # noqa: E402
 TOKENS = {"open": OPEN_KEY, "web": WEB_TOKEN}
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def airflow_db(pristine_airflow_db: Path) -> Path:
     """The session's metadata DB, a copy of the run's freshly migrated one (the end-to-end
     deployments start from a copy of it too), then the ``vanceai`` pool."""
@@ -96,6 +96,15 @@ def airflow_db(pristine_airflow_db: Path) -> Path:
         "vanceai", slots=64, description="VanceAI account concurrency", include_deferred=True
     )
     return HOME
+
+
+@pytest.fixture(autouse=True)
+def _airflow_db_for_runs(request: pytest.FixtureRequest) -> None:
+    """The metadata DB for the tests marked slow: those run DAGs (``dag.test()``) or deployments.
+    The others drive operators, triggers and hooks directly and never open it, so `make test-fast`
+    migrates none (a test that needs it and is not slow asks for ``airflow_db``)."""
+    if request.node.get_closest_marker("slow"):
+        request.getfixturevalue("airflow_db")
 
 
 @pytest.fixture(scope="session", autouse=True)

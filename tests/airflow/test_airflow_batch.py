@@ -12,6 +12,7 @@ from tests.airflow.helpers import all_xcoms, asset_events, load_dag, rendered_fi
 from tests.core.helpers import release_held_jobs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
 @pytest.mark.parametrize("api", ["open", "web"])
 def test_batch_dag(api, deferrable, sim, vance_conn, make_image, tmp_path, trigger_runs) -> None:

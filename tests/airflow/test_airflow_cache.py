@@ -9,6 +9,7 @@ import pytest
 from tests.airflow.helpers import load_dag, rendered_fields, ti_states, xcom
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", ["open", "web"])
 def test_second_folder_served_from_cache(api, sim, vance_conn, make_image, tmp_path) -> None:
     token = vance_conn(api)

@@ -70,6 +70,7 @@ def test_example_dags_in_process() -> None:
                 assert task.vanceai_conn_id == expected
 
 
+@pytest.mark.slow
 def test_s3_dag_against_moto_and_simulator(sim, vance_conn, make_image, monkeypatch, trigger_runs) -> None:
     """The scheduled S3 DAG, end to end: inputs and outputs on an S3 server (moto), credentials from a
     connection named by a Variable, deferrable, and a second run that finds nothing new to pay for."""

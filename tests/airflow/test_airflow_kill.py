@@ -116,6 +116,7 @@ def test_killed_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> 
     _rerun_pays_once(server, src, dst, canceled, deferrable=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("airflow_has_on_kill", [True, False], ids=["airflow-3.3", "airflow-3.0-3.2"])
 def test_marked_failed_while_deferred(
     airflow_has_on_kill, sim_factory, vance_conn, make_image, tmp_path, monkeypatch
@@ -159,6 +160,7 @@ def test_marked_failed_while_deferred(
     _rerun_pays_once(server, src, dst, canceled, deferrable=True)
 
 
+@pytest.mark.slow
 def test_execution_timeout_while_deferred(sim_factory, vance_conn, make_image, tmp_path) -> None:
     server = sim_factory(time_per_job=600.0)
     vance_conn("open", server=server)
@@ -173,6 +175,7 @@ def test_execution_timeout_while_deferred(sim_factory, vance_conn, make_image, t
     _rerun_pays_once(server, src, dst, canceled, deferrable=True)
 
 
+@pytest.mark.slow
 def test_execution_timeout_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> None:
     server = sim_factory(time_per_job=600.0)
     vance_conn("open", server=server)

@@ -34,6 +34,7 @@ def _events(job_name: str, event_type: str = "COMPLETE") -> list[dict]:
     return events
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deferrable", [False, True], ids=["worker", "deferrable"])
 def test_enhance_emits_datasets_and_run_facet(deferrable, sim, vance_conn, make_image, tmp_path) -> None:
     token = vance_conn("open")
@@ -122,6 +123,7 @@ def test_the_facet_schema_is_published_and_shipped() -> None:
         )
 
 
+@pytest.mark.slow
 def test_a_failed_batch_emits_a_fail_event_with_its_datasets(sim, vance_conn, make_image, tmp_path) -> None:
     token = vance_conn("open")
     sim.state.config.faults.fail_job = 1.0  # every job fails on the service's side

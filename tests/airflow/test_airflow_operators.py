@@ -19,6 +19,7 @@ from tests.airflow.helpers import (
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("deferrable", [False, True], ids=["poke", "deferrable"])
 @pytest.mark.parametrize("api", ["open", "web"])
 def test_submit_and_sensor(
@@ -51,6 +52,7 @@ def test_submit_and_sensor(
     assert all(token not in repr(f) for f in rendered_fields(dr))
 
 
+@pytest.mark.slow
 def test_sensor_fails_on_failed_job(vance_conn, make_image) -> None:
     from tests.conftest import fast_config
     from vance_provider.sim import Faults, SimulatorServer
@@ -66,6 +68,7 @@ def test_sensor_fails_on_failed_job(vance_conn, make_image) -> None:
             assert states["fetch"] == "upstream_failed"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pass", "fail", "skip"])
 def test_credit_check(mode, sim_factory, vance_conn, make_image) -> None:
     from vance_provider.sim import Account
@@ -110,6 +113,7 @@ def test_credit_check_explicit_min_credits(sim, vance_conn) -> None:
         VanceAICreditCheckOperator(task_id="bad")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", ["open", "web"])
 def test_weekly_report_dag(api, sim, vance_conn, make_image, tmp_path) -> None:
     from vance_provider.core import BatchSpec
@@ -166,6 +170,7 @@ def test_report_window_excludes_other_weeks(sim, vance_conn, make_image, tmp_pat
         VanceAICreditReportOperator(task_id="r2", destination=str(tmp_path / "r.txt"))
 
 
+@pytest.mark.slow
 def test_mapped_shards_with_pool(sim, vance_conn, make_image, tmp_path) -> None:
     vance_conn("open")
     for i in range(4):

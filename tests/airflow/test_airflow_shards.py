@@ -25,6 +25,7 @@ def mapped_states(dr: Any) -> list[str]:
     return [s for k, s in ti_states(dr).items() if k.startswith("enhance_shard[")]
 
 
+@pytest.mark.slow
 def test_sharded_dag_on_local_disk(sim, vance_conn, tmp_path: Path) -> None:
     vance_conn("open")
     src, out = tmp_path / "in", tmp_path / "out"
@@ -51,6 +52,7 @@ def test_sharded_dag_on_local_disk(sim, vance_conn, tmp_path: Path) -> None:
     assert len(sim.state.charges()) == len(NAMES) + 1 and not sim.state.double_charges()
 
 
+@pytest.mark.slow
 def test_sharded_dag_on_s3(sim, vance_conn, bucket, s3fs_plain, s3_server, monkeypatch) -> None:
     vance_conn("web")
     secret = "moto-shard-secret-42"

@@ -48,6 +48,7 @@ def _secrets_masker() -> type:
     return SecretsMasker
 
 
+@pytest.mark.slow
 def test_credit_budget_typed_at_trigger_time_bounds_the_run(
     sim, vance_conn, make_image, tmp_path, caplog
 ) -> None:
@@ -225,6 +226,7 @@ def test_a_local_folders_link_is_the_tasks_xcom_page(base_url, map_index, page, 
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preview", [True, False])
 def test_local_batch_links_its_outputs_and_returns_its_preview(
     preview, sim, vance_conn, make_image, tmp_path, monkeypatch, caplog

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.airflow.helpers import all_xcoms, load_dag, ti_states, xcom
 from vance_provider.sim import DEMO_VISIONCRAFT_TOKEN
+
+pytestmark = pytest.mark.slow  # a whole dag.test()
 
 
 def test_visioncraft_batch_dag(sim, vance_conn, make_image, tmp_path) -> None:

@@ -89,6 +89,7 @@ RACE_QUEUED = pytest.mark.xfail(
 RACE_RUNNING = pytest.mark.xfail(reason="apache/airflow#72716: open", strict=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "resumed",
     [pytest.param("queued", marks=RACE_QUEUED), pytest.param("running", marks=RACE_RUNNING)],

@@ -53,6 +53,7 @@ def make_bucket(make_image: Callable[..., Path], n: int = N) -> None:
         make_image(f"in/img{i:04d}.jpg", 8, 6)
 
 
+@pytest.mark.slow
 def test_the_first_job_is_created_before_the_last_input_is_checked(
     api: str,
     sim: SimulatorServer,
@@ -79,6 +80,7 @@ def test_the_first_job_is_created_before_the_last_input_is_checked(
     assert sum(charged_jobs(sim).values()) == N and set(charged_jobs(sim).values()) == {1}
 
 
+@pytest.mark.slow
 def test_a_bad_input_late_in_the_stream_fails_alone_before_it_is_paid(
     api: str,
     sim: SimulatorServer,

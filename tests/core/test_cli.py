@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.conftest import as_from_a_terminal, fast_config, image_bytes, run_temp_dir
+from tests.conftest import as_from_a_terminal, fast_config, image_bytes
 from tests.core.conftest import TOKENS, image_size
 from tests.core.helpers import created_jobs, release_held_jobs
 from vance_provider import cli
@@ -32,23 +32,15 @@ from vance_provider.sim.cli import banner
 from vance_provider.sim.cli import build_parser as sim_parser
 
 VANCE = str(Path(sys.executable).parent / "vance")
-_PYCACHE: list[str] = []
-
-
-@pytest.fixture(scope="module", autouse=True)
-def bytecode_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Each ``vance`` process imports pandas & co.; with bytecode caching off (PYTHONDONTWRITEBYTECODE)
-    that costs seconds per run. Cache the bytecode in a temporary folder, not in the virtualenv: one
-    folder for the whole run, which pytest-xdist's workers share (Python writes each file atomically)."""
-    cache = run_temp_dir(tmp_path_factory) / "pycache"
-    cache.mkdir(exist_ok=True)
-    _PYCACHE[:] = [str(cache)]
 
 
 def env_for(sim: SimulatorServer | None, token: str | None, columns: bool = True) -> dict[str, str]:
+    # Each ``vance`` process imports pandas & co.: it reads their bytecode from the virtualenv (`make
+    # env` compiles it) and keeps the project's own in __pycache__, even where PYTHONDONTWRITEBYTECODE
+    # is set (a cache folder of its own, PYTHONPYCACHEPREFIX, would compile all of them again per run).
     drop = ("PYTHONDONTWRITEBYTECODE", "COLUMNS")
     env = {k: v for k, v in os.environ.items() if not k.startswith("VANCE_") and k not in drop}
-    env.update(NO_COLOR="1", PYTHONPYCACHEPREFIX=_PYCACHE[0])
+    env.update(NO_COLOR="1")
     if columns:
         env["COLUMNS"] = "200"
     if token is not None:
@@ -86,6 +78,7 @@ def free_port() -> int:
 
 
 # --- end to end, as a real process ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_enhance_then_credits_status_and_report(
     api: str, sim: SimulatorServer, make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -139,6 +132,7 @@ def test_enhance_then_credits_status_and_report(
         assert token not in text
 
 
+@pytest.mark.slow
 def test_usage_error_is_a_line_not_a_traceback(sim: SimulatorServer, tmp_path: Path) -> None:
     procs = {
         "json": start(
@@ -153,6 +147,7 @@ def test_usage_error_is_a_line_not_a_traceback(sim: SimulatorServer, tmp_path: P
         assert stdout == ""
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_is_safe_and_the_rerun_resumes(
     sim_factory: Callable[..., SimulatorServer], tmp_path: Path
 ) -> None:
@@ -512,6 +507,7 @@ def test_simulator_banner_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "(default: False)" not in help_text and "(default: None)" not in help_text
 
 
+@pytest.mark.slow
 def test_cache_flag_and_commands(
     sim: SimulatorServer, make_image: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -545,6 +541,7 @@ def test_cache_flag_and_commands(
     ]
 
 
+@pytest.mark.slow
 def test_a_rerun_says_what_was_kept_and_a_png_says_its_format(sim: SimulatorServer, tmp_path: Path) -> None:
     """The summary's words: a PNG stored as JPEG is said so; a rerun counts the inputs an earlier
     run finished under done (kept, not paid again), and skipped stays for inputs left undone."""

@@ -182,6 +182,7 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("storage", ["local", "s3"])
 def test_after_kill_9_a_rerun_on_the_same_host_goes_ahead_at_once(
     storage: str, tmp_path: Path, request: pytest.FixtureRequest, caplog: Any

@@ -21,6 +21,7 @@ from vance_provider.sim import SimulatorServer
 pytestmark = pytest.mark.dagster
 
 
+@pytest.mark.slow
 def test_backfill_second_partition_served_from_cache(
     sim: SimulatorServer, instance: dg.DagsterInstance, token: str, api: str, images: Any, tmp_path: Path
 ) -> None:
@@ -56,6 +57,7 @@ def test_backfill_second_partition_served_from_cache(
         assert day1 == (tmp_path / "out" / "day2" / f"p{i}.jpg").read_bytes()
 
 
+@pytest.mark.slow
 def test_two_datasets_share_the_cache(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, images: Any, tmp_path: Path
 ) -> None:
@@ -85,6 +87,7 @@ def test_two_datasets_share_the_cache(
     assert all(c.passed for c in checks(second).values())
 
 
+@pytest.mark.slow
 def test_own_asset_body_with_storage_resource(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, s3: dict[str, Any]
 ) -> None:

@@ -51,6 +51,7 @@ def photos_root(sim: SimulatorServer, use_token: Any, images: Any, tmp_path: Pat
     return src
 
 
+@pytest.mark.slow
 def test_yaml_dataset_with_sensor_materializes(
     sim: SimulatorServer, instance: dg.DagsterInstance, photos_root: Path, tmp_path: Path, monkeypatch: Any
 ) -> None:
@@ -138,6 +139,7 @@ def test_dg_lists_the_component_and_scaffolds_a_useful_defs_yaml(tmp_path: Path)
     assert all(f.description for f in fields.values()), [n for n, f in fields.items() if not f.description]
 
 
+@pytest.mark.slow
 def test_yaml_dataset_with_its_resource_and_translation(
     sim: SimulatorServer, instance: dg.DagsterInstance, photos_root: Path
 ) -> None:

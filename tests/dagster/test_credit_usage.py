@@ -25,6 +25,7 @@ def assert_typed(df: pd.DataFrame) -> None:
     assert {c: str(df[c].dtype) for c in TYPED} == TYPED
 
 
+@pytest.mark.slow
 def test_usage_equals_the_ledger_on_both_apis(
     sim: SimulatorServer,
     instance: dg.DagsterInstance,
@@ -84,6 +85,7 @@ def test_usage_equals_the_ledger_on_both_apis(
     assert Path(md["path"]).exists()
 
 
+@pytest.mark.slow
 def test_the_io_manager_can_be_swapped(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, images: Any, tmp_path: Path
 ) -> None:

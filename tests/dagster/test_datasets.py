@@ -40,6 +40,7 @@ def charged_jobs(sim: SimulatorServer) -> list[str]:
     return [e.job_id for e in sim.state.charges()]
 
 
+@pytest.mark.slow
 def test_local_images_both_apis_incremental(
     sim: SimulatorServer, instance: dg.DagsterInstance, token: str, api: str, images: Any, tmp_path: Path
 ) -> None:
@@ -90,6 +91,7 @@ def test_local_images_both_apis_incremental(
     assert scan_for(instance, token, instance.root_directory) == []
 
 
+@pytest.mark.slow
 def test_s3_both_apis(
     sim: SimulatorServer, instance: dg.DagsterInstance, token: str, api: str, s3: dict[str, Any]
 ) -> None:
@@ -128,6 +130,7 @@ def test_s3_both_apis(
     assert len(sim.state.charges()) == 2 and sim.state.double_charges() == []
 
 
+@pytest.mark.slow
 def test_video_on_the_open_api(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, test_video: Path, tmp_path: Path
 ) -> None:
@@ -155,6 +158,7 @@ def test_video_on_the_open_api(
     assert len(sim.state.charges()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["web", "open"])
 def test_failed_run_reexecuted_resumes(
     sim: SimulatorServer,
@@ -206,6 +210,7 @@ def _flaky_job() -> dg.JobDefinition:
     return flaky_photos_job()
 
 
+@pytest.mark.slow
 def test_budget_partial_then_resume(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, images: Any, tmp_path: Path
 ) -> None:
@@ -254,6 +259,7 @@ def test_over_budget_fails_before_paying(
     assert sim.state.ledger == [] and not any(r.created_job for r in sim.state.requests)
 
 
+@pytest.mark.slow
 def test_continue_policy_materializes_with_failures(
     sim_factory: Any, instance: dg.DagsterInstance, use_token: Any, images: Any, tmp_path: Path
 ) -> None:
@@ -282,6 +288,7 @@ def test_continue_policy_materializes_with_failures(
     assert len(server.state.charges()) == md["vance/done"]
 
 
+@pytest.mark.slow
 def test_checks_alone_read_the_manifest_and_catch_a_bad_output(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, images: Any, tmp_path: Path
 ) -> None:
@@ -333,6 +340,7 @@ def test_tool_missing_on_the_tokens_api_fails_without_retry(
     assert sim.state.ledger == []
 
 
+@pytest.mark.slow
 def test_assets_run_in_the_vanceai_pool(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, images: Any, tmp_path: Path
 ) -> None:

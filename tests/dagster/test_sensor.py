@@ -54,6 +54,7 @@ def size_of(path: Path) -> tuple[int, int]:
         return img.size
 
 
+@pytest.mark.slow
 def test_new_files_become_partitions_and_runs(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, images: Any, tmp_path: Path
 ) -> None:
@@ -106,6 +107,7 @@ def test_new_files_become_partitions_and_runs(
     assert len(sim.state.charges()) == 5 and sim.state.double_charges() == []
 
 
+@pytest.mark.slow
 def test_sensor_on_s3(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, s3: dict[str, Any]
 ) -> None:

@@ -16,6 +16,7 @@ from vance_provider.sim import SimulatorServer
 pytestmark = pytest.mark.dagster
 
 
+@pytest.mark.slow
 def test_shard_partitions_pay_each_input_once(
     sim: SimulatorServer, instance: dg.DagsterInstance, use_token: Any, images: Any, tmp_path: Path
 ) -> None:

@@ -74,6 +74,7 @@ def _jpeg(data: bytes) -> Image.Image:
     return img
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("off", [None, "dataset", "resource"])
 def test_thumbnails_in_the_materialization_bounded_and_optional(
     sim: SimulatorServer,

@@ -503,6 +503,7 @@ with VanceClient(os.environ["T"], base_url=os.environ["U"]) as c:
 """
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_every_submitted_job_in_the_manifest(
     api: str, sim_factory: Any, tmp_path: Path
 ) -> None:

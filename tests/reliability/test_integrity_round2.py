@@ -393,6 +393,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_or_sighup_mid_batch_stops_like_ctrl_c(
     sig: signal.Signals, api: str, sim_factory: Any, tmp_path: Path

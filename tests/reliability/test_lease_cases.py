@@ -210,6 +210,7 @@ with VanceClient(os.environ["T"], base_url=os.environ["U"]) as c:
 """
 
 
+@pytest.mark.slow
 def test_after_kill_9_a_rerun_on_the_same_host_goes_ahead_at_once(
     api: str,
     held_sim: SimulatorServer,

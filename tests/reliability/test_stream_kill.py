@@ -53,6 +53,7 @@ KILL_POINTS: dict[str, Callable[[SimulatorServer], bool]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api", ["open", "web"])
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_kill_mid_planning_then_rerun_pays_each_input_once(api: str, point: str, tmp_path: Path) -> None:

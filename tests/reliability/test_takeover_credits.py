@@ -187,6 +187,7 @@ def test_a_resumed_job_still_running_is_this_runs_spend(
     assert held_sim.state.double_charges() == []
 
 
+@pytest.mark.slow
 def test_the_cli_says_what_was_taken_over_and_its_report_agrees_with_the_ledger(
     api: str, held_sim: SimulatorServer, clients: Callable[[], VanceClient], tmp_path: Path
 ) -> None:
