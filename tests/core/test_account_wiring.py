@@ -33,6 +33,21 @@ def shards(tmp_path: Path, k: int, per_shard: int) -> list[tuple[Path, Path]]:
     return made
 
 
+def on_photos(src: Path, dst: Path, owner: str | None = None) -> BatchSpec:
+    """A batch drawing on the account budget "photos", as much as it has left."""
+    return BatchSpec(
+        str(src),
+        str(dst),
+        "upscale",
+        {"scale": 2},
+        max_concurrency=3,
+        poll_interval=0.02,
+        account_budget="photos",
+        on_insufficient_credits="partial",
+        owner=owner,
+    )
+
+
 async def run_workers(
     sim: SimulatorServer, store: str, specs: list[BatchSpec], **options: object
 ) -> list[object]:
@@ -79,19 +94,7 @@ def test_a_named_budget_holds_across_workers(tmp_path: Path) -> None:
             api_key=DEMO_OPEN_KEY,
             store_url=store,
         )
-        specs = [
-            BatchSpec(
-                str(src),
-                str(dst),
-                "upscale",
-                {"scale": 2},
-                max_concurrency=3,
-                poll_interval=0.02,
-                account_budget="photos",
-                on_insufficient_credits="partial",
-            )
-            for src, dst in shards(tmp_path, 3, 4)
-        ]
+        specs = [on_photos(src, dst) for src, dst in shards(tmp_path, 3, 4)]
         results = asyncio.run(run_workers(sim, store, specs))
         done = sum(r.done for r in results)  # type: ignore[attr-defined]
         assert done == 7 and sum(charged_jobs(sim).values()) == 7  # 12 wanted, the budget paid for 7
@@ -176,26 +179,13 @@ def test_a_batch_handed_to_another_process_keeps_its_jobs_credits_reserved(tmp_p
         set_budget("photos", 4, "total", **conn)  # type: ignore[arg-type]
         (a_src, a_dst), (b_src, b_dst) = shards(tmp_path, 2, 3)
 
-        def spec(src: Path, dst: Path, owner: str) -> BatchSpec:
-            return BatchSpec(
-                str(src),
-                str(dst),
-                "upscale",
-                {"scale": 2},
-                max_concurrency=3,
-                poll_interval=0.02,
-                account_budget="photos",
-                on_insufficient_credits="partial",
-                owner=owner,
-            )
-
         async def in_a_process(work: object) -> object:
             async with AsyncVanceClient(
                 DEMO_OPEN_KEY, api="open", base_url=sim.base_url, retry=FAST, account_store=store
             ) as client:
                 return await work(client)  # type: ignore[operator]
 
-        handed = asyncio.run(in_a_process(lambda c: hand_off(c, spec(a_src, a_dst, "run-a"))))
+        handed = asyncio.run(in_a_process(lambda c: hand_off(c, on_photos(a_src, a_dst, "run-a"))))
         assert len(handed.job_ids) == 3  # type: ignore[attr-defined]
         (photos,) = get_budgets(**conn)  # type: ignore[arg-type]
         assert photos.reserved == 3 and photos.spent == 0  # the worker has exited: still reserved
@@ -206,9 +196,9 @@ def test_a_batch_handed_to_another_process_keeps_its_jobs_credits_reserved(tmp_p
             assert time.monotonic() < deadline
             time.sleep(0.01)
         sim.state.clock.advance(600.0)  # and the held ones are done
-        other = asyncio.run(in_a_process(lambda c: run_batch(c, spec(b_src, b_dst, "run-b"))))
+        other = asyncio.run(in_a_process(lambda c: run_batch(c, on_photos(b_src, b_dst, "run-b"))))
         assert other.done == 1  # type: ignore[attr-defined]  # the one credit left
-        collected = asyncio.run(in_a_process(lambda c: run_elsewhere(c, spec(a_src, a_dst, "run-a"))))
+        collected = asyncio.run(in_a_process(lambda c: run_elsewhere(c, on_photos(a_src, a_dst, "run-a"))))
         assert collected.done == 3  # type: ignore[attr-defined]
 
         (photos,) = get_budgets(**conn)  # type: ignore[arg-type]

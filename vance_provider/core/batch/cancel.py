@@ -245,10 +245,12 @@ class StoppableBatch:
         outer = self
 
         class _Runner(BatchRunner):
-            async def submit_item(self, item: ManifestItem) -> bool:
+            # Every submission goes through _submit (the window's and submit_item's alike): a stop
+            # waits for those already sent, so that their jobs are in the manifest to be canceled.
+            async def _submit(self, item: ManifestItem, staged: str | None) -> bool:
                 outer._submitting += 1
                 try:
-                    return await super().submit_item(item)
+                    return await super()._submit(item, staged)
                 finally:
                     outer._submitting -= 1
                     if outer._submitting == 0:

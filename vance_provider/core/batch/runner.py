@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fsspec.core import url_to_fs
@@ -76,6 +77,7 @@ from .stream import stream_work
 from .watch import JobWatch
 
 log = logging.getLogger("vance_provider.batch")
+STOP_GRACE = 10.0  # seconds a stopped batch still waits for the answer to a job's creation
 
 
 def manifest_for(spec: BatchSpec) -> Manifest:
@@ -810,13 +812,16 @@ class BatchRunner:
         for _ in range(10):
             try:
                 await self._fence()
-                job = await self.client.submit_checked(
-                    item.source,
-                    self._sizes.get(item.source, 0),
-                    call,
-                    idempotency_key=item.idempotency_key,
-                    storage_options=self.spec.storage_options,
-                    staged=staged,
+                job = await self._answer_kept(
+                    item,
+                    self.client.submit_checked(
+                        item.source,
+                        self._sizes.get(item.source, 0),
+                        call,
+                        idempotency_key=item.idempotency_key,
+                        storage_options=self.spec.storage_options,
+                        staged=staged,
+                    ),
                 )
                 if job.status in (JobStatus.FAILED, JobStatus.CANCELED):
                     # The key replayed an older job that has ended badly: make a new submission.
@@ -834,7 +839,8 @@ class BatchRunner:
                 item.set(ItemState.SKIPPED, error=f"not submitted: {exc.message}", error_code=str(exc.code))
                 return False
             except BaseException:
-                await asyncio.shield(self._give_back(item, estimate))
+                if item.state != ItemState.SUBMITTED:  # not a job kept by _answer_kept
+                    await asyncio.shield(self._give_back(item, estimate))
                 raise
         else:
             await self._give_back(item, estimate)
@@ -857,6 +863,21 @@ class BatchRunner:
                 await self._cancel_over_budget(item, job)
         # Canceled over the budget just now: skipped, with no job left to wait for.
         return item.state == ItemState.SUBMITTED
+
+    async def _answer_kept(self, item: ManifestItem, submission: Coroutine[Any, Any, Job]) -> Job:
+        """The submission's answer. Stopped meanwhile (a timeout, a kill, Ctrl-C), the job may exist
+        already: its answer is awaited a little longer (``STOP_GRACE``), so that its id reaches the
+        manifest and a stop can cancel it, before the stop goes on."""
+        sent = asyncio.ensure_future(submission)
+        try:
+            return await asyncio.shield(sent)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                job = await asyncio.wait_for(sent, STOP_GRACE)
+                if job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+                    item.set(ItemState.SUBMITTED, job_id=job.id, submitted_by=self.run_id)
+                    self.manifest.touch()
+            raise
 
     async def _cancel_for_budget(self, item: ManifestItem, job: Job) -> str | None:
         """Stop submitting and cancel ``item``'s ``job`` (refunded in full); why, or None if it
