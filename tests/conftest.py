@@ -195,6 +195,24 @@ def s3(s3_server: str, request: pytest.FixtureRequest) -> Iterator[tuple[Any, di
     yield fs, options, bucket
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own hook has named the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--dist loadgroup``: pytest-xdist (3.8) names a test's ``xdist_group`` by a suffix on the
+    item's legacy ``_nodeid``, which pytest 9.2's structured node ids no longer read, so each group
+    was spread over all the workers (the demo ran once per worker). Give the suffix to the id pytest
+    reads; where xdist's suffix already took effect this does nothing."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # pytest before structured node ids: the suffix works as it is
+        return
+    for item in items:
+        legacy = item.__dict__.get("_nodeid")
+        if isinstance(legacy, str) and legacy != item.nodeid and hasattr(item, "_id"):
+            item._id = NodeId.parse(legacy)
+
+
 def run_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test run's temporary folder: under pytest-xdist, the one above every worker's own, which
     all the run's workers share (pytest's basetemp otherwise)."""

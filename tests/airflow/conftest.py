@@ -80,6 +80,17 @@ from tests.conftest import OPEN_KEY, WEB_TOKEN, make_bucket  # noqa: E402
 TOKENS = {"open": OPEN_KEY, "web": WEB_TOKEN}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` the Airflow tests not marked slow share one worker: a worker pays
+    for importing and starting Airflow (~3 s of CPU) at its first Airflow test, and no test module
+    imports it at collection, so the other workers never do."""
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("airflow"))
+
+
 @pytest.fixture(scope="session")
 def airflow_db(pristine_airflow_db: Path) -> Path:
     """The session's metadata DB, a copy of the run's freshly migrated one (the end-to-end

@@ -7,6 +7,7 @@ modules can import them without running that setup twice.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import json
 import os
 import threading
@@ -15,11 +16,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = ROOT / "dags"
 # A copy of the session's metadata DB as `airflow db migrate` left it, in the session's home: the
 # end-to-end deployment starts from it instead of migrating its own.
 PRISTINE_DB = "airflow-migrated.db"
+
+
+def installed(distribution: str) -> bool:
+    """Whether ``distribution`` is installed, known without importing it: collecting a test module
+    imports no Airflow, so only the worker that runs the Airflow tests pays for it."""
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+NEEDS_AMAZON = pytest.mark.skipif(
+    not installed("apache-airflow-providers-amazon"), reason="needs apache-airflow-providers-amazon"
+)
 
 
 def dagbag_class() -> Any:

@@ -15,8 +15,11 @@ from typing import Any
 
 import pytest
 
+from tests.airflow.helpers import NEEDS_AMAZON
 from tests.airflow.test_airflow_batch import _context, _drive
 from tests.airflow.test_airflow_storage_conn import LOGIN, SECRET, _aws_conn, _put_inputs
+
+pytestmark = NEEDS_AMAZON
 
 
 @pytest.mark.parametrize("version", ["2.10.5", "2.11.0", "3.0.5", "3.0.0rc1"])

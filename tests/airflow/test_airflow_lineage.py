@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.airflow.helpers import ROOT, load_dag, ti_states
+from tests.airflow.helpers import ROOT, installed, load_dag, ti_states
 from vance_provider.operators._lineage import FACET_SCHEMA
 
 SCHEMA_FILES = (
@@ -18,7 +18,9 @@ SCHEMA_FILES = (
     ROOT / "vance_provider" / "operators" / "schemas" / "vanceai-run-facet.json",
 )
 
-pytest.importorskip("airflow.providers.openlineage")
+pytestmark = pytest.mark.skipif(
+    not installed("apache-airflow-providers-openlineage"), reason="needs apache-airflow-providers-openlineage"
+)
 
 
 def _events(job_name: str, event_type: str = "COMPLETE") -> list[dict]:

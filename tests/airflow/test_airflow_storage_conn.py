@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from tests.airflow.helpers import NEEDS_AMAZON
 from tests.airflow.test_airflow_batch import _context, _drive, _operator
 
-pytest.importorskip("airflow.providers.amazon")
 pytest.importorskip("s3fs")
+pytestmark = NEEDS_AMAZON
 
 LOGIN = "AKIAVANCECONNECTION1"
 SECRET = "vance-conn-secret-7f3c9a1e5b2d4c6e8a0b"

@@ -82,8 +82,7 @@ def test_credit_budget_typed_at_trigger_time_bounds_the_run(
 
 
 def test_a_budget_that_is_not_a_number_fails_by_name() -> None:
-    from airflow.exceptions import AirflowFailException
-
+    from vance_provider.airflow_compat import AirflowFailException
     from vance_provider.operators.vanceai import credit_budget
 
     assert credit_budget("50") == 50.0 and credit_budget(7) == 7.0

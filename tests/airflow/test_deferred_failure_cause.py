@@ -38,6 +38,7 @@ hands over can still end sooner in the triggerer: the hold stays. In the deploym
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 from typing import Any
 from unittest.mock import MagicMock
@@ -46,7 +47,6 @@ import pytest
 from packaging.version import Version
 
 from tests.airflow.helpers import load_dag, rebuild_trigger, submit_jobs, ti_states, xcom
-from vance_provider.airflow_compat import AIRFLOW_VERSION
 
 
 def _drain_stale_exit_report(dag_id: str, task_id: str, run_id: str) -> list[str]:
@@ -82,7 +82,7 @@ def _drain_stale_exit_report(dag_id: str, task_id: str, run_id: str) -> list[str
 
 
 RACE_QUEUED = pytest.mark.xfail(
-    Version(AIRFLOW_VERSION) <= Version("3.3.2"),
+    Version(importlib.metadata.version("apache-airflow")) <= Version("3.3.2"),
     reason="apache/airflow#67287: fixed by #68741, after 3.3.2",
     strict=True,
 )

@@ -265,6 +265,7 @@ def test_owner_ids_are_unique_per_attempt() -> None:
     assert BatchLease.for_batch("/tmp/x").owner != BatchLease.for_batch("/tmp/x").owner
 
 
+@pytest.mark.xdist_group("airflow")  # it imports Airflow: on the worker of the Airflow tests
 def test_the_airflow_operator_owner_names_the_try(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("airflow")
     from vance_provider.operators.vanceai import VanceAIEnhanceOperator

@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -312,7 +313,7 @@ def test_a_cache_that_is_an_object_on_s3_is_refused(
 
 
 # --- 7. secrets and signals ---------------------------------------------------------------------------
-def test_no_secret_in_the_reprs_of_a_spec_or_a_client(tmp_path: Path) -> None:
+def test_no_secret_in_the_reprs_of_a_spec_or_a_client(tmp_path: Path, closed_port: int) -> None:
     spec = BatchSpec(
         "s3://bucket/in/",
         "ftp://me:ftp-pa55@files.example/out/",
@@ -330,7 +331,7 @@ def test_no_secret_in_the_reprs_of_a_spec_or_a_client(tmp_path: Path) -> None:
         assert secret not in text
     assert "azure-key-value" not in text and "sas-value" not in text
     assert "region_name': 'eu'" in text and "minio:9000" in text  # what is not secret still shows
-    port = _closed_port()
+    port = closed_port
     # Quick retries (the default policy backs off for seconds before it gives up on a closed port).
     with VanceClient(
         "tok-secret-123456", base_url=f"http://user:url-pa55@127.0.0.1:{port}", retry=FAST_RETRY
@@ -341,17 +342,23 @@ def test_no_secret_in_the_reprs_of_a_spec_or_a_client(tmp_path: Path) -> None:
     assert "url-pa55" not in str(err.value) and "tok-secret-123456" not in str(err.value)
 
 
-def _closed_port() -> int:
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nobody listens on, for the whole test: it stays bound here (not listening), so
+    a connection to it is refused and no server of a test running meanwhile is given it."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 def test_an_unreachable_s3_endpoint_is_a_clear_error_and_exit_5(
-    sim: SimulatorServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    sim: SimulatorServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    closed_port: int,
 ) -> None:
     pytest.importorskip("s3fs")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3-secret-never-shown")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
@@ -371,13 +378,13 @@ def test_an_unreachable_s3_endpoint_is_a_clear_error_and_exit_5(
 
 
 def test_an_unreachable_store_is_a_typed_error_in_the_library(
-    sim: SimulatorServer, client: VanceClient, tmp_path: Path
+    sim: SimulatorServer, client: VanceClient, tmp_path: Path, closed_port: int
 ) -> None:
     photos(tmp_path / "in", 1)
     options = {
         "key": "testing",
         "secret": "testing",
-        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{_closed_port()}"},
+        "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{closed_port}"},
         "config_kwargs": {"retries": {"max_attempts": 1}},
         "skip_instance_cache": True,
     }

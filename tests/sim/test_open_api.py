@@ -114,7 +114,7 @@ def test_non_bearer_header_is_401(shared_client: httpx.Client, header: str) -> N
 
 
 def test_revoked_key_is_401_invalid_api_key(api: Open, sim: SimulatorServer) -> None:
-    sim.state.config.time_per_job = 600.0  # the job stays running (charged at completion): nothing paid
+    sim.state.config.queue_delay = 600.0  # the job stays queued: nothing reserved, nothing paid
     job_id = api.create()
     assert api.credits()["balance"] == 1000.0
     sim.state.revoke(OPEN_KEY)
