@@ -580,7 +580,7 @@ def test_web_balance_falls_back_to_get_and_keeps_the_token_out_of_logs(
 
     sim = sim_factory(web_point_get_only=True)
     caplog.set_level(logging.DEBUG)
-    logging.getLogger("httpx").setLevel(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # put back after the test, as the root's is
     with VanceClient(WEB_TOKEN, base_url=sim.base_url) as client:
         balance = client.balance()
     assert balance.total == 1000.0

@@ -28,7 +28,8 @@ def exception_text(exc: BaseException) -> str:
 
 @pytest.fixture
 def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    logging.getLogger().setLevel(logging.DEBUG)
+    # Through caplog only, the root ("") too: it puts each level back after the test, and the rest of
+    # the session does not format a DEBUG record for every request.
     for name in (
         "",
         "httpx",

@@ -22,7 +22,7 @@ def test_token_never_leaks(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     for name in ("httpx", "httpcore", "vance_provider", "fsspec"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger=name)  # put back after the test, as the root's is
     make_image("in/a.jpg")
     make_image("in/b.png")
     with VanceClient(token, base_url=sim.base_url) as client:
@@ -86,7 +86,7 @@ def test_a_percent_encoded_token_never_leaks(refusal: str, caplog: pytest.LogCap
 
     caplog.set_level(logging.DEBUG)
     for name in ("httpx", "httpcore", "vance_provider"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+        caplog.set_level(logging.DEBUG, logger=name)  # put back after the test, as the root's is
     config = SimConfig(
         accounts=[Account(web_tokens=[ENCODED_TOKEN])],
         web_point_get_only=True,

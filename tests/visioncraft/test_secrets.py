@@ -16,7 +16,7 @@ from vance_provider.sim import SimulatorServer
 
 @pytest.fixture
 def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    logging.getLogger().setLevel(logging.DEBUG)
+    # Through caplog only, the root ("") too: it puts each level back after the test.
     for name in ("", "httpx", "httpcore", "vance_provider", "fsspec"):
         caplog.set_level(logging.DEBUG, logger=name)
     return caplog
