@@ -309,6 +309,9 @@ def test_sharded_dag_on_four_celery_workers(celery_deployment, tmp_path) -> None
     dep.wait(shards_in_flight, 600, "jobs of two shards to be in flight")
     with sim.state.lock:
         sim.state.config.time_per_job = 0.05
+        for job in sim.state.jobs.values():  # a job still queued would start held: it is quick too
+            if job.status == "queued":
+                job.processing_time = 0.05
         sim.state.clock.advance(HOLD)
 
     def finished() -> list[str]:
