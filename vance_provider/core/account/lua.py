@@ -11,25 +11,13 @@ local function clock(arg)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function fmt(x) return string.format('%.17g', x) end
-local function purge_slots(slots, info, now)
-  local dead = redis.call('ZRANGEBYSCORE', slots, '-inf', now)
+-- Drop the entries whose lease ran out: ``zset`` holds each id's expiry, ``hash`` its data
+-- (slots and their holders, waiting holders and since when, reservations and their credits).
+local function purge(zset, hash, now)
+  local dead = redis.call('ZRANGEBYSCORE', zset, '-inf', now)
   if #dead > 0 then
-    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
-    redis.call('HDEL', info, unpack(dead))
-  end
-end
-local function purge_waiting(waiting, since, now)
-  local dead = redis.call('ZRANGEBYSCORE', waiting, '-inf', now)
-  if #dead > 0 then
-    redis.call('ZREMRANGEBYSCORE', waiting, '-inf', now)
-    redis.call('HDEL', since, unpack(dead))
-  end
-end
-local function purge_resv(exp, data, now)
-  local dead = redis.call('ZRANGEBYSCORE', exp, '-inf', now)
-  if #dead > 0 then
-    redis.call('ZREMRANGEBYSCORE', exp, '-inf', now)
-    redis.call('HDEL', data, unpack(dead))
+    redis.call('ZREMRANGEBYSCORE', zset, '-inf', now)
+    redis.call('HDEL', hash, unpack(dead))
   end
 end
 -- The civil date of a day number (days since 1970-01-01), by H. Hinnant's algorithm.
@@ -143,8 +131,8 @@ ACQUIRE_SLOT = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
-purge_slots(KEYS[1], KEYS[2], now)
-purge_waiting(KEYS[4], KEYS[5], now)
+purge(KEYS[1], KEYS[2], now)
+purge(KEYS[4], KEYS[5], now)
 local holder = ARGV[3]
 local capacity = tonumber(redis.call('HGET', KEYS[3], 'capacity')) or tonumber(ARGV[5])
 local free = capacity - redis.call('ZCARD', KEYS[1])
@@ -185,7 +173,7 @@ RENEW_SLOTS = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
-purge_slots(KEYS[1], KEYS[2], now)
+purge(KEYS[1], KEYS[2], now)
 local lost = {}
 for i = 3, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
@@ -204,8 +192,8 @@ SLOT_STATE = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
-purge_slots(KEYS[1], KEYS[2], now)
-purge_waiting(KEYS[4], KEYS[5], now)
+purge(KEYS[1], KEYS[2], now)
+purge(KEYS[4], KEYS[5], now)
 local capacity = redis.call('HGET', KEYS[3], 'capacity') or ARGV[2]
 local held = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local out = {capacity, fmt(now), #held / 2}
@@ -230,7 +218,7 @@ RESERVE = (
     + r"""
 local now = clock(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
-purge_resv(KEYS[2], KEYS[3], now)
+purge(KEYS[2], KEYS[3], now)
 local spent, key = roll(KEYS[1], now)
 local limit = tonumber(redis.call('HGET', KEYS[1], 'credits'))
 local period = redis.call('HGET', KEYS[1], 'period')
@@ -251,7 +239,7 @@ RENEW_RESERVATIONS = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
-purge_resv(KEYS[1], KEYS[2], now)
+purge(KEYS[1], KEYS[2], now)
 local lost = {}
 for i = 3, #ARGV do
   if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
@@ -269,7 +257,7 @@ SETTLE = (
     _COMMON
     + r"""
 local now = clock(ARGV[1])
-purge_resv(KEYS[2], KEYS[3], now)
+purge(KEYS[2], KEYS[3], now)
 local live = redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -301,7 +289,7 @@ READ_BUDGET = (
     + r"""
 local now = clock(ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
-purge_resv(KEYS[2], KEYS[3], now)
+purge(KEYS[2], KEYS[3], now)
 local spent, key = roll(KEYS[1], now)
 local held, count = reserved(KEYS[3])
 return {redis.call('HGET', KEYS[1], 'credits'), redis.call('HGET', KEYS[1], 'period'), key, fmt(spent), fmt(held), count}

@@ -82,13 +82,9 @@ class AccountShare:
         """:meth:`release`, from code that cannot wait (it runs in the background)."""
         reservation = self._reserved.pop(source, None)
         if reservation is not None and self.account is not None:
-            task = asyncio.get_running_loop().create_task(self._release(reservation))
+            task = asyncio.get_running_loop().create_task(self.account.release_reservation(reservation))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    async def _release(self, reservation: Reservation) -> None:
-        assert self.account is not None
-        await self.account.release_reservation(reservation)
 
     def record(self, source: str) -> dict[str, Any] | None:
         """The reservation of ``source``'s job as the manifest keeps it, so that a process that
