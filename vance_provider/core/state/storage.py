@@ -119,6 +119,14 @@ class SourceFile:
     fingerprint: str  # etag/checksum when the store has one, else size + mtime
     relative: str  # path below the source prefix, used to name the output
 
+    @classmethod
+    def listed(cls, url: str, size: int, fingerprint: str, relative: str) -> SourceFile:
+        """``SourceFile(...)`` without the frozen ``__init__``'s hooked assignment per field (a
+        listing makes 100k of them before the first job)."""
+        made = object.__new__(cls)
+        made.__dict__.update(url=url, size=size, fingerprint=fingerprint, relative=relative)
+        return made
+
 
 def _protocol(fs: fsspec.AbstractFileSystem) -> str:
     proto = fs.protocol
@@ -162,12 +170,14 @@ def list_sources(
     found: dict[str, SourceFile] = {}
     for url in urls:
         fs, path = url_to_fs(url, **(storage_options or {}))
+        walked = False  # listed by _find_local: its entries' fields are known
         if any(ch in path for ch in "*?["):
             base = glob_base(path)
             matches = {p: fs.info(p) for p in fs.glob(path)}
         elif fs.isdir(path):
             base = path.rstrip("/")
-            matches = _find_local(path) if is_local(fs) else fs.find(path, detail=True)
+            walked = is_local(fs)
+            matches = _find_local(path) if walked else fs.find(path, detail=True)
         else:
             if not fs.exists(path):
                 raise UnreadableInputError(
@@ -179,26 +189,34 @@ def list_sources(
             matches = {path: {**fs.info(path), "explicit": True}}
         scheme = _protocol(fs)
         plain = scheme in ("file", "local")
-        for p, info in sorted(matches.items()):
+        for p in sorted(matches):  # string work, no call per entry that can be saved: 100k at once
+            info = matches[p]
             if info.get("type") == "directory":
                 continue
-            name = p.rstrip("/").rsplit("/", 1)[-1]  # string work: 100k inputs are listed at once
+            name = p.rstrip("/").rsplit("/", 1)[-1]
             u = p if plain else f"{scheme}://{p}"
             if not info.get("explicit"):
-                if is_engine_file(name):
+                if name.startswith(".") or name.startswith(ENGINE_PREFIXES):
+                    if not is_engine_file(name) and ignored is not None:
+                        ignored.append((u, "hidden file"))
                     continue
-                reason = (
-                    "hidden file"
-                    if name.startswith(".")
-                    else _linked_folder(fs, p, info)
-                    or (None if suffix_of(name) in exts else "not an image or video (by its extension)")
+                dot = name.rfind(".")
+                ext = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # suffix_of(name)
+                reason = (info.get("islink") and _linked_folder(fs, p, info)) or (
+                    None if ext in exts else "not an image or video (by its extension)"
                 )
                 if reason:
                     if ignored is not None:
                         ignored.append((u, reason))
                     continue
             rel = p[len(base) :].lstrip("/") if p.startswith(base) else name
-            found[u] = SourceFile(u, int(info.get("size") or 0), _fingerprint(info), rel)
+            size = info.get("size")
+            fingerprint = (
+                f"{size}:{info['mtime'] or info['created'] or ''}"  # _fingerprint(info) of a local file
+                if walked
+                else _fingerprint(info)
+            )
+            found[u] = SourceFile.listed(u, int(size or 0), fingerprint, rel)
     return list(found.values())
 
 
@@ -529,7 +547,7 @@ class Locations:
 
     def __init__(self, storage_options: dict[str, Any] | None = None) -> None:
         self.storage_options = storage_options
-        self._fs: dict[str, Any] = {}
+        self._fs: dict[str, tuple[Any, bool]] = {}  # per scheme: the file system, whether local
         self._folders: dict[str, tuple[str, frozenset[str]]] = {}
 
     def _folder(self, folder: str) -> tuple[str, frozenset[str]]:
@@ -543,10 +561,12 @@ class Locations:
 
     def __call__(self, url: str) -> tuple[str, str]:
         scheme = url.split("://", 1)[0] if "://" in url else "file"
-        fs = self._fs.get(scheme)
-        if fs is None:
-            fs = self._fs[scheme] = url_to_fs(url, **(self.storage_options or {}))[0]
-        if not is_local(fs):
+        known_fs = self._fs.get(scheme)
+        if known_fs is None:
+            fs = url_to_fs(url, **(self.storage_options or {}))[0]
+            known_fs = self._fs[scheme] = (fs, is_local(fs))
+        fs, local = known_fs
+        if not local:
             return _protocol(fs), fs._strip_protocol(url).rstrip("/")
         path = url if url.startswith("/") and scheme == "file" else fs._strip_protocol(url)
         if "/." in path or "//" in path or path.endswith("/"):  # a listed path is normal already
@@ -558,7 +578,8 @@ class Locations:
         real, links = known
         if not name or name in (".", "..") or name in links or ("*" in links and os.path.islink(path)):
             return "file", os.path.realpath(path)
-        return "file", os.path.join(real, name)
+        # os.path.join(real, name), for a name without "/" (called per input and per output)
+        return "file", (real + name if real.endswith("/") else real + "/" + name)
 
 
 def check_outputs_apart(planned: dict[str, str], storage_options: dict[str, Any] | None = None) -> None:
@@ -569,7 +590,9 @@ def check_outputs_apart(planned: dict[str, str], storage_options: dict[str, Any]
     stems = {(proto, without_suffix(path)): (proto, path) for proto, path in inputs}
     for src, out in planned.items():
         where = location(out)
-        has_ext = suffix_of(where[1]) in MEDIA_EXTENSIONS
+        name = where[1].rsplit("/", 1)[-1]  # suffix_of(where[1]): a resolved path has no "/" at its end
+        dot = name.rfind(".")
+        has_ext = 0 < dot < len(name) - 1 and name[dot:].lower() in MEDIA_EXTENSIONS
         clash = where if has_ext and where in inputs else None if has_ext else stems.get(where)
         if clash:
             raise ConfigurationError(
