@@ -245,20 +245,24 @@ class BatchRunner:
         work: list[ManifestItem] = []
         if not spec.overwrite:
             refuse_overwrites(sources, outputs, own_outputs, present, dest_fs)
+        items, tool = self.manifest.items, self.call.tool
         for src in sources:
-            item = self.manifest.items.get(src.url)
-            same_input = item is not None and same_listing(item, src) and item.call == chash
-            if item is None or not same_input or (spec.force and item.state == ItemState.DONE):
-                generation = (item.generation + 1) if item is not None else 0
-                item = ManifestItem.new(
+            item = items.get(src.url)
+            if item is None:  # a new input: most of a first run's, so it goes first
+                items[src.url] = item = ManifestItem.new(
+                    src.url, src.fingerprint, chash, output=outputs[src.url], generation=0, tool=tool
+                )
+            elif not (same_listing(item, src) and item.call == chash) or (
+                spec.force and item.state == ItemState.DONE
+            ):
+                items[src.url] = item = ManifestItem.new(
                     src.url,
                     src.fingerprint,
                     chash,
                     output=outputs[src.url],
-                    generation=generation,
-                    tool=self.call.tool,
+                    generation=item.generation + 1,
+                    tool=tool,
                 )
-                self.manifest.items[src.url] = item
             elif (
                 item.state == ItemState.DONE
                 and item.output
@@ -373,7 +377,8 @@ class BatchRunner:
         unpaid = self.unpaid(work)
         if not unpaid:
             return
-        need = sum(self.estimate(i) for i in unpaid)
+        each = self.call.estimate()  # self.estimate(i), without a call per item
+        need = sum(each if i.estimate is None else i.estimate for i in unpaid)
         await self.client.check_call(self.call)  # option lists the service serves, before spending
         budget = self.spec.credit_budget
         if budget is not None and need > budget and self.spec.on_insufficient_credits == "fail":

@@ -88,12 +88,13 @@ class ManifestItem:
     def new(cls, source: str, fingerprint: str, call: str, **fields_: Any) -> ManifestItem:
         """A new item, as ``ManifestItem(...)`` makes it, without a hooked assignment per field
         (a batch of 100k inputs plans 100k of them before its first job)."""
-        if unknown := fields_.keys() - _FIELDS:
-            raise TypeError(f"unknown field(s) {sorted(unknown)}")
+        if not _FIELDS.issuperset(fields_):
+            raise TypeError(f"unknown field(s) {sorted(fields_.keys() - _FIELDS)}")
         item = object.__new__(cls)
         values = item.__dict__
-        values.update(_STATIC)
-        values.update(charges=[], updated_at=time.time(), source=source, fingerprint=fingerprint, call=call)
+        values.update(
+            _STATIC, charges=[], updated_at=time.time(), source=source, fingerprint=fingerprint, call=call
+        )
         values.update(fields_)
         return item
 

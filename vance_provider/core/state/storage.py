@@ -549,6 +549,7 @@ class Locations:
         self.storage_options = storage_options
         self._fs: dict[str, tuple[Any, bool]] = {}  # per scheme: the file system, whether local
         self._folders: dict[str, tuple[str, frozenset[str]]] = {}
+        self._plain: dict[str, tuple[str, frozenset[str]]] = {}  # the plain local folders among them
 
     def _folder(self, folder: str) -> tuple[str, frozenset[str]]:
         """The folder's real path, and the names of the links in it."""
@@ -560,6 +561,12 @@ class Locations:
         return os.path.realpath(folder or "/"), links
 
     def __call__(self, url: str) -> tuple[str, str]:
+        # A plain local path in a folder seen before (most of a listing): the folder's real path
+        # and the name, unless the name may be a link or is not plain.
+        folder, _, name = url.rpartition("/")
+        plain = self._plain.get(folder)
+        if plain is not None and name and not name.startswith(".") and name not in plain[1]:
+            return "file", plain[0] + "/" + name
         scheme = url.split("://", 1)[0] if "://" in url else "file"
         known_fs = self._fs.get(scheme)
         if known_fs is None:
@@ -575,6 +582,15 @@ class Locations:
         known = self._folders.get(folder)
         if known is None:
             known = self._folders[folder] = self._folder(folder)
+            normal = folder.startswith("/") and "/." not in folder and "//" not in folder
+            if (
+                scheme == "file"
+                and url.startswith("/")
+                and normal
+                and known[0] != "/"
+                and "*" not in known[1]
+            ):
+                self._plain[folder] = known
         real, links = known
         if not name or name in (".", "..") or name in links or ("*" in links and os.path.islink(path)):
             return "file", os.path.realpath(path)
