@@ -4,6 +4,8 @@ strings (Redis would truncate Lua numbers to integers)."""
 
 from __future__ import annotations
 
+from .models import ARRIVAL_JITTER
+
 _COMMON = r"""
 local function clock(arg)
   if arg ~= nil and arg ~= '' then return tonumber(arg) end
@@ -64,13 +66,14 @@ end
 # -> number of slots (0: not yet), wait, now, slot... (as state.take_request)
 TAKE_REQUEST = (
     _COMMON
+    + f"local ARRIVAL_JITTER = {ARRIVAL_JITTER!r}\n"
     + r"""
 local now = clock(ARGV[1])
 local r = redis.call('HMGET', KEYS[1], 'limit', 'window', 'tat', 'blocked_until')
 local limit, window = tonumber(r[1]), tonumber(r[2])
 if not limit then limit, window = tonumber(ARGV[2]), tonumber(ARGV[3]) elseif not window then window = tonumber(ARGV[3]) end
 local tat, blocked = tonumber(r[3]) or 0, tonumber(r[4]) or 0
-local interval = tonumber(ARGV[4]) * window / limit
+local interval = math.min(tonumber(ARGV[4]), 1 + ARRIVAL_JITTER / window) * window / limit  -- models.pace_interval
 local ahead = tonumber(ARGV[7])
 local wanted = math.max(1, math.min(tonumber(ARGV[6]), 1 + math.floor(ahead / interval)))
 local slots = {}

@@ -26,8 +26,24 @@ class Rate:
     window: float
 
     def interval(self, margin: float = 1.0) -> float:
-        """Seconds between two requests when pacing at this rate (times ``margin``)."""
-        return margin * self.window / self.limit
+        """Seconds between two requests when pacing at this rate: see :func:`pace_interval`."""
+        return pace_interval(self.limit, self.window, margin)
+
+
+#: How far a request's arrival at the service may stray from the time it was paced for (the
+#: network, a busy event loop, the clocks of the workers and the store), in seconds.
+ARRIVAL_JITTER = 0.6
+
+
+def pace_interval(limit: int | None, window: float, margin: float) -> float:
+    """Seconds between two requests paced at ``limit`` per ``window`` seconds, ``margin`` times
+    ``window / limit`` apart at most. Requests that far apart, arriving up to ``ARRIVAL_JITTER``
+    late, never put more than ``limit`` into one of the service's windows; in a long window that
+    slack is a small share of it (60 a minute: 1.01 s apart, not 1.05 s), so no more is taken.
+    0 when no limit is known."""
+    if not limit or window <= 0:
+        return 0.0
+    return min(margin, 1 + ARRIVAL_JITTER / window) * window / limit
 
 
 @dataclass(frozen=True)

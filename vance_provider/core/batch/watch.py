@@ -39,7 +39,7 @@ class JobWatch:
         if not self.looks.ready:
             return self.latency.value
         gate = self.gate
-        rate = gate.limit / gate.window / gate.MARGIN if gate.limit and gate.window else ASSUMED_RATE
+        rate = 1 / gate.interval if gate.limit and gate.window else ASSUMED_RATE
         return self.looks.point(slots=self.limit.limit, rate=rate, least_requests=self.requests_per_job)
 
     async def wait(

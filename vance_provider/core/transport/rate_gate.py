@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from ..account.models import pace_interval
 from .retry import parse_retry_after
 
 
@@ -36,7 +37,7 @@ class RateGate:
     - A 429 to a request sent before the current block began is old news: ignored.
     """
 
-    MARGIN = 1.1  # pace this much under the learned rate: arrival times at the server jitter
+    MARGIN = 1.1  # pace at most this much under the learned rate: arrivals jitter (pace_interval)
     GROWTH = 1.2  # a 429 although paced: the window is this much longer than thought, at least
     MAX_WINDOW = 3600.0
 
@@ -73,7 +74,7 @@ class RateGate:
         """Seconds between two requests when pacing (0: no limit known yet)."""
         if not self.limit:
             return self._fallback
-        return self.MARGIN * self.window / self.limit
+        return pace_interval(self.limit, self.window, self.MARGIN)
 
     async def wait(self) -> float:
         """Wait for this caller's turn; returns when it went (monotonic), for :meth:`observe`."""
