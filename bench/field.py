@@ -41,7 +41,7 @@ Measured from the simulator's own request log and job records (its clock):
 
 ``--stores local,none`` runs each size once per account store (``VANCE_ACCOUNT_STORE``; ``local``
 in a fresh state folder each run), side by side (``process``: the account on a store in the
-engine's own memory, so no round trip: the account's pacing without the store's cost); ``--baseline LABEL=PATH`` runs the engine of
+engine's own memory, so no round trip: the account's pacing without the store's cost); ``--baseline LABEL=PATH`` (one or more) runs the engine of
 another checkout too (its ``local`` runs: ``none`` does not use the account), and ``--repeat``
 does it all again. These runs, each with the load average at its start, go under ``runs`` and
 ``summary`` in ``--out``.
@@ -247,6 +247,32 @@ def ideal(t0: float, times: list[float], per_job: int) -> float:
     return last - t0
 
 
+def look_trace(
+    jobs: list[dict[str, Any]],
+    polls_by_job: dict[str, list[float]],
+    steady: set[str],
+    per_job_polls: dict[str, int],
+) -> dict[str, Any]:
+    """How the steady jobs were looked at: polls per job (a histogram), the share whose first look
+    came before their end, and where such a look found them (the share of their processing done,
+    as the service's clock says: quartiles)."""
+    histogram = Counter(per_job_polls[j] for j in steady)
+    missed: list[float] = []
+    for j in jobs:
+        polls = polls_by_job.get(j["id"])
+        if j["id"] not in steady or not polls or j["finished_at"] is None or polls[0] >= j["finished_at"]:
+            continue
+        run = max(1e-9, j["finish_at"] - j["started_at"])
+        missed.append(max(0.0, (polls[0] - j["started_at"]) / run))
+    missed.sort()
+    quartiles = [round(missed[int(q * (len(missed) - 1))], 2) for q in (0.25, 0.5, 0.75)] if missed else []
+    return {
+        "polls_histogram": {str(k): histogram[k] for k in sorted(histogram)},
+        "first_look_missed_share": round(len(missed) / max(1, len(steady)), 3),
+        "missed_at_done_share_quartiles": quartiles,
+    }
+
+
 def analyse(
     api: str,
     n: int,
@@ -291,6 +317,7 @@ def analyse(
         after = [at for at in polls_by_job.get(j["id"], []) if at >= (j["finished_at"] or math.inf)]
         if after:
             lags.append(min(after) - j["finished_at"])
+    looks = look_trace(mine, polls_by_job, steady, per_job_polls)
     need = MIN_REQUESTS[api] * n
     rate_bound = windowed_rate_bound(t0, need)
     slot_bound = slots_only(times)
@@ -332,6 +359,7 @@ def analyse(
         "mean_job_s": round(sum(times) / len(times), 1) if times else None,
         "detection_lag_mean_s": round(sum(lags) / len(lags), 1) if lags else None,
         "detection_lag_max_s": round(max(lags), 1) if lags else None,
+        "looks": looks,
         "engine_requests": engine["requests"],
         "client_cpu_s": round(engine["cpu"], 2),
         "client_cpu_share_of_wall": round(engine["cpu"] / engine["wall"], 2),
@@ -405,11 +433,17 @@ def main() -> None:
     parser.add_argument("--apis", default="open,web")
     parser.add_argument("--spread", type=float, default=0.3, help="log-normal sigma of job times")
     parser.add_argument("--seed", type=int, default=26)
+    parser.add_argument(
+        "--slots", type=int, default=16, help="image jobs in flight (the account's cap; 16: the slots bind)"
+    )
     parser.add_argument("--out", default=str(RESULTS / "field.json"))
     parser.add_argument("--stores", help="account stores to run side by side, e.g. local,none")
-    parser.add_argument("--baseline", metavar="LABEL=PATH", help="also run the engine of the checkout PATH")
+    parser.add_argument(
+        "--baseline", metavar="LABEL=PATH", action="append", help="also run the engine of the checkout PATH"
+    )
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
+    globals()["SLOTS"] = args.slots  # the module's bound and schedule read it
     sizes = [int(s) for s in args.sizes.split(",")]
     result: dict[str, Any] = {
         "params": {
@@ -461,8 +495,8 @@ def compare(
     """Each size with each (engine, store), interleaved, ``--repeat`` times: the same load for all."""
     stores = (args.stores or "local").split(",")
     engines = [("this", ROOT)]
-    if args.baseline:
-        label, _, path = args.baseline.partition("=")
+    for baseline in reversed(args.baseline or []):
+        label, _, path = baseline.partition("=")
         engines.insert(0, (label, Path(path).resolve()))
     result["engines"] = {label: engine_tree(path) for label, path in engines}
     runs: list[dict[str, Any]] = []

@@ -23,7 +23,7 @@ def test_a_binding_rate_looks_late_so_one_look_suffices() -> None:
     sample = lengths()
     # 16 slots of 40 s jobs would need 0.8 requests a second at two per job: a rate of 0.5 binds.
     point = best_first_look(sample, slots=16, rate=0.5, least_requests=2, floor=2.0)
-    assert share_done_by(point, sample) >= 0.95
+    assert share_done_by(point, sample) >= 0.9  # (not later: the slots keep some time in hand)
 
 
 def test_spare_requests_are_spent_on_earlier_looks() -> None:
@@ -43,11 +43,27 @@ def test_the_point_minimises_the_slower_of_slots_and_rate() -> None:
     def pace(x: float) -> float:
         lag = sum(x - s if s <= x else max(x + floor, s * 1.05) - s for s in sample) / len(sample)
         misses = sum(s > x for s in sample) / len(sample)
-        return max((mean + lag) / slots, (k + misses) / rate)
+        return max((mean + lag) / slots, (k + misses) / rate)  # the slots bind: no headroom
 
     chosen = best_first_look(sample, slots=slots, rate=rate, least_requests=k, floor=floor)
     for x in sorted(sample)[:: len(sample) // 20]:
         assert pace(chosen) <= pace(x) * 1.02  # no other point (bar the grid's coarseness) is faster
+
+
+def test_when_the_rate_binds_the_slots_keep_time_in_hand() -> None:
+    """32 slots of 40 s jobs at 60 requests a minute: the rate binds, but a point that only just
+    balances the slots' time with the rate's leaves no request waiting whenever jobs end unevenly,
+    and the rate's turns go unused. The point keeps the slots' time per job a tenth under the
+    rate's."""
+    sample = lengths()
+    rate, slots, k, floor = 0.99, 32, 2, 2.0
+    x = best_first_look(sample, slots=slots, rate=rate, least_requests=k, floor=floor)
+    mean = sum(sample) / len(sample)
+    lag = sum(x - s if s <= x else max(x + floor, s * 1.05) - s for s in sample) / len(sample)
+    misses = sum(s > x for s in sample) / len(sample)
+    by_slots, by_rate = (mean + lag) / slots, (k + misses) / rate
+    assert by_slots <= 0.9 * by_rate * 1.01  # a tenth in hand (the quantiles' grid is coarse)
+    assert misses <= 0.15  # still about one look per job: the rate binds
 
 
 def test_the_planner_waits_for_enough_lengths_and_follows_new_ones() -> None:

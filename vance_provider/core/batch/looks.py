@@ -11,7 +11,10 @@ needing at least ``k`` requests and a first look at ``x``:
     seconds per job, by the rate:   (k + share of first looks that miss(x)) / R
 
 and the batch goes at the slower of the two. :func:`best_first_look` picks the ``x`` (among the
-quantiles of the lengths seen) that makes the slower one fastest. The lengths come from the
+quantiles of the lengths seen) that makes the slower one fastest. Where the rate binds (a client
+that knew every job's end would wait for the rate, not the slots), it keeps ``SLOT_HEADROOM`` of
+the slots' time in hand: jobs do not end evenly, and when the slots bind at
+moments, no request is waiting and the rate's turns go unused. The lengths come from the
 service's own clock (``created_at`` to ``finished_at``), so our own timing of looks biases nothing.
 """
 
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 
 QUANTILES = (0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.999)
 AIM = 1.05  # a look aimed by progress comes this much after the job's end, as estimated
+SLOT_HEADROOM = 0.9  # the share of the slots' time the plan may count on
 
 
 def best_first_look(
@@ -36,7 +40,7 @@ def best_first_look(
     ordered = sorted(lengths)
     n = len(ordered)
     mean = sum(ordered) / n
-    best_cost, best_x = float("inf"), ordered[-1]
+    paces = []  # per quantile: its point, the seconds per job by the slots and by the rate
     for q in QUANTILES:
         x = ordered[min(n - 1, round(q * (n - 1)))]
         misses, lag = 0, 0.0
@@ -46,12 +50,11 @@ def best_first_look(
             else:  # a second look, aimed by the job's progress, no sooner than the floor allows
                 misses += 1
                 lag += max(x + floor, length * AIM) - length
-        by_slots = (mean + lag / n) / max(1, slots)
         by_rate = (least_requests + misses / n) / rate if rate else 0.0
-        cost = max(by_slots, by_rate)
-        if cost < best_cost - 1e-12:
-            best_cost, best_x = cost, x
-    return best_x
+        paces.append((x, (mean + lag / n) / max(1, slots), by_rate))
+    # Where the rate binds even a client that knows every job's end, keep some slots' time in hand.
+    headroom = SLOT_HEADROOM if rate and least_requests / rate > mean / max(1, slots) else 1.0
+    return min(paces, key=lambda p: max(p[1] / headroom, p[2]))[0]
 
 
 class LookPlanner:
