@@ -261,3 +261,18 @@ def test_outlet_asset_and_extra_link(tmp_path) -> None:
         == "https://s3.console.aws.amazon.com/s3/buckets/bucket?prefix=out/"
     )
     assert console_url("/local/path") == ""
+
+
+def test_the_operator_looks_at_jobs_as_the_engine_does(vance_conn, tmp_path) -> None:
+    """Left at their defaults, the operator's poll intervals are the engine's (the vendor's guidance
+    for images: a look every 2 s at most), not slower ones of its own."""
+    from vance_provider.core import BatchSpec
+    from vance_provider.operators.vanceai import VanceAIEnhanceOperator
+
+    vance_conn("open")
+    op = VanceAIEnhanceOperator(
+        task_id="t", tool="upscale", source=str(tmp_path / "in"), destination=str(tmp_path / "out")
+    )
+    engine = BatchSpec(str(tmp_path / "in"), str(tmp_path / "out"), "upscale")
+    spec = op.spec()
+    assert (spec.poll_interval, spec.max_poll_interval) == (engine.poll_interval, engine.max_poll_interval)

@@ -170,8 +170,8 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
         on_failure: str = "fail",
         on_insufficient_credits: str = "fail",
         force: bool = False,
-        poll_interval: float = 5.0,
-        max_poll_interval: float = 60.0,
+        poll_interval: float = 2.0,  # the engine's defaults (BatchSpec): the vendor's guidance for images
+        max_poll_interval: float = 15.0,
         timeout: float | timedelta | None = None,
         cancel_on_timeout: bool = False,
         deferrable: bool | None = None,
