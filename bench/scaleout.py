@@ -1,7 +1,7 @@
 """K workers on one account: makespan, 429s, refused creations, overspend, shard finish spread.
 
     python -m bench.scaleout --label before [--n 1000] [--workers 1 4 8 16]
-    python -m bench.scaleout --label after --baseline before=/path/to/other/checkout [--store local]
+    python -m bench.scaleout --label after --baseline before=/path/to/other/checkout [--store local] [--job-time 1.0]
 
 K engine processes (plain ``run_batch``, one shard each: 1/K of the N inputs in a sub-folder,
 its own destination) share one account (one key) of the simulator, whose limits do not change
@@ -247,10 +247,12 @@ def main() -> None:
     parser.add_argument("--engine", default=".", help="the checkout whose engine runs under --label")
     parser.add_argument("--store", choices=["redis", "local"], default="redis")
     parser.add_argument("--budget", choices=["both", "speed"], default="both", help="'speed': no budget runs")
+    parser.add_argument("--job-time", type=float, default=JOB_TIME, help="seconds per job on the simulator")
     parser.add_argument(
         "--repeat", type=int, default=1, help="each repeat runs the engines in the other order"
     )
     args = parser.parse_args()
+    globals()["JOB_TIME"] = args.job_time  # one_run and the profile read it
     from tests.servers import RedisServer
 
     engines = [(args.label, Path(args.engine).resolve())]
@@ -278,7 +280,8 @@ def main() -> None:
                         rows[label].append(row)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data["profile"] = {
-        "account": f"one key; {SLOTS} jobs in flight; {RATE} requests/s (1 s windows); {JOB_TIME} s jobs",
+        "account": f"one key; {SLOTS} jobs in flight; {RATE} requests/s (1 s windows); 0.25 s jobs"
+        " unless a label's job_time_s says otherwise",
         "workers": "K engine processes (run_batch), one shard of N/K each, max_concurrency=16 each",
         "budget": f"{BUDGET_SHARE} * N credits, given to every worker (credit_budget, partial)",
         "account_store": "VANCE_ACCOUNT_STORE=redis://... (tests/servers.py RedisServer) in every worker",
@@ -292,6 +295,7 @@ def main() -> None:
             "n": args.n,
             "machine_cpus": os.cpu_count(),
             "store": args.store,
+            "job_time_s": args.job_time,
             "run_beside": [other for other, _ in engines if other != label],
             "rows": rows[label],
         }
