@@ -9,7 +9,7 @@ import asyncio
 import time
 from typing import Any
 
-from vance_provider.core.account import Account, SlotState, open_account
+from vance_provider.core.account import Account, MemoryStore, SlotState, open_account
 
 from .workers import BASE_URL
 
@@ -81,3 +81,34 @@ async def test_two_holders_in_one_process_each_ask_for_themselves(store_url: str
             await other.release_slot(got)
             assert (await also_poor).holder == "poor2"
         assert not account._slot_queues  # no task asks any more: no holder's queue is kept
+
+
+class SwallowingStore(MemoryStore):
+    """A store whose client library swallows a cancel while it asks for a slot (it answers "not
+    yet" instead), as asyncio's ``wait_for`` can on Python 3.11."""
+
+    asking = asyncio.Event()
+
+    async def acquire_slot(self, *args: Any, **kwargs: Any) -> Any:
+        answer = await super().acquire_slot(*args, **kwargs)
+        if isinstance(answer, float | int):  # refused: sit in the "network" until canceled
+            self.asking.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                return 0.01  # the cancel is lost here
+        return answer
+
+
+async def test_a_canceled_wait_for_a_slot_ends_though_its_cancel_was_swallowed() -> None:
+    account = Account("cancel-test", SwallowingStore(), max_jobs=1)
+    async with account:
+        held = await account.acquire_slot("worker")
+        waiting_task = asyncio.create_task(account.acquire_slot("worker"))
+        await SwallowingStore.asking.wait()
+        waiting_task.cancel()
+        done, _ = await asyncio.wait([waiting_task], timeout=30)
+        assert done, "the canceled wait went on asking for a slot"
+        assert waiting_task.cancelled()
+        assert (await account.slot_state()).in_use == 1  # only the slot held before
+        await account.release_slot(held)

@@ -200,3 +200,25 @@ def test_split_keeps_groups_whole_when_counting() -> None:
     files = [SourceFile(f"/in/{n}", 1, "1:0", n) for n in ["a.jpg", "a.png", "b.jpg", "c.jpg"]]
     shards = shards_mod.split(files, 2, "count")
     assert [[f.relative for f in s] for s in shards] == [["a.jpg", "a.png"], ["b.jpg", "c.jpg"]]
+
+
+@pytest.mark.parametrize("other_lease", [False, True], ids=["alone", "beside-another-shard"])
+def test_partial_files_are_cleared_only_by_a_batch_alone_in_its_destination(
+    tmp_path: Path, other_lease: bool
+) -> None:
+    """A batch clears the partial downloads a killed run left, but not while another shard's batch
+    holds a lease on the same destination: its partial files may be downloads in flight."""
+    import fsspec
+
+    from vance_provider.core.batch.planning import list_outputs
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_vance_lease-aaaa.lock").write_text("{}")  # this batch's
+    if other_lease:
+        (out / "_vance_lease-bbbb.lock").write_text("{}")
+    partial = out / ".a.jpg.partial-1234abcd"
+    partial.write_bytes(b"half")
+    found = list_outputs(fsspec.filesystem("file"), str(out))
+    assert partial.exists() is other_lease
+    assert (str(partial) in found) is other_lease

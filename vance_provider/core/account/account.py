@@ -259,10 +259,11 @@ class Account:
     async def _request_slot(self) -> tuple[float, float]:
         """The next request slot of this process (due: monotonic; store clock)."""
         self._request_waiting += 1
-        served = False
+        served, cancels = False, _cancels()
         try:
             async with self._request_lock:  # one task of this process asks the store at a time
                 while True:
+                    _raise_if_canceled(cancels)
                     while self._request_slots:
                         due, at = self._request_slots.popleft()
                         if time.monotonic() <= due + self.request_ahead and due >= self._blocked_until:
@@ -336,9 +337,11 @@ class Account:
         # task. The store shares the slots fairly between holders (see AccountStore.acquire_slot).
         queue, asking = self._slot_queues.setdefault(who, (asyncio.Lock(), [0]))
         asking[0] += 1
+        cancels = _cancels()
         try:
             async with queue:
                 while True:
+                    _raise_if_canceled(cancels)
                     freed = self._slot_freed
                     result, fallback = await self._shared(
                         lambda st: st.acquire_slot(
@@ -350,8 +353,11 @@ class Account:
                         self._slots[result.id] = result
                         self._ensure_heartbeat()
                         return result
-                    with contextlib.suppress(TimeoutError):  # a slot of this process freed: look at once
-                        await asyncio.wait_for(freed.wait(), max(0.01, min(result, self.poll)))
+                    # A slot of this process freed: look at once. (asyncio.timeout, not wait_for:
+                    # on Python 3.11 wait_for can swallow a cancel, and this loop would go on.)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.01, min(result, self.poll))):
+                            await freed.wait()
         finally:
             asking[0] -= 1
             if not asking[0] and self._slot_queues.get(who, (None,))[0] is queue:
@@ -521,6 +527,20 @@ class Account:
                 self.store.description,
             )
         await self.store.close()
+
+
+def _cancels() -> int:
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _raise_if_canceled(before: int) -> None:
+    """End a waiting loop whose task was asked to cancel since it began (``before``: the task's
+    cancel requests then; code that cleans up after a cancel may wait here still): a cancel
+    swallowed on its way (asyncio's ``wait_for`` on Python 3.11, or a client library) must not
+    leave the loop asking forever."""
+    if _cancels() > before:
+        raise asyncio.CancelledError
 
 
 def open_account(

@@ -244,12 +244,16 @@ def hash_inputs(urls: list[str], storage_options: dict[str, Any] | None) -> list
 
 def list_outputs(fs: Any, path: str) -> set[str]:
     """Every file under the destination, in one listing (not one ``exists`` per output); local
-    partial downloads left by a killed run are removed on the way (the lease says none is live)."""
+    partial downloads left by a killed run are removed on the way, when this batch's lease is the
+    only one there (shards of a batch share a destination, each with its own lease: the partial
+    files of another may be live)."""
     try:
         found = set(fs.find(path))
     except (FileNotFoundError, NotADirectoryError):
         return set()
-    if is_local(fs):
+    names = [p.rsplit("/", 1)[-1] for p in found]
+    leases = sum(1 for name in names if is_engine_file(name) and name.endswith(".lock"))
+    if is_local(fs) and leases <= 1:
         for p in [p for p in found if PARTIAL_MARK in p.rsplit("/", 1)[-1]]:
             try:
                 os.remove(p)

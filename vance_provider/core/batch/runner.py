@@ -578,10 +578,9 @@ class BatchRunner:
     async def _flush_periodically(self, stop: asyncio.Event) -> None:
         beats = 0
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), 0.5)
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):  # (not wait_for: it can swallow a cancel)
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
             if not (self.unchecked and not self._submitted_at):  # streamed: not before the first job
                 await self.manifest.flush()
             beats += 1

@@ -241,18 +241,20 @@ def _find_local(path: str) -> dict[str, dict[str, Any]]:
                     continue
                 link = entry.is_symlink()
                 size = st.st_size
+                times = st  # a link's size and times are its target's, as fsspec tells them
                 if link:
                     try:
-                        size = entry.stat(follow_symlinks=True).st_size
+                        times = entry.stat(follow_symlinks=True)
+                        size = times.st_size
                     except OSError:
                         size = 0
                 info: dict[str, Any] = {
                     "name": entry.path,
                     "size": size,
                     "type": "file" if entry.is_file(follow_symlinks=False) else "other",
-                    "created": getattr(st, "st_birthtime", st.st_ctime),
+                    "created": getattr(times, "st_birthtime", times.st_ctime),
                     "islink": link,
-                    "mtime": st.st_mtime,
+                    "mtime": times.st_mtime,
                 }
                 if link:
                     info["destination"] = os.readlink(entry.path)
