@@ -251,10 +251,10 @@ def list_outputs(fs: Any, path: str) -> set[str]:
         found = set(fs.find(path))
     except (FileNotFoundError, NotADirectoryError):
         return set()
-    names = [p.rsplit("/", 1)[-1] for p in found]
-    leases = sum(1 for name in names if is_engine_file(name) and name.endswith(".lock"))
+    names = {p: p.rsplit("/", 1)[-1] for p in found}
+    leases = sum(1 for name in names.values() if is_engine_file(name) and name.endswith(".lock"))
     if is_local(fs) and leases <= 1:
-        for p in [p for p in found if PARTIAL_MARK in p.rsplit("/", 1)[-1]]:
+        for p in [p for p, name in names.items() if PARTIAL_MARK in name]:
             try:
                 os.remove(p)
             except OSError:

@@ -377,8 +377,7 @@ class BatchRunner:
         unpaid = self.unpaid(work)
         if not unpaid:
             return
-        each = self.call.estimate()  # self.estimate(i), without a call per item
-        need = sum(each if i.estimate is None else i.estimate for i in unpaid)
+        need = sum(self.estimate(i) for i in unpaid)
         await self.client.check_call(self.call)  # option lists the service serves, before spending
         budget = self.spec.credit_budget
         if budget is not None and need > budget and self.spec.on_insufficient_credits == "fail":

@@ -170,14 +170,12 @@ def list_sources(
     found: dict[str, SourceFile] = {}
     for url in urls:
         fs, path = url_to_fs(url, **(storage_options or {}))
-        walked = False  # listed by _find_local: its entries' fields are known
         if any(ch in path for ch in "*?["):
             base = glob_base(path)
             matches = {p: fs.info(p) for p in fs.glob(path)}
         elif fs.isdir(path):
             base = path.rstrip("/")
-            walked = is_local(fs)
-            matches = _find_local(path) if walked else fs.find(path, detail=True)
+            matches = _find_local(path) if is_local(fs) else fs.find(path, detail=True)
         else:
             if not fs.exists(path):
                 raise UnreadableInputError(
@@ -200,23 +198,15 @@ def list_sources(
                     if not is_engine_file(name) and ignored is not None:
                         ignored.append((u, "hidden file"))
                     continue
-                dot = name.rfind(".")
-                ext = name[dot:].lower() if 0 < dot < len(name) - 1 else ""  # suffix_of(name)
                 reason = (info.get("islink") and _linked_folder(fs, p, info)) or (
-                    None if ext in exts else "not an image or video (by its extension)"
+                    None if suffix_of(name) in exts else "not an image or video (by its extension)"
                 )
                 if reason:
                     if ignored is not None:
                         ignored.append((u, reason))
                     continue
             rel = p[len(base) :].lstrip("/") if p.startswith(base) else name
-            size = info.get("size")
-            fingerprint = (
-                f"{size}:{info['mtime'] or info['created'] or ''}"  # _fingerprint(info) of a local file
-                if walked
-                else _fingerprint(info)
-            )
-            found[u] = SourceFile.listed(u, int(size or 0), fingerprint, rel)
+            found[u] = SourceFile.listed(u, int(info.get("size") or 0), _fingerprint(info), rel)
     return list(found.values())
 
 
@@ -608,9 +598,7 @@ def check_outputs_apart(planned: dict[str, str], storage_options: dict[str, Any]
     stems = {(proto, without_suffix(path)): (proto, path) for proto, path in inputs}
     for src, out in planned.items():
         where = location(out)
-        name = where[1].rsplit("/", 1)[-1]  # suffix_of(where[1]): a resolved path has no "/" at its end
-        dot = name.rfind(".")
-        has_ext = 0 < dot < len(name) - 1 and name[dot:].lower() in MEDIA_EXTENSIONS
+        has_ext = suffix_of(where[1]) in MEDIA_EXTENSIONS
         clash = where if has_ext and where in inputs else None if has_ext else stems.get(where)
         if clash:
             raise ConfigurationError(
