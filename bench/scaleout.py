@@ -52,7 +52,7 @@ BUDGET_SHARE = 0.5
 BUDGET_NAME = "scaleout"
 
 WORKER = """
-import asyncio, json, os, sys, time
+import asyncio, json, os, resource, sys, time
 from vance_provider.core import AsyncVanceClient, BatchSpec, run_batch
 url, token, src, dst, budget = sys.argv[1:6]
 budget = float(budget) if budget != "none" else None
@@ -73,7 +73,9 @@ async def main():
         done, spent = r.done, r.credits_spent
     except Exception as exc:
         done, spent, error = 0, 0.0, f"{type(exc).__name__}: {exc}"
-    print(json.dumps({"start": t0, "end": time.time(), "done": done, "spent": spent, "error": error}))
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"start": t0, "end": time.time(), "done": done, "spent": spent, "error": error,
+                      "cpu_s": use.ru_utime + use.ru_stime}))
 asyncio.run(main())
 """
 
@@ -124,7 +126,13 @@ def mean_overlap(intervals: list[tuple[float, float]]) -> float:
 
 
 def one_run(
-    k: int, n: int, root: Path, store_url: str, budget: float | None, engine: Path = Path.cwd()
+    k: int,
+    n: int,
+    root: Path,
+    store_url: str,
+    budget: float | None,
+    engine: Path = Path.cwd(),
+    store_pid: int | None = None,
 ) -> dict[str, Any]:
     from vance_provider.sim import Account, SimConfig, SimulatorServer
     from vance_provider.sim.config import DEMO_OPEN_KEY
@@ -145,6 +153,7 @@ def one_run(
         make_images(src, n // k + (1 if s < n % k else 0))
         shards.append((src, run / "out" / f"s{s}"))
     load_start = os.getloadavg()[0]
+    store_cpu_start = _process_cpu(store_pid)
     sim = SimulatorServer(config)
     refusals = CreateRefusals(sim.app)
     sim._server.config.app = refusals
@@ -173,6 +182,7 @@ def one_run(
         for p in procs:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         go = time.time()
+        bench_cpu_start = time.process_time()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
@@ -186,6 +196,8 @@ def one_run(
             jobs = list(sim.state.jobs.values())
             charged = sum(e.amount for e in sim.state.charges())
             now = sim.state.clock.now()
+        simulator_cpu = time.process_time() - bench_cpu_start
+        store_cpu = _process_cpu(store_pid) - store_cpu_start
     finally:
         sim.stop()
     load = os.getloadavg()[0]
@@ -214,13 +226,34 @@ def one_run(
         "most_jobs_in_flight": max_overlap([(j.created_at, j.finished_at or now) for j in jobs]),
         "mean_jobs_in_flight": round(mean_overlap([(j.created_at, j.finished_at or now) for j in jobs]), 2),
         "credits_charged": round(charged, 3),
+        # CPU seconds from "go" to the end: the workers (each its whole life, start-up included),
+        # the simulator (this process) and the store's server; cores_busy = their sum / makespan.
+        "cpu_s": {
+            "workers": round(sum(o.get("cpu_s", 0.0) for o in outs), 2),
+            "simulator": round(simulator_cpu, 2),
+            "store": round(store_cpu, 2),
+        },
         "load_1m_start": round(load_start, 2),
         "load_1m_end": round(load, 2),
     }
+    cpu = sum(result["cpu_s"].values())
+    result["cpu_ms_per_job"] = round(1000 * cpu / max(1, created), 2)
+    result["cores_busy"] = round(cpu / ends[-1], 2) if ends[-1] > 0 else None
     if budget is not None:
         result["budget"] = budget
         result["credits_over_budget"] = round(max(0.0, charged - budget), 3)
     return result
+
+
+def _process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used, from /proc; 0 where unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _set_store_budget(base_url: str, key: str, store_url: str, budget: float | None) -> None:
@@ -262,6 +295,7 @@ def main() -> None:
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in engines}
     budgets = (None,) if args.budget == "speed" else (None, BUDGET_SHARE * args.n)
     with RedisServer() as redis, tempfile.TemporaryDirectory(prefix="vance-scaleout-") as tmp:
+        store_pid = redis.process.pid if args.store == "redis" and redis.process else None
         for repeat in range(args.repeat):
             for k in args.workers:
                 for budget in budgets:
@@ -274,7 +308,7 @@ def main() -> None:
                         if args.store == "local":
                             kind = "speed" if budget is None else "budget"
                             url = f"sqlite://{tmp}/{label}-k{k}-{kind}-{repeat}.sqlite3"
-                        row = one_run(k, args.n, Path(tmp), url, budget, engine)
+                        row = one_run(k, args.n, Path(tmp), url, budget, engine, store_pid)
                         row["repeat"] = repeat
                         print(label, json.dumps(row), flush=True)
                         rows[label].append(row)

@@ -4,6 +4,7 @@ time) or not; the share that do must settle at the target for the key's rate pre
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import statistics
@@ -159,3 +160,70 @@ def test_a_wave_of_misses_raises_the_point_once_not_once_per_miss() -> None:
     for _ in range(16):  # without the point: the old full step per miss
         unbounded.observe(point * 1.02 + 0.02, first_poll_hit=False, in_flight=16)
     assert unbounded.value > 2 * point
+
+
+def test_where_a_miss_waits_the_poll_interval_first_looks_aim_to_find_jobs_done() -> None:
+    """No second look comes sooner than the poll interval: where that is as long as the point, a
+    miss holds its slot longer than any late look, so even an idle key aims as high as a bound one;
+    where the interval is short beside the jobs, an idle key still looks near its 65th percentile."""
+    long_floor = LatencyEstimate(0.5, lambda: 0.0, floor=0.5)
+    long_floor.value = 0.27
+    assert long_floor.target == LatencyEstimate.HIGH
+    short_floor = LatencyEstimate(2.0, lambda: 0.0, floor=2.0)
+    short_floor.value = 40.0
+    assert short_floor.target == pytest.approx(
+        LatencyEstimate.LOW + (LatencyEstimate.HIGH - LatencyEstimate.LOW) * 2.0 / 40.0
+    )
+
+
+def test_the_first_misses_are_placed_by_the_progress_the_service_showed() -> None:
+    """With a poll interval of 0.5 s, a job of 0.26 s first seen running at 0.125 s is found done
+    at 0.625 s: the midpoint of the two looks (0.375 s) puts its end 45 % late, and with first
+    looks aimed at hits the point came down from there by ~5 % per 1000 jobs. The progress the
+    service showed at the look that saw it running (48 % at 0.125 s) places the end at once."""
+    rng = random.Random(7)
+    with_progress, without = LatencyEstimate(0.5, lambda: 1.0), LatencyEstimate(0.5, lambda: 1.0)
+    for estimate, shown in ((with_progress, True), (without, False)):
+        for _ in range(16):
+            length = 0.26 + rng.uniform(-0.005, 0.005)
+            first = estimate.value
+            progress = int(first / length * 100) if first < length else None
+            found = first if progress is None else first + 0.5
+            estimate.observe(
+                found,
+                first_poll_hit=progress is None,
+                running_at=None if progress is None else first,
+                running_progress=progress if shown else None,
+            )
+    assert 0.25 < with_progress.value < 0.28
+    assert without.value > 0.33
+
+
+def test_the_step_is_shared_by_the_jobs_waited_for_not_by_the_batch_limit() -> None:
+    """A worker allowed 16 jobs that holds 2 of the account's slots (the others are other workers')
+    has 2 jobs whose answers share a point: the step is divided by those, not by 16."""
+    from vance_provider.core.api.models import Job, JobStatus
+    from vance_provider.core.batch.latency import AdaptiveLimit
+    from vance_provider.core.batch.spec import BatchSpec
+    from vance_provider.core.batch.watch import JobWatch
+    from vance_provider.core.transport.rate_gate import RateGate
+
+    watch = JobWatch(BatchSpec("in", "out", "upscale", poll_interval=0.02), RateGate(), AdaptiveLimit(16), 2)
+    shared: list[int] = []
+    observe = watch.latency.observe
+
+    def recording(*args: object, in_flight: int = 1, **kwargs: object) -> None:
+        shared.append(in_flight)
+        observe(*args, in_flight=in_flight, **kwargs)  # type: ignore[arg-type]
+
+    watch.latency.observe = recording  # type: ignore[method-assign]
+
+    async def get_job(job_id: str) -> Job:
+        return Job(id=job_id, api="open", tool="upscale", status=JobStatus.SUCCEEDED, raw_status="succeeded")
+
+    async def two_jobs() -> None:
+        now = asyncio.get_running_loop().time()
+        await asyncio.gather(*(watch.wait(get_job, j, now, video=False, timed=True) for j in ("a", "b")))
+
+    asyncio.run(two_jobs())
+    assert sorted(shared) == [1, 2] and watch.waiting == 0

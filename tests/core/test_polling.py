@@ -156,3 +156,24 @@ def test_two_progress_readings_aim_past_the_time_spent_queued(clock: FakeClock) 
     )
     assert result.looks == 3 and clock.sleeps[:2] == [4.0, pytest.approx(2.0)]
     assert clock.sleeps[2] == pytest.approx(70 / 10 * 1.05)
+
+
+def test_the_progress_at_the_look_before_the_end_is_kept(clock: FakeClock) -> None:
+    """One job seen running at 30 %, then at 80 %, then done: the result keeps the 80 % of the look
+    before the end (the engine places the job's end by it); none without a reading."""
+    get_job, _ = scripted(
+        {
+            "a": [
+                job("a", JobStatus.PROCESSING, progress=30),
+                job("a", JobStatus.PROCESSING, progress=80),
+                job("a", JobStatus.SUCCEEDED, progress=100),
+            ]
+        }
+    )
+    result = asyncio.run(polling.poll_jobs(get_job, ["a"], interval=1.0, max_interval=2.0))
+    assert result.looks == 3 and result.previous_progress == 80
+    get_job, _ = scripted({"b": [job("b", JobStatus.SUCCEEDED)]})
+    assert (
+        asyncio.run(polling.poll_jobs(get_job, ["b"], interval=1.0, max_interval=2.0)).previous_progress
+        is None
+    )

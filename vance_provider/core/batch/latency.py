@@ -55,9 +55,13 @@ class LatencyEstimate:
     0.995, one first look in 200 missed by design),
     0.65 when it does not (a missed look costs only a second look soon after, aimed by the
     service's progress where it reports one; a late look holds a slot the service could use).
+    But no second look comes sooner than the poll interval after the first: where that is as long
+    as the point itself, a miss holds its slot longer than any late look would, and hits count as
+    much as when the rate binds.
     Until a few jobs have been missed, the point is learned from the misses, from a quarter of
-    the poll interval at first: each missed job ended between the last look that saw it running
-    and the one that found it done, so the point goes to the median of those midpoints. (The
+    the poll interval at first: each missed job ended where the progress the service showed at
+    the look that saw it running leads (else between that look and the one that found it done:
+    their midpoint), so the point goes to the median of those ends. (The
     look that found it done alone overshoots by up to a backed-off interval: the point then took
     ~300 jobs to come down, 0.33 s against 0.25 s jobs, ~0.7 s of a 1000-job batch.)
 
@@ -75,7 +79,10 @@ class LatencyEstimate:
     LOW, HIGH = 0.65, 0.999  # the share of first looks that should find the job done
     BOUND = 0.9  # the rate pressure from which the rate counts as binding
 
-    def __init__(self, initial: float, pressure: Callable[[], float] = lambda: 1.0) -> None:
+    def __init__(
+        self, initial: float, pressure: Callable[[], float] = lambda: 1.0, *, floor: float = 0.0
+    ) -> None:
+        self.floor = floor  # the least time between two looks at one job
         self.value = initial / 4
         self.pressure = pressure
         self.misses = 0
@@ -83,7 +90,8 @@ class LatencyEstimate:
 
     @property
     def target(self) -> float:
-        return self.LOW + (self.HIGH - self.LOW) * self._pressure()
+        # (see the class docstring: a miss is seen again no sooner than ``floor`` later)
+        return self.LOW + (self.HIGH - self.LOW) * max(self._pressure(), min(1.0, self.floor / self.value))
 
     def _pressure(self) -> float:
         # A key used at 90 % of the gate's pace has no room for second looks: counted as bound (a
@@ -98,10 +106,12 @@ class LatencyEstimate:
         in_flight: int = 1,
         running_at: float | None = None,
         point: float | None = None,
+        running_progress: int | None = None,
     ) -> None:
         """``seconds``: from the job's creation to the look that found it done; ``running_at``:
-        to the look before it, which saw it running (a miss); ``in_flight``: how many jobs share
-        the point (the batch's concurrency); ``point``: the point its first look used.
+        to the look before it, which saw it running (a miss), and ``running_progress`` the
+        progress (0-100) that look read, if any; ``in_flight``: how many jobs share the point
+        (the batch's jobs on the service); ``point``: the point its first look used.
 
         A miss moves the point at most one full step above the point that job used, or to where
         the job ended if that is later: the misses of one wave, answering together, raise it
@@ -110,6 +120,9 @@ class LatencyEstimate:
         per hit, so slots were held 40 % too long for the rest of the batch: 1 run in 4 took
         22-24 s, not 19.5.)"""
         ended = seconds if running_at is None else (running_at + seconds) / 2  # a miss's likely end
+        if running_at is not None and running_progress and 0 < running_progress < 100:
+            # the service's progress at the look that saw it running: its end, at that pace
+            ended = min(seconds, max(running_at, running_at * 100 / running_progress))
         if self.misses < self.LEARN:
             if first_poll_hit:
                 self.value = max(0.02, self.value * 0.97)

@@ -20,6 +20,7 @@ class PollResult:
     first_look_at: float = 0.0  # time.monotonic() when the first round was sent
     last_look_at: float = 0.0  # time.monotonic() when the last round was sent
     previous_look_at: float = 0.0  # ... and the round before it
+    previous_progress: int | None = None  # the progress the round before it read (one job)
 
     @property
     def failed(self) -> list[Job]:
@@ -79,6 +80,9 @@ async def poll_jobs(
         elapsed = time.monotonic() - started
         looks = [next_look(j, elapsed, interval, max_interval, readings.get(j.id)) for j in running]
         readings = {j.id: (elapsed, j.progress or 0) for j in running if j.phase in (None, "processing")}
+        result.previous_progress = (
+            running[0].progress if len(running) == 1 and running[0].id in readings else None
+        )
         wait = max(min_interval, min(looks))
         wait = _capped(wait, deadline)
         if log is not None:

@@ -30,8 +30,9 @@ class JobWatch:
     def __init__(self, spec: BatchSpec, gate: RateGate, limit: AdaptiveLimit, requests_per_job: int) -> None:
         self.spec, self.gate, self.limit = spec, gate, limit
         self.requests_per_job = requests_per_job
-        self.latency = LatencyEstimate(spec.poll_interval, gate.pressure)
+        self.latency = LatencyEstimate(spec.poll_interval, gate.pressure, floor=spec.poll_interval)
         self.looks = LookPlanner(floor=spec.poll_interval)  # aimed by the service's job lengths
+        self.waiting = 0  # this batch's jobs waited for now: its jobs on the service
 
     def first_look(self) -> float:
         """When to look first at an image job: by the lengths the service reported, once enough are
@@ -61,20 +62,24 @@ class JobWatch:
             floor *= VIDEO_LOOKS
             if spec.credit_budget is not None:  # look early enough to cancel it, if need be
                 point = lambda: min(self.latency.value, spec.poll_interval)  # noqa: E731
-        result = await poll_jobs(
-            get_job,
-            [job_id],
-            # First look when jobs like this one usually finish, by the point at the time of the
-            # look: a miss meanwhile may have raised it (read once at creation, the jobs in flight
-            # when the rate began to bind all looked too early and missed together). A job still
-            # running then is usually nearly done: look again soon, then back off.
-            first_delay=lambda: started + point() - time.monotonic(),
-            started=started,
-            interval=floor,
-            min_interval=floor,
-            max_interval=spec.max_poll_interval,
-            deadline=time.time() + spec.timeout if spec.timeout else None,
-        )
+        self.waiting += 1
+        try:
+            result = await poll_jobs(
+                get_job,
+                [job_id],
+                # First look when jobs like this one usually finish, by the point at the time of the
+                # look: a miss meanwhile may have raised it (read once at creation, the jobs in flight
+                # when the rate began to bind all looked too early and missed together). A job still
+                # running then is usually nearly done: look again soon, then back off.
+                first_delay=lambda: started + point() - time.monotonic(),
+                started=started,
+                interval=floor,
+                min_interval=floor,
+                max_interval=spec.max_poll_interval,
+                deadline=time.time() + spec.timeout if spec.timeout else None,
+            )
+        finally:
+            self.waiting -= 1
         if result.pending:
             raise WaitTimeoutError(
                 f"job {job_id} did not finish within {credits_text(spec.timeout or 0.0)} s"
@@ -86,8 +91,9 @@ class JobWatch:
             self.latency.observe(
                 result.last_look_at - started,
                 first_poll_hit=result.looks == 1,
-                in_flight=self.limit.limit,
+                in_flight=self.waiting + 1,  # the jobs whose answers share its point
                 running_at=result.previous_look_at - started if result.looks > 1 else None,
+                running_progress=result.previous_progress,
                 point=result.first_look_at - started,
             )
         return done
