@@ -184,7 +184,11 @@ def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VANCE_ACCOUNT_STORE", "redis://:pw@127.0.0.1:1/0")
     chosen = open_store()
     assert type(chosen).__name__ == "RedisStore" and "pw" not in repr(chosen)
-    for url in ("postgresql://u:pw@db:5432/airflow", "postgres://u:pw@db/x", "postgresql+psycopg2://u:pw@db/x"):
+    for url in (
+        "postgresql://u:pw@db:5432/airflow",
+        "postgres://u:pw@db/x",
+        "postgresql+psycopg2://u:pw@db/x",
+    ):
         chosen = open_store(url)
         assert type(chosen).__name__ == "PostgresStore" and "pw" not in repr(chosen), url
     with pytest.raises(ConfigurationError) as bad:

@@ -9,7 +9,6 @@ every machine judges leases by one clock, as Redis's ``TIME`` does for the Redis
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -44,6 +43,12 @@ def describe(url: str) -> str:
     return _PASSWORD_PARAM.sub(r"\1***", redact_url(url))
 
 
+def _passwords(url: str) -> set[str]:
+    """The passwords in ``url``, as written and percent-decoded."""
+    found = re.findall(r"://[^/@:\s]*:([^/@\s]*)@", url) + re.findall(r"(?i)\bpassword=([^&#\s]*)", url)
+    return {form for p in found for form in (p, unquote(p)) if form}
+
+
 class PostgresStore(RowStore):
     """Account state in a PostgreSQL database, shared by every worker that reaches the server.
 
@@ -66,9 +71,7 @@ class PostgresStore(RowStore):
         url = re.sub(r"^postgres(?:ql)?\+\w+://", "postgresql://", url, flags=re.I)  # SQLAlchemy's form
         super().__init__(describe(url))
         self.errors = (psycopg2.Error, OSError)
-        self._url = Secret(url)  # not in vars(), a repr or a traceback's locals
-        self._passwords: list[str] = re.findall(r"://[^/@:\s]*:([^/@\s]*)@", url)
-        self._passwords += [m.group(0)[len("password=") :] for m in _PASSWORD_PARAM.finditer(url)]
+        self._url = Secret(url)  # nor in vars(), nor in a traceback's locals
         self._connect_timeout = connect_timeout
         self._clock = clock
 
@@ -79,10 +82,15 @@ class PostgresStore(RowStore):
             self._url.reveal(), connect_timeout=self._connect_timeout, application_name="vance-account"
         )
         try:
-            with conn, conn.cursor() as cur:  # made by one process at a time, and only if missing:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))  # a user who may not
-                cur.execute("SELECT to_regclass(%s)", (TABLE,))  # create tables may use one made
-                if cur.fetchone()[0] is None:  # for them
+            # Each statement sees what was committed before it (whatever the server's default):
+            # the state read once the row is locked is the last one written.
+            conn.set_session(isolation_level="READ COMMITTED")
+            # The table made only if missing (a user who may not create tables can use one made
+            # for them), by one process at a time.
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+                cur.execute("SELECT to_regclass(%s)", (TABLE,))
+                if cur.fetchone()[0] is None:
                     cur.execute(_SCHEMA)
         except BaseException:
             conn.close()
@@ -102,18 +110,6 @@ class PostgresStore(RowStore):
         with conn.cursor() as cur:
             cur.execute(f"UPDATE {TABLE} SET state = %s WHERE account = %s", (state, account))
 
-    def _forget(self, conn: Any) -> None:
-        """The child's copy of the socket becomes /dev/null: closing it (when the connection is
-        collected) then sends nothing on the parent's session, and its number is never reused."""
-        try:
-            null = os.open(os.devnull, os.O_RDWR)
-            try:
-                os.dup2(null, conn.fileno())
-            finally:
-                os.close(null)
-        except (OSError, *self.errors):
-            pass
-
     def _retry(self, exc: BaseException) -> bool:
         import psycopg2
 
@@ -121,7 +117,6 @@ class PostgresStore(RowStore):
 
     def _reason(self, exc: BaseException) -> str:
         text = describe(" ".join(super()._reason(exc).split()))
-        for password in self._passwords:
-            for form in {password, unquote(password)} - {""}:
-                text = text.replace(form, "***")
+        for password in sorted(_passwords(self._url.reveal()), key=len, reverse=True):
+            text = text.replace(password, "***")
         return text

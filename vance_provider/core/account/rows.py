@@ -49,10 +49,6 @@ class RowStore(WholeStateStore):
     def _save(self, conn: Any, account: str, state: str) -> None:
         raise NotImplementedError
 
-    def _forget(self, conn: Any) -> None:
-        """A forked child lets go of its parent's connection (without closing it: it is the
-        parent's)."""
-
     def _retry(self, exc: BaseException) -> bool:
         """Whether ``exc``, raised by a connection used before and before anything was written,
         says the connection was lost (a server restart) and a fresh one should try once more."""
@@ -60,10 +56,8 @@ class RowStore(WholeStateStore):
 
     # --- the transaction ---------------------------------------------------------------------------
     def _connection(self) -> tuple[Any, bool]:
-        if self._pid != os.getpid():  # a forked child (Airflow's executors fork): its own connection
-            if self._conn is not None:
-                self._forget(self._conn)
-            self._conn, self._pid = None, os.getpid()
+        if self._pid != os.getpid():  # a forked child (Airflow's executors fork): its own connection,
+            self._conn, self._pid = None, os.getpid()  # the parent's let go of, never closed
         if self._conn is not None:
             return self._conn, False
         self._conn = self._open()
