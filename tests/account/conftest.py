@@ -5,35 +5,36 @@ an account). The servers start once per session, and only when a test asks for o
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
-from tests.servers import PostgresServer, RedisServer, ServerNotAvailable
+from tests.servers import PostgresServer, RedisServer, ServerNotAvailable, ServerProcess
+
+S = TypeVar("S", bound=ServerProcess)
+
+
+def _started(make: Callable[[], S]) -> Iterator[S]:
+    """A server for the session, started on first use; the test skips where there is none."""
+    try:
+        server = make()
+    except ServerNotAvailable as exc:
+        pytest.skip(str(exc))
+    with server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    try:
-        server = RedisServer()
-    except ServerNotAvailable as exc:
-        pytest.skip(str(exc))
-    server.start()
-    yield server
-    server.close()
+    yield from _started(RedisServer)
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     pytest.importorskip("psycopg2")
-    try:
-        server = PostgresServer()
-    except ServerNotAvailable as exc:
-        pytest.skip(str(exc))
-    server.start()
-    yield server
-    server.close()
+    yield from _started(PostgresServer)
 
 
 @pytest.fixture
