@@ -56,8 +56,10 @@ class RowStore(WholeStateStore):
 
     # --- the transaction ---------------------------------------------------------------------------
     def _connection(self) -> tuple[Any, bool]:
-        if self._pid != os.getpid():  # a forked child (Airflow's executors fork): its own connection,
-            self._conn, self._pid = None, os.getpid()  # the parent's let go of, never closed
+        # A forked child (Airflow's executors fork) opens its own connection and lets go of the
+        # parent's without closing it (psycopg2 leaves one of another process open when collected).
+        if self._pid != os.getpid():
+            self._conn, self._pid = None, os.getpid()
         if self._conn is not None:
             return self._conn, False
         self._conn = self._open()
