@@ -102,7 +102,8 @@ class VanceAIResource(dg.ConfigurableResource):
     account_store: str | None = Field(
         default=None,
         description="Where every worker of the account shares its request rate, job cap and credit "
-        "budgets: local (this machine), redis://host:6379/0 (every machine), none; unset: "
+        "budgets: local (this machine), redis://host:6379/0 or postgresql://user:pass@host/db "
+        "(every machine), none; unset: "
         "$VANCE_ACCOUNT_STORE, else local. See docs/account.md.",
     )
     account_max_jobs: int | None = Field(

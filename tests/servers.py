@@ -61,6 +61,7 @@ class ServerProcess:
 
     name = "server"
     start_timeout = 20.0
+    stop_signal = signal.SIGTERM  # what :meth:`stop` sends: the server's graceful shutdown
 
     def __init__(self, *, port: int | None = None, directory: str | os.PathLike[str] | None = None) -> None:
         self._fixed_port = port is not None
@@ -129,11 +130,12 @@ class ServerProcess:
         return False
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop the server gracefully (SIGTERM) and wait for it to exit; SIGKILL past ``timeout``."""
+        """Stop the server gracefully (:attr:`stop_signal`) and wait for it to exit; SIGKILL past
+        ``timeout``."""
         if self.process is None:
             return
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            self.process.send_signal(self.stop_signal)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -304,10 +306,13 @@ class PostgresServer(ServerProcess):
     PostgreSQL refuses to run as root: as root, the cluster and the server belong to ``nobody``
     (``VANCE_POSTGRES_USER`` names another user). ``fsync`` is off: a killed server keeps what
     it committed (the operating system still has it), a machine that loses power would not.
-    :meth:`kill` kills the postmaster and its backends at once (its own process group)."""
+    :meth:`stop` ends the sessions of its clients (a fast shutdown); :meth:`kill` kills the postmaster and its backends at once (its own process group)."""
 
     name = "postgres"
     start_timeout = 60.0
+    # PostgreSQL's "fast" shutdown (pg_ctl stop's default): its sessions end, what they committed
+    # is kept. SIGTERM would wait for every client to disconnect first.
+    stop_signal = signal.SIGINT
 
     def __init__(
         self,

@@ -698,7 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--account-store",
         metavar="URL",
         help="where workers of the account share its rate, job cap and budgets: local, "
-        "redis://host:6379/0, none (default: VANCE_ACCOUNT_STORE, else local)",
+        "redis://host:6379/0, postgresql://user:pass@host/db, none (default: VANCE_ACCOUNT_STORE, "
+        "else local)",
     )
     e.add_argument(
         "--account-max-jobs",
@@ -795,8 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--store",
             metavar="URL",
             default=os.environ.get("VANCE_ACCOUNT_STORE"),
-            help="the account store: local (this machine), sqlite:///path, redis://host:6379/0 "
-            "(or VANCE_ACCOUNT_STORE; default local)",
+            help="the account store: local (this machine), sqlite:///path, redis://host:6379/0, "
+            "postgresql://user:pass@host/db (or VANCE_ACCOUNT_STORE; default local)",
         )
     return p
 

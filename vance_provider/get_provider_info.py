@@ -64,7 +64,8 @@ CONN_FIELDS = {
         "label": "Account store",
         "description": "Where every worker using this account shares its request rate, job cap and "
         "credit budgets: local (the workers of one machine), redis://host:6379/0 (every machine, "
-        "e.g. the Celery broker's Redis), none. Empty: VANCE_ACCOUNT_STORE, else local.",
+        "e.g. the Celery broker's Redis), postgresql://user:pass@host/db (every machine, e.g. "
+        "Airflow's metadata database), none. Empty: VANCE_ACCOUNT_STORE, else local.",
         "schema": {"type": ["string", "null"], "default": None},
     },
     "account_max_jobs": {

@@ -179,16 +179,18 @@ def test_a_429_blocks_every_process_until_retry_after(store_url: str, api_key: s
     assert all(t >= blocked_until for t in grants), (grants, blocked_until)
 
 
-def test_a_store_opened_before_a_fork_works_in_the_child(tmp_path: Any, api_key: str) -> None:
-    """Airflow's executors and Celery's prefork pool fork workers: the child gets its own SQLite
-    connection, not the parent's."""
+@pytest.mark.parametrize("store_url", ["sqlite", "postgres"], indirect=True)
+def test_a_store_opened_before_a_fork_works_in_the_child(store_url: str, api_key: str) -> None:
+    """Airflow's executors and Celery's prefork pool fork workers: the child gets its own
+    connection, not the parent's, and leaves the parent's working."""
     import multiprocessing as mp
 
-    from vance_provider.core.account import SqliteStore
+    from vance_provider.core.account import open_store
 
-    url = f"sqlite://{tmp_path}/account.sqlite3"
-    run(_set_budget(url, api_key, 10))
-    store = SqliteStore(tmp_path / "account.sqlite3")
+    run(_set_budget(store_url, api_key, 10))
+    store: Any = open_store(store_url)
+    opened, open_one = [], store._open
+    store._open = lambda: opened.append(os.getpid()) or open_one()
     run(store.budgets(workers.account_of(api_key)))  # the parent's connection is open
 
     def child() -> None:
@@ -204,4 +206,5 @@ def test_a_store_opened_before_a_fork_works_in_the_child(tmp_path: Any, api_key:
     assert proc.exitcode == 0
     (state,) = run(store.budgets(workers.account_of(api_key)))
     assert state.spent == 3
+    assert opened == [os.getpid()], "the child closed the parent's connection: it had to reconnect"
     run(store.close())

@@ -8,6 +8,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from vance_provider.core.account import Account, Rate, account_id, open_store
 from vance_provider.core.account.models import Grant
 
@@ -50,6 +52,9 @@ async def test_waiting_calls_share_one_round_trip(store_url: str, api_key: str) 
     assert len(set(grants)) == 20 and spaced(grants, rate.interval(account.margin))
 
 
+@pytest.mark.parametrize(  # 8 s of real time a store: PostgreSQL's only with the slow tests
+    "store_url", ["sqlite", "redis", pytest.param("postgres", marks=pytest.mark.slow)], indirect=True
+)
 async def test_slots_taken_before_a_429_and_due_within_its_block_are_not_used(
     store_url: str, api_key: str
 ) -> None:

@@ -1,22 +1,25 @@
-"""The API key never appears in the store (Redis keys and values, the SQLite file, file names),
-in a log record, a repr or an exception: the account is known by a hash only."""
+"""The API key never appears in the store (Redis keys and values, the SQLite file, file names,
+PostgreSQL's table), in a log record, a repr or an exception: the account is known by a hash
+only. Nor does a store URL's password."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_client
 
-from tests.servers import RedisServer, free_port
+from tests.servers import PostgresServer, RedisServer, free_port
 from vance_provider.core.account import (
     AccountStoreUnavailableError,
     BudgetExhaustedError,
     UnknownBudgetError,
     account_id,
     open_account,
+    open_store,
 )
 
 from .workers import BASE_URL
@@ -83,6 +86,58 @@ async def test_redis_holds_no_key(redis_server: RedisServer, api_key: str, caplo
     _assert_clean(dump, api_key, "Redis")
     _assert_clean("\n".join(seen), api_key, "a repr or an error")
     _assert_clean("\n".join(r.getMessage() for r in caplog.records), api_key, "the logs")
+
+
+def _dump_postgres(url: str) -> str:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT account, state FROM vance_account_state")
+        rows = cur.fetchall()
+    conn.close()
+    return repr(rows)
+
+
+async def test_postgres_holds_no_key(postgres_url: str, api_key: str, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG)
+    seen = await _exercise(postgres_url, api_key)
+    dump = _dump_postgres(postgres_url)
+    assert account_id(BASE_URL, api_key) in dump  # the account is there, by its hash
+    _assert_clean(dump, api_key, "PostgreSQL")
+    _assert_clean("\n".join(seen), api_key, "a repr or an error")
+    _assert_clean("\n".join(r.getMessage() for r in caplog.records), api_key, "the logs")
+
+
+async def test_a_postgres_password_appears_nowhere(
+    postgres_server: PostgresServer, api_key: str, caplog: Any
+) -> None:
+    """Not in a description, a repr, a log record or an error: the server up (it trusts loopback,
+    so lets any password by), then down, with the password in the URL's two places."""
+    caplog.set_level(logging.DEBUG)
+    password = f"pg-{uuid.uuid4().hex}/+x"  # a slash and a plus: percent-encoded in a URL
+    encoded = password.replace("/", "%2F").replace("+", "%2B")
+    up = postgres_server.create_database("secrets").replace("postgres@", f"postgres:{encoded}@")
+    seen = await _exercise(up, api_key)
+    store = open_store(up)
+    seen += [store.description, repr(store), repr(vars(store))]
+    await store.close()
+    port = free_port()  # nothing listens there
+    for down in (
+        f"postgresql://postgres:{encoded}@127.0.0.1:{port}/vance",
+        f"postgres://127.0.0.1:{port}/vance?user=postgres&password={encoded}",
+        f"postgresql://postgres:{encoded}@[::1/vance",  # libpq's error quotes this URL whole
+    ):
+        account = open_account(BASE_URL, api_key, down, budget="photos")
+        with pytest.raises(AccountStoreUnavailableError) as refused:
+            await account.reserve(1)
+        await account.acquire_request()  # the rate goes on per process, with a warning
+        seen += [str(refused.value), repr(account), repr(account.store)]
+        await account.close()
+        assert "could not reserve credits" in seen[-3] and "postgres" in seen[-3], seen[-3]
+    seen += [r.getMessage() for r in caplog.records]
+    for form in (password, encoded):
+        assert form not in "\n".join(seen)
 
 
 async def test_the_local_store_holds_no_key(

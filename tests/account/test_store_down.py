@@ -11,21 +11,34 @@ from typing import Any
 
 import pytest
 
-from tests.servers import RedisServer, ServerNotAvailable
+from tests.servers import PostgresServer, RedisServer, ServerNotAvailable, ServerProcess
 from vance_provider.core.account import AccountStoreUnavailableError, Rate, open_account
 
 from . import workers
 from .workers import BASE_URL
 
 
-@pytest.fixture
-def redis() -> Any:
+class Server:
+    """A store's server of this test's own (stopped, killed, started by the test) and its URL."""
+
+    def __init__(self, process: ServerProcess, url: str, says: str) -> None:
+        self.process, self.url, self.says = process, url, says
+        self.stop, self.kill, self.start = process.stop, process.kill, process.start
+
+
+@pytest.fixture(params=["redis", "postgres"])
+def server(request: pytest.FixtureRequest) -> Any:
+    if request.param == "postgres":
+        pytest.importorskip("psycopg2")
     try:
-        server = RedisServer()
+        process = RedisServer() if request.param == "redis" else PostgresServer()
     except ServerNotAvailable as exc:
         pytest.skip(str(exc))
-    with server:
-        yield server
+    with process:
+        if isinstance(process, PostgresServer):
+            yield Server(process, process.create_database("vance"), "PostgreSQL server is running")
+        else:
+            yield Server(process, process.url, "Redis server is running")
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -36,12 +49,12 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     ]
 
 
-async def test_redis_stopped_mid_run(
-    redis: RedisServer, api_key: str, caplog: pytest.LogCaptureFixture
+async def test_the_server_stopped_mid_run(
+    server: Server, api_key: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, "vance_provider")
     account = open_account(
-        BASE_URL, api_key, redis.url, budget="photos", recheck_after=0.05, default_rate=Rate(1000, 1.0)
+        BASE_URL, api_key, server.url, budget="photos", recheck_after=0.05, default_rate=Rate(1000, 1.0)
     )
     async with account:
         await account.set_budget("photos", 100, "day")
@@ -50,13 +63,12 @@ async def test_redis_stopped_mid_run(
         held = await account.reserve(5)  # a job in flight when the store goes away
         assert not (await account.acquire_slot()).fallback
 
-        redis.stop()
+        server.stop()
         for _ in range(3):
             with pytest.raises(AccountStoreUnavailableError) as refused:
                 await account.reserve(1)
-            assert "redis://127.0.0.1" in str(refused.value) and "Redis server is running" in str(
-                refused.value
-            )
+            assert f"{account.store.description} could not" in str(refused.value)
+            assert "127.0.0.1" in account.store.description and server.says in str(refused.value)
         # The rate and the slots go on, per process, with one warning however many calls.
         for _ in range(5):
             await account.acquire_request()
@@ -65,7 +77,7 @@ async def test_redis_stopped_mid_run(
         assert len(_warnings(caplog)) == 1
         assert "could not" in _warnings(caplog)[0] and "on its own" in _warnings(caplog)[0]
 
-        redis.start()  # the same port, the same data
+        server.start()  # the same port, the same data
         lease = await account.acquire_slot()
         deadline = time.monotonic() + 30  # the store is tried again every recheck_after
         while lease.fallback and time.monotonic() < deadline:
@@ -81,15 +93,15 @@ async def test_redis_stopped_mid_run(
         assert any("is back" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
 
 
-async def test_a_charge_recorded_while_redis_is_down_is_sent_when_it_is_back(
-    redis: RedisServer, api_key: str
+async def test_a_charge_recorded_while_the_server_is_down_is_sent_when_it_is_back(
+    server: Server, api_key: str
 ) -> None:
-    async with open_account(BASE_URL, api_key, redis.url, budget="photos", recheck_after=0.05) as account:
+    async with open_account(BASE_URL, api_key, server.url, budget="photos", recheck_after=0.05) as account:
         await account.set_budget("photos", 100)
         reservation = await account.reserve(7)
-        redis.kill()
+        server.kill()
         await account.settle(reservation, 6)  # the job was charged: kept, not lost
-        redis.start()
+        server.start()
         await account.renew()  # what the heartbeat does
         state = await account.get_budget("photos")
         assert state is not None and state.spent == 6 and state.reserved == 0
@@ -107,26 +119,26 @@ async def test_an_unusable_sqlite_file_refuses_budgets(tmp_path: Path, api_key: 
 
 
 @pytest.mark.slow
-def test_four_processes_when_redis_stops_and_comes_back(redis: RedisServer, api_key: str) -> None:
+def test_four_processes_when_the_server_stops_and_comes_back(server: Server, api_key: str) -> None:
     async def set_budget() -> None:
-        async with open_account(BASE_URL, api_key, redis.url) as account:
+        async with open_account(BASE_URL, api_key, server.url) as account:
             await account.set_budget("shared", 100)
 
     asyncio.run(set_budget())
     ctx, n = workers.spawn(), 4
     ready, stopped, back, out = ctx.Barrier(n + 1), ctx.Event(), ctx.Event(), ctx.Queue()
     procs = [
-        ctx.Process(target=workers.store_down_worker, args=(redis.url, api_key, ready, stopped, back, out))
+        ctx.Process(target=workers.store_down_worker, args=(server.url, api_key, ready, stopped, back, out))
         for _ in range(n)
     ]
     for p in procs:
         p.start()
     try:
         ready.wait(120)  # every worker has spent its credit through the store
-        redis.stop()
+        server.stop()
         stopped.set()
         ready.wait(120)  # every worker has seen the store down
-        redis.start()
+        server.start()
         back.set()
         seen = workers.collect(out, procs)
     finally:
@@ -139,7 +151,7 @@ def test_four_processes_when_redis_stops_and_comes_back(redis: RedisServer, api_
         assert s["recovered"]
 
     async def spent() -> Any:
-        async with open_account(BASE_URL, api_key, redis.url) as account:
+        async with open_account(BASE_URL, api_key, server.url) as account:
             return await account.get_budget("shared")
 
     state = asyncio.run(spent())

@@ -1,9 +1,10 @@
-"""The three stores behave alike, step by step, on a clock the test moves (the Redis store takes
-it instead of the server's): the rate's pacing, leases expiring, budgets rolling over by period."""
+"""The stores behave alike, step by step, on a clock the test moves (the Redis and PostgreSQL
+stores take it instead of the server's): the rate's pacing, leases expiring, budgets rolling over by period."""
 
 from __future__ import annotations
 
 import calendar
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,20 +36,25 @@ def epoch(y: int, m: int, d: int, hh: int = 0, mm: int = 0) -> float:
     return float(calendar.timegm((y, m, d, hh, mm, 0)))
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     clock = Clock(epoch(2026, 12, 6, 12))
     if request.param == "memory":
         made: Any = MemoryStore(clock=clock)
     elif request.param == "sqlite":
         made = SqliteStore(tmp_path / "a.sqlite3", clock=clock)
+    elif request.param == "postgres":
+        from vance_provider.core.account.postgres import PostgresStore
+
+        made = PostgresStore(request.getfixturevalue("postgres_url"), clock=clock)
     else:
         from vance_provider.core.account.redis_store import RedisStore
 
         server: RedisServer = request.getfixturevalue("redis_server")
         made = RedisStore(server.url, clock=clock)
     made.clock = clock
-    return made
+    yield made
+    await made.close()
 
 
 DEFAULT = Rate(10, 10.0)  # one request a second until a rate is learned
@@ -178,6 +184,13 @@ def test_store_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VANCE_ACCOUNT_STORE", "redis://:pw@127.0.0.1:1/0")
     chosen = open_store()
     assert type(chosen).__name__ == "RedisStore" and "pw" not in repr(chosen)
+    for url in (
+        "postgresql://u:pw@db:5432/airflow",
+        "postgres://u:pw@db/x",
+        "postgresql+psycopg2://u:pw@db/x",
+    ):
+        chosen = open_store(url)
+        assert type(chosen).__name__ == "PostgresStore" and "pw" not in repr(chosen), url
     with pytest.raises(ConfigurationError) as bad:
         open_store("mongodb://user:secret@host/db")
     assert "secret" not in str(bad.value)

@@ -179,8 +179,9 @@ class AsyncVanceClient(_ClientFacts):
         dict): a deadline, a minimum throughput, and a size limit when the service reports none.
 
         ``account_store`` is where every worker of the account shares its request rate, jobs in
-        flight and credit budgets (``local``: this machine, the default; ``redis://...``: every
-        machine; ``none``: this process only; unset: ``$VANCE_ACCOUNT_STORE``).
+        flight and credit budgets (``local``: this machine, the default; ``redis://...`` or
+        ``postgresql://user:pass@host/db``: every machine; ``none``: this process only; unset:
+        ``$VANCE_ACCOUNT_STORE``).
         ``account_max_jobs`` (or ``$VANCE_ACCOUNT_MAX_JOBS``): the account's cap on jobs in flight,
         shared by every worker through that store (unset: each process learns it from refusals).
         See ``docs/account.md``.

@@ -1,6 +1,7 @@
 """Account-wide shared state for every worker that uses one VanceAI account: the request rate,
 the jobs in flight and named credit budgets, kept in a store chosen by a URL (``local`` SQLite
-by default, ``redis://...`` across machines, ``none``). See ``docs/account.md``.
+by default, ``redis://...`` or ``postgresql://...`` across machines, ``none``). See
+``docs/account.md``.
 
 >>> account = open_account("https://api.vanceai.com", token, budget="photos")  # doctest: +SKIP
 >>> await account.acquire_request()                                            # doctest: +SKIP

@@ -557,7 +557,8 @@ def open_account(
     ``vance budget`` command must give the same one to share the state).
 
     ``store_url``: ``local`` (the default: a SQLite file in ``$XDG_STATE_HOME/vance``, for every
-    process of this machine), ``sqlite:///path``, ``redis://host:6379/0`` (every machine), or
+    process of this machine), ``sqlite:///path``, ``redis://host:6379/0`` or
+    ``postgresql://user:pass@host/db`` (every machine), or
     ``none`` (this process only); when not given, ``$VANCE_ACCOUNT_STORE``. ``budget``: the named
     budget :meth:`Account.reserve` uses. ``max_jobs``: the account's jobs in flight, for every
     worker. ``options``: the other keywords of :class:`Account` (``slot_ttl``, ``default_rate``...).

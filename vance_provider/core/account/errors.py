@@ -7,7 +7,7 @@ from ..api.models import credits_text
 
 
 class AccountStoreUnavailableError(VanceError):
-    """The account store (SQLite file, Redis server) could not be reached or used.
+    """The account store (SQLite file, Redis or PostgreSQL server) could not be reached or used.
 
     A budget is never spent on credit while the store is down: :meth:`Account.reserve` raises
     this error and nothing is charged. The request rate and the jobs in flight fall back to
@@ -29,6 +29,12 @@ def _hint(store: str) -> str:
         return (
             "check that the Redis server is running and reachable from this worker (redis-cli -u URL "
             "ping), or choose another store with VANCE_ACCOUNT_STORE (docs/account.md)"
+        )
+    if store.startswith("postgres"):
+        return (
+            "check that the PostgreSQL server is running and reachable from this worker (psql URL "
+            "-c 'select 1'), and that its user may use the table vance_account_state (or create it), "
+            "or choose another store with VANCE_ACCOUNT_STORE (docs/account.md)"
         )
     return (
         "check that the store's folder exists and is writable, and that its disk is not full; "

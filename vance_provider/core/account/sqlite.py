@@ -7,21 +7,14 @@ all its processes share.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
-from .errors import AccountStoreUnavailableError
-from .state import AccountState
-from .whole import WholeStateStore
-
-T = TypeVar("T")
+from .rows import RowStore
 
 BUSY_TIMEOUT = 30.0  # seconds a transaction waits for another process's to end
 
@@ -46,74 +39,50 @@ def default_path() -> Path:
     return default_state_dir() / "account.sqlite3"
 
 
-class SqliteStore(WholeStateStore):
+class SqliteStore(RowStore):
     """Account state in a SQLite file shared by every process on this machine."""
+
+    errors = (sqlite3.Error, OSError)
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path).expanduser()
-        self.description = f"sqlite://{self.path}"
+        super().__init__(f"sqlite://{self.path}")
         self._clock = clock
-        self._lock = threading.Lock()  # one connection, used by one thread at a time
-        self._conn: sqlite3.Connection | None = None
-        self._pid = os.getpid()
 
-    def _connect(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():  # a forked child (Airflow's executors fork): its own connection
-            self._conn, self._pid = None, os.getpid()
-        if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fresh = not self.path.exists()
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-            try:
-                if fresh:
-                    with contextlib.suppress(OSError):
-                        os.chmod(self.path, 0o600)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(_SCHEMA)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
-    def _run(self, account: str, fn: Callable[[AccountState, float], T]) -> T:
-        with self._lock:
-            conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT state FROM account_state WHERE account = ?", (account,)).fetchone()
-                state = AccountState.from_json(row[0]) if row else AccountState()
-                before = row[0] if row else None
-                result = fn(state, self._clock())
-                after = state.to_json()
-                if after != before:
-                    conn.execute(
-                        "INSERT INTO account_state (account, state) VALUES (?, ?) "
-                        "ON CONFLICT (account) DO UPDATE SET state = excluded.state",
-                        (account, after),
-                    )
-                conn.execute("COMMIT")
-                return result
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-
-    async def _apply(self, account: str, operation: str, fn: Callable[[AccountState, float], T]) -> T:
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fresh = not self.path.exists()
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
         try:
-            return await asyncio.to_thread(self._run, account, fn)
-        except (sqlite3.Error, OSError) as exc:
-            raise AccountStoreUnavailableError(self.description, operation, _reason(exc)) from None
+            if fresh:
+                with contextlib.suppress(OSError):
+                    os.chmod(self.path, 0o600)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    async def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+    @contextlib.contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
+    def _load(self, conn: sqlite3.Connection, account: str) -> tuple[str | None, float]:
+        row = conn.execute("SELECT state FROM account_state WHERE account = ?", (account,)).fetchone()
+        return (row[0] if row else None), self._clock()
 
-def _reason(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    def _save(self, conn: sqlite3.Connection, account: str, state: str) -> None:
+        conn.execute(
+            "INSERT INTO account_state (account, state) VALUES (?, ?) "
+            "ON CONFLICT (account) DO UPDATE SET state = excluded.state",
+            (account, state),
+        )

@@ -1,6 +1,7 @@
 """One account's shared state as plain data, and the operations on it, for the stores that keep
-it whole in one place (:class:`~.memory.MemoryStore` in a dict, :class:`~.sqlite.SqliteStore` in
-one row read and written inside one ``BEGIN IMMEDIATE`` transaction). Redis does the same in Lua.
+it whole in one place (:class:`~.memory.MemoryStore` in a dict, :class:`~.sqlite.SqliteStore` and
+:class:`~.postgres.PostgresStore` in one row read and written inside one transaction that holds
+the row's lock). Redis does the same in Lua.
 
 Each operation takes ``now`` (the store's clock) and mutates the state in place.
 """

@@ -2,8 +2,9 @@
 
 Every operation is atomic across all the processes that share the store, and judges time by
 the store's own clock (``now``), never by a worker's: leases expire and rates pace by one clock.
-Three implementations: :class:`~.memory.MemoryStore` (one process), :class:`~.sqlite.SqliteStore`
-(every process on one machine), :class:`~.redis_store.RedisStore` (many machines).
+Four implementations: :class:`~.memory.MemoryStore` (one process), :class:`~.sqlite.SqliteStore`
+(every process on one machine), :class:`~.redis_store.RedisStore` and
+:class:`~.postgres.PostgresStore` (many machines).
 
 A store raises :class:`~.errors.AccountStoreUnavailableError` when it cannot be reached; the
 :class:`~.account.Account` above it decides what that means (see ``docs/account.md``).

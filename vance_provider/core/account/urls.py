@@ -1,9 +1,11 @@
 """Choose the account store from a URL: ``local`` (the default), ``sqlite:///path``,
-``redis://host:port/db`` (also ``rediss://``, ``unix://``), or ``none`` (this process only)."""
+``redis://host:port/db`` (also ``rediss://``, ``unix://``), ``postgresql://user:password@host/db``
+(also ``postgres://``, ``postgresql+psycopg2://``), or ``none`` (this process only)."""
 
 from __future__ import annotations
 
 import os
+import re
 
 from ..api.errors import ConfigurationError
 from ..secrets import redact_url
@@ -39,7 +41,14 @@ def open_store(url: str | None = None) -> AccountStore:
         from .redis_store import RedisStore
 
         return RedisStore(chosen)
+    if re.match(r"postgres(ql)?(\+\w+)?://", lowered):
+        from .postgres import PostgresStore
+
+        return PostgresStore(chosen)
     raise ConfigurationError(
         f"unknown account store {redact_url(chosen)!r}",
-        hint=f"{ENV_VAR} (or store_url) is one of: local, sqlite:///path, redis://host:6379/0, none",
+        hint=(
+            f"{ENV_VAR} (or store_url) is one of: local, sqlite:///path, redis://host:6379/0, "
+            "postgresql://user:password@host/db, none"
+        ),
     )

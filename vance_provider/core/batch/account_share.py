@@ -42,7 +42,7 @@ class AccountShare:
         if self.account is None:
             raise ConfigurationError(
                 f"the batch draws on the account budget {name!r}, but no account store is in use",
-                hint="set account_store (or VANCE_ACCOUNT_STORE) to local or redis://...",
+                hint="set account_store (or VANCE_ACCOUNT_STORE) to local, redis://... or postgresql://...",
             )
         state = await self.account.get_budget(name)
         if state is None:

@@ -1,0 +1,122 @@
+"""The store for many machines that already share a PostgreSQL server (Airflow's or Dagster's
+metadata database, say): one row per account in the table ``vance_account_state``.
+
+Each operation is one transaction that locks the account's row (``SELECT ... FOR UPDATE``, after
+inserting it if missing, so there is always a row to lock) and writes it back if it changed.
+Time is the database server's clock (``clock_timestamp()``, read once the row is locked), so
+every machine judges leases by one clock, as Redis's ``TIME`` does for the Redis store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+from urllib.parse import unquote
+
+from ..api.errors import ConfigurationError
+from ..secrets import Secret, redact_url
+from .rows import RowStore
+
+CONNECT_TIMEOUT = 5  # seconds to open a connection to the server (libpq counts whole seconds)
+TABLE = "vance_account_state"
+
+_LOCK_ID = 0x76616E6365  # "vance": the advisory lock held while one process makes the table
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    account TEXT PRIMARY KEY,   -- the account's id: a hash, never the key
+    state   TEXT                -- JSON: rate, slots, budgets, reservations (NULL: none yet)
+)
+"""
+# One round trip: the row made if missing, locked, then read with the time once the lock is held.
+_LOAD = f"""
+INSERT INTO {TABLE} (account) VALUES (%(account)s) ON CONFLICT (account) DO NOTHING;
+SELECT 1 FROM {TABLE} WHERE account = %(account)s FOR UPDATE;
+SELECT state, extract(epoch FROM clock_timestamp())::float8 FROM {TABLE} WHERE account = %(account)s
+"""
+_PASSWORD_PARAM = re.compile(r"(?i)(\bpassword=)[^&#\s]*")
+
+
+def describe(url: str) -> str:
+    """``url`` without its password, as ``user:password@`` or as a ``password=`` parameter."""
+    return _PASSWORD_PARAM.sub(r"\1***", redact_url(url))
+
+
+def _passwords(url: str) -> set[str]:
+    """The passwords in ``url``, as written and percent-decoded."""
+    found = re.findall(r"://[^/@:\s]*:([^/@\s]*)@", url) + re.findall(r"(?i)\bpassword=([^&#\s]*)", url)
+    return {form for p in found for form in (p, unquote(p)) if form}
+
+
+class PostgresStore(RowStore):
+    """Account state in a PostgreSQL database, shared by every worker that reaches the server.
+
+    ``url``: libpq's, ``postgresql://user:password@host:5432/dbname`` (``postgres://`` too,
+    with libpq's parameters: ``?sslmode=require``; SQLAlchemy's ``postgresql+psycopg2://`` is
+    taken as ``postgresql://``). ``clock``: only for tests, a function giving
+    the time to use instead of the server's.
+    """
+
+    def __init__(
+        self, url: str, *, connect_timeout: int = CONNECT_TIMEOUT, clock: Callable[[], float] | None = None
+    ) -> None:
+        try:
+            import psycopg2
+        except ImportError:
+            raise ConfigurationError(
+                "the PostgreSQL account store needs the psycopg2 driver",
+                hint="pip install 'vance-pipelines[postgres]'",
+            ) from None
+        url = re.sub(r"^postgres(?:ql)?\+\w+://", "postgresql://", url, flags=re.I)  # SQLAlchemy's form
+        super().__init__(describe(url))
+        self.errors = (psycopg2.Error, OSError)
+        self._url = Secret(url)  # nor in vars(), nor in a traceback's locals
+        self._connect_timeout = connect_timeout
+        self._clock = clock
+
+    def _open(self) -> Any:
+        import psycopg2
+
+        conn = psycopg2.connect(
+            self._url.reveal(), connect_timeout=self._connect_timeout, application_name="vance-account"
+        )
+        try:
+            # Each statement sees what was committed before it (whatever the server's default):
+            # the state read once the row is locked is the last one written.
+            conn.set_session(isolation_level="READ COMMITTED")
+            # The table made only if missing (a user who may not create tables can use one made
+            # for them), by one process at a time.
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+                cur.execute("SELECT to_regclass(%s)", (TABLE,))
+                if cur.fetchone()[0] is None:
+                    cur.execute(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _transaction(self, conn: Any) -> AbstractContextManager[object]:
+        return conn  # psycopg2's connection: commits on leaving, rolls back on an error
+
+    def _load(self, conn: Any, account: str) -> tuple[str | None, float]:
+        with conn.cursor() as cur:
+            cur.execute(_LOAD, {"account": account})
+            state, now = cur.fetchone()
+        return state, (now if self._clock is None else self._clock())
+
+    def _save(self, conn: Any, account: str, state: str) -> None:
+        with conn.cursor() as cur:
+            cur.execute(f"UPDATE {TABLE} SET state = %s WHERE account = %s", (state, account))
+
+    def _retry(self, exc: BaseException) -> bool:
+        import psycopg2
+
+        return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+
+    def _reason(self, exc: BaseException) -> str:
+        text = describe(" ".join(super()._reason(exc).split()))
+        for password in sorted(_passwords(self._url.reveal()), key=len, reverse=True):
+            text = text.replace(password, "***")
+        return text
