@@ -20,6 +20,9 @@ from ..secrets import Secret, redact_url
 from .rows import RowStore
 
 CONNECT_TIMEOUT = 5  # seconds to open a connection to the server (libpq counts whole seconds)
+# A server or network gone mid-query: the connection is given up after this many milliseconds of
+# data unacknowledged (or keepalives unanswered) rather than when the system's TCP gives up.
+TCP_USER_TIMEOUT_MS = 10_000
 TABLE = "vance_account_state"
 
 _LOCK_ID = 0x76616E6365  # "vance": the advisory lock held while one process makes the table
@@ -79,7 +82,14 @@ class PostgresStore(RowStore):
         import psycopg2
 
         conn = psycopg2.connect(
-            self._url.reveal(), connect_timeout=self._connect_timeout, application_name="vance-account"
+            self._url.reveal(),
+            connect_timeout=self._connect_timeout,
+            application_name="vance-account",
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            tcp_user_timeout=TCP_USER_TIMEOUT_MS,
         )
         try:
             # Each statement sees what was committed before it (whatever the server's default):
