@@ -120,14 +120,17 @@ class LatencyEstimate:
         per hit, so slots were held 40 % too long for the rest of the batch: 1 run in 4 took
         22-24 s, not 19.5.)"""
         ended = seconds if running_at is None else (running_at + seconds) / 2  # a miss's likely end
-        if running_at is not None and running_progress and 0 < running_progress < 100:
-            # the service's progress at the look that saw it running: its end, at that pace
-            ended = min(seconds, max(running_at, running_at * 100 / running_progress))
+        placed = False  # by the service's progress at the look that saw it running: its end at that pace
+        if running_at is not None and running_progress is not None and 0 < running_progress < 100:
+            ended, placed = min(seconds, max(running_at, running_at * 100 / running_progress)), True
         if self.misses < self.LEARN:
             if first_poll_hit:
                 self.value = max(0.02, self.value * 0.97)
             else:
-                self.misses += 1
+                # An end placed by progress is measured, not guessed between two looks: one will do
+                # (one missed job at a time, as a worker holding one of the account's slots sees
+                # them, each miss held its slot a poll interval longer).
+                self.misses = self.LEARN if placed else self.misses + 1
                 self._ends.append(ended)
                 self.value = max(0.02, statistics.median(self._ends))
             return
