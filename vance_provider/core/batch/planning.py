@@ -162,6 +162,8 @@ def recognise_touched(
     same size are hashed: the same bytes as recorded make them the same input (``listed_as``
     records the new listing), so a touched file, a copy without ``-p`` or a restore from a
     backup costs nothing. Another size, or other bytes, is another input."""
+    if not manifest.items:  # nothing recorded (a first run): nothing touched
+        return
     candidates = [
         (src, item)
         for src in sources

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -184,7 +183,7 @@ def list_sources(
         elif fs.isdir(path):
             base = path.rstrip("/")
             if is_local(fs):
-                found.update((src.url, src) for src in _walk_local(path, base, exts, ignored))
+                found.update(_walk_local(path, base, exts, ignored))
                 continue
             matches = fs.find(path, detail=True)
         else:
@@ -223,13 +222,13 @@ def list_sources(
 
 def _walk_local(
     path: str, base: str, exts: set[str], ignored: list[tuple[str, str]] | None
-) -> list[SourceFile]:
+) -> dict[str, SourceFile]:
     """:func:`list_sources` for a local folder, in one pass: what the general path takes from
     ``fs.find(path, detail=True)`` (links not followed, folders that cannot be read left out, a
     link's size and times its target's, as fsspec tells them), with one ``scandir`` per folder
     and one ``stat`` per input taken, each input's :class:`SourceFile` made as it is found.
-    Sorted by path, as the general path lists them."""
-    taken: list[SourceFile] = []
+    By URL (its path), sorted, as the general path lists them."""
+    taken: dict[str, SourceFile] = {}
     left: list[tuple[str, str]] = []
     folders = [path.rstrip("/") or "/"]
     while folders:
@@ -267,10 +266,10 @@ def _walk_local(
                 continue
             when = times.st_mtime or getattr(times, "st_birthtime", times.st_ctime)  # as fsspec's "created"
             rel = p[len(base) :].lstrip("/") if p.startswith(base) else name
-            taken.append(SourceFile.listed(p, size, _fingerprint_of(size, when), rel))
+            taken[p] = SourceFile.listed(p, size, _fingerprint_of(size, when), rel)
     if ignored is not None:
         ignored += sorted(left)
-    return sorted(taken, key=attrgetter("url"))
+    return dict(sorted(taken.items()))
 
 
 def suffix_of(name: str) -> str:
