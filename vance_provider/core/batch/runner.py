@@ -136,8 +136,8 @@ class BatchRunner:
         self._listed = False  # the sources were listed: a store failure after this is the destination's
         self.unchecked: set[str] = set()  # pending items whose inputs are checked as they stream
         # New inputs streamed: their items are made as the stream reaches them (_new_items), the
-        # rest once the first job is created (_plan_whole); until then, the outputs planned for them.
-        self.fresh: list[SourceFile] = []
+        # rest once the first job is created (_plan_whole); until then, the outputs planned.
+        self.new_inputs: list[SourceFile] = []
         self._outputs: dict[str, str] = {}
         self._chash = call_hash(self.call)
         self._gc_pause: CyclicGCPause | None = None  # run(): the collector paused until the first job
@@ -158,7 +158,8 @@ class BatchRunner:
         """List, check and plan; take the batch's lease and read its manifest. Spends nothing.
         A store that cannot be reached is a :class:`StorageUnavailableError` (not the store's
         own exception). ``check=False``: image inputs are checked later, each before it is
-        staged, as :meth:`run_window` streams them (see :mod:`.stream`)."""
+        staged, as :meth:`run_window` streams them (see :mod:`.stream`); new inputs are not in
+        the work returned, their items are made then too (:attr:`new_inputs`)."""
         try:
             with CyclicGCPause():
                 return await self._prepare(check)
@@ -258,16 +259,15 @@ class BatchRunner:
         cached = self.cache is not None and not spec.force
         stream = not (check or self.call.media == "video" or spec.on_failure == "fail_fast" or cached)
         items, tool = self.manifest.items, self.call.tool
-        fresh: list[SourceFile] = []
+        new_inputs: list[SourceFile] = []
+        self._outputs = outputs
         for src in sources:
             item = items.get(src.url)
             if item is None and stream:  # a new input, streamed: its item is made when it is reached
-                fresh.append(src)
+                new_inputs.append(src)
                 continue
             if item is None:  # a new input: most of a first run's, so it goes first
-                items[src.url] = item = ManifestItem.new(
-                    src.url, src.fingerprint, chash, output=outputs[src.url], generation=0, tool=tool
-                )
+                item = self._new_item(src)
             elif not (same_listing(item, src) and item.call == chash) or (
                 spec.force and item.state == ItemState.DONE
             ):
@@ -300,9 +300,9 @@ class BatchRunner:
         # by its idempotency key.
         self._planned = self.manifest.touch()
         if stream:
-            self.unchecked = {i.source for i in pending}
-            self.fresh, self._outputs = fresh, outputs
+            self.unchecked, self.new_inputs = {i.source for i in pending}, new_inputs
         else:
+            self._outputs = {}
             ready = await self.check_items(pending)
             served = {i.source for i in pending} - {i.source for i in ready}
             work = [i for i in work if i.source not in served]
@@ -320,10 +320,10 @@ class BatchRunner:
         )
         return item
 
-    def _new_items(self, fresh: list[SourceFile]) -> Iterator[ManifestItem]:
-        """The items of ``fresh`` (new inputs), each made as the stream reaches it (or found, once
+    def _new_items(self, new_inputs: list[SourceFile]) -> Iterator[ManifestItem]:
+        """The items of ``new_inputs``, each made as the stream reaches it (or found, once
         :meth:`_plan_whole` has made the rest); the plan is whole once all are."""
-        for src in fresh:
+        for src in new_inputs:
             yield self.manifest.items.get(src.url) or self._new_item(src)
         self._plan_whole()
 
@@ -331,11 +331,11 @@ class BatchRunner:
         """Once the first job is created (or the stream has ended), the new inputs not reached
         yet get their items: the manifest's next write holds the whole plan, and a download waits
         for it (:meth:`_collect`); then the cyclic collector paused by :meth:`run` runs again."""
-        if self.fresh:
-            for src in self.fresh:
+        if self.new_inputs:
+            for src in self.new_inputs:
                 if src.url not in self.manifest.items:
                     self._new_item(src)
-            self.fresh, self._outputs = [], {}
+            self.new_inputs, self._outputs = [], {}
             self._planned = self.manifest.touch()
         if self._gc_pause is not None:
             self._gc_pause.resume()
@@ -420,11 +420,11 @@ class BatchRunner:
     async def preflight(self, work: list[ManifestItem]) -> None:
         """The whole batch's estimate against the balance and the budget, before spending."""
         unpaid = self.unpaid(work)
-        count = len(unpaid) + len(self.fresh)
+        count = len(unpaid) + len(self.new_inputs)
         if not count:
             return
         # New inputs streamed have no items yet: each is counted at the tool's price.
-        need = sum(self.estimate(i) for i in unpaid) + len(self.fresh) * self.call.estimate()
+        need = sum(self.estimate(i) for i in unpaid) + len(self.new_inputs) * self.call.estimate()
         await self.client.check_call(self.call)  # option lists the service serves, before spending
         budget = self.spec.credit_budget
         if budget is not None and need > budget and self.spec.on_insufficient_credits == "fail":
@@ -453,8 +453,9 @@ class BatchRunner:
     async def start(self, *, stream: bool = False) -> list[ManifestItem]:
         """``prepare()``, ``preflight()`` (a refused batch leaves no empty files behind), and the
         jobs resumed from the manifest counted against the budget: how ``run()`` and a hand-off begin.
-        ``stream``: image inputs are checked as :meth:`run_window` reaches them, not here (the
-        budget check counts each at the tool's price). The caller ``close()``s the runner."""
+        ``stream``: image inputs are checked, and new inputs' items made, as :meth:`run_window`
+        reaches them, not here (the budget check counts each at the tool's price). The caller
+        ``close()``s the runner."""
         work = await self.prepare(check=not stream)
         try:
             await self.preflight(work)
@@ -559,7 +560,7 @@ class BatchRunner:
         ``started`` (``time.monotonic()``): when the batch began, for its elapsed time."""
         started = time.monotonic() if started is None else started
         try:
-            if not (self.unchecked or self.fresh):  # streamed: the periodic flush writes the plan
+            if not (self.unchecked or self.new_inputs):  # streamed: the periodic flush writes the plan
                 await self.manifest.flush()
             await self._run_all(work)
         finally:
@@ -595,7 +596,7 @@ class BatchRunner:
                     stream_work(
                         work,
                         self.unchecked,
-                        self._new_items(self.fresh),
+                        self._new_items(self.new_inputs),
                         self._check_chunk,
                         lambda item: group.create_task(self.run_item(item)),
                         lambda: self.stop_reason is not None,
@@ -630,7 +631,7 @@ class BatchRunner:
                 async with asyncio.timeout(0.5):
                     await stop.wait()
             # Streamed: not before the first job (nor before the plan is whole: _plan_whole).
-            if not (self.fresh or (self.unchecked and not self._submitted_at)):
+            if not (self.new_inputs or (self.unchecked and not self._submitted_at)):
                 await self.manifest.flush()
             beats += 1
             if beats % 20 == 0:  # every ~10 s: renew an object-store lease

@@ -3,12 +3,13 @@ rest are still being checked.
 
 Planning up front is only what needs the whole batch and is cheap: the listing, the output names,
 the overwrite and collision refusals, and the budget and balance check (an estimate per item from
-the tool's price). Checking an input (reading its header, decoding it for its pixels, hashing it)
-is per item: done here, a chunk at a time, each item before it is staged, so a bad input still
-fails alone before anything is paid for it. The first chunks are small (the first job waits for
-one of them only), later ones :data:`~.planning.CHECK_CHUNK`; checking runs at most ``ahead``
-items in front of the items whose runs have ended, so memory stays bounded whatever the batch's
-size.
+the tool's price). A new input's manifest item is made when the stream reaches it (the rest once
+the first job is created). Checking an input (reading its header, decoding it for its pixels,
+hashing it) is per item: done here, a chunk at a time, each item before it is staged, so a bad
+input still fails alone before anything is paid for it. The first chunks are small (the first
+job waits for one of them only), later ones :data:`~.planning.CHECK_CHUNK`; checking runs at most
+``ahead`` items in front of the items whose runs have ended, so memory stays bounded whatever the
+batch's size.
 """
 
 from __future__ import annotations
