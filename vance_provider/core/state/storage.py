@@ -577,6 +577,17 @@ class Locations:
             links = frozenset({"*"})
         return os.path.realpath(folder or "/"), links
 
+    def plain_folder(self, folder: str) -> tuple[str, frozenset[str]] | None:
+        """For a plain local folder (an absolute, normal path, not the root, that can be listed):
+        its real path and the names of the links in it. A name there that is not a link, nor
+        ``.`` or ``..``, is located at the real path joined with the name. ``None`` for others."""
+        if not folder.startswith("/") or "/." in folder or "//" in folder:
+            return None
+        known = self._folders.get(folder)
+        if known is None:
+            known = self._folders[folder] = self._folder(folder)
+        return None if "*" in known[1] or known[0] == "/" else known
+
     def __call__(self, url: str) -> tuple[str, str]:
         # A plain local path in a folder seen before (most of a listing): the folder's real path
         # and the name, unless the name may be a link or is not plain.
@@ -617,19 +628,37 @@ class Locations:
 
 def check_outputs_apart(planned: dict[str, str], storage_options: dict[str, Any] | None = None) -> None:
     """No output may land on an input: ``planned`` maps input URL -> output URL (its extension
-    may still be unknown: then any input with the same name and another extension counts)."""
+    may still be unknown: then any input with the same name and another extension counts).
+
+    An output lands in the folder it resolves to: the outputs of a plain local folder that holds
+    no link and where no input resolves are apart from every input, without a look at each."""
     location = Locations(storage_options)
     inputs = {location(u) for u in planned}
-    stems = {(proto, without_suffix(path)): (proto, path) for proto, path in inputs}
+    input_folders = {(proto, path.rpartition("/")[0]) for proto, path in inputs}
+    by_folder: dict[str, list[str]] = {}
     for src, out in planned.items():
-        where = location(out)
-        has_ext = suffix_of(where[1]) in MEDIA_EXTENSIONS
-        clash = where if has_ext and where in inputs else None if has_ext else stems.get(where)
-        if clash:
-            raise ConfigurationError(
-                f"the output {out} for {src} would overwrite the input {clash[1]}",
-                hint="choose a destination folder other than the input's, or another output format",
-            )
+        folder, _, name = out.rpartition("/")
+        # A name that is no name ("", ".", ".."): looked at on its own ("" is no plain folder).
+        by_folder.setdefault(folder if name not in ("", ".", "..") else "", []).append(src)
+    stems: dict[tuple[str, str], tuple[str, str]] | None = None
+    for folder, sources in by_folder.items():
+        known = location.plain_folder(folder)
+        if known is not None and not known[1] and ("file", known[0]) not in input_folders:
+            continue
+        for src in sources:
+            out = planned[src]
+            where = location(out)
+            if suffix_of(where[1]) in MEDIA_EXTENSIONS:
+                clash = where if where in inputs else None
+            else:
+                if stems is None:
+                    stems = {(proto, without_suffix(path)): (proto, path) for proto, path in inputs}
+                clash = stems.get(where)
+            if clash:
+                raise ConfigurationError(
+                    f"the output {out} for {src} would overwrite the input {clash[1]}",
+                    hint="choose a destination folder other than the input's, or another output format",
+                )
 
 
 def exists(url: str, storage_options: dict[str, Any] | None = None) -> bool:
