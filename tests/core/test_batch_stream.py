@@ -20,6 +20,7 @@ from tests.core.helpers import charged_jobs, created_jobs, uploads
 from vance_provider.core import Progress, VanceClient
 from vance_provider.core.batch import planning
 from vance_provider.core.batch.planning import CHECK_CHUNK
+from vance_provider.core.state.manifest import Manifest, ManifestItem
 from vance_provider.sim import SimulatorServer
 
 BAD = b"not an image at all"
@@ -124,3 +125,37 @@ def test_a_budget_reached_while_streaming_skips_the_rest_unpaid(
     assert result.stopped and "budget" in result.stopped
     assert all(i.job_id is None for i in result.items if i.state == "skipped")
     assert len(created_jobs(sim)) == 3 and sum(charged_jobs(sim).values()) == 3
+
+
+@pytest.mark.slow
+def test_new_inputs_items_are_made_as_they_stream_and_the_first_write_holds_them_all(
+    api: str,
+    sim: SimulatorServer,
+    client: VanceClient,
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new input's manifest item is made when the stream reaches it, not all before the first
+    job; the rest are made once the first job is created, so the manifest's first write (which
+    makes the outputs this batch's own) holds every planned item."""
+    make_bucket(make_image)
+    made: list[int] = []  # for each item made, the jobs created by then
+    written: list[int] = []  # the items in each whole write of the manifest
+    new, write = ManifestItem.new, Manifest._write
+
+    def counted_new(cls: type[ManifestItem], *args: Any, **kwargs: Any) -> ManifestItem:
+        made.append(len(created_jobs(sim)))
+        return new(*args, **kwargs)
+
+    def counted_write(self: Manifest, items: list[ManifestItem]) -> None:
+        written.append(len(items))
+        write(self, items)
+
+    monkeypatch.setattr(ManifestItem, "new", classmethod(counted_new))
+    monkeypatch.setattr(Manifest, "_write", counted_write)
+    result = client.run_batch(batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=4))
+    assert (result.done, result.failed, result.skipped) == (N, 0, 0), result.summary()
+    assert len(made) == N  # one item per input
+    assert made[0] == 0 and made[-1] > 0, "every item was made before the first job was created"
+    assert written[0] == N  # the first write: the whole plan

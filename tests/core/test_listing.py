@@ -6,7 +6,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vance_provider.core.state.storage import Locations, list_sources, location
+from vance_provider.core.api.errors import ConfigurationError
+from vance_provider.core.state.storage import (
+    MEDIA_EXTENSIONS,
+    Locations,
+    check_outputs_apart,
+    list_sources,
+    location,
+    suffix_of,
+    without_suffix,
+)
 
 
 def test_a_walked_folder_lists_as_a_glob_of_it_does(tmp_path: Path) -> None:
@@ -53,3 +62,57 @@ def test_locations_resolve_as_location_does(tmp_path: Path) -> None:
     many = Locations()
     for url in urls + urls:  # the second time, from what was learnt about each folder
         assert many(url) == location(url), url
+
+
+def test_outputs_apart_refuses_what_location_finds(tmp_path: Path) -> None:
+    """The outputs-apart check skips the outputs of a plain folder where no input is: an output
+    that lands on an input through a link, a linked folder or the inputs' own folder is still
+    refused, as located one by one (``location``) finds it."""
+    src, dest = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    dest.mkdir()
+    for name in ("a.jpg", "b.png", "sub/c.jpg"):
+        (src / name).write_bytes(b"x")
+    (dest / "to-a.jpg").symlink_to(src / "a.jpg")
+    (dest / "alias").symlink_to(src)
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "to-b.png").symlink_to(src / "b.png")
+    inputs = [str(src / n) for n in ("a.jpg", "b.png", "sub/c.jpg")]
+
+    def lands_on_an_input(outputs: list[str]) -> bool:
+        found = {location(u) for u in inputs}
+        for out in outputs:
+            proto, path = location(out)
+            if suffix_of(path) in MEDIA_EXTENSIONS:
+                if (proto, path) in found:
+                    return True
+            elif any(p == proto and without_suffix(x) == path for p, x in found):
+                return True
+        return False
+
+    safe = [f"{dest}/x{i}" for i in range(len(inputs) - 1)]  # most outputs: a plain folder, no input
+    for out in [
+        f"{dest}/a",
+        f"{dest}/to-a.jpg",
+        f"{dest}/to-a",
+        f"{dest}/alias/a",
+        f"{dest}/alias/a.png",
+        f"{dest}/alias/sub/c",
+        f"{dest}/new/a",
+        f"{src}/a",
+        f"{src}/a.png",
+        f"{src}/sub/c.webp",
+        f"{src}/sub/../b",
+        f"{tmp_path}/links/to-b.png",
+        f"{tmp_path}/links/to-b",
+        f"file://{src}/a",
+        f"{dest}/.a.jpg",
+    ]:
+        planned = dict(zip(inputs, [*safe, out], strict=True))
+        expected = lands_on_an_input(list(planned.values()))
+        try:
+            check_outputs_apart(planned)
+            refused = False
+        except ConfigurationError:
+            refused = True
+        assert refused == expected, out

@@ -3,14 +3,12 @@ whether each can be sent. Nothing here uploads or spends."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import Any
@@ -43,19 +41,28 @@ from .spec import BatchSpec
 log = logging.getLogger("vance_provider.batch")
 
 
-@contextlib.contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
+class CyclicGCPause:
     """Python's cyclic garbage collector paused while a batch is listed and planned: the many
     objects planning makes (none of them in a cycle) would trigger full collections again and
     again, about a quarter of the planning's CPU at 100k inputs. Reference counting frees
-    memory as usual meanwhile; the collector runs again afterwards."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
+    memory as usual meanwhile. The collector runs again at :meth:`resume` or at the end of the
+    ``with`` block, whichever comes first; a pause inside another leaves that to the outer one."""
+
+    def __init__(self) -> None:
+        self._resume = False
+
+    def __enter__(self) -> CyclicGCPause:
+        self._resume = gc.isenabled()
+        gc.disable()
+        return self
+
+    def resume(self) -> None:
+        if self._resume:
+            self._resume = False
             gc.enable()
+
+    def __exit__(self, *exc: object) -> None:
+        self.resume()
 
 
 def call_hash(call: ToolCall) -> str:
@@ -155,6 +162,8 @@ def recognise_touched(
     same size are hashed: the same bytes as recorded make them the same input (``listed_as``
     records the new listing), so a touched file, a copy without ``-p`` or a restore from a
     backup costs nothing. Another size, or other bytes, is another input."""
+    if not manifest.items:  # nothing recorded (a first run): nothing touched
+        return
     candidates = [
         (src, item)
         for src in sources

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from fsspec.core import url_to_fs
@@ -59,12 +59,12 @@ from .latency import AdaptiveLimit
 from .ledger import CreditLedger
 from .planning import (
     CHECK_CHUNK,
+    CyclicGCPause,
     as_recorded,
     call_hash,
     check_inputs,
     check_inside,
     config_shown,
-    cyclic_gc_paused,
     list_outputs,
     plan_outputs,
     recognise_touched,
@@ -135,6 +135,12 @@ class BatchRunner:
         self._created_destination = False
         self._listed = False  # the sources were listed: a store failure after this is the destination's
         self.unchecked: set[str] = set()  # pending items whose inputs are checked as they stream
+        # New inputs streamed: their items are made as the stream reaches them (_new_items), the
+        # rest once the first job is created (_plan_whole); until then, the outputs planned.
+        self.new_inputs: list[SourceFile] = []
+        self._outputs: dict[str, str] = {}
+        self._chash = call_hash(self.call)
+        self._gc_pause: CyclicGCPause | None = None  # run(): the collector paused until the first job
         self._planned = 0  # the manifest change that holds the planned items (and output names)
         self._local_outputs = False
 
@@ -152,9 +158,10 @@ class BatchRunner:
         """List, check and plan; take the batch's lease and read its manifest. Spends nothing.
         A store that cannot be reached is a :class:`StorageUnavailableError` (not the store's
         own exception). ``check=False``: image inputs are checked later, each before it is
-        staged, as :meth:`run_window` streams them (see :mod:`.stream`)."""
+        staged, as :meth:`run_window` streams them (see :mod:`.stream`); new inputs are not in
+        the work returned, their items are made then too (:attr:`new_inputs`)."""
         try:
-            with cyclic_gc_paused():
+            with CyclicGCPause():
                 return await self._prepare(check)
         except Exception as exc:
             first = self.spec.source if isinstance(self.spec.source, str) else self.spec.source[0]
@@ -216,7 +223,7 @@ class BatchRunner:
         if self.spec.destination != spec.destination:
             dest_fs, dest_path = url_to_fs(self.spec.destination, **(so or {}))
         spec = self.spec
-        chash = call_hash(self.call)
+        chash = self._chash
         self.manifest.check_identity(
             {
                 "source": spec.source.rstrip("/") if isinstance(spec.source, str) else None,
@@ -245,13 +252,22 @@ class BatchRunner:
         work: list[ManifestItem] = []
         if not spec.overwrite:
             refuse_overwrites(sources, outputs, own_outputs, present, dest_fs)
+        # Streamed: images, when a bad input need not stop the batch before its first job. Checked
+        # here: a video (its price needs its duration, which the budget check reads); fail_fast
+        # (nothing is submitted when any input is bad); with the result cache (it is looked up by
+        # the input's hash, and a batch it serves whole asks nothing of the service).
+        cached = self.cache is not None and not spec.force
+        stream = not (check or self.call.media == "video" or spec.on_failure == "fail_fast" or cached)
         items, tool = self.manifest.items, self.call.tool
+        new_inputs: list[SourceFile] = []
+        self._outputs = outputs
         for src in sources:
             item = items.get(src.url)
+            if item is None and stream:  # a new input, streamed: its item is made when it is reached
+                new_inputs.append(src)
+                continue
             if item is None:  # a new input: most of a first run's, so it goes first
-                items[src.url] = item = ManifestItem.new(
-                    src.url, src.fingerprint, chash, output=outputs[src.url], generation=0, tool=tool
-                )
+                item = self._new_item(src)
             elif not (same_listing(item, src) and item.call == chash) or (
                 spec.force and item.state == ItemState.DONE
             ):
@@ -279,21 +295,50 @@ class BatchRunner:
         self._local_outputs = is_local(dest_fs)
         pending = [i for i in work if i.state == ItemState.PENDING]
         # The planned items (their output names: this batch's own) are durable before anything is
-        # written into the destination (``_collect`` waits for this change), not before the first
-        # job: a job whose id is lost in a kill is found again by its idempotency key.
+        # written into the destination (``_collect`` waits for this change, or for the one of
+        # _plan_whole), not before the first job: a job whose id is lost in a kill is found again
+        # by its idempotency key.
         self._planned = self.manifest.touch()
-        # Streamed: images, when a bad input need not stop the batch before its first job. Checked
-        # here: a video (its price needs its duration, which the budget check reads); fail_fast
-        # (nothing is submitted when any input is bad); with the result cache (it is looked up by
-        # the input's hash, and a batch it serves whole asks nothing of the service).
-        cached = self.cache is not None and not spec.force
-        if check or self.call.media == "video" or spec.on_failure == "fail_fast" or cached:
+        if stream:
+            self.unchecked, self.new_inputs = {i.source for i in pending}, new_inputs
+        else:
+            self._outputs = {}
             ready = await self.check_items(pending)
             served = {i.source for i in pending} - {i.source for i in ready}
             work = [i for i in work if i.source not in served]
-        else:
-            self.unchecked = {i.source for i in pending}
         return work
+
+    def _new_item(self, src: SourceFile) -> ManifestItem:
+        """A new input's item in the manifest, under its planned output name."""
+        self.manifest.items[src.url] = item = ManifestItem.new(
+            src.url,
+            src.fingerprint,
+            self._chash,
+            output=self._outputs[src.url],
+            generation=0,
+            tool=self.call.tool,
+        )
+        return item
+
+    def _new_items(self, new_inputs: list[SourceFile]) -> Iterator[ManifestItem]:
+        """The items of ``new_inputs``, each made as the stream reaches it (or found, once
+        :meth:`_plan_whole` has made the rest); the plan is whole once all are."""
+        for src in new_inputs:
+            yield self.manifest.items.get(src.url) or self._new_item(src)
+        self._plan_whole()
+
+    def _plan_whole(self) -> None:
+        """Once the first job is created (or the stream has ended), the new inputs not reached
+        yet get their items: the manifest's next write holds the whole plan, and a download waits
+        for it (:meth:`_collect`); then the cyclic collector paused by :meth:`run` runs again."""
+        if self.new_inputs:
+            for src in self.new_inputs:
+                if src.url not in self.manifest.items:
+                    self._new_item(src)
+            self.new_inputs, self._outputs = [], {}
+            self._planned = self.manifest.touch()
+        if self._gc_pause is not None:
+            self._gc_pause.resume()
 
     async def check_items(self, pending: list[ManifestItem]) -> list[ManifestItem]:
         """Check pending items' inputs (CHECK_CHUNK at a time: a Ctrl-C waits for one chunk at
@@ -375,24 +420,24 @@ class BatchRunner:
     async def preflight(self, work: list[ManifestItem]) -> None:
         """The whole batch's estimate against the balance and the budget, before spending."""
         unpaid = self.unpaid(work)
-        if not unpaid:
+        count = len(unpaid) + len(self.new_inputs)
+        if not count:
             return
-        need = sum(self.estimate(i) for i in unpaid)
+        # New inputs streamed have no items yet: each is counted at the tool's price.
+        need = sum(self.estimate(i) for i in unpaid) + len(self.new_inputs) * self.call.estimate()
         await self.client.check_call(self.call)  # option lists the service serves, before spending
         budget = self.spec.credit_budget
         if budget is not None and need > budget and self.spec.on_insufficient_credits == "fail":
             raise BudgetExceededError(
-                f"the batch needs about {credits_text(need)} credits for {len(unpaid)} item(s), "
+                f"the batch needs about {credits_text(need)} credits for {count} item(s), "
                 f"over its budget of {credits_text(budget)}",
                 hint="raise credit_budget, shrink the batch, or use on_insufficient_credits='partial'",
             )
-        await self.account.check_budget(
-            need, len(unpaid), partial=self.spec.on_insufficient_credits != "fail"
-        )
+        await self.account.check_budget(need, count, partial=self.spec.on_insufficient_credits != "fail")
         balance = await self.client.balance()
         if need > balance.available and self.spec.on_insufficient_credits == "fail":
             raise InsufficientCreditsError(
-                f"the batch needs about {credits_text(need)} credits for {len(unpaid)} item(s); "
+                f"the batch needs about {credits_text(need)} credits for {count} item(s); "
                 f"the balance is {credits_text(balance.available)}",
                 hint="top up, shrink the batch, or use on_insufficient_credits='partial'",
             )
@@ -401,13 +446,16 @@ class BatchRunner:
     # --- running --------------------------------------------------------------------------------
     async def run(self) -> BatchResult:
         started = time.monotonic()
-        return await self.run_window(await self.start(stream=True), started)
+        # The collector stays paused from the planning on until the first job (_plan_whole).
+        with CyclicGCPause() as self._gc_pause:
+            return await self.run_window(await self.start(stream=True), started)
 
     async def start(self, *, stream: bool = False) -> list[ManifestItem]:
         """``prepare()``, ``preflight()`` (a refused batch leaves no empty files behind), and the
         jobs resumed from the manifest counted against the budget: how ``run()`` and a hand-off begin.
-        ``stream``: image inputs are checked as :meth:`run_window` reaches them, not here (the
-        budget check counts each at the tool's price). The caller ``close()``s the runner."""
+        ``stream``: image inputs are checked, and new inputs' items made, as :meth:`run_window`
+        reaches them, not here (the budget check counts each at the tool's price). The caller
+        ``close()``s the runner."""
         work = await self.prepare(check=not stream)
         try:
             await self.preflight(work)
@@ -512,7 +560,7 @@ class BatchRunner:
         ``started`` (``time.monotonic()``): when the batch began, for its elapsed time."""
         started = time.monotonic() if started is None else started
         try:
-            if not self.unchecked:  # streamed: the periodic flush writes the plan (see _collect)
+            if not (self.unchecked or self.new_inputs):  # streamed: the periodic flush writes the plan
                 await self.manifest.flush()
             await self._run_all(work)
         finally:
@@ -548,6 +596,7 @@ class BatchRunner:
                     stream_work(
                         work,
                         self.unchecked,
+                        self._new_items(self.new_inputs),
                         self._check_chunk,
                         lambda item: group.create_task(self.run_item(item)),
                         lambda: self.stop_reason is not None,
@@ -564,6 +613,7 @@ class BatchRunner:
             listeners.remove(self.limit.shrink)
             stop_flusher.set()
             await asyncio.shield(flusher)
+            self._plan_whole()  # stopped before the first job: the plan is written whole all the same
             self.manifest.touch()
             await asyncio.shield(self.manifest.flush(compact=True))
 
@@ -580,7 +630,8 @@ class BatchRunner:
             with contextlib.suppress(TimeoutError):  # (not wait_for: it can swallow a cancel)
                 async with asyncio.timeout(0.5):
                     await stop.wait()
-            if not (self.unchecked and not self._submitted_at):  # streamed: not before the first job
+            # Streamed: not before the first job (nor before the plan is whole: _plan_whole).
+            if not (self.new_inputs or (self.unchecked and not self._submitted_at)):
                 await self.manifest.flush()
             beats += 1
             if beats % 20 == 0:  # every ~10 s: renew an object-store lease
@@ -853,6 +904,7 @@ class BatchRunner:
         uploaded = self.client.backend.uploaded_sha256(item.source)
         item.input_sha256 = item.input_sha256 or uploaded
         item.set(ItemState.SUBMITTED, job_id=job.id, submitted_by=self.run_id)
+        self._plan_whole()  # at the first job; nothing to do after it
         if job.status is JobStatus.SUCCEEDED and not self.caps.charges_on_download:
             # The key replayed a job that had already ended, so it was paid for at its end, by
             # the run that created it (which did not live to record it).

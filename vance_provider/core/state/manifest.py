@@ -399,7 +399,7 @@ class Manifest:
             if self._saved >= self._version and not (compact and self._journal_bytes):
                 return
             # Serialised and written off the event loop, from a snapshot of the changed items
-            # (items change only by attribute assignment while a batch runs, never by insertion).
+            # (taken here, on the loop, where items are inserted and changed).
             version, dirty = self._version, set(self._dirty)
             self._dirty.clear()
             whole = (
