@@ -227,3 +227,23 @@ def test_the_step_is_shared_by_the_jobs_waited_for_not_by_the_batch_limit() -> N
 
     asyncio.run(two_jobs())
     assert sorted(shared) == [1, 2] and watch.waiting == 0
+
+
+def test_a_point_learned_from_wide_brackets_comes_down_until_a_first_look_misses() -> None:
+    """The web API shows no progress: 16 jobs of 0.26 s first looked at 0.125 s are found done a
+    poll interval (0.5 s) later, so each one's end is guessed at the midpoint, 0.375 s. Aiming at
+    hits (the poll interval is longer than the point), the point came down by 0.005 % per hit and
+    held each slot ~0.1 s past its job for the whole batch; once learned it now comes down faster
+    until a first look misses, then holds near the jobs' length."""
+    estimate = LatencyEstimate(0.5, lambda: 1.0, floor=0.5)
+    first = estimate.value
+    for _ in range(16):  # the first wave, looked at with the starting point, answering together
+        estimate.observe(first + 0.5, first_poll_hit=False, in_flight=16, running_at=first, point=first)
+    assert estimate.value > 0.35
+    for _ in range(400):
+        point = estimate.value
+        hit = point >= 0.26
+        estimate.observe(
+            point if hit else point + 0.5, first_poll_hit=hit, running_at=None if hit else point, point=point
+        )
+    assert 0.26 <= estimate.value < 0.29

@@ -61,7 +61,9 @@ class LatencyEstimate:
     Until a few jobs have been missed, the point is learned from the misses, from a quarter of
     the poll interval at first: each missed job ended where the progress the service showed at
     the look that saw it running leads (else between that look and the one that found it done:
-    their midpoint), so the point goes to the median of those ends. (The
+    their midpoint), so the point goes to the median of those ends. Learned, it comes down as if
+    aiming at ``PROBE`` until a first look misses: a point learned from midpoints a poll interval
+    wide sat 45 % above the jobs' length, and at 99.9 % it came down by 0.005 % per hit. (The
     look that found it done alone overshoots by up to a backed-off interval: the point then took
     ~300 jobs to come down, 0.33 s against 0.25 s jobs, ~0.7 s of a 1000-job batch.)
 
@@ -78,6 +80,7 @@ class LatencyEstimate:
     STEP = 0.05  # log-step: a miss moves the point up by up to 5 %
     LOW, HIGH = 0.65, 0.999  # the share of first looks that should find the job done
     BOUND = 0.9  # the rate pressure from which the rate counts as binding
+    PROBE = 0.95  # the share aimed at once learned, until the first miss
 
     def __init__(
         self, initial: float, pressure: Callable[[], float] = lambda: 1.0, *, floor: float = 0.0
@@ -87,6 +90,7 @@ class LatencyEstimate:
         self.pressure = pressure
         self.misses = 0
         self._ends: list[float] = []  # while learning: where each missed job likely ended
+        self._probing = True  # learned, and no miss since: the point may come down faster
 
     @property
     def target(self) -> float:
@@ -135,7 +139,12 @@ class LatencyEstimate:
                 self.value = max(0.02, statistics.median(self._ends))
             return
         step = self.STEP / max(1.0, 1 + (in_flight - 1) * (1 - self._pressure()))
-        moved = self.value * math.exp(step * (self.target - first_poll_hit))
+        target = self.target
+        if first_poll_hit and self._probing:
+            target = min(target, self.PROBE)
+        if not first_poll_hit and (point is None or point >= self.value):
+            self._probing = False  # (a miss at a point learned before says nothing of this one)
+        moved = self.value * math.exp(step * (target - first_poll_hit))
         if not first_poll_hit and point is not None:
             moved = min(moved, max(self.value, ended, point * math.exp(self.STEP * self.target)))
         self.value = max(0.02, moved)
