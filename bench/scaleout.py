@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.run import make_images
+from bench.run import make_images, process_cpu_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scaleout.json"
 SLOTS = 16
@@ -259,14 +259,13 @@ def one_run(
 
 
 def _process_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) a process has used, from /proc; 0 where unknown."""
+    """CPU seconds (user + system) a process has used; 0 where unknown."""
     if pid is None:
         return 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return process_cpu_seconds(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _set_store_budget(base_url: str, key: str, store_url: str, budget: float | None) -> None:
