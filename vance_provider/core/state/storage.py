@@ -581,12 +581,12 @@ class Locations:
         """For a plain local folder (an absolute, normal path, not the root, that can be listed):
         its real path and the names of the links in it. A name there that is not a link, nor
         ``.`` or ``..``, is located at the real path joined with the name. ``None`` for others."""
-        if not folder.startswith("/") or "/." in folder or "//" in folder:
+        if not _normal_folder(folder):
             return None
         known = self._folders.get(folder)
         if known is None:
             known = self._folders[folder] = self._folder(folder)
-        return None if "*" in known[1] or known[0] == "/" else known
+        return known if _listed_below_root(known) else None
 
     def __call__(self, url: str) -> tuple[str, str]:
         # A plain local path in a folder seen before (most of a listing): the folder's real path
@@ -610,13 +610,11 @@ class Locations:
         known = self._folders.get(folder)
         if known is None:
             known = self._folders[folder] = self._folder(folder)
-            normal = folder.startswith("/") and "/." not in folder and "//" not in folder
             if (
                 scheme == "file"
                 and url.startswith("/")
-                and normal
-                and known[0] != "/"
-                and "*" not in known[1]
+                and _normal_folder(folder)
+                and _listed_below_root(known)
             ):
                 self._plain[folder] = known
         real, links = known
@@ -624,6 +622,16 @@ class Locations:
             return "file", os.path.realpath(path)
         # os.path.join(real, name), for a name without "/" (called per input and per output)
         return "file", (real + name if real.endswith("/") else real + "/" + name)
+
+
+def _normal_folder(folder: str) -> bool:
+    """An absolute local folder path with no ``.``, ``..`` or empty part."""
+    return folder.startswith("/") and "/." not in folder and "//" not in folder
+
+
+def _listed_below_root(known: tuple[str, frozenset[str]]) -> bool:
+    """A folder :meth:`Locations._folder` could list, whose real path is not the root."""
+    return known[0] != "/" and "*" not in known[1]
 
 
 def check_outputs_apart(planned: dict[str, str], storage_options: dict[str, Any] | None = None) -> None:
