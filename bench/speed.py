@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,20 @@ def job_of(request: dict[str, Any]) -> str | None:
     return None
 
 
+def field(answer: httpx.Response, *path: str) -> Any:
+    """The value at ``path`` in ``answer``'s JSON; any other answer fails the run, saying what it was."""
+    try:
+        value = answer.json()
+        for name in path:
+            value = value[name]
+        return value
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(
+            f"floor: {answer.request.method} {answer.request.url.path} answered {answer.status_code}: "
+            f"{answer.text[:1000]}"
+        ) from None
+
+
 def engine(api: str, sim: Sim, src: Path, dst: Path, c: int, pythonpath: Path) -> dict[str, Any]:
     token = DEMO_OPEN_KEY if api == "open" else DEMO_WEB_TOKEN
     out = subprocess.run(
@@ -148,10 +163,11 @@ def engine(api: str, sim: Sim, src: Path, dst: Path, c: int, pythonpath: Path) -
     }
 
 
-async def floor(api: str, sim: Sim, src: Path, n: int, t: float, c: int, r: int) -> dict[str, Any]:
+async def floor(api: str, url: str, src: Path, n: int, t: float, c: int, r: int) -> dict[str, Any]:
     """The minimal client: it knows T and the limits. Inputs are uploaded ahead (C at most), C jobs
     are in flight, API calls are spaced at the rate limit, each job is polled at T (plus a tick),
-    then every 20 ms, and the result is downloaded outside the job slot and stored in a folder."""
+    then every 20 ms, and the result is downloaded outside the job slot and stored in a folder.
+    A create refused with a 429 is sent again after its Retry-After, with the same Idempotency-Key."""
     out = Path(tempfile.mkdtemp(prefix="floor-"))
     files = sorted(src.glob("*.jpg"))[:n]  # noqa: ASYNC240 - set-up, before the clock starts
     blobs = {f: f.read_bytes() for f in files}
@@ -185,24 +201,31 @@ async def floor(api: str, sim: Sim, src: Path, n: int, t: float, c: int, r: int)
             if api == "web":
                 await paced()
                 answer = await http.post("/web_api/v1/upload", data=web, files={"file": (f.name, data)})
-                uid = answer.json()["data"]["uid"]
+                uid = field(answer, "data", "uid")
             await slots.acquire()
         try:
-            await paced()
-            created = time.monotonic()
             if api == "web":
+                await paced()
+                created = time.monotonic()
                 answer = await http.post(
                     "/web_api/v1/transform", data={**web, "uid": uid, "jconfig": jconfig}
                 )
-                job = answer.json()["data"]["trans_id"]
+                job = field(answer, "data", "trans_id")
             else:
-                answer = await http.post(
-                    "/api/v1/jobs",
-                    headers=auth,
-                    files={"image": (f.name, data)},
-                    data={"tool": "upscale", "config": '{"scale": 2}'},
-                )
-                job = answer.json()["job_id"]
+                key = {"Idempotency-Key": uuid.uuid4().hex}  # a create sent again makes no second job
+                while True:
+                    await paced()
+                    created = time.monotonic()
+                    answer = await http.post(
+                        "/api/v1/jobs",
+                        headers={**auth, **key},
+                        files={"image": (f.name, data)},
+                        data={"tool": "upscale", "config": '{"scale": 2}'},
+                    )
+                    if answer.status_code != 429:  # rate_limited or concurrency_limit_exceeded
+                        break
+                    await asyncio.sleep(float(answer.headers.get("Retry-After", 1)))
+                job = field(answer, "job_id")
             await asyncio.sleep(max(0.0, created + t + 0.01 - time.monotonic()))
             while True:
                 await paced()
@@ -229,7 +252,7 @@ async def floor(api: str, sim: Sim, src: Path, n: int, t: float, c: int, r: int)
     requests_storage: list[int] = []
     t0 = time.perf_counter()
     limits = httpx.Limits(max_connections=4 * c, max_keepalive_connections=4 * c)
-    async with httpx.AsyncClient(base_url=sim.url, timeout=60, limits=limits) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
         await asyncio.gather(*(one(http, f) for f in files))
     wall = time.perf_counter() - t0
     shutil.rmtree(out)
@@ -287,7 +310,7 @@ def main() -> None:
                 for k in range(args.rounds):  # interleaved, so that the machine's drift hits all three
                     with Sim(t, c, r, tick) as sim:
                         cpu0 = time.process_time()
-                        one = asyncio.run(floor(api, sim, src, n, t, c, r))
+                        one = asyncio.run(floor(api, sim.url, src, n, t, c, r))
                         one["client_cpu_ms_per_job"] = round((time.process_time() - cpu0) * 1000 / n, 2)
                         one["steady_http_requests_per_job"] = sim.steady_requests_per_job()
                         runs["floor"].append(one)

@@ -5,6 +5,12 @@ Each operation is one transaction that locks the account's row (``SELECT ... FOR
 inserting it if missing, so there is always a row to lock) and writes it back if it changed.
 Time is the database server's clock (``clock_timestamp()``, read once the row is locked), so
 every machine judges leases by one clock, as Redis's ``TIME`` does for the Redis store.
+
+A row held by a transaction that does not end (a worker frozen mid-operation, a psql session left
+open) is waited for at most ``lock_timeout`` seconds, then the operation fails with
+:class:`~.errors.AccountStoreUnavailableError`, as for a server that is down. The store's own
+transactions are ended by the server if their worker goes quiet in one for ``idle_timeout``
+seconds, shorter, so a frozen worker's lock is gone before the others give up.
 """
 
 from __future__ import annotations
@@ -23,6 +29,13 @@ CONNECT_TIMEOUT = 5  # seconds to open a connection to the server (libpq counts 
 # A server or network gone mid-query: the connection is given up after this many milliseconds of
 # data unacknowledged (or keepalives unanswered) rather than when the system's TCP gives up.
 TCP_USER_TIMEOUT_MS = 10_000
+# Seconds an operation waits for the account's row (or the table-making lock) held by another
+# transaction. Operations hold it for a few round trips, so this is only reached when the holder
+# is stuck.
+LOCK_TIMEOUT = 10.0
+# Seconds one of the store's transactions may sit idle (its worker frozen mid-operation) before the
+# server ends it and its lock: shorter than LOCK_TIMEOUT, so waiters get the row instead of failing.
+IDLE_TIMEOUT = 5.0
 TABLE = "vance_account_state"
 
 _LOCK_ID = 0x76616E6365  # "vance": the advisory lock held while one process makes the table
@@ -32,8 +45,13 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     state   TEXT                -- JSON: rate, slots, budgets, reservations (NULL: none yet)
 )
 """
+# SET LOCAL, for this transaction only (a pooler in transaction mode keeps no session settings).
+_LIMITS = """
+SET LOCAL lock_timeout = %(lock_timeout)s;
+SET LOCAL idle_in_transaction_session_timeout = %(idle_timeout)s;
+"""
 # One round trip: the row made if missing, locked, then read with the time once the lock is held.
-_LOAD = f"""
+_LOAD = f"""{_LIMITS}
 INSERT INTO {TABLE} (account) VALUES (%(account)s) ON CONFLICT (account) DO NOTHING;
 SELECT 1 FROM {TABLE} WHERE account = %(account)s FOR UPDATE;
 SELECT state, extract(epoch FROM clock_timestamp())::float8 FROM {TABLE} WHERE account = %(account)s
@@ -57,12 +75,20 @@ class PostgresStore(RowStore):
 
     ``url``: libpq's, ``postgresql://user:password@host:5432/dbname`` (``postgres://`` too,
     with libpq's parameters: ``?sslmode=require``; SQLAlchemy's ``postgresql+psycopg2://`` is
-    taken as ``postgresql://``). ``clock``: only for tests, a function giving
-    the time to use instead of the server's.
+    taken as ``postgresql://``). ``lock_timeout``: seconds an operation waits for the account's
+    row while another transaction holds it; ``idle_timeout``: seconds one of this store's
+    transactions may sit idle before the server ends it (see the module's doc). ``clock``: only for
+    tests, a function giving the time to use instead of the server's.
     """
 
     def __init__(
-        self, url: str, *, connect_timeout: int = CONNECT_TIMEOUT, clock: Callable[[], float] | None = None
+        self,
+        url: str,
+        *,
+        connect_timeout: int = CONNECT_TIMEOUT,
+        lock_timeout: float = LOCK_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         try:
             import psycopg2
@@ -76,6 +102,12 @@ class PostgresStore(RowStore):
         self.errors = (psycopg2.Error, OSError)
         self._url = Secret(url)  # nor in vars(), nor in a traceback's locals
         self._connect_timeout = connect_timeout
+        self._lock_timeout = lock_timeout
+        # In whole milliseconds, at least 1 (0 would mean no limit).
+        self._limits = {
+            "lock_timeout": max(1, round(lock_timeout * 1000)),
+            "idle_timeout": max(1, round(idle_timeout * 1000)),
+        }
         self._clock = clock
 
     def _open(self) -> Any:
@@ -98,6 +130,7 @@ class PostgresStore(RowStore):
             # The table made only if missing (a user who may not create tables can use one made
             # for them), by one process at a time.
             with conn, conn.cursor() as cur:
+                cur.execute(_LIMITS, self._limits)
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
                 cur.execute("SELECT to_regclass(%s)", (TABLE,))
                 if cur.fetchone()[0] is None:
@@ -112,7 +145,7 @@ class PostgresStore(RowStore):
 
     def _load(self, conn: Any, account: str) -> tuple[str | None, float]:
         with conn.cursor() as cur:
-            cur.execute(_LOAD, {"account": account})
+            cur.execute(_LOAD, {"account": account, **self._limits})
             state, now = cur.fetchone()
         return state, (now if self._clock is None else self._clock())
 
@@ -122,10 +155,22 @@ class PostgresStore(RowStore):
 
     def _retry(self, exc: BaseException) -> bool:
         import psycopg2
+        from psycopg2.errors import LockNotAvailable
 
+        # A lock wait that timed out: the server is there, a new connection would wait as long again.
+        if isinstance(exc, LockNotAvailable):
+            return False
         return isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
 
     def _reason(self, exc: BaseException) -> str:
+        from psycopg2.errors import LockNotAvailable
+
+        if isinstance(exc, LockNotAvailable):
+            return (
+                f"waited over {self._lock_timeout:g} s (lock_timeout) for a lock that another "
+                "transaction holds: a stuck worker's, or a session's left open in a transaction "
+                "(see pg_stat_activity)"
+            )
         text = describe(" ".join(super()._reason(exc).split()))
         for password in sorted(_passwords(self._url.reveal()), key=len, reverse=True):
             text = text.replace(password, "***")
