@@ -140,6 +140,15 @@ async def test_a_postgres_password_appears_nowhere(
         assert form not in "\n".join(seen)
 
 
+async def test_a_url_with_no_password_is_described_by_every_store_made_from_it(postgres_url: str) -> None:
+    """Only passwords are kept out of descriptions: a URL with none is not taken for a secret
+    whole, which would leave a second store made from it described as ``***``."""
+    for _ in range(2):
+        store = open_store(postgres_url)
+        assert store.description == postgres_url.replace("postgresql+psycopg2://", "postgresql://")
+        await store.close()
+
+
 async def test_the_local_store_holds_no_key(
     tmp_path: Path, api_key: str, caplog: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

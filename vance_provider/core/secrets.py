@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import threading
+from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
 _known: set[str] = set()
@@ -13,16 +14,18 @@ _lock = threading.Lock()
 
 
 class Secret:
-    """A string that never shows itself in ``repr``/``str``; ``reveal()`` when sending it."""
+    """A string that never shows itself in ``repr``/``str``; ``reveal()`` when sending it.
+
+    The value (or, for a URL with a password in it, only the ``parts`` given: its passwords) is
+    redacted from this package's log records and errors from then on."""
 
     __slots__ = ("_value",)
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, parts: Iterable[str] | None = None) -> None:
         self._value = value
-        if value:
-            forms = encodings(value)
-            with _lock:
-                _known.update(forms)
+        forms = {form for part in ([value] if parts is None else parts) if part for form in encodings(part)}
+        with _lock:
+            _known.update(forms)
         _install_filter()
 
     def reveal(self) -> str:

@@ -100,7 +100,9 @@ class PostgresStore(RowStore):
         url = re.sub(r"^postgres(?:ql)?\+\w+://", "postgresql://", url, flags=re.I)  # SQLAlchemy's form
         super().__init__(describe(url))
         self.errors = (psycopg2.Error, OSError)
-        self._url = Secret(url)  # nor in vars(), nor in a traceback's locals
+        # Nor in vars(), nor in a traceback's locals; only its passwords are redacted from logs: the
+        # whole URL would also redact the next store's description of it (``user:***@host/db``).
+        self._url = Secret(url, _passwords(url))
         self._connect_timeout = connect_timeout
         self._lock_timeout = lock_timeout
         # In whole milliseconds, at least 1 (0 would mean no limit).
