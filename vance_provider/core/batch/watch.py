@@ -3,6 +3,12 @@ teaches about the next ones (the lengths the service reports, the engine's timin
 
 Two looks at one job never come closer than the batch's ``poll_interval`` (the vendor's guidance:
 about 2 s for images); a video's come ``VIDEO_LOOKS`` times further apart.
+
+Until a first image job has ended, nothing tells how long jobs take: one job, the scout, is looked
+at early and often, and the others wait for what it tells. Its pace (two readings of its progress)
+gives the length of a job like it, and their first looks come at that length; with no progress
+shown, they wait for its end. (Looked at all alike, every job of a first wave was looked at
+several times before any length was known: where the rate binds, those looks are the batch's time.)
 """
 
 from __future__ import annotations
@@ -34,12 +40,17 @@ class JobWatch:
         # aimed by the service's job lengths
         self.looks = LookPlanner(floor=spec.poll_interval, longest=spec.max_poll_interval)
         self.waiting = 0  # this batch's jobs waited for now: its jobs on the service
+        self.scout: str | None = None  # the image job looked at to learn how long jobs take
+        self.scouted = False  # a scout's job ended: the estimates have learned from it
+        self.guess: float | None = None  # a job's length, by the scout's pace (seconds)
+        self._scout_started = 0.0  # when the scout's job was created (time.monotonic())
+        self._reading: tuple[float, int] | None = None  # the scout's first progress reading
 
     def first_look(self) -> float:
         """When to look first at an image job: by the lengths the service reported, once enough are
         known (see :mod:`.looks`); before that, by the engine's own timing of its looks."""
         if not self.looks.ready:
-            return self.latency.value
+            return self.guess if self.guess is not None and not self.scouted else self.latency.value
         gate = self.gate
         rate = 1 / gate.interval if gate.limit and gate.window else ASSUMED_RATE
         return self.looks.point(slots=self.limit.limit, rate=rate, least_requests=self.requests_per_job)
@@ -57,6 +68,13 @@ class JobWatch:
         ``timed``: this run created the job, so its timing teaches when to look at the next ones."""
         spec = self.spec
         point: Callable[[], float] = self.first_look
+        on_update: Callable[[Job], None] | None = None
+        if timed and not video and not self.scouted:
+            if self.scout is None:
+                self.scout, self._scout_started, self._reading = job_id, started, None
+                on_update = self._read_scout
+            else:
+                point = lambda: self._after_scout(started)  # noqa: E731
         floor = spec.poll_interval  # never two looks at one job closer than the guidance
         if video:
             point = lambda: self.latency.value  # noqa: E731
@@ -78,14 +96,19 @@ class JobWatch:
                 min_interval=floor,
                 max_interval=spec.max_poll_interval,
                 deadline=time.time() + spec.timeout if spec.timeout else None,
+                on_update=on_update,
             )
         finally:
             self.waiting -= 1
+            if self.scout == job_id:
+                self.scout = None  # ended or gone: the next job waited for scouts, if need be
         if result.pending:
             raise WaitTimeoutError(
                 f"job {job_id} did not finish within {credits_text(spec.timeout or 0.0)} s"
             )
         done = result.done[job_id]
+        if on_update is not None:
+            self.scouted = True
         if done.length is not None and not video:
             self.looks.observe(done.length)
         if timed:
@@ -98,3 +121,25 @@ class JobWatch:
                 point=result.first_look_at - started,
             )
         return done
+
+    def _after_scout(self, started: float) -> float:
+        """The first look of a job created (at ``started``) while the scout runs: at the length
+        the scout's pace tells; until it tells, a little later than now, to ask again (the point
+        is read again on waking)."""
+        if self.guess is not None or self.scouted or self.scout is None:
+            return self.first_look()
+        return time.monotonic() - started + self.spec.poll_interval / 4
+
+    def _read_scout(self, job: Job) -> None:
+        """The scout's progress at a look: the pace since its first reading gives its end (the
+        longer apart, the less the whole percents blur it); alone, a reading tells only past
+        half-way (its time queued, which progress does not count, makes a young job look slow)."""
+        progress = job.progress or 0
+        if job.phase not in (None, "processing") or not 0 < progress < 100:
+            return
+        elapsed = time.monotonic() - self._scout_started
+        before = self._reading = self._reading or (elapsed, progress)
+        if before[1] < progress and elapsed > before[0]:
+            self.guess = elapsed + (100 - progress) * (elapsed - before[0]) / (progress - before[1])
+        elif progress >= 50:
+            self.guess = elapsed * 100 / progress
