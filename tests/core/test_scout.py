@@ -15,7 +15,7 @@ from vance_provider.core.transport.rate_gate import RateGate
 
 
 def job(job_id: str, status: JobStatus, progress: int | None) -> Job:
-    phase = "processing" if status is JobStatus.PROCESSING and progress is not None else None
+    phase = "processing" if status is JobStatus.PROCESSING and progress else None
     return Job(
         id=job_id,
         api="open",
@@ -30,11 +30,14 @@ def job(job_id: str, status: JobStatus, progress: int | None) -> Job:
 @pytest.mark.parametrize(
     ("readings", "told_by"),
     [
-        ([10, 20], 2),  # two readings of its progress give its pace: the others go after the second
-        ([None, None], 3),  # no progress shown (the web API): the others wait for its end
+        ([0, 10, 20], 3),  # queued, then two readings of its progress give its pace
+        ([None, None], 0),  # no progress shown (the web API): nobody waits for its end
     ],
 )
 def test_the_others_wait_for_the_scout(readings: list[int | None], told_by: int) -> None:
+    """Two readings of the scout's progress tell the others when to look; a scout that shows no
+    progress would tell only at its end, which is not waited for (the others' first looks teach
+    the latency estimate more)."""
     watch = JobWatch(BatchSpec("in", "out", "upscale", poll_interval=0.02), RateGate(), AdaptiveLimit(16), 2)
     looks: list[str] = []
     scout_looks = 0
@@ -54,8 +57,12 @@ def test_the_others_wait_for_the_scout(readings: list[int | None], told_by: int)
         await asyncio.gather(*(watch.wait(get_job, j, now, video=False, timed=True) for j in "abcd"))
 
     asyncio.run(wave())
-    told_at = [i for i, j in enumerate(looks) if j == "a"][told_by - 1]
+    scout_at = [i for i, j in enumerate(looks) if j == "a"]
     others = [i for i, j in enumerate(looks) if j != "a"]
-    assert looks[0] == "a" and min(others) > told_at, looks  # nobody else looked before it told
+    assert looks[0] == "a", looks
+    if told_by:
+        assert min(others) > scout_at[told_by - 1], looks  # nobody else looked before it told
+    else:
+        assert max(others) < scout_at[1], looks  # all looked before its second look
     assert sorted(looks[i] for i in others) == ["b", "c", "d"]  # and each of them once: found done
     assert watch.scout is None and watch.scouted

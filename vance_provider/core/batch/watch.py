@@ -5,9 +5,10 @@ Two looks at one job never come closer than the batch's ``poll_interval`` (the v
 about 2 s for images); a video's come ``VIDEO_LOOKS`` times further apart.
 
 Until a first image job has ended, nothing tells how long jobs take: one job, the scout, is looked
-at early and often, and the others wait for what it tells. Its pace (two readings of its progress)
-gives the length of a job like it, and their first looks come at that length; with no progress
-shown, they wait for its end. (Looked at all alike, every job of a first wave was looked at
+at early and often, and the others wait for what it tells: its pace (two readings of its progress)
+gives the length of a job like it, and their first looks come at that length. Where the service
+shows no progress (the web API), nobody waits: the first looks of all teach the latency estimate
+sooner than one job's end would. (Looked at all alike, every job of a first wave was looked at
 several times before any length was known: where the rate binds, those looks are the batch's time.)
 """
 
@@ -134,6 +135,9 @@ class JobWatch:
         """The scout's progress at a look: the pace since its first reading gives its end (the
         longer apart, the less the whole percents blur it); alone, a reading tells only past
         half-way (its time queued, which progress does not count, makes a young job look slow)."""
+        if job.progress is None and not job.status.terminal:
+            self.scouted = True  # no progress shown: nothing to tell before its end
+            return
         progress = job.progress or 0
         if job.phase not in (None, "processing") or not 0 < progress < 100:
             return
