@@ -1,6 +1,6 @@
 """Real-size media: 12 MP photos and 1080p videos, on local disk and on moto S3.
 
-    python -m bench.media [--photos 16] [--videos 2] [--video-seconds 4] [--cases ...]
+    python -m bench.media [--photos 16] [--videos 2] [--video-seconds 4] [--cases ...] [--s3-tls]
     python -m bench.media --baseline DIR --rounds 3 --key NAME   # a change, before and after
 
 Inputs (made once, cached in ``--cache``): 16 photos of 4000x3000 with natural-looking content
