@@ -1,6 +1,6 @@
 """Real-size media: 12 MP photos and 1080p videos, on local disk and on moto S3.
 
-    python -m bench.media [--photos 16] [--videos 2] [--video-seconds 4] [--cases ...]
+    python -m bench.media [--photos 16] [--videos 2] [--video-seconds 4] [--cases ...] [--s3-tls]
     python -m bench.media --baseline DIR --rounds 3 --key NAME   # a change, before and after
 
 Inputs (made once, cached in ``--cache``): 16 photos of 4000x3000 with natural-looking content
@@ -8,7 +8,8 @@ Inputs (made once, cached in ``--cache``): 16 photos of 4000x3000 with natural-l
 (quality 90, ~4-5 MB) and as PNG; and 1080p H.264 clips (PyAV, a texture panned under the camera with
 grain, CRF 18). The engine runs as it is (``run_batch``, Open API, 16 in flight, tool ``sharpen``
 for photos and ``video_hdr`` for videos: the outputs keep the input size), in its own process,
-after a warm-up batch of two thumbnails (imports and connections made before the measurement).
+after a warm-up batch of two thumbnails on the same storage as the case (imports, the S3 client and
+connections made before the measurement; ``warm_up_cpu`` is what that first batch cost).
 
 Measured per case, in the engine's process, for the measured batch alone:
 
@@ -18,6 +19,11 @@ Measured per case, in the engine's process, for the measured batch alone:
   (an audit hook); on S3: the bytes moto's server sent for GETs of the input keys, and their count
   (moto runs in its own process behind a counting WSGI wrapper).
 - **peak RSS** of the engine's process (VmHWM) with 16 photos (or the videos) in flight.
+
+moto's S3 server runs in its own process under uvicorn, which keeps connections open as S3 does
+(moto's own werkzeug server closes each one: every request paid a new connection); ``--s3-tls``
+serves it over https with a self-signed certificate, as a real S3 user connects (botocore signs
+no payload there and sends checksums as trailers; over http it hashes every body it sends).
 
 The simulator runs in its own process (no rate limit, 0.1 s jobs: this bench is about the client's
 work on real media, not about time). It renders each result (a 12 MP decode and encode, two at a
@@ -68,28 +74,40 @@ with SimulatorServer(cfg, port=int(sys.argv[1])):
     print("ready", flush=True)
     sys.stdin.read()
 """
-# moto's S3 server, behind a WSGI wrapper that counts what GETs of object keys sent.
+# moto's S3 server, behind a WSGI wrapper that counts what GETs of object keys sent, under uvicorn
+# (connections kept open, as S3 keeps them; werkzeug's server closes each one); argv: port, and
+# optionally a certificate and its key (https).
 MOTO = """
 import json, sys, threading
+import uvicorn
 from collections import Counter
 from moto.server import DomainDispatcherApplication, create_backend_app
-from moto.server import MotoRequestHandler
-from werkzeug.serving import make_server
-import logging
-logging.getLogger("werkzeug").setLevel(logging.WARNING)
 app = DomainDispatcherApplication(create_backend_app)
-sent, gets, lock = Counter(), Counter(), threading.Lock()
+sent, gets, requests, lock = Counter(), Counter(), Counter(), threading.Lock()
+def kind(environ):
+    # What a request is about: an input, an output, the engine's own files, or a listing.
+    path, query = environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
+    name = path.rsplit("/", 1)[-1]
+    what = ("warm-up" if "/warm" in path else "listing" if path.count("/") < 2 or not name
+            else "engine file" if name.startswith(("_vance", ".vance-"))
+            else "input" if "/in-" in path else "output" if "/out-" in path else "other")
+    return f"{environ['REQUEST_METHOD']} {what}" + (" (ranged)" if environ.get("HTTP_RANGE") else "") + (
+        f" ?{query.split('=')[0]}" if query else "")
 def counting(environ, start_response):
     path = environ.get("PATH_INFO", "")
     if path == "/_bench/counts":
         start_response("200 OK", [("Content-Type", "application/json")])
         with lock:
-            return [json.dumps({"bytes": sent, "gets": gets}).encode()]
+            return [json.dumps({"bytes": sent, "gets": gets, "requests": requests}).encode()]
     if path == "/_bench/reset":
         with lock:
-            sent.clear(); gets.clear()
+            sent.clear(); gets.clear(); requests.clear()
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
+    with lock:
+        requests[kind(environ)] += 1
+    if not environ.get("CONTENT_LENGTH"):  # a chunked body (aws-chunked uploads over https)
+        environ["wsgi.input_terminated"] = True
     body = app(environ, start_response)
     if environ["REQUEST_METHOD"] != "GET" or path.count("/") < 2:
         return body
@@ -105,9 +123,16 @@ def counting(environ, start_response):
             if hasattr(body, "close"):
                 body.close()
     return counted()
-server = make_server("127.0.0.1", int(sys.argv[1]), counting, True, request_handler=MotoRequestHandler)
-print("ready", flush=True)
-server.serve_forever()
+tls = {"ssl_certfile": sys.argv[2], "ssl_keyfile": sys.argv[3]} if len(sys.argv) > 3 else {}
+config = uvicorn.Config(counting, host="127.0.0.1", port=int(sys.argv[1]), interface="wsgi",
+                        log_level="warning", timeout_keep_alive=60, timeout_graceful_shutdown=1, **tls)
+server = uvicorn.Server(config)
+def ready():
+    while not server.started:
+        threading.Event().wait(0.05)
+    print("ready", flush=True)
+threading.Thread(target=ready, daemon=True).start()
+server.run()
 """
 ENGINE = """
 import asyncio, json, os, sys, time
@@ -126,12 +151,15 @@ def hwm():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 async def main():
     async with AsyncVanceClient(token, base_url=url) as client:
-        await run_batch(client, BatchSpec(warm_src, warm_dst, "sharpen", max_concurrency=16))
+        warm_options = options if warm_src.startswith("s3://") else None
+        c0 = time.process_time()
+        await run_batch(client, BatchSpec(warm_src, warm_dst, "sharpen", max_concurrency=16, storage_options=warm_options))
+        fixed = time.process_time() - c0
         r0, cpu0, t0 = io_read(), time.process_time(), time.perf_counter()
         r = await run_batch(client, BatchSpec(src, dst, tool, max_concurrency=16, storage_options=options))
         cpu, wall, read = time.process_time() - cpu0, time.perf_counter() - t0, io_read() - r0
         counts = dict(client.request_counts)
-    print(json.dumps({"done": r.done, "failed": r.failed, "cpu": cpu, "wall": wall, "file_bytes_read": read,
+    print(json.dumps({"done": r.done, "failed": r.failed, "cpu": cpu, "warm_up_cpu": fixed, "wall": wall, "file_bytes_read": read,
                       "input_opens": len(opens), "peak_rss_kb": hwm(), "requests": counts}))
 asyncio.run(main())
 """
@@ -175,6 +203,43 @@ def photo(seed: int, width: int = 4000, height: int = 3000, beta: float = 2.4) -
         channels.append((plane - plane.mean()) / plane.std())
     rgb = rng.uniform(60, 190, 3) + 45 * np.stack(channels, -1) + rng.normal(0, 1.2, (height, width, 3))
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+
+
+def self_signed(folder: Path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key, as files in ``folder``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_file), str(key_file)
 
 
 def make_photos(cache: Path, n: int) -> tuple[Path, Path]:
@@ -222,7 +287,7 @@ def make_videos(cache: Path, n: int, seconds: float, fps: int = 30) -> Path:
 
 def run_engine(
     sim_url: str,
-    warm: Path,
+    warm: str,
     src: str,
     dst: str,
     tool: str,
@@ -240,8 +305,8 @@ def run_engine(
             ENGINE,
             sim_url,
             DEMO_OPEN_KEY,
-            str(warm),
-            str(warm.parent / f"warm-out-{time.time_ns()}"),
+            warm,
+            f"{warm.rstrip('/')}-out-{time.time_ns()}/",
             src,
             dst,
             tool,
@@ -287,6 +352,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             ("input_read_ratio", run["input_read_ratio"]),
             ("peak_rss_mb", run["peak_rss_mb"]),
             ("get_job_per_file", round(run["requests"].get("get_job", 0) / max(1, run["done"]), 1)),
+            ("warm_up_cpu_ms", round(run.get("warm_up_cpu", 0) * 1000)),
         ):
             cell.setdefault(key, []).append(value)
     for sides in summary.values():
@@ -312,6 +378,11 @@ def main() -> None:
         "and inputs; the runs go under --key in --out, beside what is there",
     )
     parser.add_argument("--baseline-label", help="what the baseline is (default: its git revision)")
+    parser.add_argument(
+        "--s3-tls",
+        action="store_true",
+        help="serve moto's S3 over https (a self-signed certificate): what a user of real S3 pays",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each case (and side)")
     parser.add_argument("--key", default="compare", help="with --baseline: the key of the runs in --out")
     parser.add_argument("--note", default="", help="with --baseline: what the comparison is about")
@@ -342,22 +413,28 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     s3 = any(case.startswith("s3-") for case in cases)
     s3_port = free_port()
-    moto = Proc(MOTO, str(s3_port), env=S3_ENV) if s3 else None
+    certs = tempfile.TemporaryDirectory()
+    tls = self_signed(Path(certs.name)) if s3 and args.s3_tls else None
+    moto = Proc(MOTO, str(s3_port), *(tls or ()), env=S3_ENV) if s3 else None
     sim_port = free_port()
     sim = Proc(SIM, str(sim_port))
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    options = {"client_kwargs": {"endpoint_url": endpoint}, "key": "testing", "secret": "testing"}
+    endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{s3_port}"
+    client_kwargs: dict[str, Any] = {"endpoint_url": endpoint, **({"verify": tls[0]} if tls else {})}
+    options = {"client_kwargs": client_kwargs, "key": "testing", "secret": "testing"}
+    result["params"]["s3"] = f"moto under uvicorn (connections kept open), {'https' if tls else 'http'}"
     try:
         import httpx
         import s3fs
 
         os.environ.update(S3_ENV)
+        bench_http = httpx.Client(verify=tls[0] if tls else True)
         fs = s3fs.S3FileSystem(**options) if s3 else None
-        if fs is not None:
-            fs.mkdir("media")
         with tempfile.TemporaryDirectory() as tmp:
             warm = Path(tmp) / "warm"
             make_images(warm, 2)
+            if fs is not None:  # the S3 cases warm up on S3: its client and connections are made then
+                fs.mkdir("media")
+                fs.put(str(warm) + "/", "s3://media/warm/", recursive=True)
             for n in range(args.rounds):
                 # Each round runs both sides of a case back to back, the first side alternating,
                 # so that a drift of the machine's load falls on both alike.
@@ -374,19 +451,39 @@ def main() -> None:
                             src, dst = f"s3://media/in-{kind}/", f"s3://media/out-{kind}-{time.time_ns()}/"
                             if not fs.exists(src):
                                 fs.put(str(folder) + "/", src, recursive=True)
-                            httpx.get(f"{endpoint}/_bench/reset")
+                            bench_http.get(f"{endpoint}/_bench/reset")
                             row = run_engine(
-                                f"http://127.0.0.1:{sim_port}", warm, src, dst, tool, options, S3_ENV, tree
+                                f"http://127.0.0.1:{sim_port}",
+                                "s3://media/warm/",
+                                src,
+                                dst,
+                                tool,
+                                options,
+                                S3_ENV,
+                                tree,
                             )
-                            counts = httpx.get(f"{endpoint}/_bench/counts").json()
+                            counts = bench_http.get(f"{endpoint}/_bench/counts").json()
+                            if sum(f["size"] for f in fs.find(dst, detail=True).values()) == 0:
+                                raise RuntimeError(f"the outputs in {dst} are empty")
                             mine = [k for k in counts["bytes"] if f"/in-{kind}/" in k]
                             row["s3_input_bytes_sent"] = sum(counts["bytes"][k] for k in mine)
                             row["s3_input_gets"] = sum(counts["gets"][k] for k in mine)
                             row["input_read_ratio"] = round(row["s3_input_bytes_sent"] / size, 3)
+                            # every request of the measured batch (the warm-up's left out)
+                            row["s3_requests"] = {
+                                k: v for k, v in sorted(counts["requests"].items()) if "warm-up" not in k
+                            }
                         else:
                             dst = str(Path(tmp) / f"out-{case}-{time.time_ns()}")
                             row = run_engine(
-                                f"http://127.0.0.1:{sim_port}", warm, str(folder), dst, tool, None, {}, tree
+                                f"http://127.0.0.1:{sim_port}",
+                                str(warm),
+                                str(folder),
+                                dst,
+                                tool,
+                                None,
+                                {},
+                                tree,
                             )
                             row["input_read_ratio"] = round(row["file_bytes_read"] / size, 3)
                             row["note"] = (
@@ -418,7 +515,11 @@ def main() -> None:
         sim.close()
         if moto is not None:
             moto.proc.terminate()
-            moto.proc.wait(20)
+            try:
+                moto.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                moto.proc.kill()
+        certs.cleanup()
     result["date"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -471,6 +471,55 @@ def test_object_store_writes_go_straight_to_the_key_and_leave_nothing_on_failure
     assert fs.find(bucket) == [f"{bucket}/res/out.jpg"] and fs.cat(url) == b"y" * 5
 
 
+def test_an_object_store_result_under_the_block_size_goes_in_one_write(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks given to put() are held and sent in one write (one PutObject), not copied through
+    a file object's buffer; nothing is visible before the commit, nor after an abort."""
+    fs, options, bucket = s3
+    url = f"s3://{bucket}/res/out.jpg"
+    w = AtomicWriter(url, options)
+
+    def no_file(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a result under the block size opened a file object")
+
+    monkeypatch.setattr(w.fs, "open", no_file)
+    w.put(b"a" * 3, b"b" * 4)
+    w.put(b"c" * 5)
+    assert w.is_open and w.written == 12
+    assert fs.find(bucket) == []  # held, not sent
+    with pytest.raises(TruncatedDownloadError, match="ended at 12 of 13"):
+        w.finish(expected_size=13)
+    fs.invalidate_cache()
+    assert fs.find(bucket) == []
+    w = AtomicWriter(url, options)
+    monkeypatch.setattr(w.fs, "open", no_file)
+    w.put(b"x" * 2)
+    w.abort()
+    assert not w.is_open
+    fs.invalidate_cache()
+    assert fs.find(bucket) == []
+    w.finish(b"a" * 3, b"b" * 4, expected_size=7)
+    fs.invalidate_cache()
+    assert fs.cat(url) == b"aaabbbb"
+
+
+def test_an_object_store_result_past_the_block_size_streams_through_the_file(s3: Any) -> None:
+    """Past the store's block size the held chunks go to the file object, in order, and the rest
+    follows them there: no more than a block is held."""
+    fs, options, bucket = s3
+    url = f"s3://{bucket}/res/big.jpg"
+    w = AtomicWriter(url, options)
+    w._hold_limit = 8  # s3fs's is 50 MiB
+    w.put(b"a" * 5)
+    assert w._fh is None
+    w.put(b"b" * 5)  # 10 > 8: the file is opened and given both
+    assert w._fh is not None and w._held == [] and w.written == 10
+    w.finish(b"c" * 2, expected_size=12)
+    fs.invalidate_cache()
+    assert fs.cat(url) == b"a" * 5 + b"b" * 5 + b"c" * 2
+
+
 def test_a_killed_local_download_leaves_no_partial_after_the_next_run(
     api: str, sim: SimulatorServer, client: VanceClient, tmp_path: Path
 ) -> None:

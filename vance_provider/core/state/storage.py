@@ -419,6 +419,11 @@ class AtomicWriter:
     its upload completes, so there is nothing to rename (a rename there is a copy plus a delete,
     and would leave a temporary object behind after a kill); ``abort()`` discards the upload.
     ``commit(expected_size)`` checks the byte count before anything is published.
+
+    On an object store, what :meth:`put` is given is held as it came until it passes the store's
+    block size (what its file object would buffer before a part is sent), and a result that never
+    does goes in one write of the joined chunks (``pipe_file``: on S3 one PutObject). A file
+    object copied every byte into its buffer and out again before its PutObject.
     """
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
@@ -431,6 +436,9 @@ class AtomicWriter:
         self.tmp_path = (f"{parent}/{tmp}" if parent else tmp) if self.staged else self.path
         self.written = 0
         self._fh: Any = None
+        self._held: list[bytes] = []  # put() on an object store, before the file is opened
+        self._held_bytes = 0
+        self._hold_limit = 0 if self.staged else _block_size(self.fs)
 
     def open(self) -> AtomicWriter:
         parent = self.path.rsplit("/", 1)[0]
@@ -445,7 +453,8 @@ class AtomicWriter:
 
     @property
     def is_open(self) -> bool:
-        return self._fh is not None
+        """Whether anything was written (or held) that :meth:`abort` would discard."""
+        return self._fh is not None or bool(self._held)
 
     def write(self, data: bytes) -> None:
         self._fh.write(data)
@@ -453,7 +462,14 @@ class AtomicWriter:
 
     def put(self, *chunks: bytes) -> None:
         """Write ``chunks`` in order (each as it came: no copy into one buffer), opening the
-        target first if this is the first write."""
+        target first if this is the first write; on an object store they are held (see above)."""
+        if self._fh is None and self._hold_limit:
+            self._held += chunks
+            self._held_bytes += sum(len(data) for data in chunks)
+            if self._held_bytes <= self._hold_limit:
+                self.written = self._held_bytes
+                return
+            chunks, self._held, self._held_bytes, self.written = tuple(self._held), [], 0, 0
         if self._fh is None:
             self.open()
         for data in chunks:
@@ -471,6 +487,10 @@ class AtomicWriter:
             raise TruncatedDownloadError(
                 f"download of {self.url} ended at {self.written} of {expected_size} bytes"
             )
+        if self._fh is None and not self.staged:  # held by put() (or nothing): one write
+            data, self._held, self._held_bytes = b"".join(self._held), [], 0
+            self.fs.pipe_file(self.path, data)
+            return self.url
         fh, self._fh = self._fh, None
         try:
             fh.close()  # on an object store, this completes (publishes) the upload
@@ -485,6 +505,7 @@ class AtomicWriter:
         return self.url
 
     def abort(self) -> None:
+        self._held, self._held_bytes = [], 0  # never sent: nothing to discard there
         fh, self._fh = self._fh, None
         if fh is not None:
             if not self.staged and hasattr(fh, "discard"):
@@ -506,6 +527,13 @@ class AtomicWriter:
             self.fs.rm(self.tmp_path)
         except (FileNotFoundError, OSError):
             pass
+
+
+def _block_size(fs: fsspec.AbstractFileSystem) -> int:
+    """How much a file object of ``fs`` opened for writing buffers before it sends a part (s3fs
+    and gcsfs: ``default_block_size``; fsspec's default otherwise)."""
+    size = getattr(fs, "default_block_size", None) or getattr(fs, "blocksize", None)
+    return size if isinstance(size, int) and size > 0 else CHUNK
 
 
 def write_bytes_atomic(url: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
