@@ -2,10 +2,8 @@
 batch finish soonest, given that every look costs a turn of the key's request rate and every
 second a finished job goes unseen holds one of the account's slots.
 
-A first look too early misses (the job still runs): one more request, and the next looks, aimed by
-the job's progress as :func:`.polling.next_look` aims them (no further out than the longest wait
-between looks, so a look far from the end misses again), come a little after its end. A first look
-too late finds the job done, but
+A first look too early misses (the job still runs): one more request, and the next look, aimed by
+the job's progress, comes a little after its end. A first look too late finds the job done, but
 its slot sat idle since it ended. With ``C`` slots, a rate of ``R`` requests a second, a job
 needing at least ``k`` requests and a first look at ``x``:
 
@@ -25,28 +23,20 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 
-from .polling import LATE
-
 QUANTILES = (0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 0.999)
+AIM = 1.05  # a look aimed by progress comes this much after the job's end, as estimated
 SLOT_HEADROOM = 0.9  # the share of the slots' time the plan may count on
 
 
 def best_first_look(
-    lengths: Sequence[float],
-    *,
-    slots: int,
-    rate: float | None,
-    least_requests: int,
-    floor: float,
-    longest: float = float("inf"),
+    lengths: Sequence[float], *, slots: int, rate: float | None, least_requests: int, floor: float
 ) -> float:
     """The first look's delay after a job's creation (seconds) that lets the batch go fastest.
 
     ``lengths``: job lengths seen (seconds, creation to end); ``slots``: jobs in flight at once;
     ``rate``: requests a second the key allows (``None``: unknown, so requests count as free);
     ``least_requests``: the requests a job needs if its first look finds it done; ``floor``: the
-    least time between two looks at one job (the vendor's polling guidance); ``longest``: the most
-    (the batch's ``max_poll_interval``)."""
+    least time between two looks at one job (the vendor's polling guidance)."""
     ordered = sorted(lengths)
     n = len(ordered)
     mean = sum(ordered) / n
@@ -55,28 +45,16 @@ def best_first_look(
         x = ordered[min(n - 1, round(q * (n - 1)))]
         misses, lag = 0, 0.0
         for length in ordered:
-            looks, seen = looks_after_miss(x, length, floor, longest)
-            misses += looks
-            lag += seen - length
+            if length <= x:
+                lag += x - length
+            else:  # a second look, aimed by the job's progress, no sooner than the floor allows
+                misses += 1
+                lag += max(x + floor, length * AIM) - length
         by_rate = (least_requests + misses / n) / rate if rate else 0.0
         paces.append((x, (mean + lag / n) / max(1, slots), by_rate))
     # Where the rate binds even a client that knows every job's end, keep some slots' time in hand.
     headroom = SLOT_HEADROOM if rate and least_requests / rate > mean / max(1, slots) else 1.0
     return min(paces, key=lambda p: max(p[1] / headroom, p[2]))[0]
-
-
-def looks_after_miss(first: float, length: float, floor: float, longest: float) -> tuple[int, float]:
-    """The looks after a first look at ``first`` (seconds after creation) at a job of ``length``, as
-    :func:`.polling.next_look` aims them by its progress (taken as even from the creation on): how
-    many, and when the one that finds the job done comes. None if the first look finds it done."""
-    at, looks = first, 0
-    while at < length:
-        looks += 1
-        if looks == 1 and at < length / 2:  # one reading before half-way: the next gives the pace
-            at += floor
-        else:
-            at += max(floor, min(longest, (length - at) * LATE))
-    return looks, at
 
 
 class LookPlanner:
@@ -88,8 +66,8 @@ class LookPlanner:
     MIN_SAMPLES = 8
     KEEP = 256  # the newest lengths only: a service that slows down is followed
 
-    def __init__(self, floor: float, longest: float = float("inf")) -> None:
-        self.floor, self.longest = floor, longest
+    def __init__(self, floor: float) -> None:
+        self.floor = floor
         self.lengths: deque[float] = deque(maxlen=self.KEEP)
         self._point: float | None = None
         self._basis: tuple[int, int, float | None, int] | None = None
@@ -112,12 +90,7 @@ class LookPlanner:
         )
         if self._point is None or stale:
             self._point = best_first_look(
-                self.lengths,
-                slots=slots,
-                rate=rate,
-                least_requests=least_requests,
-                floor=self.floor,
-                longest=self.longest,
+                self.lengths, slots=slots, rate=rate, least_requests=least_requests, floor=self.floor
             )
             self._basis, self._added = basis, 0
         return self._point

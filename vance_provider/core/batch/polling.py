@@ -11,8 +11,6 @@ from typing import Any
 
 from ..api.models import Job, JobStatus
 
-LATE = 1.05  # a look aimed by a job's progress comes this much of the time left after its end
-
 
 @dataclass
 class PollResult:
@@ -117,9 +115,9 @@ def next_look(
     longest = interval * 4 if longest is None else longest
     if before is not None and 0 < before[1] < progress and elapsed > before[0]:
         pace = (progress - before[1]) / (elapsed - before[0])  # percent a second
-        return min(longest, max(0.02, (100 - progress) / pace * LATE))
+        return min(longest, max(0.02, (100 - progress) / pace * 1.05))
     if progress >= 50:  # one reading: the queueing it counts as processing matters little now
-        return min(longest, max(0.02, elapsed * (100 - progress) / progress * LATE))
+        return min(longest, max(0.02, elapsed * (100 - progress) / progress * 1.05))
     return interval  # a second reading soon gives the pace
 
 

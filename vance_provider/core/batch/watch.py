@@ -38,8 +38,7 @@ class JobWatch:
         self.spec, self.gate, self.limit = spec, gate, limit
         self.requests_per_job = requests_per_job
         self.latency = LatencyEstimate(spec.poll_interval, gate.pressure, floor=spec.poll_interval)
-        # aimed by the service's job lengths
-        self.looks = LookPlanner(floor=spec.poll_interval, longest=spec.max_poll_interval)
+        self.looks = LookPlanner(floor=spec.poll_interval)  # aimed by the service's job lengths
         self.waiting = 0  # this batch's jobs waited for now: its jobs on the service
         self.scout: str | None = None  # the image job looked at to learn how long jobs take
         self.scouted = False  # a scout's job ended: the estimates have learned from it
