@@ -20,7 +20,8 @@ from tests.core.helpers import charged_jobs, created_jobs, uploads
 from vance_provider.core import Progress, VanceClient
 from vance_provider.core.batch import planning
 from vance_provider.core.batch.planning import CHECK_CHUNK
-from vance_provider.core.state.manifest import Manifest, ManifestItem
+from vance_provider.core.batch.stream import FIRST_CHUNK
+from vance_provider.core.state.manifest import ItemState, Manifest, ManifestItem
 from vance_provider.sim import SimulatorServer
 
 BAD = b"not an image at all"
@@ -140,18 +141,37 @@ def test_new_inputs_items_are_made_as_they_stream_and_the_first_write_holds_them
     job; the rest are made once the first job is created, so the manifest's first write (which
     makes the outputs this batch's own) holds every planned item."""
     make_bucket(make_image)
-    made: list[int] = []  # for each item made, the jobs created by then
+    made: list[int] = []  # for each item made, the jobs the engine had created by then
     written: list[int] = []  # the items in each whole write of the manifest
-    new, write = ManifestItem.new, Manifest._write
+    submitted: list[str] = []  # the engine's own count: the simulator logs a request after answering
+    first_job = threading.Event()
+    new, write, set_state, check = ManifestItem.new, Manifest._write, ManifestItem.set, planning.check_input
 
     def counted_new(cls: type[ManifestItem], *args: Any, **kwargs: Any) -> ManifestItem:
-        made.append(len(created_jobs(sim)))
+        made.append(len(submitted))
         return new(*args, **kwargs)
 
     def counted_write(self: Manifest, items: list[ManifestItem]) -> None:
         written.append(len(items))
         write(self, items)
 
+    def counted_set(self: ManifestItem, state: ItemState, **changes: Any) -> None:
+        if state is ItemState.SUBMITTED:
+            submitted.append(self.source)
+            first_job.set()
+        set_state(self, state, **changes)
+
+    def held_check(url: str, *args: Any, **kwargs: Any) -> Any:
+        # The second chunk's check (in a thread) waits for the first job, which needs only the
+        # first chunk: else the stream may reach the last input before the first job's answer, and
+        # every item is made before any job by chance. A batch whose first job waits for every
+        # item never gets one: 10 s, then it shows.
+        if url.endswith(f"img{FIRST_CHUNK:04d}.jpg"):
+            first_job.wait(10)
+        return check(url, *args, **kwargs)
+
+    monkeypatch.setattr(ManifestItem, "set", counted_set)
+    monkeypatch.setattr(planning, "check_input", held_check)
     monkeypatch.setattr(ManifestItem, "new", classmethod(counted_new))
     monkeypatch.setattr(Manifest, "_write", counted_write)
     result = client.run_batch(batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=4))
