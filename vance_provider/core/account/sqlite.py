@@ -57,7 +57,7 @@ class SqliteStore(RowStore):
             if fresh:
                 with contextlib.suppress(OSError):
                     os.chmod(self.path, 0o600)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(_SCHEMA)
         except BaseException:
@@ -86,3 +86,19 @@ class SqliteStore(RowStore):
             "ON CONFLICT (account) DO UPDATE SET state = excluded.state",
             (account, state),
         )
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so). Several processes opening a new file at once race
+    to switch it, and SQLite answers the losers "database is locked" at once, without waiting
+    for the busy timeout: they ask again until it is switched."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
