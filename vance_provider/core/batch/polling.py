@@ -101,24 +101,31 @@ def next_look(
     longest: float | None = None,
     before: tuple[float, int] | None = None,
 ) -> float:
-    """When to look again: where the service reports progress, when the job should be done
-    (a little after, so one look suffices; at most ``longest``, default ``4 * interval``);
-    else after ``interval``.
+    """When to look again: where the service's progress tells when the job ends
+    (:func:`time_left`), a little after that, so one look suffices (at most ``longest``, default
+    ``4 * interval``); else after ``interval`` (a second reading soon gives the pace)."""
+    left = time_left(job, elapsed, before)
+    if left is None:
+        return interval
+    return min(interval * 4 if longest is None else longest, max(0.02, left * 1.05))
+
+
+def time_left(job: Job, elapsed: float, before: tuple[float, int] | None = None) -> float | None:
+    """Seconds until ``job`` ends, as its progress tells (``elapsed``: seconds since it was
+    created); ``None`` where it cannot tell.
 
     With a reading of the job's progress at an earlier look (``before``: elapsed seconds and
     progress), the end is where the pace between the two readings leads; with one reading, only
     past half-way (before that, the time the job queued, which its progress does not count, makes
-    a young job look slow: the next look comes after ``interval`` and gives the pace)."""
+    a young job look slow)."""
     progress = job.progress or 0
-    if job.phase not in (None, "processing") or progress >= 100:
-        return interval
-    longest = interval * 4 if longest is None else longest
+    if job.phase not in (None, "processing") or not 0 < progress < 100:
+        return None
     if before is not None and 0 < before[1] < progress and elapsed > before[0]:
-        pace = (progress - before[1]) / (elapsed - before[0])  # percent a second
-        return min(longest, max(0.02, (100 - progress) / pace * 1.05))
+        return (100 - progress) * (elapsed - before[0]) / (progress - before[1])
     if progress >= 50:  # one reading: the queueing it counts as processing matters little now
-        return min(longest, max(0.02, elapsed * (100 - progress) / progress * 1.05))
-    return interval  # a second reading soon gives the pace
+        return elapsed * (100 - progress) / progress
+    return None
 
 
 def _capped(delay: float, deadline: float | None) -> float:

@@ -22,7 +22,7 @@ from ..api.models import Job, credits_text
 from ..transport.rate_gate import RateGate
 from .latency import AdaptiveLimit, LatencyEstimate
 from .looks import LookPlanner
-from .polling import poll_jobs
+from .polling import poll_jobs, time_left
 from .spec import BatchSpec
 
 # Until the service tells its rate limit, the rate is taken to be the documented example's, 60
@@ -132,17 +132,12 @@ class JobWatch:
 
     def _read_scout(self, job: Job) -> None:
         """The scout's progress at a look: the pace since its first reading gives its end (the
-        longer apart, the less the whole percents blur it); alone, a reading tells only past
-        half-way (its time queued, which progress does not count, makes a young job look slow)."""
+        longer apart, the less the whole percents blur it; see :func:`.polling.time_left`)."""
         if job.progress is None and not job.status.terminal:
             self.scouted = True  # no progress shown: nothing to tell before its end
             return
-        progress = job.progress or 0
-        if job.phase not in (None, "processing") or not 0 < progress < 100:
-            return
         elapsed = time.monotonic() - self._scout_started
-        before = self._reading = self._reading or (elapsed, progress)
-        if before[1] < progress and elapsed > before[0]:
-            self.guess = elapsed + (100 - progress) * (elapsed - before[0]) / (progress - before[1])
-        elif progress >= 50:
-            self.guess = elapsed * 100 / progress
+        if (left := time_left(job, elapsed, self._reading)) is not None:
+            self.guess = elapsed + left
+        if self._reading is None and job.phase in (None, "processing") and 0 < (job.progress or 0) < 100:
+            self._reading = (elapsed, job.progress or 0)
