@@ -56,7 +56,7 @@ INSERT INTO {TABLE} (account) VALUES (%(account)s) ON CONFLICT (account) DO NOTH
 SELECT 1 FROM {TABLE} WHERE account = %(account)s FOR UPDATE;
 SELECT state, extract(epoch FROM clock_timestamp())::float8 FROM {TABLE} WHERE account = %(account)s
 """
-_PASSWORD_PARAM = re.compile(r"(?i)(\bpassword=)[^&#\s]*")
+_PASSWORD_PARAM = re.compile(r"(?i)(\bpassword=)([^&#\s]*)")
 
 
 def describe(url: str) -> str:
@@ -66,7 +66,7 @@ def describe(url: str) -> str:
 
 def _passwords(url: str) -> set[str]:
     """The passwords in ``url``, as written and percent-decoded."""
-    found = re.findall(r"://[^/@:\s]*:([^/@\s]*)@", url) + re.findall(r"(?i)\bpassword=([^&#\s]*)", url)
+    found = re.findall(r"://[^/@:\s]*:([^/@\s]*)@", url) + [m[2] for m in _PASSWORD_PARAM.finditer(url)]
     return {form for p in found for form in (p, unquote(p)) if form}
 
 
