@@ -31,6 +31,7 @@ from .models import (
     Reservation,
     SlotLease,
     SlotState,
+    WindowSeen,
     check_budget,
 )
 from .store import AccountStore
@@ -300,10 +301,14 @@ class Account:
         window: float | None = None,
         retry_after: float | None = None,
         reset_epoch: float | None = None,
+        seen: WindowSeen | None = None,
     ) -> None:
         """Publish what an answer revealed: ``limit`` requests per ``window`` seconds (from
         ``X-RateLimit-Limit`` and the window length), and on a 429 its ``retry_after`` seconds
-        and ``X-RateLimit-Reset`` (``reset_epoch``): no worker sends before then."""
+        and ``X-RateLimit-Reset`` (``reset_epoch``): no worker sends before then. ``seen``: what
+        a successful answer said of a newer window than this process told before (its
+        ``X-RateLimit-Reset``, ``-Remaining`` and seconds left): every worker spends what it has
+        left at once."""
         block: float | None = None
         if retry_after is not None:
             block = max(0.0, retry_after)
@@ -312,10 +317,10 @@ class Account:
             block = min(block, MAX_BLOCK)
         limit = limit if limit and limit > 0 else None
         window = window if window and window > 0 else None
-        if limit is None and window is None and not block:
+        if limit is None and window is None and not block and seen is None:
             return
-        await self._fallback.learn_rate(self.id, limit, window, block)
-        state, _ = await self._shared(lambda st: st.learn_rate(self.id, limit, window, block))
+        await self._fallback.learn_rate(self.id, limit, window, block, seen)
+        state, _ = await self._shared(lambda st: st.learn_rate(self.id, limit, window, block, seen))
         if block:  # slots this process took before the block, and due within it, are void
             self._blocked_until = max(self._blocked_until, time.monotonic() + state.blocked_until - state.now)
 

@@ -4,7 +4,7 @@ strings (Redis would truncate Lua numbers to integers)."""
 
 from __future__ import annotations
 
-from .models import ARRIVAL_JITTER
+from .models import ARRIVAL_JITTER, WINDOW_GUARD
 
 _COMMON = r"""
 local function clock(arg)
@@ -63,34 +63,54 @@ end
 """
 
 # KEYS: rate ; ARGV: now, default_limit, default_window, margin, burst, count, ahead
-# -> number of slots (0: not yet), wait, now, slot... (as state.take_request)
+# -> number of slots (0: not yet), wait, now, slot... (as state.take_request, window count included)
 TAKE_REQUEST = (
     _COMMON
-    + f"local ARRIVAL_JITTER = {ARRIVAL_JITTER!r}\n"
+    + f"local ARRIVAL_JITTER, WINDOW_GUARD = {ARRIVAL_JITTER!r}, {WINDOW_GUARD!r}\n"
     + r"""
 local now = clock(ARGV[1])
-local r = redis.call('HMGET', KEYS[1], 'limit', 'window', 'tat', 'blocked_until')
-local limit, window = tonumber(r[1]), tonumber(r[2])
+local r = redis.call('HMGET', KEYS[1], 'limit', 'window', 'tat', 'blocked_until', 'win_end', 'win_left', 'win_since')
+local learned = tonumber(r[2])
+local limit, window = tonumber(r[1]), learned
 if not limit then limit, window = tonumber(ARGV[2]), tonumber(ARGV[3]) elseif not window then window = tonumber(ARGV[3]) end
 local tat, blocked = tonumber(r[3]) or 0, tonumber(r[4]) or 0
+local win_end, win_left, win_since = tonumber(r[5]) or 0, tonumber(r[6]) or 0, tonumber(r[7]) or 0
 local interval = math.min(tonumber(ARGV[4]), 1 + ARRIVAL_JITTER / window) * window / limit  -- models.pace_interval
+local guard = WINDOW_GUARD  -- models.window_guard
+if learned then guard = math.min(WINDOW_GUARD, learned / 10) end
 local ahead = tonumber(ARGV[7])
 local wanted = math.max(1, math.min(tonumber(ARGV[6]), 1 + math.floor(ahead / interval)))
-local slots = {}
-for _ = 1, wanted do
-  local at = math.max(tat - (tonumber(ARGV[5]) - 1) * interval, blocked, now)
-  table.insert(slots, at)
-  tat = math.max(tat, at) + interval
+local ends = win_end + guard
+local slots, floor = {}, 0
+if now < ends and win_left <= 0 then
+  floor = ends
+elseif now < win_end then  -- what the service has left in its window goes at once
+  local at = math.max(now, blocked)
+  for _ = 1, math.min(tonumber(ARGV[6]), win_left) do table.insert(slots, at) end
+else
+  if now < ends then wanted = math.min(wanted, win_left) end
 end
-if slots[#slots] - now > ahead then return {0, fmt(slots[#slots] - now - ahead), fmt(now)} end
-redis.call('HSET', KEYS[1], 'tat', fmt(tat))
+if #slots == 0 then
+  for _ = 1, wanted do
+    local at = math.max(tat - (tonumber(ARGV[5]) - 1) * interval, blocked, now, floor)
+    table.insert(slots, at)
+    tat = math.max(tat, at) + interval
+  end
+  if slots[#slots] - now > ahead then return {0, fmt(slots[#slots] - now - ahead), fmt(now)} end
+  redis.call('HSET', KEYS[1], 'tat', fmt(tat))
+end
+for _, at in ipairs(slots) do  -- state._count
+  if at < ends then win_left = win_left - 1 end
+  if at >= win_end - guard then win_since = win_since + 1 end
+end
+redis.call('HSET', KEYS[1], 'win_left', win_left, 'win_since', win_since)
 local out = {#slots, fmt(slots[1] - now), fmt(now)}
 for _, at in ipairs(slots) do table.insert(out, fmt(at)) end
 return out
 """
 )
 
-# KEYS: rate ; ARGV: now, limit|'', window|'', block_for|''
+# KEYS: rate ; ARGV: now, limit|'', window|'', block_for|'', reset|'', remaining, left
 LEARN_RATE = (
     _COMMON
     + r"""
@@ -109,7 +129,20 @@ if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[3]) end
 if ARGV[4] ~= '' and tonumber(ARGV[4]) > 0 then
   local r = redis.call('HMGET', KEYS[1], 'tat', 'blocked_until')
   local blocked = math.max(tonumber(r[2]) or 0, now + tonumber(ARGV[4]))
-  redis.call('HSET', KEYS[1], 'blocked_until', fmt(blocked), 'tat', fmt(math.max(tonumber(r[1]) or 0, blocked)))
+  redis.call('HSET', KEYS[1], 'blocked_until', fmt(blocked), 'tat', fmt(math.max(tonumber(r[1]) or 0, blocked)), 'win_left', 0)
+end
+if ARGV[5] ~= '' then  -- state.window_seen
+  local reset, remaining = tonumber(ARGV[5]), tonumber(ARGV[6])
+  local r = redis.call('HMGET', KEYS[1], 'win_id', 'win_left', 'win_since', 'limit')
+  local id = tonumber(r[1])
+  if not id or reset > id + 1e-3 then
+    local left = 0
+    if r[4] then left = math.max(0, math.min(remaining, tonumber(r[4])) - (tonumber(r[3]) or 0)) end
+    redis.call('HSET', KEYS[1], 'win_id', ARGV[5], 'win_left', left, 'win_since', 0,
+      'win_end', fmt(now + math.max(0, tonumber(ARGV[7]))))
+  elseif reset > id - 1e-3 then
+    redis.call('HSET', KEYS[1], 'win_left', math.min(tonumber(r[2]) or 0, remaining))
+  end
 end
 local r = redis.call('HMGET', KEYS[1], 'limit', 'window', 'blocked_until', 'tat')
 return {r[1] or '', r[2] or '', r[3] or '0', r[4] or '0', fmt(now)}

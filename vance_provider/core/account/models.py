@@ -35,6 +35,22 @@ class Rate:
 ARRIVAL_JITTER = 0.6
 
 
+#: How long after the end of a rate window the account counts requests to it still (the window may
+#: not have ended at the service yet), in seconds, at most: the arrival jitter, and the second by
+#: which a worker's clock may differ from the service's unseen (a rate gate learns the service's
+#: clock from a 429 only when they differ by more). A tenth of the window in a short one.
+WINDOW_GUARD = ARRIVAL_JITTER + 1.0
+
+#: What an answer said of its rate window: ``X-RateLimit-Reset`` (epoch seconds, the service's
+#: clock: it names the window), ``X-RateLimit-Remaining``, and the seconds it has left.
+WindowSeen = tuple[float, int, float]
+
+
+def window_guard(window: float | None) -> float:
+    """See :data:`WINDOW_GUARD`."""
+    return min(WINDOW_GUARD, (window or 0.0) / 10) if window else WINDOW_GUARD
+
+
 def pace_interval(limit: int | None, window: float, margin: float) -> float:
     """Seconds between two requests paced at ``limit`` per ``window`` seconds, ``margin`` times
     ``window / limit`` apart at most. Requests that far apart, arriving up to ``ARRIVAL_JITTER``

@@ -21,6 +21,7 @@ from .models import (
     Reservation,
     SlotLease,
     SlotState,
+    WindowSeen,
     check_budget,
 )
 
@@ -152,8 +153,14 @@ class RedisStore:
         )
 
     async def learn_rate(
-        self, account: str, limit: int | None, window: float | None, block_for: float | None
+        self,
+        account: str,
+        limit: int | None,
+        window: float | None,
+        block_for: float | None,
+        seen: WindowSeen | None = None,
     ) -> RateState:
+        reset, remaining, left = seen if seen is not None else ("", 0, 0.0)
         answer = await self._script(
             "record the rate",
             "LEARN_RATE",
@@ -161,6 +168,9 @@ class RedisStore:
             int(limit) if limit else "",
             repr(float(window)) if window else "",
             repr(float(block_for)) if block_for else "",
+            repr(float(reset)) if seen is not None else "",
+            int(remaining),
+            repr(float(left)),
         )
         return self._rate(answer)
 

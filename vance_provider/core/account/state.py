@@ -16,7 +16,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import BudgetExhaustedError, UnknownBudgetError
-from .models import BudgetState, Grant, Rate, RateState, Reservation, SlotLease, SlotState, period_key
+from .models import (
+    BudgetState,
+    Grant,
+    Rate,
+    RateState,
+    Reservation,
+    SlotLease,
+    SlotState,
+    WindowSeen,
+    period_key,
+    window_guard,
+)
 
 EPSILON = 1e-9  # credits: float sums may differ from the exact sum by this much
 
@@ -27,6 +38,13 @@ class AccountState:
     window: float | None = None
     tat: float = 0.0  # GCRA's theoretical arrival time: the next request at the learned pace
     blocked_until: float = 0.0
+    # The service's current rate window, as its answers told it (see ``window_seen``): its
+    # ``X-RateLimit-Reset`` (the window's name), when it ends on the store's clock, the requests
+    # it has left to grant, and the requests granted since shortly before it ends.
+    win_id: float | None = None
+    win_end: float = 0.0
+    win_left: int = 0
+    win_since: int = 0
     capacity: int | None = None
     slots: dict[str, list[Any]] = field(default_factory=dict)  # id -> [holder, expires_at]
     waiting: dict[str, list[float]] = field(default_factory=dict)  # holder -> [since, expires_at]
@@ -59,25 +77,79 @@ def take_request(
     """``count`` request slots at the account's pace (fewer if they cannot all lie within
     ``ahead`` seconds), once the last of them is no more than ``ahead`` seconds from ``now``: a
     slot is the time its request may go (GCRA: the slots of every caller together keep the pace).
-    Not yet: how long until then."""
+    Not yet: how long until then.
+
+    Inside a window the service has counted for the account (``window_seen``), what it has left
+    goes at once, unpaced; once spent, nothing goes until a guard after its end (``models.WINDOW_GUARD``)."""
     rate = (
         Rate(s.limit, s.window or default.window) if s.limit else default
     )  # a limit alone: per default window
     interval = rate.interval(margin)
     wanted = max(1, min(count, 1 + int(ahead / interval)))
+    guard = window_guard(s.window)
+    end = s.win_end + guard  # the window counted may not have ended at the service before
+    if now < end and s.win_left <= 0:  # spent: nothing before then
+        return _grant_paced(s, now, interval, burst, wanted, ahead, guard, floor=end)
+    if now < s.win_end:  # what the service has left in its window goes at once
+        slots = (max(now, s.blocked_until),) * min(count, s.win_left)
+        _count(s, slots, guard)
+        return Grant(True, slots[0] - now, now, slots)
+    if now < end:
+        wanted = min(wanted, s.win_left)
+    return _grant_paced(s, now, interval, burst, wanted, ahead, guard)
+
+
+def _grant_paced(
+    s: AccountState,
+    now: float,
+    interval: float,
+    burst: int,
+    wanted: int,
+    ahead: float,
+    guard: float,
+    floor: float = 0.0,
+) -> Grant:
     slots, tat = [], s.tat
     for _ in range(wanted):
-        at = max(tat - (burst - 1) * interval, s.blocked_until, now)
+        at = max(tat - (burst - 1) * interval, s.blocked_until, now, floor)
         slots.append(at)
         tat = max(tat, at) + interval
     if slots[-1] - now > ahead:
         return Grant(False, slots[-1] - now - ahead, now)
     s.tat = tat
+    _count(s, slots, guard)
     return Grant(True, slots[0] - now, now, tuple(slots))
 
 
+def _count(s: AccountState, slots: Sequence[float], guard: float) -> None:
+    """Charge granted slots to the window they may reach the service in: the counted one until
+    ``guard`` after its end, the next one from ``guard`` before it."""
+    s.win_left -= sum(1 for at in slots if at < s.win_end + guard)
+    s.win_since += sum(1 for at in slots if at >= s.win_end - guard)
+
+
+def window_seen(s: AccountState, now: float, reset: float, remaining: int, left: float) -> None:
+    """An answer said its window (``X-RateLimit-Reset``: ``reset``) has ``remaining`` requests
+    left and ends in ``left`` seconds. A newer window than the one counted becomes the counted
+    one, with what it has left less every request granted since shortly before the last one
+    ended (they may not have reached the service yet); the same window can only have less left."""
+    if s.win_id is None or reset > s.win_id + 1e-3:
+        if s.limit:
+            s.win_left = max(0, min(remaining, s.limit) - s.win_since)
+        else:
+            s.win_left = 0
+        s.win_id, s.win_end, s.win_since = reset, now + max(0.0, left), 0
+    elif reset > s.win_id - 1e-3:
+        s.win_left = min(s.win_left, remaining)
+
+
 def learn_rate(
-    s: AccountState, now: float, limit: int | None, window: float | None, block_for: float | None
+    s: AccountState,
+    now: float,
+    limit: int | None,
+    window: float | None,
+    block_for: float | None,
+    seen: WindowSeen | None = None,
 ) -> RateState:
     if limit:
         s.limit = int(limit)
@@ -92,6 +164,9 @@ def learn_rate(
         if until > s.blocked_until:
             s.blocked_until = until
         s.tat = max(s.tat, s.blocked_until)  # after the block: one request first, then paced
+        s.win_left = 0  # refused: the count was wrong; paced until a newer window is told
+    if seen is not None:
+        window_seen(s, now, *seen)
     return rate_state(s, now)
 
 

@@ -15,7 +15,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from .models import WAIT_TTL, BudgetState, Grant, Rate, RateState, Reservation, SlotLease, SlotState
+from .models import (
+    WAIT_TTL,
+    BudgetState,
+    Grant,
+    Rate,
+    RateState,
+    Reservation,
+    SlotLease,
+    SlotState,
+    WindowSeen,
+)
 
 
 @runtime_checkable
@@ -34,9 +44,15 @@ class AccountStore(Protocol):
         ...
 
     async def learn_rate(
-        self, account: str, limit: int | None, window: float | None, block_for: float | None
+        self,
+        account: str,
+        limit: int | None,
+        window: float | None,
+        block_for: float | None,
+        seen: WindowSeen | None = None,
     ) -> RateState:
-        """Publish a rate the service revealed; ``block_for``: no request for that many seconds."""
+        """Publish a rate the service revealed; ``block_for``: no request for that many seconds;
+        ``seen``: what an answer said of its window (the account spends what it has left)."""
         ...
 
     async def rate_state(self, account: str) -> RateState: ...

@@ -16,6 +16,7 @@ from .models import (
     Reservation,
     SlotLease,
     SlotState,
+    WindowSeen,
     check_budget,
 )
 from .state import AccountState
@@ -45,10 +46,15 @@ class WholeStateStore:
         )
 
     async def learn_rate(
-        self, account: str, limit: int | None, window: float | None, block_for: float | None
+        self,
+        account: str,
+        limit: int | None,
+        window: float | None,
+        block_for: float | None,
+        seen: WindowSeen | None = None,
     ) -> RateState:
         return await self._apply(
-            account, "record the rate", lambda s, now: ops.learn_rate(s, now, limit, window, block_for)
+            account, "record the rate", lambda s, now: ops.learn_rate(s, now, limit, window, block_for, seen)
         )
 
     async def rate_state(self, account: str) -> RateState:

@@ -76,6 +76,15 @@ class RateGate:
             return self._fallback
         return pace_interval(self.limit, self.window, self.MARGIN)
 
+    def window_told(self, headers: Mapping[str, str]) -> tuple[float, int, float] | None:
+        """What a successful answer (already observed) said of the window the gate now counts in:
+        its ``X-RateLimit-Reset``, ``-Remaining`` and the seconds it has left; None if it did not
+        say them, or spoke of an older window."""
+        _, remaining, reset = _rate_headers(headers)
+        if remaining is None or reset is None or self.reset is None or abs(reset - self.reset) > 1e-3:
+            return None
+        return reset, remaining, max(0.0, self.reset_at - self._clock())
+
     async def wait(self) -> float:
         """Wait for this caller's turn; returns when it went (monotonic), for :meth:`observe`."""
         slot: float | None = None

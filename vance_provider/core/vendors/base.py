@@ -106,6 +106,7 @@ class Backend:
         self.gate = RateGate()
         self.account: Account | None = None  # the account's state shared with other workers
         self._published: tuple[int | None, float] = (None, 0.0)  # the rate last told the account
+        self._told_window = 0.0  # X-RateLimit-Reset of the newest window told the account
         self.calls: Counter[str] = Counter()
         self.storage_options = storage_options
         self.poll_after: dict[str, float] = {}  # job id -> monotonic time of its next poll
@@ -140,7 +141,7 @@ class Backend:
         policy = self.retry if retry else RetryPolicy(max_attempts=1)
         async for attempt in retrying(policy, paced=gated):
             with attempt:
-                if gated and self.account is not None and self.gate.limit:
+                if gated and self.account is not None:
                     await self.account.acquire_request()  # the account's rate, across workers
                 sent = await self.gate.wait() if gated else None
                 self.calls[name] += 1
@@ -171,13 +172,23 @@ class Backend:
         raise AssertionError("unreachable")
 
     async def _tell_account(self, headers: Mapping[str, str], retry_after: float | None) -> None:
-        """Share what this answer taught the gate: a new rate, or a 429's wait (every worker of the
-        account then holds back until it has passed)."""
+        """Share what this answer taught the gate: a new rate, a 429's wait (every worker of the
+        account then holds back until it has passed), or the first word of a newer rate window
+        (what it has left: the account spends it at once)."""
         assert self.account is not None
         rate = (self.gate.limit, round(self.gate.window, 3))
-        if retry_after is None and (rate == self._published or not self.gate.limit or not self.gate.window):
+        seen = self.gate.window_told(headers) if retry_after is None else None
+        if seen is not None and seen[0] <= self._told_window + 1e-3:
+            seen = None
+        if (
+            retry_after is None
+            and seen is None
+            and (rate == self._published or not self.gate.limit or not self.gate.window)
+        ):
             return
         self._published = rate
+        if seen is not None:
+            self._told_window = seen[0]
         reset = headers.get("x-ratelimit-reset")
         try:
             reset_epoch = float(reset) if reset is not None and retry_after is not None else None
@@ -188,6 +199,7 @@ class Backend:
             window=self.gate.window or None,
             retry_after=retry_after,
             reset_epoch=reset_epoch,
+            seen=seen,
         )
 
     def map_error(self, name: str, response: httpx.Response) -> VanceError | None:
@@ -413,7 +425,7 @@ class Backend:
         name, dest, expected_size, gated = fetch.name, fetch.dest, fetch.expected_size, fetch.gated
         opts = self.downloads
         limit = expected_size if expected_size is not None else opts.max_bytes
-        if gated and self.account is not None and self.gate.limit:
+        if gated and self.account is not None:
             await self.account.acquire_request()
         sent = await self.gate.wait() if gated else None
         self.calls[name] += 1
