@@ -299,29 +299,29 @@ async def test_a_window_the_service_counted_is_spent_at_once_then_its_end_is_awa
     a, clock = api_key, store.clock
     start = clock.now
     await store.learn_rate(a, 60, 60.0, None)  # one a second, paced
-    await store.learn_rate(a, 60, 60.0, None, (start + 30.0, 12, 30.0))  # 12 left, 30 s to go
+    await store.learn_rate(a, 60, 60.0, None, (start + 30.0, 12, 30.0, None))  # 12 left, 30 s to go
     grants = [await store.take_request(a, DEFAULT, 1.0, 1, 5, 0.1) for _ in range(3)]
     assert [len(g.slots) for g in grants] == [5, 5, 2]
     assert all(t == start for g in grants for t in g.slots)  # all at once, none paced
     refused = await store.take_request(a, DEFAULT, 1.0, 1, 1, 0.1)
     assert not refused.granted and refused.wait == pytest.approx(30.0 + 1.6 - 0.1)  # its end + guard
     # An older window's word changes nothing; the same window's can only lower what is left.
-    await store.learn_rate(a, None, None, None, (start - 30.0, 59, 1.0))
+    await store.learn_rate(a, None, None, None, (start - 30.0, 59, 1.0, None))
     assert not (await store.take_request(a, DEFAULT, 1.0, 1, 1, 0.1)).granted
     clock.now = start + 31.6
     probe = await store.take_request(a, DEFAULT, 1.0, 1, 3, 1.5)
     assert [t - start for t in probe.slots] == pytest.approx([31.6, 32.6])  # paced again
-    await store.learn_rate(a, None, None, None, (start + 90.0, 59, 58.4))  # the first one's answer
+    await store.learn_rate(a, None, None, None, (start + 90.0, 59, 58.4, start + 31.6))  # the first's answer
     burst = await store.take_request(a, DEFAULT, 1.0, 1, 100, 0.1)
-    assert len(burst.slots) == 59 - 2  # less the two granted since the guard before the end
+    assert len(burst.slots) == 59 - 1  # less the other one granted since the guard before the end
     assert not (await store.take_request(a, DEFAULT, 1.0, 1, 1, 0.1)).granted
     # A window counted, then lowered by a later answer of the same window, then a 429: paced.
     clock.now = start + 92.0
-    await store.learn_rate(a, None, None, None, (start + 150.0, 40, 58.0))
-    await store.learn_rate(a, None, None, None, (start + 150.0, 3, 57.0))
+    await store.learn_rate(a, None, None, None, (start + 150.0, 40, 58.0, None))
+    await store.learn_rate(a, None, None, None, (start + 150.0, 3, 57.0, None))
     assert len((await store.take_request(a, DEFAULT, 1.0, 1, 10, 0.1)).slots) == 3
     clock.now = start + 100.0
-    await store.learn_rate(a, None, None, None, (start + 210.0, 50, 59.0))
+    await store.learn_rate(a, None, None, None, (start + 210.0, 50, 59.0, None))
     await store.learn_rate(a, None, None, 5.0)  # refused all the same: the count was wrong
     assert not (await store.take_request(a, DEFAULT, 1.0, 1, 1, 50.0)).granted  # the window is spent
     clock.now = start + 160.6  # its end (+159) and the guard

@@ -110,9 +110,10 @@ return out
 """
 )
 
-# KEYS: rate ; ARGV: now, limit|'', window|'', block_for|'', reset|'', remaining, left
+# KEYS: rate ; ARGV: now, limit|'', window|'', block_for|'', reset|'', remaining, left, granted|''
 LEARN_RATE = (
     _COMMON
+    + f"local WINDOW_GUARD = {WINDOW_GUARD!r}\n"
     + r"""
 local now = clock(ARGV[1])
 if ARGV[2] ~= '' then
@@ -133,11 +134,14 @@ if ARGV[4] ~= '' and tonumber(ARGV[4]) > 0 then
 end
 if ARGV[5] ~= '' then  -- state.window_seen
   local reset, remaining = tonumber(ARGV[5]), tonumber(ARGV[6])
-  local r = redis.call('HMGET', KEYS[1], 'win_id', 'win_left', 'win_since', 'limit')
+  local r = redis.call('HMGET', KEYS[1], 'win_id', 'win_left', 'win_since', 'limit', 'win_end', 'window')
   local id = tonumber(r[1])
   if not id or reset > id + 1e-3 then
-    local left = 0
-    if r[4] then left = math.max(0, math.min(remaining, tonumber(r[4])) - (tonumber(r[3]) or 0)) end
+    local left, since = 0, tonumber(r[3]) or 0
+    local guard = WINDOW_GUARD  -- models.window_guard
+    if tonumber(r[6]) then guard = math.min(WINDOW_GUARD, tonumber(r[6]) / 10) end
+    if ARGV[8] ~= '' and tonumber(ARGV[8]) >= (tonumber(r[5]) or 0) - guard then since = since - 1 end
+    if r[4] then left = math.max(0, math.min(remaining, tonumber(r[4])) - math.max(0, since)) end
     redis.call('HSET', KEYS[1], 'win_id', ARGV[5], 'win_left', left, 'win_since', 0,
       'win_end', fmt(now + math.max(0, tonumber(ARGV[7]))))
   elseif reset > id - 1e-3 then

@@ -42,8 +42,9 @@ ARRIVAL_JITTER = 0.6
 WINDOW_GUARD = ARRIVAL_JITTER + 1.0
 
 #: What an answer said of its rate window: ``X-RateLimit-Reset`` (epoch seconds, the service's
-#: clock: it names the window), ``X-RateLimit-Remaining``, and the seconds it has left.
-WindowSeen = tuple[float, int, float]
+#: clock: it names the window), ``X-RateLimit-Remaining``, the seconds it has left; and when the
+#: account granted the answered request (the store's clock; None: not through the account).
+WindowSeen = tuple[float, int, float, float | None]
 
 
 def window_guard(window: float | None) -> float:

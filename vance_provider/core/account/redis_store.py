@@ -160,7 +160,7 @@ class RedisStore:
         block_for: float | None,
         seen: WindowSeen | None = None,
     ) -> RateState:
-        reset, remaining, left = seen if seen is not None else ("", 0, 0.0)
+        reset, remaining, left, granted = seen if seen is not None else ("", 0, 0.0, None)
         answer = await self._script(
             "record the rate",
             "LEARN_RATE",
@@ -171,6 +171,7 @@ class RedisStore:
             repr(float(reset)) if seen is not None else "",
             int(remaining),
             repr(float(left)),
+            repr(float(granted)) if granted is not None else "",
         )
         return self._rate(answer)
 

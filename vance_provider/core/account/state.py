@@ -128,14 +128,20 @@ def _count(s: AccountState, slots: Sequence[float], guard: float) -> None:
     s.win_since += sum(1 for at in slots if at >= s.win_end - guard)
 
 
-def window_seen(s: AccountState, now: float, reset: float, remaining: int, left: float) -> None:
+def window_seen(
+    s: AccountState, now: float, reset: float, remaining: int, left: float, granted: float | None
+) -> None:
     """An answer said its window (``X-RateLimit-Reset``: ``reset``) has ``remaining`` requests
-    left and ends in ``left`` seconds. A newer window than the one counted becomes the counted
-    one, with what it has left less every request granted since shortly before the last one
-    ended (they may not have reached the service yet); the same window can only have less left."""
+    left and ends in ``left`` seconds (its request granted at ``granted``). A newer window than
+    the one counted becomes the counted one, with what it has left less every other request
+    granted since shortly before the last one ended (they may not have reached the service yet);
+    the same window can only have less left."""
     if s.win_id is None or reset > s.win_id + 1e-3:
         if s.limit:
-            s.win_left = max(0, min(remaining, s.limit) - s.win_since)
+            since = s.win_since
+            if granted is not None and granted >= s.win_end - window_guard(s.window):
+                since -= 1  # the answered request: counted by the service already
+            s.win_left = max(0, min(remaining, s.limit) - max(0, since))
         else:
             s.win_left = 0
         s.win_id, s.win_end, s.win_since = reset, now + max(0.0, left), 0

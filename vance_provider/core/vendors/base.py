@@ -141,8 +141,9 @@ class Backend:
         policy = self.retry if retry else RetryPolicy(max_attempts=1)
         async for attempt in retrying(policy, paced=gated):
             with attempt:
+                granted = None  # the store's clock when the account let this request go
                 if gated and self.account is not None:
-                    await self.account.acquire_request()  # the account's rate, across workers
+                    granted = await self.account.acquire_request()  # the account's rate, across workers
                 sent = await self.gate.wait() if gated else None
                 self.calls[name] += 1
                 try:
@@ -165,19 +166,23 @@ class Backend:
                     if isinstance(error, ConcurrencyLimitedError):
                         self.gate.refused_for_concurrency()
                     if self.account is not None:
-                        await self._tell_account(response.headers, wait if limited else None)
+                        await self._tell_account(response.headers, wait if limited else None, granted)
                 if error is not None:
                     raise error
                 return response
         raise AssertionError("unreachable")
 
-    async def _tell_account(self, headers: Mapping[str, str], retry_after: float | None) -> None:
+    async def _tell_account(
+        self, headers: Mapping[str, str], retry_after: float | None, granted: float | None
+    ) -> None:
         """Share what this answer taught the gate: a new rate, a 429's wait (every worker of the
         account then holds back until it has passed), or the first word of a newer rate window
-        (what it has left: the account spends it at once)."""
+        (what it has left: the account spends it at once; ``granted``: when the account let the
+        answered request go, on the store's clock)."""
         assert self.account is not None
         rate = (self.gate.limit, round(self.gate.window, 3))
-        seen = self.gate.window_told(headers) if retry_after is None else None
+        told = self.gate.window_told(headers) if retry_after is None else None
+        seen = None if told is None else (*told, granted)
         if seen is not None and seen[0] <= self._told_window + 1e-3:
             seen = None
         if (
@@ -425,8 +430,7 @@ class Backend:
         name, dest, expected_size, gated = fetch.name, fetch.dest, fetch.expected_size, fetch.gated
         opts = self.downloads
         limit = expected_size if expected_size is not None else opts.max_bytes
-        if gated and self.account is not None:
-            await self.account.acquire_request()
+        granted = await self.account.acquire_request() if gated and self.account is not None else None
         sent = await self.gate.wait() if gated else None
         self.calls[name] += 1
         try:
@@ -436,7 +440,7 @@ class Backend:
                     wait = self.retry_after(response) if limited else None
                     self.gate.observe(response.headers, sent, limited=limited, retry_after=wait)
                     if self.account is not None:
-                        await self._tell_account(response.headers, wait)
+                        await self._tell_account(response.headers, wait, granted)
                 what = f"{self.api} API {name}"
                 body = _Paced(response.aiter_bytes(), opts.min_rate, opts.stall_window, what)
                 try:
