@@ -295,7 +295,8 @@ async def test_a_window_the_service_counted_is_spent_at_once_then_its_end_is_awa
     """What an answer said a window has left goes unpaced, across callers; then nothing goes until
     a guard after the window's end, one request goes first (paced), and its answer's newer window
     is spent at once less what was granted since (it may not have reached the service yet). A 429
-    ends the window's count."""
+    ends the window's count; so does a window opened by a request granted well before the last
+    one ended (the clocks disagree)."""
     a, clock = api_key, store.clock
     start = clock.now
     await store.learn_rate(a, 60, 60.0, None)  # one a second, paced
@@ -320,8 +321,13 @@ async def test_a_window_the_service_counted_is_spent_at_once_then_its_end_is_awa
     await store.learn_rate(a, None, None, None, (start + 150.0, 40, 58.0, None))
     await store.learn_rate(a, None, None, None, (start + 150.0, 3, 57.0, None))
     assert len((await store.take_request(a, DEFAULT, 1.0, 1, 10, 0.1)).slots) == 3
+    # A request granted well before the counted window's end (+150) opens the next one: the
+    # clocks disagree, and nothing granted since is counted, so that window is paced.
+    await store.learn_rate(a, None, None, None, (start + 210.0, 50, 59.0, start + 92.0))
+    grant = await store.take_request(a, DEFAULT, 1.0, 1, 10, 1.5)
+    assert [t - start for t in grant.slots] == pytest.approx([92.0, 93.0])
     clock.now = start + 100.0
-    await store.learn_rate(a, None, None, None, (start + 210.0, 50, 59.0, None))
+    await store.learn_rate(a, None, None, None, (start + 270.0, 50, 59.0, None))
     await store.learn_rate(a, None, None, 5.0)  # refused all the same: the count was wrong
     assert not (await store.take_request(a, DEFAULT, 1.0, 1, 1, 50.0)).granted  # the window is spent
     clock.now = start + 160.6  # its end (+159) and the guard

@@ -140,10 +140,12 @@ if ARGV[5] ~= '' then  -- state.window_seen
     local left, since = 0, tonumber(r[3]) or 0
     local guard = WINDOW_GUARD  -- models.window_guard
     if tonumber(r[6]) then guard = math.min(WINDOW_GUARD, tonumber(r[6]) / 10) end
-    if ARGV[8] ~= '' and tonumber(ARGV[8]) >= (tonumber(r[5]) or 0) - guard then since = since - 1 end
+    local granted = tonumber(ARGV[8])
+    if granted and granted >= (tonumber(r[5]) or 0) - guard then since = since - 1 end
     if r[4] then left = math.max(0, math.min(remaining, tonumber(r[4])) - math.max(0, since)) end
-    redis.call('HSET', KEYS[1], 'win_id', ARGV[5], 'win_left', left, 'win_since', 0,
-      'win_end', fmt(now + math.max(0, tonumber(ARGV[7]))))
+    local ends = now + math.max(0, tonumber(ARGV[7]))
+    if id and granted and granted < (tonumber(r[5]) or 0) - guard then left, ends = 0, now - guard end  -- skewed
+    redis.call('HSET', KEYS[1], 'win_id', ARGV[5], 'win_left', left, 'win_since', 0, 'win_end', fmt(ends))
   elseif reset > id - 1e-3 then
     redis.call('HSET', KEYS[1], 'win_left', math.min(tonumber(r[2]) or 0, remaining))
   end

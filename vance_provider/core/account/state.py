@@ -137,14 +137,16 @@ def window_seen(
     granted since shortly before the last one ended (they may not have reached the service yet);
     the same window can only have less left."""
     if s.win_id is None or reset > s.win_id + 1e-3:
-        if s.limit:
-            since = s.win_since
-            if granted is not None and granted >= s.win_end - window_guard(s.window):
-                since -= 1  # the answered request: counted by the service already
-            s.win_left = max(0, min(remaining, s.limit) - max(0, since))
-        else:
-            s.win_left = 0
+        guard, since = window_guard(s.window), s.win_since
+        if granted is not None and granted >= s.win_end - guard:
+            since -= 1  # the answered request: counted by the service already
+        # Granted before the last window's end as told, yet in the next one: the clocks disagree
+        # (or the request was slow), and what else went since is not counted.
+        skewed = s.win_id is not None and granted is not None and granted < s.win_end - guard
+        s.win_left = max(0, min(remaining, s.limit or 0) - max(0, since))
         s.win_id, s.win_end, s.win_since = reset, now + max(0.0, left), 0
+        if skewed:  # paced through this window, every grant counted for the next
+            s.win_left, s.win_end = 0, now - guard
     elif reset > s.win_id - 1e-3:
         s.win_left = min(s.win_left, remaining)
 
