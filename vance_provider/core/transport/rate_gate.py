@@ -64,6 +64,7 @@ class RateGate:
         self._last_spent = 0.0  # the share of the previous window's requests that were spent
         self._paced_since = math.inf  # monotonic: since when the gate knows a rate to pace by
         self.epoch = 0  # +1 whenever the schedule is redone: slots taken before are void
+        self.answers = 0  # answers observed
         self.limited = 0  # 429 rate_limited answers seen
         self.concurrency_refusals = 0  # 429 concurrency_limit_exceeded answers seen
         #: Called on each ``429 concurrency_limit_exceeded`` (a batch lowers its concurrency).
@@ -125,6 +126,7 @@ class RateGate:
     ) -> None:
         """Learn from an answer; ``limited`` for a ``429 rate_limited``, ``sent`` from :meth:`wait`."""
         now, wall = self._clock(), self._wall()
+        self.answers += 1
         sent = now if sent is None else sent
         paced = sent > self._paced_since  # the gate knew a rate when this went
         limit, remaining, reset = _rate_headers(headers)

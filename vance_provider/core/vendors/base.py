@@ -142,8 +142,8 @@ class Backend:
         async for attempt in retrying(policy, paced=gated):
             with attempt:
                 granted = None  # the store's clock when the account let this request go
-                if gated and self.account is not None:
-                    granted = await self.account.acquire_request()  # the account's rate, across workers
+                if gated and (account := self._rate_account()) is not None:
+                    granted = await account.acquire_request()  # the account's rate, across workers
                 sent = await self.gate.wait() if gated else None
                 self.calls[name] += 1
                 try:
@@ -171,6 +171,11 @@ class Backend:
                     raise error
                 return response
         raise AssertionError("unreachable")
+
+    def _rate_account(self) -> Account | None:
+        """The account a call waits on for its rate: once a rate is known, and before any answer
+        (so that the account counts the first calls too); none where answers tell no rate."""
+        return self.account if self.gate.limit or not self.gate.answers else None
 
     async def _tell_account(
         self, headers: Mapping[str, str], retry_after: float | None, granted: float | None
@@ -430,7 +435,8 @@ class Backend:
         name, dest, expected_size, gated = fetch.name, fetch.dest, fetch.expected_size, fetch.gated
         opts = self.downloads
         limit = expected_size if expected_size is not None else opts.max_bytes
-        granted = await self.account.acquire_request() if gated and self.account is not None else None
+        account = self._rate_account() if gated else None
+        granted = await account.acquire_request() if account is not None else None
         sent = await self.gate.wait() if gated else None
         self.calls[name] += 1
         try:
