@@ -307,8 +307,8 @@ class Account:
         ``X-RateLimit-Limit`` and the window length), and on a 429 its ``retry_after`` seconds
         and ``X-RateLimit-Reset`` (``reset_epoch``): no worker sends before then. ``seen``: what
         a successful answer said of a newer window than this process told before (its
-        ``X-RateLimit-Reset``, ``-Remaining`` and seconds left): every worker spends what it has
-        left at once."""
+        ``X-RateLimit-Reset``, ``-Remaining`` and seconds left, and when the account granted the
+        answered request): every worker spends what it has left at once."""
         block: float | None = None
         if retry_after is not None:
             block = max(0.0, retry_after)
