@@ -70,14 +70,43 @@ def _passwords(url: str) -> set[str]:
     return {form for p in found for form in (p, unquote(p)) if form}
 
 
+_OWN_PARAMS = ("lock_timeout", "idle_timeout")
+
+
+def _own_params(url: str) -> tuple[str, dict[str, float]]:
+    """The URL without this store's own parameters (libpq knows neither), and their values:
+    ``lock_timeout`` and ``idle_timeout``, in seconds."""
+    base, _, query = url.partition("?")
+    kept, told = [], {}
+    for part in query.split("&") if query else []:
+        name, _, value = part.partition("=")
+        if name.lower() not in _OWN_PARAMS:
+            kept.append(part)
+            continue
+        try:
+            seconds = float(unquote(value))
+        except ValueError:
+            seconds = float("nan")
+        if not 0 < seconds <= 86400:
+            default = LOCK_TIMEOUT if name.lower() == "lock_timeout" else IDLE_TIMEOUT
+            raise ConfigurationError(
+                f"bad {name.lower()} in the PostgreSQL account store URL: {unquote(value)!r}",
+                hint=f"seconds, more than 0 (the default: ?{name.lower()}={default:g})",
+            )
+        told[name.lower()] = seconds
+    return (f"{base}?{'&'.join(kept)}" if kept else base), told
+
+
 class PostgresStore(RowStore):
     """Account state in a PostgreSQL database, shared by every worker that reaches the server.
 
     ``url``: libpq's, ``postgresql://user:password@host:5432/dbname`` (``postgres://`` too,
     with libpq's parameters: ``?sslmode=require``; SQLAlchemy's ``postgresql+psycopg2://`` is
     taken as ``postgresql://``). ``lock_timeout``: seconds an operation waits for the account's
-    row while another transaction holds it; ``idle_timeout``: seconds one of this store's
-    transactions may sit idle before the server ends it (see the module's doc). ``clock``: only for
+    row while another transaction holds it (default 10); ``idle_timeout``: seconds one of this
+    store's transactions may sit idle before the server ends it (default 5; see the module's
+    doc). Both can be given in the URL too (``?lock_timeout=30&idle_timeout=10``); the
+    arguments, when given, win. ``clock``: only for
     tests, a function giving the time to use instead of the server's.
     """
 
@@ -86,8 +115,8 @@ class PostgresStore(RowStore):
         url: str,
         *,
         connect_timeout: int = CONNECT_TIMEOUT,
-        lock_timeout: float = LOCK_TIMEOUT,
-        idle_timeout: float = IDLE_TIMEOUT,
+        lock_timeout: float | None = None,
+        idle_timeout: float | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
         try:
@@ -98,6 +127,9 @@ class PostgresStore(RowStore):
                 hint="pip install 'vance-pipelines[postgres]'",
             ) from None
         url = re.sub(r"^postgres(?:ql)?\+\w+://", "postgresql://", url, flags=re.I)  # SQLAlchemy's form
+        url, told = _own_params(url)
+        lock_timeout = told.get("lock_timeout", LOCK_TIMEOUT) if lock_timeout is None else lock_timeout
+        idle_timeout = told.get("idle_timeout", IDLE_TIMEOUT) if idle_timeout is None else idle_timeout
         super().__init__(describe(url))
         self.errors = (psycopg2.Error, OSError)
         # Nor in vars(), nor in a traceback's locals; only its passwords are redacted from logs: the
