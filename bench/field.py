@@ -10,6 +10,11 @@ web API's suggests querying ``progress`` every 2 s. So: image jobs of 2 s queuei
 with a log-normal spread (``--spread``, sigma), 16 in flight (the account's cap, the engine's
 ``max_concurrency``), 60 requests per 60 s window per key, N = 30, 300 and 3000.
 
+``--media video`` (Open API): "videos of minutes", 4 in flight (the documented video cap): 2 s
+clips at 50 s of processing a second of video after the job's 40 s, so ~2.4 min jobs with the same
+spread, looked at as the engine looks at videos (2.5 times less often than images: 5 s, the vendor's
+"5-10 s"). Each needs three rate-limited calls at least: the upload's POST, the creation, a poll.
+
 The simulator runs ``--scale`` times faster than the wall clock (``SimConfig.time_scale``): every
 time on its clock shrinks together, and it tells the client wall-clock times. Every figure here is
 in the service's (simulated) seconds. The engine runs as it is (``run_batch``, in its own process)
@@ -73,7 +78,21 @@ RESULTS = ROOT / "bench" / "results"
 WINDOW, LIMIT, SLOTS = 60.0, 60, 16  # the documented window, its budget; the account's image cap
 QUEUE, JOB = 2.0, 40.0  # seconds: a job's queueing, its processing (before the spread)
 GUIDANCE = 2.0  # seconds between looks at an image job, as the vendor advises
-MIN_REQUESTS = {"open": 2, "web": 4}  # per job, the protocol's least (rate-limited calls)
+# ``--media video``: 2 s clips at 50 s of processing per second of video, so jobs of 40 + 100 s
+# (before the spread): "videos of minutes", 4 in flight (the simulator's video cap, as documented).
+CLIP_SECONDS, VIDEO_PER_SECOND, VIDEO_SLOTS = 2.0, 50.0, 4
+MEDIA = "image"
+# The protocol's least rate-limited calls per job, as (before its end, after it): Open API image:
+# the creation, then one poll that sees it done and carries the signed link; web API: the upload
+# and the transform, then one progress and the download; Open API video: the upload's POST and the
+# creation, then one poll.
+MIN_CALLS = {("open", "image"): (1, 1), ("web", "image"): (2, 2), ("open", "video"): (2, 1)}
+TOOLS = {"image": ("upscale", {"scale": 4}), "video": ("video_upscale", {"scale": 2})}
+
+
+def min_requests(api: str) -> int:
+    return sum(MIN_CALLS[(api, MEDIA)])
+
 
 SIM = """
 import gc, json, sys
@@ -81,7 +100,8 @@ gc.disable()
 from vance_provider.sim import Account, SimConfig, SimulatorServer
 a = json.loads(sys.argv[1])
 cfg = SimConfig(accounts=[Account(credits=1e9)], queue_delay=a["queue"], time_per_job=a["job"],
-                time_spread=a["spread"], max_concurrent_images=a["slots"], rate_limit=a["limit"],
+                time_spread=a["spread"], max_concurrent_images=a["slots"], max_concurrent_videos=a["slots"],
+                time_per_video_second=a["video_per_second"], rate_limit=a["limit"],
                 rate_window=a["window"], web_rate_limit=True, time_scale=a["scale"], admin_routes=True,
                 faults=__import__("vance_provider.sim", fromlist=["Faults"]).Faults(seed=a["seed"]))
 with SimulatorServer(cfg, port=a["port"]):
@@ -91,11 +111,14 @@ with SimulatorServer(cfg, port=a["port"]):
 ENGINE = """
 import asyncio, json, sys, time
 from vance_provider.core import AsyncVanceClient, BatchSpec, run_batch
-url, token, src, dst, c, poll, max_poll = sys.argv[1:8]
+url, token, src, dst, c, poll, max_poll, tool, options = sys.argv[1:10]
 async def main():
     cpu0, t0 = time.process_time(), time.perf_counter()
     async with AsyncVanceClient(token, base_url=url) as client:
-        r = await run_batch(client, BatchSpec(src, dst, "upscale", {"scale": 4}, max_concurrency=int(c),
+        # The backend's floor between looks at a running video (the vendor's 5 s), scaled as the
+        # poll interval is (2 s for images, 5 s for videos).
+        client.backend.video_poll_interval = float(poll) * 2.5
+        r = await run_batch(client, BatchSpec(src, dst, tool, json.loads(options), max_concurrency=int(c),
                                               poll_interval=float(poll), max_poll_interval=float(max_poll)))
         counts = dict(client.request_counts)
         gate = getattr(client.backend, "gate", None)
@@ -131,6 +154,7 @@ class Sim:
             "job": JOB,
             "spread": spread,
             "slots": SLOTS,
+            "video_per_second": VIDEO_PER_SECOND,
             "limit": LIMIT,
             "window": WINDOW,
             "scale": scale,
@@ -207,7 +231,7 @@ def slots_only(times: list[float]) -> float:
     return end
 
 
-def ideal(t0: float, times: list[float], per_job: int) -> float:
+def ideal(t0: float, times: list[float], calls: tuple[int, int]) -> float:
     """An omniscient client on the simulator's windows: creations first (a slot and the budget
     allowing), each job looked at once at its end (or when the budget allows), then its download
     (web API: its upload goes just before its creation, from the same budget). Returns the span from
@@ -216,7 +240,7 @@ def ideal(t0: float, times: list[float], per_job: int) -> float:
     now, slots_free, pending = t0, SLOTS, list(times)
     ends: list[float] = []  # heap of job ends (slots come back)
     looks: list[float] = []  # heap of when a finished job may be looked at
-    extra = per_job - 1  # requests per job besides its creation: the look, (web) upload + download
+    create_cost, look_cost = calls  # before its end (its creation, an upload), after (a look, a download)
     last = t0
     pending.reverse()
     while pending or looks or ends:
@@ -225,14 +249,12 @@ def ideal(t0: float, times: list[float], per_job: int) -> float:
         while ends and ends[0] <= now:
             heapq.heappush(looks, heapq.heappop(ends))
             slots_free += 1
-        # creations first: a slot and the creation's own requests (web: upload + transform)
-        create_cost = 2 if per_job == 4 else 1
+        # creations first: a slot and the creation's own requests (web, video: upload + creation)
         while pending and slots_free and budget_left >= create_cost:
             budget_left -= create_cost
             slots_free -= 1
             heapq.heappush(ends, now + pending.pop())
             last = now
-        look_cost = extra - (create_cost - 1)  # open: 1 look; web: 1 progress + 1 download
         while looks and looks[0] <= now and budget_left >= look_cost:
             heapq.heappop(looks)
             budget_left -= look_cost
@@ -318,7 +340,7 @@ def analyse(
         if after:
             lags.append(min(after) - j["finished_at"])
     looks = look_trace(mine, polls_by_job, steady, per_job_polls)
-    need = MIN_REQUESTS[api] * n
+    need = min_requests(api) * n
     rate_bound = windowed_rate_bound(t0, need)
     slot_bound = slots_only(times)
     bound = max(rate_bound, slot_bound)
@@ -334,8 +356,8 @@ def analyse(
         "vs_bound": round(makespan / bound, 2) if bound else None,
         "span_vs_bound": round(span / bound, 2) if bound else None,
         "bound_parts_s": {"rate_windowed": round(rate_bound, 1), "slots": round(slot_bound, 1)},
-        "ideal_s": round(ideal(t0, times, MIN_REQUESTS[api]), 1),
-        "plain_2N_over_R_s": round(MIN_REQUESTS[api] * n / (LIMIT / WINDOW), 1),
+        "ideal_s": round(ideal(t0, times, MIN_CALLS[(api, MEDIA)]), 1),
+        "plain_2N_over_R_s": round(min_requests(api) * n / (LIMIT / WINDOW), 1),
         "first_window_s": round(window_end(t0) - t0, 1),
         "api_requests_per_job": round(len(api_requests) / n, 2),
         "http_requests_per_job": round(len(log) / n, 2),
@@ -400,6 +422,8 @@ def run_one(
                 str(SLOTS),
                 str(GUIDANCE / scale),
                 str(15.0 / scale),
+                TOOLS[MEDIA][0],
+                json.dumps(TOOLS[MEDIA][1]),
             ],
             env=env,
             capture_output=True,
@@ -411,6 +435,25 @@ def run_one(
             raise RuntimeError(f"the engine failed ({api}, N={n}):\n{out.stderr[-3000:]}")
         engine_out = json.loads(out.stdout.strip().splitlines()[-1])
         return analyse(api, n, engine_out, sim.admin("requests"), sim.admin("jobs"), scale)
+
+
+def make_clips(folder: Path, n: int) -> None:
+    """``n`` small H.264 clips of ``CLIP_SECONDS`` (the simulator's job time counts their duration,
+    not their pixels)."""
+    import av
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        with av.open(str(folder / f"clip{i:05d}.mp4"), "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=5)
+            stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+            for k in range(int(CLIP_SECONDS * 5)):
+                frame = np.full((48, 64, 3), (i * 7 + k * 13) % 256, dtype=np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
 
 
 def engine_tree(root: Path = ROOT) -> str:
@@ -434,8 +477,11 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.3, help="log-normal sigma of job times")
     parser.add_argument("--seed", type=int, default=26)
     parser.add_argument(
-        "--slots", type=int, default=16, help="image jobs in flight (the account's cap; 16: the slots bind)"
+        "--slots",
+        type=int,
+        help="jobs in flight (the account's cap; default 16 images, the slots bind; 4 videos)",
     )
+    parser.add_argument("--media", choices=["image", "video"], default="image", help="video: Open API only")
     parser.add_argument("--out", default=str(RESULTS / "field.json"))
     parser.add_argument("--stores", help="account stores to run side by side, e.g. local,none")
     parser.add_argument(
@@ -443,7 +489,10 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
-    globals()["SLOTS"] = args.slots  # the module's bound and schedule read it
+    globals()["MEDIA"] = args.media  # the module's bound and schedule read these
+    globals()["SLOTS"] = args.slots or (VIDEO_SLOTS if args.media == "video" else SLOTS)
+    if args.media == "video" and args.apis != "open":
+        parser.error("--media video runs on the Open API only: --apis open")
     sizes = [int(s) for s in args.sizes.split(",")]
     result: dict[str, Any] = {
         "params": {
@@ -457,7 +506,14 @@ def main() -> None:
             "seed": args.seed,
             "poll_interval_s": GUIDANCE,
             "engine_poll_interval_wall_s": round(GUIDANCE / args.scale, 4),
-            "inputs": "32x24 JPEG thumbnails (the job time is the profile's, not the pixels')",
+            "media": args.media,
+            "tool": TOOLS[args.media][0],
+            "inputs": (
+                "32x24 JPEG thumbnails (the job time is the profile's, not the pixels')"
+                if args.media == "image"
+                else f"64x48 H.264 clips of {CLIP_SECONDS:g} s; {VIDEO_PER_SECOND:g} s of processing a second "
+                "of video, after the job's own time"
+            ),
             "web_rate_limit": "60 per 60 s, as a gateway would (the web API documents none)",
         },
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f} at start",
@@ -465,12 +521,12 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
-        make_images(src, max(sizes))
+        (make_clips if args.media == "video" else make_images)(src, max(sizes))
         folders = {}
         for n in sizes:
             folders[n] = Path(tmp) / f"src-{n}"
             folders[n].mkdir()
-            for f in sorted(src.glob("*.jpg"))[:n]:
+            for f in sorted(src.glob("*.mp4" if args.media == "video" else "*.jpg"))[:n]:
                 os.link(f, folders[n] / f.name)
         if args.stores or args.baseline:
             compare(args, sizes, folders, Path(tmp), result)
