@@ -70,6 +70,8 @@ async def test_two_holders_in_one_process_each_ask_for_themselves(store_url: str
             await until(account, lambda s: waiting(s) == {"poor"}, "'poor' to wait")
             await account.release_slot(rich[0])
             rich_again = asyncio.create_task(account.acquire_slot("rich"))  # refused: 1 vs 0
+            # "rich" waits before "poor2" asks (two asks sent at once may reach the store either way)
+            await until(account, lambda s: "rich" in waiting(s) or rich_again.done(), "'rich' to ask")
             also_poor = asyncio.create_task(account.acquire_slot("poor2"))  # this process, another holder
             got = await poor
             assert got.holder == "poor"
