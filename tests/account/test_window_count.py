@@ -2,7 +2,7 @@
 window has left goes at once, for every worker, and never more than the window holds.
 
 Three clients (each with its own rate gate and account, as three workers have) share one SQLite
-store and one key, against a simulator that allows 20 requests per 1 s window and says what is
+store and one key, against a simulator that allows 20 requests per 6 s window and says what is
 left on every answer. Paced, the account would spread each window's requests through it, and
 its pace (5 % under the limit) would let the arrivals' jitter push one over now and then.
 Counted by the simulator: every request it answered, in the window it counted it in."""
@@ -23,7 +23,9 @@ from vance_provider.sim import SimConfig, SimulatorServer
 
 pytestmark = pytest.mark.slow
 
-LIMIT, WINDOW, WORKERS, JOBS, CONCURRENCY = 20, 1.0, 3, 24, 4
+# Windows of 6 s: the account's guard at a window's end is then the 0.6 s of arrival jitter it
+# allows for (a tenth of a shorter window), which a loaded machine running the suite can exceed.
+LIMIT, WINDOW, WORKERS, JOBS, CONCURRENCY = 20, 6.0, 3, 12, 4
 
 
 def test_workers_on_one_account_spend_each_window_together_and_never_beyond(tmp_path: Path) -> None:
