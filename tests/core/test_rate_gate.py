@@ -155,6 +155,31 @@ async def test_a_spent_window_holds_calls_until_it_resets_then_spreads_them() ->
     assert all(gap == pytest.approx(gate.interval) and gap > 0 for gap in gaps)  # then one by one
 
 
+async def test_calls_the_account_paced_are_not_paced_again_but_a_block_still_holds_them() -> None:
+    """Once the account has let calls go (paced for every worker, or spending a window it counts),
+    the gate's own pace would only send them later than the account counted them: into the next
+    window, where the account counts them no more. A 429's block still holds them."""
+    vt = VirtualTime()
+    gate = vt.gate()
+    gate.observe(
+        httpx.Headers(
+            {
+                "X-RateLimit-Limit": "60",
+                "X-RateLimit-Remaining": "59",
+                "X-RateLimit-Reset": f"{EPOCH + 60:.0f}",
+            }
+        )
+    )
+    vt.now += 61.0  # that window has ended; no answer has told the next one yet
+    paced = await vt.run(asyncio.gather(*(gate.wait() for _ in range(3))))
+    assert paced[-1] - paced[0] == pytest.approx(2 * gate.interval) and gate.interval > 1.0
+    start = vt.now
+    assert await vt.run(asyncio.gather(*(gate.wait(paced=False) for _ in range(8)))) == [start] * 8
+    gate.observe(refusal(60, reset=EPOCH + 180), vt.now, limited=True, retry_after=5.0)
+    held = await vt.run(asyncio.gather(*(gate.wait(paced=False) for _ in range(3))))
+    assert min(held) >= start + 5.0
+
+
 # --- after a 429: one probe, then the others one by one ----------------------------------------
 async def test_after_a_429_one_request_probes_and_the_rest_follow_one_by_one() -> None:
     vt = VirtualTime()

@@ -86,8 +86,11 @@ class RateGate:
             return None
         return reset, remaining, max(0.0, self.reset_at - self._clock())
 
-    async def wait(self) -> float:
-        """Wait for this caller's turn; returns when it went (monotonic), for :meth:`observe`."""
+    async def wait(self, *, paced: bool = True) -> float:
+        """Wait for this caller's turn; returns when it went (monotonic), for :meth:`observe`.
+        ``paced=False``: the account already paced this call, for every worker of the key (pacing
+        it again here would let it reach the service later than the account counted it); only
+        a block (``Retry-After``) or a window this gate knows is spent holds it."""
         slot: float | None = None
         epoch = self.epoch
         while True:
@@ -103,7 +106,7 @@ class RateGate:
                 self._hold(self.reset_at)  # spent: nothing more before the window ends
                 continue
             if slot is None:
-                if known:  # spend what is left of the window, no pacing needed
+                if known or not paced:  # spend what is left of the window, no pacing needed
                     break
                 slot = max(now, self.next_at)
                 self.next_at = slot + self.interval

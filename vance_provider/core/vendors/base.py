@@ -144,7 +144,7 @@ class Backend:
                 granted = None  # the store's clock when the account let this request go
                 if gated and (account := self._rate_account()) is not None:
                     granted = await account.acquire_request()  # the account's rate, across workers
-                sent = await self.gate.wait() if gated else None
+                sent = await self.gate.wait(paced=granted is None) if gated else None
                 self.calls[name] += 1
                 try:
                     response: httpx.Response = await send()
@@ -437,7 +437,7 @@ class Backend:
         limit = expected_size if expected_size is not None else opts.max_bytes
         account = self._rate_account() if gated else None
         granted = await account.acquire_request() if account is not None else None
-        sent = await self.gate.wait() if gated else None
+        sent = await self.gate.wait(paced=granted is None) if gated else None
         self.calls[name] += 1
         try:
             async with fetch.request() as response:
