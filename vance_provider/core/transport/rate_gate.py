@@ -54,6 +54,7 @@ class RateGate:
         self.reset: float | None = None  # X-RateLimit-Reset (epoch) of the newest window seen
         self.reset_at = 0.0  # the same, on the monotonic clock
         self.remaining: int | None = None  # what the newest window has left, when answers say it
+        self.last_told: tuple[int | None, float | None] = (None, None)  # the last answer's Remaining, Reset
         self._fallback = 0.0  # the interval after a 429 without X-RateLimit-Limit
         self._sent: deque[float] = deque(maxlen=512)  # when recent requests went, less those refused
         self.not_before = 0.0  # monotonic: nothing goes before this (Retry-After)
@@ -77,11 +78,11 @@ class RateGate:
             return self._fallback
         return pace_interval(self.limit, self.window, self.MARGIN)
 
-    def window_told(self, headers: Mapping[str, str]) -> tuple[float, int, float] | None:
-        """What a successful answer (already observed) said of the window the gate now counts in:
-        its ``X-RateLimit-Reset``, ``-Remaining`` and the seconds it has left; None if it did not
-        say them, or spoke of an older window."""
-        _, remaining, reset = _rate_headers(headers)
+    def window_told(self) -> tuple[float, int, float] | None:
+        """What the last answer observed said of the window the gate now counts in: its
+        ``X-RateLimit-Reset``, ``-Remaining`` and the seconds it has left; None if it did not say
+        them, or spoke of an older window."""
+        remaining, reset = self.last_told
         if remaining is None or reset is None or self.reset is None or abs(reset - self.reset) > 1e-3:
             return None
         return reset, remaining, max(0.0, self.reset_at - self._clock())
@@ -134,6 +135,7 @@ class RateGate:
         paced = sent > self._paced_since  # the gate knew a rate when this went
         limit, remaining, reset = _rate_headers(headers)
         self.limit = limit or self.limit
+        self.last_told = remaining, reset
         told = parse_retry_after(headers) if limited and reset is not None else None
         if told is not None and reset is not None and abs(reset - wall - self._skew - told) > 1.0:
             self._skew = reset - wall - told  # Reset is the server's clock, Retry-After is not

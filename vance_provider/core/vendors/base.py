@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,7 +166,7 @@ class Backend:
                     if isinstance(error, ConcurrencyLimitedError):
                         self.gate.refused_for_concurrency()
                     if self.account is not None:
-                        await self._tell_account(response.headers, wait if limited else None, granted)
+                        await self._tell_account(wait if limited else None, granted)
                 if error is not None:
                     raise error
                 return response
@@ -177,16 +177,14 @@ class Backend:
         (so that the account counts the first calls too); none where answers tell no rate."""
         return self.account if self.gate.limit or not self.gate.answers else None
 
-    async def _tell_account(
-        self, headers: Mapping[str, str], retry_after: float | None, granted: float | None
-    ) -> None:
-        """Share what this answer taught the gate: a new rate, a 429's wait (every worker of the
-        account then holds back until it has passed), or the first word of a newer rate window
-        (what it has left: the account spends it at once; ``granted``: when the account let the
-        answered request go, on the store's clock)."""
+    async def _tell_account(self, retry_after: float | None, granted: float | None) -> None:
+        """Share what the answer the gate has just observed taught it: a new rate, a 429's wait
+        (every worker of the account then holds back until it has passed), or the first word of a
+        newer rate window (what it has left: the account spends it at once; ``granted``: when the
+        account let the answered request go, on the store's clock)."""
         assert self.account is not None
         rate = (self.gate.limit, round(self.gate.window, 3))
-        told = self.gate.window_told(headers) if retry_after is None else None
+        told = self.gate.window_told() if retry_after is None else None
         seen = None if told is None else (*told, granted)
         if seen is not None and seen[0] <= self._told_window + 1e-3:
             seen = None
@@ -199,11 +197,7 @@ class Backend:
         self._published = rate
         if seen is not None:
             self._told_window = seen[0]
-        reset = headers.get("x-ratelimit-reset")
-        try:
-            reset_epoch = float(reset) if reset is not None and retry_after is not None else None
-        except ValueError:
-            reset_epoch = None
+        reset_epoch = self.gate.last_told[1] if retry_after is not None else None
         await self.account.learn(
             limit=self.gate.limit,
             window=self.gate.window or None,
@@ -446,7 +440,7 @@ class Backend:
                     wait = self.retry_after(response) if limited else None
                     self.gate.observe(response.headers, sent, limited=limited, retry_after=wait)
                     if self.account is not None:
-                        await self._tell_account(response.headers, wait, granted)
+                        await self._tell_account(wait, granted)
                 what = f"{self.api} API {name}"
                 body = _Paced(response.aiter_bytes(), opts.min_rate, opts.stall_window, what)
                 try:
