@@ -334,3 +334,24 @@ async def test_a_window_the_service_counted_is_spent_at_once_then_its_end_is_awa
     grant = await store.take_request(a, DEFAULT, 1.0, 1, 3, 2.5)
     assert [t - start for t in grant.slots] == pytest.approx([160.6, 161.6, 162.6])
     await store.close()
+
+
+async def test_a_window_first_seen_just_before_its_end_still_guards_what_was_granted_then(
+    store: Any, api_key: str
+) -> None:
+    """The first answer came 0.05 s before its window's end, so the window is learned as 0.05 s
+    long: the requests granted in those last moments may reach the service in the next window,
+    and the next window's count goes without them (a tenth of 0.05 s would guard nothing)."""
+    a, clock = api_key, store.clock
+    start = clock.now
+    await store.learn_rate(a, 20, 0.05, None, (start + 0.05, 19, 0.05, start))
+    clock.now = start + 0.01
+    late = await store.take_request(a, DEFAULT, 1.0, 1, 8, 0.1)
+    assert len(late.slots) == 8 and all(t == start + 0.01 for t in late.slots)  # at once
+    clock.now = start + 0.04
+    (opener,) = (await store.take_request(a, DEFAULT, 1.0, 1, 1, 0.1)).slots
+    clock.now = start + 0.06  # its answer, from the next window: the first word of it
+    await store.learn_rate(a, 20, 1.95, None, (start + 2.05, 19, 1.99, opener))
+    rest = await store.take_request(a, DEFAULT, 1.0, 1, 40, 0.1)
+    assert len(rest.slots) == 19 - 8
+    await store.close()

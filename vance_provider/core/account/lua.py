@@ -4,7 +4,7 @@ strings (Redis would truncate Lua numbers to integers)."""
 
 from __future__ import annotations
 
-from .models import ARRIVAL_JITTER, WINDOW_GUARD
+from .models import ARRIVAL_JITTER, SHORTEST_WINDOW, WINDOW_GUARD
 
 _COMMON = r"""
 local function clock(arg)
@@ -67,6 +67,7 @@ end
 TAKE_REQUEST = (
     _COMMON
     + f"local ARRIVAL_JITTER, WINDOW_GUARD = {ARRIVAL_JITTER!r}, {WINDOW_GUARD!r}\n"
+    + f"local SHORTEST_WINDOW = {SHORTEST_WINDOW!r}\n"
     + r"""
 local now = clock(ARGV[1])
 local r = redis.call('HMGET', KEYS[1], 'limit', 'window', 'tat', 'blocked_until', 'win_end', 'win_left', 'win_since')
@@ -77,7 +78,7 @@ local tat, blocked = tonumber(r[3]) or 0, tonumber(r[4]) or 0
 local win_end, win_left, win_since = tonumber(r[5]) or 0, tonumber(r[6]) or 0, tonumber(r[7]) or 0
 local interval = math.min(tonumber(ARGV[4]), 1 + ARRIVAL_JITTER / window) * window / limit  -- models.pace_interval
 local guard = WINDOW_GUARD  -- models.window_guard
-if learned then guard = math.min(WINDOW_GUARD, learned / 10) end
+if learned then guard = math.min(WINDOW_GUARD, math.max(learned, SHORTEST_WINDOW) / 10) end
 local ahead = tonumber(ARGV[7])
 local wanted = math.max(1, math.min(tonumber(ARGV[6]), 1 + math.floor(ahead / interval)))
 local ends = win_end + guard
@@ -113,7 +114,7 @@ return out
 # KEYS: rate ; ARGV: now, limit|'', window|'', block_for|'', reset|'', remaining, left, granted|''
 LEARN_RATE = (
     _COMMON
-    + f"local WINDOW_GUARD = {WINDOW_GUARD!r}\n"
+    + f"local WINDOW_GUARD, SHORTEST_WINDOW = {WINDOW_GUARD!r}, {SHORTEST_WINDOW!r}\n"
     + r"""
 local now = clock(ARGV[1])
 if ARGV[2] ~= '' then
@@ -139,7 +140,7 @@ if ARGV[5] ~= '' then  -- state.window_seen
   if not id or reset > id + 1e-3 then
     local left, since = 0, tonumber(r[3]) or 0
     local guard = WINDOW_GUARD  -- models.window_guard
-    if tonumber(r[6]) then guard = math.min(WINDOW_GUARD, tonumber(r[6]) / 10) end
+    if tonumber(r[6]) then guard = math.min(WINDOW_GUARD, math.max(tonumber(r[6]), SHORTEST_WINDOW) / 10) end
     local granted = tonumber(ARGV[8])
     if granted and granted >= (tonumber(r[5]) or 0) - guard then since = since - 1 end
     if r[4] then left = math.max(0, math.min(remaining, tonumber(r[4])) - math.max(0, since)) end

@@ -41,6 +41,12 @@ ARRIVAL_JITTER = 0.6
 #: clock from a 429 only when they differ by more). A tenth of the window in a short one.
 WINDOW_GUARD = ARRIVAL_JITTER + 1.0
 
+#: The shortest rate window the guard believes in, in seconds: a window is learned as at least the
+#: time an answer said it had left, so one first seen just before its end reads as a few
+#: milliseconds long, and a tenth of that would guard nothing. (``X-RateLimit-Reset`` is in epoch
+#: seconds: windows are whole seconds.)
+SHORTEST_WINDOW = 1.0
+
 #: What an answer said of its rate window: ``X-RateLimit-Reset`` (epoch seconds, the service's
 #: clock: it names the window), ``X-RateLimit-Remaining``, the seconds it has left; and when the
 #: account granted the answered request (the store's clock; None: not through the account).
@@ -49,7 +55,7 @@ WindowSeen = tuple[float, int, float, float | None]
 
 def window_guard(window: float | None) -> float:
     """See :data:`WINDOW_GUARD`."""
-    return min(WINDOW_GUARD, (window or 0.0) / 10) if window else WINDOW_GUARD
+    return min(WINDOW_GUARD, max(window, SHORTEST_WINDOW) / 10) if window else WINDOW_GUARD
 
 
 def pace_interval(limit: int | None, window: float, margin: float) -> float:
