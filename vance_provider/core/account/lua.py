@@ -62,12 +62,23 @@ local function reserved(data)
 end
 """
 
+# The rate scripts' constants, and their window guard (models.window_guard).
+_WINDOW = (
+    f"local ARRIVAL_JITTER, WINDOW_GUARD = {ARRIVAL_JITTER!r}, {WINDOW_GUARD!r}\n"
+    + f"local SHORTEST_WINDOW = {SHORTEST_WINDOW!r}\n"
+    + r"""
+local function window_guard(learned)
+  if not learned or learned <= 0 then return WINDOW_GUARD end
+  return math.min(WINDOW_GUARD, math.max(learned, SHORTEST_WINDOW) / 10)
+end
+"""
+)
+
 # KEYS: rate ; ARGV: now, default_limit, default_window, margin, burst, count, ahead
 # -> number of slots (0: not yet), wait, now, slot... (as state.take_request, window count included)
 TAKE_REQUEST = (
     _COMMON
-    + f"local ARRIVAL_JITTER, WINDOW_GUARD = {ARRIVAL_JITTER!r}, {WINDOW_GUARD!r}\n"
-    + f"local SHORTEST_WINDOW = {SHORTEST_WINDOW!r}\n"
+    + _WINDOW
     + r"""
 local now = clock(ARGV[1])
 local r = redis.call('HMGET', KEYS[1], 'limit', 'window', 'tat', 'blocked_until', 'win_end', 'win_left', 'win_since')
@@ -77,8 +88,7 @@ if not limit then limit, window = tonumber(ARGV[2]), tonumber(ARGV[3]) elseif no
 local tat, blocked = tonumber(r[3]) or 0, tonumber(r[4]) or 0
 local win_end, win_left, win_since = tonumber(r[5]) or 0, tonumber(r[6]) or 0, tonumber(r[7]) or 0
 local interval = math.min(tonumber(ARGV[4]), 1 + ARRIVAL_JITTER / window) * window / limit  -- models.pace_interval
-local guard = WINDOW_GUARD  -- models.window_guard
-if learned then guard = math.min(WINDOW_GUARD, math.max(learned, SHORTEST_WINDOW) / 10) end
+local guard = window_guard(learned)
 local ahead = tonumber(ARGV[7])
 local wanted = math.max(1, math.min(tonumber(ARGV[6]), 1 + math.floor(ahead / interval)))
 local ends = win_end + guard
@@ -114,7 +124,7 @@ return out
 # KEYS: rate ; ARGV: now, limit|'', window|'', block_for|'', reset|'', remaining, left, granted|''
 LEARN_RATE = (
     _COMMON
-    + f"local WINDOW_GUARD, SHORTEST_WINDOW = {WINDOW_GUARD!r}, {SHORTEST_WINDOW!r}\n"
+    + _WINDOW
     + r"""
 local now = clock(ARGV[1])
 if ARGV[2] ~= '' then
@@ -139,8 +149,7 @@ if ARGV[5] ~= '' then  -- state.window_seen
   local id = tonumber(r[1])
   if not id or reset > id + 1e-3 then
     local left, since = 0, tonumber(r[3]) or 0
-    local guard = WINDOW_GUARD  -- models.window_guard
-    if tonumber(r[6]) then guard = math.min(WINDOW_GUARD, math.max(tonumber(r[6]), SHORTEST_WINDOW) / 10) end
+    local guard = window_guard(tonumber(r[6]))
     local granted = tonumber(ARGV[8])
     if granted and granted >= (tonumber(r[5]) or 0) - guard then since = since - 1 end
     if r[4] then left = math.max(0, math.min(remaining, tonumber(r[4])) - math.max(0, since)) end

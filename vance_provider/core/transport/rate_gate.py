@@ -13,6 +13,10 @@ from typing import Any
 from ..account.models import pace_interval
 from .retry import parse_retry_after
 
+#: What an answer said of its rate window: ``X-RateLimit-Remaining`` and ``-Reset`` (epoch), each
+#: None when absent.
+Told = tuple[int | None, float | None]
+
 
 class RateGate:
     """Shared by every API call of one client (one backend per client), so the client stays within
@@ -54,7 +58,6 @@ class RateGate:
         self.reset: float | None = None  # X-RateLimit-Reset (epoch) of the newest window seen
         self.reset_at = 0.0  # the same, on the monotonic clock
         self.remaining: int | None = None  # what the newest window has left, when answers say it
-        self.last_told: tuple[int | None, float | None] = (None, None)  # the last answer's Remaining, Reset
         self._fallback = 0.0  # the interval after a 429 without X-RateLimit-Limit
         self._sent: deque[float] = deque(maxlen=512)  # when recent requests went, less those refused
         self.not_before = 0.0  # monotonic: nothing goes before this (Retry-After)
@@ -78,11 +81,11 @@ class RateGate:
             return self._fallback
         return pace_interval(self.limit, self.window, self.MARGIN)
 
-    def window_told(self) -> tuple[float, int, float] | None:
-        """What the last answer observed said of the window the gate now counts in: its
-        ``X-RateLimit-Reset``, ``-Remaining`` and the seconds it has left; None if it did not say
-        them, or spoke of an older window."""
-        remaining, reset = self.last_told
+    def window_told(self, told: Told) -> tuple[float, int, float] | None:
+        """What an answer just observed (``told``: what :meth:`observe` returned) said of the
+        window the gate now counts in: its ``X-RateLimit-Reset``, ``-Remaining`` and the seconds
+        it has left; None if it did not say them, or spoke of an older window."""
+        remaining, reset = told
         if remaining is None or reset is None or self.reset is None or abs(reset - self.reset) > 1e-3:
             return None
         return reset, remaining, max(0.0, self.reset_at - self._clock())
@@ -107,7 +110,9 @@ class RateGate:
                 self._hold(self.reset_at)  # spent: nothing more before the window ends
                 continue
             if slot is None:
-                if known or not paced:  # spend what is left of the window, no pacing needed
+                # What is left of a known window is spent at once; a call the account already
+                # paced goes too (only a block or a spent window holds it).
+                if known or not paced:
                     break
                 slot = max(now, self.next_at)
                 self.next_at = slot + self.interval
@@ -127,15 +132,15 @@ class RateGate:
         *,
         limited: bool = False,
         retry_after: float | None = None,
-    ) -> None:
-        """Learn from an answer; ``limited`` for a ``429 rate_limited``, ``sent`` from :meth:`wait`."""
+    ) -> Told:
+        """Learn from an answer; ``limited`` for a ``429 rate_limited``, ``sent`` from :meth:`wait`.
+        Returns what it said of its window (``X-RateLimit-Remaining``, ``-Reset``)."""
         now, wall = self._clock(), self._wall()
         self.answers += 1
         sent = now if sent is None else sent
         paced = sent > self._paced_since  # the gate knew a rate when this went
         limit, remaining, reset = _rate_headers(headers)
         self.limit = limit or self.limit
-        self.last_told = remaining, reset
         told = parse_retry_after(headers) if limited and reset is not None else None
         if told is not None and reset is not None and abs(reset - wall - self._skew - told) > 1.0:
             self._skew = reset - wall - told  # Reset is the server's clock, Retry-After is not
@@ -143,8 +148,14 @@ class RateGate:
             self._window_seen(reset, remaining, now, wall + self._skew)
         if self.interval > 0:
             self._paced_since = min(self._paced_since, now)
-        if not limited:
-            return
+        if limited:
+            self._refused(sent, now, paced, reset, retry_after)
+        return remaining, reset
+
+    def _refused(
+        self, sent: float, now: float, paced: bool, reset: float | None, retry_after: float | None
+    ) -> None:
+        """A ``429 rate_limited`` to the request sent at ``sent``: hold every call."""
         self.limited += 1
         with contextlib.suppress(ValueError):
             self._sent.remove(sent)  # it did not pass

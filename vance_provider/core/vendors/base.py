@@ -47,7 +47,7 @@ from ..transport.download import (
     _Paced,
     _read_head,
 )
-from ..transport.rate_gate import RateGate
+from ..transport.rate_gate import RateGate, Told
 from ..transport.retry import RetryPolicy, parse_retry_after, retrying
 
 log = logging.getLogger("vance_provider.core.backends.base")
@@ -162,11 +162,11 @@ class Backend:
                         if isinstance(error, RateLimitedError)
                         else None
                     )
-                    self.gate.observe(response.headers, sent, limited=limited, retry_after=wait)
+                    told = self.gate.observe(response.headers, sent, limited=limited, retry_after=wait)
                     if isinstance(error, ConcurrencyLimitedError):
                         self.gate.refused_for_concurrency()
                     if self.account is not None:
-                        await self._tell_account(wait if limited else None, granted)
+                        await self._tell_account(told, wait if limited else None, granted)
                 if error is not None:
                     raise error
                 return response
@@ -177,15 +177,15 @@ class Backend:
         (so that the account counts the first calls too); none where answers tell no rate."""
         return self.account if self.gate.limit or not self.gate.answers else None
 
-    async def _tell_account(self, retry_after: float | None, granted: float | None) -> None:
-        """Share what the answer the gate has just observed taught it: a new rate, a 429's wait
+    async def _tell_account(self, told: Told, retry_after: float | None, granted: float | None) -> None:
+        """Share what an answer taught the gate (``told``: what its observe returned): a new rate, a 429's wait
         (every worker of the account then holds back until it has passed), or the first word of a
         newer rate window (what it has left: the account spends it at once; ``granted``: when the
         account let the answered request go, on the store's clock)."""
         assert self.account is not None
         rate = (self.gate.limit, round(self.gate.window, 3))
-        told = self.gate.window_told() if retry_after is None else None
-        seen = None if told is None else (*told, granted)
+        window = self.gate.window_told(told) if retry_after is None else None
+        seen = None if window is None else (*window, granted)
         if seen is not None and seen[0] <= self._told_window + 1e-3:
             seen = None
         if (
@@ -197,7 +197,7 @@ class Backend:
         self._published = rate
         if seen is not None:
             self._told_window = seen[0]
-        reset_epoch = self.gate.last_told[1] if retry_after is not None else None
+        reset_epoch = told[1] if retry_after is not None else None
         await self.account.learn(
             limit=self.gate.limit,
             window=self.gate.window or None,
@@ -438,9 +438,9 @@ class Backend:
                 if gated:  # the web download is an API call: its answer teaches the gate too
                     limited = response.status_code == 429
                     wait = self.retry_after(response) if limited else None
-                    self.gate.observe(response.headers, sent, limited=limited, retry_after=wait)
+                    told = self.gate.observe(response.headers, sent, limited=limited, retry_after=wait)
                     if self.account is not None:
-                        await self._tell_account(wait, granted)
+                        await self._tell_account(told, wait, granted)
                 what = f"{self.api} API {name}"
                 body = _Paced(response.aiter_bytes(), opts.min_rate, opts.stall_window, what)
                 try:
