@@ -123,6 +123,7 @@ class CeleryDeployment:
                 "AIRFLOW__API__WORKERS": "1",
                 "AIRFLOW__API__BASE_URL": self.api,
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api}/execution/",
+                "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "120",  # a loaded machine: see test_airflow_e2e
                 "AIRFLOW__API_AUTH__JWT_SECRET": "vance-celery-jwt-secret-0123456789abcdef",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
