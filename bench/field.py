@@ -44,6 +44,9 @@ Measured from the simulator's own request log and job records (its clock):
   its end or at the next budget), on the same windows and job times: a schedule, not a bound.
   ``plain_2N_over_R``: the plain figure, for comparison (not a lower bound: windows are aligned).
 
+``--mixed``: inputs of several sizes whose jobs take as long as their size says (photos of 0.02,
+0.12 and 0.48 MP at 4 s plus 100 s a megapixel, sharpened; clips of 0.5 to 4 s), in turn.
+
 ``--stores local,none`` runs each size once per account store (``VANCE_ACCOUNT_STORE``; ``local``
 in a fresh state folder each run), side by side (``process``: the account on a store in the
 engine's own memory, so no round trip: the account's pacing without the store's cost); ``--baseline LABEL=PATH`` (one or more) runs the engine of
@@ -82,6 +85,15 @@ GUIDANCE = 2.0  # seconds between looks at an image job, as the vendor advises
 # (before the spread): "videos of minutes", 4 in flight (the simulator's video cap, as documented).
 CLIP_SECONDS, VIDEO_PER_SECOND, VIDEO_SLOTS = 2.0, 50.0, 4
 MEDIA = "image"
+# ``--mixed``: inputs of several sizes, whose jobs take as long as their size says. Photos of 0.02,
+# 0.12 and 0.48 MP at 4 s a job plus 100 s a megapixel (6, 16 and 52 s with the queueing), sharpened
+# (the size kept). Small pixels, as if megapixels were hundreds: the simulator renders each result
+# before the job ends, and its time-scaled clock would count a big render 60 times over. Clips of
+# 0.5 to 4 s (65-240 s).
+MIXED = False
+MIXED_PHOTOS = ((160, 120), (400, 300), (800, 600))
+MIXED_JOB, PER_MEGAPIXEL = 4.0, 100.0
+MIXED_CLIPS = (0.5, 1.0, 2.0, 4.0)
 # The protocol's least rate-limited calls per job, as (before its end, after it): Open API image:
 # the creation, then one poll that sees it done and carries the signed link; web API: the upload
 # and the transform, then one progress and the download; Open API video: the upload's POST and the
@@ -100,6 +112,7 @@ gc.disable()
 from vance_provider.sim import Account, SimConfig, SimulatorServer
 a = json.loads(sys.argv[1])
 cfg = SimConfig(accounts=[Account(credits=1e9)], queue_delay=a["queue"], time_per_job=a["job"],
+                time_per_megapixel=a["per_megapixel"],
                 time_spread=a["spread"], max_concurrent_images=a["slots"], max_concurrent_videos=a["slots"],
                 time_per_video_second=a["video_per_second"], rate_limit=a["limit"],
                 rate_window=a["window"], web_rate_limit=True, time_scale=a["scale"], admin_routes=True,
@@ -151,7 +164,8 @@ class Sim:
         self.url = f"http://127.0.0.1:{self.port}"
         knobs = {
             "queue": QUEUE,
-            "job": JOB,
+            "job": MIXED_JOB if MIXED and MEDIA == "image" else JOB,
+            "per_megapixel": PER_MEGAPIXEL if MIXED and MEDIA == "image" else 0.0,
             "spread": spread,
             "slots": SLOTS,
             "video_per_second": VIDEO_PER_SECOND,
@@ -422,8 +436,8 @@ def run_one(
                 str(SLOTS),
                 str(GUIDANCE / scale),
                 str(15.0 / scale),
-                TOOLS[MEDIA][0],
-                json.dumps(TOOLS[MEDIA][1]),
+                tool()[0],
+                json.dumps(tool()[1]),
             ],
             env=env,
             capture_output=True,
@@ -437,18 +451,34 @@ def run_one(
         return analyse(api, n, engine_out, sim.admin("requests"), sim.admin("jobs"), scale)
 
 
+def tool() -> tuple[str, dict[str, Any]]:
+    """The tool the batch runs, and its config."""
+    return ("sharpen", {}) if MIXED and MEDIA == "image" else TOOLS[MEDIA]
+
+
+def make_mixed_photos(folder: Path, n: int) -> None:
+    """``n`` flat JPEGs of the ``MIXED_PHOTOS`` sizes in turn (small files; the pixels count)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        size = MIXED_PHOTOS[i % len(MIXED_PHOTOS)]
+        Image.new("RGB", size, (i % 256, (i * 7) % 256, 90)).save(folder / f"img{i:05d}.jpg", quality=50)
+
+
 def make_clips(folder: Path, n: int) -> None:
-    """``n`` small H.264 clips of ``CLIP_SECONDS`` (the simulator's job time counts their duration,
-    not their pixels)."""
+    """``n`` small H.264 clips of ``CLIP_SECONDS`` (``--mixed``: of ``MIXED_CLIPS`` in turn; the
+    simulator's job time counts their duration, not their pixels)."""
     import av
     import numpy as np
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
+        seconds = MIXED_CLIPS[i % len(MIXED_CLIPS)] if MIXED else CLIP_SECONDS
         with av.open(str(folder / f"clip{i:05d}.mp4"), "w", format="mp4") as out:
             stream = out.add_stream("libx264", rate=5)
             stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-            for k in range(int(CLIP_SECONDS * 5)):
+            for k in range(int(seconds * 5)):
                 frame = np.full((48, 64, 3), (i * 7 + k * 13) % 256, dtype=np.uint8)
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     out.mux(packet)
@@ -482,6 +512,9 @@ def main() -> None:
         help="jobs in flight (the account's cap; default 16 images, the slots bind; 4 videos)",
     )
     parser.add_argument("--media", choices=["image", "video"], default="image", help="video: Open API only")
+    parser.add_argument(
+        "--mixed", action="store_true", help="inputs of several sizes (megapixels, or a video's seconds)"
+    )
     parser.add_argument("--out", default=str(RESULTS / "field.json"))
     parser.add_argument("--stores", help="account stores to run side by side, e.g. local,none")
     parser.add_argument(
@@ -490,6 +523,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     globals()["MEDIA"] = args.media  # the module's bound and schedule read these
+    globals()["MIXED"] = args.mixed
     globals()["SLOTS"] = args.slots or (VIDEO_SLOTS if args.media == "video" else SLOTS)
     if args.media == "video" and args.apis != "open":
         parser.error("--media video runs on the Open API only: --apis open")
@@ -507,13 +541,9 @@ def main() -> None:
             "poll_interval_s": GUIDANCE,
             "engine_poll_interval_wall_s": round(GUIDANCE / args.scale, 4),
             "media": args.media,
-            "tool": TOOLS[args.media][0],
-            "inputs": (
-                "32x24 JPEG thumbnails (the job time is the profile's, not the pixels')"
-                if args.media == "image"
-                else f"64x48 H.264 clips of {CLIP_SECONDS:g} s; {VIDEO_PER_SECOND:g} s of processing a second "
-                "of video, after the job's own time"
-            ),
+            "mixed": args.mixed,
+            "tool": tool()[0],
+            "inputs": inputs_text(args.media),
             "web_rate_limit": "60 per 60 s, as a gateway would (the web API documents none)",
         },
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, load {os.getloadavg()[0]:.1f} at start",
@@ -521,7 +551,8 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "src"
-        (make_clips if args.media == "video" else make_images)(src, max(sizes))
+        make = make_mixed_photos if args.mixed else make_images
+        (make_clips if args.media == "video" else make)(src, max(sizes))
         folders = {}
         for n in sizes:
             folders[n] = Path(tmp) / f"src-{n}"
@@ -543,6 +574,21 @@ def main() -> None:
     result["date"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def inputs_text(media: str) -> str:
+    if media == "image" and MIXED:
+        return (
+            f"flat JPEGs of {', '.join(f'{w}x{h}' for w, h in MIXED_PHOTOS)} in turn; jobs of "
+            f"{MIXED_JOB:g} s plus {PER_MEGAPIXEL:g} s a megapixel (the queueing's {QUEUE:g} s before)"
+        )
+    if media == "image":
+        return "32x24 JPEG thumbnails (the job time is the profile's, not the pixels')"
+    clips = "/".join(f"{c:g}" for c in MIXED_CLIPS) if MIXED else f"{CLIP_SECONDS:g}"
+    return (
+        f"64x48 H.264 clips of {clips} s; {VIDEO_PER_SECOND:g} s of processing a second of video, "
+        "after the job's own time"
+    )
 
 
 def compare(

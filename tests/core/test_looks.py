@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from vance_provider.core.batch.looks import LookPlanner, best_first_look
+from vance_provider.core.batch.looks import LookPlanner, best_first_look, fit_lengths
 from vance_provider.core.vendors.open.backend import job_length
 
 
@@ -95,3 +95,76 @@ def test_job_length_from_the_service_clock(
 ) -> None:
     length = job_length(created, finished)
     assert length == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_lengths_are_fitted_to_sizes_neither_part_below_zero() -> None:
+    sizes = [1.0, 2.0, 4.0, 12.0, 48.0]
+    assert fit_lengths([3 + 2 * s for s in sizes], sizes) == pytest.approx((3.0, 2.0))
+    # Bigger jobs no longer: the size tells nothing, every job is expected to take the mean.
+    assert fit_lengths([10.0, 9.0, 8.0], [1.0, 2.0, 4.0]) == pytest.approx((9.0, 0.0))
+    # A line through the sizes would start below zero: through the origin instead.
+    a, b = fit_lengths([1.0, 2.0, 30.0], [1.0, 2.0, 3.0])
+    assert a == 0.0 and b > 0
+    # One size only: nothing tells the part that grows with size.
+    assert fit_lengths([30.0, 50.0], [10.0, 10.0]) is None
+
+
+def test_while_one_size_was_seen_a_smaller_job_is_shorter_and_a_bigger_one_no_longer() -> None:
+    """Jobs of 6 s plus 2 s a megapixel, all of 12 MP so far: proportion would put a 48 MP job's
+    first look at 120 s (it takes 102 s: its slot would idle) and a 3 MP job's at 7.5 s (it takes
+    12 s: one early look, then one aimed by its progress)."""
+    planner = LookPlanner(floor=2.0)
+    for _ in range(LookPlanner.MIN_SAMPLES):
+        planner.observe(30.0, 12.0)
+    knobs = {"slots": 16, "rate": 1.0, "least_requests": 2}
+    at_12 = planner.point(**knobs, size=12.0)
+    assert planner.point(**knobs, size=48.0) == at_12
+    assert planner.point(**knobs, size=3.0) == pytest.approx(at_12 / 4)
+
+
+def mixed_batch(n: int = 300, seed: int = 5) -> tuple[list[float], list[float]]:
+    """Photos of 2 to 48 MP, 3 s plus 2.5 s per megapixel each, with a log-normal spread."""
+    rng = random.Random(seed)
+    sizes = [rng.choice((2.0, 8.0, 12.0, 12.0, 24.0, 48.0)) for _ in range(n)]
+    return [(3.0 + 2.5 * s) * rng.lognormvariate(0.0, 0.15) for s in sizes], sizes
+
+
+def plan_outcome(looks: list[float], sample: list[float], floor: float = 2.0) -> tuple[float, float]:
+    """The mean seconds a job's slot sits idle after its end, and the share of first looks that
+    miss, for jobs first looked at ``looks`` after creation (a miss: a look aimed by progress)."""
+    lag = sum(x - s if s <= x else max(x + floor, s * 1.05) - s for x, s in zip(looks, sample, strict=True))
+    misses = sum(s > x for x, s in zip(looks, sample, strict=True))
+    return lag / len(sample), misses / len(sample)
+
+
+@pytest.mark.parametrize("slots", [16, 32])
+def test_a_job_is_looked_at_by_its_size_and_the_batch_goes_faster_for_it(slots: int) -> None:
+    sample, sizes = mixed_batch()
+    sized, blind = LookPlanner(floor=2.0), LookPlanner(floor=2.0)
+    for length, size in zip(sample, sizes, strict=True):
+        sized.observe(length, size)
+        blind.observe(length)
+    knobs = {"slots": slots, "rate": 1.0, "least_requests": 2}
+    small, big = sized.point(**knobs, size=2.0), sized.point(**knobs, size=48.0)
+    assert big > 8 * small  # 8 s against 123 s of work, by the fit
+    assert blind.point(**knobs, size=2.0) == blind.point(**knobs, size=48.0)  # sizes not told
+    # On a fresh sample of the same batch, the seconds per job by the slots and by the rate.
+    fresh, fresh_sizes = mixed_batch(seed=6)
+    mean = sum(fresh) / len(fresh)
+    lag, misses = plan_outcome([sized.point(**knobs, size=s) for s in fresh_sizes], fresh)
+    blind_lag, blind_misses = plan_outcome([blind.point(**knobs)] * len(fresh), fresh)
+    pace = max((mean + lag) / slots, 2 + misses)
+    blind_pace = max((mean + blind_lag) / slots, 2 + blind_misses)
+    if slots == 16:  # the slots bind: what a job's slot idles after its end is cut by a third
+        assert lag < 0.67 * blind_lag and pace < blind_pace
+    else:  # the rate binds: fewer looks that miss, so more jobs a minute
+        assert misses < 0.5 * blind_misses and pace < 0.92 * blind_pace
+
+
+def test_a_job_of_unknown_size_is_taken_to_be_of_the_median_size() -> None:
+    planner = LookPlanner(floor=2.0)
+    for length, size in zip(*mixed_batch(), strict=True):
+        planner.observe(length, size)
+    planner.observe(40.0, None)  # taken over from another run: its size not known
+    knobs = {"slots": 16, "rate": 1.0, "least_requests": 2}
+    assert planner.point(**knobs, size=None) == planner.point(**knobs, size=12.0)

@@ -38,6 +38,13 @@ class InputInfo:
     duration: float | None = None  # seconds, for video
     sha256: str | None = None  # of the bytes, when asked for
 
+    @property
+    def job_size(self) -> float | None:
+        """What its job's length goes by: a video's seconds, an image's megapixels (None: not known)."""
+        if self.media == "video":
+            return self.duration or None
+        return self.width * self.height / 1e6 if self.width and self.height else None
+
 
 def check_input(
     url: str,

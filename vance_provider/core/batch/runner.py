@@ -116,6 +116,8 @@ class BatchRunner:
         self.sources: list[str] = []
         self.ignored: list[tuple[str, str]] = []
         self._submitted_at: dict[str, float] = {}
+        # Each checked input's size as its job's length goes by it: megapixels, a video's seconds.
+        self._sizes_in_units: dict[str, float] = {}
         self._recorded: dict[str, int] = {}  # manifest change that recorded each item's job id
         self._budget_lock = asyncio.Lock()  # one video at a time until the service prices it
         self._canceled_over_budget: dict[str, str] = {}  # source -> why its running job was canceled
@@ -368,6 +370,8 @@ class BatchRunner:
                 self._fail_early(item, info)
                 continue
             item.estimate = self.call.estimate(info.duration) if info.media == "video" else None
+            if (units := info.job_size) is not None:
+                self._sizes_in_units[item.source] = units
             item.media_info = (
                 {"source_width": info.width, "source_height": info.height, "duration": info.duration}
                 if info.media == "video" and info.width and info.height and info.duration
@@ -1010,6 +1014,7 @@ class BatchRunner:
             self._submitted_at.get(item.source, time.monotonic()),
             video=video,
             timed=item.source in self._submitted_at,
+            size=self._sizes_in_units.get(item.source),
         )
 
 

@@ -4,6 +4,11 @@ teaches about the next ones (the lengths the service reports, the engine's timin
 Two looks at one job never come closer than the batch's ``poll_interval`` (the vendor's guidance:
 about 2 s for images); a video's come ``VIDEO_LOOKS`` times further apart.
 
+A job's first look is aimed by its size too (an image's megapixels, a video's seconds): the
+lengths seen are fitted to the sizes of their jobs (see :mod:`.looks`), and the jobs that wait
+for the scout take its length, shorter in proportion for a smaller one. Videos have their own
+plan, from the first video's end on.
+
 Until a first image job has ended, nothing tells how long jobs take: one job, the scout, is looked
 at early and often, and the others wait for what it tells: its pace (two readings of its progress)
 gives the length of a job like it, and their first looks come at that length. Where the service
@@ -21,7 +26,7 @@ from ..api.errors import WaitTimeoutError
 from ..api.models import Job, credits_text
 from ..transport.rate_gate import RateGate
 from .latency import AdaptiveLimit, LatencyEstimate
-from .looks import LookPlanner
+from .looks import LookPlanner, scaled_down
 from .polling import poll_jobs, time_left
 from .spec import BatchSpec
 
@@ -39,21 +44,39 @@ class JobWatch:
         self.requests_per_job = requests_per_job
         self.latency = LatencyEstimate(spec.poll_interval, gate.pressure, floor=spec.poll_interval)
         self.looks = LookPlanner(floor=spec.poll_interval)  # aimed by the service's job lengths
+        self.video_looks = LookPlanner(floor=spec.poll_interval * VIDEO_LOOKS, min_samples=1)
         self.waiting = 0  # this batch's jobs waited for now: its jobs on the service
         self.scout: str | None = None  # the image job looked at to learn how long jobs take
         self.scouted = False  # a scout's job ended: the estimates have learned from it
         self.guess: float | None = None  # a job's length, by the scout's pace (seconds)
         self._scout_started = 0.0  # when the scout's job was created (time.monotonic())
+        self._scout_size: float | None = None  # the scout's size (megapixels)
         self._reading: tuple[float, int] | None = None  # the scout's first progress reading
 
-    def first_look(self) -> float:
-        """When to look first at an image job: by the lengths the service reported, once enough are
-        known (see :mod:`.looks`); before that, by the engine's own timing of its looks."""
+    def first_look(self, size: float | None = None) -> float:
+        """When to look first at an image job of ``size`` megapixels: by the lengths the service
+        reported, once enough are known (see :mod:`.looks`); before that, by the scout's length
+        (shorter for a smaller job) or the engine's own timing of its looks."""
         if not self.looks.ready:
-            return self.guess if self.guess is not None and not self.scouted else self.latency.value
+            if self.guess is not None and not self.scouted:
+                return scaled_down(self.guess, size, self._scout_size)
+            return self.latency.value
+        return self.looks.point(
+            slots=self.limit.limit, rate=self._rate(), least_requests=self.requests_per_job, size=size
+        )
+
+    def video_look(self, size: float | None = None) -> float:
+        """When to look first at a video job of ``size`` seconds: by the lengths of the videos that
+        ended, once one has; before that, by the engine's own timing of its looks."""
+        if not self.video_looks.ready:
+            return self.latency.value
+        return self.video_looks.point(
+            slots=self.limit.limit, rate=self._rate(), least_requests=self.requests_per_job, size=size
+        )
+
+    def _rate(self) -> float:
         gate = self.gate
-        rate = 1 / gate.interval if gate.limit and gate.window else ASSUMED_RATE
-        return self.looks.point(slots=self.limit.limit, rate=rate, least_requests=self.requests_per_job)
+        return 1 / gate.interval if gate.limit and gate.window else ASSUMED_RATE
 
     async def wait(
         self,
@@ -63,24 +86,27 @@ class JobWatch:
         *,
         video: bool,
         timed: bool,
+        size: float | None = None,
     ) -> Job:
         """Look at ``job_id`` (created at ``started``, ``time.monotonic()``) until it ends.
-        ``timed``: this run created the job, so its timing teaches when to look at the next ones."""
+        ``timed``: this run created the job, so its timing teaches when to look at the next ones.
+        ``size``: the input's megapixels (an image) or seconds (a video), when known."""
         spec = self.spec
-        point: Callable[[], float] = self.first_look
+        point: Callable[[], float] = lambda: self.first_look(size)  # noqa: E731
         on_update: Callable[[Job], None] | None = None
         if timed and not video and not self.scouted:
             if self.scout is None:
                 self.scout, self._scout_started, self._reading = job_id, started, None
+                self._scout_size = size
                 on_update = self._read_scout
             else:
-                point = lambda: self._after_scout(started)  # noqa: E731
+                point = lambda: self._after_scout(started, size)  # noqa: E731
         floor = spec.poll_interval  # never two looks at one job closer than the guidance
         if video:
-            point = lambda: self.latency.value  # noqa: E731
+            point = lambda: self.video_look(size)  # noqa: E731
             floor *= VIDEO_LOOKS
             if spec.credit_budget is not None:  # look early enough to cancel it, if need be
-                point = lambda: min(self.latency.value, spec.poll_interval)  # noqa: E731
+                point = lambda: min(self.video_look(size), spec.poll_interval)  # noqa: E731
         self.waiting += 1
         try:
             result = await poll_jobs(
@@ -109,8 +135,8 @@ class JobWatch:
         done = result.done[job_id]
         if on_update is not None:
             self.scouted = True
-        if done.length is not None and not video:
-            self.looks.observe(done.length)
+        if done.length is not None:
+            (self.video_looks if video else self.looks).observe(done.length, size)
         if timed:
             self.latency.observe(
                 result.last_look_at - started,
@@ -122,12 +148,12 @@ class JobWatch:
             )
         return done
 
-    def _after_scout(self, started: float) -> float:
+    def _after_scout(self, started: float, size: float | None) -> float:
         """The first look of a job created (at ``started``) while the scout runs: at the length
-        the scout's pace tells; until it tells, a little later than now, to ask again (the point
-        is read again on waking)."""
+        the scout's pace tells (shorter for a smaller job); until it tells, a little later than now, to ask
+        again (the point is read again on waking)."""
         if self.guess is not None or self.scouted or self.scout is None:
-            return self.first_look()
+            return self.first_look(size)
         return time.monotonic() - started + self.spec.poll_interval / 4
 
     def _read_scout(self, job: Job) -> None:
