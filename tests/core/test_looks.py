@@ -41,8 +41,7 @@ def test_the_point_minimises_the_slower_of_slots_and_rate() -> None:
     mean = sum(sample) / len(sample)
 
     def pace(x: float) -> float:
-        lag = sum(x - s if s <= x else max(x + floor, s * 1.05) - s for s in sample) / len(sample)
-        misses = sum(s > x for s in sample) / len(sample)
+        lag, misses = plan_outcome([x] * len(sample), sample, floor)
         return max((mean + lag) / slots, (k + misses) / rate)  # the slots bind: no headroom
 
     chosen = best_first_look(sample, slots=slots, rate=rate, least_requests=k, floor=floor)
@@ -59,8 +58,7 @@ def test_when_the_rate_binds_the_slots_keep_time_in_hand() -> None:
     rate, slots, k, floor = 0.99, 32, 2, 2.0
     x = best_first_look(sample, slots=slots, rate=rate, least_requests=k, floor=floor)
     mean = sum(sample) / len(sample)
-    lag = sum(x - s if s <= x else max(x + floor, s * 1.05) - s for s in sample) / len(sample)
-    misses = sum(s > x for s in sample) / len(sample)
+    lag, misses = plan_outcome([x] * len(sample), sample, floor)
     by_slots, by_rate = (mean + lag) / slots, (k + misses) / rate
     assert by_slots <= 0.9 * by_rate * 1.01  # a tenth in hand (the quantiles' grid is coarse)
     assert misses <= 0.15  # still about one look per job: the rate binds
@@ -130,10 +128,19 @@ def mixed_batch(n: int = 300, seed: int = 5) -> tuple[list[float], list[float]]:
 
 
 def plan_outcome(looks: list[float], sample: list[float], floor: float = 2.0) -> tuple[float, float]:
-    """The mean seconds a job's slot sits idle after its end, and the share of first looks that
-    miss, for jobs first looked at ``looks`` after creation (a miss: a look aimed by progress)."""
-    lag = sum(x - s if s <= x else max(x + floor, s * 1.05) - s for x, s in zip(looks, sample, strict=True))
-    misses = sum(s > x for x, s in zip(looks, sample, strict=True))
+    """The mean seconds a job's slot sits idle after its end, and the looks more than one per
+    job, for jobs first looked at ``looks`` after creation: past half-way a miss's progress aims
+    the next look; before, a second reading a floor later gives its pace, then one aimed look."""
+    lag = misses = 0.0
+    for x, s in zip(looks, sample, strict=True):
+        if s <= x:
+            lag += x - s
+        elif x >= s / 2:
+            misses += 1
+            lag += max(x + floor, x + (s - x) * 1.05) - s
+        else:
+            misses += 2
+            lag += max(x + 2 * floor, x + floor + (s - x - floor) * 1.05) - s
     return lag / len(sample), misses / len(sample)
 
 

@@ -64,9 +64,12 @@ def best_first_look(
             at = x * p
             if length <= at:
                 lag += at - length
-            else:  # a second look, aimed by the job's progress, no sooner than the floor allows
+            elif at >= length / 2:  # its progress tells the time left: one look more, aimed by it
                 misses += 1
-                lag += max(at + floor, length * AIM) - length
+                lag += max(at + floor, at + (length - at) * AIM) - length
+            else:  # before half-way one reading does not tell; a second, a floor later, does
+                misses += 2
+                lag += max(at + 2 * floor, at + floor + (length - at - floor) * AIM) - length
         by_rate = (least_requests + misses / n) / rate if rate else 0.0
         paces.append((x, (mean + lag / n) / max(1, slots), by_rate))
     # Where the rate binds even a client that knows every job's end, keep some slots' time in hand.

@@ -6,8 +6,9 @@ about 2 s for images); a video's come ``VIDEO_LOOKS`` times further apart.
 
 A job's first look is aimed by its size too (an image's megapixels, a video's seconds): the
 lengths seen are fitted to the sizes of their jobs (see :mod:`.looks`), and the jobs that wait
-for the scout take its length, shorter in proportion for a smaller one. Videos have their own
-plan, from the first video's end on.
+for the scout take its length, shorter in proportion for a smaller one. A video is looked at
+first by the engine's timing, or sooner where the videos that ended say one of its duration
+ends sooner.
 
 Until a first image job has ended, nothing tells how long jobs take: one job, the scout, is looked
 at early and often, and the others wait for what it tells: its pace (two readings of its progress)
@@ -66,13 +67,18 @@ class JobWatch:
         )
 
     def video_look(self, size: float | None = None) -> float:
-        """When to look first at a video job of ``size`` seconds: by the lengths of the videos that
-        ended, once one has; before that, by the engine's own timing of its looks."""
+        """When to look first at a video job of ``size`` seconds: by the engine's own timing of
+        its looks, or sooner where the videos that ended say one of this duration ends sooner.
+
+        Never later: a few videos' lengths, of minutes and with their spread, tell a video's end
+        too loosely to wait for it (a slot idles), and a few more looks at a video cost little
+        of the rate."""
         if not self.video_looks.ready:
             return self.latency.value
-        return self.video_looks.point(
+        planned = self.video_looks.point(
             slots=self.limit.limit, rate=self._rate(), least_requests=self.requests_per_job, size=size
         )
+        return min(self.latency.value, planned)
 
     def _rate(self) -> float:
         gate = self.gate
