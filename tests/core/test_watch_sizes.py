@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,45 @@ def test_image_jobs_waiting_for_the_scout_take_its_length_shorter_for_a_smaller_
     w.guess, w._scout_size, w.scout = 20.0, 12.0, "scout"  # the scout, 12 MP, will take 20 s
     assert w.first_look(size=3.0) == pytest.approx(5.0)
     assert w.first_look(size=24.0) == w.first_look(size=None) == pytest.approx(20.0)
+
+
+def test_a_batch_tells_the_watch_each_photo_s_megapixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner hands each job's size (read from its header at planning) to the look plan,
+    and the plan learns each length with its size."""
+    from tests.conftest import fast_config, image_bytes
+    from vance_provider.core import VanceClient
+    from vance_provider.sim import DEMO_OPEN_KEY, SimulatorServer
+
+    seen: dict[str, float | None] = {}
+    planned: list[JobWatch] = []
+    wait = JobWatch.wait
+
+    async def recording(self: JobWatch, get_job, job_id, started, **kw):  # type: ignore[no-untyped-def]
+        seen[job_id] = kw.get("size")
+        planned.append(self)
+        return await wait(self, get_job, job_id, started, **kw)
+
+    monkeypatch.setattr(JobWatch, "wait", recording)
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    sizes = {"small.jpg": (40, 30), "wide.jpg": (400, 100), "big.jpg": (300, 200)}
+    for name, (w, h) in sizes.items():
+        (src / name).write_bytes(image_bytes(w, h))
+    # Time-scaled: the service's answers then tell its times in milliseconds, as precise as the
+    # lengths of such short jobs need to be learned.
+    sim = SimulatorServer(fast_config(time_scale=2.0)).start()
+    try:
+        with VanceClient(DEMO_OPEN_KEY, api="open", base_url=sim.base_url) as client:
+            result = client.run_batch(BatchSpec(str(src), str(dst), "sharpen", poll_interval=0.02))
+        assert result.done == 3
+        by_source = {
+            sim.state.jobs[job_id].source_name: size
+            for job_id, size in seen.items()  # type: ignore[attr-defined]
+        }
+    finally:
+        sim.stop()
+    assert by_source == {name: pytest.approx(w * h / 1e6) for name, (w, h) in sizes.items()}
+    learned = sorted(s for s in planned[0].looks.sizes if s is not None)
+    assert learned == pytest.approx(sorted(w * h / 1e6 for w, h in sizes.values()))
