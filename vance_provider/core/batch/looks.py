@@ -3,7 +3,8 @@ batch finish soonest, given that every look costs a turn of the key's request ra
 second a finished job goes unseen holds one of the account's slots.
 
 A first look too early misses (the job still runs): one more request, and the next look, aimed by
-the job's progress, comes a little after its end. A first look too late finds the job done, but
+the job's progress, comes a little after its end (before half-way, one reading does not tell the
+time left: a second comes a floor later, then the aimed one). A first look too late finds the job done, but
 its slot sat idle since it ended. With ``C`` slots, a rate of ``R`` requests a second, a job
 needing at least ``k`` requests and a first look at ``x``:
 
@@ -11,18 +12,18 @@ needing at least ``k`` requests and a first look at ``x``:
     seconds per job, by the rate:   (k + share of first looks that miss(x)) / R
 
 and the batch goes at the slower of the two. :func:`best_first_look` picks the ``x`` (among the
-quantiles of the lengths seen) that makes the slower one fastest.
+quantiles of the lengths seen) that makes the slower one fastest. Where the rate binds (a client
+that knew every job's end would wait for the rate, not the slots), it keeps ``SLOT_HEADROOM`` of
+the slots' time in hand: jobs do not end evenly, and when the slots bind at
+moments, no request is waiting and the rate's turns go unused. The lengths come from the
+service's own clock (``created_at`` to ``finished_at``), so our own timing of looks biases nothing.
 
 Jobs of different sizes take different times: an image's with its megapixels, a video's with its
 duration. So the planner fits the lengths seen to ``a + b * size`` (least squares, neither part
 below zero) and plans in multiples of that prediction: ``x`` is then how much of a job's predicted
 length to wait before its first look, and a 2 MP photo is looked at long before a 48 MP one.
 Where every job seen had the same size (or none is known), the prediction is the same for all
-(this is the plain plan above), but for a smaller job: shorter in proportion to its size. Where the rate binds (a client
-that knew every job's end would wait for the rate, not the slots), it keeps ``SLOT_HEADROOM`` of
-the slots' time in hand: jobs do not end evenly, and when the slots bind at
-moments, no request is waiting and the rate's turns go unused. The lengths come from the
-service's own clock (``created_at`` to ``finished_at``), so our own timing of looks biases nothing.
+(the plain plan above), but for a smaller job: shorter in proportion to its size.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ class LookPlanner:
     def _plan(self, *, slots: int, rate: float | None, least_requests: int) -> None:
         known = sorted(s for s in self.sizes if s is not None)
         self._typical = known[len(known) // 2] if known else None
-        sizes = [self._typical or 1.0 if s is None else s for s in self.sizes]
+        sizes = [(self._typical or 1.0) if s is None else s for s in self.sizes]
         self._mean = sum(self.lengths) / len(self.lengths)
         self._fit = fit_lengths(self.lengths, sizes)
         predicted = [max(1e-3, self._predict(s)) for s in sizes]

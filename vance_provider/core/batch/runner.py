@@ -653,6 +653,7 @@ class BatchRunner:
 
     def finish_item(self, item: ManifestItem) -> None:
         self.manifest.touch()
+        self._sizes_in_units.pop(item.source, None)  # no more looks at its jobs in this run
         p = self.progress
         if item.state == ItemState.DONE:
             p.done += 1

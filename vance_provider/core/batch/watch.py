@@ -156,8 +156,8 @@ class JobWatch:
 
     def _after_scout(self, started: float, size: float | None) -> float:
         """The first look of a job created (at ``started``) while the scout runs: at the length
-        the scout's pace tells (shorter for a smaller job); until it tells, a little later than now, to ask
-        again (the point is read again on waking)."""
+        the scout's pace tells (shorter for a smaller job); until it tells, a little later than
+        now, to ask again (the point is read again on waking)."""
         if self.guess is not None or self.scouted or self.scout is None:
             return self.first_look(size)
         return time.monotonic() - started + self.spec.poll_interval / 4

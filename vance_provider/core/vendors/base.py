@@ -178,10 +178,10 @@ class Backend:
         return self.account if self.gate.limit or not self.gate.answers else None
 
     async def _tell_account(self, told: Told, retry_after: float | None, granted: float | None) -> None:
-        """Share what an answer taught the gate (``told``: what its observe returned): a new rate, a 429's wait
-        (every worker of the account then holds back until it has passed), or the first word of a
-        newer rate window (what it has left: the account spends it at once; ``granted``: when the
-        account let the answered request go, on the store's clock)."""
+        """Share what an answer taught the gate (``told``: what its observe returned): a new rate,
+        a 429's wait (every worker of the account then holds back until it has passed), or the
+        first word of a newer rate window (what it has left: the account spends it at once;
+        ``granted``: when the account let the answered request go, on the store's clock)."""
         assert self.account is not None
         rate = (self.gate.limit, round(self.gate.window, 3))
         window = self.gate.window_told(told) if retry_after is None else None
