@@ -23,8 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from ..api.errors import WaitTimeoutError
-from ..api.models import Job, credits_text
+from ..api.models import Job
 from ..transport.rate_gate import RateGate
 from .latency import AdaptiveLimit, LatencyEstimate
 from .looks import LookPlanner, scaled_down
@@ -127,17 +126,15 @@ class JobWatch:
                 interval=floor,
                 min_interval=floor,
                 max_interval=spec.max_poll_interval,
-                deadline=time.time() + spec.timeout if spec.timeout else None,
+                # No deadline of its own: the batch's timeout stops the batch, and its jobs stay
+                # recorded in flight, to be canceled or collected. A job given up here would be
+                # marked failed while it runs on: no cancel would find it, and it would be paid.
                 on_update=on_update,
             )
         finally:
             self.waiting -= 1
             if self.scout == job_id:
                 self.scout = None  # ended or gone: the next job waited for scouts, if need be
-        if result.pending:
-            raise WaitTimeoutError(
-                f"job {job_id} did not finish within {credits_text(spec.timeout or 0.0)} s"
-            )
         done = result.done[job_id]
         if on_update is not None:
             self.scouted = True
