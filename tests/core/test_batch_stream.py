@@ -179,3 +179,37 @@ def test_new_inputs_items_are_made_as_they_stream_and_the_first_write_holds_them
     assert len(made) == N  # one item per input
     assert made[0] == 0 and made[-1] > 0, "every item was made before the first job was created"
     assert written[0] == N  # the first write: the whole plan
+
+
+def test_what_is_kept_for_an_input_goes_when_it_is_finished(
+    api: str,
+    sim: SimulatorServer,
+    client: VanceClient,
+    make_image: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run of 100k inputs keeps per input only the manifest's item: each job's submission time,
+    size and record go once its item is finished."""
+    from vance_provider.core.batch.runner import BatchRunner
+
+    make_bucket(make_image, 12)
+    kept: list[dict[str, int]] = []
+    close = BatchRunner.close
+
+    async def closing(self: BatchRunner, **kwargs: Any) -> None:
+        kept.append(
+            {
+                "submissions": self._submissions,
+                "submitted_at": len(self._submitted_at),
+                "sizes": len(self._sizes_in_units),
+                "recorded": len(self._recorded),
+                "ended_before": len(self._ended_before),
+            }
+        )
+        await close(self, **kwargs)
+
+    monkeypatch.setattr(BatchRunner, "close", closing)
+    result = client.run_batch(batch_spec(str(tmp_path / "in"), str(tmp_path / "out"), max_concurrency=4))
+    assert result.done == 12 and len(created_jobs(sim)) == 12
+    assert kept == [{"submissions": 12, "submitted_at": 0, "sizes": 0, "recorded": 0, "ended_before": 0}]

@@ -78,6 +78,12 @@ from .watch import JobWatch
 
 log = logging.getLogger("vance_provider.batch")
 STOP_GRACE = 10.0  # seconds a stopped batch still waits for the answer to a job's creation
+# Seconds between writes of the manifest while it changes. On an object store each write is a
+# request (a PUT's CPU and price): a batch of many jobs a second wrote three per photo. What a
+# kill loses meanwhile costs nothing: a job's id is found again by its idempotency key, and a
+# download waits for what must be durable before it (``flush_until``).
+FLUSH_EVERY, FLUSH_EVERY_REMOTE = 0.5, 2.0
+LEASE_RENEW_EVERY = 10.0  # seconds between renewals of an object-store lease
 
 
 def manifest_for(spec: BatchSpec) -> Manifest:
@@ -116,6 +122,7 @@ class BatchRunner:
         self.sources: list[str] = []
         self.ignored: list[tuple[str, str]] = []
         self._submitted_at: dict[str, float] = {}
+        self._submissions = 0  # jobs this run created
         # Each checked input's size as its job's length goes by it: megapixels, a video's seconds.
         self._sizes_in_units: dict[str, float] = {}
         self._recorded: dict[str, int] = {}  # manifest change that recorded each item's job id
@@ -628,17 +635,23 @@ class BatchRunner:
         if undo_empty and self._created_destination:
             await asyncio.to_thread(_remove_if_only_engine_files, self.spec.destination)
 
+    @functools.cached_property
+    def manifest_local(self) -> bool:
+        """Whether the manifest is on local disk (a write there is cheap)."""
+        return is_local(url_to_fs(self.manifest.url, **(self.manifest.storage_options or {}))[0])
+
     async def _flush_periodically(self, stop: asyncio.Event) -> None:
-        beats = 0
+        every = FLUSH_EVERY if self.manifest_local else FLUSH_EVERY_REMOTE
+        renewed = time.monotonic()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):  # (not wait_for: it can swallow a cancel)
-                async with asyncio.timeout(0.5):
+                async with asyncio.timeout(every):
                     await stop.wait()
             # Streamed: not before the first job (nor before the plan is whole: _plan_whole).
-            if not (self.new_inputs or (self.unchecked and not self._submitted_at)):
+            if not (self.new_inputs or (self.unchecked and not self._submissions)):
                 await self.manifest.flush()
-            beats += 1
-            if beats % 20 == 0:  # every ~10 s: renew an object-store lease
+            if time.monotonic() - renewed >= LEASE_RENEW_EVERY:  # an object-store lease
+                renewed = time.monotonic()
                 try:
                     await asyncio.to_thread(self.lease.heartbeat)
                 except VanceError as exc:
@@ -653,7 +666,10 @@ class BatchRunner:
 
     def finish_item(self, item: ManifestItem) -> None:
         self.manifest.touch()
-        self._sizes_in_units.pop(item.source, None)  # no more looks at its jobs in this run
+        # Its jobs get no more looks, nor downloads, in this run: what was kept for them goes.
+        for kept in (self._sizes_in_units, self._submitted_at, self._recorded):
+            kept.pop(item.source, None)
+        self._ended_before.discard(item.source)
         p = self.progress
         if item.state == ItemState.DONE:
             p.done += 1
@@ -915,6 +931,7 @@ class BatchRunner:
             # the run that created it (which did not live to record it).
             self._ended_before.add(item.source)
         self._submitted_at[item.source] = time.monotonic()
+        self._submissions += 1
         self._recorded[item.source] = self.manifest.touch()
         if item.estimate is not None and job.credits_estimated:  # the service's price replaces ours
             self.credits.reprice(estimate, float(job.credits_estimated))
