@@ -15,6 +15,14 @@ where the lag is ``x - length`` for the jobs done by ``x``. The table gives, for
 first looks that find the job done, the requests per job and the time against the least the slots
 and the rate allow (``max(mean / slots, 2 / rate)`` per job): no client does better at that many
 requests. Written to ``bench/results/frontier.json``.
+
+A second table (key suffix ``_credits_probe``) gives what one more source of news could reach:
+``GET /v1/credits`` shows the account's ``used`` credits, which grow as its jobs succeed. A client
+that asks it every ``P`` seconds (one request, whatever the jobs in flight) and looks at a job only
+once ``used`` says it ended (at best, always the right job: no miss) has a mean lag of ``P / 2``:
+
+    requests per job = 2 + (seconds per job) / P
+    seconds per job  = max((mean length + P / 2) / slots, requests per job / rate)
 """
 
 from __future__ import annotations
@@ -55,6 +63,29 @@ def frontier(
     return rows
 
 
+def credits_probe(
+    slots: int, spread: float, rate: float, n: int = 200_000, seed: int = 1
+) -> list[dict[str, float]]:
+    """The best a client can reach that also asks the account's credits every ``P`` seconds."""
+    rng = random.Random(seed)
+    mean = sum(QUEUE + JOB * math.exp(rng.gauss(0.0, spread)) for _ in range(n)) / n
+    least = max(mean / slots, 2 / rate)
+    rows = []
+    for period in (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0, 20.0, 30.0):
+        by_slots = (mean + period / 2) / slots
+        by_rate = 2 / (rate - 1 / period) if rate > 1 / period else math.inf  # requests / rate, solved
+        per_job = max(by_slots, by_rate)
+        rows.append(
+            {
+                "probe_every_s": period,
+                "requests_per_job": round(2 + per_job / period, 2),
+                "mean_lag_s": round(period / 2, 1),
+                "vs_least": round(per_job / least, 3),
+            }
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slots", type=int, default=16)
@@ -65,7 +96,11 @@ def main() -> None:
     for row in rows:
         print(json.dumps(row))
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data[f"slots{args.slots}_spread{args.spread}_rate{args.rate}"] = rows
+    key = f"slots{args.slots}_spread{args.spread}_rate{args.rate}"
+    data[key] = rows
+    data[f"{key}_credits_probe"] = probes = credits_probe(args.slots, args.spread, args.rate)
+    for row in probes:
+        print(json.dumps(row))
     RESULTS.write_text(json.dumps(data, indent=2) + "\n")
 
 
