@@ -141,9 +141,9 @@ class RateGate:
         paced = sent > self._paced_since  # the gate knew a rate when this went
         limit, remaining, reset = _rate_headers(headers)
         self.limit = limit or self.limit
-        told = parse_retry_after(headers) if limited and reset is not None else None
-        if told is not None and reset is not None and abs(reset - wall - self._skew - told) > 1.0:
-            self._skew = reset - wall - told  # Reset is the server's clock, Retry-After is not
+        wait = parse_retry_after(headers) if limited and reset is not None else None
+        if wait is not None and reset is not None and abs(reset - wall - self._skew - wait) > 1.0:
+            self._skew = reset - wall - wait  # Reset is the server's clock, Retry-After is not
         if reset is not None:
             self._window_seen(reset, remaining, now, wall + self._skew)
         if self.interval > 0:
