@@ -237,12 +237,14 @@ async def test_rate_limit_is_honoured(sim_factory: Callable[..., SimulatorServer
     assert [b.available for b in balances] == [1000.0] * 4
     limited = [r for r in sim.state.requests if r.status == 429]
     ok = [r for r in sim.state.requests if r.status == 200]
-    assert limited and len(ok) == 4
-    assert elapsed >= 0.9  # it waited for the window instead of hammering
-    first_429 = min(r.at for r in limited)
-    third_ok = sorted(r.at for r in ok)[2]  # only two fit in the first window
-    assert third_ok - first_429 >= 0.9  # Retry-After (>= 1 s) was honoured
-    assert len(limited) <= 4  # one shared gate: the burst does not keep hitting the limit
+    assert len(ok) == 4
+    # The windows are aligned to the clock: the burst may fall across two of them and be refused
+    # less, even not at all. A refused call waits out its Retry-After (1 s at least) and is not
+    # refused again; retries that did not wait (10-50 ms apart) would be refused in the same window
+    # until their 8 attempts ran out.
+    assert len(limited) <= 2  # one shared gate: the burst does not keep hitting the limit
+    if limited:
+        assert elapsed >= 0.9  # it waited for the window instead of hammering
 
 
 def test_rate_limit_fault_is_retried(
