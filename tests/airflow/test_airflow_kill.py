@@ -161,6 +161,50 @@ def test_marked_failed_while_deferred(
 
 
 @pytest.mark.slow
+def test_on_kill_cancels_with_the_connection_read_at_the_start(
+    sim_factory, vance_conn, make_image, tmp_path, monkeypatch
+) -> None:
+    """The triggerer gives ``on_kill`` 30 s ([triggerer] on_kill_timeout); under load, reading a
+    connection through the API server took longer than that. The cancels use the connection the
+    trigger read when it started: a stop reads none."""
+    from tests.airflow.test_airflow_batch import _context, _operator
+    from vance_provider.airflow_compat import TaskDeferred
+    from vance_provider.hooks.vanceai import VanceAIHook
+    from vance_provider.triggers import vanceai as triggers
+
+    monkeypatch.setattr(triggers, "TRIGGER_ON_KILL", True)  # the cancels are on_kill's (Airflow 3.3)
+    server = sim_factory(time_per_job=600.0)
+    vance_conn("open", server=server)
+    src, dst = _inputs(make_image, tmp_path, "conn")
+    with pytest.raises(TaskDeferred) as deferred:
+        _operator(src, dst, max_concurrency=2).execute(_context())
+    _path, kwargs = deferred.value.trigger.serialize()
+    trigger = type(deferred.value.trigger)(**kwargs)  # as the triggerer builds it
+    reads: list[str] = []
+    read = VanceAIHook.get_connection
+
+    def counted(conn_id: str) -> object:
+        reads.append(conn_id)
+        return read(conn_id)
+
+    monkeypatch.setattr(VanceAIHook, "get_connection", staticmethod(counted))
+
+    async def stop_once_it_runs() -> None:
+        task = asyncio.create_task(anext(trigger.run()))
+        while not reads:  # the trigger has read its connection (in a thread)
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await trigger.on_kill()
+
+    asyncio.run(stop_once_it_runs())
+    assert reads == [trigger.conn_id]
+    assert sorted(trigger.killed or []) == sorted(trigger.job_ids) and len(trigger.job_ids) == 2
+    _check_stopped(server, dst, canceled_at_least=2)
+
+
+@pytest.mark.slow
 def test_execution_timeout_while_deferred(sim_factory, vance_conn, make_image, tmp_path) -> None:
     server = sim_factory(time_per_job=600.0)
     vance_conn("open", server=server)

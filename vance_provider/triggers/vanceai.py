@@ -79,6 +79,7 @@ class _VanceAITrigger(BaseTrigger):
         self.cancel_on_kill = bool(cancel_on_kill)
         self.resume_after = None if resume_after is None else float(resume_after)
         self.killed: list[str] | None = None  # the job ids canceled by on_kill, once it ran
+        self._vance_hook: Any = None  # see _hook()
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -111,14 +112,21 @@ class _VanceAITrigger(BaseTrigger):
         yield TriggerEvent(payload)
 
     async def _payload(self) -> dict[str, Any]:
-        from vance_provider.hooks.vanceai import VanceAIHook
-
         try:
-            hook = VanceAIHook(self.conn_id, caller="airflow-triggerer")
-            async with hook.async_client() as client:
+            async with self._hook().async_client() as client:
                 return await self.work(client)
         except Exception as exc:
             return self.error_payload(exc)
+
+    def _hook(self) -> Any:
+        """One hook for the trigger's life: the connection it reads in ``run()`` serves the cancels
+        of ``on_kill`` too. A stop must not wait on the API server for it again: under load that
+        read has taken longer than the triggerer gives ``on_kill`` ([triggerer] on_kill_timeout)."""
+        from vance_provider.hooks.vanceai import VanceAIHook
+
+        if self._vance_hook is None:
+            self._vance_hook = VanceAIHook(self.conn_id, caller="airflow-triggerer")
+        return self._vance_hook
 
     async def _hold_until_resume(self) -> None:
         if self.resume_after is None or self.resume_after <= time.time():
@@ -179,11 +187,10 @@ class _VanceAITrigger(BaseTrigger):
         if not self.cancel_on_kill or self.killed is not None:
             return
         from vance_provider.core.batch.cancel import cancel_jobs
-        from vance_provider.hooks.vanceai import VanceAIHook
 
         self.killed = []
         try:
-            async with VanceAIHook(self.conn_id, caller="airflow-triggerer").async_client() as client:
+            async with self._hook().async_client() as client:
                 if not client.capabilities.can_cancel:
                     self.log.warning(
                         "the VanceAI %s API cannot cancel jobs: %d left running (not charged unless "
@@ -299,6 +306,7 @@ class VanceAIBatchTrigger(_VanceAITrigger):
         self.carry = dict(carry or {})
         self.storage_conn_id = storage_conn_id
         self.storage_options = storage_options
+        self._storage: tuple[dict[str, Any] | None] | None = None  # see _options()
 
     def _kwargs(self) -> dict[str, Any]:
         return {
@@ -315,10 +323,14 @@ class VanceAIBatchTrigger(_VanceAITrigger):
         return f"{type(self).__name__}(conn_id={self.conn_id!r}, {what})"
 
     async def _options(self) -> dict[str, Any] | None:
+        """The storage options, read once (with ``storage_conn_id``'s connection) for ``run()`` and
+        ``on_kill`` alike (see :meth:`_hook`)."""
         from vance_provider.hooks.vanceai import storage_options_from_connection
 
-        options = await call_in_thread(storage_options_from_connection, self.storage_conn_id)
-        return {**(options or {}), **(self.storage_options or {})} or None
+        if self._storage is None:
+            options = await call_in_thread(storage_options_from_connection, self.storage_conn_id)
+            self._storage = ({**(options or {}), **(self.storage_options or {})} or None,)
+        return self._storage[0]
 
     def spec(self, options: dict[str, Any] | None) -> Any:
         """The batch's ``BatchSpec``: never archived afresh here, the deadline as its timeout."""
@@ -382,13 +394,12 @@ class VanceAIBatchTrigger(_VanceAITrigger):
             return
         from vance_provider.core.batch.cancel import cancel_manifest_jobs
         from vance_provider.core.batch.runner import manifest_for
-        from vance_provider.hooks.vanceai import VanceAIHook
 
         self.killed = []
         try:
             options = await self._options()
             manifest = await asyncio.to_thread(manifest_for(self.spec(options)).load)
-            async with VanceAIHook(self.conn_id, caller="airflow-triggerer").async_client() as client:
+            async with self._hook().async_client() as client:
                 self.killed = await cancel_manifest_jobs(client, manifest)
         except Exception as exc:
             self.log.warning("could not cancel the VanceAI batch's jobs: %s", safe_message(exc))
