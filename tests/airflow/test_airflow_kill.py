@@ -205,6 +205,35 @@ def test_on_kill_cancels_with_the_connection_read_at_the_start(
 
 
 @pytest.mark.slow
+def test_the_trigger_cancels_the_jobs_at_the_execution_timeout(
+    sim_factory, vance_conn, make_image, tmp_path
+) -> None:
+    """At the task's execution_timeout the trigger cancels the jobs in flight itself: the task
+    fails when it resumes, and Airflow's timeout, counting there too, cut short a cancel made
+    there (under load, before it had sent one)."""
+    from tests.airflow.test_airflow_batch import _context, _operator
+    from vance_provider.airflow_compat import TaskDeferred
+
+    server = sim_factory(time_per_job=600.0)
+    vance_conn("open", server=server)
+    src, dst = _inputs(make_image, tmp_path, "xtt")
+    with pytest.raises(TaskDeferred) as deferred:
+        _operator(src, dst, max_concurrency=2).execute(_context())
+    _path, kwargs = deferred.value.trigger.serialize()
+    handed = list(kwargs["job_ids"])
+    kwargs.update(
+        end_time=time.time(),  # the execution_timeout has passed
+        carry={**kwargs["carry"], "reason": "execution_timeout"},
+        resume_after=None,
+    )
+    event = asyncio.run(anext(type(deferred.value.trigger)(**kwargs).run()))
+    assert event.payload["status"] == "timeout" and len(handed) == 2
+    assert set(handed) <= set(event.payload["canceled"])
+    canceled = _check_stopped(server, dst, canceled_at_least=2)
+    assert canceled == set(event.payload["canceled"])
+
+
+@pytest.mark.slow
 def test_execution_timeout_while_deferred(sim_factory, vance_conn, make_image, tmp_path) -> None:
     server = sim_factory(time_per_job=600.0)
     vance_conn("open", server=server)

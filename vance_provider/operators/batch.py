@@ -456,7 +456,7 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
             self._api = client.api
             expired = reason == "execution_timeout" and end_time is not None and time.time() >= end_time
             if (event["status"] == "timeout" and reason == "execution_timeout") or expired:
-                canceled = self._cancel_in_flight(client, spec)
+                canceled = list(event.get("canceled") or []) + self._cancel_in_flight(client, spec)
                 raise AirflowTaskTimeout(
                     f"execution_timeout reached while deferred: canceled {len(canceled)} VanceAI job(s) "
                     f"in flight; the next run submits only those again (manifest: {event.get('manifest')})"

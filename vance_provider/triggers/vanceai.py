@@ -357,12 +357,15 @@ class VanceAIBatchTrigger(_VanceAITrigger):
         try:
             result = await run_elsewhere(client, spec)
         except WaitTimeoutError as exc:
-            return {
+            payload = {
                 "status": "timeout",
                 "message": f"the batch did not finish before its deadline ({safe_message(exc)})",
                 "manifest": self.manifest,
                 "carry": self.carry,
             }
+            if self.carry.get("reason") == "execution_timeout":
+                payload["canceled"] = await self._cancel_in_flight(client, spec)
+            return payload
         from vance_provider._common import MAX_XCOM_ITEMS
 
         summary = result.summary(max_outputs=MAX_XCOM_ITEMS)
@@ -377,6 +380,22 @@ class VanceAIBatchTrigger(_VanceAITrigger):
 
     def error_payload(self, exc: BaseException) -> dict[str, Any]:
         return {**super().error_payload(exc), "manifest": self.manifest, "carry": self.carry}
+
+    async def _cancel_in_flight(self, client: AsyncVanceClient, spec: Any) -> list[str]:
+        """The task's ``execution_timeout`` has passed: it fails when it resumes, and Airflow's
+        timeout would cut short a cancel made there. The jobs in flight are canceled here, where
+        nothing cuts it, and recorded pending (the operator's own cancel then finds none left)."""
+        from vance_provider.core.batch.cancel import cancel_manifest_jobs
+        from vance_provider.core.batch.runner import manifest_for
+
+        try:
+            manifest = await asyncio.to_thread(manifest_for(spec).load)
+            canceled = await cancel_manifest_jobs(client, manifest)
+        except Exception as exc:
+            self.log.warning("could not cancel the VanceAI batch's jobs: %s", safe_message(exc))
+            return []
+        self.log.info("execution_timeout passed: canceled %d VanceAI job(s) in flight", len(canceled))
+        return canceled
 
     async def on_kill(self) -> None:
         """The task was stopped by a user while deferred: cancel the batch's jobs in flight (Open
