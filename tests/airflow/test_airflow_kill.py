@@ -234,6 +234,52 @@ def test_the_trigger_cancels_the_jobs_at_the_execution_timeout(
 
 
 @pytest.mark.slow
+def test_interrupted_while_handing_off_cancels_what_it_started(
+    sim_factory, vance_conn, make_image, tmp_path, monkeypatch
+) -> None:
+    """Airflow's execution_timeout (a SIGALRM whose handler raises, as Airflow's does) reaching the
+    worker while it starts the first jobs of a deferrable batch: the task will not defer, so nothing
+    would wait for them. The hand-off writes their ids and the operator cancels them."""
+    import threading
+
+    from tests.airflow.test_airflow_batch import _context, _operator
+    from vance_provider.core.batch.runner import BatchRunner
+    from vance_provider.operators import batch as batch_operator
+
+    class Timeout(Exception):
+        pass
+
+    def alarm(signum: int, frame: object) -> None:
+        raise Timeout
+
+    monkeypatch.setattr(batch_operator, "resume_after", lambda: 0.0)  # no hold: the plain hand-off
+    server = sim_factory(time_per_job=600.0)
+    vance_conn("open", server=server)
+    src, dst = _inputs(make_image, tmp_path, "ho")
+    started = threading.Event()
+    submit_ahead = BatchRunner.submit_ahead
+
+    async def slow_after_submitting(self: BatchRunner, work: list) -> None:
+        await submit_ahead(self, work)
+        started.set()  # the jobs exist; the hand-off is still under way when the alarm comes
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(BatchRunner, "submit_ahead", slow_after_submitting)
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        pid = os.getpid()
+        threading.Thread(
+            target=lambda: started.wait(60) and os.kill(pid, signal.SIGALRM), daemon=True
+        ).start()
+        with pytest.raises(Timeout):
+            _operator(src, dst, max_concurrency=2).execute(_context())
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert started.is_set() and len(server.state.jobs) == 2
+    _check_stopped(server, dst, canceled_at_least=2)
+
+
+@pytest.mark.slow
 def test_execution_timeout_while_deferred(sim_factory, vance_conn, make_image, tmp_path) -> None:
     server = sim_factory(time_per_job=600.0)
     vance_conn("open", server=server)

@@ -310,13 +310,22 @@ class VanceAIEnhanceOperator(VanceAIBaseOperator):
         Airflow's resume race), so the window runs here until the rest of the batch looks longer
         than that hold, and a batch that ends first is never deferred. With no hold (``[vanceai]
         resume_after_deferral = 0``) the first window of jobs is submitted and the task defers."""
+        from vance_provider.core.api.errors import VanceError
         from vance_provider.core.batch.window import hand_off
         from vance_provider.operators._worker_window import WorkerWindow
         from vance_provider.triggers.vanceai import MAX_RESUME_HOLD
 
         hold = min(resume_after() - time.time(), MAX_RESUME_HOLD)
         if hold <= 0:
-            return client.run(hand_off(client.aio, spec))
+            try:
+                return client.run(hand_off(client.aio, spec))
+            except (VanceError, TimeoutError):
+                raise  # it ended by itself: nothing of it runs on
+            except BaseException:
+                # Interrupted here (say, Airflow's execution_timeout): the task will not defer, so
+                # nothing would wait for the jobs the hand-off started; they are canceled.
+                self._cancel_in_flight(client, spec)
+                raise
         window = WorkerWindow(client.aio, spec, hold=hold, end_time=end_time)
         handed = self._run_stoppable(client, window)
         if handed.result is not None:

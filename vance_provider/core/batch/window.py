@@ -19,6 +19,7 @@ results can be collected from another process may be handed off
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from ..api.errors import InvalidConfigError
@@ -65,6 +66,12 @@ async def hand_off(client: BatchClient, spec: BatchSpec, *, submit_ahead: bool =
         runner.manifest.touch()
         await runner.manifest.flush()
         runner.account.hand_over()  # the jobs' credits stay reserved for the process collecting them
+    except BaseException:
+        # Interrupted while starting jobs (say, the task's timeout): the ids of the jobs created
+        # are written all the same, for the caller's cancel or the next run.
+        runner.manifest.touch()
+        await asyncio.shield(runner.manifest.flush())
+        raise
     finally:
         await runner.close()
     waiting = [i for i in work if i.state in (ItemState.SUBMITTED, ItemState.SUCCEEDED)]
