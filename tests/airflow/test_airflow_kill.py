@@ -116,22 +116,30 @@ def test_killed_in_the_worker(sim_factory, vance_conn, make_image, tmp_path) -> 
     _rerun_pays_once(server, src, dst, canceled, deferrable=False)
 
 
+def _deferred(sim_factory, vance_conn, make_image, tmp_path, name: str):
+    """A deferrable batch of 4 photos deferred with 2 jobs in flight (they run until canceled):
+    the simulator, the destination, and the trigger's class and serialized arguments."""
+    from tests.airflow.test_airflow_batch import _context, _operator
+    from vance_provider.airflow_compat import TaskDeferred
+
+    server = sim_factory(time_per_job=600.0)
+    vance_conn("open", server=server)
+    src, dst = _inputs(make_image, tmp_path, name)
+    with pytest.raises(TaskDeferred) as deferred:
+        _operator(src, dst, max_concurrency=2).execute(_context())
+    _path, kwargs = deferred.value.trigger.serialize()
+    return server, src, dst, type(deferred.value.trigger), kwargs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("airflow_has_on_kill", [True, False], ids=["airflow-3.3", "airflow-3.0-3.2"])
 def test_marked_failed_while_deferred(
     airflow_has_on_kill, sim_factory, vance_conn, make_image, tmp_path, monkeypatch
 ) -> None:
-    from tests.airflow.test_airflow_batch import _context, _operator
-    from vance_provider.airflow_compat import TaskDeferred
     from vance_provider.triggers import vanceai as triggers
 
-    server = sim_factory(time_per_job=600.0)
-    vance_conn("open", server=server)
-    src, dst = _inputs(make_image, tmp_path, "mark")
-    with pytest.raises(TaskDeferred) as deferred:
-        _operator(src, dst, max_concurrency=2).execute(_context())
-    _path, kwargs = deferred.value.trigger.serialize()
-    trigger = type(deferred.value.trigger)(**kwargs)  # as the triggerer builds it
+    server, src, dst, trigger_type, kwargs = _deferred(sim_factory, vance_conn, make_image, tmp_path, "mark")
+    trigger = trigger_type(**kwargs)  # as the triggerer builds it
     assert len(_running(server)) == 2
 
     monkeypatch.setattr(triggers, "TRIGGER_ON_KILL", airflow_has_on_kill)
@@ -167,19 +175,12 @@ def test_on_kill_cancels_with_the_connection_read_at_the_start(
     """The triggerer gives ``on_kill`` 30 s ([triggerer] on_kill_timeout); under load, reading a
     connection through the API server took longer than that. The cancels use the connection the
     trigger read when it started: a stop reads none."""
-    from tests.airflow.test_airflow_batch import _context, _operator
-    from vance_provider.airflow_compat import TaskDeferred
     from vance_provider.hooks.vanceai import VanceAIHook
     from vance_provider.triggers import vanceai as triggers
 
     monkeypatch.setattr(triggers, "TRIGGER_ON_KILL", True)  # the cancels are on_kill's (Airflow 3.3)
-    server = sim_factory(time_per_job=600.0)
-    vance_conn("open", server=server)
-    src, dst = _inputs(make_image, tmp_path, "conn")
-    with pytest.raises(TaskDeferred) as deferred:
-        _operator(src, dst, max_concurrency=2).execute(_context())
-    _path, kwargs = deferred.value.trigger.serialize()
-    trigger = type(deferred.value.trigger)(**kwargs)  # as the triggerer builds it
+    server, _src, dst, trigger_type, kwargs = _deferred(sim_factory, vance_conn, make_image, tmp_path, "conn")
+    trigger = trigger_type(**kwargs)  # as the triggerer builds it
     reads: list[str] = []
     read = VanceAIHook.get_connection
 
@@ -211,22 +212,14 @@ def test_the_trigger_cancels_the_jobs_at_the_execution_timeout(
     """At the task's execution_timeout the trigger cancels the jobs in flight itself: the task
     fails when it resumes, and Airflow's timeout, counting there too, cut short a cancel made
     there (under load, before it had sent one)."""
-    from tests.airflow.test_airflow_batch import _context, _operator
-    from vance_provider.airflow_compat import TaskDeferred
-
-    server = sim_factory(time_per_job=600.0)
-    vance_conn("open", server=server)
-    src, dst = _inputs(make_image, tmp_path, "xtt")
-    with pytest.raises(TaskDeferred) as deferred:
-        _operator(src, dst, max_concurrency=2).execute(_context())
-    _path, kwargs = deferred.value.trigger.serialize()
+    server, _src, dst, trigger_type, kwargs = _deferred(sim_factory, vance_conn, make_image, tmp_path, "xtt")
     handed = list(kwargs["job_ids"])
     kwargs.update(
         end_time=time.time(),  # the execution_timeout has passed
         carry={**kwargs["carry"], "reason": "execution_timeout"},
         resume_after=None,
     )
-    event = asyncio.run(anext(type(deferred.value.trigger)(**kwargs).run()))
+    event = asyncio.run(anext(trigger_type(**kwargs).run()))
     assert event.payload["status"] == "timeout" and len(handed) == 2
     assert set(handed) <= set(event.payload["canceled"])
     canceled = _check_stopped(server, dst, canceled_at_least=2)
